@@ -1,0 +1,77 @@
+//! The command line (CONTRACT.md): one binary, one subcommand per job.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{DurationValue, DEFAULT_CONFIG_PATH};
+use crate::telemetry::LogFormat;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "wiz-connector",
+    version,
+    about = "Pulls Wiz Issues for many Wiz tenants and delivers them normalized."
+)]
+pub struct Cli {
+    /// Log format on standard error.
+    #[arg(long, global = true, value_enum, default_value = "auto")]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// The "Test connection" flow: token exchange, then a 1-row issues query, per tenant.
+    Check {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Check only this tenant.
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// Load and validate the configuration; print it resolved, secrets redacted.
+    Validate {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Run the built-in Wiz simulator alone.
+    Simulate(SimulateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ConfigArg {
+    /// The configuration file.
+    #[arg(long = "config", env = "WIZ_CONNECTOR_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct SimulateArgs {
+    /// Address to serve on.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Number of simulated tenants (client ids sim-client-0000, sim-client-0001, ...).
+    #[arg(long, default_value_t = 3)]
+    pub tenants: usize,
+    /// Issues generated per tenant at start.
+    #[arg(long, default_value_t = 250)]
+    pub issues: usize,
+    /// Seed of the generator (same seed, same issues and secrets).
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// `expires_in` of issued tokens, in seconds.
+    #[arg(long, default_value_t = 86400)]
+    pub token_expires_in: u64,
+    /// Every tenant makes one random change this often ("0s" turns churn off).
+    #[arg(long, default_value = "30s")]
+    pub churn_every: DurationValue,
+    /// Answer 429 when one client sends more than this many requests within a second, like Wiz.
+    #[arg(long)]
+    pub enforce_rate_limit: Option<u32>,
+    /// Added latency of every GraphQL answer, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    pub latency_ms: u64,
+}

@@ -1,0 +1,6 @@
+//! One file per subcommand. Each returns the process exit code; errors that stop a command are
+//! `anyhow` errors, printed by `main`.
+
+pub mod check;
+pub mod simulate;
+pub mod validate;

@@ -1,0 +1,61 @@
+//! `wiz-connector simulate`: the Wiz simulator alone, for trying a pipeline without a Wiz tenant.
+//! Prints a configuration snippet for its tenants, then serves until Ctrl-C.
+
+use std::time::Duration;
+
+use crate::cli::SimulateArgs;
+use crate::sim::{SimTenantSpec, Simulator, SimulatorOptions};
+
+/// Options of the simulator as the command line gives them.
+pub fn options(args: &SimulateArgs) -> SimulatorOptions {
+    let tenants = (0..args.tenants)
+        .map(|n| SimTenantSpec {
+            token_expires_in: args.token_expires_in,
+            ..SimTenantSpec::numbered(n, args.seed, args.issues)
+        })
+        .collect();
+    SimulatorOptions {
+        tenants,
+        enforce_rate_limit: args.enforce_rate_limit,
+        latency: Duration::from_millis(args.latency_ms),
+        churn_every: (!args.churn_every.0.is_zero()).then_some(args.churn_every.0),
+        ..Default::default()
+    }
+}
+
+/// A `[tenants.*]` snippet pointing at `sim`.
+pub fn config_snippet(sim: &Simulator) -> String {
+    let mut out = String::new();
+    for (n, t) in sim.tenants().iter().enumerate() {
+        out.push_str(&format!(
+            "[tenants.sim-{n:04}]\nclient_id = \"{}\"\nclient_secret = \"{}\"\napi_url = \"{}\"\nauth_url = \"{}\"\nallow_insecure_endpoints = true\n\n",
+            t.client_id,
+            t.client_secret,
+            sim.graphql_url(),
+            sim.token_url()
+        ));
+    }
+    out
+}
+
+pub async fn run(args: SimulateArgs) -> anyhow::Result<u8> {
+    let sim = Simulator::start(args.listen, options(&args))
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot listen on {}: {e} (choose another with --listen)",
+                args.listen
+            )
+        })?;
+    tracing::info!(
+        addr = %sim.addr(),
+        tenants = args.tenants,
+        issues_per_tenant = args.issues,
+        "wiz simulator listening"
+    );
+    println!("# wiz simulator on {}: paste these tenants into a config (simulated credentials, not secrets)\n", sim.base_url());
+    print!("{}", config_snippet(&sim));
+    tokio::signal::ctrl_c().await?;
+    tracing::info!("simulator stopped");
+    Ok(0)
+}

@@ -1,0 +1,315 @@
+//! Loading: the main file, then `tenants_dir`, then `WIZ_CONNECTOR__...` environment overrides,
+//! layered with the `config` crate; then strict deserialization (unknown keys are errors, reported
+//! with their path) and resolution into [`Settings`].
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use config::{Config, Environment, File, FileFormat, Map, Source, Value, ValueKind};
+
+use super::error::{ConfigError, Problem};
+use super::settings::{resolve, valid_id, Settings};
+use super::types::ConfigFile;
+
+/// Where `--config` points when neither it nor `WIZ_CONNECTOR_CONFIG` is given.
+pub const DEFAULT_CONFIG_PATH: &str = "conf/wiz-connector.toml";
+
+/// Prefix of environment overrides, e.g. `WIZ_CONNECTOR__TENANTS__ACME__CLIENT_SECRET`.
+const ENV_PREFIX: &str = "WIZ_CONNECTOR";
+const ENV_SEPARATOR: &str = "__";
+
+/// The environment the loader reads: the process's, or a fixed map (tests, embedded use).
+#[derive(Debug, Clone, Default)]
+pub enum EnvSource {
+    #[default]
+    Process,
+    Fixed(HashMap<String, String>),
+}
+
+impl EnvSource {
+    pub fn var(&self, name: &str) -> Option<String> {
+        match self {
+            EnvSource::Process => std::env::var(name).ok(),
+            EnvSource::Fixed(m) => m.get(name).cloned(),
+        }
+    }
+
+    fn overrides(&self) -> Environment {
+        let e = Environment::with_prefix(ENV_PREFIX).separator(ENV_SEPARATOR);
+        match self {
+            EnvSource::Process => e,
+            EnvSource::Fixed(m) => e.source(Some(m.clone())),
+        }
+    }
+}
+
+/// Knows which file or variable each key came from, so problems can name it.
+pub(crate) struct Origins {
+    merged: Config,
+    main: String,
+    tenant_files: HashMap<String, String>,
+}
+
+impl Origins {
+    /// Where the value at dotted `key` came from, or the main file when the key is absent.
+    pub(crate) fn of(&self, key: &str) -> String {
+        self.lookup(key).unwrap_or_else(|| self.main.clone())
+    }
+
+    /// Where tenant `id`'s `key` came from, or the tenant's file when absent.
+    pub(crate) fn of_tenant(&self, id: &str, key: &str) -> String {
+        self.lookup(&format!("tenants.{id}.{key}"))
+            .unwrap_or_else(|| self.tenant_file(id))
+    }
+
+    /// The file that defines tenant `id`.
+    pub(crate) fn tenant_file(&self, id: &str) -> String {
+        self.tenant_files
+            .get(id)
+            .cloned()
+            .unwrap_or_else(|| self.main.clone())
+    }
+
+    fn lookup(&self, key: &str) -> Option<String> {
+        let v = self.merged.get::<Value>(key).ok()?;
+        match v.origin()? {
+            "the environment" => Some(format!(
+                "environment variable {ENV_PREFIX}{ENV_SEPARATOR}{}",
+                key.replace('.', ENV_SEPARATOR).to_ascii_uppercase()
+            )),
+            o => Some(o.to_string()),
+        }
+    }
+}
+
+/// The `tenants_dir` as a `config` source: each `<id>.toml` becomes `tenants.<id>`, keeping the
+/// file as the origin of its values.
+#[derive(Debug, Clone)]
+struct TenantsDir {
+    files: Vec<(String, PathBuf)>,
+}
+
+impl Source for TenantsDir {
+    fn clone_into_box(&self) -> Box<dyn Source + Send + Sync> {
+        Box::new(self.clone())
+    }
+
+    fn collect(&self) -> Result<Map<String, Value>, config::ConfigError> {
+        let mut tenants = Map::new();
+        for (id, path) in &self.files {
+            let table = File::from(path.as_path())
+                .format(FileFormat::Toml)
+                .required(true)
+                .collect()?;
+            let origin = path.display().to_string();
+            tenants.insert(
+                id.clone(),
+                Value::new(Some(&origin), ValueKind::Table(table)),
+            );
+        }
+        let mut root = Map::new();
+        root.insert(
+            "tenants".to_string(),
+            Value::new(None, ValueKind::Table(tenants)),
+        );
+        Ok(root)
+    }
+}
+
+fn problem(origin: impl Into<String>, key: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError::single(Problem {
+        origin: origin.into(),
+        tenant: None,
+        key: key.to_string(),
+        message: message.into(),
+    })
+}
+
+/// Turns a `config` crate error (syntax, I/O) into ours.
+fn from_config_error(origin: &str, e: config::ConfigError) -> ConfigError {
+    let key = match &e {
+        config::ConfigError::Type { key: Some(k), .. } => k.clone(),
+        config::ConfigError::FileParse { .. } => "(syntax)".to_string(),
+        _ => "(file)".to_string(),
+    };
+    problem(origin, &key, e.to_string())
+}
+
+/// Lists `<id>.toml` files of `dir`, sorted; other files (editor backups, hidden files) are skipped.
+fn list_tenant_files(dir: &Path) -> Result<Vec<(String, PathBuf)>, ConfigError> {
+    let shown = dir.display().to_string();
+    let entries = std::fs::read_dir(dir).map_err(|e| {
+        problem(
+            &shown,
+            "connector.tenants_dir",
+            format!("cannot read the tenants directory: {e}"),
+        )
+    })?;
+    let mut files = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| problem(&shown, "connector.tenants_dir", e.to_string()))?;
+        let path = entry.path();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(id) = name.strip_suffix(".toml") else {
+            continue;
+        };
+        if name.starts_with('.') || !path.is_file() {
+            continue;
+        }
+        if !valid_id(id) {
+            return Err(ConfigError::single(Problem {
+                origin: path.display().to_string(),
+                tenant: Some(id.to_string()),
+                key: "(tenant id)".into(),
+                message: "a tenant file is named <tenant-id>.toml, and ids use only a-z, 0-9, '_' and '-' (1 to 64 characters)".into(),
+            }));
+        }
+        files.push((id.to_string(), path));
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// Loads, layers, checks and resolves the configuration at `path`.
+pub fn load(path: &Path, env: &EnvSource) -> Result<Settings, ConfigError> {
+    let main = path.display().to_string();
+    if !path.is_file() {
+        return Err(problem(
+            &main,
+            "(file)",
+            "configuration file not found; pass --config FILE or set WIZ_CONNECTOR_CONFIG",
+        ));
+    }
+    let main_file = || File::from(path).format(FileFormat::Toml).required(true);
+
+    // Stage 1: the main file and the environment, to learn where tenants_dir is.
+    let stage1 = Config::builder()
+        .add_source(main_file())
+        .add_source(env.overrides())
+        .build()
+        .map_err(|e| from_config_error(&main, e))?;
+    let tenants_dir: Option<PathBuf> = match stage1.get::<String>("connector.tenants_dir") {
+        Ok(d) => Some(PathBuf::from(d)),
+        Err(config::ConfigError::NotFound(_)) => None,
+        Err(e) => return Err(from_config_error(&main, e)),
+    };
+
+    let files = match &tenants_dir {
+        Some(d) => list_tenant_files(d)?,
+        None => Vec::new(),
+    };
+    // A tenant defined both in the main file and in tenants_dir is ambiguous: refuse it.
+    let in_main: BTreeMap<String, Value> = main_file()
+        .collect()
+        .map_err(|e| from_config_error(&main, e))?
+        .remove("tenants")
+        .and_then(|v| v.into_table().ok())
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
+    let mut problems = Vec::new();
+    for (id, p) in &files {
+        if in_main.contains_key(id) {
+            problems.push(Problem {
+                origin: p.display().to_string(),
+                tenant: Some(id.clone()),
+                key: "(tenant id)".into(),
+                message: format!("tenant is also defined in {main}; keep one definition"),
+            });
+        }
+    }
+    if !problems.is_empty() {
+        return Err(ConfigError { problems });
+    }
+
+    let tenant_files: HashMap<String, String> = files
+        .iter()
+        .map(|(id, p)| (id.clone(), p.display().to_string()))
+        .collect();
+    let merged = Config::builder()
+        .add_source(main_file())
+        .add_source(TenantsDir { files })
+        .add_source(env.overrides())
+        .build()
+        .map_err(|e| {
+            let origin = match &e {
+                config::ConfigError::FileParse { uri: Some(u), .. } => u.clone(),
+                _ => main.clone(),
+            };
+            from_config_error(&origin, e)
+        })?;
+    let origins = Origins {
+        merged: merged.clone(),
+        main,
+        tenant_files,
+    };
+
+    let file: ConfigFile = serde_path_to_error::deserialize(merged).map_err(|e| {
+        let path = e.path().to_string();
+        let message = e.inner().to_string();
+        // `tenants.<id>.<key>` is reported as tenant + key.
+        let segs: Vec<&str> = path.split('.').collect();
+        let (tenant, key) = match segs.as_slice() {
+            ["tenants", id, rest @ ..] => (Some(id.to_string()), rest.join(".")),
+            _ => (
+                None,
+                if path == "." {
+                    String::new()
+                } else {
+                    path.clone()
+                },
+            ),
+        };
+        let key = unknown_field_key(&key, &message);
+        let origin = match &tenant {
+            Some(id) => origins.of_tenant(id, &key),
+            None => origins.of(&key),
+        };
+        ConfigError::single(Problem {
+            origin,
+            tenant,
+            key: if key.is_empty() {
+                "(table)".into()
+            } else {
+                key
+            },
+            message: clean_serde_message(&message),
+        })
+    })?;
+    let settings = resolve(file, &origins, env, path.to_path_buf())?;
+    for t in settings
+        .tenants
+        .iter()
+        .filter(|t| t.allow_insecure_endpoints)
+    {
+        tracing::warn!(
+            tenant = %t.id,
+            api_url = %t.api_url,
+            "allow_insecure_endpoints is on: http:// and non-Wiz hosts are accepted for this tenant (simulators and tests only)"
+        );
+    }
+    Ok(settings)
+}
+
+/// serde reports an unknown field at the path of its parent table; put the field in the key.
+fn unknown_field_key(key: &str, message: &str) -> String {
+    if let Some(rest) = message.strip_prefix("unknown field `") {
+        if let Some(field) = rest.split('`').next() {
+            return if key.is_empty() {
+                field.to_string()
+            } else {
+                format!("{key}.{field}")
+            };
+        }
+    }
+    key.to_string()
+}
+
+/// Makes serde's messages read as advice.
+fn clean_serde_message(message: &str) -> String {
+    if message.starts_with("unknown field") {
+        format!("{message} (unknown keys are errors: check the spelling)")
+    } else {
+        message.to_string()
+    }
+}

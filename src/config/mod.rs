@@ -1,0 +1,21 @@
+//! Configuration: the user-facing contract (`types`), how it is loaded and layered (`load`), and the
+//! resolved, validated runtime settings the rest of the connector runs on (`settings`).
+//!
+//! The split follows a simple rule: `types` are data only and mirror the TOML a user writes (every
+//! field optional where the user may omit it); `settings` are what a running component needs (URLs
+//! parsed, secrets read, defaults applied, limits checked). Nothing outside this module sees `types`.
+
+mod duration;
+mod error;
+mod load;
+mod settings;
+mod types;
+
+pub use duration::DurationValue;
+pub use error::{ConfigError, Problem};
+pub use load::{load, EnvSource, DEFAULT_CONFIG_PATH};
+pub use settings::{
+    AdminSettings, Cloud, ConnectorSettings, RetryPolicy, SecretSource, Settings, SinkKind,
+    SinkSpec, TenantSpec, VALID_STATUSES,
+};
+pub use types::{AdminSection, ConfigFile, ConnectorSection, SinkSection, TenantSection};

@@ -1,0 +1,611 @@
+//! Resolved settings: what the running connector uses. Built from [`ConfigFile`] by [`resolve`],
+//! which applies defaults, reads secrets, parses URLs and checks every limit.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Serialize, Serializer};
+use url::Url;
+
+use super::error::{ConfigError, Problem};
+use super::load::{EnvSource, Origins};
+use super::types::{ConfigFile, SinkSection, TenantSection};
+use super::DurationValue;
+
+/// The Issue statuses Wiz knows.
+pub const VALID_STATUSES: [&str; 4] = ["OPEN", "IN_PROGRESS", "RESOLVED", "REJECTED"];
+
+/// Longest request timeout accepted: Wiz's gateway cuts requests at about 115 s.
+pub const MAX_REQUEST_TIMEOUT: Duration = Duration::from_secs(115);
+
+/// Highest `rate_limit` accepted; far above anything Wiz allows, it only catches typos.
+pub const MAX_RATE_LIMIT: f64 = 100.0;
+
+/// Shortest poll interval accepted.
+pub const MIN_POLL_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Default size at which a file sink rotates.
+pub const DEFAULT_FILE_MAX_BYTES: u64 = 100 * 1024 * 1024;
+
+/// The whole resolved configuration.
+#[derive(Debug, Clone, Serialize)]
+pub struct Settings {
+    /// The main configuration file it was loaded from.
+    pub config_path: PathBuf,
+    pub connector: ConnectorSettings,
+    pub admin: AdminSettings,
+    pub sinks: Vec<SinkSpec>,
+    /// In id order.
+    pub tenants: Vec<TenantSpec>,
+}
+
+/// Process-wide settings from `[connector]`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConnectorSettings {
+    pub state_dir: PathBuf,
+    pub shutdown_timeout: DurationValue,
+    pub tenants_dir: Option<PathBuf>,
+}
+
+/// `[admin]`, parsed.
+#[derive(Debug, Clone, Serialize)]
+pub struct AdminSettings {
+    pub listen: SocketAddr,
+}
+
+/// One output, by name.
+#[derive(Debug, Clone, Serialize)]
+pub struct SinkSpec {
+    pub name: String,
+    #[serde(flatten)]
+    pub kind: SinkKind,
+}
+
+/// What a sink writes to.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum SinkKind {
+    Stdout,
+    File { path: PathBuf, max_bytes: u64 },
+}
+
+/// Which Wiz cloud a tenant lives in; decides console links and default token host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Cloud {
+    /// `*.wiz.io` (commercial, including AWS GovCloud).
+    Commercial,
+    /// `*.wiz.us` (FedRAMP).
+    Fedramp,
+}
+
+/// Where a client secret came from; shown by `validate` instead of the secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretSource {
+    Literal,
+    Env(String),
+    File(PathBuf),
+}
+
+impl fmt::Display for SecretSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SecretSource::Literal => f.write_str("[REDACTED] (literal in the config)"),
+            SecretSource::Env(v) => write!(f, "[REDACTED] (from ${{{v}}})"),
+            SecretSource::File(p) => write!(f, "[REDACTED] (from file {})", p.display()),
+        }
+    }
+}
+
+/// Retry policy for transient Wiz failures.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct RetryPolicy {
+    pub max_retries: u32,
+    pub initial_backoff: DurationValue,
+    pub max_backoff: DurationValue,
+}
+
+/// Everything one tenant needs to talk to Wiz. Equality compares the secret too, explicitly, so a
+/// reload can tell a rotated secret from an unchanged one.
+#[derive(Debug, Clone, Serialize)]
+pub struct TenantSpec {
+    pub id: String,
+    /// The file that defined this tenant.
+    pub origin: String,
+    pub client_id: String,
+    #[serde(serialize_with = "redact")]
+    pub client_secret: SecretString,
+    #[serde(serialize_with = "display", rename = "client_secret_source")]
+    pub secret_source: SecretSource,
+    pub api_url: Url,
+    pub auth_url: Url,
+    pub audience: String,
+    pub cloud: Cloud,
+    /// Console base, e.g. `https://app.wiz.io`.
+    pub console_url: Url,
+    pub poll_interval: DurationValue,
+    pub page_size: u32,
+    pub statuses: Vec<String>,
+    pub rate_limit: f64,
+    pub request_timeout: DurationValue,
+    pub max_pages_per_sweep: u32,
+    pub retry: RetryPolicy,
+    pub allow_insecure_endpoints: bool,
+}
+
+impl TenantSpec {
+    /// The key of the credential's shared rate limiter: tenants using one service account at one
+    /// token host share one budget.
+    pub fn credential_key(&self) -> String {
+        format!("{}|{}", self.auth_url, self.client_id)
+    }
+
+    /// True when both specs hold the same secret. Compared explicitly: secrets have no `PartialEq`.
+    pub fn same_secret(&self, other: &TenantSpec) -> bool {
+        self.client_secret.expose_secret() == other.client_secret.expose_secret()
+    }
+}
+
+fn redact<S: Serializer>(_: &SecretString, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str("[REDACTED]")
+}
+
+fn display<T: fmt::Display, S: Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(v)
+}
+
+/// Collects problems while resolving, so the user sees all of them at once.
+struct Checker<'a> {
+    origins: &'a Origins,
+    problems: Vec<Problem>,
+}
+
+impl Checker<'_> {
+    fn global(&mut self, key: &str, message: impl Into<String>) {
+        self.problems.push(Problem {
+            origin: self.origins.of(key),
+            tenant: None,
+            key: key.to_string(),
+            message: message.into(),
+        });
+    }
+
+    fn tenant(&mut self, id: &str, key: &str, message: impl Into<String>) {
+        self.problems.push(Problem {
+            origin: self.origins.of_tenant(id, key),
+            tenant: Some(id.to_string()),
+            key: key.to_string(),
+            message: message.into(),
+        });
+    }
+}
+
+/// True for a valid tenant or sink id: `[a-z0-9_-]`, 1..=64 characters.
+pub fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
+/// Turns the layered file into settings, or reports every problem.
+pub(super) fn resolve(
+    file: ConfigFile,
+    origins: &Origins,
+    env: &EnvSource,
+    config_path: PathBuf,
+) -> Result<Settings, ConfigError> {
+    let mut c = Checker {
+        origins,
+        problems: Vec::new(),
+    };
+    let conn = &file.connector;
+
+    if !(1..=500).contains(&conn.page_size) {
+        c.global(
+            "connector.page_size",
+            format!(
+                "must be between 1 and 500 (Wiz's maximum), got {}",
+                conn.page_size
+            ),
+        );
+    }
+    if conn.poll_interval.0 < MIN_POLL_INTERVAL {
+        c.global("connector.poll_interval", "must be at least 1s");
+    }
+    if conn.shutdown_timeout.0.is_zero() {
+        c.global("connector.shutdown_timeout", "must be greater than zero");
+    }
+    check_timeout(conn.request_timeout, |m| {
+        c.global("connector.request_timeout", m)
+    });
+    check_rate(conn.rate_limit, |m| c.global("connector.rate_limit", m));
+    if conn.max_pages_per_sweep == 0 {
+        c.global("connector.max_pages_per_sweep", "must be at least 1");
+    }
+    if conn.retry_initial_backoff.0.is_zero() {
+        c.global(
+            "connector.retry_initial_backoff",
+            "must be greater than zero",
+        );
+    }
+    if conn.retry_max_backoff.0 < conn.retry_initial_backoff.0 {
+        c.global(
+            "connector.retry_max_backoff",
+            "must not be shorter than connector.retry_initial_backoff",
+        );
+    }
+    let mut statuses = Vec::new();
+    for s in &conn.statuses {
+        let up = s.trim().to_ascii_uppercase();
+        if !VALID_STATUSES.contains(&up.as_str()) {
+            c.global(
+                "connector.statuses",
+                format!(
+                    "unknown status {s:?}; use any of {}",
+                    VALID_STATUSES.join(", ")
+                ),
+            );
+        } else if !statuses.contains(&up) {
+            statuses.push(up);
+        }
+    }
+    if conn.statuses.is_empty() {
+        c.global(
+            "connector.statuses",
+            "must name at least one status, e.g. [\"OPEN\"]",
+        );
+    }
+
+    let listen = match file.admin.listen.parse::<SocketAddr>() {
+        Ok(a) => Some(a),
+        Err(_) => {
+            c.global(
+                "admin.listen",
+                format!(
+                    "{:?} is not an address such as \"127.0.0.1:8686\"",
+                    file.admin.listen
+                ),
+            );
+            None
+        }
+    };
+
+    let mut sinks = Vec::new();
+    for (name, s) in &file.sinks {
+        if !valid_id(name) {
+            c.global(
+                &format!("sinks.{name}"),
+                "sink names use only a-z, 0-9, '_' and '-' (1 to 64 characters)",
+            );
+        }
+        let kind = match s {
+            SinkSection::Stdout {} => SinkKind::Stdout,
+            SinkSection::File { path, max_bytes } => {
+                if path.as_os_str().is_empty() {
+                    c.global(&format!("sinks.{name}.path"), "must not be empty");
+                }
+                let max_bytes = max_bytes.unwrap_or(DEFAULT_FILE_MAX_BYTES);
+                if max_bytes < 4096 {
+                    c.global(&format!("sinks.{name}.max_bytes"), "must be at least 4096");
+                }
+                SinkKind::File {
+                    path: path.clone(),
+                    max_bytes,
+                }
+            }
+        };
+        sinks.push(SinkSpec {
+            name: name.clone(),
+            kind,
+        });
+    }
+
+    let retry = RetryPolicy {
+        max_retries: conn.max_retries,
+        initial_backoff: conn.retry_initial_backoff,
+        max_backoff: conn.retry_max_backoff,
+    };
+    let mut tenants = Vec::new();
+    for (id, t) in &file.tenants {
+        if !valid_id(id) {
+            c.tenant(
+                id,
+                "(tenant id)",
+                "tenant ids use only a-z, 0-9, '_' and '-' (1 to 64 characters)",
+            );
+            continue;
+        }
+        if let Some(spec) = resolve_tenant(&mut c, id, t, conn, &statuses, retry, env) {
+            tenants.push(spec);
+        }
+    }
+
+    if !c.problems.is_empty() {
+        return Err(ConfigError {
+            problems: c.problems,
+        });
+    }
+    Ok(Settings {
+        config_path,
+        connector: ConnectorSettings {
+            state_dir: conn.state_dir.clone(),
+            shutdown_timeout: conn.shutdown_timeout,
+            tenants_dir: conn.tenants_dir.clone(),
+        },
+        admin: AdminSettings {
+            listen: listen.expect("checked above"),
+        },
+        sinks,
+        tenants,
+    })
+}
+
+fn check_timeout(t: DurationValue, mut report: impl FnMut(String)) {
+    if t.0 < Duration::from_secs(1) || t.0 > MAX_REQUEST_TIMEOUT {
+        report(format!(
+            "must be between 1s and 115s (Wiz's gateway limit), got {t}"
+        ));
+    }
+}
+
+fn check_rate(r: f64, mut report: impl FnMut(String)) {
+    if !(r.is_finite() && r > 0.0 && r <= MAX_RATE_LIMIT) {
+        report(format!(
+            "must be a number of requests per second above 0 and at most {MAX_RATE_LIMIT}, got {r}"
+        ));
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn resolve_tenant(
+    c: &mut Checker<'_>,
+    id: &str,
+    t: &TenantSection,
+    conn: &super::types::ConnectorSection,
+    statuses: &[String],
+    retry: RetryPolicy,
+    env: &EnvSource,
+) -> Option<TenantSpec> {
+    let before = c.problems.len();
+    let client_id = match t.client_id.as_deref().map(str::trim) {
+        Some(s) if !s.is_empty() => s.to_string(),
+        _ => {
+            c.tenant(
+                id,
+                "client_id",
+                "is required: the Wiz service account's client id",
+            );
+            String::new()
+        }
+    };
+    let secret = resolve_secret(c, id, t, env);
+
+    let insecure = t.allow_insecure_endpoints;
+    let api_url = match &t.api_url {
+        None => {
+            c.tenant(
+                id,
+                "api_url",
+                "is required: copy it from the Wiz console (Settings → Tenant → API Endpoint), e.g. https://api.us20.app.wiz.io/graphql",
+            );
+            None
+        }
+        Some(raw) => check_endpoint(raw, insecure)
+            .map_err(|m| c.tenant(id, "api_url", m))
+            .ok(),
+    };
+    let cloud = match api_url.as_ref().and_then(|u| u.host_str()) {
+        Some(h) if h == "wiz.us" || h.ends_with(".wiz.us") => Cloud::Fedramp,
+        _ => Cloud::Commercial,
+    };
+    let auth_url = match &t.auth_url {
+        Some(raw) => check_endpoint(raw, insecure)
+            .map_err(|m| c.tenant(id, "auth_url", m))
+            .ok(),
+        None => Some(
+            Url::parse(match cloud {
+                Cloud::Commercial => "https://auth.app.wiz.io/oauth/token",
+                Cloud::Fedramp => "https://auth.app.wiz.us/oauth/token",
+            })
+            .expect("constant URL"),
+        ),
+    };
+    let audience = match &t.audience {
+        Some(a) if a.trim().is_empty() => {
+            c.tenant(
+                id,
+                "audience",
+                "must not be empty; remove it to derive it from auth_url",
+            );
+            String::new()
+        }
+        Some(a) => a.trim().to_string(),
+        None => auth_url.as_ref().map(derive_audience).unwrap_or_default(),
+    };
+    let console_url = match &t.console_url {
+        Some(raw) => check_endpoint(raw, insecure)
+            .map_err(|m| c.tenant(id, "console_url", m))
+            .ok(),
+        None => Some(
+            Url::parse(match cloud {
+                Cloud::Commercial => "https://app.wiz.io",
+                Cloud::Fedramp => "https://app.wiz.us",
+            })
+            .expect("constant URL"),
+        ),
+    };
+
+    let poll_interval = t.poll_interval.unwrap_or(conn.poll_interval);
+    if t.poll_interval.is_some() && poll_interval.0 < MIN_POLL_INTERVAL {
+        c.tenant(id, "poll_interval", "must be at least 1s");
+    }
+    let page_size = t.page_size.unwrap_or(conn.page_size);
+    if t.page_size.is_some() && !(1..=500).contains(&page_size) {
+        c.tenant(
+            id,
+            "page_size",
+            format!("must be between 1 and 500 (Wiz's maximum), got {page_size}"),
+        );
+    }
+    let rate_limit = t.rate_limit.unwrap_or(conn.rate_limit);
+    if t.rate_limit.is_some() {
+        check_rate(rate_limit, |m| c.tenant(id, "rate_limit", m));
+    }
+    let request_timeout = t.request_timeout.unwrap_or(conn.request_timeout);
+    if t.request_timeout.is_some() {
+        check_timeout(request_timeout, |m| c.tenant(id, "request_timeout", m));
+    }
+
+    if c.problems.len() != before {
+        return None;
+    }
+    let (client_secret, secret_source) = secret?;
+    Some(TenantSpec {
+        id: id.to_string(),
+        origin: c.origins.tenant_file(id),
+        client_id,
+        client_secret,
+        secret_source,
+        api_url: api_url?,
+        auth_url: auth_url?,
+        audience,
+        cloud,
+        console_url: console_url?,
+        poll_interval,
+        page_size,
+        statuses: statuses.to_vec(),
+        rate_limit,
+        request_timeout,
+        max_pages_per_sweep: conn.max_pages_per_sweep,
+        retry,
+        allow_insecure_endpoints: insecure,
+    })
+}
+
+fn resolve_secret(
+    c: &mut Checker<'_>,
+    id: &str,
+    t: &TenantSection,
+    env: &EnvSource,
+) -> Option<(SecretString, SecretSource)> {
+    match (&t.client_secret, &t.client_secret_file) {
+        (Some(_), Some(_)) => {
+            c.tenant(
+                id,
+                "client_secret_file",
+                "set either client_secret or client_secret_file, not both",
+            );
+            None
+        }
+        (None, None) => {
+            c.tenant(
+                id,
+                "client_secret",
+                "is required: a literal, \"${ENV_VAR}\", or client_secret_file = \"/path\"",
+            );
+            None
+        }
+        (Some(s), None) => {
+            let raw = s.expose_secret().trim();
+            if let Some(var) = raw.strip_prefix("${").and_then(|r| r.strip_suffix('}')) {
+                let var = var.trim();
+                match env.var(var) {
+                    Some(v) if !v.trim().is_empty() => Some((
+                        SecretString::from(v.trim().to_string()),
+                        SecretSource::Env(var.to_string()),
+                    )),
+                    Some(_) => {
+                        c.tenant(
+                            id,
+                            "client_secret",
+                            format!("environment variable {var} is empty"),
+                        );
+                        None
+                    }
+                    None => {
+                        c.tenant(
+                            id,
+                            "client_secret",
+                            format!("environment variable {var} is not set; export it or use client_secret_file"),
+                        );
+                        None
+                    }
+                }
+            } else if raw.is_empty() {
+                c.tenant(id, "client_secret", "must not be empty");
+                None
+            } else {
+                Some((SecretString::from(raw.to_string()), SecretSource::Literal))
+            }
+        }
+        (None, Some(path)) => match std::fs::read_to_string(path) {
+            Ok(s) if !s.trim().is_empty() => Some((
+                SecretString::from(s.trim().to_string()),
+                SecretSource::File(path.clone()),
+            )),
+            Ok(_) => {
+                c.tenant(
+                    id,
+                    "client_secret_file",
+                    format!("{} is empty", path.display()),
+                );
+                None
+            }
+            Err(e) => {
+                c.tenant(
+                    id,
+                    "client_secret_file",
+                    format!("cannot read {}: {e}", path.display()),
+                );
+                None
+            }
+        },
+    }
+}
+
+/// Wiz's legacy Auth0 token hosts want `beyond-api`; today's hosts want `wiz-api`.
+pub fn derive_audience(auth_url: &Url) -> String {
+    match auth_url.host_str() {
+        Some("auth.wiz.io" | "auth0.gov.wiz.io" | "auth0.test.wiz.io") => "beyond-api",
+        _ => "wiz-api",
+    }
+    .to_string()
+}
+
+/// Accepts `https://` URLs on Wiz hosts, or anything http(s) when `insecure`.
+pub fn check_endpoint(raw: &str, insecure: bool) -> Result<Url, String> {
+    let url = Url::parse(raw.trim()).map_err(|e| format!("{raw:?} is not a URL ({e})"))?;
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(
+            "must not carry credentials in the URL; use client_id and client_secret".into(),
+        );
+    }
+    let host = url
+        .host_str()
+        .ok_or_else(|| format!("{raw:?} has no host"))?
+        .to_ascii_lowercase();
+    match url.scheme() {
+        "https" => {}
+        "http" if insecure => {}
+        "http" => {
+            return Err(format!(
+                "{raw:?} is not https; Wiz endpoints are https (set allow_insecure_endpoints = true only for a simulator or test endpoint)"
+            ))
+        }
+        other => return Err(format!("{raw:?}: unsupported scheme {other:?}, use https")),
+    }
+    let wiz_host = ["wiz.io", "wiz.us"]
+        .iter()
+        .any(|d| host == *d || host.ends_with(&format!(".{d}")));
+    if !wiz_host && !insecure {
+        return Err(format!(
+            "{host} is not a Wiz host (*.wiz.io or *.wiz.us); set allow_insecure_endpoints = true only for a simulator or test endpoint"
+        ));
+    }
+    Ok(url)
+}

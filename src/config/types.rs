@@ -1,0 +1,159 @@
+//! The configuration file as users write it (CONTRACT.md). Data only: no I/O, no validation beyond
+//! what serde does (unknown keys are rejected everywhere). Defaults live here so that `validate`
+//! can print them.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use secrecy::SecretString;
+use serde::{Deserialize, Deserializer, Serialize};
+
+use super::DurationValue;
+
+/// The whole file after layering (main file, `tenants_dir`, environment overrides).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConfigFile {
+    /// Settings shared by every tenant and the process.
+    pub connector: ConnectorSection,
+    /// The admin HTTP API.
+    pub admin: AdminSection,
+    /// Named outputs; every event goes to all of them.
+    pub sinks: BTreeMap<String, SinkSection>,
+    /// One table per Wiz tenant; the key is the tenant id.
+    pub tenants: BTreeMap<String, TenantSection>,
+}
+
+/// `[connector]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConnectorSection {
+    /// How often each tenant polls unless it overrides it (the seed's default: 300 s).
+    pub poll_interval: DurationValue,
+    /// `first` of the issues query: 1..=500, Wiz's maximum, because fewer round trips cost less of
+    /// the 3 req/s budget.
+    pub page_size: u32,
+    /// Issue statuses that are watched. Accepts a list or, from an environment variable, a
+    /// comma-separated string.
+    #[serde(deserialize_with = "status_list")]
+    pub statuses: Vec<String>,
+    /// Where the embedded state store lives; created when missing.
+    pub state_dir: PathBuf,
+    /// How long an orderly shutdown may take before the process exits anyway.
+    pub shutdown_timeout: DurationValue,
+    /// Optional folder of `<tenant-id>.toml` files, one per tenant, so an MSSP adds a customer by
+    /// dropping a file.
+    pub tenants_dir: Option<PathBuf>,
+    /// Timeout of every HTTP request to Wiz; Wiz's gateway gives up at about 115 s.
+    pub request_timeout: DurationValue,
+    /// Default requests per second per Wiz credential (Wiz allows about 3).
+    pub rate_limit: f64,
+    /// Upper bound on pages in one sweep, so a misbehaving API cannot keep a tenant paging forever.
+    pub max_pages_per_sweep: u32,
+    /// Retries of one request after a transient failure (429, 5xx, timeout, downstream error).
+    pub max_retries: u32,
+    /// First backoff delay; doubles on each retry, with jitter.
+    pub retry_initial_backoff: DurationValue,
+    /// Cap on one backoff delay (a `Retry-After` from Wiz may exceed it up to 300 s).
+    pub retry_max_backoff: DurationValue,
+}
+
+impl Default for ConnectorSection {
+    fn default() -> Self {
+        ConnectorSection {
+            poll_interval: DurationValue::secs(300),
+            page_size: 500,
+            statuses: vec!["OPEN".to_string()],
+            state_dir: PathBuf::from("data"),
+            shutdown_timeout: DurationValue::secs(30),
+            tenants_dir: None,
+            request_timeout: DurationValue::secs(60),
+            rate_limit: 3.0,
+            max_pages_per_sweep: 2000,
+            max_retries: 5,
+            retry_initial_backoff: DurationValue::secs(1),
+            retry_max_backoff: DurationValue::secs(60),
+        }
+    }
+}
+
+/// `[admin]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminSection {
+    /// Address of the admin API; loopback by default so nothing is exposed unless asked.
+    pub listen: String,
+}
+
+impl Default for AdminSection {
+    fn default() -> Self {
+        AdminSection {
+            listen: "127.0.0.1:8686".to_string(),
+        }
+    }
+}
+
+/// `[sinks.<name>]`: one output.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum SinkSection {
+    /// JSON lines on standard output.
+    Stdout {},
+    /// JSON lines appended to a file.
+    File {
+        /// The file; created when missing, never truncated.
+        path: PathBuf,
+        /// Rotate when the file would grow past this many bytes (default 100 MiB).
+        #[serde(default)]
+        max_bytes: Option<u64>,
+    },
+}
+
+/// `[tenants.<id>]` or `tenants_dir/<id>.toml`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantSection {
+    /// The Wiz service account's client id.
+    pub client_id: Option<String>,
+    /// A literal secret or `${ENV_VAR}`. Held in a secret type from the moment it is read.
+    pub client_secret: Option<SecretString>,
+    /// Alternative to `client_secret`: a file holding the secret (trailing newline ignored).
+    pub client_secret_file: Option<PathBuf>,
+    /// The tenant's GraphQL endpoint, e.g. `https://api.us20.app.wiz.io/graphql`.
+    pub api_url: Option<String>,
+    /// Token endpoint; defaults to the commercial one (FedRAMP's when `api_url` is on wiz.us).
+    pub auth_url: Option<String>,
+    /// OAuth audience; derived from the token host when absent.
+    pub audience: Option<String>,
+    /// Base of console links; derived from `api_url` when absent.
+    pub console_url: Option<String>,
+    /// Per-tenant override of `connector.poll_interval`.
+    pub poll_interval: Option<DurationValue>,
+    /// Per-tenant override of `connector.page_size`.
+    pub page_size: Option<u32>,
+    /// Requests per second for this tenant's credential.
+    pub rate_limit: Option<f64>,
+    /// Per-tenant override of `connector.request_timeout`.
+    pub request_timeout: Option<DurationValue>,
+    /// Permits `http://` and non-Wiz hosts (simulators, tests); logged as a warning.
+    #[serde(default)]
+    pub allow_insecure_endpoints: bool,
+}
+
+/// Statuses as a TOML list, or as `"OPEN,IN_PROGRESS"` (how an environment variable carries a list).
+fn status_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        Many(Vec<String>),
+        One(String),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::Many(v) => v,
+        OneOrMany::One(s) => s
+            .split(',')
+            .map(|p| p.trim().to_string())
+            .filter(|p| !p.is_empty())
+            .collect(),
+    })
+}

@@ -1,0 +1,38 @@
+//! The `wiz-connector` binary: parse the command line, set up logging, run the command.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use wiz_connector::cli::{Cli, Command};
+use wiz_connector::{commands, telemetry};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    telemetry::init(cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Check { config, tenant } => {
+                commands::check::run(&config.path, tenant.as_deref()).await
+            }
+            Command::Validate { config } => commands::validate::run(&config.path),
+            Command::Simulate(args) => commands::simulate::run(args).await,
+        }
+    });
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,20 @@
+//! The Wiz simulator: an axum server on loopback that behaves like the Wiz API of WIZ_API.md for
+//! many simulated tenants (one per client id/secret). It is a product feature (`simulate`, `demo`)
+//! and the test bed of every integration test.
+//!
+//! - `POST /oauth/token`: client credentials (form body, audience checked), configurable
+//!   `expires_in`.
+//! - `POST /graphql`: `issuesV2` (aliased or not), `first` (over 500 → Wiz's error), opaque
+//!   cursors, `filterBy` on status, severity, type, createdAt and statusChangedAt, `orderBy`.
+//! - Fault knobs per tenant (queued or sticky): latency, 429 with or without `Retry-After`, 5xx,
+//!   `DOWNSTREAM_SERVICE_ERROR`, 401 with an HTML body, broken cursors, garbage bodies.
+//! - Counters per tenant: requests, tokens issued, peak requests per second.
+//! - `GET /_sim/tenants`, `POST /_sim/tenants/{client_id}/faults`, `POST
+//!   /_sim/tenants/{client_id}/churn?steps=N`: the same knobs over HTTP.
+
+pub mod data;
+mod graphql;
+mod server;
+
+pub use data::{IssueSet, SimIssue, SEVERITIES};
+pub use server::{Fault, SimCounters, SimTenantSpec, Simulator, SimulatorOptions};

@@ -1,0 +1,324 @@
+//! The HTTP client: one shared `reqwest::Client` (it pools connections per host) and, per tenant,
+//! a [`TenantClient`] that owns the tenant's token cache and its handle on the credential's rate
+//! limiter. Every request has a timeout; transient failures are retried with exponential backoff
+//! and jitter, honouring `Retry-After`.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use backon::{ExponentialBuilder, Retryable};
+use bytes::Bytes;
+use secrecy::{ExposeSecret, SecretString};
+
+use super::auth::{describe_reqwest, fetch_token, retry_after, TokenCache};
+use super::error::{snippet, WizError};
+use super::issues::{parse_page, query_text, request_body, IssueFilter, IssueOrder, Page};
+use super::limiter::{CredentialLimiter, LimiterRegistry};
+use crate::config::TenantSpec;
+
+/// Longest `Retry-After` honoured; a longer one is cut to this.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
+
+/// What every tenant shares: the connection pool, the limiters, the query text.
+#[derive(Clone)]
+pub struct WizHttp {
+    http: reqwest::Client,
+    limiters: LimiterRegistry,
+    query: Arc<str>,
+}
+
+impl WizHttp {
+    /// Builds the shared client (rustls with the ring provider; system trust roots).
+    pub fn new() -> Result<Self, WizError> {
+        // Only the first call installs; later ones find it there.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("wiz-connector/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(Duration::from_secs(10))
+            .pool_idle_timeout(Duration::from_secs(90))
+            .build()
+            .map_err(|e| WizError::Transport(format!("cannot build the HTTP client: {e}")))?;
+        Ok(WizHttp {
+            http,
+            limiters: LimiterRegistry::default(),
+            query: query_text().into(),
+        })
+    }
+
+    /// A client for one tenant, sharing this pool and the limiter of the tenant's credential.
+    pub fn tenant(&self, spec: Arc<TenantSpec>) -> TenantClient {
+        let limiter = self.limiters.get(&spec.credential_key(), spec.rate_limit);
+        TenantClient {
+            spec,
+            http: self.http.clone(),
+            limiter,
+            token: tokio::sync::Mutex::new(TokenCache::default()),
+            query: self.query.clone(),
+            stats: ClientStats::default(),
+        }
+    }
+
+    pub fn limiters(&self) -> &LimiterRegistry {
+        &self.limiters
+    }
+}
+
+/// Counters of one tenant client, read by health and metrics.
+#[derive(Debug, Default)]
+pub struct ClientStats {
+    /// GraphQL requests sent (each attempt counts).
+    pub requests: AtomicU64,
+    /// Attempts that were retries after a transient failure.
+    pub retries: AtomicU64,
+    /// Tokens obtained.
+    pub tokens: AtomicU64,
+    /// Tokens renewed because the API answered 401.
+    pub renewals_after_401: AtomicU64,
+}
+
+/// One tenant's view of Wiz.
+pub struct TenantClient {
+    spec: Arc<TenantSpec>,
+    http: reqwest::Client,
+    limiter: Arc<CredentialLimiter>,
+    /// Held across a token fetch so concurrent callers wait for one token instead of each fetching.
+    token: tokio::sync::Mutex<TokenCache>,
+    query: Arc<str>,
+    pub stats: ClientStats,
+}
+
+enum Answer {
+    Page(Page),
+    Unauthorized(String),
+}
+
+impl TenantClient {
+    pub fn spec(&self) -> &TenantSpec {
+        &self.spec
+    }
+
+    /// The seed's "Test connection": a fresh token exchange, then a 1-row issues query. Returns
+    /// how many issues that row query saw (0 or 1).
+    pub async fn check(&self) -> Result<usize, WizError> {
+        self.token.lock().await.invalidate();
+        let filter = IssueFilter {
+            status: self.spec.statuses.clone(),
+            ..Default::default()
+        };
+        let page = self
+            .fetch_page(&filter, IssueOrder::CREATED_ASC, 1, None)
+            .await?;
+        Ok(page.len())
+    }
+
+    /// Starts a sweep over every page matching `filter`.
+    pub fn sweep(&self, filter: IssueFilter, order: IssueOrder) -> Sweep<'_> {
+        Sweep {
+            client: self,
+            filter,
+            order,
+            after: None,
+            seen: HashSet::new(),
+            pages: 0,
+            done: false,
+        }
+    }
+
+    /// Fetches one page, retrying transient failures within the tenant's retry policy.
+    pub async fn fetch_page(
+        &self,
+        filter: &IssueFilter,
+        order: IssueOrder,
+        first: u32,
+        after: Option<&str>,
+    ) -> Result<Page, WizError> {
+        let body = Bytes::from(request_body(&self.query, filter, order, first, after));
+        let policy = self.spec.retry;
+        let backoff = ExponentialBuilder::default()
+            .with_min_delay(policy.initial_backoff.0)
+            .with_max_delay(policy.max_backoff.0)
+            .with_max_times(policy.max_retries as usize)
+            .with_jitter();
+        let attempts = AtomicU32::new(0);
+        let result = (|| async {
+            if attempts.fetch_add(1, Ordering::Relaxed) > 0 {
+                self.stats.retries.fetch_add(1, Ordering::Relaxed);
+            }
+            self.attempt(&body).await
+        })
+        .retry(backoff)
+        .sleep(tokio::time::sleep)
+        .when(WizError::is_transient)
+        .adjust(|e: &WizError, delay| {
+            delay.map(|d| match e.retry_after() {
+                Some(ra) => ra.min(MAX_RETRY_AFTER).max(d),
+                None => d,
+            })
+        })
+        .notify(|e: &WizError, delay| {
+            tracing::warn!(
+                tenant = %self.spec.id,
+                error = %e,
+                retry_in_ms = delay.as_millis() as u64,
+                "wiz request failed, retrying"
+            );
+        })
+        .await;
+        let attempts = attempts.load(Ordering::Relaxed);
+        result.map_err(|e| {
+            if e.is_transient() && attempts > 1 {
+                WizError::RetriesExhausted {
+                    attempts,
+                    last: Box::new(e),
+                }
+            } else {
+                e
+            }
+        })
+    }
+
+    /// One attempt: a token (cached, or fetched), the request, and on a 401 with a cached token,
+    /// one renewal and one resend.
+    async fn attempt(&self, body: &Bytes) -> Result<Page, WizError> {
+        let (token, fresh) = self.token().await?;
+        match self.send(body, &token).await? {
+            Answer::Page(p) => Ok(p),
+            Answer::Unauthorized(snippet) if fresh => Err(WizError::Unauthorized { snippet }),
+            Answer::Unauthorized(_) => {
+                tracing::info!(tenant = %self.spec.id, "wiz answered 401; renewing the token once");
+                self.token.lock().await.invalidate();
+                self.stats
+                    .renewals_after_401
+                    .fetch_add(1, Ordering::Relaxed);
+                let (token, _) = self.token().await?;
+                match self.send(body, &token).await? {
+                    Answer::Page(p) => Ok(p),
+                    Answer::Unauthorized(snippet) => Err(WizError::Unauthorized { snippet }),
+                }
+            }
+        }
+    }
+
+    /// The cached token, or a new one; `true` when it was fetched just now.
+    async fn token(&self) -> Result<(SecretString, bool), WizError> {
+        let mut cache = self.token.lock().await;
+        if let Some(t) = cache.fresh(Instant::now()) {
+            return Ok((t.clone(), false));
+        }
+        let t = fetch_token(&self.http, &self.spec).await?;
+        self.stats.tokens.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(tenant = %self.spec.id, "obtained a wiz token");
+        let value = t.value.clone();
+        cache.store(t);
+        Ok((value, true))
+    }
+
+    async fn send(&self, body: &Bytes, token: &SecretString) -> Result<Answer, WizError> {
+        self.limiter.until_ready().await;
+        self.stats.requests.fetch_add(1, Ordering::Relaxed);
+        let timeout = self.spec.request_timeout.0;
+        let map_err = |e: reqwest::Error| {
+            if e.is_timeout() {
+                WizError::Timeout { timeout }
+            } else {
+                WizError::Transport(describe_reqwest(&e))
+            }
+        };
+        let resp = self
+            .http
+            .post(self.spec.api_url.clone())
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .header(reqwest::header::ACCEPT, "application/json")
+            .header(
+                reqwest::header::AUTHORIZATION,
+                format!("Bearer {}", token.expose_secret()),
+            )
+            .body(body.clone())
+            .timeout(timeout)
+            .send()
+            .await
+            .map_err(map_err)?;
+        let status = resp.status().as_u16();
+        let ra = retry_after(resp.headers());
+        let bytes = resp.bytes().await.map_err(map_err)?;
+        match status {
+            200 => parse_page(bytes).map(Answer::Page),
+            401 => Ok(Answer::Unauthorized(snippet(&bytes))),
+            429 => Err(WizError::RateLimited { retry_after: ra }),
+            500..=599 => Err(WizError::Server {
+                status,
+                snippet: snippet(&bytes),
+                retry_after: ra,
+            }),
+            _ => Err(WizError::Client {
+                status,
+                snippet: snippet(&bytes),
+            }),
+        }
+    }
+}
+
+/// A paginated walk over every page of one query. The filter is frozen for the whole sweep;
+/// cursors are followed while `hasNextPage`, with guards against a repeated or missing cursor and
+/// a bound on the number of pages.
+pub struct Sweep<'c> {
+    client: &'c TenantClient,
+    filter: IssueFilter,
+    order: IssueOrder,
+    after: Option<String>,
+    seen: HashSet<String>,
+    pages: u32,
+    done: bool,
+}
+
+impl Sweep<'_> {
+    /// The next page, or `None` when the sweep is complete. After an error the sweep is over.
+    pub async fn next_page(&mut self) -> Result<Option<Page>, WizError> {
+        if self.done {
+            return Ok(None);
+        }
+        let spec = &self.client.spec;
+        if self.pages >= spec.max_pages_per_sweep {
+            self.done = true;
+            return Err(WizError::TooManyPages {
+                max: spec.max_pages_per_sweep,
+            });
+        }
+        let page = self
+            .client
+            .fetch_page(
+                &self.filter,
+                self.order,
+                spec.page_size,
+                self.after.as_deref(),
+            )
+            .await
+            .inspect_err(|_| self.done = true)?;
+        self.pages += 1;
+        if page.has_next_page {
+            match page.end_cursor.as_deref() {
+                None | Some("") => {
+                    self.done = true;
+                    return Err(WizError::CursorMissing { page: self.pages });
+                }
+                Some(c) => {
+                    if !self.seen.insert(c.to_string()) || self.after.as_deref() == Some(c) {
+                        self.done = true;
+                        return Err(WizError::CursorRepeated { page: self.pages });
+                    }
+                    self.after = Some(c.to_string());
+                }
+            }
+        } else {
+            self.done = true;
+        }
+        Ok(Some(page))
+    }
+
+    /// Pages fetched so far.
+    pub fn pages(&self) -> u32 {
+        self.pages
+    }
+}

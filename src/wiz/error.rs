@@ -1,0 +1,180 @@
+//! Everything that can go wrong talking to Wiz, classified so callers know whether to retry and
+//! what to count. Messages follow the seed's troubleshooting texts.
+
+use std::time::Duration;
+
+use thiserror::Error;
+
+/// Hint shown with every authentication failure (the seed's troubleshooting text).
+pub const AUTH_HINT: &str = "check client_id and client_secret; if auth_url is overridden, make sure it points at the tenant's cloud (commercial vs gov-cloud), or remove it to fall back to the default commercial endpoint";
+
+/// Hint shown with a 401 from the GraphQL endpoint under a fresh token.
+pub const SCOPE_HINT: &str = "the token was issued but lacks the read:issues scope: re-grant it on the service account in the Wiz console (tokens cache scopes at issue time, so it takes effect with the next token); a gov-cloud tenant queried through a commercial host also answers 401";
+
+/// Why the token exchange failed.
+#[derive(Debug, Clone, Error, PartialEq, Eq)]
+pub enum AuthFailure {
+    /// The token host answered and said no (wrong id/secret/audience).
+    #[error("credentials refused by the token endpoint (HTTP {status}: {detail})")]
+    Refused { status: u16, detail: String },
+    /// The token host could not be reached or timed out.
+    #[error("token endpoint unreachable: {0}")]
+    Unreachable(String),
+    /// The token host answered with something that is not a token.
+    #[error("token endpoint answer not understood: {0}")]
+    BadAnswer(String),
+    /// The token host is overloaded or rate limiting (HTTP 429/5xx).
+    #[error("token endpoint unavailable (HTTP {status}: {detail})")]
+    Unavailable {
+        status: u16,
+        detail: String,
+        retry_after: Option<Duration>,
+    },
+}
+
+/// A failure of one Wiz API operation.
+#[derive(Debug, Clone, Error, PartialEq, Eq)]
+pub enum WizError {
+    #[error("could not authenticate to wiz: {reason}. Hint: {AUTH_HINT}")]
+    Auth { reason: AuthFailure },
+
+    #[error("HTTP 401 on issues query: {SCOPE_HINT} (response: {snippet})")]
+    Unauthorized { snippet: String },
+
+    #[error("rate limited by wiz (HTTP 429{})", retry_after.map(|d| format!(", Retry-After {}s", d.as_secs())).unwrap_or_default())]
+    RateLimited { retry_after: Option<Duration> },
+
+    #[error("wiz server error (HTTP {status}): {snippet}")]
+    Server {
+        status: u16,
+        snippet: String,
+        retry_after: Option<Duration>,
+    },
+
+    #[error("request to wiz timed out after {}s", timeout.as_secs())]
+    Timeout { timeout: Duration },
+
+    #[error("could not reach wiz: {0}")]
+    Transport(String),
+
+    #[error("wiz GraphQL error {code}: {message}")]
+    GraphQl { code: String, message: String },
+
+    #[error("wiz rejected the request (HTTP {status}): {snippet}")]
+    Client { status: u16, snippet: String },
+
+    #[error("wiz answer not understood: {0}")]
+    BadResponse(String),
+
+    #[error("wiz returned the cursor of an earlier page again on page {page}; stopping the sweep instead of looping")]
+    CursorRepeated { page: u32 },
+
+    #[error("wiz said there is a next page but gave no cursor (page {page}); stopping the sweep")]
+    CursorMissing { page: u32 },
+
+    #[error("sweep stopped after {max} pages (connector.max_pages_per_sweep); raise it if the tenant really has that many issues")]
+    TooManyPages { max: u32 },
+
+    #[error("gave up after {attempts} attempts: {last}")]
+    RetriesExhausted { attempts: u32, last: Box<WizError> },
+}
+
+/// A coarse kind, for metrics and health (`errors by kind`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    Auth,
+    RateLimited,
+    Server,
+    GraphQl,
+    Timeout,
+    Transport,
+    Client,
+    BadResponse,
+    Pagination,
+}
+
+impl ErrorKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Auth => "auth",
+            ErrorKind::RateLimited => "rate_limited",
+            ErrorKind::Server => "server",
+            ErrorKind::GraphQl => "graphql",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::Transport => "transport",
+            ErrorKind::Client => "client",
+            ErrorKind::BadResponse => "bad_response",
+            ErrorKind::Pagination => "pagination",
+        }
+    }
+}
+
+/// The GraphQL code Wiz uses for transient backend failures on heavy queries.
+pub const DOWNSTREAM_SERVICE_ERROR: &str = "DOWNSTREAM_SERVICE_ERROR";
+
+impl WizError {
+    /// Whether another attempt may succeed.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            WizError::RateLimited { .. }
+            | WizError::Server { .. }
+            | WizError::Timeout { .. }
+            | WizError::Transport(_) => true,
+            WizError::GraphQl { code, .. } => code == DOWNSTREAM_SERVICE_ERROR,
+            WizError::Auth { reason } => matches!(
+                reason,
+                AuthFailure::Unreachable(_) | AuthFailure::Unavailable { .. }
+            ),
+            _ => false,
+        }
+    }
+
+    /// The server's requested delay, when it gave one.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            WizError::RateLimited { retry_after }
+            | WizError::Server { retry_after, .. }
+            | WizError::Auth {
+                reason: AuthFailure::Unavailable { retry_after, .. },
+            } => *retry_after,
+            _ => None,
+        }
+    }
+
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            WizError::Auth { .. } | WizError::Unauthorized { .. } => ErrorKind::Auth,
+            WizError::RateLimited { .. } => ErrorKind::RateLimited,
+            WizError::Server { .. } => ErrorKind::Server,
+            WizError::Timeout { .. } => ErrorKind::Timeout,
+            WizError::Transport(_) => ErrorKind::Transport,
+            WizError::GraphQl { .. } => ErrorKind::GraphQl,
+            WizError::Client { .. } => ErrorKind::Client,
+            WizError::BadResponse(_) => ErrorKind::BadResponse,
+            WizError::CursorRepeated { .. }
+            | WizError::CursorMissing { .. }
+            | WizError::TooManyPages { .. } => ErrorKind::Pagination,
+            WizError::RetriesExhausted { last, .. } => last.kind(),
+        }
+    }
+}
+
+/// The first `max` characters of a response body, on one line, for error messages. Bodies can be
+/// HTML or anything else; they are shown, never parsed further.
+pub fn snippet(body: &[u8]) -> String {
+    const MAX: usize = 200;
+    let text = String::from_utf8_lossy(&body[..body.len().min(MAX * 4)]);
+    let mut out: String = text
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(MAX)
+        .collect();
+    let trimmed = out.trim().len();
+    if trimmed == 0 {
+        return "(empty body)".to_string();
+    }
+    if text.chars().count() > MAX || body.len() > MAX * 4 {
+        out.push('…');
+    }
+    out.trim().to_string()
+}

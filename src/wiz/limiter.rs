@@ -1,0 +1,103 @@
+//! Per-credential rate limiting. Wiz counts requests per service account, so every tenant that
+//! uses the same credential (token URL + client id) shares one limiter, found in a dashmap.
+
+use std::num::NonZeroU32;
+use std::sync::{Arc, RwLock, Weak};
+use std::time::Duration;
+
+use dashmap::DashMap;
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+
+/// One credential's budget. Requests are spaced `1/rate` seconds apart with a burst of one: Wiz
+/// counts per second, and a burst followed by more earns 429s.
+pub struct CredentialLimiter {
+    /// `(requests per second, limiter)`; replaced whole when the rate changes.
+    inner: RwLock<(f64, Arc<DefaultDirectRateLimiter>)>,
+}
+
+fn build(rate: f64) -> Arc<DefaultDirectRateLimiter> {
+    let period = Duration::from_secs_f64(1.0 / rate);
+    let quota = Quota::with_period(period)
+        .expect("rate is validated to be positive and finite")
+        .allow_burst(NonZeroU32::MIN);
+    Arc::new(RateLimiter::direct(quota))
+}
+
+impl CredentialLimiter {
+    fn new(rate: f64) -> Self {
+        CredentialLimiter {
+            inner: RwLock::new((rate, build(rate))),
+        }
+    }
+
+    /// Waits until the credential may send one more request.
+    pub async fn until_ready(&self) {
+        let lim = self.inner.read().expect("limiter lock").1.clone();
+        lim.until_ready().await;
+    }
+
+    /// The current rate in requests per second.
+    pub fn rate(&self) -> f64 {
+        self.inner.read().expect("limiter lock").0
+    }
+
+    /// Changes the rate in place (tenants keep their handle).
+    pub fn set_rate(&self, rate: f64) {
+        let mut g = self.inner.write().expect("limiter lock");
+        if g.0 != rate {
+            *g = (rate, build(rate));
+        }
+    }
+}
+
+/// All credentials' limiters. Entries are weak: a limiter lives as long as a tenant uses it.
+#[derive(Default, Clone)]
+pub struct LimiterRegistry {
+    map: Arc<DashMap<String, Weak<CredentialLimiter>>>,
+}
+
+impl LimiterRegistry {
+    /// The limiter of `credential`, created at `rate` when new. When tenants sharing a credential
+    /// ask for different rates, the lowest wins: the budget is the service account's, not theirs.
+    pub fn get(&self, credential: &str, rate: f64) -> Arc<CredentialLimiter> {
+        let mut entry = self.map.entry(credential.to_string()).or_default();
+        if let Some(existing) = entry.upgrade() {
+            if rate < existing.rate() {
+                existing.set_rate(rate);
+            }
+            return existing;
+        }
+        let fresh = Arc::new(CredentialLimiter::new(rate));
+        *entry = Arc::downgrade(&fresh);
+        fresh
+    }
+
+    /// Number of credentials with a live limiter.
+    pub fn len(&self) -> usize {
+        self.map.retain(|_, w| w.strong_count() > 0);
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shared_credential_shares_one_limiter_and_takes_the_lower_rate() {
+        let reg = LimiterRegistry::default();
+        let a = reg.get("https://auth/x|id1", 3.0);
+        let b = reg.get("https://auth/x|id1", 2.0);
+        let c = reg.get("https://auth/x|id2", 3.0);
+        assert!(Arc::ptr_eq(&a, &b));
+        assert!(!Arc::ptr_eq(&a, &c));
+        assert_eq!(a.rate(), 2.0);
+        assert_eq!(reg.len(), 2);
+        drop((a, b));
+        assert_eq!(reg.len(), 1);
+    }
+}
