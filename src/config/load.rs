@@ -51,14 +51,14 @@ pub(crate) struct Origins {
 }
 
 impl Origins {
-    /// Where the value at dotted `key` came from, or the main file when the key is absent.
+    /// Where the value at dotted `key` came from: an environment variable, or the main file.
     pub(crate) fn of(&self, key: &str) -> String {
-        self.lookup(key).unwrap_or_else(|| self.main.clone())
+        self.env_var(key).unwrap_or_else(|| self.main.clone())
     }
 
-    /// Where tenant `id`'s `key` came from, or the tenant's file when absent.
+    /// Where tenant `id`'s `key` came from: an environment variable, or the tenant's file.
     pub(crate) fn of_tenant(&self, id: &str, key: &str) -> String {
-        self.lookup(&format!("tenants.{id}.{key}"))
+        self.env_var(&format!("tenants.{id}.{key}"))
             .unwrap_or_else(|| self.tenant_file(id))
     }
 
@@ -70,15 +70,22 @@ impl Origins {
             .unwrap_or_else(|| self.main.clone())
     }
 
-    fn lookup(&self, key: &str) -> Option<String> {
-        let v = self.merged.get::<Value>(key).ok()?;
-        match v.origin()? {
-            "the environment" => Some(format!(
+    /// `environment variable WIZ_CONNECTOR__...` when the value at `key` came from one.
+    fn env_var(&self, key: &str) -> Option<String> {
+        // Walk the merged tree (deserializing a `Value` would drop its origin).
+        let mut v = &self.merged.cache;
+        for seg in key.split('.') {
+            match &v.kind {
+                ValueKind::Table(t) => v = t.get(seg)?,
+                _ => return None,
+            }
+        }
+        (v.origin()? == "the environment").then(|| {
+            format!(
                 "environment variable {ENV_PREFIX}{ENV_SEPARATOR}{}",
                 key.replace('.', ENV_SEPARATOR).to_ascii_uppercase()
-            )),
-            o => Some(o.to_string()),
-        }
+            )
+        })
     }
 }
 
@@ -295,7 +302,13 @@ pub fn load(path: &Path, env: &EnvSource) -> Result<Settings, ConfigError> {
 fn unknown_field_key(key: &str, message: &str) -> String {
     if let Some(rest) = message.strip_prefix("unknown field `") {
         if let Some(field) = rest.split('`').next() {
-            return if key.is_empty() {
+            return if key.is_empty() || key == field || key.ends_with(&format!(".{field}")) {
+                if key.is_empty() {
+                    field.to_string()
+                } else {
+                    key.to_string()
+                }
+            } else if key.is_empty() {
                 field.to_string()
             } else {
                 format!("{key}.{field}")

@@ -1,0 +1,81 @@
+//! Helpers shared by the integration tests: a simulator on 127.0.0.1:0 and configurations that
+//! point at it, loaded through the real loader.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use wiz_connector::config::{load, EnvSource, Settings, TenantSpec};
+use wiz_connector::sim::{SimTenantSpec, Simulator, SimulatorOptions};
+
+/// Starts a simulator with `n` tenants of `issues` issues each.
+pub async fn sim(n: usize, issues: usize) -> Simulator {
+    sim_with(SimulatorOptions {
+        tenants: (0..n)
+            .map(|i| SimTenantSpec::numbered(i, 42, issues))
+            .collect(),
+        ..Default::default()
+    })
+    .await
+}
+
+pub async fn sim_with(opts: SimulatorOptions) -> Simulator {
+    Simulator::start("127.0.0.1:0".parse().unwrap(), opts)
+        .await
+        .expect("simulator starts")
+}
+
+/// A `[tenants.<id>]` table for simulated tenant `t`, plus `extra` lines.
+pub fn tenant_toml(sim: &Simulator, id: &str, t: &SimTenantSpec, extra: &str) -> String {
+    format!(
+        "[tenants.{id}]\nclient_id = \"{}\"\nclient_secret = \"{}\"\napi_url = \"{}\"\nauth_url = \"{}\"\nallow_insecure_endpoints = true\n{extra}\n",
+        t.client_id,
+        t.client_secret,
+        sim.graphql_url(),
+        sim.token_url()
+    )
+}
+
+/// Fast retries so failure tests take milliseconds, not minutes.
+pub const FAST_RETRIES: &str =
+    "retry_initial_backoff = \"10ms\"\nretry_max_backoff = \"40ms\"\nmax_retries = 4\n";
+
+/// A temporary directory holding a config file; kept alive by the returned guard.
+pub struct ConfigDir {
+    pub dir: tempfile::TempDir,
+    pub path: PathBuf,
+}
+
+pub fn write_config(body: &str) -> ConfigDir {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("wiz-connector.toml");
+    std::fs::write(&path, body).unwrap();
+    ConfigDir { dir, path }
+}
+
+/// Loads `body` with a fixed, empty environment.
+pub fn settings(body: &str) -> Settings {
+    let c = write_config(body);
+    load(&c.path, &EnvSource::Fixed(HashMap::new())).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The spec of tenant `id` from a config `body`.
+pub fn spec(body: &str, id: &str) -> Arc<TenantSpec> {
+    let s = settings(body);
+    Arc::new(
+        s.tenants
+            .into_iter()
+            .find(|t| t.id == id)
+            .unwrap_or_else(|| panic!("no tenant {id}")),
+    )
+}
+
+/// Config for every tenant of `sim` with `connector` lines, tenant ids `t0`, `t1`, ...
+pub fn sim_config(sim: &Simulator, connector: &str, tenant_extra: &str) -> String {
+    let mut body = format!("[connector]\n{connector}\n");
+    for (i, t) in sim.tenants().iter().enumerate() {
+        body.push_str(&tenant_toml(sim, &format!("t{i}"), t, tenant_extra));
+    }
+    body
+}
