@@ -5,15 +5,13 @@
 //! response (no `serde_json::Value` per issue), and copies the node's bytes verbatim into
 //! `raw_event`.
 
-use std::borrow::Cow;
 use std::collections::HashSet;
-use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use thiserror::Error;
 
 use crate::config::TenantSpec;
+use crate::wiz::page::{Issue, NodeError, Page, Str};
 
 /// What happened to an issue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -61,6 +59,17 @@ pub enum Severity {
     Info,
 }
 
+impl Severity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::High => "high",
+            Severity::Medium => "medium",
+            Severity::Low => "low",
+            Severity::Info => "info",
+        }
+    }
+}
+
 /// Wiz's 5-tier severity on the 4-tier ladder; `None` for a value Wiz is not known to send.
 pub fn map_severity(wiz: &str) -> Option<Severity> {
     Some(match wiz {
@@ -70,104 +79,6 @@ pub fn map_severity(wiz: &str) -> Option<Severity> {
         "INFORMATIONAL" => Severity::Info,
         _ => return None,
     })
-}
-
-/// The part of an Issue node the connector models. Everything else stays only in `raw_event`.
-#[derive(Deserialize)]
-struct IssueView<'a> {
-    #[serde(borrow)]
-    id: Cow<'a, str>,
-    #[serde(borrow)]
-    status: Cow<'a, str>,
-    #[serde(borrow, default)]
-    severity: Option<Cow<'a, str>>,
-    #[serde(borrow, default, rename = "type")]
-    issue_type: Option<Cow<'a, str>>,
-    #[serde(borrow, default, rename = "createdAt")]
-    created_at: Option<Cow<'a, str>>,
-    #[serde(borrow, default, rename = "updatedAt")]
-    updated_at: Option<Cow<'a, str>>,
-    #[serde(borrow, default, rename = "statusChangedAt")]
-    status_changed_at: Option<Cow<'a, str>>,
-    #[serde(borrow, default, rename = "sourceRule")]
-    source_rule: Option<RuleView<'a>>,
-    #[serde(borrow, default, rename = "entitySnapshot")]
-    entity: Option<EntityView<'a>>,
-    #[serde(borrow, default)]
-    projects: Option<Vec<ProjectView<'a>>>,
-}
-
-#[derive(Deserialize)]
-struct RuleView<'a> {
-    #[serde(borrow, default)]
-    name: Option<Cow<'a, str>>,
-}
-
-#[derive(Deserialize)]
-struct ProjectView<'a> {
-    #[serde(borrow, default)]
-    name: Option<Cow<'a, str>>,
-}
-
-#[derive(Deserialize)]
-struct EntityView<'a> {
-    #[serde(borrow, default)]
-    id: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    name: Option<Cow<'a, str>>,
-    #[serde(borrow, default, rename = "type")]
-    entity_type: Option<Cow<'a, str>>,
-    #[serde(borrow, default, rename = "nativeType")]
-    native_type: Option<Cow<'a, str>>,
-    #[serde(borrow, default, rename = "cloudPlatform")]
-    cloud_platform: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    region: Option<Cow<'a, str>>,
-    #[serde(borrow, default, rename = "subscriptionExternalId")]
-    subscription_id: Option<Cow<'a, str>>,
-    #[serde(borrow, default, rename = "subscriptionName")]
-    subscription_name: Option<Cow<'a, str>>,
-    #[serde(borrow, default, rename = "providerId")]
-    provider_id: Option<Cow<'a, str>>,
-    #[serde(borrow, default, rename = "cloudProviderURL")]
-    cloud_provider_url: Option<Cow<'a, str>>,
-}
-
-/// `resource` of the event: the affected cloud resource, from `entitySnapshot`.
-#[derive(Serialize)]
-struct Resource<'a> {
-    id: Option<&'a str>,
-    name: Option<&'a str>,
-    #[serde(rename = "type")]
-    resource_type: Option<&'a str>,
-    native_type: Option<&'a str>,
-    cloud_platform: Option<&'a str>,
-    region: Option<&'a str>,
-    subscription_id: Option<&'a str>,
-    subscription_name: Option<&'a str>,
-    provider_id: Option<&'a str>,
-    cloud_provider_url: Option<&'a str>,
-}
-
-/// The event as serialized, without `raw_event` (appended verbatim after it).
-#[derive(Serialize)]
-struct EventOut<'a> {
-    id: &'a str,
-    source: &'static str,
-    tenant: &'a str,
-    kind: EventKind,
-    issue_id: &'a str,
-    severity: Severity,
-    status: &'a str,
-    issue_type: Option<&'a str>,
-    title: Option<&'a str>,
-    created_at: Option<&'a str>,
-    updated_at: Option<&'a str>,
-    status_changed_at: Option<&'a str>,
-    observed_at: &'a str,
-    resource: Option<Resource<'a>>,
-    projects: Vec<&'a str>,
-    url: &'a str,
 }
 
 /// What the caller needs to know about an event it just wrote.
@@ -182,14 +93,6 @@ pub struct EventMeta {
     pub fingerprint: [u8; 16],
 }
 
-/// An Issue node the connector cannot make an event of.
-#[derive(Debug, Error, PartialEq, Eq)]
-#[error("issue node not understood ({reason}): {snippet}")]
-pub struct NormalizeError {
-    pub reason: String,
-    pub snippet: String,
-}
-
 /// How many distinct unknown severities a tenant logs before it only counts them.
 const MAX_LOGGED_UNKNOWN: usize = 32;
 
@@ -197,8 +100,8 @@ const MAX_LOGGED_UNKNOWN: usize = 32;
 /// what it could not map.
 pub struct Normalizer {
     tenant: String,
-    /// `https://app.wiz.io` or the tenant's console.
-    console: String,
+    /// `https://app.wiz.io` or the tenant's console, escaped for a JSON string (once, here).
+    console_json: String,
     /// Unknown severities already logged, so each is logged once per tenant.
     logged_unknown: HashSet<String>,
     /// Issues whose severity was unknown (mapped to `info`).
@@ -213,111 +116,208 @@ impl Normalizer {
     pub fn with_console(tenant: &str, console: &str) -> Self {
         Normalizer {
             tenant: tenant.to_string(),
-            console: console.trim_end_matches('/').to_string(),
+            console_json: {
+                let quoted = serde_json::to_string(console.trim_end_matches('/'))
+                    .expect("a string serializes");
+                quoted[1..quoted.len() - 1].to_string()
+            },
             logged_unknown: HashSet::new(),
             unknown_severities: 0,
         }
     }
 
-    /// Writes the event for `node` (one Issue's JSON, as received) to `out`, as one JSON object
-    /// without a trailing newline. `kind` is the change the caller detected; `None` means "first
-    /// sight" (opened, or resolved/rejected for an issue first seen in those states).
+    /// Writes the event for `issue` to `out`, as one JSON object without a trailing newline.
+    /// `kind` is the change the caller detected; `None` means "first sight" (opened, or
+    /// resolved/rejected for an issue first seen in those states).
     pub fn normalize(
         &mut self,
-        node: &str,
+        issue: &Issue<'_>,
         kind: Option<EventKind>,
         observed_at: &str,
         out: &mut Vec<u8>,
-    ) -> Result<EventMeta, NormalizeError> {
-        let v: IssueView<'_> = serde_json::from_str(node).map_err(|e| NormalizeError {
-            reason: e.to_string(),
-            snippet: crate::wiz::error::snippet(node.as_bytes()),
-        })?;
-        let severity = match v.severity.as_deref().map(map_severity) {
+    ) -> EventMeta {
+        let r = issue.record;
+        let id_str = issue.text(&r.id);
+        let status = issue.text(&r.status);
+        let severity_raw = issue.opt(&r.severity);
+        let updated_at = issue.opt(&r.updated_at);
+        let status_changed_at = issue.opt(&r.status_changed_at);
+        let severity = match severity_raw.map(|s| map_severity(s.text)) {
             Some(Some(s)) => s,
             _ => {
                 self.unknown_severities += 1;
-                let raw = v.severity.as_deref().unwrap_or("null");
+                let raw = severity_raw.map_or("null", |s| s.text);
                 if self.logged_unknown.len() < MAX_LOGGED_UNKNOWN
                     && self.logged_unknown.insert(raw.to_string())
                 {
                     tracing::warn!(
                         tenant = %self.tenant,
                         severity = raw,
-                        issue_id = %v.id,
+                        issue_id = id_str.text,
                         "unknown wiz severity, mapped to info (logged once per tenant and value)"
                     );
                 }
                 Severity::Info
             }
         };
-        let kind = kind.unwrap_or_else(|| EventKind::for_first_sight(&v.status));
+        let kind = kind.unwrap_or_else(|| EventKind::for_first_sight(status.text));
         let fingerprint = fingerprint(
-            &v.status,
-            v.severity.as_deref(),
-            v.updated_at.as_deref(),
-            v.status_changed_at.as_deref(),
+            status.text,
+            severity_raw.map(|s| s.text),
+            updated_at.map(|s| s.text),
+            status_changed_at.map(|s| s.text),
         );
-        let id = event_id(&self.tenant, &v.id, &fingerprint);
-        let mut url = String::with_capacity(self.console.len() + v.id.len() + 20);
-        url.push_str(&self.console);
-        url.push_str("/issues#~(issue~'");
-        push_url_safe(&mut url, &v.id);
-        url.push(')');
-        let resource = v.entity.as_ref().map(|e| Resource {
-            id: e.id.as_deref(),
-            name: e.name.as_deref(),
-            resource_type: e.entity_type.as_deref(),
-            native_type: e.native_type.as_deref(),
-            cloud_platform: e.cloud_platform.as_deref(),
-            region: e.region.as_deref(),
-            subscription_id: e.subscription_id.as_deref(),
-            subscription_name: e.subscription_name.as_deref(),
-            provider_id: e.provider_id.as_deref(),
-            cloud_provider_url: e.cloud_provider_url.as_deref(),
-        });
-        let projects = v
-            .projects
-            .as_deref()
-            .unwrap_or_default()
-            .iter()
-            .filter_map(|p| p.name.as_deref())
-            .collect();
-        let ev = EventOut {
-            id: &id,
-            source: "wiz",
-            tenant: &self.tenant,
-            kind,
-            issue_id: &v.id,
-            severity,
-            status: &v.status,
-            issue_type: v.issue_type.as_deref(),
-            title: v.source_rule.as_ref().and_then(|r| r.name.as_deref()),
-            created_at: v.created_at.as_deref(),
-            updated_at: v.updated_at.as_deref(),
-            status_changed_at: v.status_changed_at.as_deref(),
-            observed_at,
-            resource,
-            projects,
-            url: &url,
-        };
-        let start = out.len();
-        serde_json::to_writer(&mut *out, &ev).expect("writing to a Vec cannot fail");
-        // The object ends in '}': reopen it and append the node verbatim as raw_event.
-        debug_assert_eq!(out.last(), Some(&b'}'));
-        out.pop();
-        out.extend_from_slice(b",\"raw_event\":");
-        out.extend_from_slice(node.trim().as_bytes());
-        out.push(b'}');
-        debug_assert!(out.len() > start);
-        Ok(EventMeta {
+        let id = event_id(&self.tenant, id_str.text, &fingerprint);
+
+        let mut w = JsonWriter::new(out);
+        w.safe("id", &id);
+        w.safe("source", "wiz");
+        w.safe("tenant", &self.tenant);
+        w.safe("kind", kind.as_str());
+        w.str("issue_id", Some(id_str));
+        w.safe("severity", severity.as_str());
+        w.str("status", Some(status));
+        w.str("issue_type", issue.opt(&r.issue_type));
+        w.str("title", issue.opt(&r.title));
+        w.str("created_at", issue.opt(&r.created_at));
+        w.str("updated_at", updated_at);
+        w.str("status_changed_at", status_changed_at);
+        w.escaped("observed_at", observed_at);
+        match &r.resource {
+            None => w.raw("resource", "null"),
+            Some(e) => {
+                w.key("resource");
+                let mut o = JsonWriter::new(w.out);
+                o.str("id", issue.opt(&e.id));
+                o.str("name", issue.opt(&e.name));
+                o.str("type", issue.opt(&e.resource_type));
+                o.str("native_type", issue.opt(&e.native_type));
+                o.str("cloud_platform", issue.opt(&e.cloud_platform));
+                o.str("region", issue.opt(&e.region));
+                o.str("subscription_id", issue.opt(&e.subscription_id));
+                o.str("subscription_name", issue.opt(&e.subscription_name));
+                o.str("provider_id", issue.opt(&e.provider_id));
+                o.str("cloud_provider_url", issue.opt(&e.cloud_provider_url));
+                o.close();
+            }
+        }
+        w.key("projects");
+        w.out.push(b'[');
+        for (i, p) in r.projects.iter().enumerate() {
+            if i > 0 {
+                w.out.push(b',');
+            }
+            write_str(w.out, issue.text(p));
+        }
+        w.out.push(b']');
+        w.key("url");
+        w.out.push(b'"');
+        w.out.extend_from_slice(self.console_json.as_bytes());
+        w.out.extend_from_slice(b"/issues#~(issue~'");
+        push_url_safe(w.out, id_str.text);
+        w.out.extend_from_slice(b")\"");
+        w.raw("raw_event", issue.raw);
+        w.close();
+        EventMeta {
             id,
-            issue_id: v.id.into_owned(),
+            issue_id: id_str.text.to_string(),
             kind,
-            status: v.status.into_owned(),
+            status: status.text.to_string(),
             fingerprint,
-        })
+        }
     }
+
+    /// [`Normalizer::normalize`] for one Issue node given as JSON text.
+    pub fn normalize_json(
+        &mut self,
+        node: &str,
+        kind: Option<EventKind>,
+        observed_at: &str,
+        out: &mut Vec<u8>,
+    ) -> Result<EventMeta, NodeError> {
+        let page = Page::single(node).map_err(|e| NodeError {
+            reason: e.to_string(),
+            snippet: crate::wiz::error::snippet(node.as_bytes()),
+        })?;
+        let issue = page
+            .issues()
+            .next()
+            .expect("a one-node page")
+            .map_err(Clone::clone)?;
+        Ok(self.normalize(&issue, kind, observed_at, out))
+    }
+}
+
+/// Writes one JSON object field by field. Strings that serde borrowed from the response had no
+/// escape sequences, and strict JSON cannot hold raw quotes, backslashes or control characters, so
+/// they are copied verbatim; only strings serde had to unescape are escaped again. This is most of
+/// the speed of the hot path.
+struct JsonWriter<'o> {
+    out: &'o mut Vec<u8>,
+    first: bool,
+}
+
+impl<'o> JsonWriter<'o> {
+    fn new(out: &'o mut Vec<u8>) -> Self {
+        out.push(b'{');
+        JsonWriter { out, first: true }
+    }
+
+    /// `,"key":` (keys are constants without characters that need escaping).
+    fn key(&mut self, key: &str) {
+        if !self.first {
+            self.out.push(b',');
+        }
+        self.first = false;
+        self.out.push(b'"');
+        self.out.extend_from_slice(key.as_bytes());
+        self.out.extend_from_slice(b"\":");
+    }
+
+    /// A value known to need no escaping (ids we made, constants, validated tenant ids).
+    fn safe(&mut self, key: &str, value: &str) {
+        debug_assert!(!value.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20));
+        self.key(key);
+        self.out.push(b'"');
+        self.out.extend_from_slice(value.as_bytes());
+        self.out.push(b'"');
+    }
+
+    fn escaped(&mut self, key: &str, value: &str) {
+        self.key(key);
+        write_escaped(self.out, value);
+    }
+
+    fn str(&mut self, key: &str, value: Option<Str<'_>>) {
+        self.key(key);
+        match value {
+            Some(v) => write_str(self.out, v),
+            None => self.out.extend_from_slice(b"null"),
+        }
+    }
+
+    fn raw(&mut self, key: &str, json: &str) {
+        self.key(key);
+        self.out.extend_from_slice(json.as_bytes());
+    }
+
+    fn close(self) {
+        self.out.push(b'}');
+    }
+}
+
+fn write_str(out: &mut Vec<u8>, v: Str<'_>) {
+    if v.verbatim {
+        out.push(b'"');
+        out.extend_from_slice(v.text.as_bytes());
+        out.push(b'"');
+    } else {
+        write_escaped(out, v.text);
+    }
+}
+
+fn write_escaped(out: &mut Vec<u8>, s: &str) {
+    serde_json::to_writer(&mut *out, s).expect("writing to a Vec cannot fail");
 }
 
 /// Digest of the state of an issue that makes a new event: status, severity, updatedAt and
@@ -353,22 +353,18 @@ pub fn event_id(tenant: &str, issue_id: &str, fingerprint: &[u8; 16]) -> String 
     h.update((issue_id.len() as u64).to_le_bytes());
     h.update(issue_id.as_bytes());
     h.update(fingerprint);
-    let d = h.finalize();
-    let mut s = String::with_capacity(32);
-    for b in &d[..16] {
-        let _ = write!(s, "{b:02x}");
-    }
-    s
+    hex::encode(&h.finalize()[..16])
 }
 
 /// Appends `id` with anything but `[A-Za-z0-9-_.]` percent-encoded (Wiz ids are UUIDs; this only
 /// guards against odd ones breaking the link).
-fn push_url_safe(out: &mut String, id: &str) {
+fn push_url_safe(out: &mut Vec<u8>, id: &str) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
     for b in id.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.') {
-            out.push(b as char);
+            out.push(b);
         } else {
-            let _ = write!(out, "%{b:02X}");
+            out.extend_from_slice(&[b'%', HEX[(b >> 4) as usize], HEX[(b & 15) as usize]]);
         }
     }
 }

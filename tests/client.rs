@@ -21,7 +21,7 @@ async fn sweep_ids(client: &wiz_connector::wiz::TenantClient) -> Result<Vec<Stri
     let mut sweep = client.sweep(open_filter(), IssueOrder::CREATED_ASC);
     let mut ids = Vec::new();
     while let Some(page) = sweep.next_page().await? {
-        for n in page.nodes() {
+        for n in page.raw_nodes() {
             let v: serde_json::Value = serde_json::from_str(n).unwrap();
             ids.push(v["id"].as_str().unwrap().to_string());
         }

@@ -263,6 +263,78 @@ const PROJECTS: [(&str, &str); 4] = [
     ("Shared Services", ""),
 ];
 
+const FRAMEWORKS: [&str; 9] = [
+    "CIS Amazon Web Services Foundations Benchmark v3.0.0",
+    "NIST SP 800-53 Revision 5",
+    "PCI DSS v4.0",
+    "ISO/IEC 27001:2022",
+    "SOC 2",
+    "MITRE ATT&CK Matrix",
+    "HIPAA Security Rule",
+    "Wiz for Risk Assessment",
+    "Règlement général sur la protection des données (RGPD)",
+];
+const SUBCATEGORIES: [(&str, &str); 8] = [
+    (
+        "3.1 Ensure CloudTrail is enabled in all regions",
+        "3 Logging",
+    ),
+    ("AC-6 Least Privilege", "AC Access Control"),
+    (
+        "1.2.1 Restrict inbound and outbound traffic",
+        "1 Network Security Controls",
+    ),
+    ("A.8.20 Networks security", "A.8 Technological controls"),
+    (
+        "CC6.1 Logical access security",
+        "CC6 Logical and Physical Access Controls",
+    ),
+    (
+        "T1190 Exploit Public-Facing Application",
+        "TA0001 Initial Access",
+    ),
+    ("§164.312(a)(1) Access control", "Technical Safeguards"),
+    ("High-profile vulnerability", "Vulnerability Assessment"),
+];
+const CONTROL_TEXT: &str = "This issue is a toxic combination: the resource is reachable from the internet, runs software with a vulnerability that has a public exploit, and holds permissions that let an attacker move to sensitive data. Any one of these findings alone would be a routine fix; together they form an attack path that is easy to follow.";
+const EVENT_TEXT: &str = "The Wiz runtime sensor observed behaviour that matches a known attack technique. The process tree, the command line and the network connections are attached to the detection so that a responder can decide quickly whether it is expected.";
+const CONFIG_TEXT: &str = "The resource does not follow the configuration that the benchmark requires. Misconfigurations like this one are the most common root cause of cloud breaches, and they are usually cheap to fix once found.";
+const FIX_TEXT: &str = "To remediate, run:\n```\naws s3api put-public-access-block --bucket <name> --public-access-block-configuration BlockPublicAcls=true,IgnorePublicAcls=true\n```\nThen confirm in the console that the \"Block all public access\" setting is on.";
+const TAGS: [(&str, &str); 8] = [
+    ("env", "prod"),
+    ("owner", "secops@example.com"),
+    ("cost-center", "42"),
+    ("team", "payments"),
+    ("app", "checkout-api"),
+    ("data-classification", "confidential"),
+    ("managed-by", "terraform"),
+    ("project", "Données clients"),
+];
+
+/// `n` paragraphs of `text` joined by blank lines, `n` drawn from `range`.
+fn paragraphs(rng: &mut StdRng, text: &str, range: std::ops::Range<usize>) -> String {
+    let n = rng.random_range(range);
+    vec![text; n].join("\n\n")
+}
+
+/// 4 to 23 compliance mappings, as Wiz lists for its controls.
+fn sub_categories(rng: &mut StdRng) -> Vec<SubCategory> {
+    (0..rng.random_range(4..24))
+        .map(|_| {
+            let (title, cat) = *pick(rng, &SUBCATEGORIES);
+            SubCategory {
+                title: title.into(),
+                category: Category {
+                    name: cat.into(),
+                    framework: Named {
+                        name: pick(rng, &FRAMEWORKS).to_string(),
+                    },
+                },
+            }
+        })
+        .collect()
+}
+
 /// RFC 3339 UTC with microseconds, as Wiz writes timestamps.
 pub fn ts(t: SystemTime) -> String {
     humantime::format_rfc3339_micros(t).to_string()
@@ -300,19 +372,11 @@ pub fn generate_issue(rng: &mut StdRng, created: SystemTime) -> SimIssue {
             SourceRule::Control {
                 id: format!("wc-id-{}", rng.random_range(1000..9999)),
                 name: pick(rng, &CONTROLS).to_string(),
-                description: "A combination of risks that together form an attack path.".into(),
+                description: paragraphs(rng, CONTROL_TEXT, 2..5),
                 resolution_recommendation: rng
                     .random_bool(0.7)
-                    .then(|| "Remove public exposure or patch the vulnerability.".to_string()),
-                security_sub_categories: vec![SubCategory {
-                    title: "Exposure".into(),
-                    category: Category {
-                        name: "Network exposure".into(),
-                        framework: Named {
-                            name: "Wiz for Risk Assessment".into(),
-                        },
-                    },
-                }],
+                    .then(|| paragraphs(rng, FIX_TEXT, 1..4)),
+                security_sub_categories: sub_categories(rng),
             },
         ),
         3..=4 => (
@@ -320,7 +384,7 @@ pub fn generate_issue(rng: &mut StdRng, created: SystemTime) -> SimIssue {
             SourceRule::CloudEventRule {
                 id: uuid(rng),
                 name: pick(rng, &EVENT_RULES).to_string(),
-                description: "Runtime sensor or cloud event detection.".into(),
+                description: paragraphs(rng, EVENT_TEXT, 1..4),
                 source_type: if rng.random_bool(0.5) {
                     "WIZ_SENSOR"
                 } else {
@@ -337,10 +401,10 @@ pub fn generate_issue(rng: &mut StdRng, created: SystemTime) -> SimIssue {
                 name: pick(rng, &CONFIG_RULES).to_string(),
                 description: rng
                     .random_bool(0.9)
-                    .then(|| "The resource is not configured as the benchmark requires.".into()),
+                    .then(|| paragraphs(rng, CONFIG_TEXT, 1..4)),
                 remediation_instructions: rng
                     .random_bool(0.6)
-                    .then(|| "Run:\n```\naws s3api put-public-access-block ...\n```".to_string()),
+                    .then(|| paragraphs(rng, FIX_TEXT, 2..5)),
                 service_type: pick(rng, &["AWS", "Azure", "GCP", "OCI"]).to_string(),
             },
         ),
@@ -353,8 +417,13 @@ pub fn generate_issue(rng: &mut StdRng, created: SystemTime) -> SimIssue {
         rng.random_range(100_000_000_000u64..999_999_999_999),
         entity_id
     );
-    let tags = if rng.random_bool(0.5) {
-        serde_json::json!({"env": pick(rng, &["prod", "dev", "staging"]), "owner": "secops@example.com"})
+    let tags = if rng.random_bool(0.8) {
+        let mut m = serde_json::Map::new();
+        for _ in 0..rng.random_range(1..8) {
+            let (k, v) = *pick(rng, &TAGS);
+            m.insert(k.to_string(), serde_json::Value::from(v));
+        }
+        serde_json::Value::Object(m)
     } else {
         serde_json::json!({})
     };
@@ -384,20 +453,23 @@ pub fn generate_issue(rng: &mut StdRng, created: SystemTime) -> SimIssue {
             }
         })
         .collect();
-    let notes = if rng.random_bool(0.2) {
-        vec![Note {
-            created_at: ts(changed),
-            updated_at: ts(changed),
-            text: "Investigating with the owner — ticket pending. ✅".into(),
-            user: rng.random_bool(0.5).then(|| User {
-                name: "Ana Analyst".into(),
-                email: "ana@example.com".into(),
-            }),
-            service_account: None,
-        }]
-    } else {
-        Vec::new()
-    };
+    let notes = (0..rng.random_range(0..4))
+        .map(|_| {
+            let human = rng.random_bool(0.6);
+            Note {
+                created_at: ts(changed),
+                updated_at: ts(changed),
+                text: "Investigating with the owner — ticket pending. ✅ The exception request was declined by the CISO; fix planned for the next sprint.".into(),
+                user: human.then(|| User {
+                    name: "Ana Analyst".into(),
+                    email: "ana@example.com".into(),
+                }),
+                service_account: (!human).then(|| Named {
+                    name: "jira-sync".into(),
+                }),
+            }
+        })
+        .collect();
     SimIssue {
         id,
         source_rule,

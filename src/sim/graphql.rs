@@ -97,7 +97,10 @@ fn parse_time(s: &str) -> Result<i64, String> {
         .map_err(|_| format!("invalid DateTime {s:?}"))
 }
 
-fn in_range(t: SystemTime, r: &Option<(Option<i64>, Option<i64>)>) -> bool {
+/// `(after, before)` in microseconds since the epoch.
+type Bounds = (Option<i64>, Option<i64>);
+
+fn in_range(t: SystemTime, r: &Option<Bounds>) -> bool {
     let Some((after, before)) = r else {
         return true;
     };
@@ -105,7 +108,7 @@ fn in_range(t: SystemTime, r: &Option<(Option<i64>, Option<i64>)>) -> bool {
     after.is_none_or(|a| m > a) && before.is_none_or(|b| m < b)
 }
 
-fn time_filter(f: &Option<TimeFilter>) -> Result<Option<(Option<i64>, Option<i64>)>, String> {
+fn time_filter(f: &Option<TimeFilter>) -> Result<Option<Bounds>, String> {
     let Some(f) = f else { return Ok(None) };
     let after = f.after.as_deref().map(parse_time).transpose()?;
     let before = f.before.as_deref().map(parse_time).transpose()?;

@@ -14,8 +14,9 @@ use secrecy::{ExposeSecret, SecretString};
 
 use super::auth::{describe_reqwest, fetch_token, retry_after, TokenCache};
 use super::error::{snippet, WizError};
-use super::issues::{parse_page, query_text, request_body, IssueFilter, IssueOrder, Page};
+use super::issues::{query_text, request_body, IssueFilter, IssueOrder};
 use super::limiter::{CredentialLimiter, LimiterRegistry};
+use super::page::{parse_page, Page};
 use crate::config::TenantSpec;
 
 /// Longest `Retry-After` honoured; a longer one is cut to this.

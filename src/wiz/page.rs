@@ -1,0 +1,665 @@
+//! One page of the Issues query as Wiz sent it, decoded in a single pass.
+//!
+//! The hot path of the connector starts here. The response is walked once: the envelope by a small
+//! hand-written walker, each Issue node by serde into borrowed fields, whose positions are kept
+//! (strings without escape sequences are stored as spans of the body, so they are never copied and
+//! can be written out verbatim). The walker also records where each node starts and ends, so the
+//! node can be forwarded byte for byte as `raw_event` without a second scan.
+
+use std::borrow::Cow;
+use std::ops::Range;
+
+use bytes::Bytes;
+use serde::de::IgnoredAny;
+use serde::Deserialize;
+
+use super::error::{snippet, WizError};
+
+/// A string field of an issue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Text {
+    /// Where the string's content is in the body. It had no escape sequence, and strict JSON
+    /// cannot hold a raw quote, backslash or control character, so it can be copied verbatim.
+    Span { start: u32, len: u32 },
+    /// The unescaped content of a string that had escape sequences.
+    Owned(Box<str>),
+}
+
+/// The fields of an Issue node the connector models. Everything else stays only in the raw node.
+#[derive(Debug, Clone)]
+pub struct IssueRecord {
+    pub id: Text,
+    pub status: Text,
+    pub severity: Option<Text>,
+    pub issue_type: Option<Text>,
+    pub created_at: Option<Text>,
+    pub updated_at: Option<Text>,
+    pub status_changed_at: Option<Text>,
+    /// `sourceRule.name`.
+    pub title: Option<Text>,
+    /// From `entitySnapshot`.
+    pub resource: Option<Box<ResourceRecord>>,
+    /// `projects[].name`.
+    pub projects: Vec<Text>,
+}
+
+/// The affected resource, from `entitySnapshot`.
+#[derive(Debug, Clone)]
+pub struct ResourceRecord {
+    pub id: Option<Text>,
+    pub name: Option<Text>,
+    pub resource_type: Option<Text>,
+    pub native_type: Option<Text>,
+    pub cloud_platform: Option<Text>,
+    pub region: Option<Text>,
+    pub subscription_id: Option<Text>,
+    pub subscription_name: Option<Text>,
+    pub provider_id: Option<Text>,
+    pub cloud_provider_url: Option<Text>,
+}
+
+/// A string of an issue, resolved against its page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Str<'p> {
+    pub text: &'p str,
+    /// True when `text` may be written between quotes as is (no character needs escaping).
+    pub verbatim: bool,
+}
+
+/// A node that is valid JSON but not an Issue the connector can read (no `id`, a number where a
+/// string belongs...). The rest of the page is unaffected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("issue node not understood ({reason}): {snippet}")]
+pub struct NodeError {
+    pub reason: String,
+    pub snippet: String,
+}
+
+struct NodeEntry {
+    raw: Range<usize>,
+    decoded: Result<IssueRecord, NodeError>,
+}
+
+/// One page of Issues: the body, kept whole, and every node decoded.
+pub struct Page {
+    /// The whole response, validated as UTF-8 once.
+    body: String,
+    nodes: Vec<NodeEntry>,
+    pub has_next_page: bool,
+    pub end_cursor: Option<String>,
+}
+
+impl std::fmt::Debug for Page {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Page")
+            .field("nodes", &self.nodes.len())
+            .field("bytes", &self.body.len())
+            .field("has_next_page", &self.has_next_page)
+            .field("end_cursor", &self.end_cursor)
+            .finish()
+    }
+}
+
+/// One issue of a page.
+#[derive(Debug, Clone, Copy)]
+pub struct Issue<'p> {
+    body: &'p str,
+    pub record: &'p IssueRecord,
+    /// The node's JSON exactly as received.
+    pub raw: &'p str,
+}
+
+impl<'p> Issue<'p> {
+    /// Resolves one of the record's strings.
+    pub fn text(&self, t: &'p Text) -> Str<'p> {
+        match t {
+            Text::Span { start, len } => Str {
+                text: &self.body[*start as usize..(*start + *len) as usize],
+                verbatim: true,
+            },
+            Text::Owned(s) => Str {
+                text: s,
+                verbatim: false,
+            },
+        }
+    }
+
+    pub fn opt(&self, t: &'p Option<Text>) -> Option<Str<'p>> {
+        t.as_ref().map(|t| self.text(t))
+    }
+
+    pub fn id(&self) -> &'p str {
+        self.text(&self.record.id).text
+    }
+
+    pub fn status(&self) -> &'p str {
+        self.text(&self.record.status).text
+    }
+}
+
+impl Page {
+    /// Every node: the decoded issue, or why it could not be read.
+    pub fn issues(&self) -> impl ExactSizeIterator<Item = Result<Issue<'_>, &NodeError>> + '_ {
+        self.nodes.iter().map(move |n| match &n.decoded {
+            Ok(record) => Ok(Issue {
+                body: &self.body,
+                record,
+                raw: &self.body[n.raw.clone()],
+            }),
+            Err(e) => Err(e),
+        })
+    }
+
+    /// Each node's JSON text, exactly as received.
+    pub fn raw_nodes(&self) -> impl ExactSizeIterator<Item = &str> + '_ {
+        self.nodes.iter().map(move |n| &self.body[n.raw.clone()])
+    }
+
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    /// Size of the response body in bytes.
+    pub fn body_len(&self) -> usize {
+        self.body.len()
+    }
+
+    /// A one-node page from a single Issue node's JSON (tests, tools, replays).
+    pub fn single(node: &str) -> Result<Page, WizError> {
+        let body = format!(
+            "{{\"data\":{{\"issues\":{{\"nodes\":[{node}],\"pageInfo\":{{\"hasNextPage\":false}}}}}}}}"
+        );
+        let page = parse_page(Bytes::from(body))?;
+        if page.len() != 1 {
+            return Err(WizError::BadResponse(
+                "expected exactly one issue node".into(),
+            ));
+        }
+        Ok(page)
+    }
+}
+
+/// A JSON string borrowed from the response when it holds no escape sequence, owned otherwise.
+/// serde only borrows a bare `Cow<str>` field; inside `Option` it always allocates, so this type
+/// does the borrowing itself.
+#[derive(Debug)]
+pub struct JStr<'a>(pub Cow<'a, str>);
+
+impl std::ops::Deref for JStr<'_> {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for JStr<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for V<'a> {
+            type Value = JStr<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: serde::de::Error>(
+                self,
+                v: &'de str,
+            ) -> Result<Self::Value, E> {
+                Ok(JStr(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(JStr(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Self::Value, E> {
+                Ok(JStr(Cow::Owned(v)))
+            }
+        }
+        d.deserialize_str(V(std::marker::PhantomData))
+    }
+}
+
+#[derive(Deserialize)]
+struct IssueView<'a> {
+    #[serde(borrow)]
+    id: JStr<'a>,
+    #[serde(borrow)]
+    status: JStr<'a>,
+    #[serde(borrow, default)]
+    severity: Option<JStr<'a>>,
+    #[serde(borrow, default, rename = "type")]
+    issue_type: Option<JStr<'a>>,
+    #[serde(borrow, default, rename = "createdAt")]
+    created_at: Option<JStr<'a>>,
+    #[serde(borrow, default, rename = "updatedAt")]
+    updated_at: Option<JStr<'a>>,
+    #[serde(borrow, default, rename = "statusChangedAt")]
+    status_changed_at: Option<JStr<'a>>,
+    #[serde(borrow, default, rename = "sourceRule")]
+    source_rule: Option<NamedView<'a>>,
+    #[serde(borrow, default, rename = "entitySnapshot")]
+    entity: Option<EntityView<'a>>,
+    #[serde(borrow, default)]
+    projects: Option<Vec<NamedView<'a>>>,
+}
+
+#[derive(Deserialize)]
+struct NamedView<'a> {
+    #[serde(borrow, default)]
+    name: Option<JStr<'a>>,
+}
+
+#[derive(Deserialize)]
+struct EntityView<'a> {
+    #[serde(borrow, default)]
+    id: Option<JStr<'a>>,
+    #[serde(borrow, default)]
+    name: Option<JStr<'a>>,
+    #[serde(borrow, default, rename = "type")]
+    entity_type: Option<JStr<'a>>,
+    #[serde(borrow, default, rename = "nativeType")]
+    native_type: Option<JStr<'a>>,
+    #[serde(borrow, default, rename = "cloudPlatform")]
+    cloud_platform: Option<JStr<'a>>,
+    #[serde(borrow, default)]
+    region: Option<JStr<'a>>,
+    #[serde(borrow, default, rename = "subscriptionExternalId")]
+    subscription_id: Option<JStr<'a>>,
+    #[serde(borrow, default, rename = "subscriptionName")]
+    subscription_name: Option<JStr<'a>>,
+    #[serde(borrow, default, rename = "providerId")]
+    provider_id: Option<JStr<'a>>,
+    #[serde(borrow, default, rename = "cloudProviderURL")]
+    cloud_provider_url: Option<JStr<'a>>,
+}
+
+/// Turns borrowed strings into spans relative to `base`.
+struct Spans {
+    base: usize,
+}
+
+impl Spans {
+    fn text(&self, j: JStr<'_>) -> Text {
+        match j.0 {
+            Cow::Borrowed(s) => Text::Span {
+                start: (s.as_ptr() as usize - self.base) as u32,
+                len: s.len() as u32,
+            },
+            Cow::Owned(s) => Text::Owned(s.into_boxed_str()),
+        }
+    }
+
+    fn opt(&self, j: Option<JStr<'_>>) -> Option<Text> {
+        j.map(|j| self.text(j))
+    }
+
+    fn record(&self, v: IssueView<'_>) -> IssueRecord {
+        IssueRecord {
+            id: self.text(v.id),
+            status: self.text(v.status),
+            severity: self.opt(v.severity),
+            issue_type: self.opt(v.issue_type),
+            created_at: self.opt(v.created_at),
+            updated_at: self.opt(v.updated_at),
+            status_changed_at: self.opt(v.status_changed_at),
+            title: v.source_rule.and_then(|r| self.opt(r.name)),
+            resource: v.entity.map(|e| {
+                Box::new(ResourceRecord {
+                    id: self.opt(e.id),
+                    name: self.opt(e.name),
+                    resource_type: self.opt(e.entity_type),
+                    native_type: self.opt(e.native_type),
+                    cloud_platform: self.opt(e.cloud_platform),
+                    region: self.opt(e.region),
+                    subscription_id: self.opt(e.subscription_id),
+                    subscription_name: self.opt(e.subscription_name),
+                    provider_id: self.opt(e.provider_id),
+                    cloud_provider_url: self.opt(e.cloud_provider_url),
+                })
+            }),
+            projects: v
+                .projects
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|p| self.opt(p.name))
+                .collect(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct PageInfo {
+    #[serde(rename = "hasNextPage")]
+    has_next_page: bool,
+    #[serde(rename = "endCursor", default)]
+    end_cursor: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct GraphQlError {
+    #[serde(default)]
+    message: Option<String>,
+    #[serde(default)]
+    extensions: Option<Extensions>,
+}
+
+#[derive(Deserialize)]
+struct Extensions {
+    #[serde(default)]
+    code: Option<String>,
+}
+
+/// A cursor over the body that reads one JSON value at a time with serde and knows where it ended.
+struct Walker<'a> {
+    text: &'a str,
+    pos: usize,
+}
+
+type Step<T> = Result<T, String>;
+
+impl<'a> Walker<'a> {
+    fn peek(&mut self) -> Option<u8> {
+        let b = self.text.as_bytes();
+        while self.pos < b.len() && matches!(b[self.pos], b' ' | b'\n' | b'\r' | b'\t') {
+            self.pos += 1;
+        }
+        b.get(self.pos).copied()
+    }
+
+    fn expect(&mut self, c: u8) -> Step<()> {
+        match self.peek() {
+            Some(x) if x == c => {
+                self.pos += 1;
+                Ok(())
+            }
+            Some(x) => Err(format!(
+                "expected '{}' at byte {}, found '{}'",
+                c as char,
+                self.pos,
+                (x as char).escape_default()
+            )),
+            None => Err(format!(
+                "expected '{}' at byte {}, found the end",
+                c as char, self.pos
+            )),
+        }
+    }
+
+    /// Reads one value of type `T` at the current position.
+    fn value<T: Deserialize<'a>>(&mut self) -> Step<T> {
+        self.peek();
+        let mut stream =
+            serde_json::Deserializer::from_str(&self.text[self.pos..]).into_iter::<T>();
+        match stream.next() {
+            Some(Ok(v)) => {
+                self.pos += stream.byte_offset();
+                Ok(v)
+            }
+            Some(Err(e)) => Err(format!("at byte {}: {e}", self.pos)),
+            None => Err(format!("expected a value at byte {}", self.pos)),
+        }
+    }
+
+    /// True (and consumed) when the next value is `null`.
+    fn null(&mut self) -> bool {
+        if self.peek() == Some(b'n') && self.text[self.pos..].starts_with("null") {
+            self.pos += 4;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Walks an object, calling `f` with each key; `f` must consume the value.
+    fn object(&mut self, mut f: impl FnMut(&mut Self, &str) -> Step<()>) -> Step<()> {
+        self.expect(b'{')?;
+        if self.peek() == Some(b'}') {
+            self.pos += 1;
+            return Ok(());
+        }
+        loop {
+            let key: JStr<'a> = self.value()?;
+            self.expect(b':')?;
+            f(self, &key)?;
+            match self.peek() {
+                Some(b',') => self.pos += 1,
+                Some(b'}') => {
+                    self.pos += 1;
+                    return Ok(());
+                }
+                _ => return Err(format!("expected ',' or '}}' at byte {}", self.pos)),
+            }
+        }
+    }
+
+    fn skip(&mut self) -> Step<()> {
+        self.value::<IgnoredAny>().map(|_| ())
+    }
+}
+
+/// Where the envelope walk puts what it finds.
+#[derive(Default)]
+struct Found {
+    nodes: Option<Vec<NodeEntry>>,
+    page_info: Option<PageInfo>,
+    errors: Vec<GraphQlError>,
+}
+
+fn walk_nodes(w: &mut Walker<'_>, spans: &Spans) -> Step<Vec<NodeEntry>> {
+    let mut nodes = Vec::new();
+    w.expect(b'[')?;
+    if w.peek() == Some(b']') {
+        w.pos += 1;
+        return Ok(nodes);
+    }
+    loop {
+        if w.peek() != Some(b'{') {
+            return Err(format!("an issue node is not an object (byte {})", w.pos));
+        }
+        let start = w.pos;
+        let decoded = match w.value::<IssueView<'_>>() {
+            Ok(v) => Ok(spans.record(v)),
+            Err(reason) => {
+                // Valid JSON of the wrong shape: skip just this node. Invalid JSON: fail the page.
+                w.pos = start;
+                w.skip()?;
+                Err(NodeError {
+                    reason,
+                    snippet: snippet(&w.text.as_bytes()[start..w.pos]),
+                })
+            }
+        };
+        nodes.push(NodeEntry {
+            raw: start..w.pos,
+            decoded,
+        });
+        match w.peek() {
+            Some(b',') => w.pos += 1,
+            Some(b']') => {
+                w.pos += 1;
+                return Ok(nodes);
+            }
+            _ => return Err(format!("expected ',' or ']' at byte {}", w.pos)),
+        }
+    }
+}
+
+fn walk(w: &mut Walker<'_>, spans: &Spans) -> Step<Found> {
+    let mut found = Found::default();
+    w.object(|w, key| match key {
+        "errors" => {
+            if !w.null() {
+                found.errors = w.value()?;
+            }
+            Ok(())
+        }
+        "data" => {
+            if w.null() {
+                return Ok(());
+            }
+            w.object(|w, key| match key {
+                "issues" | "issuesV2" => {
+                    if w.null() {
+                        return Ok(());
+                    }
+                    w.object(|w, key| match key {
+                        "nodes" => {
+                            found.nodes = Some(walk_nodes(w, spans)?);
+                            Ok(())
+                        }
+                        "pageInfo" => {
+                            found.page_info = Some(w.value()?);
+                            Ok(())
+                        }
+                        _ => w.skip(),
+                    })
+                }
+                _ => w.skip(),
+            })
+        }
+        _ => w.skip(),
+    })?;
+    if w.peek().is_some() {
+        return Err(format!("trailing characters at byte {}", w.pos));
+    }
+    Ok(found)
+}
+
+/// Parses an HTTP 200 answer of the issues query. Any shape other than the expected one is an
+/// error, never a panic: the body may be anything.
+pub fn parse_page(body: Bytes) -> Result<Page, WizError> {
+    if body.len() > u32::MAX as usize {
+        return Err(WizError::BadResponse("response larger than 4 GiB".into()));
+    }
+    // Zero-copy when the `Bytes` owns its buffer alone, as a response body does.
+    let body = String::from_utf8(Vec::from(body)).map_err(|e| {
+        WizError::BadResponse(format!("body is not UTF-8: {}", snippet(e.as_bytes())))
+    })?;
+    let spans = Spans {
+        base: body.as_ptr() as usize,
+    };
+    let mut w = Walker {
+        text: &body,
+        pos: 0,
+    };
+    let found = walk(&mut w, &spans).map_err(|e| {
+        WizError::BadResponse(format!(
+            "not a GraphQL answer ({e}): {}",
+            snippet(body.as_bytes())
+        ))
+    })?;
+    if let Some(first) = found.errors.first() {
+        let code = first
+            .extensions
+            .as_ref()
+            .and_then(|x| x.code.clone())
+            .unwrap_or_else(|| "UNKNOWN".to_string());
+        let mut message = first.message.clone().unwrap_or_default();
+        if found.errors.len() > 1 {
+            message.push_str(&format!(" (and {} more errors)", found.errors.len() - 1));
+        }
+        return Err(WizError::GraphQl { code, message });
+    }
+    let (Some(nodes), Some(info)) = (found.nodes, found.page_info) else {
+        return Err(WizError::BadResponse(format!(
+            "answer has no data.issues with nodes and pageInfo: {}",
+            snippet(body.as_bytes())
+        )));
+    };
+    Ok(Page {
+        body,
+        nodes,
+        has_next_page: info.has_next_page,
+        end_cursor: info.end_cursor,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn page(s: &str) -> Result<Page, WizError> {
+        parse_page(Bytes::copy_from_slice(s.as_bytes()))
+    }
+
+    #[test]
+    fn nodes_are_kept_byte_for_byte_and_decoded() {
+        let p = page(r#" { "data" : {"issues":{"pageInfo":{"hasNextPage":true,"endCursor":"c"}, "nodes":[ {"id":"a", "x" : [1, {"y":"]"}],"status":"OPEN"},{"id":"\u00e9","status":"OPEN","projects":[{"name":"P"},{"name":null}]} ]}},"extensions":{}} "#).unwrap();
+        let raws: Vec<&str> = p.raw_nodes().collect();
+        assert_eq!(
+            raws,
+            vec![
+                r#"{"id":"a", "x" : [1, {"y":"]"}],"status":"OPEN"}"#,
+                r#"{"id":"\u00e9","status":"OPEN","projects":[{"name":"P"},{"name":null}]}"#
+            ]
+        );
+        let issues: Vec<Issue<'_>> = p.issues().map(Result::unwrap).collect();
+        assert_eq!(issues[0].id(), "a");
+        assert!(issues[0].text(&issues[0].record.id).verbatim);
+        assert_eq!(issues[1].id(), "é");
+        assert!(
+            !issues[1].text(&issues[1].record.id).verbatim,
+            "unescaped text is escaped again on output"
+        );
+        assert_eq!(issues[1].record.projects.len(), 1);
+        assert!(p.has_next_page);
+        assert_eq!(p.end_cursor.as_deref(), Some("c"));
+    }
+
+    #[test]
+    fn a_node_of_the_wrong_shape_fails_alone() {
+        let p = page(r#"{"data":{"issues":{"nodes":[{"id":1,"status":"OPEN"},{"id":"b","status":"OPEN"}],"pageInfo":{"hasNextPage":false}}}}"#).unwrap();
+        let r: Vec<_> = p.issues().collect();
+        assert!(r[0]
+            .as_ref()
+            .unwrap_err()
+            .to_string()
+            .starts_with("issue node not understood"));
+        assert_eq!(r[1].as_ref().unwrap().id(), "b");
+        assert_eq!(p.raw_nodes().next(), Some(r#"{"id":1,"status":"OPEN"}"#));
+    }
+
+    #[test]
+    fn graphql_errors_fail_the_page_with_code_and_message() {
+        let e = page(r#"{"errors":[{"message":"'first' must be less than or equal to 500","extensions":{"code":"BAD_USER_INPUT"}}],"data":null}"#).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "wiz GraphQL error BAD_USER_INPUT: 'first' must be less than or equal to 500"
+        );
+        // Errors with partial data still fail the page.
+        let e = page(r#"{"data":{"issues":{"nodes":[],"pageInfo":{"hasNextPage":false}}},"errors":[{"message":"m","extensions":{"code":"DOWNSTREAM_SERVICE_ERROR"}},{"message":"n"}]}"#).unwrap_err();
+        assert_eq!(
+            e,
+            WizError::GraphQl {
+                code: "DOWNSTREAM_SERVICE_ERROR".into(),
+                message: "m (and 1 more errors)".into()
+            }
+        );
+        assert!(e.is_transient());
+    }
+
+    #[test]
+    fn malformed_answers_are_errors() {
+        for body in [
+            r#"{"data":{"issues":{"nodes":[null],"pageInfo":{"hasNextPage":false}}}}"#,
+            r#"{"data":{"issues":{"nodes":[{"id":"a","status":"OPEN"}]}}}"#,
+            r#"{"data":{"issues":{"nodes":[{"id":"a","status":"OPEN"],"pageInfo":{"hasNextPage":false}}}}"#,
+            r#"{"data":{"issues":{"nodes":[],"pageInfo":{"hasNextPage":false}}}} trailing"#,
+            r#"{"data":{}}"#,
+            r#"{"data":null}"#,
+            "<html>oops</html>",
+            "",
+        ] {
+            assert!(
+                matches!(page(body), Err(WizError::BadResponse(_))),
+                "{body}"
+            );
+        }
+        assert!(matches!(
+            parse_page(Bytes::from_static(b"\xff\xfe")),
+            Err(WizError::BadResponse(_))
+        ));
+    }
+}

@@ -1,0 +1,127 @@
+//! The binary as a user runs it: `simulate`, `check`, `validate`, exit codes and messages.
+
+mod common;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
+
+const BIN: &str = env!("CARGO_BIN_EXE_wiz-connector");
+
+async fn run(args: &[&str], config: &std::path::Path) -> (i32, String, String) {
+    let out = Command::new(BIN)
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .output()
+        .await
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn simulate_serves_tenants_that_check_accepts() {
+    let mut child = Command::new(BIN)
+        .args([
+            "simulate",
+            "--listen",
+            "127.0.0.1:0",
+            "--tenants",
+            "2",
+            "--issues",
+            "20",
+            "--churn-every",
+            "0s",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    // The snippet ends after the second tenant's last line.
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut snippet = String::new();
+    let read = async {
+        let mut tables = 0;
+        while let Some(l) = lines.next_line().await.unwrap() {
+            if l.starts_with("[tenants.") {
+                tables += 1;
+            }
+            snippet.push_str(&l);
+            snippet.push('\n');
+            if tables == 2 && l.starts_with("allow_insecure_endpoints") {
+                break;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), read)
+        .await
+        .expect("simulator printed its tenants");
+    assert!(snippet.contains("http://127.0.0.1:"), "{snippet}");
+    let cfg = common::write_config(&snippet);
+    let (code, stdout, _) = run(&["check"], &cfg.path).await;
+    assert_eq!(code, 0, "{stdout}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{stdout}");
+    assert!(lines[0].starts_with("sim-0000: ok"), "{stdout}");
+    assert!(lines[1].starts_with("sim-0001: ok"), "{stdout}");
+    child.kill().await.unwrap();
+}
+
+#[tokio::test]
+async fn check_prints_one_line_per_tenant_and_fails_when_one_fails() {
+    let sim = common::sim(2, 5).await;
+    let mut body = common::sim_config(&sim, common::FAST_RETRIES, "");
+    body = body.replace(&sim.tenants()[1].client_secret, "wrong");
+    let cfg = common::write_config(&body);
+    let (code, stdout, stderr) = run(&["check"], &cfg.path).await;
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{stdout}");
+    assert!(lines[0].starts_with("t0: ok"), "{stdout}");
+    assert!(
+        lines[1].starts_with("t1: could not authenticate to wiz"),
+        "{stdout}"
+    );
+    assert!(stderr.contains("1 of 2 tenant(s) failed"), "{stderr}");
+
+    let (code, stdout, _) = run(&["check", "--tenant", "t0"], &cfg.path).await;
+    assert_eq!((code, stdout.lines().count()), (0, 1), "{stdout}");
+    let (code, _, stderr) = run(&["check", "--tenant", "nobody"], &cfg.path).await;
+    assert_eq!(code, 2);
+    assert!(
+        stderr.contains("no tenant `nobody`") && stderr.contains("t0, t1"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn an_invalid_config_exits_non_zero_and_names_file_tenant_and_key() {
+    let cfg = common::write_config(
+        "[tenants.acme]\nclient_id = \"c\"\nclient_secret = \"s\"\napi_url = \"https://api.us20.app.wiz.io/graphql\"\npage_size = 900\n",
+    );
+    for cmd in ["validate", "check"] {
+        let (code, stdout, stderr) = run(&[cmd], &cfg.path).await;
+        assert_ne!(code, 0, "{cmd}");
+        assert!(stdout.is_empty(), "{cmd}: {stdout}");
+        let want = format!(
+            "{}: tenant `acme`: key `page_size`: must be between 1 and 500",
+            cfg.path.display()
+        );
+        assert!(stderr.contains(&want), "{cmd}: {stderr}");
+    }
+    // WIZ_CONNECTOR_CONFIG sets the path when --config is absent.
+    let out = Command::new(BIN)
+        .arg("validate")
+        .env("WIZ_CONNECTOR_CONFIG", &cfg.path)
+        .output()
+        .await
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("key `page_size`"));
+}

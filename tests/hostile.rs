@@ -1,0 +1,137 @@
+//! Arbitrary bytes and arbitrary JSON as a GraphQL answer never panic the client or the
+//! normalizer: they are errors, or pages whose nodes normalize or fail cleanly.
+
+mod common;
+
+use bytes::Bytes;
+use proptest::prelude::*;
+use wiz_connector::event::Normalizer;
+use wiz_connector::sim::Fault;
+use wiz_connector::wiz::{parse_page, IssueFilter, IssueOrder, WizError, WizHttp};
+
+fn arb_json() -> impl Strategy<Value = serde_json::Value> {
+    let leaf = prop_oneof![
+        Just(serde_json::Value::Null),
+        any::<bool>().prop_map(serde_json::Value::from),
+        any::<i64>().prop_map(serde_json::Value::from),
+        any::<f64>()
+            .prop_filter("finite", |f| f.is_finite())
+            .prop_map(serde_json::Value::from),
+        ".{0,12}".prop_map(serde_json::Value::from),
+        prop_oneof![Just("OPEN"), Just("CRITICAL"), Just("id"), Just("nodes")]
+            .prop_map(serde_json::Value::from),
+    ];
+    leaf.prop_recursive(5, 64, 6, |inner| {
+        let keys = prop_oneof![
+            Just("data".to_string()),
+            Just("issues".to_string()),
+            Just("nodes".to_string()),
+            Just("pageInfo".to_string()),
+            Just("hasNextPage".to_string()),
+            Just("endCursor".to_string()),
+            Just("errors".to_string()),
+            Just("id".to_string()),
+            Just("status".to_string()),
+            Just("severity".to_string()),
+            Just("entitySnapshot".to_string()),
+            Just("projects".to_string()),
+            ".{0,6}",
+        ];
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..6).prop_map(serde_json::Value::Array),
+            prop::collection::btree_map(keys, inner, 0..6)
+                .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
+/// Feeds a body through the page parser and, when it is a page, every node through the normalizer.
+fn digest(body: Vec<u8>) {
+    let mut n = Normalizer::with_console("fuzz", "https://app.wiz.io");
+    if let Ok(page) = parse_page(Bytes::from(body)) {
+        let mut out = Vec::new();
+        for issue in page.issues().flatten() {
+            out.clear();
+            n.normalize(&issue, None, "2026-01-01T00:00:00Z", &mut out);
+            let v: serde_json::Value = serde_json::from_slice(&out).expect("events are JSON");
+            assert_eq!(v["source"], "wiz");
+            assert_eq!(v["issue_id"], issue.id());
+            let raw: serde_json::Value = serde_json::from_str(issue.raw).unwrap();
+            assert_eq!(v["raw_event"], raw);
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+    #[test]
+    fn arbitrary_bytes_never_panic(body in prop::collection::vec(any::<u8>(), 0..512)) {
+        digest(body);
+    }
+
+    #[test]
+    fn arbitrary_json_never_panics(v in arb_json()) {
+        digest(serde_json::to_vec(&v).unwrap());
+    }
+
+    #[test]
+    fn arbitrary_json_inside_a_page_never_panics(nodes in prop::collection::vec(arb_json(), 0..6), more in any::<bool>()) {
+        let body = serde_json::json!({"data": {"issues": {"nodes": nodes, "pageInfo": {"hasNextPage": more, "endCursor": "c"}}}});
+        digest(serde_json::to_vec(&body).unwrap());
+    }
+}
+
+#[test]
+fn pathological_json_is_an_error() {
+    let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    assert!(matches!(
+        parse_page(Bytes::from(deep)),
+        Err(WizError::BadResponse(_))
+    ));
+    let huge_number = br#"{"data":{"issues":{"nodes":[{"id":"a","status":"OPEN","severity":1e999999}],"pageInfo":{"hasNextPage":false}}}}"#;
+    // A number where a string belongs fails that node alone, with a clear error.
+    let page = parse_page(Bytes::from_static(huge_number)).unwrap();
+    let err = page.issues().next().unwrap().unwrap_err();
+    assert!(err.to_string().contains("number out of range"), "{err}");
+}
+
+#[tokio::test]
+async fn hostile_answers_over_http_fail_the_page_cleanly() {
+    let sim = common::sim(1, 5).await;
+    let body = common::sim_config(&sim, common::FAST_RETRIES, "");
+    let client = WizHttp::new().unwrap().tenant(common::spec(&body, "t0"));
+    let filter = IssueFilter {
+        status: vec!["OPEN".into()],
+        ..Default::default()
+    };
+    for garbage in [
+        "".to_string(),
+        "null".into(),
+        "{\"data\":{\"issues\":{\"nodes\":\"x\",\"pageInfo\":{}}}}".into(),
+        "{\"errors\":[]}".into(),
+        "{\"errors\":[{}],\"data\":null}".into(),
+        format!("{{\"data\":{}}}", "[".repeat(5000)),
+        "\u{0}\u{1}binary".into(),
+    ] {
+        sim.push_faults(
+            "sim-client-0000",
+            [Fault::Garbage {
+                body: garbage.clone(),
+            }],
+        );
+        let err = client
+            .fetch_page(&filter, IssueOrder::CREATED_ASC, 5, None)
+            .await
+            .expect_err(&garbage);
+        assert!(
+            matches!(err, WizError::BadResponse(_) | WizError::GraphQl { .. }),
+            "{garbage:?} gave {err}"
+        );
+    }
+    // The client still works afterwards.
+    assert!(client
+        .fetch_page(&filter, IssueOrder::CREATED_ASC, 5, None)
+        .await
+        .is_ok());
+}

@@ -1,0 +1,148 @@
+//! A client secret or a bearer token never appears in logs at trace level (ours and our
+//! dependencies'), in `validate` or `check` output, or in errors.
+
+mod common;
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+use common::*;
+use wiz_connector::sim::{Fault, SimTenantSpec, SimulatorOptions};
+use wiz_connector::wiz::{IssueFilter, IssueOrder, WizHttp};
+
+#[derive(Clone, Default)]
+struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Capture {
+    type Writer = Capture;
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
+
+fn assert_clean(what: &str, text: &str, secrets: &[&str]) {
+    for s in secrets {
+        assert!(!text.contains(s), "{what} leaked {s:?}:\n{text}");
+    }
+    // Every token the simulator issues starts with this.
+    assert!(
+        !text.contains("simtok_"),
+        "{what} leaked a bearer token:\n{text}"
+    );
+}
+
+#[tokio::test]
+async fn no_secret_or_token_in_trace_logs() {
+    let capture = Capture::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("trace"))
+        .with_writer(capture.clone())
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let mut denied = SimTenantSpec::numbered(1, 42, 5);
+    denied.read_issues_scope = false;
+    let sim = sim_with(SimulatorOptions {
+        tenants: vec![SimTenantSpec::numbered(0, 42, 30), denied],
+        ..Default::default()
+    })
+    .await;
+    let secrets: Vec<String> = sim
+        .tenants()
+        .iter()
+        .map(|t| t.client_secret.clone())
+        .collect();
+    let body = sim_config(&sim, &format!("page_size = 7\n{FAST_RETRIES}"), "");
+    let http = WizHttp::new().unwrap();
+    let ok = http.tenant(spec(&body, "t0"));
+    let no_scope = http.tenant(spec(&body, "t1"));
+    let wrong = http.tenant(spec(&body.replace(&secrets[0], "wrong-secret-xyz"), "t0"));
+
+    let filter = IssueFilter {
+        status: vec!["OPEN".into()],
+        ..Default::default()
+    };
+    let mut sweep = ok.sweep(filter.clone(), IssueOrder::CREATED_ASC);
+    let mut errors = Vec::new();
+    while let Some(_page) = sweep.next_page().await.unwrap() {}
+    sim.revoke_tokens("sim-client-0000");
+    sim.push_faults(
+        "sim-client-0000",
+        [Fault::RateLimited { retry_after: None }, Fault::Downstream],
+    );
+    ok.fetch_page(&filter, IssueOrder::CREATED_ASC, 3, None)
+        .await
+        .unwrap();
+    errors.push(no_scope.check().await.unwrap_err().to_string());
+    errors.push(wrong.check().await.unwrap_err().to_string());
+    drop(sim);
+
+    let logs = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+    assert!(
+        logs.contains("TRACE") || logs.contains("DEBUG"),
+        "trace logging was on"
+    );
+    assert!(
+        logs.contains("renewing the token once"),
+        "the flow ran: {logs}"
+    );
+    let mut all = secrets.iter().map(String::as_str).collect::<Vec<_>>();
+    all.push("wrong-secret-xyz");
+    assert_clean("trace logs", &logs, &all);
+    assert_clean("errors", &errors.join("\n"), &all);
+}
+
+#[tokio::test]
+async fn validate_and_check_output_never_show_the_secret() {
+    let sim = sim(1, 5).await;
+    let secret = sim.tenants()[0].client_secret.clone();
+    let mut body = sim_config(&sim, "", "");
+    body.push_str(
+        &tenant_toml(&sim, "env-one", &sim.tenants()[0], "").replace(&secret, "${T_SECRET}"),
+    );
+    let cfg = write_config(&body);
+    let bin = env!("CARGO_BIN_EXE_wiz-connector");
+
+    let out = tokio::process::Command::new(bin)
+        .args(["validate", "--config"])
+        .arg(&cfg.path)
+        .env("T_SECRET", &secret)
+        .env("RUST_LOG", "trace")
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success());
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("[REDACTED] (from ${T_SECRET})"), "{text}");
+    assert_clean("validate", &text, &[&secret]);
+
+    let out = tokio::process::Command::new(bin)
+        .args(["check", "--config"])
+        .arg(&cfg.path)
+        .env("T_SECRET", &secret)
+        .env("RUST_LOG", "trace")
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains("t0: ok"), "{stdout}");
+    assert!(stdout.contains("env-one: ok"), "{stdout}");
+    let text = format!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert_clean("check", &text, &[&secret]);
+}
