@@ -413,3 +413,12 @@ fn secrets_never_appear_in_debug_display_or_serialized_settings() {
     let err = load_str(&bad, &env(&[])).0.unwrap_err();
     assert!(!format!("{err} {err:?}").contains(SECRET));
 }
+
+#[test]
+fn the_shipped_example_config_is_valid() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("conf/wiz-connector.toml");
+    let s = load(&path, &env(&[("ACME_WIZ_SECRET", SECRET)])).unwrap();
+    assert_eq!(s.tenants.len(), 1);
+    assert_eq!(s.sinks.len(), 2);
+    assert_eq!(s.tenants[0].secret_source, SecretSource::Env("ACME_WIZ_SECRET".into()));
+}
