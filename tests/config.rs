@@ -420,5 +420,8 @@ fn the_shipped_example_config_is_valid() {
     let s = load(&path, &env(&[("ACME_WIZ_SECRET", SECRET)])).unwrap();
     assert_eq!(s.tenants.len(), 1);
     assert_eq!(s.sinks.len(), 2);
-    assert_eq!(s.tenants[0].secret_source, SecretSource::Env("ACME_WIZ_SECRET".into()));
+    assert_eq!(
+        s.tenants[0].secret_source,
+        SecretSource::Env("ACME_WIZ_SECRET".into())
+    );
 }
