@@ -24,6 +24,13 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Supervise every configured tenant until SIGINT or SIGTERM.
+    Run {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// The embedded default: the built-in Wiz simulator, a few tenants, events on stdout.
+    Demo,
     /// The "Test connection" flow: token exchange, then a 1-row issues query, per tenant.
     Check {
         #[command(flatten)]

@@ -320,6 +320,17 @@ fn write_escaped(out: &mut Vec<u8>, s: &str) {
     serde_json::to_writer(&mut *out, s).expect("writing to a Vec cannot fail");
 }
 
+/// The fingerprint of an issue as a page holds it (see [`fingerprint`]).
+pub fn issue_fingerprint(issue: &Issue<'_>) -> [u8; 16] {
+    let r = issue.record;
+    fingerprint(
+        issue.status(),
+        issue.opt(&r.severity).map(|s| s.text),
+        issue.opt(&r.updated_at).map(|s| s.text),
+        issue.opt(&r.status_changed_at).map(|s| s.text),
+    )
+}
+
 /// Digest of the state of an issue that makes a new event: status, severity, updatedAt and
 /// statusChangedAt. Fields are length-prefixed so no two states share an encoding.
 pub fn fingerprint(

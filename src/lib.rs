@@ -7,19 +7,31 @@
 //! - [`config`]: the configuration file as users write it (`types`), how it is layered and checked
 //!   (`load`), and the resolved runtime settings (`settings`).
 //! - [`wiz`]: the Wiz API client: OAuth client credentials and the token cache (`auth`), one rate
-//!   limiter per credential (`limiter`), the HTTP client with timeouts and retries (`client`), and
-//!   the Issues query with its field set and pagination (`issues`).
+//!   limiter per credential (`limiter`), the HTTP client with timeouts and retries (`client`), the
+//!   Issues query (`issues`) and the single-pass decoding of its answer (`page`).
 //! - [`event`]: the normalized event and the normalizer (the hot path).
-//! - [`sim`]: the Wiz simulator, served by `wiz-connector simulate` and used by every test.
+//! - [`supervisor`]: the root actor: spawns tenants and the sink, applies the restart policy.
+//! - [`tenant`]: the tenant actor (one poll at a time, page by page) and what it remembers.
+//! - [`sink`]: the sink actor and its outputs.
+//! - [`health`]: the per-tenant health records.
+//! - [`app`]: wiring and ordered shutdown.
+//! - [`faults`]: connector-side fault injection for tests and drills.
+//! - [`sim`]: the Wiz simulator, served by `wiz-connector simulate` and `demo`, used by every test.
 //! - [`commands`]: one module per subcommand; [`cli`] holds the clap types.
 //! - [`telemetry`]: logging setup.
 //!
 //! `main.rs` only parses the command line, sets up logging and hands over to [`commands`].
 
+pub mod app;
 pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod event;
+pub mod faults;
+pub mod health;
 pub mod sim;
+pub mod sink;
+pub mod supervisor;
 pub mod telemetry;
+pub mod tenant;
 pub mod wiz;

@@ -21,6 +21,8 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         match cli.command {
+            Command::Run { config } => commands::run::run(&config.path).await,
+            Command::Demo => commands::demo::run().await,
             Command::Check { config, tenant } => {
                 commands::check::run(&config.path, tenant.as_deref()).await
             }

@@ -28,7 +28,12 @@ pub fn init(format: LogFormat) {
         .with_writer(std::io::stderr)
         .with_target(false);
     if json {
-        builder.json().flatten_event(true).init();
+        builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .init();
     } else {
         builder.init();
     }

@@ -17,7 +17,9 @@ fn open_filter() -> IssueFilter {
 }
 
 /// Every id a full sweep returns, in order.
-async fn sweep_ids(client: &wiz_connector::wiz::TenantClient) -> Result<Vec<String>, WizError> {
+async fn sweep_ids(
+    client: &std::sync::Arc<wiz_connector::wiz::TenantClient>,
+) -> Result<Vec<String>, WizError> {
     let mut sweep = client.sweep(open_filter(), IssueOrder::CREATED_ASC);
     let mut ids = Vec::new();
     while let Some(page) = sweep.next_page().await? {

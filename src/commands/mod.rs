@@ -2,5 +2,7 @@
 //! `anyhow` errors, printed by `main`.
 
 pub mod check;
+pub mod demo;
+pub mod run;
 pub mod simulate;
 pub mod validate;

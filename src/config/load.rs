@@ -187,8 +187,34 @@ pub fn load(path: &Path, env: &EnvSource) -> Result<Settings, ConfigError> {
             "configuration file not found; pass --config FILE or set WIZ_CONNECTOR_CONFIG",
         ));
     }
-    let main_file = || File::from(path).format(FileFormat::Toml).required(true);
+    let owned = path.to_path_buf();
+    let make = move || -> MainSource {
+        vec![Box::new(
+            File::from(owned.as_path())
+                .format(FileFormat::Toml)
+                .required(true),
+        )]
+    };
+    load_layers(main, make, path, env)
+}
 
+/// Loads a configuration given as TOML text; `name` stands for the file in messages. Used by
+/// `demo`, which builds its configuration in memory.
+pub fn load_str(name: &str, text: &str, env: &EnvSource) -> Result<Settings, ConfigError> {
+    let text = text.to_string();
+    let make = move || -> MainSource { vec![Box::new(File::from_str(&text, FileFormat::Toml))] };
+    load_layers(name.to_string(), make, Path::new(name), env)
+}
+
+/// The main file as a `config` source, boxed so a path and a string look alike.
+type MainSource = Vec<Box<dyn Source + Send + Sync>>;
+
+fn load_layers(
+    main: String,
+    main_file: impl Fn() -> MainSource,
+    path: &Path,
+    env: &EnvSource,
+) -> Result<Settings, ConfigError> {
     // Stage 1: the main file and the environment, to learn where tenants_dir is.
     let stage1 = Config::builder()
         .add_source(main_file())

@@ -13,9 +13,9 @@ mod types;
 
 pub use duration::DurationValue;
 pub use error::{ConfigError, Problem};
-pub use load::{load, EnvSource, DEFAULT_CONFIG_PATH};
+pub use load::{load, load_str, EnvSource, DEFAULT_CONFIG_PATH};
 pub use settings::{
-    AdminSettings, Cloud, ConnectorSettings, RetryPolicy, SecretSource, Settings, SinkKind,
-    SinkSpec, TenantSpec, VALID_STATUSES,
+    AdminSettings, Cloud, ConnectorSettings, RestartPolicy, RetryPolicy, SecretSource, Settings,
+    SinkKind, SinkSpec, TenantSpec, VALID_STATUSES,
 };
 pub use types::{AdminSection, ConfigFile, ConnectorSection, SinkSection, TenantSection};

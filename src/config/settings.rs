@@ -48,6 +48,21 @@ pub struct ConnectorSettings {
     pub state_dir: PathBuf,
     pub shutdown_timeout: DurationValue,
     pub tenants_dir: Option<PathBuf>,
+    pub max_concurrent_sweeps: u32,
+    pub startup_jitter: DurationValue,
+    pub restart: RestartPolicy,
+    pub summary_interval: DurationValue,
+}
+
+/// How the supervisor restarts crashed tenants.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct RestartPolicy {
+    /// More crashes than this within `period` park the tenant as failed.
+    pub intensity: u32,
+    pub period: DurationValue,
+    pub backoff_initial: DurationValue,
+    pub backoff_max: DurationValue,
+    pub failed_cooldown: DurationValue,
 }
 
 /// `[admin]`, parsed.
@@ -254,6 +269,27 @@ pub(super) fn resolve(
             statuses.push(up);
         }
     }
+    if conn.max_concurrent_sweeps == 0 {
+        c.global("connector.max_concurrent_sweeps", "must be at least 1");
+    }
+    if conn.restart_period.0.is_zero() {
+        c.global("connector.restart_period", "must be greater than zero");
+    }
+    if conn.restart_backoff_initial.0.is_zero() {
+        c.global(
+            "connector.restart_backoff_initial",
+            "must be greater than zero",
+        );
+    }
+    if conn.restart_backoff_max.0 < conn.restart_backoff_initial.0 {
+        c.global(
+            "connector.restart_backoff_max",
+            "must not be shorter than connector.restart_backoff_initial",
+        );
+    }
+    if conn.summary_interval.0 < Duration::from_secs(1) {
+        c.global("connector.summary_interval", "must be at least 1s");
+    }
     if conn.statuses.is_empty() {
         c.global(
             "connector.statuses",
@@ -336,6 +372,16 @@ pub(super) fn resolve(
             state_dir: conn.state_dir.clone(),
             shutdown_timeout: conn.shutdown_timeout,
             tenants_dir: conn.tenants_dir.clone(),
+            max_concurrent_sweeps: conn.max_concurrent_sweeps,
+            startup_jitter: conn.startup_jitter,
+            restart: RestartPolicy {
+                intensity: conn.restart_intensity,
+                period: conn.restart_period,
+                backoff_initial: conn.restart_backoff_initial,
+                backoff_max: conn.restart_backoff_max,
+                failed_cooldown: conn.failed_cooldown,
+            },
+            summary_interval: conn.summary_interval,
         },
         admin: AdminSettings {
             listen: listen.expect("checked above"),

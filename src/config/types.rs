@@ -56,6 +56,25 @@ pub struct ConnectorSection {
     pub retry_initial_backoff: DurationValue,
     /// Cap on one backoff delay (a `Retry-After` from Wiz may exceed it up to 300 s).
     pub retry_max_backoff: DurationValue,
+    /// At most this many tenants sweep at once, so a large fleet does not open thousands of
+    /// connections together.
+    pub max_concurrent_sweeps: u32,
+    /// Each tenant's first poll is delayed by a random time below this (and below its poll
+    /// interval), so thousands of tenants do not hit the token endpoint at once.
+    pub startup_jitter: DurationValue,
+    /// A tenant that crashes more than this many times within `restart_period` is parked as
+    /// `failed`.
+    pub restart_intensity: u32,
+    /// The window over which crashes are counted.
+    pub restart_period: DurationValue,
+    /// First delay before restarting a crashed tenant; doubles with each crash in the window.
+    pub restart_backoff_initial: DurationValue,
+    /// Cap on the restart delay.
+    pub restart_backoff_max: DurationValue,
+    /// How long a `failed` tenant stays parked before it is tried again.
+    pub failed_cooldown: DurationValue,
+    /// How often `run` logs a one-line summary of the fleet's states.
+    pub summary_interval: DurationValue,
 }
 
 impl Default for ConnectorSection {
@@ -73,6 +92,14 @@ impl Default for ConnectorSection {
             max_retries: 5,
             retry_initial_backoff: DurationValue::secs(1),
             retry_max_backoff: DurationValue::secs(60),
+            max_concurrent_sweeps: 64,
+            startup_jitter: DurationValue::secs(30),
+            restart_intensity: 5,
+            restart_period: DurationValue::secs(60),
+            restart_backoff_initial: DurationValue::secs(1),
+            restart_backoff_max: DurationValue::secs(60),
+            failed_cooldown: DurationValue::secs(600),
+            summary_interval: DurationValue::secs(60),
         }
     }
 }

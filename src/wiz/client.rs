@@ -49,16 +49,16 @@ impl WizHttp {
     }
 
     /// A client for one tenant, sharing this pool and the limiter of the tenant's credential.
-    pub fn tenant(&self, spec: Arc<TenantSpec>) -> TenantClient {
+    pub fn tenant(&self, spec: Arc<TenantSpec>) -> Arc<TenantClient> {
         let limiter = self.limiters.get(&spec.credential_key(), spec.rate_limit);
-        TenantClient {
+        Arc::new(TenantClient {
             spec,
             http: self.http.clone(),
             limiter,
             token: tokio::sync::Mutex::new(TokenCache::default()),
             query: self.query.clone(),
             stats: ClientStats::default(),
-        }
+        })
     }
 
     pub fn limiters(&self) -> &LimiterRegistry {
@@ -115,9 +115,9 @@ impl TenantClient {
     }
 
     /// Starts a sweep over every page matching `filter`.
-    pub fn sweep(&self, filter: IssueFilter, order: IssueOrder) -> Sweep<'_> {
+    pub fn sweep(self: &Arc<Self>, filter: IssueFilter, order: IssueOrder) -> Sweep {
         Sweep {
-            client: self,
+            client: self.clone(),
             filter,
             order,
             after: None,
@@ -264,8 +264,8 @@ impl TenantClient {
 /// A paginated walk over every page of one query. The filter is frozen for the whole sweep;
 /// cursors are followed while `hasNextPage`, with guards against a repeated or missing cursor and
 /// a bound on the number of pages.
-pub struct Sweep<'c> {
-    client: &'c TenantClient,
+pub struct Sweep {
+    client: Arc<TenantClient>,
     filter: IssueFilter,
     order: IssueOrder,
     after: Option<String>,
@@ -274,7 +274,7 @@ pub struct Sweep<'c> {
     done: bool,
 }
 
-impl Sweep<'_> {
+impl Sweep {
     /// The next page, or `None` when the sweep is complete. After an error the sweep is over.
     pub async fn next_page(&mut self) -> Result<Option<Page>, WizError> {
         if self.done {

@@ -79,3 +79,38 @@ pub fn sim_config(sim: &Simulator, connector: &str, tenant_extra: &str) -> Strin
     }
     body
 }
+
+/// Waits until `cond` holds, checking every 20 ms; panics with `what` after `deadline`.
+pub async fn wait_until(what: &str, deadline: std::time::Duration, mut cond: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !cond() {
+        if start.elapsed() > deadline {
+            panic!("timed out after {deadline:?} waiting for {what}");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// The JSON lines of a file (empty when it does not exist yet).
+pub fn read_lines(path: &std::path::Path) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad line {l:?}: {e}")))
+        .collect()
+}
+
+/// Issue ids of `status` per simulated tenant, keyed by tenant id `t<i>`.
+pub fn open_ids(sim: &Simulator) -> HashMap<String, std::collections::HashSet<String>> {
+    sim.tenants()
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            (
+                format!("t{i}"),
+                sim.issues(&t.client_id, |s| s.ids_with_status("OPEN"))
+                    .into_iter()
+                    .collect(),
+            )
+        })
+        .collect()
+}

@@ -1,0 +1,111 @@
+//! Wiring and ordered shutdown: builds the shared pieces (HTTP client, health map, sink counters),
+//! starts the supervisor, and stops everything in order.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ractor::{Actor, ActorRef};
+use tokio::task::JoinHandle;
+
+use crate::config::Settings;
+use crate::faults::FaultInjection;
+use crate::health::HealthMap;
+use crate::sink::SinkStats;
+use crate::supervisor::{ConnectorSupervisor, SupervisorArgs, SupervisorMsg};
+use crate::wiz::WizHttp;
+
+/// What the caller may add when starting the connector from code.
+#[derive(Clone, Default)]
+pub struct AppOptions {
+    pub faults: FaultInjection,
+}
+
+/// A running connector.
+pub struct App {
+    supervisor: ActorRef<SupervisorMsg>,
+    handle: JoinHandle<()>,
+    pub health: HealthMap,
+    pub sink_stats: Arc<SinkStats>,
+    pub faults: FaultInjection,
+    ready: Arc<AtomicBool>,
+    shutdown_timeout: Duration,
+}
+
+impl App {
+    /// Starts the supervisor, which starts the sink and every tenant. Fails when the sink cannot
+    /// start (e.g. its file cannot be opened).
+    pub async fn start(settings: Settings, opts: AppOptions) -> anyhow::Result<App> {
+        let health = HealthMap::default();
+        let sink_stats = Arc::new(SinkStats::default());
+        let ready = Arc::new(AtomicBool::new(false));
+        let shutdown_timeout = settings.connector.shutdown_timeout.0;
+        let http = WizHttp::new()?;
+        let (supervisor, handle) = Actor::spawn(
+            None,
+            ConnectorSupervisor,
+            SupervisorArgs {
+                settings,
+                http,
+                health: health.clone(),
+                sink_stats: sink_stats.clone(),
+                faults: opts.faults.clone(),
+                ready: ready.clone(),
+            },
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot start the connector: {e}"))?;
+        Ok(App {
+            supervisor,
+            handle,
+            health,
+            sink_stats,
+            faults: opts.faults,
+            ready,
+            shutdown_timeout,
+        })
+    }
+
+    /// True once the supervisor has started every tenant.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    /// Asks a tenant to poll now. False for an unknown or not running tenant.
+    pub async fn poll_now(&self, tenant: &str) -> bool {
+        let t = tenant.to_string();
+        matches!(
+            self.supervisor
+                .call(
+                    |r| SupervisorMsg::PollNow(t, r),
+                    Some(Duration::from_secs(5))
+                )
+                .await,
+            Ok(ractor::rpc::CallResult::Success(true))
+        )
+    }
+
+    /// True while the supervisor runs.
+    pub fn is_running(&self) -> bool {
+        !self.handle.is_finished()
+    }
+
+    /// Stops timers, lets every tenant finish and deliver its page in flight, flushes and stops
+    /// the sink, then stops the supervisor. Takes at most about twice `shutdown_timeout` (tenants,
+    /// then the sink), after which stragglers are killed.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        let budget = self.shutdown_timeout * 2 + Duration::from_secs(1);
+        let res = self
+            .supervisor
+            .call(SupervisorMsg::Shutdown, Some(budget))
+            .await;
+        let clean = matches!(res, Ok(ractor::rpc::CallResult::Success(())));
+        self.supervisor.stop(Some("shutdown".into()));
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.handle).await;
+        if clean {
+            Ok(())
+        } else {
+            anyhow::bail!("shutdown did not complete within {}s", budget.as_secs())
+        }
+    }
+}

@@ -1,0 +1,166 @@
+//! Tenant health: an explicit state machine per tenant, published by the tenant actor (and by the
+//! supervisor for restarts and parking) into a shared map that readers never block on a busy
+//! actor to read.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use dashmap::DashMap;
+use serde::{Serialize, Serializer};
+
+/// Where a tenant is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TenantState {
+    /// Spawned; the first poll has not started yet.
+    Starting,
+    /// A sweep is running.
+    Polling,
+    /// The last sweep succeeded; waiting for the next poll.
+    Idle,
+    /// The last sweep failed, or the actor crashed; the next attempt is scheduled.
+    Backoff,
+    /// Crashed too often; parked until a long cool-down ends.
+    Failed,
+    /// Stopped on purpose (shutdown, removal).
+    Stopped,
+}
+
+impl TenantState {
+    pub const ALL: [TenantState; 6] = [
+        TenantState::Starting,
+        TenantState::Polling,
+        TenantState::Idle,
+        TenantState::Backoff,
+        TenantState::Failed,
+        TenantState::Stopped,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TenantState::Starting => "starting",
+            TenantState::Polling => "polling",
+            TenantState::Idle => "idle",
+            TenantState::Backoff => "backoff",
+            TenantState::Failed => "failed",
+            TenantState::Stopped => "stopped",
+        }
+    }
+}
+
+/// An error and when it happened.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LastError {
+    pub message: String,
+    #[serde(serialize_with = "rfc3339")]
+    pub at: SystemTime,
+}
+
+/// One tenant's health (CONTRACT.md's `/tenants/{id}`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TenantHealth {
+    pub id: String,
+    pub state: TenantState,
+    #[serde(serialize_with = "opt_rfc3339")]
+    pub last_poll_at: Option<SystemTime>,
+    #[serde(serialize_with = "opt_rfc3339")]
+    pub last_success_at: Option<SystemTime>,
+    pub last_error: Option<LastError>,
+    /// Events delivered by the last completed poll.
+    pub events_added: u64,
+    /// Events delivered since the process started.
+    pub events_total: u64,
+    /// Times the tenant's actor was restarted after a crash.
+    pub restarts: u64,
+    #[serde(serialize_with = "opt_rfc3339")]
+    pub next_poll_at: Option<SystemTime>,
+    /// Polls completed since the process started (successful or not).
+    pub polls: u64,
+}
+
+impl TenantHealth {
+    pub fn new(id: &str) -> Self {
+        TenantHealth {
+            id: id.to_string(),
+            state: TenantState::Starting,
+            last_poll_at: None,
+            last_success_at: None,
+            last_error: None,
+            events_added: 0,
+            events_total: 0,
+            restarts: 0,
+            next_poll_at: None,
+            polls: 0,
+        }
+    }
+}
+
+fn rfc3339<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&humantime::format_rfc3339_millis(*t))
+}
+
+fn opt_rfc3339<S: Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> {
+    match t {
+        Some(t) => rfc3339(t, s),
+        None => s.serialize_none(),
+    }
+}
+
+/// Every tenant's health, shared. Updates go through [`HealthMap::update`], which never holds a
+/// guard beyond the closure.
+#[derive(Debug, Clone, Default)]
+pub struct HealthMap {
+    map: Arc<DashMap<String, TenantHealth>>,
+}
+
+impl HealthMap {
+    /// Registers a tenant (or keeps its record when it is already there).
+    pub fn ensure(&self, id: &str) {
+        self.map
+            .entry(id.to_string())
+            .or_insert_with(|| TenantHealth::new(id));
+    }
+
+    /// Changes a tenant's record in place; does nothing for an unknown tenant.
+    pub fn update(&self, id: &str, f: impl FnOnce(&mut TenantHealth)) {
+        if let Some(mut h) = self.map.get_mut(id) {
+            f(&mut h);
+        }
+    }
+
+    pub fn get(&self, id: &str) -> Option<TenantHealth> {
+        self.map.get(id).map(|h| h.clone())
+    }
+
+    pub fn remove(&self, id: &str) {
+        self.map.remove(id);
+    }
+
+    /// Every tenant, sorted by id.
+    pub fn all(&self) -> Vec<TenantHealth> {
+        let mut v: Vec<TenantHealth> = self.map.iter().map(|h| h.clone()).collect();
+        v.sort_by(|a, b| a.id.cmp(&b.id));
+        v
+    }
+
+    /// How many tenants are in each state.
+    pub fn counts(&self) -> Vec<(TenantState, usize)> {
+        let mut counts = [0usize; 6];
+        for h in self.map.iter() {
+            let i = TenantState::ALL
+                .iter()
+                .position(|s| *s == h.state)
+                .unwrap_or(0);
+            counts[i] += 1;
+        }
+        TenantState::ALL.iter().copied().zip(counts).collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+}

@@ -1,0 +1,408 @@
+//! The connector supervisor: spawns, linked, one tenant actor per configured tenant and one sink
+//! actor, and implements the restart policy itself (ractor has none: its default stops the
+//! supervisor when any child ends).
+//!
+//! - A crashed tenant is restarted after an exponential backoff with jitter; one that crashes more
+//!   than `restart_intensity` times within `restart_period` is parked as `failed` (shown in
+//!   health) and tried again only after `failed_cooldown`. No tenant's failure stops another
+//!   tenant, the sink or the process.
+//! - A crashed sink is restarted at once (after a short backoff); tenants resend the page it did
+//!   not acknowledge.
+//! - A child stopped on purpose is marked first, so its exit is not taken for a crash.
+
+mod policy;
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use ractor::{
+    Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent,
+};
+use rand::Rng;
+use tokio::sync::Semaphore;
+
+use crate::config::{RestartPolicy, Settings, SinkSpec, TenantSpec};
+use crate::faults::FaultInjection;
+use crate::health::{HealthMap, LastError, TenantState};
+use crate::sink::{SinkActor, SinkArgs, SinkMsg, SinkStats};
+use crate::tenant::memory::TenantMemory;
+use crate::tenant::{TenantArgs, TenantMsg, WizTenantActor};
+use crate::wiz::WizHttp;
+pub use policy::restart_delay;
+
+/// Messages of the supervisor.
+pub enum SupervisorMsg {
+    /// Restart a crashed tenant (scheduled by the restart policy). Stale when the generation moved.
+    Restart { tenant: String, generation: u64 },
+    /// Restart the sink after it crashed.
+    RestartSink,
+    /// Ask a tenant to poll now; replies false for an unknown or not running tenant.
+    PollNow(String, RpcReplyPort<bool>),
+    /// Stop every tenant (each finishes its page in flight), then the sink; reply when done.
+    Shutdown(RpcReplyPort<()>),
+}
+
+/// What the supervisor is started with.
+pub struct SupervisorArgs {
+    pub settings: Settings,
+    pub http: WizHttp,
+    pub health: HealthMap,
+    pub sink_stats: Arc<SinkStats>,
+    pub faults: FaultInjection,
+    /// Set once every tenant has been spawned.
+    pub ready: Arc<AtomicBool>,
+}
+
+/// One supervised tenant.
+struct Child {
+    spec: Arc<TenantSpec>,
+    memory: Arc<Mutex<TenantMemory>>,
+    actor: Option<ActorRef<TenantMsg>>,
+    /// Crash times within the restart period.
+    crashes: VecDeque<Instant>,
+    /// Bumped whenever a scheduled restart must be ignored (the tenant was restarted or
+    /// parked meanwhile).
+    generation: u64,
+    /// Set before a deliberate stop, so the exit is not a crash.
+    stopping: bool,
+}
+
+pub struct SupervisorState {
+    instance: String,
+    policy: RestartPolicy,
+    startup_jitter: Duration,
+    shutdown_timeout: Duration,
+    sink_specs: Vec<SinkSpec>,
+    sink: Option<ActorRef<SinkMsg>>,
+    sink_crashes: u32,
+    children: BTreeMap<String, Child>,
+    by_actor: HashMap<ActorId, String>,
+    http: WizHttp,
+    health: HealthMap,
+    sink_stats: Arc<SinkStats>,
+    faults: FaultInjection,
+    sweeps: Arc<Semaphore>,
+    ready: Arc<AtomicBool>,
+    shutting_down: bool,
+}
+
+/// Each supervisor's actors get a unique name prefix, so several can live in one process.
+static INSTANCES: AtomicU64 = AtomicU64::new(0);
+
+pub struct ConnectorSupervisor;
+
+impl SupervisorState {
+    fn sink_name(&self) -> String {
+        format!("{}:sink", self.instance)
+    }
+
+    async fn spawn_sink(
+        &mut self,
+        myself: &ActorRef<SupervisorMsg>,
+    ) -> Result<(), ActorProcessingErr> {
+        let (sink, _) = Actor::spawn_linked(
+            Some(self.sink_name()),
+            SinkActor,
+            SinkArgs {
+                specs: self.sink_specs.clone(),
+                stats: self.sink_stats.clone(),
+                faults: self.faults.clone(),
+            },
+            myself.get_cell(),
+        )
+        .await
+        .map_err(|e| format!("cannot start the sink: {e}"))?;
+        self.sink = Some(sink);
+        Ok(())
+    }
+
+    async fn spawn_tenant(
+        &mut self,
+        myself: &ActorRef<SupervisorMsg>,
+        id: &str,
+        first_poll_in: Duration,
+    ) {
+        let Some(child) = self.children.get_mut(id) else {
+            return;
+        };
+        let args = TenantArgs {
+            spec: child.spec.clone(),
+            http: self.http.clone(),
+            health: self.health.clone(),
+            sink_name: format!("{}:sink", self.instance),
+            sink_stats: self.sink_stats.clone(),
+            memory: child.memory.clone(),
+            sweeps: self.sweeps.clone(),
+            faults: self.faults.clone(),
+            first_poll_in,
+        };
+        let name = format!("{}:tenant:{id}", self.instance);
+        match Actor::spawn_linked(Some(name), WizTenantActor, args, myself.get_cell()).await {
+            Ok((actor, _)) => {
+                self.by_actor.insert(actor.get_id(), id.to_string());
+                child.actor = Some(actor);
+                child.stopping = false;
+            }
+            Err(e) => {
+                // pre_start failed: treat it like a crash so the policy applies.
+                let message = format!("tenant actor failed to start: {e}");
+                self.on_crash(myself, id, message);
+            }
+        }
+    }
+
+    /// Applies the restart policy to a tenant whose actor died unexpectedly.
+    fn on_crash(&mut self, myself: &ActorRef<SupervisorMsg>, id: &str, message: String) {
+        let Some(child) = self.children.get_mut(id) else {
+            return;
+        };
+        child.actor = None;
+        let now = Instant::now();
+        let period = self.policy.period.0;
+        child.crashes.push_back(now);
+        while child
+            .crashes
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > period)
+        {
+            child.crashes.pop_front();
+        }
+        child.generation += 1;
+        let generation = child.generation;
+        let at = SystemTime::now();
+        let crashes = child.crashes.len() as u32;
+        if crashes > self.policy.intensity {
+            let cooldown = self.policy.failed_cooldown.0;
+            tracing::error!(tenant = %id, crashes, period_s = period.as_secs(), retry_in_s = cooldown.as_secs(), error = %message, "tenant crashed too often; parked as failed");
+            child.crashes.clear();
+            self.health.update(id, |h| {
+                h.state = TenantState::Failed;
+                h.last_error = Some(LastError { message, at });
+                h.next_poll_at = Some(at + cooldown);
+            });
+            let tenant = id.to_string();
+            myself.send_after(cooldown, move || SupervisorMsg::Restart {
+                tenant,
+                generation,
+            });
+        } else {
+            let delay = restart_delay(&self.policy, crashes, rand::rng().random_range(0.5..=1.0));
+            tracing::warn!(tenant = %id, crashes, restart_in_ms = delay.as_millis() as u64, error = %message, "tenant crashed; restarting");
+            self.health.update(id, |h| {
+                h.state = TenantState::Backoff;
+                h.last_error = Some(LastError { message, at });
+                h.next_poll_at = Some(at + delay);
+            });
+            let tenant = id.to_string();
+            myself.send_after(delay, move || SupervisorMsg::Restart { tenant, generation });
+        }
+    }
+
+    fn child_exited(
+        &mut self,
+        myself: &ActorRef<SupervisorMsg>,
+        cell: &ActorCell,
+        crash: Option<String>,
+    ) {
+        let id = cell.get_id();
+        if self.sink.as_ref().is_some_and(|s| s.get_id() == id) {
+            self.sink = None;
+            if self.shutting_down {
+                return;
+            }
+            self.sink_crashes += 1;
+            let delay = Duration::from_millis(100 * (1 << self.sink_crashes.min(6)));
+            tracing::error!(
+                error = crash.as_deref().unwrap_or("stopped"),
+                restart_in_ms = delay.as_millis() as u64,
+                "sink stopped unexpectedly; restarting it (tenants hold their unacknowledged page)"
+            );
+            myself.send_after(delay, || SupervisorMsg::RestartSink);
+            return;
+        }
+        let Some(tenant) = self.by_actor.remove(&id) else {
+            return;
+        };
+        let deliberate =
+            self.shutting_down || self.children.get(&tenant).is_none_or(|c| c.stopping);
+        if deliberate {
+            if let Some(c) = self.children.get_mut(&tenant) {
+                c.actor = None;
+            }
+            self.health.update(&tenant, |h| {
+                h.state = TenantState::Stopped;
+                h.next_poll_at = None;
+            });
+            return;
+        }
+        let message = crash.unwrap_or_else(|| "the tenant actor stopped unexpectedly".into());
+        self.on_crash(myself, &tenant, message);
+    }
+
+    async fn shutdown(&mut self) {
+        self.shutting_down = true;
+        let timeout = self.shutdown_timeout;
+        let mut stops = tokio::task::JoinSet::new();
+        for child in self.children.values_mut() {
+            child.stopping = true;
+            child.generation += 1;
+            if let Some(a) = child.actor.clone() {
+                stops.spawn(async move {
+                    if a.stop_and_wait(Some("shutdown".into()), Some(timeout)).await.is_err() {
+                        tracing::warn!(actor = ?a.get_name(), "tenant did not stop in time; killing it");
+                        a.kill();
+                    }
+                });
+            }
+        }
+        while stops.join_next().await.is_some() {}
+        if let Some(sink) = self.sink.take() {
+            if sink
+                .stop_and_wait(Some("shutdown".into()), Some(timeout))
+                .await
+                .is_err()
+            {
+                sink.kill();
+            }
+        }
+    }
+}
+
+impl Actor for ConnectorSupervisor {
+    type Msg = SupervisorMsg;
+    type State = SupervisorState;
+    type Arguments = SupervisorArgs;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<SupervisorMsg>,
+        args: SupervisorArgs,
+    ) -> Result<SupervisorState, ActorProcessingErr> {
+        let n = INSTANCES.fetch_add(1, Ordering::Relaxed);
+        let c = &args.settings.connector;
+        let mut children = BTreeMap::new();
+        for spec in &args.settings.tenants {
+            args.health.ensure(&spec.id);
+            children.insert(
+                spec.id.clone(),
+                Child {
+                    spec: Arc::new(spec.clone()),
+                    memory: Arc::default(),
+                    actor: None,
+                    crashes: VecDeque::new(),
+                    generation: 0,
+                    stopping: false,
+                },
+            );
+        }
+        Ok(SupervisorState {
+            instance: format!("wiz{n}"),
+            policy: c.restart,
+            startup_jitter: c.startup_jitter.0,
+            shutdown_timeout: c.shutdown_timeout.0,
+            sink_specs: args.settings.sinks.clone(),
+            sink: None,
+            sink_crashes: 0,
+            children,
+            by_actor: HashMap::new(),
+            http: args.http,
+            health: args.health,
+            sink_stats: args.sink_stats,
+            faults: args.faults,
+            sweeps: Arc::new(Semaphore::new(c.max_concurrent_sweeps as usize)),
+            ready: args.ready,
+            shutting_down: false,
+        })
+    }
+
+    async fn post_start(
+        &self,
+        myself: ActorRef<SupervisorMsg>,
+        state: &mut SupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        state.spawn_sink(&myself).await?;
+        let ids: Vec<String> = state.children.keys().cloned().collect();
+        for id in ids {
+            let interval = state.children[&id].spec.poll_interval.0;
+            let window = state.startup_jitter.min(interval);
+            let first = window.mul_f64(rand::rng().random_range(0.0..1.0));
+            state.spawn_tenant(&myself, &id, first).await;
+        }
+        state.ready.store(true, Ordering::Release);
+        tracing::info!(
+            tenants = state.children.len(),
+            sinks = state.sink_specs.len(),
+            "supervisor started every tenant"
+        );
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<SupervisorMsg>,
+        msg: SupervisorMsg,
+        state: &mut SupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            SupervisorMsg::Restart { tenant, generation } => {
+                if state.shutting_down {
+                    return Ok(());
+                }
+                let current = state
+                    .children
+                    .get(&tenant)
+                    .is_some_and(|c| c.generation == generation && c.actor.is_none());
+                if current {
+                    state.health.update(&tenant, |h| h.restarts += 1);
+                    state.spawn_tenant(&myself, &tenant, Duration::ZERO).await;
+                }
+            }
+            SupervisorMsg::RestartSink => {
+                if !state.shutting_down && state.sink.is_none() {
+                    if let Err(e) = state.spawn_sink(&myself).await {
+                        tracing::error!(error = %e, "sink restart failed; trying again");
+                        state.sink_crashes += 1;
+                        myself.send_after(Duration::from_secs(1), || SupervisorMsg::RestartSink);
+                    } else {
+                        tracing::info!("sink restarted");
+                    }
+                }
+            }
+            SupervisorMsg::PollNow(tenant, reply) => {
+                let sent = state
+                    .children
+                    .get(&tenant)
+                    .and_then(|c| c.actor.as_ref())
+                    .is_some_and(|a| a.send_message(TenantMsg::Poll).is_ok());
+                let _ = reply.send(sent);
+            }
+            SupervisorMsg::Shutdown(reply) => {
+                state.shutdown().await;
+                let _ = reply.send(());
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<SupervisorMsg>,
+        event: SupervisionEvent,
+        state: &mut SupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        match event {
+            SupervisionEvent::ActorFailed(cell, err) => {
+                state.child_exited(&myself, &cell, Some(err.to_string()))
+            }
+            SupervisionEvent::ActorTerminated(cell, _, reason) => {
+                // A clean exit we did not ask for is still an exit of a permanent child.
+                let unexpected = reason.map(|r| format!("the actor stopped: {r}"));
+                state.child_exited(&myself, &cell, unexpected)
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,371 @@
+//! The tenant actor: one per configured Wiz tenant. It owns its Wiz client (token cache and its
+//! handle on the credential's rate limiter) and its poll timer, and runs one poll at a time.
+//!
+//! A poll is a sweep over every page, driven one page per message: fetch a page, normalize it,
+//! drop the issues whose state did not change, send the rest to the sink and wait for its ack,
+//! remember what was delivered, then ask itself for the next page. Between pages the mailbox is
+//! free, so a stop request takes effect after the page in flight is delivered. The timer is
+//! re-armed with `send_after` once a poll ends, never with an interval.
+
+pub mod memory;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use rand::Rng;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinHandle;
+
+use crate::config::TenantSpec;
+use crate::event::{issue_fingerprint, now_rfc3339, Normalizer};
+use crate::faults::FaultInjection;
+use crate::health::{HealthMap, LastError, TenantState};
+use crate::sink::{deliver, Batch, SinkMsg, SinkStats};
+use crate::wiz::{IssueFilter, IssueOrder, Sweep, TenantClient, WizHttp};
+use memory::{Known, TenantMemory};
+
+/// Longest wait for the sink's ack before the page is sent again.
+const ACK_TIMEOUT: Duration = Duration::from_secs(120);
+/// First and longest delay between attempts to deliver a page the sink did not take.
+const RESEND_FIRST: Duration = Duration::from_millis(200);
+const RESEND_MAX: Duration = Duration::from_secs(5);
+/// First delay before polling again after a failed poll; doubles up to the poll interval.
+const FAILED_POLL_FIRST: Duration = Duration::from_secs(5);
+
+/// Messages of a tenant actor.
+pub enum TenantMsg {
+    /// Start a poll now (timer, or an operator's request). Ignored while one runs.
+    Poll,
+    /// A sweep slot became free for the poll that was waiting for it.
+    Permit(OwnedSemaphorePermit),
+    /// Fetch and deliver the next page of the running sweep.
+    NextPage,
+    /// Try again to deliver the page the sink did not acknowledge.
+    Resend,
+}
+
+/// Everything a tenant actor is built from; the supervisor keeps it to rebuild the actor after a
+/// crash (ractor re-runs `pre_start` on a new actor; nothing restarts in place).
+#[derive(Clone)]
+pub struct TenantArgs {
+    pub spec: Arc<TenantSpec>,
+    pub http: WizHttp,
+    pub health: HealthMap,
+    /// The registry name of the sink actor (looked up per delivery: it changes after a restart).
+    pub sink_name: String,
+    pub sink_stats: Arc<SinkStats>,
+    /// Survives restarts of the actor.
+    pub memory: Arc<Mutex<TenantMemory>>,
+    /// The global cap on concurrent sweeps.
+    pub sweeps: Arc<Semaphore>,
+    pub faults: FaultInjection,
+    /// Delay of the first poll (jitter at start, zero after a crash: the supervisor already
+    /// waited).
+    pub first_poll_in: Duration,
+}
+
+/// A page delivered to the sink but not yet acknowledged.
+struct Pending {
+    batch: Arc<Batch>,
+    remember: Vec<(String, Known)>,
+    attempts: u32,
+}
+
+struct ActiveSweep {
+    sweep: Sweep,
+    _permit: OwnedSemaphorePermit,
+    events: u64,
+    observed_at: String,
+    pending: Option<Pending>,
+}
+
+pub struct TenantActorState {
+    args: TenantArgs,
+    client: Arc<TenantClient>,
+    normalizer: Normalizer,
+    timer: Option<JoinHandle<Result<(), ractor::MessagingErr<TenantMsg>>>>,
+    sweep: Option<ActiveSweep>,
+    /// A poll asked for a sweep slot and is waiting for it.
+    waiting_for_permit: bool,
+    consecutive_failures: u32,
+    /// Reused output buffer.
+    buf: Vec<u8>,
+}
+
+pub struct WizTenantActor;
+
+impl TenantActorState {
+    fn id(&self) -> &str {
+        &self.args.spec.id
+    }
+
+    fn arm_timer(&mut self, myself: &ActorRef<TenantMsg>, after: Duration) {
+        if let Some(t) = self.timer.take() {
+            t.abort();
+        }
+        self.timer = Some(myself.send_after(after, || TenantMsg::Poll));
+        let at = SystemTime::now() + after;
+        self.args
+            .health
+            .update(self.id(), |h| h.next_poll_at = Some(at));
+    }
+
+    fn start_sweep(&mut self, myself: &ActorRef<TenantMsg>, permit: OwnedSemaphorePermit) {
+        let filter = IssueFilter {
+            status: self.args.spec.statuses.clone(),
+            ..Default::default()
+        };
+        self.sweep = Some(ActiveSweep {
+            sweep: self.client.sweep(filter, IssueOrder::CREATED_ASC),
+            _permit: permit,
+            events: 0,
+            observed_at: now_rfc3339(),
+            pending: None,
+        });
+        let now = SystemTime::now();
+        self.args.health.update(self.id(), |h| {
+            h.state = TenantState::Polling;
+            h.last_poll_at = Some(now);
+            h.next_poll_at = None;
+        });
+        let _ = myself.send_message(TenantMsg::NextPage);
+    }
+
+    /// Ends the running sweep and schedules the next poll.
+    fn finish(&mut self, myself: &ActorRef<TenantMsg>, result: Result<(), String>) {
+        let events = self.sweep.take().map(|s| s.events).unwrap_or(0);
+        let now = SystemTime::now();
+        let interval = self.args.spec.poll_interval.0;
+        match result {
+            Ok(()) => {
+                self.consecutive_failures = 0;
+                tracing::info!(tenant = %self.id(), events_added = events, "poll complete");
+                self.args.health.update(self.id(), |h| {
+                    h.state = TenantState::Idle;
+                    h.last_success_at = Some(now);
+                    h.events_added = events;
+                    h.polls += 1;
+                });
+                self.arm_timer(myself, interval);
+            }
+            Err(message) => {
+                self.consecutive_failures += 1;
+                let exp = self.consecutive_failures.saturating_sub(1).min(16);
+                let base = FAILED_POLL_FIRST.saturating_mul(1 << exp).min(interval);
+                let delay = jitter(base);
+                tracing::warn!(tenant = %self.id(), error = %message, retry_in_s = delay.as_secs(), "poll failed");
+                self.args.health.update(self.id(), |h| {
+                    h.state = TenantState::Backoff;
+                    h.last_error = Some(LastError { message, at: now });
+                    h.events_added = events;
+                    h.polls += 1;
+                });
+                self.arm_timer(myself, delay);
+            }
+        }
+    }
+
+    /// Sends the pending page to the sink; on the ack, remembers it and moves on.
+    async fn try_deliver(&mut self, myself: &ActorRef<TenantMsg>) {
+        let Some(active) = self.sweep.as_mut() else {
+            return;
+        };
+        let Some(pending) = active.pending.as_mut() else {
+            return;
+        };
+        let sink =
+            ractor::registry::where_is(self.args.sink_name.clone()).map(ActorRef::<SinkMsg>::from);
+        let result = match sink {
+            Some(sink) => {
+                deliver(
+                    &sink,
+                    &self.args.sink_stats,
+                    pending.batch.clone(),
+                    ACK_TIMEOUT,
+                )
+                .await
+            }
+            None => Err("the sink is not running".to_string()),
+        };
+        match result {
+            Ok(()) => {
+                let pending = active.pending.take().expect("checked above");
+                active.events += pending.batch.events as u64;
+                let events = pending.batch.events as u64;
+                {
+                    let mut mem = self.args.memory.lock().expect("tenant memory lock");
+                    for (id, known) in pending.remember {
+                        mem.remember(id, known);
+                    }
+                }
+                self.args
+                    .health
+                    .update(&self.args.spec.id, |h| h.events_total += events);
+                let _ = myself.send_message(TenantMsg::NextPage);
+            }
+            Err(e) => {
+                pending.attempts += 1;
+                let exp = pending.attempts.saturating_sub(1).min(8);
+                let delay = RESEND_FIRST.saturating_mul(1 << exp).min(RESEND_MAX);
+                if pending.attempts == 1 || pending.attempts.is_multiple_of(10) {
+                    tracing::warn!(tenant = %self.args.spec.id, error = %e, attempts = pending.attempts, "sink did not take the page; holding it and retrying");
+                }
+                let now = SystemTime::now();
+                self.args.health.update(&self.args.spec.id, |h| {
+                    h.last_error = Some(LastError {
+                        message: format!("sink unavailable: {e}"),
+                        at: now,
+                    })
+                });
+                myself.send_after(delay, || TenantMsg::Resend);
+            }
+        }
+    }
+
+    /// Fetches the next page and hands it to the sink (or finishes the sweep).
+    async fn next_page(&mut self, myself: &ActorRef<TenantMsg>) {
+        let Some(active) = self.sweep.as_mut() else {
+            return;
+        };
+        let page = match active.sweep.next_page().await {
+            Err(e) => return self.finish(myself, Err(e.to_string())),
+            Ok(None) => return self.finish(myself, Ok(())),
+            Ok(Some(page)) => page,
+        };
+        self.args.faults.on_page(&self.args.spec.id, &page);
+        self.buf.clear();
+        let mut remember = Vec::new();
+        let mut events = 0;
+        {
+            let mem = self.args.memory.lock().expect("tenant memory lock");
+            for issue in page.issues() {
+                let issue = match issue {
+                    Ok(i) => i,
+                    Err(e) => {
+                        tracing::warn!(tenant = %self.args.spec.id, error = %e, "skipping an issue node that cannot be read");
+                        continue;
+                    }
+                };
+                let fp = issue_fingerprint(&issue);
+                let Some(kind) = mem.change(issue.id(), issue.status(), &fp) else {
+                    continue;
+                };
+                let meta = self.normalizer.normalize(
+                    &issue,
+                    Some(kind),
+                    &active.observed_at,
+                    &mut self.buf,
+                );
+                self.buf.push(b'\n');
+                events += 1;
+                remember.push((
+                    meta.issue_id,
+                    Known {
+                        fingerprint: meta.fingerprint,
+                        status: meta.status,
+                    },
+                ));
+            }
+        }
+        if events == 0 {
+            let _ = myself.send_message(TenantMsg::NextPage);
+            return;
+        }
+        active.pending = Some(Pending {
+            batch: Arc::new(Batch {
+                tenant: Arc::from(self.args.spec.id.as_str()),
+                lines: std::mem::take(&mut self.buf),
+                events,
+            }),
+            remember,
+            attempts: 0,
+        });
+        self.try_deliver(myself).await;
+    }
+}
+
+/// `d` scaled by a random factor in [0.5, 1.0].
+fn jitter(d: Duration) -> Duration {
+    d.mul_f64(rand::rng().random_range(0.5..=1.0))
+}
+
+impl Actor for WizTenantActor {
+    type Msg = TenantMsg;
+    type State = TenantActorState;
+    type Arguments = TenantArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<TenantMsg>,
+        args: TenantArgs,
+    ) -> Result<TenantActorState, ActorProcessingErr> {
+        let client = args.http.tenant(args.spec.clone());
+        let normalizer = Normalizer::new(&args.spec);
+        let mut state = TenantActorState {
+            client,
+            normalizer,
+            timer: None,
+            sweep: None,
+            waiting_for_permit: false,
+            consecutive_failures: 0,
+            buf: Vec::new(),
+            args,
+        };
+        let first = state.args.first_poll_in;
+        state.arm_timer(&myself, first);
+        Ok(state)
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<TenantMsg>,
+        state: &mut TenantActorState,
+    ) -> Result<(), ActorProcessingErr> {
+        if let Some(t) = state.timer.take() {
+            t.abort();
+        }
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<TenantMsg>,
+        msg: TenantMsg,
+        state: &mut TenantActorState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            TenantMsg::Poll => {
+                if state.sweep.is_some() || state.waiting_for_permit {
+                    tracing::debug!(tenant = %state.id(), "poll requested while one runs; ignored");
+                    return Ok(());
+                }
+                if let Some(t) = state.timer.take() {
+                    t.abort();
+                }
+                match state.args.sweeps.clone().try_acquire_owned() {
+                    Ok(permit) => state.start_sweep(&myself, permit),
+                    Err(_) => {
+                        state.waiting_for_permit = true;
+                        let sem = state.args.sweeps.clone();
+                        let me = myself.clone();
+                        tokio::spawn(async move {
+                            if let Ok(p) = sem.acquire_owned().await {
+                                let _ = me.send_message(TenantMsg::Permit(p));
+                            }
+                        });
+                    }
+                }
+            }
+            TenantMsg::Permit(permit) => {
+                state.waiting_for_permit = false;
+                if state.sweep.is_none() {
+                    state.start_sweep(&myself, permit);
+                }
+            }
+            TenantMsg::NextPage => state.next_page(&myself).await,
+            TenantMsg::Resend => state.try_deliver(&myself).await,
+        }
+        Ok(())
+    }
+}

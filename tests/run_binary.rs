@@ -1,0 +1,223 @@
+//! `wiz-connector run` and `demo` as a user runs them: child processes, signals, the file sink.
+
+mod common;
+
+use std::collections::HashMap;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use wiz_connector::event::{event_id, fingerprint};
+use wiz_connector::sim::{SimTenantSpec, SimulatorOptions};
+
+const BIN: &str = env!("CARGO_BIN_EXE_wiz-connector");
+
+fn spawn_run(config: &std::path::Path) -> Child {
+    Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
+
+fn signal(child: &Child, sig: &str) {
+    let pid = child.id().expect("running").to_string();
+    let ok = std::process::Command::new("kill")
+        .args([sig, &pid])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+}
+
+async fn exit_code(child: &mut Child, within: Duration) -> i32 {
+    tokio::time::timeout(within, child.wait())
+        .await
+        .expect("the process exits in time")
+        .unwrap()
+        .code()
+        .expect("exited, not killed")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_writes_one_event_per_open_issue_with_every_contract_field() {
+    let sim = sim(2, 30).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("out/events.jsonl");
+    let body = format!(
+        "{}[sinks.archive]\ntype = \"file\"\npath = \"{}\"\n",
+        sim_config(
+            &sim,
+            "poll_interval = \"1s\"\nstartup_jitter = \"0s\"\npage_size = 7",
+            ""
+        ),
+        path.display()
+    );
+    let cfg = write_config(&body);
+    let expected = open_ids(&sim);
+    let total: usize = expected.values().map(|s| s.len()).sum();
+    let mut child = spawn_run(&cfg.path);
+    wait_until(
+        "every open issue in the file",
+        Duration::from_secs(60),
+        || read_lines(&path).len() >= total,
+    )
+    .await;
+    signal(&child, "-TERM");
+    assert_eq!(exit_code(&mut child, Duration::from_secs(40)).await, 0);
+
+    let lines = read_lines(&path);
+    assert_eq!(
+        lines.len(),
+        total,
+        "one event per open issue, none repeated"
+    );
+    let clients: HashMap<String, String> = sim
+        .tenants()
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (format!("t{i}"), t.client_id.clone()))
+        .collect();
+    for ev in &lines {
+        let tenant = ev["tenant"].as_str().unwrap();
+        let issue_id = ev["issue_id"].as_str().unwrap();
+        assert!(expected[tenant].contains(issue_id));
+        let sent = sim.issues(&clients[tenant], |s| {
+            s.issues.iter().find(|i| i.id == issue_id).cloned().unwrap()
+        });
+        let raw = serde_json::to_value(&sent).unwrap();
+        assert_eq!(
+            ev["raw_event"], raw,
+            "raw_event is the node the simulator sent"
+        );
+        let fp = fingerprint(
+            &sent.status,
+            Some(&sent.severity),
+            Some(&sent.updated_at),
+            Some(&sent.status_changed_at),
+        );
+        assert_eq!(ev["id"], event_id(tenant, issue_id, &fp));
+        assert_eq!(ev["source"], "wiz");
+        assert_eq!(ev["kind"], "issue.opened");
+        assert_eq!(ev["status"], "OPEN");
+        let sev = match sent.severity.as_str() {
+            "CRITICAL" | "HIGH" => "high",
+            "MEDIUM" => "medium",
+            "LOW" => "low",
+            _ => "info",
+        };
+        assert_eq!(ev["severity"], sev);
+        assert_eq!(ev["issue_type"], sent.issue_type);
+        assert_eq!(ev["title"], raw["sourceRule"]["name"]);
+        assert_eq!(ev["created_at"], sent.created_at);
+        assert_eq!(ev["updated_at"], sent.updated_at);
+        assert_eq!(ev["status_changed_at"], sent.status_changed_at);
+        assert!(humantime::parse_rfc3339(ev["observed_at"].as_str().unwrap()).is_ok());
+        let r = &ev["resource"];
+        assert_eq!(r["id"], sent.entity_snapshot.id);
+        assert_eq!(r["name"], sent.entity_snapshot.name);
+        assert_eq!(r["type"], sent.entity_snapshot.entity_type);
+        assert_eq!(r["native_type"], sent.entity_snapshot.native_type);
+        assert_eq!(r["cloud_platform"], raw["entitySnapshot"]["cloudPlatform"]);
+        assert_eq!(r["region"], sent.entity_snapshot.region);
+        assert_eq!(
+            r["subscription_id"],
+            sent.entity_snapshot.subscription_external_id
+        );
+        assert_eq!(
+            r["subscription_name"],
+            sent.entity_snapshot.subscription_name
+        );
+        assert_eq!(r["provider_id"], sent.entity_snapshot.provider_id);
+        assert_eq!(
+            r["cloud_provider_url"],
+            sent.entity_snapshot.cloud_provider_url
+        );
+        let projects: Vec<&str> = sent.projects.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(ev["projects"], serde_json::json!(projects));
+        assert_eq!(
+            ev["url"],
+            format!("https://app.wiz.io/issues#~(issue~'{issue_id})")
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_a_sweep_delivers_what_was_fetched_and_exits_zero_in_time() {
+    let sim = sim_with(SimulatorOptions {
+        tenants: vec![SimTenantSpec::numbered(0, 42, 80)],
+        latency: Duration::from_millis(250),
+        ..Default::default()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("events.jsonl");
+    let body = format!(
+        "{}[sinks.archive]\ntype = \"file\"\npath = \"{}\"\n",
+        sim_config(&sim, "poll_interval = \"1h\"\nstartup_jitter = \"0s\"\npage_size = 4\nshutdown_timeout = \"10s\"", "rate_limit = 50"),
+        path.display()
+    );
+    let cfg = write_config(&body);
+    let total = open_ids(&sim)["t0"].len();
+    assert!(total > 40);
+    let mut child = spawn_run(&cfg.path);
+    wait_until("the first page delivered", Duration::from_secs(30), || {
+        !read_lines(&path).is_empty()
+    })
+    .await;
+    let signalled = Instant::now();
+    signal(&child, "-TERM");
+    assert_eq!(exit_code(&mut child, Duration::from_secs(12)).await, 0);
+    assert!(
+        signalled.elapsed() < Duration::from_secs(10),
+        "within shutdown_timeout"
+    );
+    let lines = read_lines(&path);
+    let fetched = sim.counters("sim-client-0000").graphql_requests as usize;
+    assert!(
+        lines.len() < total,
+        "stopped mid-sweep ({} of {total})",
+        lines.len()
+    );
+    assert_eq!(
+        lines.len(),
+        4 * fetched,
+        "every fetched page was delivered, whole"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_streams_normalized_events_with_no_config_and_exits_zero_on_ctrl_c() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(BIN)
+        .arg("demo")
+        .current_dir(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await
+        .expect("an event within seconds")
+        .unwrap()
+        .expect("a line");
+    let ev: Value = serde_json::from_str(&first).unwrap();
+    assert_eq!(ev["source"], "wiz");
+    assert!(
+        ["acme", "globex", "initech"].contains(&ev["tenant"].as_str().unwrap()),
+        "{ev}"
+    );
+    assert_eq!(ev["raw_event"]["id"], ev["issue_id"]);
+    // Keep reading so the pipe never fills, then Ctrl-C.
+    let drain = tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    signal(&child, "-INT");
+    assert_eq!(exit_code(&mut child, Duration::from_secs(40)).await, 0);
+    drain.abort();
+}

@@ -1,0 +1,223 @@
+//! The supervision tree: restarts, parking, a slow sink, and a thousand tenants at once.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use wiz_connector::app::{App, AppOptions};
+use wiz_connector::faults::FaultInjection;
+use wiz_connector::health::TenantState;
+
+fn file_sink(dir: &std::path::Path) -> (String, std::path::PathBuf) {
+    let path = dir.join("events.jsonl");
+    (
+        format!(
+            "[sinks.archive]\ntype = \"file\"\npath = \"{}\"\n",
+            path.display()
+        ),
+        path,
+    )
+}
+
+/// (tenant, issue_id) of every event line.
+fn keys(lines: &[serde_json::Value]) -> Vec<(String, String)> {
+    lines
+        .iter()
+        .map(|l| {
+            (
+                l["tenant"].as_str().unwrap().to_string(),
+                l["issue_id"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+fn expected_keys(sim: &wiz_connector::sim::Simulator) -> HashSet<(String, String)> {
+    open_ids(sim)
+        .into_iter()
+        .flat_map(|(t, ids)| ids.into_iter().map(move |i| (t.clone(), i)))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_looping_tenant_is_restarted_with_backoff_then_parked_while_others_poll() {
+    let sim = sim(3, 12).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (sink, _) = file_sink(dir.path());
+    let body = format!(
+        "{}{sink}",
+        sim_config(
+            &sim,
+            "poll_interval = \"1s\"\nstartup_jitter = \"0s\"\nrestart_intensity = 3\nrestart_period = \"60s\"\nrestart_backoff_initial = \"1s\"\nrestart_backoff_max = \"4s\"\nfailed_cooldown = \"1h\"",
+            "",
+        )
+    );
+    let faults = FaultInjection::default();
+    faults.set_page_hook(Some(Arc::new(
+        |tenant: &str, _page: &wiz_connector::wiz::Page| {
+            if tenant == "t1" {
+                panic!("poisoned page for {tenant}");
+            }
+        },
+    )));
+    let app = App::start(settings(&body), AppOptions { faults })
+        .await
+        .unwrap();
+    wait_until("the others' first polls", Duration::from_secs(20), || {
+        ["t0", "t2"]
+            .iter()
+            .all(|t| app.health.get(t).unwrap().polls >= 1)
+    })
+    .await;
+    let before: Vec<u64> = ["t0", "t2"]
+        .iter()
+        .map(|t| app.health.get(t).unwrap().polls)
+        .collect();
+    wait_until("t1 parked as failed", Duration::from_secs(30), || {
+        app.health.get("t1").unwrap().state == TenantState::Failed
+    })
+    .await;
+    let t1 = app.health.get("t1").unwrap();
+    assert_eq!(t1.restarts, 3, "restarted up to the intensity, then parked");
+    assert!(
+        t1.last_error
+            .as_ref()
+            .unwrap()
+            .message
+            .contains("poisoned page for t1"),
+        "{t1:?}"
+    );
+    assert_eq!(t1.events_total, 0);
+    assert!(
+        t1.next_poll_at.is_some(),
+        "the cool-down retry is scheduled"
+    );
+    // The crash loop (backoffs of 0.5-1, 1-2 and 2-4 s) spans at least one more poll of the others.
+    for (i, t) in ["t0", "t2"].iter().enumerate() {
+        let h = app.health.get(t).unwrap();
+        assert!(h.polls > before[i], "{t} kept polling: {h:?}");
+        assert!(
+            matches!(h.state, TenantState::Idle | TenantState::Polling),
+            "{h:?}"
+        );
+        assert_eq!(h.restarts, 0);
+        assert!(h.last_error.is_none(), "{h:?}");
+    }
+    assert!(app.is_running(), "the process lives");
+    app.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_sink_loses_nothing_bounds_memory_and_tenants_resume_when_it_recovers() {
+    let sim = sim(5, 40).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (sink, path) = file_sink(dir.path());
+    let body = format!(
+        "{}{sink}",
+        sim_config(
+            &sim,
+            "poll_interval = \"1s\"\nstartup_jitter = \"0s\"\npage_size = 5",
+            "rate_limit = 50"
+        )
+    );
+    let faults = FaultInjection::default();
+    faults.set_sink_delay(Duration::from_millis(150));
+    let app = App::start(
+        settings(&body),
+        AppOptions {
+            faults: faults.clone(),
+        },
+    )
+    .await
+    .unwrap();
+    let expected = expected_keys(&sim);
+    wait_until(
+        "every open issue delivered through the slow sink",
+        Duration::from_secs(60),
+        || read_lines(&path).len() >= expected.len(),
+    )
+    .await;
+    let stats = &app.sink_stats;
+    let max = stats
+        .max_in_flight
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        max <= 5,
+        "at most one page per tenant waits for the sink: {max}"
+    );
+    // Recovery: the sink is fast again and new issues flow at once.
+    faults.set_sink_delay(Duration::ZERO);
+    let new_ids: Vec<String> = sim
+        .tenants()
+        .iter()
+        .map(|t| sim.issues(&t.client_id, |s| s.add()))
+        .collect();
+    wait_until(
+        "new issues delivered after recovery",
+        Duration::from_secs(15),
+        || {
+            let got: HashSet<String> = read_lines(&path)
+                .iter()
+                .map(|l| l["issue_id"].as_str().unwrap().to_string())
+                .collect();
+            new_ids.iter().all(|i| got.contains(i))
+        },
+    )
+    .await;
+    app.shutdown().await.unwrap();
+    let lines = read_lines(&path);
+    let all = keys(&lines);
+    let unique: HashSet<_> = all.iter().cloned().collect();
+    assert_eq!(all.len(), unique.len(), "no event twice");
+    assert!(expected.is_subset(&unique), "nothing lost");
+    assert_eq!(unique.len(), expected.len() + 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_tenants_deliver_every_issue_exactly_once() {
+    let sim = sim(1000, 6).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (sink, path) = file_sink(dir.path());
+    let body = format!(
+        "{}{sink}",
+        sim_config(
+            &sim,
+            "poll_interval = \"2s\"\nstartup_jitter = \"1s\"\npage_size = 3\nmax_concurrent_sweeps = 64",
+            "rate_limit = 50"
+        )
+    );
+    let expected = expected_keys(&sim);
+    let app = App::start(settings(&body), AppOptions::default())
+        .await
+        .unwrap();
+    wait_until("all tenants started", Duration::from_secs(30), || {
+        app.is_ready()
+    })
+    .await;
+    assert_eq!(app.health.len(), 1000);
+    wait_until(
+        "every tenant polled twice",
+        Duration::from_secs(120),
+        || app.health.all().iter().all(|h| h.polls >= 2),
+    )
+    .await;
+    app.shutdown().await.unwrap();
+    let all = keys(&read_lines(&path));
+    let mut seen = HashMap::new();
+    for k in &all {
+        *seen.entry(k.clone()).or_insert(0) += 1;
+    }
+    let dupes: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        dupes.is_empty(),
+        "{} duplicated, e.g. {:?}",
+        dupes.len(),
+        dupes.first()
+    );
+    let got: HashSet<_> = seen.into_keys().collect();
+    assert_eq!(got, expected, "every open issue of every tenant");
+    assert!(expected.len() > 2500, "{}", expected.len());
+}
