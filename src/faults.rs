@@ -15,6 +15,7 @@ pub type PageHook = Arc<dyn Fn(&str, &Page) + Send + Sync>;
 #[derive(Default)]
 struct Inner {
     sink_delay_ms: AtomicU64,
+    sink_panics: AtomicU64,
     sink_failure: Mutex<Option<String>>,
     page_hook: Mutex<Option<PageHook>>,
 }
@@ -53,6 +54,23 @@ impl FaultInjection {
 
     pub fn sink_failure(&self) -> Option<String> {
         self.inner.sink_failure.lock().expect("faults lock").clone()
+    }
+
+    /// The next `n` sink writes panic (a sink crash), after taking the batch.
+    pub fn panic_sink(&self, n: u64) {
+        self.inner.sink_panics.store(n, Ordering::Relaxed);
+    }
+
+    /// Panics when a sink crash is due.
+    pub fn maybe_panic_sink(&self) {
+        let due = self
+            .inner
+            .sink_panics
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+            .is_ok();
+        if due {
+            panic!("injected sink crash");
+        }
     }
 
     pub fn set_page_hook(&self, hook: Option<PageHook>) {

@@ -76,6 +76,9 @@ pub struct TenantHealth {
     pub next_poll_at: Option<SystemTime>,
     /// Polls completed since the process started (successful or not).
     pub polls: u64,
+    /// How late the last scheduled poll started, in milliseconds (waiting for a sweep slot
+    /// included): a fleet that outgrows `max_concurrent_sweeps` shows here first.
+    pub last_poll_lag_ms: Option<u64>,
 }
 
 impl TenantHealth {
@@ -91,6 +94,7 @@ impl TenantHealth {
             restarts: 0,
             next_poll_at: None,
             polls: 0,
+            last_poll_lag_ms: None,
         }
     }
 }

@@ -221,3 +221,45 @@ async fn a_thousand_tenants_deliver_every_issue_exactly_once() {
     assert_eq!(got, expected, "every open issue of every tenant");
     assert!(expected.len() > 2500, "{}", expected.len());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_sink_is_restarted_and_tenants_resend_their_page() {
+    let sim = sim(3, 30).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (sink, path) = file_sink(dir.path());
+    let body = format!(
+        "{}{sink}",
+        sim_config(
+            &sim,
+            "poll_interval = \"1s\"\nstartup_jitter = \"0s\"\npage_size = 5",
+            "rate_limit = 50"
+        )
+    );
+    let faults = FaultInjection::default();
+    faults.panic_sink(3);
+    let app = App::start(settings(&body), AppOptions { faults })
+        .await
+        .unwrap();
+    let expected = expected_keys(&sim);
+    wait_until(
+        "every open issue delivered despite three sink crashes",
+        Duration::from_secs(60),
+        || read_lines(&path).len() >= expected.len(),
+    )
+    .await;
+    wait_until(
+        "a further poll of every tenant",
+        Duration::from_secs(20),
+        || app.health.all().iter().all(|h| h.polls >= 2),
+    )
+    .await;
+    app.shutdown().await.unwrap();
+    let all = keys(&read_lines(&path));
+    let unique: HashSet<_> = all.iter().cloned().collect();
+    assert_eq!(
+        all.len(),
+        unique.len(),
+        "a crashed write is resent once, not twice"
+    );
+    assert_eq!(unique, expected);
+}

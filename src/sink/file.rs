@@ -34,11 +34,20 @@ fn open_append(path: &Path) -> std::io::Result<(File, u64)> {
         file.read_exact(&mut last)?;
         if last[0] != b'\n' {
             file.write_all(b"\n")?;
-            file.sync_data()?;
+            sync(&file)?;
             size += 1;
         }
     }
     Ok((file, size))
+}
+
+/// `fsync`, except on files that cannot be synced (`/dev/null`, pipes: EINVAL), where the write
+/// is all there is to do.
+fn sync(file: &File) -> std::io::Result<()> {
+    match file.sync_data() {
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => Ok(()),
+        other => other,
+    }
 }
 
 /// The first `<path>.<n>` (n = 1, 2, ...) that does not exist.
@@ -112,7 +121,7 @@ fn write_blocking(
             Err(e) => return (Some(file), size, Err(e)),
         }
     }
-    let result = file.write_all(lines).and_then(|_| file.sync_data());
+    let result = file.write_all(lines).and_then(|_| sync(&file));
     match result {
         Ok(()) => (Some(file), size + lines.len() as u64, Ok(())),
         // A partial write may have happened: reopen next time (which restores a fresh line).
@@ -145,6 +154,13 @@ mod tests {
             std::fs::read_to_string(&path).unwrap(),
             "{\"old\":1}\n{\"torn\":\n{\"a\":1}\n{\"b\":2}\n{\"c\":3}\n"
         );
+    }
+
+    #[tokio::test]
+    async fn files_that_cannot_be_synced_still_take_writes() {
+        // fdatasync on /dev/null (and on pipes) fails with EINVAL.
+        let mut out = FileOutput::open(PathBuf::from("/dev/null"), 1 << 20).unwrap();
+        out.write(batch("{\"a\":1}\n")).await.unwrap();
     }
 
     #[tokio::test]

@@ -118,6 +118,7 @@ impl Actor for SinkActor {
                 if let Some(delay) = state.faults.sink_delay() {
                     tokio::time::sleep(delay).await;
                 }
+                state.faults.maybe_panic_sink();
                 let mut result = match state.faults.sink_failure() {
                     Some(e) => Err(e),
                     None => Ok(()),

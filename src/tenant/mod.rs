@@ -10,7 +10,7 @@
 pub mod memory;
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use rand::Rng;
@@ -85,6 +85,8 @@ pub struct TenantActorState {
     client: Arc<TenantClient>,
     normalizer: Normalizer,
     timer: Option<JoinHandle<Result<(), ractor::MessagingErr<TenantMsg>>>>,
+    /// When the armed timer is due, to measure how late the poll starts.
+    due: Option<Instant>,
     sweep: Option<ActiveSweep>,
     /// A poll asked for a sweep slot and is waiting for it.
     waiting_for_permit: bool,
@@ -105,6 +107,7 @@ impl TenantActorState {
             t.abort();
         }
         self.timer = Some(myself.send_after(after, || TenantMsg::Poll));
+        self.due = Some(Instant::now() + after);
         let at = SystemTime::now() + after;
         self.args
             .health
@@ -124,10 +127,18 @@ impl TenantActorState {
             pending: None,
         });
         let now = SystemTime::now();
+        // A poll asked for early (by an operator) is not late.
+        let lag = self
+            .due
+            .take()
+            .map(|due| Instant::now().saturating_duration_since(due).as_millis() as u64);
         self.args.health.update(self.id(), |h| {
             h.state = TenantState::Polling;
             h.last_poll_at = Some(now);
             h.next_poll_at = None;
+            if lag.is_some() {
+                h.last_poll_lag_ms = lag;
+            }
         });
         let _ = myself.send_message(TenantMsg::NextPage);
     }
@@ -306,6 +317,7 @@ impl Actor for WizTenantActor {
             client,
             normalizer,
             timer: None,
+            due: None,
             sweep: None,
             waiting_for_permit: false,
             consecutive_failures: 0,

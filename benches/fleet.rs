@@ -1,0 +1,269 @@
+//! Fleet benchmarks of the supervision tree (a bench binary, not criterion: each scenario runs once
+//! and takes tens of seconds). The simulator runs as a separate process (`wiz-connector simulate`)
+//! so its CPU is not counted against the connector.
+//!
+//! `cargo bench --bench fleet [-- idle|lag|e2e]` (all three by default). Under `cargo test` it
+//! runs nothing.
+
+use std::collections::HashMap;
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use wiz_connector::app::{App, AppOptions};
+use wiz_connector::config::{load_str, EnvSource, Settings};
+use wiz_connector::sim::{IssueSet, SimTenantSpec};
+
+const BIN: &str = env!("CARGO_BIN_EXE_wiz-connector");
+const SEED: u64 = 1;
+
+fn rss_kib() -> u64 {
+    let s = std::fs::read_to_string("/proc/self/status").unwrap();
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// CPU seconds (user + system) of this process, all threads.
+fn cpu_seconds() -> f64 {
+    let s = std::fs::read_to_string("/proc/self/stat").unwrap();
+    let after = &s[s.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = after.split_whitespace().collect();
+    // Fields 14 and 15 of stat (utime, stime) are 12 and 13 after the command name; ticks of 1/100 s.
+    (f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()) as f64 / 100.0
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Sim {
+    child: Child,
+    base: String,
+}
+
+impl Drop for Sim {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_sim(tenants: usize, issues: usize) -> Sim {
+    let port = free_port();
+    let child = Command::new(BIN)
+        .args(["simulate", "--listen", &format!("127.0.0.1:{port}")])
+        .args([
+            "--tenants",
+            &tenants.to_string(),
+            "--issues",
+            &issues.to_string(),
+        ])
+        .args(["--seed", &SEED.to_string(), "--churn-every", "0s"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "simulator did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Sim {
+        child,
+        base: format!("http://127.0.0.1:{port}"),
+    }
+}
+
+fn fleet_config(base: &str, tenants: usize, connector: &str, sink: &str) -> Settings {
+    let mut text = format!("[connector]\n{connector}\n{sink}\n");
+    for n in 0..tenants {
+        let t = SimTenantSpec::numbered(n, SEED, 0);
+        text.push_str(&format!(
+            "[tenants.t{n}]\nclient_id = \"{}\"\nclient_secret = \"{}\"\napi_url = \"{base}/graphql\"\nauth_url = \"{base}/oauth/token\"\nallow_insecure_endpoints = true\n",
+            t.client_id, t.client_secret
+        ));
+    }
+    load_str("bench", &text, &EnvSource::Fixed(HashMap::new())).unwrap()
+}
+
+fn percentile(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+async fn idle() {
+    const N: usize = 10_000;
+    let settings = fleet_config(
+        "http://127.0.0.1:9",
+        N,
+        "poll_interval = \"24h\"\nstartup_jitter = \"24h\"",
+        "[sinks.null]\ntype = \"file\"\npath = \"/dev/null\"\n",
+    );
+    let before = rss_kib();
+    let started = Instant::now();
+    let app = App::start(settings, AppOptions::default()).await.unwrap();
+    while !app.is_ready() {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let scheduled = started.elapsed();
+    // Let allocator and tasks settle.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = rss_kib();
+    // A few first polls fall inside the settling time; those tenants are scheduled too.
+    let scheduled_all = app
+        .health
+        .all()
+        .iter()
+        .filter(|h| h.next_poll_at.is_some() || h.last_poll_at.is_some())
+        .count();
+    println!(
+        "| idle | {N} tenants, 24 h interval | {scheduled_all} scheduled in {:.2} s | RSS +{} KiB = {:.1} KiB per tenant |",
+        scheduled.as_secs_f64(),
+        after - before,
+        (after - before) as f64 / N as f64
+    );
+    app.shutdown().await.unwrap();
+}
+
+async fn lag_run(storm: bool) -> (Vec<u64>, usize) {
+    const N: usize = 10_000;
+    let sim = start_sim(N, 3);
+    if storm {
+        let faults: Vec<serde_json::Value> = (0..20_000)
+            .map(|i| {
+                if i % 2 == 0 {
+                    serde_json::json!({"fault": "rate_limited"})
+                } else {
+                    serde_json::json!({"fault": "server_error", "status": 503})
+                }
+            })
+            .collect();
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let r = reqwest::Client::new()
+            .post(format!("{}/_sim/tenants/sim-client-0000/faults", sim.base))
+            .header("content-type", "application/json")
+            .body(serde_json::to_vec(&faults).unwrap())
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success());
+    }
+    let settings = fleet_config(
+        &sim.base,
+        N,
+        "poll_interval = \"300s\"\nstartup_jitter = \"30s\"\nrate_limit = 3\nretry_initial_backoff = \"1s\"",
+        "[sinks.null]\ntype = \"file\"\npath = \"/dev/null\"\n",
+    );
+    let app = App::start(settings, AppOptions::default()).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(45)).await;
+    let mut lags: Vec<u64> = app
+        .health
+        .all()
+        .iter()
+        .filter(|h| h.id != "t0")
+        .filter_map(|h| h.last_poll_lag_ms)
+        .collect();
+    lags.sort_unstable();
+    let polled = lags.len();
+    app.shutdown().await.unwrap();
+    (lags, polled)
+}
+
+async fn lag() {
+    for storm in [false, true] {
+        let (lags, polled) = lag_run(storm).await;
+        println!(
+            "| poll-start lag{} | 10000 tenants, 300 s interval, 30 s start window | {polled} polled | p50 {} ms, p99 {} ms, max {} ms |",
+            if storm { ", tenant t0 in a 429/503 storm" } else { "" },
+            percentile(&lags, 0.5),
+            percentile(&lags, 0.99),
+            lags.last().copied().unwrap_or(0)
+        );
+    }
+}
+
+async fn e2e() {
+    const N: usize = 1_000;
+    const ISSUES: usize = 100;
+    let expected: u64 = (0..N)
+        .map(|n| {
+            let spec = SimTenantSpec::numbered(n, SEED, ISSUES);
+            IssueSet::generate(spec.seed, ISSUES)
+                .ids_with_status("OPEN")
+                .len() as u64
+        })
+        .sum();
+    let sim = start_sim(N, ISSUES);
+    let dir = tempfile::tempdir().unwrap();
+    let settings = fleet_config(
+        &sim.base,
+        N,
+        "poll_interval = \"1h\"\nstartup_jitter = \"0s\"\nmax_concurrent_sweeps = 64",
+        &format!(
+            "[sinks.archive]\ntype = \"file\"\npath = \"{}\"\n",
+            dir.path().join("events.jsonl").display()
+        ),
+    );
+    let cpu0 = cpu_seconds();
+    let started = Instant::now();
+    let app = App::start(settings, AppOptions::default()).await.unwrap();
+    while app
+        .sink_stats
+        .events
+        .load(std::sync::atomic::Ordering::Relaxed)
+        < expected
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let wall = started.elapsed().as_secs_f64();
+    let cpu = cpu_seconds() - cpu0;
+    let bytes = std::fs::metadata(dir.path().join("events.jsonl"))
+        .unwrap()
+        .len();
+    println!(
+        "| end to end | {N} tenants, {expected} events ({:.0} MB) into a file sink | {:.1} s | {:.0} events/s, {:.2} CPU s per 10,000 events |",
+        bytes as f64 / 1e6,
+        wall,
+        expected as f64 / wall,
+        cpu / expected as f64 * 10_000.0
+    );
+    app.shutdown().await.unwrap();
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    if std::env::args().any(|a| a == "--test" || a == "--list")
+        || !std::env::args().any(|a| a == "--bench")
+    {
+        // `cargo test --all-targets` runs bench binaries in test mode: do nothing there.
+        return;
+    }
+    let all = args.is_empty();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        println!("| scenario | setup | result | numbers |\n|---|---|---|---|");
+        if all || args.iter().any(|a| a == "idle") {
+            idle().await;
+        }
+        if all || args.iter().any(|a| a == "e2e") {
+            e2e().await;
+        }
+        if all || args.iter().any(|a| a == "lag") {
+            lag().await;
+        }
+    });
+}
