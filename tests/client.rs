@@ -387,3 +387,130 @@ async fn the_limiter_holds_a_credential_to_its_budget_and_shared_credentials_sha
     assert!(shared.peak_requests_per_second <= 5, "{shared:?}");
     assert!(sim.counters("sim-client-0001").peak_requests_per_second <= 5);
 }
+
+#[tokio::test]
+async fn a_request_that_times_out_is_retried() {
+    let sim = sim(1, 10).await;
+    let spec = spec(
+        &sim_config(
+            &sim,
+            &format!("request_timeout = \"1s\"\n{FAST_RETRIES}"),
+            "",
+        ),
+        "t0",
+    );
+    let client = WizHttp::new().unwrap().tenant(spec);
+    client.check().await.unwrap();
+    sim.push_faults("sim-client-0000", [Fault::Latency { ms: 1500 }]);
+    let page = client
+        .fetch_page(&open_filter(), IssueOrder::CREATED_ASC, 5, None)
+        .await
+        .unwrap();
+    assert!(!page.is_empty());
+    assert_eq!(
+        client
+            .stats
+            .retries
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+
+    sim.set_sticky_fault("sim-client-0000", Some(Fault::Latency { ms: 1500 }));
+    let err = client
+        .fetch_page(&open_filter(), IssueOrder::CREATED_ASC, 5, None)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "gave up after 5 attempts: request to wiz timed out after 1s"
+    );
+}
+
+#[tokio::test]
+async fn the_simulator_filters_orders_and_pages_like_wiz() {
+    use wiz_connector::wiz::TimeRange;
+    let sim = sim(1, 200).await;
+    let client = WizHttp::new()
+        .unwrap()
+        .tenant(spec(&sim_config(&sim, "", "rate_limit = 50"), "t0"));
+    let all = sim.issues("sim-client-0000", |s| s.issues.clone());
+    let ids_of = |page: &wiz_connector::wiz::Page| -> Vec<String> {
+        page.issues().map(|i| i.unwrap().id().to_string()).collect()
+    };
+    // severity and type filters
+    let f = IssueFilter {
+        severity: vec!["CRITICAL".into()],
+        issue_type: vec!["THREAT_DETECTION".into()],
+        ..Default::default()
+    };
+    let page = client
+        .fetch_page(&f, IssueOrder::CREATED_ASC, 500, None)
+        .await
+        .unwrap();
+    let want: Vec<String> = all
+        .iter()
+        .filter(|i| i.severity == "CRITICAL" && i.issue_type == "THREAT_DETECTION")
+        .map(|i| i.id.clone())
+        .collect();
+    assert!(!want.is_empty());
+    assert_eq!(ids_of(&page), want, "filtered, in creation order");
+    // statusChangedAt.after and createdAt.before
+    let cut = all[100].status_changed_at.clone();
+    let f = IssueFilter {
+        status_changed_at: Some(TimeRange {
+            after: Some(cut.clone()),
+            before: None,
+        }),
+        created_at: Some(TimeRange {
+            after: None,
+            before: Some(all[150].created_at.clone()),
+        }),
+        ..Default::default()
+    };
+    let page = client
+        .fetch_page(&f, IssueOrder::CREATED_ASC, 500, None)
+        .await
+        .unwrap();
+    let cut_t = humantime::parse_rfc3339_weak(&cut).unwrap();
+    let want: Vec<String> = all[..150]
+        .iter()
+        .filter(|i| i.status_changed > cut_t)
+        .map(|i| i.id.clone())
+        .collect();
+    assert_eq!(ids_of(&page), want);
+    // STATUS_CHANGED_AT descending, paged through cursors
+    let order = IssueOrder {
+        field: "STATUS_CHANGED_AT",
+        direction: "DESC",
+    };
+    let mut got = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let p = client
+            .fetch_page(&IssueFilter::default(), order, 64, after.as_deref())
+            .await
+            .unwrap();
+        got.extend(ids_of(&p));
+        if !p.has_next_page {
+            break;
+        }
+        after = p.end_cursor.clone();
+    }
+    let mut want = all.clone();
+    want.sort_by(|a, b| (b.status_changed, &b.id).cmp(&(a.status_changed, &a.id)));
+    assert_eq!(got, want.iter().map(|i| i.id.clone()).collect::<Vec<_>>());
+    // A bad cursor is Wiz's validation error.
+    let err = client
+        .fetch_page(
+            &IssueFilter::default(),
+            IssueOrder::CREATED_ASC,
+            5,
+            Some("zz"),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "wiz GraphQL error BAD_USER_INPUT: invalid cursor"
+    );
+}

@@ -167,7 +167,16 @@ async fn a_slow_sink_loses_nothing_bounds_memory_and_tenants_resume_when_it_reco
         },
     )
     .await;
+    let health = app.health.clone();
     app.shutdown().await.unwrap();
+    for h in health.all() {
+        assert_eq!(
+            h.state,
+            TenantState::Stopped,
+            "a deliberate stop is not a crash: {h:?}"
+        );
+        assert_eq!(h.restarts, 0);
+    }
     let lines = read_lines(&path);
     let all = keys(&lines);
     let unique: HashSet<_> = all.iter().cloned().collect();
