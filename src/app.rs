@@ -8,6 +8,7 @@ use std::time::Duration;
 use ractor::{Actor, ActorRef};
 use tokio::task::JoinHandle;
 
+use crate::admin::{self, AdminServer, AdminState};
 use crate::config::Settings;
 use crate::faults::FaultInjection;
 use crate::health::HealthMap;
@@ -19,6 +20,9 @@ use crate::wiz::WizHttp;
 #[derive(Clone, Default)]
 pub struct AppOptions {
     pub faults: FaultInjection,
+    /// When `admin.listen` is taken, serve the admin API on a free port instead of failing
+    /// (`demo` does this).
+    pub admin_fallback_port: bool,
 }
 
 /// A running connector.
@@ -30,6 +34,7 @@ pub struct App {
     pub faults: FaultInjection,
     ready: Arc<AtomicBool>,
     shutdown_timeout: Duration,
+    admin: AdminServer,
 }
 
 impl App {
@@ -41,6 +46,16 @@ impl App {
         let ready = Arc::new(AtomicBool::new(false));
         let shutdown_timeout = settings.connector.shutdown_timeout.0;
         let http = WizHttp::new()?;
+        let admin_listen = settings.admin.listen;
+        let admin_token = settings.admin.token.clone().map(Arc::new);
+        // Bind first: a taken port is an error before anything polls.
+        let listener = admin::bind(admin_listen, opts.admin_fallback_port)
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot serve the admin API on {admin_listen}: {e} (key admin.listen; choose a free address)"
+                )
+            })?;
         let (supervisor, handle) = Actor::spawn(
             None,
             ConnectorSupervisor,
@@ -55,7 +70,18 @@ impl App {
         )
         .await
         .map_err(|e| anyhow::anyhow!("cannot start the connector: {e}"))?;
+        let admin = admin::serve(
+            listener,
+            AdminState {
+                health: health.clone(),
+                ready: ready.clone(),
+                supervisor: supervisor.clone(),
+                token: admin_token,
+            },
+        )?;
+        tracing::info!(addr = %admin.addr, "admin API listening");
         Ok(App {
+            admin,
             supervisor,
             handle,
             health,
@@ -64,6 +90,11 @@ impl App {
             ready,
             shutdown_timeout,
         })
+    }
+
+    /// Where the admin API listens.
+    pub fn admin_addr(&self) -> std::net::SocketAddr {
+        self.admin.addr
     }
 
     /// True once the supervisor has started every tenant.

@@ -14,6 +14,7 @@
 //! - [`tenant`]: the tenant actor (one poll at a time, page by page) and what it remembers.
 //! - [`sink`]: the sink actor and its outputs.
 //! - [`health`]: the per-tenant health records.
+//! - [`admin`]: the admin HTTP API (health per tenant, polls on demand).
 //! - [`app`]: wiring and ordered shutdown.
 //! - [`faults`]: connector-side fault injection for tests and drills.
 //! - [`sim`]: the Wiz simulator, served by `wiz-connector simulate` and `demo`, used by every test.
@@ -22,6 +23,7 @@
 //!
 //! `main.rs` only parses the command line, sets up logging and hands over to [`commands`].
 
+pub mod admin;
 pub mod app;
 pub mod cli;
 pub mod commands;

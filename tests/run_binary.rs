@@ -198,10 +198,22 @@ async fn demo_streams_normalized_events_with_no_config_and_exits_zero_on_ctrl_c(
         .arg("demo")
         .current_dir(dir.path())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .unwrap();
+    let mut errs = BufReader::new(child.stderr.take().unwrap()).lines();
+    let admin = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(l) = errs.next_line().await.unwrap() {
+            if let Some(rest) = l.strip_prefix("admin API on http://") {
+                return rest.split_whitespace().next().unwrap().to_string();
+            }
+        }
+        panic!("demo never said where the admin API is");
+    })
+    .await
+    .unwrap();
+    let drain_err = tokio::spawn(async move { while let Ok(Some(_)) = errs.next_line().await {} });
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let first = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
         .await
@@ -215,9 +227,28 @@ async fn demo_streams_normalized_events_with_no_config_and_exits_zero_on_ctrl_c(
         "{ev}"
     );
     assert_eq!(ev["raw_event"]["id"], ev["issue_id"]);
-    // Keep reading so the pipe never fills, then Ctrl-C.
+    // Keep reading so the pipe never fills.
     let drain = tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    // The admin API answers for the demo's tenants (on 8686, or a free port it named).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let tenants: Value = serde_json::from_slice(
+        &reqwest::get(format!("http://{admin}/tenants"))
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    let ids: Vec<&str> = tenants
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, vec!["acme", "globex", "initech"]);
     signal(&child, "-INT");
     assert_eq!(exit_code(&mut child, Duration::from_secs(40)).await, 0);
     drain.abort();
+    drain_err.abort();
 }

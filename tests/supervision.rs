@@ -63,9 +63,15 @@ async fn a_crash_looping_tenant_is_restarted_with_backoff_then_parked_while_othe
             }
         },
     )));
-    let app = App::start(settings(&body), AppOptions { faults })
-        .await
-        .unwrap();
+    let app = App::start(
+        settings(&body),
+        AppOptions {
+            faults,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
     wait_until("the others' first polls", Duration::from_secs(20), || {
         ["t0", "t2"]
             .iter()
@@ -129,6 +135,7 @@ async fn a_slow_sink_loses_nothing_bounds_memory_and_tenants_resume_when_it_reco
         settings(&body),
         AppOptions {
             faults: faults.clone(),
+            ..Default::default()
         },
     )
     .await
@@ -246,9 +253,15 @@ async fn a_crashed_sink_is_restarted_and_tenants_resend_their_page() {
     );
     let faults = FaultInjection::default();
     faults.panic_sink(3);
-    let app = App::start(settings(&body), AppOptions { faults })
-        .await
-        .unwrap();
+    let app = App::start(
+        settings(&body),
+        AppOptions {
+            faults,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
     let expected = expected_keys(&sim);
     wait_until(
         "every open issue delivered despite three sink crashes",

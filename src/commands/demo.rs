@@ -54,5 +54,9 @@ pub async fn run() -> anyhow::Result<u8> {
         "wiz-connector demo: simulated Wiz on {} with {TENANTS} churning tenants; normalized events follow on stdout. Ctrl-C to stop.",
         sim.base_url()
     );
-    supervise(settings, AppOptions::default()).await
+    let opts = AppOptions {
+        admin_fallback_port: true,
+        ..Default::default()
+    };
+    supervise(settings, opts, true).await
 }

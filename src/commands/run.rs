@@ -47,8 +47,9 @@ pub fn spawn_fleet_summary(health: HealthMap, every: Duration) -> tokio::task::J
     })
 }
 
-/// Runs the connector with `settings` until a termination signal.
-pub async fn supervise(settings: Settings, opts: AppOptions) -> anyhow::Result<u8> {
+/// Runs the connector with `settings` until a termination signal. `announce` prints where the
+/// admin API listens on standard error (for `demo`, whose port may differ from the default).
+pub async fn supervise(settings: Settings, opts: AppOptions, announce: bool) -> anyhow::Result<u8> {
     if settings.sinks.is_empty() {
         bail!(
             "{}: no [sinks] configured, so events would go nowhere; add e.g. [sinks.console] type = \"stdout\"",
@@ -57,6 +58,12 @@ pub async fn supervise(settings: Settings, opts: AppOptions) -> anyhow::Result<u
     }
     let every = settings.connector.summary_interval.0;
     let app = App::start(settings, opts).await?;
+    if announce {
+        eprintln!(
+            "admin API on http://{0} (try: curl http://{0}/tenants)",
+            app.admin_addr()
+        );
+    }
     let summary = spawn_fleet_summary(app.health.clone(), every);
     let outcome = tokio::select! {
         sig = termination() => Ok(sig?),
@@ -80,5 +87,5 @@ pub async fn supervise(settings: Settings, opts: AppOptions) -> anyhow::Result<u
 
 pub async fn run(path: &Path) -> anyhow::Result<u8> {
     let settings = load(path, &EnvSource::Process)?;
-    supervise(settings, AppOptions::default()).await
+    supervise(settings, AppOptions::default(), false).await
 }

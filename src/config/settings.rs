@@ -69,6 +69,9 @@ pub struct RestartPolicy {
 #[derive(Debug, Clone, Serialize)]
 pub struct AdminSettings {
     pub listen: SocketAddr,
+    /// Required bearer token, when set.
+    #[serde(serialize_with = "redact_opt")]
+    pub token: Option<SecretString>,
 }
 
 /// One output, by name.
@@ -166,6 +169,13 @@ impl TenantSpec {
 
 fn redact<S: Serializer>(_: &SecretString, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str("[REDACTED]")
+}
+
+fn redact_opt<S: Serializer>(v: &Option<SecretString>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(_) => s.serialize_str("[REDACTED]"),
+        None => s.serialize_none(),
+    }
 }
 
 fn display<T: fmt::Display, S: Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
@@ -311,6 +321,27 @@ pub(super) fn resolve(
         }
     };
 
+    let token = match secret_value(
+        file.admin.token.as_ref(),
+        file.admin.token_file.as_ref(),
+        ("admin.token", "admin.token_file"),
+        env,
+    ) {
+        Ok(t) => t,
+        Err((key, message)) => {
+            c.global(key, message);
+            None
+        }
+    };
+    if let Some(addr) = listen {
+        if !addr.ip().is_loopback() && token.is_none() {
+            c.global(
+                "admin.token",
+                format!("admin.listen {addr} is not a loopback address: set admin.token (or admin.token_file) so the admin API requires a bearer token"),
+            );
+        }
+    }
+
     let mut sinks = Vec::new();
     for (name, s) in &file.sinks {
         if !valid_id(name) {
@@ -385,6 +416,7 @@ pub(super) fn resolve(
         },
         admin: AdminSettings {
             listen: listen.expect("checked above"),
+            token: token.map(|t| t.0),
         },
         sinks,
         tenants,
@@ -539,16 +571,14 @@ fn resolve_secret(
     t: &TenantSection,
     env: &EnvSource,
 ) -> Option<(SecretString, SecretSource)> {
-    match (&t.client_secret, &t.client_secret_file) {
-        (Some(_), Some(_)) => {
-            c.tenant(
-                id,
-                "client_secret_file",
-                "set either client_secret or client_secret_file, not both",
-            );
-            None
-        }
-        (None, None) => {
+    match secret_value(
+        t.client_secret.as_ref(),
+        t.client_secret_file.as_ref(),
+        ("client_secret", "client_secret_file"),
+        env,
+    ) {
+        Ok(Some(s)) => Some(s),
+        Ok(None) => {
             c.tenant(
                 id,
                 "client_secret",
@@ -556,60 +586,61 @@ fn resolve_secret(
             );
             None
         }
+        Err((key, message)) => {
+            c.tenant(id, key, message);
+            None
+        }
+    }
+}
+
+/// Reads a secret given as a literal, `${ENV_VAR}`, or a file (`keys` = the two key names, for
+/// messages). `Ok(None)` when neither is set; `Err((key, message))` when it cannot be read.
+fn secret_value(
+    value: Option<&SecretString>,
+    file: Option<&PathBuf>,
+    keys: (&'static str, &'static str),
+    env: &EnvSource,
+) -> Result<Option<(SecretString, SecretSource)>, (&'static str, String)> {
+    let (key, file_key) = keys;
+    match (value, file) {
+        (Some(_), Some(_)) => Err((
+            file_key,
+            format!("set either {key} or {file_key}, not both"),
+        )),
+        (None, None) => Ok(None),
         (Some(s), None) => {
             let raw = s.expose_secret().trim();
             if let Some(var) = raw.strip_prefix("${").and_then(|r| r.strip_suffix('}')) {
                 let var = var.trim();
                 match env.var(var) {
-                    Some(v) if !v.trim().is_empty() => Some((
+                    Some(v) if !v.trim().is_empty() => Ok(Some((
                         SecretString::from(v.trim().to_string()),
                         SecretSource::Env(var.to_string()),
+                    ))),
+                    Some(_) => Err((key, format!("environment variable {var} is empty"))),
+                    None => Err((
+                        key,
+                        format!(
+                            "environment variable {var} is not set; export it or use {file_key}"
+                        ),
                     )),
-                    Some(_) => {
-                        c.tenant(
-                            id,
-                            "client_secret",
-                            format!("environment variable {var} is empty"),
-                        );
-                        None
-                    }
-                    None => {
-                        c.tenant(
-                            id,
-                            "client_secret",
-                            format!("environment variable {var} is not set; export it or use client_secret_file"),
-                        );
-                        None
-                    }
                 }
             } else if raw.is_empty() {
-                c.tenant(id, "client_secret", "must not be empty");
-                None
+                Err((key, "must not be empty".into()))
             } else {
-                Some((SecretString::from(raw.to_string()), SecretSource::Literal))
+                Ok(Some((
+                    SecretString::from(raw.to_string()),
+                    SecretSource::Literal,
+                )))
             }
         }
         (None, Some(path)) => match std::fs::read_to_string(path) {
-            Ok(s) if !s.trim().is_empty() => Some((
+            Ok(s) if !s.trim().is_empty() => Ok(Some((
                 SecretString::from(s.trim().to_string()),
                 SecretSource::File(path.clone()),
-            )),
-            Ok(_) => {
-                c.tenant(
-                    id,
-                    "client_secret_file",
-                    format!("{} is empty", path.display()),
-                );
-                None
-            }
-            Err(e) => {
-                c.tenant(
-                    id,
-                    "client_secret_file",
-                    format!("cannot read {}: {e}", path.display()),
-                );
-                None
-            }
+            ))),
+            Ok(_) => Err((file_key, format!("{} is empty", path.display()))),
+            Err(e) => Err((file_key, format!("cannot read {}: {e}", path.display()))),
         },
     }
 }

@@ -110,11 +110,18 @@ impl Default for ConnectorSection {
 pub struct AdminSection {
     /// Address of the admin API; loopback by default so nothing is exposed unless asked.
     pub listen: String,
+    /// Bearer token the admin API requires (a literal or `${ENV_VAR}`); mandatory when `listen`
+    /// is not a loopback address.
+    pub token: Option<SecretString>,
+    /// Alternative to `token`: a file holding it.
+    pub token_file: Option<PathBuf>,
 }
 
 impl Default for AdminSection {
     fn default() -> Self {
         AdminSection {
+            token: None,
+            token_file: None,
             listen: "127.0.0.1:8686".to_string(),
         }
     }

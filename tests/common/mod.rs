@@ -73,7 +73,7 @@ pub fn spec(body: &str, id: &str) -> Arc<TenantSpec> {
 
 /// Config for every tenant of `sim` with `connector` lines, tenant ids `t0`, `t1`, ...
 pub fn sim_config(sim: &Simulator, connector: &str, tenant_extra: &str) -> String {
-    let mut body = format!("[connector]\n{connector}\n");
+    let mut body = format!("[connector]\n{connector}\n[admin]\nlisten = \"127.0.0.1:0\"\n");
     for (i, t) in sim.tenants().iter().enumerate() {
         body.push_str(&tenant_toml(sim, &format!("t{i}"), t, tenant_extra));
     }

@@ -1,0 +1,204 @@
+//! The admin API (CONTRACT.md): health of every tenant, one tenant, a poll on demand. Reads come
+//! from the shared health map; nothing here waits on a busy tenant actor.
+//!
+//! When a token is configured (mandatory off loopback), every route but `/healthz` and `/readyz`
+//! (liveness and readiness probes) requires `Authorization: Bearer <token>`.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use ractor::ActorRef;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::health::{HealthMap, TenantState};
+use crate::supervisor::SupervisorMsg;
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct AdminState {
+    pub health: HealthMap,
+    pub ready: Arc<AtomicBool>,
+    pub supervisor: ActorRef<SupervisorMsg>,
+    pub token: Option<Arc<SecretString>>,
+}
+
+/// A running admin server; dropping it stops the server.
+pub struct AdminServer {
+    pub addr: SocketAddr,
+    stop: watch::Sender<bool>,
+}
+
+impl Drop for AdminServer {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+/// Binds `addr`; when it is taken and `fallback` is set, binds a free port on the same IP.
+pub async fn bind(addr: SocketAddr, fallback: bool) -> std::io::Result<TcpListener> {
+    match TcpListener::bind(addr).await {
+        Ok(l) => Ok(l),
+        Err(e) if fallback && e.kind() == std::io::ErrorKind::AddrInUse => {
+            TcpListener::bind(SocketAddr::new(addr.ip(), 0)).await
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Serves the admin API on `listener` until the returned server is dropped.
+pub fn serve(listener: TcpListener, state: AdminState) -> std::io::Result<AdminServer> {
+    let addr = listener.local_addr()?;
+    let protected = Router::new()
+        .route("/tenants", get(list_tenants))
+        .route("/tenants/{id}", get(one_tenant))
+        .route("/tenants/{id}/poll", post(poll_tenant))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    let app = Router::new()
+        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/readyz", get(readyz))
+        .merge(protected)
+        .with_state(state);
+    let (stop, mut stopped) = watch::channel(false);
+    tokio::spawn(async move {
+        let shutdown = async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        };
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+        {
+            tracing::error!(error = %e, "admin API server failed");
+        }
+    });
+    Ok(AdminServer { addr, stop })
+}
+
+fn error(status: StatusCode, message: String) -> Response {
+    (status, Json(json!({"error": message}))).into_response()
+}
+
+/// Compares in time independent of where the first difference is.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn require_token(State(st): State<AdminState>, req: Request, next: Next) -> Response {
+    if let Some(token) = &st.token {
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if !same(given.as_bytes(), token.expose_secret().as_bytes()) {
+            let mut r = error(
+                StatusCode::UNAUTHORIZED,
+                "missing or wrong bearer token (Authorization: Bearer <admin.token>)".into(),
+            );
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                "Bearer".parse().expect("static header"),
+            );
+            return r;
+        }
+    }
+    next.run(req).await
+}
+
+async fn readyz(State(st): State<AdminState>) -> Response {
+    if st.ready.load(Ordering::Acquire) {
+        Json(json!({"ready": true})).into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"ready": false})),
+        )
+            .into_response()
+    }
+}
+
+#[derive(Deserialize)]
+struct TenantQuery {
+    state: Option<String>,
+}
+
+async fn list_tenants(State(st): State<AdminState>, Query(q): Query<TenantQuery>) -> Response {
+    let wanted: Option<Vec<TenantState>> = match q.state.as_deref() {
+        None => None,
+        Some(list) => {
+            let mut states = Vec::new();
+            for name in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+                match TenantState::ALL.iter().find(|s| s.as_str() == name) {
+                    Some(s) => states.push(*s),
+                    None => {
+                        return error(
+                            StatusCode::BAD_REQUEST,
+                            format!(
+                                "unknown state `{name}`; use one or more (comma-separated) of {}",
+                                TenantState::ALL.map(|s| s.as_str()).join(", ")
+                            ),
+                        )
+                    }
+                }
+            }
+            Some(states)
+        }
+    };
+    let list: Vec<_> = st
+        .health
+        .all()
+        .into_iter()
+        .filter(|h| wanted.as_ref().is_none_or(|w| w.contains(&h.state)))
+        .collect();
+    Json(list).into_response()
+}
+
+async fn one_tenant(State(st): State<AdminState>, Path(id): Path<String>) -> Response {
+    match st.health.get(&id) {
+        Some(h) => Json(h).into_response(),
+        None => error(StatusCode::NOT_FOUND, format!("no tenant `{id}`")),
+    }
+}
+
+async fn poll_tenant(State(st): State<AdminState>, Path(id): Path<String>) -> Response {
+    let Some(h) = st.health.get(&id) else {
+        return error(StatusCode::NOT_FOUND, format!("no tenant `{id}`"));
+    };
+    let asked = id.clone();
+    let sent = matches!(
+        st.supervisor
+            .call(
+                |r| SupervisorMsg::PollNow(asked, r),
+                Some(Duration::from_secs(5))
+            )
+            .await,
+        Ok(ractor::rpc::CallResult::Success(true))
+    );
+    if sent {
+        (
+            StatusCode::ACCEPTED,
+            Json(json!({"tenant": id, "poll": "requested"})),
+        )
+            .into_response()
+    } else {
+        error(
+            StatusCode::CONFLICT,
+            format!(
+                "tenant `{id}` is not running (state {}); it cannot poll now",
+                h.state.as_str()
+            ),
+        )
+    }
+}
