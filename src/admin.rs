@@ -1,4 +1,4 @@
-//! The admin API (CONTRACT.md): health of every tenant, one tenant, a poll on demand. Reads come
+//! The admin API (CONTRACT.md): health of every tenant, one tenant, a poll on demand, metrics. Reads come
 //! from the shared health map; nothing here waits on a busy tenant actor.
 //!
 //! When a token is configured (mandatory off loopback), every route but `/healthz` and `/readyz`
@@ -23,6 +23,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::health::{HealthMap, TenantState};
+use crate::metrics::Observer;
 use crate::supervisor::SupervisorMsg;
 
 /// What the handlers share.
@@ -32,6 +33,7 @@ pub struct AdminState {
     pub ready: Arc<AtomicBool>,
     pub supervisor: ActorRef<SupervisorMsg>,
     pub token: Option<Arc<SecretString>>,
+    pub observer: Observer,
 }
 
 /// A running admin server; dropping it stops the server.
@@ -64,6 +66,7 @@ pub fn serve(listener: TcpListener, state: AdminState) -> std::io::Result<AdminS
         .route("/tenants", get(list_tenants))
         .route("/tenants/{id}", get(one_tenant))
         .route("/tenants/{id}/poll", post(poll_tenant))
+        .route("/metrics", get(metrics))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     let app = Router::new()
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
@@ -115,6 +118,18 @@ async fn require_token(State(st): State<AdminState>, req: Request, next: Next) -
         }
     }
     next.run(req).await
+}
+
+async fn metrics(State(st): State<AdminState>) -> Response {
+    let body = st.observer.metrics().render(&st.health);
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
 }
 
 async fn readyz(State(st): State<AdminState>) -> Response {

@@ -12,6 +12,7 @@ use crate::admin::{self, AdminServer, AdminState};
 use crate::config::Settings;
 use crate::faults::FaultInjection;
 use crate::health::HealthMap;
+use crate::metrics::Observer;
 use crate::sink::SinkStats;
 use crate::supervisor::{ConnectorSupervisor, SupervisorArgs, SupervisorMsg};
 use crate::wiz::WizHttp;
@@ -45,7 +46,8 @@ impl App {
         let sink_stats = Arc::new(SinkStats::default());
         let ready = Arc::new(AtomicBool::new(false));
         let shutdown_timeout = settings.connector.shutdown_timeout.0;
-        let http = WizHttp::new()?;
+        let observer = Observer::default();
+        let http = WizHttp::new()?.with_observer(observer.clone());
         let admin_listen = settings.admin.listen;
         let admin_token = settings.admin.token.clone().map(Arc::new);
         // Bind first: a taken port is an error before anything polls.
@@ -65,6 +67,7 @@ impl App {
                 health: health.clone(),
                 sink_stats: sink_stats.clone(),
                 faults: opts.faults.clone(),
+                observer: observer.clone(),
                 ready: ready.clone(),
             },
         )
@@ -77,6 +80,7 @@ impl App {
                 ready: ready.clone(),
                 supervisor: supervisor.clone(),
                 token: admin_token,
+                observer: observer.clone(),
             },
         )?;
         tracing::info!(addr = %admin.addr, "admin API listening");

@@ -14,6 +14,7 @@
 //! - [`tenant`]: the tenant actor (one poll at a time, page by page) and what it remembers.
 //! - [`sink`]: the sink actor and its outputs.
 //! - [`health`]: the per-tenant health records.
+//! - [`metrics`]: typed internal events that are both logged and counted (Prometheus).
 //! - [`admin`]: the admin HTTP API (health per tenant, polls on demand).
 //! - [`app`]: wiring and ordered shutdown.
 //! - [`faults`]: connector-side fault injection for tests and drills.
@@ -31,6 +32,7 @@ pub mod config;
 pub mod event;
 pub mod faults;
 pub mod health;
+pub mod metrics;
 pub mod sim;
 pub mod sink;
 pub mod supervisor;

@@ -94,7 +94,7 @@ async fn no_secret_or_token_in_trace_logs() {
         "trace logging was on"
     );
     assert!(
-        logs.contains("renewing the token once"),
+        logs.contains("wiz answered 401; obtained a new token"),
         "the flow ran: {logs}"
     );
     let mut all = secrets.iter().map(String::as_str).collect::<Vec<_>>();

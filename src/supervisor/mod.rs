@@ -26,6 +26,7 @@ use tokio::sync::Semaphore;
 use crate::config::{RestartPolicy, Settings, SinkSpec, TenantSpec};
 use crate::faults::FaultInjection;
 use crate::health::{HealthMap, LastError, TenantState};
+use crate::metrics::{Event, Observer};
 use crate::sink::{SinkActor, SinkArgs, SinkMsg, SinkStats};
 use crate::tenant::memory::TenantMemory;
 use crate::tenant::{TenantArgs, TenantMsg, WizTenantActor};
@@ -51,6 +52,7 @@ pub struct SupervisorArgs {
     pub health: HealthMap,
     pub sink_stats: Arc<SinkStats>,
     pub faults: FaultInjection,
+    pub observer: Observer,
     /// Set once every tenant has been spawned.
     pub ready: Arc<AtomicBool>,
 }
@@ -83,6 +85,7 @@ pub struct SupervisorState {
     health: HealthMap,
     sink_stats: Arc<SinkStats>,
     faults: FaultInjection,
+    observer: Observer,
     sweeps: Arc<Semaphore>,
     ready: Arc<AtomicBool>,
     shutting_down: bool,
@@ -136,6 +139,7 @@ impl SupervisorState {
             memory: child.memory.clone(),
             sweeps: self.sweeps.clone(),
             faults: self.faults.clone(),
+            observer: self.observer.clone(),
             first_poll_in,
         };
         let name = format!("{}:tenant:{id}", self.instance);
@@ -175,7 +179,14 @@ impl SupervisorState {
         let crashes = child.crashes.len() as u32;
         if crashes > self.policy.intensity {
             let cooldown = self.policy.failed_cooldown.0;
-            tracing::error!(tenant = %id, crashes, period_s = period.as_secs(), retry_in_s = cooldown.as_secs(), error = %message, "tenant crashed too often; parked as failed");
+            self.observer.emit(
+                id,
+                Event::Parked {
+                    error: &message,
+                    crashes,
+                    retry_in: cooldown,
+                },
+            );
             child.crashes.clear();
             self.health.update(id, |h| {
                 h.state = TenantState::Failed;
@@ -189,7 +200,14 @@ impl SupervisorState {
             });
         } else {
             let delay = restart_delay(&self.policy, crashes, rand::rng().random_range(0.5..=1.0));
-            tracing::warn!(tenant = %id, crashes, restart_in_ms = delay.as_millis() as u64, error = %message, "tenant crashed; restarting");
+            self.observer.emit(
+                id,
+                Event::Crashed {
+                    error: &message,
+                    crashes,
+                    restart_in: delay,
+                },
+            );
             self.health.update(id, |h| {
                 h.state = TenantState::Backoff;
                 h.last_error = Some(LastError { message, at });
@@ -311,6 +329,7 @@ impl Actor for ConnectorSupervisor {
             health: args.health,
             sink_stats: args.sink_stats,
             faults: args.faults,
+            observer: args.observer,
             sweeps: Arc::new(Semaphore::new(c.max_concurrent_sweeps as usize)),
             ready: args.ready,
             shutting_down: false,
@@ -356,6 +375,7 @@ impl Actor for ConnectorSupervisor {
                     .is_some_and(|c| c.generation == generation && c.actor.is_none());
                 if current {
                     state.health.update(&tenant, |h| h.restarts += 1);
+                    state.observer.emit(&tenant, Event::Restarted);
                     state.spawn_tenant(&myself, &tenant, Duration::ZERO).await;
                 }
             }

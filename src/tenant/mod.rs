@@ -18,9 +18,10 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
 use crate::config::TenantSpec;
-use crate::event::{issue_fingerprint, now_rfc3339, Normalizer};
+use crate::event::{issue_fingerprint, now_rfc3339, EventKind, Normalizer};
 use crate::faults::FaultInjection;
 use crate::health::{HealthMap, LastError, TenantState};
+use crate::metrics::{Event, Observer};
 use crate::sink::{deliver, Batch, SinkMsg, SinkStats};
 use crate::wiz::{IssueFilter, IssueOrder, Sweep, TenantClient, WizHttp};
 use memory::{Known, TenantMemory};
@@ -60,6 +61,8 @@ pub struct TenantArgs {
     /// The global cap on concurrent sweeps.
     pub sweeps: Arc<Semaphore>,
     pub faults: FaultInjection,
+    /// Logs and counts what happens.
+    pub observer: Observer,
     /// Delay of the first poll (jitter at start, zero after a crash: the supervisor already
     /// waited).
     pub first_poll_in: Duration,
@@ -69,11 +72,14 @@ pub struct TenantArgs {
 struct Pending {
     batch: Arc<Batch>,
     remember: Vec<(String, Known)>,
+    /// Events of the page by kind, counted once the sink took them.
+    kinds: Vec<(EventKind, u64)>,
     attempts: u32,
 }
 
 struct ActiveSweep {
     sweep: Sweep,
+    started: Instant,
     _permit: OwnedSemaphorePermit,
     events: u64,
     observed_at: String,
@@ -121,6 +127,7 @@ impl TenantActorState {
         };
         self.sweep = Some(ActiveSweep {
             sweep: self.client.sweep(filter, IssueOrder::CREATED_ASC),
+            started: Instant::now(),
             _permit: permit,
             events: 0,
             observed_at: now_rfc3339(),
@@ -143,15 +150,26 @@ impl TenantActorState {
         let _ = myself.send_message(TenantMsg::NextPage);
     }
 
-    /// Ends the running sweep and schedules the next poll.
-    fn finish(&mut self, myself: &ActorRef<TenantMsg>, result: Result<(), String>) {
-        let events = self.sweep.take().map(|s| s.events).unwrap_or(0);
+    /// Ends the running sweep and schedules the next poll. An error carries its kind (for
+    /// metrics) and message.
+    fn finish(&mut self, myself: &ActorRef<TenantMsg>, result: Result<(), (&'static str, String)>) {
+        let (events, duration) = self
+            .sweep
+            .take()
+            .map(|s| (s.events, s.started.elapsed()))
+            .unwrap_or_default();
         let now = SystemTime::now();
         let interval = self.args.spec.poll_interval.0;
         match result {
             Ok(()) => {
                 self.consecutive_failures = 0;
-                tracing::info!(tenant = %self.id(), events_added = events, "poll complete");
+                self.args.observer.emit(
+                    &self.args.spec.id,
+                    Event::PollSucceeded {
+                        events_added: events,
+                        duration,
+                    },
+                );
                 self.args.health.update(self.id(), |h| {
                     h.state = TenantState::Idle;
                     h.last_success_at = Some(now);
@@ -160,12 +178,20 @@ impl TenantActorState {
                 });
                 self.arm_timer(myself, interval);
             }
-            Err(message) => {
+            Err((kind, message)) => {
                 self.consecutive_failures += 1;
                 let exp = self.consecutive_failures.saturating_sub(1).min(16);
                 let base = FAILED_POLL_FIRST.saturating_mul(1 << exp).min(interval);
                 let delay = jitter(base);
-                tracing::warn!(tenant = %self.id(), error = %message, retry_in_s = delay.as_secs(), "poll failed");
+                self.args.observer.emit(
+                    &self.args.spec.id,
+                    Event::PollFailed {
+                        kind,
+                        error: &message,
+                        duration,
+                        retry_in: delay,
+                    },
+                );
                 self.args.health.update(self.id(), |h| {
                     h.state = TenantState::Backoff;
                     h.last_error = Some(LastError { message, at: now });
@@ -204,6 +230,11 @@ impl TenantActorState {
                 let pending = active.pending.take().expect("checked above");
                 active.events += pending.batch.events as u64;
                 let events = pending.batch.events as u64;
+                for (kind, count) in pending.kinds {
+                    self.args
+                        .observer
+                        .emit(&self.args.spec.id, Event::EventsDelivered { kind, count });
+                }
                 {
                     let mut mem = self.args.memory.lock().expect("tenant memory lock");
                     for (id, known) in pending.remember {
@@ -219,9 +250,13 @@ impl TenantActorState {
                 pending.attempts += 1;
                 let exp = pending.attempts.saturating_sub(1).min(8);
                 let delay = RESEND_FIRST.saturating_mul(1 << exp).min(RESEND_MAX);
-                if pending.attempts == 1 || pending.attempts.is_multiple_of(10) {
-                    tracing::warn!(tenant = %self.args.spec.id, error = %e, attempts = pending.attempts, "sink did not take the page; holding it and retrying");
-                }
+                self.args.observer.emit(
+                    &self.args.spec.id,
+                    Event::SinkUnavailable {
+                        error: &e,
+                        attempts: pending.attempts,
+                    },
+                );
                 let now = SystemTime::now();
                 self.args.health.update(&self.args.spec.id, |h| {
                     h.last_error = Some(LastError {
@@ -240,13 +275,14 @@ impl TenantActorState {
             return;
         };
         let page = match active.sweep.next_page().await {
-            Err(e) => return self.finish(myself, Err(e.to_string())),
+            Err(e) => return self.finish(myself, Err((e.kind().as_str(), e.to_string()))),
             Ok(None) => return self.finish(myself, Ok(())),
             Ok(Some(page)) => page,
         };
         self.args.faults.on_page(&self.args.spec.id, &page);
         self.buf.clear();
         let mut remember = Vec::new();
+        let mut kinds: Vec<(EventKind, u64)> = Vec::new();
         let mut events = 0;
         {
             let mem = self.args.memory.lock().expect("tenant memory lock");
@@ -254,7 +290,12 @@ impl TenantActorState {
                 let issue = match issue {
                     Ok(i) => i,
                     Err(e) => {
-                        tracing::warn!(tenant = %self.args.spec.id, error = %e, "skipping an issue node that cannot be read");
+                        self.args.observer.emit(
+                            &self.args.spec.id,
+                            Event::NodeSkipped {
+                                error: &e.to_string(),
+                            },
+                        );
                         continue;
                     }
                 };
@@ -270,6 +311,10 @@ impl TenantActorState {
                 );
                 self.buf.push(b'\n');
                 events += 1;
+                match kinds.iter_mut().find(|(k, _)| *k == kind) {
+                    Some((_, n)) => *n += 1,
+                    None => kinds.push((kind, 1)),
+                }
                 remember.push((
                     meta.issue_id,
                     Known {
@@ -290,6 +335,7 @@ impl TenantActorState {
                 events,
             }),
             remember,
+            kinds,
             attempts: 0,
         });
         self.try_deliver(myself).await;

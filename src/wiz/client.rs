@@ -18,6 +18,7 @@ use super::issues::{query_text, request_body, IssueFilter, IssueOrder};
 use super::limiter::{CredentialLimiter, LimiterRegistry};
 use super::page::{parse_page, Page};
 use crate::config::TenantSpec;
+use crate::metrics::{Event, Observer};
 
 /// Longest `Retry-After` honoured; a longer one is cut to this.
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
@@ -28,6 +29,7 @@ pub struct WizHttp {
     http: reqwest::Client,
     limiters: LimiterRegistry,
     query: Arc<str>,
+    observer: Observer,
 }
 
 impl WizHttp {
@@ -45,7 +47,14 @@ impl WizHttp {
             http,
             limiters: LimiterRegistry::default(),
             query: query_text().into(),
+            observer: Observer::default(),
         })
+    }
+
+    /// Reports retries and token renewals of every tenant client to `observer`.
+    pub fn with_observer(mut self, observer: Observer) -> Self {
+        self.observer = observer;
+        self
     }
 
     /// A client for one tenant, sharing this pool and the limiter of the tenant's credential.
@@ -58,6 +67,7 @@ impl WizHttp {
             token: tokio::sync::Mutex::new(TokenCache::default()),
             query: self.query.clone(),
             stats: ClientStats::default(),
+            observer: self.observer.clone(),
         })
     }
 
@@ -88,6 +98,7 @@ pub struct TenantClient {
     token: tokio::sync::Mutex<TokenCache>,
     query: Arc<str>,
     pub stats: ClientStats,
+    observer: Observer,
 }
 
 enum Answer {
@@ -159,11 +170,13 @@ impl TenantClient {
             })
         })
         .notify(|e: &WizError, delay| {
-            tracing::warn!(
-                tenant = %self.spec.id,
-                error = %e,
-                retry_in_ms = delay.as_millis() as u64,
-                "wiz request failed, retrying"
+            self.observer.emit(
+                &self.spec.id,
+                Event::RequestRetried {
+                    kind: e.kind().as_str(),
+                    error: &e.to_string(),
+                    retry_in: delay,
+                },
             );
         })
         .await;
@@ -183,17 +196,16 @@ impl TenantClient {
     /// One attempt: a token (cached, or fetched), the request, and on a 401 with a cached token,
     /// one renewal and one resend.
     async fn attempt(&self, body: &Bytes) -> Result<Page, WizError> {
-        let (token, fresh) = self.token().await?;
+        let (token, fresh) = self.token(false).await?;
         match self.send(body, &token).await? {
             Answer::Page(p) => Ok(p),
             Answer::Unauthorized(snippet) if fresh => Err(WizError::Unauthorized { snippet }),
             Answer::Unauthorized(_) => {
-                tracing::info!(tenant = %self.spec.id, "wiz answered 401; renewing the token once");
                 self.token.lock().await.invalidate();
                 self.stats
                     .renewals_after_401
                     .fetch_add(1, Ordering::Relaxed);
-                let (token, _) = self.token().await?;
+                let (token, _) = self.token(true).await?;
                 match self.send(body, &token).await? {
                     Answer::Page(p) => Ok(p),
                     Answer::Unauthorized(snippet) => Err(WizError::Unauthorized { snippet }),
@@ -202,15 +214,22 @@ impl TenantClient {
         }
     }
 
-    /// The cached token, or a new one; `true` when it was fetched just now.
-    async fn token(&self) -> Result<(SecretString, bool), WizError> {
+    /// The cached token, or a new one; `true` when it was fetched just now. `after_401` says why a
+    /// new one is fetched, for the record.
+    async fn token(&self, after_401: bool) -> Result<(SecretString, bool), WizError> {
         let mut cache = self.token.lock().await;
         if let Some(t) = cache.fresh(Instant::now()) {
             return Ok((t.clone(), false));
         }
         let t = fetch_token(&self.http, &self.spec).await?;
-        self.stats.tokens.fetch_add(1, Ordering::Relaxed);
-        tracing::debug!(tenant = %self.spec.id, "obtained a wiz token");
+        let before = self.stats.tokens.fetch_add(1, Ordering::Relaxed);
+        self.observer.emit(
+            &self.spec.id,
+            Event::TokenObtained {
+                renewal: before > 0,
+                after_401,
+            },
+        );
         let value = t.value.clone();
         cache.store(t);
         Ok((value, true))

@@ -1,0 +1,404 @@
+//! Typed internal events: every notable thing a tenant, the client or the supervisor does is one
+//! [`Event`], and [`Observer::emit`] both logs it (one line, with `tenant=<id>`) and counts it in
+//! the Prometheus registry. Logs and metrics come from the same place, so they cannot disagree.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
+
+use crate::event::EventKind;
+use crate::health::{HealthMap, TenantState};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TenantLabels {
+    tenant: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    tenant: String,
+    kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    tenant: String,
+    result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabels {
+    tenant: String,
+    state: String,
+}
+
+fn poll_histogram() -> Histogram {
+    Histogram::new([
+        0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0,
+    ])
+}
+
+/// The registry and every metric in it.
+pub struct Metrics {
+    registry: Registry,
+    events: Family<KindLabels, Counter>,
+    polls: Family<ResultLabels, Counter>,
+    errors: Family<KindLabels, Counter>,
+    retries: Family<TenantLabels, Counter>,
+    restarts: Family<TenantLabels, Counter>,
+    token_renewals: Family<TenantLabels, Counter>,
+    poll_duration: Family<TenantLabels, Histogram, fn() -> Histogram>,
+    last_success: Family<TenantLabels, Gauge<f64, AtomicU64>>,
+    since_success: Family<TenantLabels, Gauge<f64, AtomicU64>>,
+    state: Family<StateLabels, Gauge>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("wiz_connector");
+        let m = Metrics {
+            events: Family::default(),
+            polls: Family::default(),
+            errors: Family::default(),
+            retries: Family::default(),
+            restarts: Family::default(),
+            token_renewals: Family::default(),
+            poll_duration: Family::new_with_constructor(poll_histogram as fn() -> Histogram),
+            last_success: Family::default(),
+            since_success: Family::default(),
+            state: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "events",
+            "Events delivered to every sink, by kind",
+            m.events.clone(),
+        );
+        registry.register(
+            "polls",
+            "Polls finished, by result (success, failure)",
+            m.polls.clone(),
+        );
+        registry.register(
+            "errors",
+            "Errors by kind (auth, rate_limited, server, graphql, timeout, transport, client, bad_response, pagination, sink, crash)",
+            m.errors.clone(),
+        );
+        registry.register(
+            "retries",
+            "Wiz requests retried after a transient failure",
+            m.retries.clone(),
+        );
+        registry.register(
+            "restarts",
+            "Tenant actor restarts after a crash",
+            m.restarts.clone(),
+        );
+        registry.register(
+            "token_renewals",
+            "Wiz tokens obtained after the tenant's first (near expiry, or after a 401)",
+            m.token_renewals.clone(),
+        );
+        registry.register(
+            "poll_duration_seconds",
+            "Duration of a poll (a full sweep)",
+            m.poll_duration.clone(),
+        );
+        registry.register(
+            "last_success_timestamp_seconds",
+            "When the tenant's last successful poll ended (Unix time)",
+            m.last_success.clone(),
+        );
+        registry.register(
+            "seconds_since_last_success",
+            "Seconds since the tenant's last successful poll ended (absent before the first)",
+            m.since_success.clone(),
+        );
+        registry.register(
+            "tenant_state",
+            "1 for the tenant's current state (starting, polling, idle, backoff, failed, stopped), 0 for the others",
+            m.state.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+}
+
+impl Metrics {
+    /// The Prometheus text exposition (OpenMetrics), with per-tenant state refreshed from health.
+    pub fn render(&self, health: &HealthMap) -> String {
+        let now = SystemTime::now();
+        for h in health.all() {
+            for s in TenantState::ALL {
+                let l = StateLabels {
+                    tenant: h.id.clone(),
+                    state: s.as_str().to_string(),
+                };
+                self.state.get_or_create(&l).set(i64::from(h.state == s));
+            }
+            if let Some(t) = h.last_success_at {
+                let l = TenantLabels {
+                    tenant: h.id.clone(),
+                };
+                let since = now.duration_since(t).unwrap_or_default().as_secs_f64();
+                self.since_success.get_or_create(&l).set(since);
+            }
+        }
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+
+    /// Drops every series of a tenant (it was removed from the configuration).
+    pub fn forget(&self, tenant: &str) {
+        let t = TenantLabels {
+            tenant: tenant.to_string(),
+        };
+        self.retries.remove(&t);
+        self.restarts.remove(&t);
+        self.token_renewals.remove(&t);
+        self.poll_duration.remove(&t);
+        self.last_success.remove(&t);
+        self.since_success.remove(&t);
+        for s in TenantState::ALL {
+            self.state.remove(&StateLabels {
+                tenant: tenant.to_string(),
+                state: s.as_str().into(),
+            });
+        }
+        for r in ["success", "failure"] {
+            self.polls.remove(&ResultLabels {
+                tenant: tenant.to_string(),
+                result: r.into(),
+            });
+        }
+        for k in [
+            "issue.opened",
+            "issue.updated",
+            "issue.resolved",
+            "issue.rejected",
+            "issue.reopened",
+        ] {
+            self.events.remove(&KindLabels {
+                tenant: tenant.to_string(),
+                kind: k.into(),
+            });
+        }
+        for k in ERROR_KINDS {
+            self.errors.remove(&KindLabels {
+                tenant: tenant.to_string(),
+                kind: k.to_string(),
+            });
+        }
+    }
+}
+
+const ERROR_KINDS: [&str; 11] = [
+    "auth",
+    "rate_limited",
+    "server",
+    "graphql",
+    "timeout",
+    "transport",
+    "client",
+    "bad_response",
+    "pagination",
+    "sink",
+    "crash",
+];
+
+/// Something that happened to a tenant.
+#[derive(Debug)]
+pub enum Event<'a> {
+    PollSucceeded {
+        events_added: u64,
+        duration: Duration,
+    },
+    PollFailed {
+        kind: &'static str,
+        error: &'a str,
+        duration: Duration,
+        retry_in: Duration,
+    },
+    EventsDelivered {
+        kind: EventKind,
+        count: u64,
+    },
+    RequestRetried {
+        kind: &'static str,
+        error: &'a str,
+        retry_in: Duration,
+    },
+    TokenObtained {
+        renewal: bool,
+        after_401: bool,
+    },
+    SinkUnavailable {
+        error: &'a str,
+        attempts: u32,
+    },
+    NodeSkipped {
+        error: &'a str,
+    },
+    Crashed {
+        error: &'a str,
+        crashes: u32,
+        restart_in: Duration,
+    },
+    Parked {
+        error: &'a str,
+        crashes: u32,
+        retry_in: Duration,
+    },
+    Restarted,
+}
+
+/// Logs and counts [`Event`]s. Cheap to clone.
+#[derive(Clone, Default)]
+pub struct Observer {
+    metrics: Arc<Metrics>,
+}
+
+impl Observer {
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    pub fn emit(&self, tenant: &str, event: Event<'_>) {
+        let m = &self.metrics;
+        let t = || TenantLabels {
+            tenant: tenant.to_string(),
+        };
+        let k = |kind: &str| KindLabels {
+            tenant: tenant.to_string(),
+            kind: kind.to_string(),
+        };
+        let r = |result: &str| ResultLabels {
+            tenant: tenant.to_string(),
+            result: result.to_string(),
+        };
+        match event {
+            Event::PollSucceeded {
+                events_added,
+                duration,
+            } => {
+                tracing::info!(
+                    tenant,
+                    events_added,
+                    duration_ms = duration.as_millis() as u64,
+                    "poll complete"
+                );
+                m.polls.get_or_create(&r("success")).inc();
+                m.poll_duration
+                    .get_or_create(&t())
+                    .observe(duration.as_secs_f64());
+                let now = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .unwrap_or_default();
+                m.last_success.get_or_create(&t()).set(now.as_secs_f64());
+            }
+            Event::PollFailed {
+                kind,
+                error,
+                duration,
+                retry_in,
+            } => {
+                tracing::warn!(
+                    tenant,
+                    kind,
+                    error,
+                    retry_in_s = retry_in.as_secs(),
+                    "poll failed"
+                );
+                m.polls.get_or_create(&r("failure")).inc();
+                m.errors.get_or_create(&k(kind)).inc();
+                m.poll_duration
+                    .get_or_create(&t())
+                    .observe(duration.as_secs_f64());
+            }
+            Event::EventsDelivered { kind, count } => {
+                tracing::debug!(tenant, kind = kind.as_str(), count, "events delivered");
+                m.events.get_or_create(&k(kind.as_str())).inc_by(count);
+            }
+            Event::RequestRetried {
+                kind,
+                error,
+                retry_in,
+            } => {
+                tracing::warn!(
+                    tenant,
+                    kind,
+                    error,
+                    retry_in_ms = retry_in.as_millis() as u64,
+                    "wiz request failed, retrying"
+                );
+                m.retries.get_or_create(&t()).inc();
+                m.errors.get_or_create(&k(kind)).inc();
+            }
+            Event::TokenObtained { renewal, after_401 } => {
+                if after_401 {
+                    tracing::info!(tenant, "wiz answered 401; obtained a new token");
+                } else {
+                    tracing::debug!(tenant, renewal, "obtained a wiz token");
+                }
+                if renewal {
+                    m.token_renewals.get_or_create(&t()).inc();
+                }
+            }
+            Event::SinkUnavailable { error, attempts } => {
+                if attempts == 1 || attempts.is_multiple_of(10) {
+                    tracing::warn!(
+                        tenant,
+                        error,
+                        attempts,
+                        "sink did not take the page; holding it and retrying"
+                    );
+                }
+                m.errors.get_or_create(&k("sink")).inc();
+            }
+            Event::NodeSkipped { error } => {
+                tracing::warn!(tenant, error, "skipping an issue node that cannot be read");
+                m.errors.get_or_create(&k("bad_response")).inc();
+            }
+            Event::Crashed {
+                error,
+                crashes,
+                restart_in,
+            } => {
+                tracing::warn!(
+                    tenant,
+                    error,
+                    crashes,
+                    restart_in_ms = restart_in.as_millis() as u64,
+                    "tenant crashed; restarting"
+                );
+                m.errors.get_or_create(&k("crash")).inc();
+            }
+            Event::Parked {
+                error,
+                crashes,
+                retry_in,
+            } => {
+                tracing::error!(
+                    tenant,
+                    error,
+                    crashes,
+                    retry_in_s = retry_in.as_secs(),
+                    "tenant crashed too often; parked as failed"
+                );
+                m.errors.get_or_create(&k("crash")).inc();
+            }
+            Event::Restarted => {
+                tracing::info!(tenant, "tenant restarted");
+                m.restarts.get_or_create(&t()).inc();
+            }
+        }
+    }
+}
