@@ -1,4 +1,5 @@
-//! The admin API (CONTRACT.md): health of every tenant, one tenant, a poll on demand, metrics. Reads come
+//! The admin API (CONTRACT.md): health of every tenant, one tenant, a poll on demand, metrics,
+//! reload. Reads come
 //! from the shared health map; nothing here waits on a busy tenant actor.
 //!
 //! When a token is configured (mandatory off loopback), every route but `/healthz` and `/readyz`
@@ -24,6 +25,7 @@ use tokio::sync::watch;
 
 use crate::health::{HealthMap, TenantState};
 use crate::metrics::Observer;
+use crate::reload::Reloader;
 use crate::supervisor::SupervisorMsg;
 
 /// What the handlers share.
@@ -34,6 +36,7 @@ pub struct AdminState {
     pub supervisor: ActorRef<SupervisorMsg>,
     pub token: Option<Arc<SecretString>>,
     pub observer: Observer,
+    pub reloader: Reloader,
 }
 
 /// A running admin server; dropping it stops the server.
@@ -67,6 +70,7 @@ pub fn serve(listener: TcpListener, state: AdminState) -> std::io::Result<AdminS
         .route("/tenants/{id}", get(one_tenant))
         .route("/tenants/{id}/poll", post(poll_tenant))
         .route("/metrics", get(metrics))
+        .route("/reload", post(reload))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     let app = Router::new()
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
@@ -118,6 +122,13 @@ async fn require_token(State(st): State<AdminState>, req: Request, next: Next) -
         }
     }
     next.run(req).await
+}
+
+async fn reload(State(st): State<AdminState>) -> Response {
+    match st.reloader.reload("POST /reload").await {
+        Ok(summary) => Json(summary).into_response(),
+        Err(e) => error(StatusCode::BAD_REQUEST, e),
+    }
 }
 
 async fn metrics(State(st): State<AdminState>) -> Response {

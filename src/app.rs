@@ -9,10 +9,11 @@ use ractor::{Actor, ActorRef};
 use tokio::task::JoinHandle;
 
 use crate::admin::{self, AdminServer, AdminState};
-use crate::config::Settings;
+use crate::config::{EnvSource, Settings};
 use crate::faults::FaultInjection;
 use crate::health::HealthMap;
 use crate::metrics::Observer;
+use crate::reload::Reloader;
 use crate::sink::SinkStats;
 use crate::supervisor::{ConnectorSupervisor, SupervisorArgs, SupervisorMsg};
 use crate::wiz::WizHttp;
@@ -24,6 +25,11 @@ pub struct AppOptions {
     /// When `admin.listen` is taken, serve the admin API on a free port instead of failing
     /// (`demo` does this).
     pub admin_fallback_port: bool,
+    /// The environment reloads read (`${VAR}` secrets, `WIZ_CONNECTOR__...` overrides).
+    pub env: EnvSource,
+    /// How often the configuration file and `tenants_dir` are checked for changes, overriding
+    /// `connector.watch_interval`; `Some(Duration::ZERO)` turns the watcher off.
+    pub watch_every: Option<Duration>,
 }
 
 /// A running connector.
@@ -36,6 +42,9 @@ pub struct App {
     ready: Arc<AtomicBool>,
     shutdown_timeout: Duration,
     admin: AdminServer,
+    reloader: Reloader,
+    watcher: Option<tokio::task::JoinHandle<()>>,
+    observer: Observer,
 }
 
 impl App {
@@ -58,6 +67,8 @@ impl App {
                     "cannot serve the admin API on {admin_listen}: {e} (key admin.listen; choose a free address)"
                 )
             })?;
+        let config_is_file = settings.config_path.is_file();
+        let for_reload = settings.clone();
         let (supervisor, handle) = Actor::spawn(
             None,
             ConnectorSupervisor,
@@ -73,6 +84,16 @@ impl App {
         )
         .await
         .map_err(|e| anyhow::anyhow!("cannot start the connector: {e}"))?;
+        let every = opts
+            .watch_every
+            .unwrap_or(for_reload.connector.watch_interval.0);
+        let reloader = Reloader::new(
+            for_reload,
+            opts.env.clone(),
+            supervisor.clone(),
+            observer.clone(),
+        );
+        let watcher = (config_is_file && !every.is_zero()).then(|| reloader.spawn_watcher(every));
         let admin = admin::serve(
             listener,
             AdminState {
@@ -81,11 +102,15 @@ impl App {
                 supervisor: supervisor.clone(),
                 token: admin_token,
                 observer: observer.clone(),
+                reloader: reloader.clone(),
             },
         )?;
         tracing::info!(addr = %admin.addr, "admin API listening");
         Ok(App {
             admin,
+            reloader,
+            watcher,
+            observer,
             supervisor,
             handle,
             health,
@@ -94,6 +119,16 @@ impl App {
             ready,
             shutdown_timeout,
         })
+    }
+
+    /// The metrics exposition, as `/metrics` serves it.
+    pub fn observer_metrics_text(&self) -> String {
+        self.observer.metrics().render(&self.health)
+    }
+
+    /// Reloads the configuration (what SIGHUP and `POST /reload` do).
+    pub fn reloader(&self) -> &Reloader {
+        &self.reloader
     }
 
     /// Where the admin API listens.
@@ -129,6 +164,9 @@ impl App {
     /// the sink, then stops the supervisor. Takes at most about twice `shutdown_timeout` (tenants,
     /// then the sink), after which stragglers are killed.
     pub async fn shutdown(self) -> anyhow::Result<()> {
+        if let Some(w) = &self.watcher {
+            w.abort();
+        }
         let budget = self.shutdown_timeout * 2 + Duration::from_secs(1);
         let res = self
             .supervisor

@@ -17,6 +17,7 @@
 //! - [`metrics`]: typed internal events that are both logged and counted (Prometheus).
 //! - [`admin`]: the admin HTTP API (health per tenant, polls on demand).
 //! - [`app`]: wiring and ordered shutdown.
+//! - [`reload`]: reconfiguration without restart (SIGHUP, `POST /reload`, file watcher).
 //! - [`faults`]: connector-side fault injection for tests and drills.
 //! - [`sim`]: the Wiz simulator, served by `wiz-connector simulate` and `demo`, used by every test.
 //! - [`commands`]: one module per subcommand; [`cli`] holds the clap types.
@@ -33,6 +34,7 @@ pub mod event;
 pub mod faults;
 pub mod health;
 pub mod metrics;
+pub mod reload;
 pub mod sim;
 pub mod sink;
 pub mod supervisor;

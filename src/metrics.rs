@@ -34,6 +34,11 @@ struct ResultLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StateLabels {
     tenant: String,
     state: String,
@@ -58,6 +63,7 @@ pub struct Metrics {
     last_success: Family<TenantLabels, Gauge<f64, AtomicU64>>,
     since_success: Family<TenantLabels, Gauge<f64, AtomicU64>>,
     state: Family<StateLabels, Gauge>,
+    reloads: Family<OutcomeLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -74,6 +80,7 @@ impl Default for Metrics {
             last_success: Family::default(),
             since_success: Family::default(),
             state: Family::default(),
+            reloads: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -125,6 +132,11 @@ impl Default for Metrics {
             "tenant_state",
             "1 for the tenant's current state (starting, polling, idle, backoff, failed, stopped), 0 for the others",
             m.state.clone(),
+        );
+        registry.register(
+            "reloads",
+            "Configuration reloads, by result (success, failure)",
+            m.reloads.clone(),
         );
         Metrics { registry, ..m }
     }
@@ -269,6 +281,35 @@ pub struct Observer {
 impl Observer {
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
+    }
+
+    /// Logs and counts a reload's outcome.
+    pub fn reload(&self, trigger: &str, outcome: Result<&crate::reload::ReloadSummary, &str>) {
+        let result = match outcome {
+            Ok(s) => {
+                tracing::info!(
+                    trigger,
+                    added = s.added.len(),
+                    removed = s.removed.len(),
+                    restarted = s.restarted.len(),
+                    updated = s.updated.len(),
+                    sinks_changed = s.sinks_changed,
+                    needs_restart = ?s.needs_restart,
+                    "configuration reloaded"
+                );
+                "success"
+            }
+            Err(e) => {
+                tracing::error!(trigger, error = e, "configuration reload refused");
+                "failure"
+            }
+        };
+        self.metrics
+            .reloads
+            .get_or_create(&OutcomeLabels {
+                result: result.into(),
+            })
+            .inc();
     }
 
     pub fn emit(&self, tenant: &str, event: Event<'_>) {

@@ -252,3 +252,43 @@ async fn demo_streams_normalized_events_with_no_config_and_exits_zero_on_ctrl_c(
     drain.abort();
     drain_err.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_configuration() {
+    let sim = sim(2, 10).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("events.jsonl");
+    let sink = format!(
+        "[sinks.archive]\ntype = \"file\"\npath = \"{}\"\n",
+        path.display()
+    );
+    let connector = "poll_interval = \"1s\"\nstartup_jitter = \"0s\"\nwatch_interval = \"0s\"";
+    let one = format!(
+        "[connector]\n{connector}\n[admin]\nlisten = \"127.0.0.1:0\"\n{sink}{}",
+        tenant_toml(&sim, "t0", &sim.tenants()[0], "")
+    );
+    let cfg = write_config(&one);
+    let mut child = spawn_run(&cfg.path);
+    let tenants_in_file = || {
+        read_lines(&path)
+            .iter()
+            .map(|l| l["tenant"].as_str().unwrap().to_string())
+            .collect::<std::collections::HashSet<_>>()
+    };
+    wait_until("t0's events", Duration::from_secs(30), || {
+        tenants_in_file().contains("t0")
+    })
+    .await;
+    std::fs::write(
+        &cfg.path,
+        format!("{one}{}", tenant_toml(&sim, "t1", &sim.tenants()[1], "")),
+    )
+    .unwrap();
+    signal(&child, "-HUP");
+    wait_until("t1 added by SIGHUP", Duration::from_secs(30), || {
+        tenants_in_file().contains("t1")
+    })
+    .await;
+    signal(&child, "-TERM");
+    assert_eq!(exit_code(&mut child, Duration::from_secs(40)).await, 0);
+}

@@ -9,23 +9,45 @@ use anyhow::bail;
 use crate::app::{App, AppOptions};
 use crate::config::{load, EnvSource, Settings};
 use crate::health::HealthMap;
+use crate::reload::Reloader;
 
-/// Resolves when SIGINT or SIGTERM arrives.
-pub async fn termination() -> anyhow::Result<&'static str> {
+/// SIGINT and SIGTERM, listened to from before the connector starts, so an early signal also
+/// shuts down cleanly instead of killing the process.
+pub struct Termination {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut term = signal(SignalKind::terminate())?;
-        let mut int = signal(SignalKind::interrupt())?;
-        Ok(tokio::select! {
-            _ = term.recv() => "SIGTERM",
-            _ = int.recv() => "SIGINT",
-        })
+    term: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    int: tokio::signal::unix::Signal,
+}
+
+impl Termination {
+    pub fn listen() -> anyhow::Result<Termination> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Ok(Termination {
+                term: signal(SignalKind::terminate())?,
+                int: signal(SignalKind::interrupt())?,
+            })
+        }
+        #[cfg(not(unix))]
+        Ok(Termination {})
     }
-    #[cfg(not(unix))]
-    {
-        tokio::signal::ctrl_c().await?;
-        Ok("Ctrl-C")
+
+    /// Resolves with the signal's name when one arrives.
+    pub async fn recv(&mut self) -> anyhow::Result<&'static str> {
+        #[cfg(unix)]
+        {
+            Ok(tokio::select! {
+                _ = self.term.recv() => "SIGTERM",
+                _ = self.int.recv() => "SIGINT",
+            })
+        }
+        #[cfg(not(unix))]
+        {
+            tokio::signal::ctrl_c().await?;
+            Ok("Ctrl-C")
+        }
     }
 }
 
@@ -47,6 +69,40 @@ pub fn spawn_fleet_summary(health: HealthMap, every: Duration) -> tokio::task::J
     })
 }
 
+/// SIGHUP, listened to from before the connector starts (the default action of an unhandled
+/// SIGHUP would end the process).
+struct Hangups {
+    #[cfg(unix)]
+    signal: tokio::signal::unix::Signal,
+}
+
+impl Hangups {
+    fn listen() -> anyhow::Result<Hangups> {
+        Ok(Hangups {
+            #[cfg(unix)]
+            signal: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?,
+        })
+    }
+
+    /// Reloads the configuration on every SIGHUP.
+    fn reload_with(self, reloader: Reloader) -> tokio::task::JoinHandle<()> {
+        #[cfg(unix)]
+        {
+            let mut hup = self.signal;
+            tokio::spawn(async move {
+                while hup.recv().await.is_some() {
+                    let _ = reloader.reload("SIGHUP").await;
+                }
+            })
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = reloader;
+            tokio::spawn(async {})
+        }
+    }
+}
+
 /// Runs the connector with `settings` until a termination signal. `announce` prints where the
 /// admin API listens on standard error (for `demo`, whose port may differ from the default).
 pub async fn supervise(settings: Settings, opts: AppOptions, announce: bool) -> anyhow::Result<u8> {
@@ -57,6 +113,8 @@ pub async fn supervise(settings: Settings, opts: AppOptions, announce: bool) -> 
         );
     }
     let every = settings.connector.summary_interval.0;
+    let mut termination = Termination::listen()?;
+    let hangups = Hangups::listen()?;
     let app = App::start(settings, opts).await?;
     if announce {
         eprintln!(
@@ -65,8 +123,9 @@ pub async fn supervise(settings: Settings, opts: AppOptions, announce: bool) -> 
         );
     }
     let summary = spawn_fleet_summary(app.health.clone(), every);
+    let hangups = hangups.reload_with(app.reloader().clone());
     let outcome = tokio::select! {
-        sig = termination() => Ok(sig?),
+        sig = termination.recv() => Ok(sig?),
         _ = async {
             while app.is_running() {
                 tokio::time::sleep(Duration::from_millis(500)).await;
@@ -74,6 +133,7 @@ pub async fn supervise(settings: Settings, opts: AppOptions, announce: bool) -> 
         } => Err(anyhow::anyhow!("the supervisor stopped unexpectedly")),
     };
     summary.abort();
+    hangups.abort();
     match outcome {
         Ok(sig) => {
             tracing::info!(signal = sig, "shutting down: finishing pages in flight");

@@ -5,12 +5,14 @@
 //! field optional where the user may omit it); `settings` are what a running component needs (URLs
 //! parsed, secrets read, defaults applied, limits checked). Nothing outside this module sees `types`.
 
+mod diff;
 mod duration;
 mod error;
 mod load;
 mod settings;
 mod types;
 
+pub use diff::{diff, needs_restart, ConfigDiff};
 pub use duration::DurationValue;
 pub use error::{ConfigError, Problem};
 pub use load::{load, load_str, EnvSource, DEFAULT_CONFIG_PATH};

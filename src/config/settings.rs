@@ -52,6 +52,7 @@ pub struct ConnectorSettings {
     pub startup_jitter: DurationValue,
     pub restart: RestartPolicy,
     pub summary_interval: DurationValue,
+    pub watch_interval: DurationValue,
 }
 
 /// How the supervisor restarts crashed tenants.
@@ -413,6 +414,7 @@ pub(super) fn resolve(
                 failed_cooldown: conn.failed_cooldown,
             },
             summary_interval: conn.summary_interval,
+            watch_interval: conn.watch_interval,
         },
         admin: AdminSettings {
             listen: listen.expect("checked above"),

@@ -75,6 +75,9 @@ pub struct ConnectorSection {
     pub failed_cooldown: DurationValue,
     /// How often `run` logs a one-line summary of the fleet's states.
     pub summary_interval: DurationValue,
+    /// How often the configuration file and `tenants_dir` are checked for changes; `"0s"` turns
+    /// the watcher off (SIGHUP and `POST /reload` still work).
+    pub watch_interval: DurationValue,
 }
 
 impl Default for ConnectorSection {
@@ -100,6 +103,7 @@ impl Default for ConnectorSection {
             restart_backoff_max: DurationValue::secs(60),
             failed_cooldown: DurationValue::secs(600),
             summary_interval: DurationValue::secs(60),
+            watch_interval: DurationValue::secs(1),
         }
     }
 }

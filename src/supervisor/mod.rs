@@ -23,7 +23,7 @@ use ractor::{
 use rand::Rng;
 use tokio::sync::Semaphore;
 
-use crate::config::{RestartPolicy, Settings, SinkSpec, TenantSpec};
+use crate::config::{ConfigDiff, RestartPolicy, Settings, SinkSpec, TenantSpec};
 use crate::faults::FaultInjection;
 use crate::health::{HealthMap, LastError, TenantState};
 use crate::metrics::{Event, Observer};
@@ -43,6 +43,10 @@ pub enum SupervisorMsg {
     PollNow(String, RpcReplyPort<bool>),
     /// Stop every tenant (each finishes its page in flight), then the sink; reply when done.
     Shutdown(RpcReplyPort<()>),
+    /// Apply a reload's difference; replies once every change has been started.
+    Apply(ConfigDiff, RpcReplyPort<()>),
+    /// Start a reconfigured tenant whose old actor has stopped.
+    Respawn(String),
 }
 
 /// What the supervisor is started with.
@@ -69,6 +73,10 @@ struct Child {
     generation: u64,
     /// Set before a deliberate stop, so the exit is not a crash.
     stopping: bool,
+    /// Removed by a reload: forget it once its actor has stopped.
+    removing: bool,
+    /// Reconfigured by a reload: start it with this spec once its actor has stopped.
+    replacement: Option<Arc<TenantSpec>>,
 }
 
 pub struct SupervisorState {
@@ -79,6 +87,8 @@ pub struct SupervisorState {
     sink_specs: Vec<SinkSpec>,
     sink: Option<ActorRef<SinkMsg>>,
     sink_crashes: u32,
+    /// The sink is being replaced by a reload: start the new one when the old has stopped.
+    sink_replacing: bool,
     children: BTreeMap<String, Child>,
     by_actor: HashMap<ActorId, String>,
     http: WizHttp,
@@ -230,6 +240,11 @@ impl SupervisorState {
             if self.shutting_down {
                 return;
             }
+            if std::mem::take(&mut self.sink_replacing) {
+                tracing::info!("sink stopped for a reload; starting the new one");
+                let _ = myself.send_message(SupervisorMsg::RestartSink);
+                return;
+            }
             self.sink_crashes += 1;
             let delay = Duration::from_millis(100 * (1 << self.sink_crashes.min(6)));
             tracing::error!(
@@ -243,6 +258,24 @@ impl SupervisorState {
         let Some(tenant) = self.by_actor.remove(&id) else {
             return;
         };
+        if !self.shutting_down {
+            if let Some(c) = self.children.get_mut(&tenant) {
+                if c.removing {
+                    self.children.remove(&tenant);
+                    self.health.remove(&tenant);
+                    self.observer.metrics().forget(&tenant);
+                    tracing::info!(tenant = %tenant, "tenant removed");
+                    return;
+                }
+                if let Some(spec) = c.replacement.take() {
+                    c.spec = spec;
+                    c.actor = None;
+                    c.crashes.clear();
+                    let _ = myself.send_message(SupervisorMsg::Respawn(tenant));
+                    return;
+                }
+            }
+        }
         let deliberate =
             self.shutting_down || self.children.get(&tenant).is_none_or(|c| c.stopping);
         if deliberate {
@@ -257,6 +290,95 @@ impl SupervisorState {
         }
         let message = crash.unwrap_or_else(|| "the tenant actor stopped unexpectedly".into());
         self.on_crash(myself, &tenant, message);
+    }
+
+    /// Applies a reload's difference. Untouched tenants are not touched at all: they keep their
+    /// token, timer and memory.
+    async fn apply(&mut self, myself: &ActorRef<SupervisorMsg>, diff: ConfigDiff) {
+        for id in &diff.removed {
+            let Some(c) = self.children.get_mut(id) else {
+                continue;
+            };
+            c.removing = true;
+            c.stopping = true;
+            c.generation += 1;
+            match &c.actor {
+                Some(a) => a.stop(Some("removed from the configuration".into())),
+                None => {
+                    self.children.remove(id);
+                    self.health.remove(id);
+                    self.observer.metrics().forget(id);
+                    tracing::info!(tenant = %id, "tenant removed");
+                }
+            }
+        }
+        for spec in diff.restarted {
+            let id = spec.id.clone();
+            let Some(c) = self.children.get_mut(&id) else {
+                continue;
+            };
+            c.generation += 1;
+            match &c.actor {
+                Some(a) => {
+                    c.replacement = Some(spec);
+                    c.stopping = true;
+                    a.stop(Some("reconfigured".into()));
+                }
+                None => {
+                    // Crashed, parked or backing off: a new configuration is worth a new try.
+                    c.spec = spec;
+                    c.crashes.clear();
+                    self.spawn_tenant(myself, &id, Duration::ZERO).await;
+                }
+            }
+        }
+        for spec in diff.updated {
+            let Some(c) = self.children.get_mut(&spec.id) else {
+                continue;
+            };
+            self.http
+                .limiters()
+                .set_rate(&spec.credential_key(), spec.rate_limit);
+            c.spec = spec.clone();
+            if let Some(a) = &c.actor {
+                let _ = a.send_message(TenantMsg::Update(spec));
+            }
+        }
+        for spec in diff.added {
+            let id = spec.id.clone();
+            if self.children.contains_key(&id) {
+                continue;
+            }
+            self.health.ensure(&id);
+            self.children.insert(
+                id.clone(),
+                Child {
+                    memory: Arc::default(),
+                    actor: None,
+                    crashes: VecDeque::new(),
+                    generation: 0,
+                    stopping: false,
+                    removing: false,
+                    replacement: None,
+                    spec: spec.clone(),
+                },
+            );
+            let window = self.startup_jitter.min(spec.poll_interval.0);
+            let first = window.mul_f64(rand::rng().random_range(0.0..1.0));
+            self.spawn_tenant(myself, &id, first).await;
+        }
+        if let Some(sinks) = diff.sinks {
+            self.sink_specs = sinks;
+            match &self.sink {
+                Some(s) => {
+                    self.sink_replacing = true;
+                    s.stop(Some("reconfigured".into()));
+                }
+                None => {
+                    let _ = myself.send_message(SupervisorMsg::RestartSink);
+                }
+            }
+        }
     }
 
     async fn shutdown(&mut self) {
@@ -312,6 +434,8 @@ impl Actor for ConnectorSupervisor {
                     crashes: VecDeque::new(),
                     generation: 0,
                     stopping: false,
+                    removing: false,
+                    replacement: None,
                 },
             );
         }
@@ -323,6 +447,7 @@ impl Actor for ConnectorSupervisor {
             sink_specs: args.settings.sinks.clone(),
             sink: None,
             sink_crashes: 0,
+            sink_replacing: false,
             children,
             by_actor: HashMap::new(),
             http: args.http,
@@ -398,6 +523,16 @@ impl Actor for ConnectorSupervisor {
                     .is_some_and(|a| a.send_message(TenantMsg::Poll).is_ok());
                 let _ = reply.send(sent);
             }
+            SupervisorMsg::Apply(diff, reply) => {
+                state.apply(&myself, diff).await;
+                let _ = reply.send(());
+            }
+            SupervisorMsg::Respawn(tenant) => {
+                if !state.shutting_down {
+                    tracing::info!(tenant = %tenant, "tenant restarted with its new configuration");
+                    state.spawn_tenant(&myself, &tenant, Duration::ZERO).await;
+                }
+            }
             SupervisorMsg::Shutdown(reply) => {
                 state.shutdown().await;
                 let _ = reply.send(());
@@ -412,6 +547,7 @@ impl Actor for ConnectorSupervisor {
         event: SupervisionEvent,
         state: &mut SupervisorState,
     ) -> Result<(), ActorProcessingErr> {
+        tracing::debug!(event = ?event, "supervision event");
         match event {
             SupervisionEvent::ActorFailed(cell, err) => {
                 state.child_exited(&myself, &cell, Some(err.to_string()))

@@ -44,6 +44,8 @@ pub enum TenantMsg {
     NextPage,
     /// Try again to deliver the page the sink did not acknowledge.
     Resend,
+    /// The poll interval or rate limit changed (a reload): apply in place.
+    Update(Arc<TenantSpec>),
 }
 
 /// Everything a tenant actor is built from; the supervisor keeps it to rebuild the actor after a
@@ -423,6 +425,20 @@ impl Actor for WizTenantActor {
             }
             TenantMsg::NextPage => state.next_page(&myself).await,
             TenantMsg::Resend => state.try_deliver(&myself).await,
+            TenantMsg::Update(spec) => {
+                let interval = spec.poll_interval.0;
+                state.args.spec = spec;
+                // An armed timer fires no later than the new interval allows.
+                if state.sweep.is_none() && !state.waiting_for_permit {
+                    if let Some(due) = state.due {
+                        let remaining = due.saturating_duration_since(Instant::now());
+                        if remaining > interval {
+                            state.arm_timer(&myself, interval);
+                        }
+                    }
+                }
+                tracing::info!(tenant = %state.id(), poll_interval = %state.args.spec.poll_interval, rate_limit = state.args.spec.rate_limit, "tenant settings updated in place");
+            }
         }
         Ok(())
     }

@@ -72,6 +72,14 @@ impl LimiterRegistry {
         fresh
     }
 
+    /// Changes the rate of a credential's limiter in place (a reload changed `rate_limit`).
+    pub fn set_rate(&self, credential: &str, rate: f64) {
+        let live = self.map.get(credential).and_then(|w| w.upgrade());
+        if let Some(l) = live {
+            l.set_rate(rate);
+        }
+    }
+
     /// Number of credentials with a live limiter.
     pub fn len(&self) -> usize {
         self.map.retain(|_, w| w.strong_count() > 0);

@@ -1,0 +1,115 @@
+//! What changed between two configurations, so a reload touches only that.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use super::settings::{Settings, SinkSpec, TenantSpec};
+
+/// The difference between the running configuration and a new one.
+#[derive(Debug, Default, Clone)]
+pub struct ConfigDiff {
+    /// New tenants.
+    pub added: Vec<Arc<TenantSpec>>,
+    /// Tenants no longer configured.
+    pub removed: Vec<String>,
+    /// Tenants whose credentials, endpoints or query changed: restarted with the new spec.
+    pub restarted: Vec<Arc<TenantSpec>>,
+    /// Tenants where only the poll interval or rate limit changed: updated in place.
+    pub updated: Vec<Arc<TenantSpec>>,
+    /// The new sinks, when they changed.
+    pub sinks: Option<Vec<SinkSpec>>,
+    /// Changes that need a process restart to take effect (reported, not applied).
+    pub needs_restart: Vec<String>,
+}
+
+impl ConfigDiff {
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty()
+            && self.removed.is_empty()
+            && self.restarted.is_empty()
+            && self.updated.is_empty()
+            && self.sinks.is_none()
+    }
+}
+
+/// True when `a` and `b` talk to Wiz differently: another credential (secret compared
+/// explicitly), endpoint, audience, or query. Poll interval and rate limit are not in it: they
+/// change in place.
+pub fn needs_restart(a: &TenantSpec, b: &TenantSpec) -> bool {
+    a.client_id != b.client_id
+        || !a.same_secret(b)
+        || a.api_url != b.api_url
+        || a.auth_url != b.auth_url
+        || a.audience != b.audience
+        || a.console_url != b.console_url
+        || a.page_size != b.page_size
+        || a.statuses != b.statuses
+        || a.request_timeout != b.request_timeout
+        || a.max_pages_per_sweep != b.max_pages_per_sweep
+        || a.retry != b.retry
+        || a.allow_insecure_endpoints != b.allow_insecure_endpoints
+}
+
+fn tunables_changed(a: &TenantSpec, b: &TenantSpec) -> bool {
+    a.poll_interval != b.poll_interval || a.rate_limit != b.rate_limit
+}
+
+/// Compares the running settings with new ones.
+pub fn diff(old: &Settings, new: &Settings) -> ConfigDiff {
+    let before: BTreeMap<&str, &TenantSpec> =
+        old.tenants.iter().map(|t| (t.id.as_str(), t)).collect();
+    let after: BTreeMap<&str, &TenantSpec> =
+        new.tenants.iter().map(|t| (t.id.as_str(), t)).collect();
+    let mut d = ConfigDiff::default();
+    for (id, t) in &after {
+        match before.get(id) {
+            None => d.added.push(Arc::new((*t).clone())),
+            Some(o) if needs_restart(o, t) => d.restarted.push(Arc::new((*t).clone())),
+            Some(o) if tunables_changed(o, t) => d.updated.push(Arc::new((*t).clone())),
+            Some(_) => {}
+        }
+    }
+    d.removed = before
+        .keys()
+        .filter(|id| !after.contains_key(*id))
+        .map(|s| s.to_string())
+        .collect();
+    let sinks_of = |s: &Settings| serde_json::to_string(&s.sinks).unwrap_or_default();
+    if sinks_of(old) != sinks_of(new) {
+        d.sinks = Some(new.sinks.clone());
+    }
+    let (a, b) = (&old.connector, &new.connector);
+    let mut restart_only = |what: &str, changed: bool| {
+        if changed {
+            d.needs_restart.push(what.to_string());
+        }
+    };
+    restart_only("admin.listen", old.admin.listen != new.admin.listen);
+    restart_only(
+        "admin.token",
+        old.admin
+            .token
+            .as_ref()
+            .map(secrecy::ExposeSecret::expose_secret)
+            != new
+                .admin
+                .token
+                .as_ref()
+                .map(secrecy::ExposeSecret::expose_secret),
+    );
+    restart_only("connector.state_dir", a.state_dir != b.state_dir);
+    restart_only(
+        "connector.max_concurrent_sweeps",
+        a.max_concurrent_sweeps != b.max_concurrent_sweeps,
+    );
+    restart_only("connector.restart_*", a.restart != b.restart);
+    restart_only(
+        "connector.shutdown_timeout",
+        a.shutdown_timeout != b.shutdown_timeout,
+    );
+    restart_only(
+        "connector.summary_interval",
+        a.summary_interval != b.summary_interval,
+    );
+    d
+}
