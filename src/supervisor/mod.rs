@@ -398,6 +398,14 @@ impl SupervisorState {
             }
         }
         while stops.join_next().await.is_some() {}
+        // Their exit events are still queued behind this message: record the outcome here.
+        for (id, child) in self.children.iter_mut() {
+            child.actor = None;
+            self.health.update(id, |h| {
+                h.state = TenantState::Stopped;
+                h.next_poll_at = None;
+            });
+        }
         if let Some(sink) = self.sink.take() {
             if sink
                 .stop_and_wait(Some("shutdown".into()), Some(timeout))
