@@ -21,7 +21,6 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde_json::json;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 
 use crate::health::{HealthMap, TenantState};
 use crate::metrics::Observer;
@@ -42,13 +41,7 @@ pub struct AdminState {
 /// A running admin server; dropping it stops the server.
 pub struct AdminServer {
     pub addr: SocketAddr,
-    stop: watch::Sender<bool>,
-}
-
-impl Drop for AdminServer {
-    fn drop(&mut self) {
-        let _ = self.stop.send(true);
-    }
+    _stop: crate::serve::StopOnDrop,
 }
 
 /// Binds `addr`; when it is taken and `fallback` is set, binds a free port on the same IP.
@@ -77,19 +70,10 @@ pub fn serve(listener: TcpListener, state: AdminState) -> std::io::Result<AdminS
         .route("/readyz", get(readyz))
         .merge(protected)
         .with_state(state);
-    let (stop, mut stopped) = watch::channel(false);
-    tokio::spawn(async move {
-        let shutdown = async move {
-            let _ = stopped.wait_for(|s| *s).await;
-        };
-        if let Err(e) = axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await
-        {
-            tracing::error!(error = %e, "admin API server failed");
-        }
-    });
-    Ok(AdminServer { addr, stop })
+    Ok(AdminServer {
+        addr,
+        _stop: crate::serve::spawn(listener, app, "admin API"),
+    })
 }
 
 fn error(status: StatusCode, message: String) -> Response {

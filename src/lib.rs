@@ -22,6 +22,7 @@
 //! - [`sim`]: the Wiz simulator, served by `wiz-connector simulate` and `demo`, used by every test.
 //! - [`commands`]: one module per subcommand; [`cli`] holds the clap types.
 //! - [`telemetry`]: logging setup.
+//! - [`serve`]: serving an axum router in the background (admin API, simulator).
 //!
 //! `main.rs` only parses the command line, sets up logging and hands over to [`commands`].
 
@@ -35,6 +36,7 @@ pub mod faults;
 pub mod health;
 pub mod metrics;
 pub mod reload;
+pub mod serve;
 pub mod sim;
 pub mod sink;
 pub mod supervisor;

@@ -147,7 +147,9 @@ impl SimState {
 pub struct Simulator {
     addr: SocketAddr,
     state: Arc<SimState>,
+    /// Stops the churn task.
     stop: watch::Sender<bool>,
+    _server: crate::serve::StopOnDrop,
 }
 
 impl Drop for Simulator {
@@ -187,18 +189,8 @@ impl Simulator {
             .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind(listen).await?;
         let addr = listener.local_addr()?;
-        let (stop, mut stopped) = watch::channel(false);
-        tokio::spawn(async move {
-            let shutdown = async move {
-                let _ = stopped.wait_for(|s| *s).await;
-            };
-            if let Err(e) = axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown)
-                .await
-            {
-                tracing::error!(error = %e, "simulator server failed");
-            }
-        });
+        let server = crate::serve::spawn(listener, app, "simulator");
+        let (stop, _) = watch::channel(false);
         if let Some(every) = state.opts.churn_every {
             let st = Arc::downgrade(&state);
             let mut stopped = stop.subscribe();
@@ -217,7 +209,12 @@ impl Simulator {
                 }
             });
         }
-        Ok(Simulator { addr, state, stop })
+        Ok(Simulator {
+            addr,
+            state,
+            stop,
+            _server: server,
+        })
     }
 
     pub fn addr(&self) -> SocketAddr {

@@ -79,6 +79,21 @@ struct Child {
     replacement: Option<Arc<TenantSpec>>,
 }
 
+impl Child {
+    fn new(spec: Arc<TenantSpec>) -> Self {
+        Child {
+            spec,
+            memory: Arc::default(),
+            actor: None,
+            crashes: VecDeque::new(),
+            generation: 0,
+            stopping: false,
+            removing: false,
+            replacement: None,
+        }
+    }
+}
+
 pub struct SupervisorState {
     instance: String,
     policy: RestartPolicy,
@@ -350,19 +365,7 @@ impl SupervisorState {
                 continue;
             }
             self.health.ensure(&id);
-            self.children.insert(
-                id.clone(),
-                Child {
-                    memory: Arc::default(),
-                    actor: None,
-                    crashes: VecDeque::new(),
-                    generation: 0,
-                    stopping: false,
-                    removing: false,
-                    replacement: None,
-                    spec: spec.clone(),
-                },
-            );
+            self.children.insert(id.clone(), Child::new(spec.clone()));
             let window = self.startup_jitter.min(spec.poll_interval.0);
             let first = window.mul_f64(rand::rng().random_range(0.0..1.0));
             self.spawn_tenant(myself, &id, first).await;
@@ -433,19 +436,7 @@ impl Actor for ConnectorSupervisor {
         let mut children = BTreeMap::new();
         for spec in &args.settings.tenants {
             args.health.ensure(&spec.id);
-            children.insert(
-                spec.id.clone(),
-                Child {
-                    spec: Arc::new(spec.clone()),
-                    memory: Arc::default(),
-                    actor: None,
-                    crashes: VecDeque::new(),
-                    generation: 0,
-                    stopping: false,
-                    removing: false,
-                    replacement: None,
-                },
-            );
+            children.insert(spec.id.clone(), Child::new(Arc::new(spec.clone())));
         }
         Ok(SupervisorState {
             instance: format!("wiz{n}"),
