@@ -1,10 +1,20 @@
-//! Logging setup. Logs go to standard error (standard output carries events for the `stdout`
-//! sink): human-readable on a terminal, JSON lines otherwise. `RUST_LOG` sets the filter
-//! (default `info`).
+//! Logging and tracing. Logs go to standard error (standard output carries events for the
+//! `stdout` sink): human-readable on a terminal, JSON lines otherwise; `RUST_LOG` sets the filter
+//! (default `info`). When `telemetry.otlp_endpoint` is configured, spans (one per poll, per page
+//! and per sink write, each with the tenant id) are also exported over OTLP/HTTP.
+//!
+//! The OpenTelemetry layer sits in the subscriber from the start, empty, and is filled once the
+//! configuration is loaded (its errors must be logged before that).
 
 use std::io::IsTerminal;
+use std::sync::{Mutex, OnceLock};
 
-use tracing_subscriber::EnvFilter;
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::WithExportConfig;
+use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{reload, EnvFilter, Layer, Registry};
 
 /// Log line format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -15,6 +25,15 @@ pub enum LogFormat {
     Text,
 }
 
+type OtelLayer = tracing_opentelemetry::OpenTelemetryLayer<Registry, SdkTracer>;
+
+struct Telemetry {
+    otel: reload::Handle<Option<OtelLayer>, Registry>,
+    provider: Mutex<Option<SdkTracerProvider>>,
+}
+
+static TELEMETRY: OnceLock<Telemetry> = OnceLock::new();
+
 /// Installs the global subscriber. Call once, from `main`.
 pub fn init(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
@@ -23,18 +42,71 @@ pub fn init(format: LogFormat) {
         LogFormat::Text => false,
         LogFormat::Auto => !std::io::stderr().is_terminal(),
     };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let (otel, handle) = reload::Layer::new(None::<OtelLayer>);
+    let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_target(false);
-    if json {
-        builder
-            .json()
+    let fmt = if json {
+        fmt.json()
             .flatten_event(true)
             .with_current_span(false)
             .with_span_list(false)
-            .init();
+            .boxed()
     } else {
-        builder.init();
+        fmt.boxed()
+    };
+    tracing_subscriber::registry()
+        .with(otel)
+        .with(fmt)
+        .with(filter)
+        .init();
+    let _ = TELEMETRY.set(Telemetry {
+        otel: handle,
+        provider: Mutex::new(None),
+    });
+}
+
+/// Starts exporting spans to `<endpoint>/v1/traces` (OTLP over HTTP, protobuf).
+pub fn enable_otlp(endpoint: &url::Url, service_name: &str) -> anyhow::Result<()> {
+    let Some(t) = TELEMETRY.get() else {
+        anyhow::bail!("telemetry is not initialized");
+    };
+    crate::wiz::install_crypto_provider();
+    let url = format!("{}/v1/traces", endpoint.as_str().trim_end_matches('/'));
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_endpoint(url.clone())
+        .build()
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot set up the OTLP exporter for {url}: {e} (key telemetry.otlp_endpoint)"
+            )
+        })?;
+    let provider = SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_resource(
+            opentelemetry_sdk::Resource::builder()
+                .with_service_name(service_name.to_string())
+                .build(),
+        )
+        .build();
+    let layer = tracing_opentelemetry::layer().with_tracer(provider.tracer("wiz-connector"));
+    t.otel
+        .reload(Some(layer))
+        .map_err(|e| anyhow::anyhow!("cannot enable tracing export: {e}"))?;
+    *t.provider.lock().expect("telemetry lock") = Some(provider);
+    tracing::info!(endpoint = %url, "exporting traces over OTLP");
+    Ok(())
+}
+
+/// Flushes and stops the span exporter, if any. Call before the process exits.
+pub fn shutdown() {
+    let provider = TELEMETRY
+        .get()
+        .and_then(|t| t.provider.lock().expect("telemetry lock").take());
+    if let Some(p) = provider {
+        if let Err(e) = p.shutdown() {
+            tracing::warn!(error = %e, "could not flush the last spans");
+        }
     }
 }

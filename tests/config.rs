@@ -161,6 +161,12 @@ fn range_duration_and_type_errors_name_the_key() {
             "connector.page_size",
             "invalid",
         ),
+        (
+            "[telemetry]\notlp_endpoint = \"collector:4318\"\n",
+            None,
+            "telemetry.otlp_endpoint",
+            "not an http(s) URL",
+        ),
     ];
     for (extra, tenant, key, needle) in cases {
         let body = format!("{extra}{}", good_tenant("a"));

@@ -112,6 +112,9 @@ pub async fn supervise(settings: Settings, opts: AppOptions, announce: bool) -> 
             settings.config_path.display()
         );
     }
+    if let Some(endpoint) = &settings.telemetry.otlp_endpoint {
+        crate::telemetry::enable_otlp(endpoint, &settings.telemetry.service_name)?;
+    }
     let every = settings.connector.summary_interval.0;
     let mut termination = Termination::listen()?;
     let hangups = Hangups::listen()?;
@@ -139,6 +142,7 @@ pub async fn supervise(settings: Settings, opts: AppOptions, announce: bool) -> 
             tracing::info!(signal = sig, "shutting down: finishing pages in flight");
             app.shutdown().await?;
             tracing::info!("shutdown complete");
+            tokio::task::spawn_blocking(crate::telemetry::shutdown).await?;
             Ok(0)
         }
         Err(e) => Err(e),

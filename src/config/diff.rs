@@ -111,5 +111,10 @@ pub fn diff(old: &Settings, new: &Settings) -> ConfigDiff {
         "connector.summary_interval",
         a.summary_interval != b.summary_interval,
     );
+    restart_only(
+        "telemetry.*",
+        old.telemetry.otlp_endpoint != new.telemetry.otlp_endpoint
+            || old.telemetry.service_name != new.telemetry.service_name,
+    );
     d
 }

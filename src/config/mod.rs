@@ -18,6 +18,8 @@ pub use error::{ConfigError, Problem};
 pub use load::{load, load_str, EnvSource, DEFAULT_CONFIG_PATH};
 pub use settings::{
     AdminSettings, Cloud, ConnectorSettings, RestartPolicy, RetryPolicy, SecretSource, Settings,
-    SinkKind, SinkSpec, TenantSpec, VALID_STATUSES,
+    SinkKind, SinkSpec, TelemetrySettings, TenantSpec, VALID_STATUSES,
 };
-pub use types::{AdminSection, ConfigFile, ConnectorSection, SinkSection, TenantSection};
+pub use types::{
+    AdminSection, ConfigFile, ConnectorSection, SinkSection, TelemetrySection, TenantSection,
+};

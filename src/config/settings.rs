@@ -40,6 +40,14 @@ pub struct Settings {
     pub sinks: Vec<SinkSpec>,
     /// In id order.
     pub tenants: Vec<TenantSpec>,
+    pub telemetry: TelemetrySettings,
+}
+
+/// `[telemetry]`, parsed.
+#[derive(Debug, Clone, Serialize)]
+pub struct TelemetrySettings {
+    pub otlp_endpoint: Option<Url>,
+    pub service_name: String,
 }
 
 /// Process-wide settings from `[connector]`.
@@ -343,6 +351,23 @@ pub(super) fn resolve(
         }
     }
 
+    let otlp_endpoint = match &file.telemetry.otlp_endpoint {
+        None => None,
+        Some(raw) => match Url::parse(raw.trim()) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => Some(u),
+            _ => {
+                c.global(
+                    "telemetry.otlp_endpoint",
+                    format!("{raw:?} is not an http(s) URL such as \"http://localhost:4318\""),
+                );
+                None
+            }
+        },
+    };
+    if file.telemetry.service_name.trim().is_empty() {
+        c.global("telemetry.service_name", "must not be empty");
+    }
+
     let mut sinks = Vec::new();
     for (name, s) in &file.sinks {
         if !valid_id(name) {
@@ -422,6 +447,10 @@ pub(super) fn resolve(
         },
         sinks,
         tenants,
+        telemetry: TelemetrySettings {
+            otlp_endpoint,
+            service_name: file.telemetry.service_name.trim().to_string(),
+        },
     })
 }
 

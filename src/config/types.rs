@@ -22,6 +22,28 @@ pub struct ConfigFile {
     pub sinks: BTreeMap<String, SinkSection>,
     /// One table per Wiz tenant; the key is the tenant id.
     pub tenants: BTreeMap<String, TenantSection>,
+    /// Trace export.
+    pub telemetry: TelemetrySection,
+}
+
+/// `[telemetry]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetrySection {
+    /// Base URL of an OTLP/HTTP collector (e.g. `http://localhost:4318`); spans go to
+    /// `<otlp_endpoint>/v1/traces`. Unset: no export.
+    pub otlp_endpoint: Option<String>,
+    /// `service.name` of the exported spans.
+    pub service_name: String,
+}
+
+impl Default for TelemetrySection {
+    fn default() -> Self {
+        TelemetrySection {
+            otlp_endpoint: None,
+            service_name: "wiz-connector".to_string(),
+        }
+    }
 }
 
 /// `[connector]`.

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use tracing::Instrument;
 
 use crate::config::{SinkKind, SinkSpec};
 use crate::faults::FaultInjection;
@@ -115,37 +116,49 @@ impl Actor for SinkActor {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             SinkMsg::Deliver(batch, reply) => {
-                if let Some(delay) = state.faults.sink_delay() {
-                    tokio::time::sleep(delay).await;
-                }
-                state.faults.maybe_panic_sink();
-                let mut result = match state.faults.sink_failure() {
-                    Some(e) => Err(e),
-                    None => Ok(()),
-                };
-                for (name, out) in state.names.iter().zip(state.outputs.iter_mut()) {
-                    if result.is_err() {
-                        break;
-                    }
-                    if let Err(e) = out.write(&batch).await {
-                        state.stats.errors.fetch_add(1, Ordering::Relaxed);
-                        tracing::error!(sink = %name, tenant = %batch.tenant, error = %e, "sink write failed; the tenant keeps the page and retries");
-                        result = Err(format!("sink `{name}`: {e}"));
-                        break;
-                    }
-                }
-                if result.is_ok() {
-                    state.stats.batches.fetch_add(1, Ordering::Relaxed);
-                    state
-                        .stats
-                        .events
-                        .fetch_add(batch.events as u64, Ordering::Relaxed);
-                }
+                let span = tracing::info_span!(
+                    "sink_write",
+                    tenant = %batch.tenant,
+                    events = batch.events,
+                    bytes = batch.lines.len()
+                );
+                let result = write_all(state, &batch).instrument(span).await;
                 let _ = reply.send(result);
             }
         }
         Ok(())
     }
+}
+
+/// Writes one batch to every output, in order; the first failure fails the batch.
+async fn write_all(state: &mut SinkState, batch: &Arc<Batch>) -> Result<(), String> {
+    if let Some(delay) = state.faults.sink_delay() {
+        tokio::time::sleep(delay).await;
+    }
+    state.faults.maybe_panic_sink();
+    let mut result = match state.faults.sink_failure() {
+        Some(e) => Err(e),
+        None => Ok(()),
+    };
+    for (name, out) in state.names.iter().zip(state.outputs.iter_mut()) {
+        if result.is_err() {
+            break;
+        }
+        if let Err(e) = out.write(batch).await {
+            state.stats.errors.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(sink = %name, tenant = %batch.tenant, error = %e, "sink write failed; the tenant keeps the page and retries");
+            result = Err(format!("sink `{name}`: {e}"));
+            break;
+        }
+    }
+    if result.is_ok() {
+        state.stats.batches.fetch_add(1, Ordering::Relaxed);
+        state
+            .stats
+            .events
+            .fetch_add(batch.events as u64, Ordering::Relaxed);
+    }
+    result
 }
 
 /// Sends a batch to `sink` and waits for the ack. Counts the batch as in flight meanwhile.

@@ -16,6 +16,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use rand::Rng;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
+use tracing::Instrument;
 
 use crate::config::TenantSpec;
 use crate::event::{issue_fingerprint, now_rfc3339, EventKind, Normalizer};
@@ -80,6 +81,8 @@ struct Pending {
 }
 
 struct ActiveSweep {
+    /// The poll's trace span; pages are its children.
+    span: tracing::Span,
     sweep: Sweep,
     started: Instant,
     _permit: OwnedSemaphorePermit,
@@ -128,6 +131,7 @@ impl TenantActorState {
             ..Default::default()
         };
         self.sweep = Some(ActiveSweep {
+            span: tracing::info_span!("poll", tenant = %self.args.spec.id),
             sweep: self.client.sweep(filter, IssueOrder::CREATED_ASC),
             started: Instant::now(),
             _permit: permit,
@@ -276,7 +280,13 @@ impl TenantActorState {
         let Some(active) = self.sweep.as_mut() else {
             return;
         };
-        let page = match active.sweep.next_page().await {
+        let page_span = tracing::info_span!(
+            parent: &active.span,
+            "page",
+            tenant = %self.args.spec.id,
+            page = active.sweep.pages() + 1
+        );
+        let page = match active.sweep.next_page().instrument(page_span.clone()).await {
             Err(e) => return self.finish(myself, Err((e.kind().as_str(), e.to_string()))),
             Ok(None) => return self.finish(myself, Ok(())),
             Ok(Some(page)) => page,
@@ -340,7 +350,7 @@ impl TenantActorState {
             kinds,
             attempts: 0,
         });
-        self.try_deliver(myself).await;
+        self.try_deliver(myself).instrument(page_span).await;
     }
 }
 
@@ -424,7 +434,15 @@ impl Actor for WizTenantActor {
                 }
             }
             TenantMsg::NextPage => state.next_page(&myself).await,
-            TenantMsg::Resend => state.try_deliver(&myself).await,
+            TenantMsg::Resend => {
+                let span = match &state.sweep {
+                    Some(a) => {
+                        tracing::info_span!(parent: &a.span, "page_resend", tenant = %state.args.spec.id)
+                    }
+                    None => tracing::Span::none(),
+                };
+                state.try_deliver(&myself).instrument(span).await
+            }
             TenantMsg::Update(spec) => {
                 let interval = spec.poll_interval.0;
                 state.args.spec = spec;

@@ -23,6 +23,11 @@ use crate::metrics::{Event, Observer};
 /// Longest `Retry-After` honoured; a longer one is cut to this.
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
 
+/// Installs rustls's ring provider as the process default (once; later calls find it there).
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// What every tenant shares: the connection pool, the limiters, the query text.
 #[derive(Clone)]
 pub struct WizHttp {
@@ -35,8 +40,7 @@ pub struct WizHttp {
 impl WizHttp {
     /// Builds the shared client (rustls with the ring provider; system trust roots).
     pub fn new() -> Result<Self, WizError> {
-        // Only the first call installs; later ones find it there.
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        install_crypto_provider();
         let http = reqwest::Client::builder()
             .user_agent(concat!("wiz-connector/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(Duration::from_secs(10))

@@ -8,7 +8,7 @@ pub mod issues;
 pub mod limiter;
 pub mod page;
 
-pub use client::{ClientStats, Sweep, TenantClient, WizHttp};
+pub use client::{install_crypto_provider, ClientStats, Sweep, TenantClient, WizHttp};
 pub use error::{AuthFailure, ErrorKind, WizError};
 pub use issues::{IssueFilter, IssueOrder, TimeRange};
 pub use page::{parse_page, Issue, NodeError, Page, Str};

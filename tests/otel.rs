@@ -1,0 +1,138 @@
+//! Traces over OTLP: `run` exports a span per poll, per page and per sink write, each carrying the
+//! tenant id, to an OTLP/HTTP receiver (decoded with the OpenTelemetry protobuf types).
+
+mod common;
+
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::routing::post;
+use common::*;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
+use prost::Message;
+use tokio::process::Command;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_exports_poll_page_and_sink_spans_with_the_tenant() {
+    // The receiver.
+    let got: Arc<Mutex<Vec<ExportTraceServiceRequest>>> = Arc::default();
+    let sink = got.clone();
+    let app = axum::Router::new().route(
+        "/v1/traces",
+        post(move |body: Bytes| {
+            let sink = sink.clone();
+            async move {
+                let req = ExportTraceServiceRequest::decode(body).expect("OTLP protobuf");
+                sink.lock().unwrap().push(req);
+                ""
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let collector = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let sim = sim(1, 20).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("events.jsonl");
+    let body = format!(
+        "{}[sinks.archive]\ntype = \"file\"\npath = \"{}\"\n[telemetry]\notlp_endpoint = \"http://{collector}\"\n",
+        sim_config(&sim, "poll_interval = \"1h\"\nstartup_jitter = \"0s\"\npage_size = 5", ""),
+        path.display()
+    );
+    let cfg = write_config(&body);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_wiz-connector"))
+        .args(["run", "--config"])
+        .arg(&cfg.path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let open = open_ids(&sim)["t0"].len();
+    wait_until("every event delivered", Duration::from_secs(30), || {
+        read_lines(&path).len() >= open
+    })
+    .await;
+    let pid = child.id().unwrap().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let status = tokio::time::timeout(Duration::from_secs(40), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+
+    // Spans are flushed at shutdown.
+    let requests = got.lock().unwrap().clone();
+    let mut spans = Vec::new();
+    for r in &requests {
+        for rs in &r.resource_spans {
+            let service = rs
+                .resource
+                .as_ref()
+                .unwrap()
+                .attributes
+                .iter()
+                .find(|a| a.key == "service.name");
+            assert_eq!(
+                service
+                    .and_then(|a| a.value.as_ref())
+                    .and_then(|v| v.value.clone()),
+                Some(AnyValue::StringValue("wiz-connector".into()))
+            );
+            for ss in &rs.scope_spans {
+                spans.extend(ss.spans.iter().cloned());
+            }
+        }
+    }
+    let tenant_of = |s: &opentelemetry_proto::tonic::trace::v1::Span| {
+        s.attributes
+            .iter()
+            .find(|a| a.key == "tenant")
+            .and_then(|a| a.value.as_ref())
+            .and_then(|v| v.value.clone())
+    };
+    let named = |n: &str| spans.iter().filter(|s| s.name == n).collect::<Vec<_>>();
+    let polls = named("poll");
+    let pages = named("page");
+    let writes = named("sink_write");
+    assert_eq!(
+        polls.len(),
+        1,
+        "one poll: {:?}",
+        spans.iter().map(|s| &s.name).collect::<Vec<_>>()
+    );
+    let expected_pages = open.div_ceil(5);
+    assert!(
+        pages.len() >= expected_pages,
+        "{} pages for {open} issues",
+        pages.len()
+    );
+    assert_eq!(
+        writes.len(),
+        expected_pages,
+        "one sink write per page with events"
+    );
+    for s in polls.iter().chain(&pages).chain(&writes) {
+        assert_eq!(
+            tenant_of(s),
+            Some(AnyValue::StringValue("t0".into())),
+            "{}",
+            s.name
+        );
+    }
+    for p in &pages {
+        assert_eq!(
+            p.parent_span_id, polls[0].span_id,
+            "pages are children of their poll"
+        );
+        assert_eq!(p.trace_id, polls[0].trace_id);
+    }
+}
