@@ -144,6 +144,8 @@ impl Reloader {
 
     /// Watches the configuration file and the current `tenants_dir`, checking every `every`;
     /// after a change it waits until the files hold still for one more check, then reloads.
+    /// Tools should write a file elsewhere and rename it into place, so a half-written file is
+    /// never read (one that is gets refused, and the next change is picked up).
     pub fn spawn_watcher(&self, every: Duration) -> tokio::task::JoinHandle<()> {
         let me = self.clone();
         tokio::spawn(async move {
@@ -163,10 +165,10 @@ impl Reloader {
                     continue;
                 }
                 if changed {
+                    // `seen` stays the state read before this reload: a change made while it
+                    // runs differs from it and triggers another reload.
                     changed = false;
                     let _ = me.reload("file change").await;
-                    let (p, d) = files(&*me.inner.current.lock().await);
-                    seen = snapshot(&p, d.as_deref());
                 }
             }
         })

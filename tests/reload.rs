@@ -218,6 +218,12 @@ async fn a_file_dropped_into_tenants_dir_adds_a_customer() {
         ),
     )
     .unwrap();
+    // Like a deployment tool: write aside, then rename into place.
+    let put = |name: &str, text: String| {
+        let tmp = dir.path().join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, tdir.join(name)).unwrap();
+    };
     let file_for = |n: usize| {
         tenant_toml(&sim, "x", &sim.tenants()[n], "")
             .lines()
@@ -236,7 +242,7 @@ async fn a_file_dropped_into_tenants_dir_adds_a_customer() {
         app.health.get("acme").is_some_and(|h| h.polls >= 1)
     })
     .await;
-    std::fs::write(tdir.join("globex.toml"), file_for(1)).unwrap();
+    put("globex.toml", file_for(1));
     wait_until(
         "globex added by the watcher",
         Duration::from_secs(20),
@@ -251,7 +257,7 @@ async fn a_file_dropped_into_tenants_dir_adds_a_customer() {
     )
     .await;
     // A broken file is refused and nothing changes.
-    std::fs::write(tdir.join("initech.toml"), "client_id = [").unwrap();
+    put("initech.toml", "client_id = [".to_string());
     wait_until(
         "the refused reload counted",
         Duration::from_secs(20),
