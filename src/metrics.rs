@@ -272,10 +272,113 @@ pub enum Event<'a> {
     Restarted,
 }
 
-/// Logs and counts [`Event`]s. Cheap to clone.
-#[derive(Clone, Default)]
+impl OtelInstruments {
+    /// The OpenTelemetry side of [`Observer::emit`]: the same counters, the same labels.
+    fn record(&self, tenant: &str, event: &Event<'_>) {
+        let t = [("tenant", tenant)];
+        match event {
+            Event::PollSucceeded { duration, .. } => {
+                self.polls
+                    .add(1, &kv(&[("tenant", tenant), ("result", "success")]));
+                self.poll_duration.record(duration.as_secs_f64(), &kv(&t));
+            }
+            Event::PollFailed { kind, duration, .. } => {
+                self.polls
+                    .add(1, &kv(&[("tenant", tenant), ("result", "failure")]));
+                self.errors
+                    .add(1, &kv(&[("tenant", tenant), ("kind", kind)]));
+                self.poll_duration.record(duration.as_secs_f64(), &kv(&t));
+            }
+            Event::EventsDelivered { kind, count } => {
+                self.events
+                    .add(*count, &kv(&[("tenant", tenant), ("kind", kind.as_str())]));
+            }
+            Event::RequestRetried { kind, .. } => {
+                self.retries.add(1, &kv(&t));
+                self.errors
+                    .add(1, &kv(&[("tenant", tenant), ("kind", kind)]));
+            }
+            Event::TokenObtained { renewal: true, .. } => self.token_renewals.add(1, &kv(&t)),
+            Event::TokenObtained { .. } => {}
+            Event::SinkUnavailable { .. } => self
+                .errors
+                .add(1, &kv(&[("tenant", tenant), ("kind", "sink")])),
+            Event::NodeSkipped { .. } => self
+                .errors
+                .add(1, &kv(&[("tenant", tenant), ("kind", "bad_response")])),
+            Event::Crashed { .. } | Event::Parked { .. } => self
+                .errors
+                .add(1, &kv(&[("tenant", tenant), ("kind", "crash")])),
+            Event::Restarted => self.restarts.add(1, &kv(&t)),
+        }
+    }
+}
+
+/// The same counters as OpenTelemetry instruments, for OTLP export.
+struct OtelInstruments {
+    events: opentelemetry::metrics::Counter<u64>,
+    polls: opentelemetry::metrics::Counter<u64>,
+    errors: opentelemetry::metrics::Counter<u64>,
+    retries: opentelemetry::metrics::Counter<u64>,
+    restarts: opentelemetry::metrics::Counter<u64>,
+    token_renewals: opentelemetry::metrics::Counter<u64>,
+    reloads: opentelemetry::metrics::Counter<u64>,
+    poll_duration: opentelemetry::metrics::Histogram<f64>,
+}
+
+impl OtelInstruments {
+    fn new(m: &opentelemetry::metrics::Meter) -> Self {
+        let c = |name: &'static str, help: &'static str| {
+            m.u64_counter(name).with_description(help).build()
+        };
+        OtelInstruments {
+            events: c(
+                "wiz_connector.events",
+                "Events delivered to every sink, by kind",
+            ),
+            polls: c("wiz_connector.polls", "Polls finished, by result"),
+            errors: c("wiz_connector.errors", "Errors by kind"),
+            retries: c("wiz_connector.retries", "Wiz requests retried"),
+            restarts: c(
+                "wiz_connector.restarts",
+                "Tenant actor restarts after a crash",
+            ),
+            token_renewals: c(
+                "wiz_connector.token_renewals",
+                "Wiz tokens obtained after the first",
+            ),
+            reloads: c("wiz_connector.reloads", "Configuration reloads, by result"),
+            poll_duration: m
+                .f64_histogram("wiz_connector.poll_duration")
+                .with_unit("s")
+                .with_description("Duration of a poll")
+                .build(),
+        }
+    }
+}
+
+/// Logs and counts [`Event`]s, in the Prometheus registry and, when OTLP export is on, in
+/// OpenTelemetry instruments. Cheap to clone.
+#[derive(Clone)]
 pub struct Observer {
     metrics: Arc<Metrics>,
+    otel: Option<Arc<OtelInstruments>>,
+}
+
+impl Default for Observer {
+    fn default() -> Self {
+        Observer {
+            metrics: Arc::default(),
+            otel: crate::telemetry::meter().map(|m| Arc::new(OtelInstruments::new(&m))),
+        }
+    }
+}
+
+fn kv(pairs: &[(&'static str, &str)]) -> Vec<opentelemetry::KeyValue> {
+    pairs
+        .iter()
+        .map(|(k, v)| opentelemetry::KeyValue::new(*k, v.to_string()))
+        .collect()
 }
 
 impl Observer {
@@ -310,9 +413,15 @@ impl Observer {
                 result: result.into(),
             })
             .inc();
+        if let Some(o) = &self.otel {
+            o.reloads.add(1, &kv(&[("result", result)]));
+        }
     }
 
     pub fn emit(&self, tenant: &str, event: Event<'_>) {
+        if let Some(o) = &self.otel {
+            o.record(tenant, &event);
+        }
         let m = &self.metrics;
         let t = || TenantLabels {
             tenant: tenant.to_string(),

@@ -1,5 +1,6 @@
-//! Traces over OTLP: `run` exports a span per poll, per page and per sink write, each carrying the
-//! tenant id, to an OTLP/HTTP receiver (decoded with the OpenTelemetry protobuf types).
+//! OTLP export: `run` sends a span per poll, per page and per sink write, each carrying the
+//! tenant id, and the same counters as `/metrics`, to an OTLP/HTTP receiver (decoded with the
+//! OpenTelemetry protobuf types).
 
 mod common;
 
@@ -10,27 +11,43 @@ use std::time::Duration;
 use axum::body::Bytes;
 use axum::routing::post;
 use common::*;
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
+use opentelemetry_proto::tonic::metrics::v1::{metric::Data, number_data_point::Value as Number};
 use prost::Message;
 use tokio::process::Command;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn run_exports_poll_page_and_sink_spans_with_the_tenant() {
+async fn run_exports_spans_and_counters_over_otlp_with_the_tenant() {
     // The receiver.
     let got: Arc<Mutex<Vec<ExportTraceServiceRequest>>> = Arc::default();
+    let got_metrics: Arc<Mutex<Vec<ExportMetricsServiceRequest>>> = Arc::default();
     let sink = got.clone();
-    let app = axum::Router::new().route(
-        "/v1/traces",
-        post(move |body: Bytes| {
-            let sink = sink.clone();
-            async move {
-                let req = ExportTraceServiceRequest::decode(body).expect("OTLP protobuf");
-                sink.lock().unwrap().push(req);
-                ""
-            }
-        }),
-    );
+    let metric_sink = got_metrics.clone();
+    let app = axum::Router::new()
+        .route(
+            "/v1/traces",
+            post(move |body: Bytes| {
+                let sink = sink.clone();
+                async move {
+                    let req = ExportTraceServiceRequest::decode(body).expect("OTLP protobuf");
+                    sink.lock().unwrap().push(req);
+                    ""
+                }
+            }),
+        )
+        .route(
+            "/v1/metrics",
+            post(move |body: Bytes| {
+                let sink = metric_sink.clone();
+                async move {
+                    let req = ExportMetricsServiceRequest::decode(body).expect("OTLP protobuf");
+                    sink.lock().unwrap().push(req);
+                    ""
+                }
+            }),
+        );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let collector = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
@@ -135,4 +152,43 @@ async fn run_exports_poll_page_and_sink_spans_with_the_tenant() {
         );
         assert_eq!(p.trace_id, polls[0].trace_id);
     }
+
+    // The same counters reach the collector over OTLP (pushed at shutdown at the latest).
+    let metrics = got_metrics.lock().unwrap().clone();
+    let mut events_for_t0 = None;
+    for r in &metrics {
+        for rm in &r.resource_metrics {
+            for sm in &rm.scope_metrics {
+                for m in sm
+                    .metrics
+                    .iter()
+                    .filter(|m| m.name == "wiz_connector.events")
+                {
+                    let Some(Data::Sum(sum)) = &m.data else {
+                        panic!("events is a sum")
+                    };
+                    for p in &sum.data_points {
+                        let has = |k: &str, v: &str| {
+                            p.attributes.iter().any(|a| {
+                                a.key == k
+                                    && a.value.as_ref().and_then(|x| x.value.clone())
+                                        == Some(AnyValue::StringValue(v.into()))
+                            })
+                        };
+                        if has("tenant", "t0") && has("kind", "issue.opened") {
+                            events_for_t0 = match p.value {
+                                Some(Number::AsInt(n)) => Some(n),
+                                _ => None,
+                            };
+                        }
+                    }
+                }
+            }
+        }
+    }
+    assert_eq!(
+        events_for_t0,
+        Some(open as i64),
+        "wiz_connector.events over OTLP"
+    );
 }

@@ -113,7 +113,11 @@ pub async fn supervise(settings: Settings, opts: AppOptions, announce: bool) -> 
         );
     }
     if let Some(endpoint) = &settings.telemetry.otlp_endpoint {
-        crate::telemetry::enable_otlp(endpoint, &settings.telemetry.service_name)?;
+        crate::telemetry::enable_otlp(
+            endpoint,
+            &settings.telemetry.service_name,
+            settings.telemetry.metrics_interval.0,
+        )?;
     }
     let every = settings.connector.summary_interval.0;
     let mut termination = Termination::listen()?;

@@ -114,7 +114,8 @@ pub fn diff(old: &Settings, new: &Settings) -> ConfigDiff {
     restart_only(
         "telemetry.*",
         old.telemetry.otlp_endpoint != new.telemetry.otlp_endpoint
-            || old.telemetry.service_name != new.telemetry.service_name,
+            || old.telemetry.service_name != new.telemetry.service_name
+            || old.telemetry.metrics_interval != new.telemetry.metrics_interval,
     );
     d
 }

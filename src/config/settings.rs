@@ -48,6 +48,7 @@ pub struct Settings {
 pub struct TelemetrySettings {
     pub otlp_endpoint: Option<Url>,
     pub service_name: String,
+    pub metrics_interval: DurationValue,
 }
 
 /// Process-wide settings from `[connector]`.
@@ -364,6 +365,9 @@ pub(super) fn resolve(
             }
         },
     };
+    if file.telemetry.metrics_interval.0 < Duration::from_secs(1) {
+        c.global("telemetry.metrics_interval", "must be at least 1s");
+    }
     if file.telemetry.service_name.trim().is_empty() {
         c.global("telemetry.service_name", "must not be empty");
     }
@@ -450,6 +454,7 @@ pub(super) fn resolve(
         telemetry: TelemetrySettings {
             otlp_endpoint,
             service_name: file.telemetry.service_name.trim().to_string(),
+            metrics_interval: file.telemetry.metrics_interval,
         },
     })
 }

@@ -33,8 +33,10 @@ pub struct TelemetrySection {
     /// Base URL of an OTLP/HTTP collector (e.g. `http://localhost:4318`); spans go to
     /// `<otlp_endpoint>/v1/traces`. Unset: no export.
     pub otlp_endpoint: Option<String>,
-    /// `service.name` of the exported spans.
+    /// `service.name` of the exported spans and metrics.
     pub service_name: String,
+    /// How often metrics are pushed to the collector.
+    pub metrics_interval: DurationValue,
 }
 
 impl Default for TelemetrySection {
@@ -42,6 +44,7 @@ impl Default for TelemetrySection {
         TelemetrySection {
             otlp_endpoint: None,
             service_name: "wiz-connector".to_string(),
+            metrics_interval: DurationValue::secs(60),
         }
     }
 }
