@@ -146,3 +146,100 @@ async fn validate_and_check_output_never_show_the_secret() {
     let text = format!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
     assert_clean("check", &text, &[&secret]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_at_trace_level_through_a_secret_rotation_leaks_nothing() {
+    use std::process::Stdio;
+    use std::time::Duration;
+    let sim = sim(2, 10).await;
+    let old_secret = sim.tenants()[0].client_secret.clone();
+    let other_secret = sim.tenants()[1].client_secret.clone();
+    const ADMIN_TOKEN: &str = "admin-token-never-logged-7c1e";
+    let dir = tempfile::tempdir().unwrap();
+    let events = dir.path().join("events.jsonl");
+    let secret_file = dir.path().join("t0.secret");
+    std::fs::write(&secret_file, &old_secret).unwrap();
+    let body = sim_config(
+        &sim,
+        "poll_interval = \"1s\"\nstartup_jitter = \"0s\"\nwatch_interval = \"0s\"",
+        "",
+    )
+    .replace(
+        &format!("client_secret = \"{old_secret}\""),
+        &format!("client_secret_file = \"{}\"", secret_file.display()),
+    )
+    .replace(
+        "[admin]\n",
+        &format!("[admin]\ntoken = \"{ADMIN_TOKEN}\"\n"),
+    ) + &format!(
+        "[sinks.out]\ntype = \"file\"\npath = \"{}\"\n",
+        events.display()
+    );
+    let cfg = write_config(&body);
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_wiz-connector"))
+        .args(["run", "--log-format", "json", "--config"])
+        .arg(&cfg.path)
+        .env("RUST_LOG", "trace")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let logs = tokio::spawn(async move {
+        use tokio::io::AsyncReadExt;
+        let mut s = String::new();
+        let mut r = stderr;
+        let _ = r.read_to_string(&mut s).await;
+        s
+    });
+    wait_until("events from both tenants", Duration::from_secs(30), || {
+        let lines = std::fs::read_to_string(&events).unwrap_or_default();
+        lines.contains("\"tenant\":\"t0\"") && lines.contains("\"tenant\":\"t1\"")
+    })
+    .await;
+    // Rotate t0's secret by file (to one Wiz refuses, so the error path is logged too) and reload.
+    std::fs::write(&secret_file, "rotated-secret-not-valid-9f2").unwrap();
+    let pid = child.id().unwrap().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap()
+        .success());
+    wait_until(
+        "the rotated (wrong) secret used",
+        Duration::from_secs(30),
+        || sim.counters("sim-client-0000").token_requests >= 2,
+    )
+    .await;
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let status = tokio::time::timeout(Duration::from_secs(40), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+    let logs = logs.await.unwrap();
+    assert!(logs.contains("\"level\":\"TRACE\""), "trace logging was on");
+    assert!(
+        logs.contains("configuration reloaded"),
+        "the rotation was applied"
+    );
+    assert!(
+        logs.contains("could not authenticate to wiz"),
+        "the rotated secret was tried"
+    );
+    assert_clean(
+        "run logs",
+        &logs,
+        &[
+            &old_secret,
+            &other_secret,
+            "rotated-secret-not-valid-9f2",
+            ADMIN_TOKEN,
+        ],
+    );
+}
