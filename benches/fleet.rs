@@ -81,7 +81,11 @@ fn start_sim(tenants: usize, issues: usize) -> Sim {
 }
 
 fn fleet_config(base: &str, tenants: usize, connector: &str, sink: &str) -> Settings {
-    let mut text = format!("[connector]\n{connector}\n[admin]\nlisten = \"127.0.0.1:0\"\n{sink}\n");
+    let state = tempfile::tempdir().unwrap().keep();
+    let mut text = format!(
+        "[connector]\nstate_dir = \"{}\"\n{connector}\n[admin]\nlisten = \"127.0.0.1:0\"\n{sink}\n",
+        state.display()
+    );
     for n in 0..tenants {
         let t = SimTenantSpec::numbered(n, SEED, 0);
         text.push_str(&format!(

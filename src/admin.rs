@@ -182,24 +182,38 @@ async fn one_tenant(State(st): State<AdminState>, Path(id): Path<String>) -> Res
     }
 }
 
-async fn poll_tenant(State(st): State<AdminState>, Path(id): Path<String>) -> Response {
+#[derive(Deserialize)]
+struct PollQuery {
+    /// `true`: a full sweep of the watched statuses instead of an incremental poll.
+    full: Option<bool>,
+}
+
+async fn poll_tenant(
+    State(st): State<AdminState>,
+    Path(id): Path<String>,
+    Query(q): Query<PollQuery>,
+) -> Response {
+    let full = q.full.unwrap_or(false);
     let Some(h) = st.health.get(&id) else {
         return error(StatusCode::NOT_FOUND, format!("no tenant `{id}`"));
     };
     let asked = id.clone();
-    let sent = matches!(
-        st.supervisor
-            .call(
-                |r| SupervisorMsg::PollNow(asked, r),
-                Some(Duration::from_secs(5))
-            )
-            .await,
-        Ok(ractor::rpc::CallResult::Success(true))
-    );
-    if sent {
+    let reply = st
+        .supervisor
+        .call(
+            |r| SupervisorMsg::PollNow(asked, full, r),
+            Some(Duration::from_secs(5)),
+        )
+        .await;
+    if matches!(reply, Ok(ractor::rpc::CallResult::Success(true))) {
+        let poll = if full {
+            "full sweep requested"
+        } else {
+            "requested"
+        };
         (
             StatusCode::ACCEPTED,
-            Json(json!({"tenant": id, "poll": "requested"})),
+            Json(json!({"tenant": id, "poll": poll})),
         )
             .into_response()
     } else {

@@ -15,6 +15,7 @@ use crate::health::HealthMap;
 use crate::metrics::Observer;
 use crate::reload::Reloader;
 use crate::sink::SinkStats;
+use crate::state::StateStore;
 use crate::supervisor::{ConnectorSupervisor, SupervisorArgs, SupervisorMsg};
 use crate::wiz::WizHttp;
 
@@ -68,6 +69,7 @@ impl App {
                 )
             })?;
         let config_is_file = settings.config_path.is_file();
+        let (store, store_recovered) = StateStore::open_or_recover(&settings.connector.state_dir)?;
         let for_reload = settings.clone();
         let (supervisor, handle) = Actor::spawn(
             None,
@@ -79,6 +81,8 @@ impl App {
                 sink_stats: sink_stats.clone(),
                 faults: opts.faults.clone(),
                 observer: observer.clone(),
+                store,
+                store_recovered,
                 ready: ready.clone(),
             },
         )
@@ -143,16 +147,24 @@ impl App {
 
     /// Asks a tenant to poll now. False for an unknown or not running tenant.
     pub async fn poll_now(&self, tenant: &str) -> bool {
+        self.ask_poll(tenant, false).await
+    }
+
+    /// Asks a tenant to resync now: a full sweep of the watched statuses.
+    pub async fn resync(&self, tenant: &str) -> bool {
+        self.ask_poll(tenant, true).await
+    }
+
+    async fn ask_poll(&self, tenant: &str, full: bool) -> bool {
         let t = tenant.to_string();
-        matches!(
-            self.supervisor
-                .call(
-                    |r| SupervisorMsg::PollNow(t, r),
-                    Some(Duration::from_secs(5))
-                )
-                .await,
-            Ok(ractor::rpc::CallResult::Success(true))
-        )
+        let asked = self
+            .supervisor
+            .call(
+                |r| SupervisorMsg::PollNow(t, full, r),
+                Some(Duration::from_secs(5)),
+            )
+            .await;
+        matches!(asked, Ok(ractor::rpc::CallResult::Success(true)))
     }
 
     /// True while the supervisor runs.

@@ -13,6 +13,7 @@
 //! - [`supervisor`]: the root actor: spawns tenants and the sink, applies the restart policy.
 //! - [`tenant`]: the tenant actor (one poll at a time, page by page) and what it remembers.
 //! - [`sink`]: the sink actor and its outputs.
+//! - [`state`]: the embedded state store (redb): checkpoints and known issues.
 //! - [`health`]: the per-tenant health records.
 //! - [`metrics`]: typed internal events that are both logged and counted (Prometheus).
 //! - [`admin`]: the admin HTTP API (health per tenant, polls on demand).
@@ -39,6 +40,7 @@ pub mod reload;
 pub mod serve;
 pub mod sim;
 pub mod sink;
+pub mod state;
 pub mod supervisor;
 pub mod telemetry;
 pub mod tenant;

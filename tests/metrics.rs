@@ -187,12 +187,13 @@ async fn counters_move_as_the_scenario_says() {
         None
     );
 
-    // A revoked token: the next poll renews it once; a resolved issue and a new one are counted.
+    // A revoked token: the next (incremental) poll renews it once; a resolution and a new issue
+    // are counted.
     sim.revoke_tokens("sim-client-0000");
     let gone = open["t0"].iter().next().unwrap().clone();
     sim.issues("sim-client-0000", |set| {
         set.add();
-        set.set_severity(&gone, "LOW");
+        set.set_status(&gone, "RESOLVED");
     });
     assert!(app.poll_now("t0").await);
     wait_until("the second poll of t0", Duration::from_secs(20), || {
@@ -217,12 +218,16 @@ async fn counters_move_as_the_scenario_says() {
         ),
         Some(t0_open + 1.0)
     );
-    let updated = value(
+    let resolved = value(
         &s,
         "wiz_connector_events_total",
-        &[("tenant", "t0"), ("kind", "issue.updated")],
+        &[("tenant", "t0"), ("kind", "issue.resolved")],
     );
-    assert_eq!(updated, Some(1.0), "the severity change");
+    assert_eq!(
+        resolved,
+        Some(1.0),
+        "the resolution (seen by the incremental poll)"
+    );
     assert_eq!(
         value(
             &s,

@@ -19,7 +19,8 @@ fn config(
     extra: &HashMap<usize, &str>,
 ) -> String {
     let mut body = format!(
-        "[connector]\npoll_interval = \"1s\"\nstartup_jitter = \"500ms\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[sinks.archive]\ntype = \"file\"\npath = \"{}\"\n",
+        "[connector]\nstate_dir = \"{}\"\npoll_interval = \"1s\"\nstartup_jitter = \"500ms\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[sinks.archive]\ntype = \"file\"\npath = \"{}\"\n",
+        sink.parent().unwrap().join("state").display(),
         sink.display()
     );
     let specs = sim.tenants();
@@ -212,7 +213,8 @@ async fn a_file_dropped_into_tenants_dir_adds_a_customer() {
     std::fs::write(
         &cfg,
         format!(
-            "[connector]\npoll_interval = \"1s\"\nstartup_jitter = \"0s\"\ntenants_dir = \"{}\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[sinks.archive]\ntype = \"file\"\npath = \"{}\"\n",
+            "[connector]\nstate_dir = \"{}\"\npoll_interval = \"1s\"\nstartup_jitter = \"0s\"\ntenants_dir = \"{}\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[sinks.archive]\ntype = \"file\"\npath = \"{}\"\n",
+            state_dir().display(),
             tdir.display(),
             sink.display()
         ),

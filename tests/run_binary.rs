@@ -264,7 +264,8 @@ async fn sighup_reloads_the_configuration() {
     );
     let connector = "poll_interval = \"1s\"\nstartup_jitter = \"0s\"\nwatch_interval = \"0s\"";
     let one = format!(
-        "[connector]\n{connector}\n[admin]\nlisten = \"127.0.0.1:0\"\n{sink}{}",
+        "[connector]\nstate_dir = \"{}\"\n{connector}\n[admin]\nlisten = \"127.0.0.1:0\"\n{sink}{}",
+        dir.path().join("state").display(),
         tenant_toml(&sim, "t0", &sim.tenants()[0], "")
     );
     let cfg = write_config(&one);

@@ -16,8 +16,11 @@ const CHURN_EVERY: Duration = Duration::from_secs(2);
 
 /// The demo's configuration for a running simulator.
 pub fn demo_config(sim: &Simulator) -> String {
-    let mut text = String::from(
-        "[connector]\npoll_interval = \"5s\"\nstartup_jitter = \"1s\"\nsummary_interval = \"30s\"\n\n[sinks.console]\ntype = \"stdout\"\n\n",
+    // A fresh state store each run, so the demo always starts by streaming every open issue.
+    let state = std::env::temp_dir().join(format!("wiz-connector-demo-{}", std::process::id()));
+    let mut text = format!(
+        "[connector]\npoll_interval = \"5s\"\nstartup_jitter = \"1s\"\nsummary_interval = \"30s\"\nstate_dir = \"{}\"\n\n[sinks.console]\ntype = \"stdout\"\n\n",
+        state.display()
     );
     let names = ["acme", "globex", "initech", "umbrella", "hooli"];
     for (i, t) in sim.tenants().iter().enumerate() {
@@ -58,5 +61,8 @@ pub async fn run() -> anyhow::Result<u8> {
         admin_fallback_port: true,
         ..Default::default()
     };
-    supervise(settings, opts, true).await
+    let state_dir = settings.connector.state_dir.clone();
+    let result = supervise(settings, opts, true).await;
+    let _ = std::fs::remove_dir_all(&state_dir);
+    result
 }

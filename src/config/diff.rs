@@ -51,7 +51,10 @@ pub fn needs_restart(a: &TenantSpec, b: &TenantSpec) -> bool {
 }
 
 fn tunables_changed(a: &TenantSpec, b: &TenantSpec) -> bool {
-    a.poll_interval != b.poll_interval || a.rate_limit != b.rate_limit
+    a.poll_interval != b.poll_interval
+        || a.rate_limit != b.rate_limit
+        || a.full_sweep_interval != b.full_sweep_interval
+        || a.incremental_overlap != b.incremental_overlap
 }
 
 /// Compares the running settings with new ones.

@@ -162,6 +162,8 @@ pub struct TenantSpec {
     pub max_pages_per_sweep: u32,
     pub retry: RetryPolicy,
     pub allow_insecure_endpoints: bool,
+    pub full_sweep_interval: DurationValue,
+    pub incremental_overlap: DurationValue,
 }
 
 impl TenantSpec {
@@ -288,6 +290,9 @@ pub(super) fn resolve(
         } else if !statuses.contains(&up) {
             statuses.push(up);
         }
+    }
+    if conn.full_sweep_interval.0 < Duration::from_secs(1) {
+        c.global("connector.full_sweep_interval", "must be at least 1s");
     }
     if conn.max_concurrent_sweeps == 0 {
         c.global("connector.max_concurrent_sweeps", "must be at least 1");
@@ -598,6 +603,8 @@ fn resolve_tenant(
         max_pages_per_sweep: conn.max_pages_per_sweep,
         retry,
         allow_insecure_endpoints: insecure,
+        full_sweep_interval: conn.full_sweep_interval,
+        incremental_overlap: conn.incremental_overlap,
     })
 }
 

@@ -103,6 +103,12 @@ pub struct ConnectorSection {
     /// How often the configuration file and `tenants_dir` are checked for changes; `"0s"` turns
     /// the watcher off (SIGHUP and `POST /reload` still work).
     pub watch_interval: DurationValue,
+    /// A full reconciliation sweep of the watched statuses runs this often, to catch what
+    /// `statusChangedAt` misses (severity, notes, due dates); polls in between are incremental.
+    pub full_sweep_interval: DurationValue,
+    /// Incremental polls ask for `statusChangedAt` after the high-water mark minus this, so a
+    /// change written late on Wiz's side is not missed.
+    pub incremental_overlap: DurationValue,
 }
 
 impl Default for ConnectorSection {
@@ -129,6 +135,8 @@ impl Default for ConnectorSection {
             failed_cooldown: DurationValue::secs(600),
             summary_interval: DurationValue::secs(60),
             watch_interval: DurationValue::secs(1),
+            full_sweep_interval: DurationValue::secs(24 * 3600),
+            incremental_overlap: DurationValue::secs(600),
         }
     }
 }

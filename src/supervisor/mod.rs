@@ -14,7 +14,7 @@ mod policy;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use ractor::{
@@ -28,7 +28,7 @@ use crate::faults::FaultInjection;
 use crate::health::{HealthMap, LastError, TenantState};
 use crate::metrics::{Event, Observer};
 use crate::sink::{SinkActor, SinkArgs, SinkMsg, SinkStats};
-use crate::tenant::memory::TenantMemory;
+use crate::state::StateStore;
 use crate::tenant::{TenantArgs, TenantMsg, WizTenantActor};
 use crate::wiz::WizHttp;
 pub use policy::restart_delay;
@@ -39,8 +39,9 @@ pub enum SupervisorMsg {
     Restart { tenant: String, generation: u64 },
     /// Restart the sink after it crashed.
     RestartSink,
-    /// Ask a tenant to poll now; replies false for an unknown or not running tenant.
-    PollNow(String, RpcReplyPort<bool>),
+    /// Ask a tenant to poll now (`full`: a full sweep); replies false for an unknown or not
+    /// running tenant.
+    PollNow(String, bool, RpcReplyPort<bool>),
     /// Stop every tenant (each finishes its page in flight), then the sink; reply when done.
     Shutdown(RpcReplyPort<()>),
     /// Apply a reload's difference; replies once every change has been started.
@@ -57,6 +58,9 @@ pub struct SupervisorArgs {
     pub sink_stats: Arc<SinkStats>,
     pub faults: FaultInjection,
     pub observer: Observer,
+    pub store: StateStore,
+    /// Set when the state store had to be recreated: shown on every tenant at start.
+    pub store_recovered: Option<String>,
     /// Set once every tenant has been spawned.
     pub ready: Arc<AtomicBool>,
 }
@@ -64,7 +68,6 @@ pub struct SupervisorArgs {
 /// One supervised tenant.
 struct Child {
     spec: Arc<TenantSpec>,
-    memory: Arc<Mutex<TenantMemory>>,
     actor: Option<ActorRef<TenantMsg>>,
     /// Crash times within the restart period.
     crashes: VecDeque<Instant>,
@@ -83,7 +86,6 @@ impl Child {
     fn new(spec: Arc<TenantSpec>) -> Self {
         Child {
             spec,
-            memory: Arc::default(),
             actor: None,
             crashes: VecDeque::new(),
             generation: 0,
@@ -111,6 +113,7 @@ pub struct SupervisorState {
     sink_stats: Arc<SinkStats>,
     faults: FaultInjection,
     observer: Observer,
+    store: StateStore,
     sweeps: Arc<Semaphore>,
     ready: Arc<AtomicBool>,
     shutting_down: bool,
@@ -161,7 +164,7 @@ impl SupervisorState {
             health: self.health.clone(),
             sink_name: format!("{}:sink", self.instance),
             sink_stats: self.sink_stats.clone(),
-            memory: child.memory.clone(),
+            store: self.store.clone(),
             sweeps: self.sweeps.clone(),
             faults: self.faults.clone(),
             observer: self.observer.clone(),
@@ -436,6 +439,15 @@ impl Actor for ConnectorSupervisor {
         let mut children = BTreeMap::new();
         for spec in &args.settings.tenants {
             args.health.ensure(&spec.id);
+            if let Some(note) = &args.store_recovered {
+                let at = SystemTime::now();
+                args.health.update(&spec.id, |h| {
+                    h.last_error = Some(LastError {
+                        message: note.clone(),
+                        at,
+                    })
+                });
+            }
             children.insert(spec.id.clone(), Child::new(Arc::new(spec.clone())));
         }
         Ok(SupervisorState {
@@ -454,6 +466,7 @@ impl Actor for ConnectorSupervisor {
             sink_stats: args.sink_stats,
             faults: args.faults,
             observer: args.observer,
+            store: args.store,
             sweeps: Arc::new(Semaphore::new(c.max_concurrent_sweeps as usize)),
             ready: args.ready,
             shutting_down: false,
@@ -514,12 +527,17 @@ impl Actor for ConnectorSupervisor {
                     }
                 }
             }
-            SupervisorMsg::PollNow(tenant, reply) => {
+            SupervisorMsg::PollNow(tenant, full, reply) => {
+                let msg = if full {
+                    TenantMsg::PollFull
+                } else {
+                    TenantMsg::Poll
+                };
                 let sent = state
                     .children
                     .get(&tenant)
                     .and_then(|c| c.actor.as_ref())
-                    .is_some_and(|a| a.send_message(TenantMsg::Poll).is_ok());
+                    .is_some_and(|a| a.send_message(msg).is_ok());
                 let _ = reply.send(sent);
             }
             SupervisorMsg::Apply(diff, reply) => {

@@ -1,60 +1,43 @@
-//! What a tenant remembers about its issues between polls: each known issue's fingerprint and
-//! status, so an unchanged issue is not emitted again and a change gets the right kind. Kept by
-//! the supervisor across restarts of the tenant's actor.
-
-use std::collections::HashMap;
+//! What a tenant knows about an issue between polls, and how a new observation compares with it.
+//! The knowledge itself lives in the state store.
 
 use crate::event::EventKind;
 
-/// The last delivered state of one issue.
+/// The last delivered (or silently recorded) state of one issue.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Known {
     pub fingerprint: [u8; 16],
     pub status: String,
 }
 
-/// Known issues of one tenant, by issue id.
-#[derive(Debug, Default)]
-pub struct TenantMemory {
-    issues: HashMap<String, Known>,
+/// What to do with an observed issue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// Deliver an event of this kind, then remember the state.
+    Emit(EventKind),
+    /// Remember the state without an event (first seen outside the watched statuses).
+    Remember,
+    /// Nothing changed.
+    Unchanged,
 }
 
 fn closed(status: &str) -> bool {
     matches!(status, "RESOLVED" | "REJECTED")
 }
 
-impl TenantMemory {
-    /// The event kind for an issue now in `status` with `fingerprint`, or `None` when nothing
-    /// changed since it was last delivered.
-    pub fn change(
-        &self,
-        issue_id: &str,
-        status: &str,
-        fingerprint: &[u8; 16],
-    ) -> Option<EventKind> {
-        match self.issues.get(issue_id) {
-            None => Some(EventKind::for_first_sight(status)),
-            Some(k) if &k.fingerprint == fingerprint => None,
-            Some(k) => Some(match status {
-                "RESOLVED" if k.status != "RESOLVED" => EventKind::Resolved,
-                "REJECTED" if k.status != "REJECTED" => EventKind::Rejected,
-                s if closed(&k.status) && !closed(s) => EventKind::Reopened,
-                _ => EventKind::Updated,
-            }),
-        }
-    }
-
-    /// Records a delivered state.
-    pub fn remember(&mut self, issue_id: String, known: Known) {
-        self.issues.insert(issue_id, known);
-    }
-
-    pub fn len(&self) -> usize {
-        self.issues.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.issues.is_empty()
+/// Compares an observation (`status`, `fingerprint`) with what is known. `watched` says whether
+/// `status` is one of the watched statuses.
+pub fn change(old: Option<&Known>, status: &str, fingerprint: &[u8; 16], watched: bool) -> Change {
+    match old {
+        None if watched => Change::Emit(EventKind::Opened),
+        None => Change::Remember,
+        Some(k) if &k.fingerprint == fingerprint => Change::Unchanged,
+        Some(k) => Change::Emit(match status {
+            "RESOLVED" if k.status != "RESOLVED" => EventKind::Resolved,
+            "REJECTED" if k.status != "REJECTED" => EventKind::Rejected,
+            s if closed(&k.status) && !closed(s) => EventKind::Reopened,
+            _ => EventKind::Updated,
+        }),
     }
 }
 
@@ -64,32 +47,46 @@ mod tests {
 
     #[test]
     fn kinds_follow_the_transitions() {
-        let mut m = TenantMemory::default();
+        let k = |b: u8, s: &str| Known {
+            fingerprint: [b; 16],
+            status: s.into(),
+        };
         let fp = |b| [b; 16];
-        assert_eq!(m.change("a", "OPEN", &fp(1)), Some(EventKind::Opened));
-        m.remember(
-            "a".into(),
-            Known {
-                fingerprint: fp(1),
-                status: "OPEN".into(),
-            },
-        );
-        assert_eq!(m.change("a", "OPEN", &fp(1)), None);
-        assert_eq!(m.change("a", "OPEN", &fp(2)), Some(EventKind::Updated));
-        assert_eq!(m.change("a", "RESOLVED", &fp(3)), Some(EventKind::Resolved));
-        assert_eq!(m.change("a", "REJECTED", &fp(3)), Some(EventKind::Rejected));
-        m.remember(
-            "a".into(),
-            Known {
-                fingerprint: fp(3),
-                status: "RESOLVED".into(),
-            },
-        );
-        assert_eq!(m.change("a", "OPEN", &fp(4)), Some(EventKind::Reopened));
         assert_eq!(
-            m.change("a", "IN_PROGRESS", &fp(4)),
-            Some(EventKind::Reopened)
+            change(None, "OPEN", &fp(1), true),
+            Change::Emit(EventKind::Opened)
         );
-        assert_eq!(m.change("b", "RESOLVED", &fp(1)), Some(EventKind::Resolved));
+        assert_eq!(change(None, "RESOLVED", &fp(1), false), Change::Remember);
+        let open = k(1, "OPEN");
+        assert_eq!(change(Some(&open), "OPEN", &fp(1), true), Change::Unchanged);
+        assert_eq!(
+            change(Some(&open), "OPEN", &fp(2), true),
+            Change::Emit(EventKind::Updated)
+        );
+        assert_eq!(
+            change(Some(&open), "RESOLVED", &fp(3), false),
+            Change::Emit(EventKind::Resolved)
+        );
+        assert_eq!(
+            change(Some(&open), "REJECTED", &fp(3), false),
+            Change::Emit(EventKind::Rejected)
+        );
+        assert_eq!(
+            change(Some(&open), "IN_PROGRESS", &fp(3), false),
+            Change::Emit(EventKind::Updated)
+        );
+        let resolved = k(3, "RESOLVED");
+        assert_eq!(
+            change(Some(&resolved), "OPEN", &fp(4), true),
+            Change::Emit(EventKind::Reopened)
+        );
+        assert_eq!(
+            change(Some(&resolved), "IN_PROGRESS", &fp(4), false),
+            Change::Emit(EventKind::Reopened)
+        );
+        assert_eq!(
+            change(Some(&resolved), "RESOLVED", &fp(5), false),
+            Change::Emit(EventKind::Updated)
+        );
     }
 }

@@ -9,7 +9,7 @@
 
 pub mod memory;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
@@ -24,8 +24,10 @@ use crate::faults::FaultInjection;
 use crate::health::{HealthMap, LastError, TenantState};
 use crate::metrics::{Event, Observer};
 use crate::sink::{deliver, Batch, SinkMsg, SinkStats};
+use crate::state::{Checkpoint, StateStore};
+use crate::wiz::TimeRange;
 use crate::wiz::{IssueFilter, IssueOrder, Sweep, TenantClient, WizHttp};
-use memory::{Known, TenantMemory};
+use memory::{change, Change, Known};
 
 /// Longest wait for the sink's ack before the page is sent again.
 const ACK_TIMEOUT: Duration = Duration::from_secs(120);
@@ -39,6 +41,8 @@ const FAILED_POLL_FIRST: Duration = Duration::from_secs(5);
 pub enum TenantMsg {
     /// Start a poll now (timer, or an operator's request). Ignored while one runs.
     Poll,
+    /// Make the next poll a full sweep (an operator's resync), and start it now.
+    PollFull,
     /// A sweep slot became free for the poll that was waiting for it.
     Permit(OwnedSemaphorePermit),
     /// Fetch and deliver the next page of the running sweep.
@@ -59,8 +63,8 @@ pub struct TenantArgs {
     /// The registry name of the sink actor (looked up per delivery: it changes after a restart).
     pub sink_name: String,
     pub sink_stats: Arc<SinkStats>,
-    /// Survives restarts of the actor.
-    pub memory: Arc<Mutex<TenantMemory>>,
+    /// Checkpoints and known issues; survives restarts of the actor and of the process.
+    pub store: StateStore,
     /// The global cap on concurrent sweeps.
     pub sweeps: Arc<Semaphore>,
     pub faults: FaultInjection,
@@ -83,6 +87,12 @@ struct Pending {
 struct ActiveSweep {
     /// The poll's trace span; pages are its children.
     span: tracing::Span,
+    /// A full sweep of the watched statuses (else incremental: what changed since the checkpoint).
+    full: bool,
+    /// The checkpoint the sweep started from.
+    checkpoint: Checkpoint,
+    /// The latest `statusChangedAt` seen so far, parsed and as Wiz wrote it.
+    max_changed: Option<(SystemTime, String)>,
     sweep: Sweep,
     started: Instant,
     _permit: OwnedSemaphorePermit,
@@ -101,6 +111,8 @@ pub struct TenantActorState {
     sweep: Option<ActiveSweep>,
     /// A poll asked for a sweep slot and is waiting for it.
     waiting_for_permit: bool,
+    /// The next sweep is full whatever the checkpoint says (an operator asked).
+    force_full: bool,
     consecutive_failures: u32,
     /// Reused output buffer.
     buf: Vec<u8>,
@@ -126,12 +138,52 @@ impl TenantActorState {
     }
 
     fn start_sweep(&mut self, myself: &ActorRef<TenantMsg>, permit: OwnedSemaphorePermit) {
-        let filter = IssueFilter {
-            status: self.args.spec.statuses.clone(),
-            ..Default::default()
+        let spec = &self.args.spec;
+        // An unreadable checkpoint means a full sweep, which restores it.
+        let checkpoint = match self.args.store.checkpoint(&spec.id) {
+            Ok(c) => c.unwrap_or_default(),
+            Err(e) => {
+                tracing::error!(tenant = %spec.id, error = %e, "cannot read the checkpoint; doing a full sweep");
+                Checkpoint::default()
+            }
+        };
+        let now_unix = unix_now();
+        let due_full = std::mem::take(&mut self.force_full)
+            || checkpoint
+                .last_full_sweep
+                .is_none_or(|t| now_unix.saturating_sub(t) >= spec.full_sweep_interval.0.as_secs());
+        let since = checkpoint
+            .high_water
+            .as_deref()
+            .and_then(|h| humantime::parse_rfc3339_weak(h).ok());
+        let (full, filter) = match since {
+            Some(hw) if !due_full => {
+                // Every status, so transitions out of the watched set are seen too.
+                let after = hw.checked_sub(spec.incremental_overlap.0).unwrap_or(hw);
+                (
+                    false,
+                    IssueFilter {
+                        status_changed_at: Some(TimeRange {
+                            after: Some(humantime::format_rfc3339_micros(after).to_string()),
+                            before: None,
+                        }),
+                        ..Default::default()
+                    },
+                )
+            }
+            _ => (
+                true,
+                IssueFilter {
+                    status: spec.statuses.clone(),
+                    ..Default::default()
+                },
+            ),
         };
         self.sweep = Some(ActiveSweep {
-            span: tracing::info_span!("poll", tenant = %self.args.spec.id),
+            span: tracing::info_span!("poll", tenant = %spec.id, full),
+            full,
+            checkpoint,
+            max_changed: None,
             sweep: self.client.sweep(filter, IssueOrder::CREATED_ASC),
             started: Instant::now(),
             _permit: permit,
@@ -158,12 +210,36 @@ impl TenantActorState {
 
     /// Ends the running sweep and schedules the next poll. An error carries its kind (for
     /// metrics) and message.
-    fn finish(&mut self, myself: &ActorRef<TenantMsg>, result: Result<(), (&'static str, String)>) {
-        let (events, duration) = self
-            .sweep
-            .take()
-            .map(|s| (s.events, s.started.elapsed()))
-            .unwrap_or_default();
+    async fn finish(
+        &mut self,
+        myself: &ActorRef<TenantMsg>,
+        result: Result<(), (&'static str, String)>,
+    ) {
+        let Some(sweep) = self.sweep.take() else {
+            return;
+        };
+        let (events, duration) = (sweep.events, sweep.started.elapsed());
+        // A completed sweep moves the checkpoint: the high-water mark, and the time of the last
+        // full sweep when this was one.
+        let result = match result {
+            Ok(()) => {
+                let mut cp = sweep.checkpoint.clone();
+                let previous = cp
+                    .high_water
+                    .as_deref()
+                    .and_then(|h| humantime::parse_rfc3339_weak(h).ok());
+                if let Some((t, text)) = sweep.max_changed {
+                    if previous.is_none_or(|p| t > p) {
+                        cp.high_water = Some(text);
+                    }
+                }
+                if sweep.full {
+                    cp.last_full_sweep = Some(unix_now());
+                }
+                self.commit(Vec::new(), Some(cp)).await
+            }
+            Err(e) => Err(e),
+        };
         let now = SystemTime::now();
         let interval = self.args.spec.poll_interval.0;
         match result {
@@ -209,6 +285,20 @@ impl TenantActorState {
         }
     }
 
+    /// Writes known states and/or a checkpoint durably (on the blocking pool: it fsyncs).
+    async fn commit(
+        &self,
+        updates: Vec<(String, Known)>,
+        checkpoint: Option<Checkpoint>,
+    ) -> Result<(), (&'static str, String)> {
+        let store = self.args.store.clone();
+        let tenant = self.args.spec.id.clone();
+        tokio::task::spawn_blocking(move || store.commit(&tenant, &updates, checkpoint.as_ref()))
+            .await
+            .map_err(|e| ("state", format!("state store commit failed: {e}")))?
+            .map_err(|e| ("state", e.to_string()))
+    }
+
     /// Sends the pending page to the sink; on the ack, remembers it and moves on.
     async fn try_deliver(&mut self, myself: &ActorRef<TenantMsg>) {
         let Some(active) = self.sweep.as_mut() else {
@@ -241,16 +331,16 @@ impl TenantActorState {
                         .observer
                         .emit(&self.args.spec.id, Event::EventsDelivered { kind, count });
                 }
-                {
-                    let mut mem = self.args.memory.lock().expect("tenant memory lock");
-                    for (id, known) in pending.remember {
-                        mem.remember(id, known);
-                    }
-                }
                 self.args
                     .health
                     .update(&self.args.spec.id, |h| h.events_total += events);
-                let _ = myself.send_message(TenantMsg::NextPage);
+                // Only now, after every sink has the page, is it remembered.
+                match self.commit(pending.remember, None).await {
+                    Ok(()) => {
+                        let _ = myself.send_message(TenantMsg::NextPage);
+                    }
+                    Err(e) => self.finish(myself, Err(e)).await,
+                }
             }
             Err(e) => {
                 pending.attempts += 1;
@@ -287,8 +377,12 @@ impl TenantActorState {
             page = active.sweep.pages() + 1
         );
         let page = match active.sweep.next_page().instrument(page_span.clone()).await {
-            Err(e) => return self.finish(myself, Err((e.kind().as_str(), e.to_string()))),
-            Ok(None) => return self.finish(myself, Ok(())),
+            Err(e) => {
+                return self
+                    .finish(myself, Err((e.kind().as_str(), e.to_string())))
+                    .await
+            }
+            Ok(None) => return self.finish(myself, Ok(())).await,
             Ok(Some(page)) => page,
         };
         self.args.faults.on_page(&self.args.spec.id, &page);
@@ -296,47 +390,76 @@ impl TenantActorState {
         let mut remember = Vec::new();
         let mut kinds: Vec<(EventKind, u64)> = Vec::new();
         let mut events = 0;
-        {
-            let mem = self.args.memory.lock().expect("tenant memory lock");
-            for issue in page.issues() {
-                let issue = match issue {
-                    Ok(i) => i,
-                    Err(e) => {
-                        self.args.observer.emit(
-                            &self.args.spec.id,
-                            Event::NodeSkipped {
-                                error: &e.to_string(),
-                            },
-                        );
-                        continue;
-                    }
-                };
-                let fp = issue_fingerprint(&issue);
-                let Some(kind) = mem.change(issue.id(), issue.status(), &fp) else {
+        let ids: Vec<&str> = page
+            .issues()
+            .filter_map(|i| i.ok().map(|i| i.id()))
+            .collect();
+        let known = match self.args.store.known(&self.args.spec.id, &ids) {
+            Ok(k) => k,
+            Err(e) => return self.finish(myself, Err(("state", e.to_string()))).await,
+        };
+        let mut known = known.into_iter();
+        for issue in page.issues() {
+            let issue = match issue {
+                Ok(i) => i,
+                Err(e) => {
+                    self.args.observer.emit(
+                        &self.args.spec.id,
+                        Event::NodeSkipped {
+                            error: &e.to_string(),
+                        },
+                    );
                     continue;
-                };
-                let meta = self.normalizer.normalize(
-                    &issue,
-                    Some(kind),
-                    &active.observed_at,
-                    &mut self.buf,
-                );
-                self.buf.push(b'\n');
-                events += 1;
-                match kinds.iter_mut().find(|(k, _)| *k == kind) {
-                    Some((_, n)) => *n += 1,
-                    None => kinds.push((kind, 1)),
                 }
-                remember.push((
-                    meta.issue_id,
-                    Known {
-                        fingerprint: meta.fingerprint,
-                        status: meta.status,
-                    },
-                ));
+            };
+            let old = known.next().flatten();
+            if let Some(text) = issue.opt(&issue.record.status_changed_at) {
+                if let Ok(t) = humantime::parse_rfc3339_weak(text.text) {
+                    if active.max_changed.as_ref().is_none_or(|(m, _)| t > *m) {
+                        active.max_changed = Some((t, text.text.to_string()));
+                    }
+                }
             }
+            let fp = issue_fingerprint(&issue);
+            let watched = self.args.spec.statuses.iter().any(|s| s == issue.status());
+            let kind = match change(old.as_ref(), issue.status(), &fp, watched) {
+                Change::Unchanged => continue,
+                Change::Remember => {
+                    remember.push((
+                        issue.id().to_string(),
+                        Known {
+                            fingerprint: fp,
+                            status: issue.status().to_string(),
+                        },
+                    ));
+                    continue;
+                }
+                Change::Emit(kind) => kind,
+            };
+            let meta =
+                self.normalizer
+                    .normalize(&issue, Some(kind), &active.observed_at, &mut self.buf);
+            self.buf.push(b'\n');
+            events += 1;
+            match kinds.iter_mut().find(|(k, _)| *k == kind) {
+                Some((_, n)) => *n += 1,
+                None => kinds.push((kind, 1)),
+            }
+            remember.push((
+                meta.issue_id,
+                Known {
+                    fingerprint: meta.fingerprint,
+                    status: meta.status,
+                },
+            ));
         }
         if events == 0 {
+            // Nothing to deliver; states first seen outside the watched statuses are recorded.
+            if !remember.is_empty() {
+                if let Err(e) = self.commit(remember, None).await {
+                    return self.finish(myself, Err(e)).await;
+                }
+            }
             let _ = myself.send_message(TenantMsg::NextPage);
             return;
         }
@@ -352,6 +475,13 @@ impl TenantActorState {
         });
         self.try_deliver(myself).instrument(page_span).await;
     }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs()
 }
 
 /// `d` scaled by a random factor in [0.5, 1.0].
@@ -378,6 +508,7 @@ impl Actor for WizTenantActor {
             due: None,
             sweep: None,
             waiting_for_permit: false,
+            force_full: false,
             consecutive_failures: 0,
             buf: Vec::new(),
             args,
@@ -405,6 +536,10 @@ impl Actor for WizTenantActor {
         state: &mut TenantActorState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
+            TenantMsg::PollFull => {
+                state.force_full = true;
+                let _ = myself.send_message(TenantMsg::Poll);
+            }
             TenantMsg::Poll => {
                 if state.sweep.is_some() || state.waiting_for_permit {
                     tracing::debug!(tenant = %state.id(), "poll requested while one runs; ignored");

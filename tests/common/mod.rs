@@ -71,9 +71,21 @@ pub fn spec(body: &str, id: &str) -> Arc<TenantSpec> {
     )
 }
 
+/// A fresh directory for a state store (kept: a test may restart a connector on it).
+pub fn state_dir() -> PathBuf {
+    tempfile::Builder::new()
+        .prefix("wiz-connector-state-")
+        .tempdir()
+        .unwrap()
+        .keep()
+}
+
 /// Config for every tenant of `sim` with `connector` lines, tenant ids `t0`, `t1`, ...
 pub fn sim_config(sim: &Simulator, connector: &str, tenant_extra: &str) -> String {
-    let mut body = format!("[connector]\n{connector}\n[admin]\nlisten = \"127.0.0.1:0\"\n");
+    let mut body = format!(
+        "[connector]\nstate_dir = \"{}\"\n{connector}\n[admin]\nlisten = \"127.0.0.1:0\"\n",
+        state_dir().display()
+    );
     for (i, t) in sim.tenants().iter().enumerate() {
         body.push_str(&tenant_toml(sim, &format!("t{i}"), t, tenant_extra));
     }

@@ -1,0 +1,225 @@
+//! The embedded state store (redb, in `state_dir/state.redb`): per tenant, the checkpoint of
+//! completed sweeps (high-water mark of `statusChangedAt`, time of the last full sweep) and the
+//! fingerprint and status of every known issue. redb is crash-safe (copy-on-write B-trees, a
+//! commit is durable when it returns), so the store survives kill -9 at any instant.
+//!
+//! A page's fingerprints are committed only after every sink acknowledged the page, and the
+//! checkpoint only when the sweep completed: a crash replays at most the page in flight, with the
+//! same event ids, and never leaves a gap.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use redb::{Database, ReadableDatabase, TableDefinition};
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::tenant::memory::Known;
+
+/// `<tenant>\u{1f}<issue id>` → fingerprint (16 bytes) followed by the status.
+const ISSUES: TableDefinition<&str, &[u8]> = TableDefinition::new("issues");
+/// `<tenant>` → JSON [`Checkpoint`].
+const CHECKPOINTS: TableDefinition<&str, &[u8]> = TableDefinition::new("checkpoints");
+
+const FILE: &str = "state.redb";
+
+/// What a tenant's completed sweeps left behind.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    /// The latest `statusChangedAt` seen by a completed sweep (Wiz's text).
+    pub high_water: Option<String>,
+    /// When the last full sweep completed (Unix seconds).
+    pub last_full_sweep: Option<u64>,
+}
+
+/// A failure of the state store.
+#[derive(Debug, Error)]
+#[error("state store {path}: {message}")]
+pub struct StateError {
+    pub path: String,
+    pub message: String,
+}
+
+/// The store; cheap to clone.
+#[derive(Clone)]
+pub struct StateStore {
+    db: Arc<Database>,
+    path: PathBuf,
+}
+
+fn key(tenant: &str, issue: &str) -> String {
+    format!("{tenant}\u{1f}{issue}")
+}
+
+impl StateStore {
+    fn err(&self, e: impl std::fmt::Display) -> StateError {
+        StateError {
+            path: self.path.display().to_string(),
+            message: e.to_string(),
+        }
+    }
+
+    /// Opens (or creates) the store in `dir`. An unreadable or corrupt file is moved aside to
+    /// `state.redb.corrupt-<unix time>` and a fresh store is created; the returned note says so
+    /// (every tenant then falls back to a full sweep).
+    pub fn open_or_recover(dir: &Path) -> Result<(StateStore, Option<String>), StateError> {
+        let path = dir.join(FILE);
+        let fail = |m: String| StateError {
+            path: path.display().to_string(),
+            message: m,
+        };
+        std::fs::create_dir_all(dir).map_err(|e| {
+            fail(format!(
+                "cannot create the state directory: {e} (key connector.state_dir)"
+            ))
+        })?;
+        let try_open = || -> Result<Database, String> {
+            let db = Database::create(&path).map_err(|e| e.to_string())?;
+            // Touch both tables so a damaged tree shows now, not mid-poll.
+            let w = db.begin_write().map_err(|e| e.to_string())?;
+            w.open_table(ISSUES).map_err(|e| e.to_string())?;
+            w.open_table(CHECKPOINTS).map_err(|e| e.to_string())?;
+            w.commit().map_err(|e| e.to_string())?;
+            Ok(db)
+        };
+        match try_open() {
+            Ok(db) => Ok((
+                StateStore {
+                    db: Arc::new(db),
+                    path,
+                },
+                None,
+            )),
+            Err(e) => {
+                let stamp = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_secs();
+                let aside = dir.join(format!("{FILE}.corrupt-{stamp}"));
+                std::fs::rename(&path, &aside).map_err(|re| {
+                    fail(format!("unreadable ({e}) and cannot be moved aside: {re}"))
+                })?;
+                let note = format!(
+                    "the state store {} was unreadable ({e}); it was moved to {} and every tenant resyncs with a full sweep",
+                    path.display(),
+                    aside.display()
+                );
+                tracing::error!(error = %e, moved_to = %aside.display(), "state store unreadable; starting a fresh one");
+                let db = try_open().map_err(fail)?;
+                Ok((
+                    StateStore {
+                        db: Arc::new(db),
+                        path,
+                    },
+                    Some(note),
+                ))
+            }
+        }
+    }
+
+    pub fn checkpoint(&self, tenant: &str) -> Result<Option<Checkpoint>, StateError> {
+        let r = self.db.begin_read().map_err(|e| self.err(e))?;
+        let t = r.open_table(CHECKPOINTS).map_err(|e| self.err(e))?;
+        let Some(v) = t.get(tenant).map_err(|e| self.err(e))? else {
+            return Ok(None);
+        };
+        // An unreadable checkpoint is as good as none: the tenant does a full sweep.
+        Ok(serde_json::from_slice(v.value()).ok())
+    }
+
+    /// The known state of each of `ids` (one read transaction).
+    pub fn known(&self, tenant: &str, ids: &[&str]) -> Result<Vec<Option<Known>>, StateError> {
+        let r = self.db.begin_read().map_err(|e| self.err(e))?;
+        let t = r.open_table(ISSUES).map_err(|e| self.err(e))?;
+        ids.iter()
+            .map(|id| {
+                let v = t.get(key(tenant, id).as_str()).map_err(|e| self.err(e))?;
+                Ok(v.and_then(|v| {
+                    let b = v.value();
+                    (b.len() >= 16).then(|| Known {
+                        fingerprint: b[..16].try_into().expect("16 bytes"),
+                        status: String::from_utf8_lossy(&b[16..]).into_owned(),
+                    })
+                }))
+            })
+            .collect()
+    }
+
+    /// Records delivered states and, at the end of a sweep, the checkpoint; one durable commit.
+    pub fn commit(
+        &self,
+        tenant: &str,
+        updates: &[(String, Known)],
+        checkpoint: Option<&Checkpoint>,
+    ) -> Result<(), StateError> {
+        let w = self.db.begin_write().map_err(|e| self.err(e))?;
+        {
+            let mut t = w.open_table(ISSUES).map_err(|e| self.err(e))?;
+            let mut buf = Vec::new();
+            for (id, k) in updates {
+                buf.clear();
+                buf.extend_from_slice(&k.fingerprint);
+                buf.extend_from_slice(k.status.as_bytes());
+                t.insert(key(tenant, id).as_str(), buf.as_slice())
+                    .map_err(|e| self.err(e))?;
+            }
+            if let Some(cp) = checkpoint {
+                let mut c = w.open_table(CHECKPOINTS).map_err(|e| self.err(e))?;
+                let json = serde_json::to_vec(cp).expect("a checkpoint serializes");
+                c.insert(tenant, json.as_slice()).map_err(|e| self.err(e))?;
+            }
+        }
+        w.commit().map_err(|e| self.err(e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commits_survive_reopening_and_garbage_is_recovered() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (s, note) = StateStore::open_or_recover(dir.path()).unwrap();
+            assert!(note.is_none());
+            let k = Known {
+                fingerprint: [7; 16],
+                status: "OPEN".into(),
+            };
+            let cp = Checkpoint {
+                high_water: Some("2026-01-01T00:00:00Z".into()),
+                last_full_sweep: Some(5),
+            };
+            s.commit("acme", &[("i1".into(), k.clone())], Some(&cp))
+                .unwrap();
+            assert_eq!(s.known("acme", &["i1", "i2"]).unwrap(), vec![Some(k), None]);
+            assert_eq!(s.known("other", &["i1"]).unwrap(), vec![None]);
+        }
+        let (s, _) = StateStore::open_or_recover(dir.path()).unwrap();
+        assert_eq!(
+            s.checkpoint("acme").unwrap().unwrap().last_full_sweep,
+            Some(5)
+        );
+        drop(s);
+        std::fs::write(
+            dir.path().join(FILE),
+            b"this is not a redb file at all, not even close",
+        )
+        .unwrap();
+        let (s, note) = StateStore::open_or_recover(dir.path()).unwrap();
+        assert!(note.unwrap().contains("was unreadable"));
+        assert_eq!(s.checkpoint("acme").unwrap(), None, "a fresh store");
+        let aside: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with("state.redb.corrupt-")
+            })
+            .collect();
+        assert_eq!(aside.len(), 1, "the damaged file is kept for inspection");
+    }
+}
