@@ -15,7 +15,8 @@ pub struct Known {
 pub enum Change {
     /// Deliver an event of this kind, then remember the state.
     Emit(EventKind),
-    /// Remember the state without an event (first seen outside the watched statuses).
+    /// Remember the state without an event (first seen in a status that is neither watched nor
+    /// closed).
     Remember,
     /// Nothing changed.
     Unchanged,
@@ -27,9 +28,14 @@ fn closed(status: &str) -> bool {
 
 /// Compares an observation (`status`, `fingerprint`) with what is known. `watched` says whether
 /// `status` is one of the watched statuses.
+///
+/// An unknown issue first seen RESOLVED or REJECTED is reported as such: it may be one whose open
+/// state was delivered just before a crash that prevented recording it, and a consumer must then
+/// learn that it closed. (An issue created and closed between two polls is reported the same way.)
 pub fn change(old: Option<&Known>, status: &str, fingerprint: &[u8; 16], watched: bool) -> Change {
     match old {
         None if watched => Change::Emit(EventKind::Opened),
+        None if closed(status) => Change::Emit(EventKind::for_first_sight(status)),
         None => Change::Remember,
         Some(k) if &k.fingerprint == fingerprint => Change::Unchanged,
         Some(k) => Change::Emit(match status {
@@ -56,7 +62,15 @@ mod tests {
             change(None, "OPEN", &fp(1), true),
             Change::Emit(EventKind::Opened)
         );
-        assert_eq!(change(None, "RESOLVED", &fp(1), false), Change::Remember);
+        assert_eq!(
+            change(None, "RESOLVED", &fp(1), false),
+            Change::Emit(EventKind::Resolved)
+        );
+        assert_eq!(
+            change(None, "REJECTED", &fp(1), false),
+            Change::Emit(EventKind::Rejected)
+        );
+        assert_eq!(change(None, "IN_PROGRESS", &fp(1), false), Change::Remember);
         let open = k(1, "OPEN");
         assert_eq!(change(Some(&open), "OPEN", &fp(1), true), Change::Unchanged);
         assert_eq!(

@@ -91,8 +91,8 @@ struct ActiveSweep {
     full: bool,
     /// The checkpoint the sweep started from.
     checkpoint: Checkpoint,
-    /// The latest `statusChangedAt` seen so far, parsed and as Wiz wrote it.
-    max_changed: Option<(SystemTime, String)>,
+    /// Wall-clock time the sweep started: what the next incremental poll asks changes after.
+    started_at: SystemTime,
     sweep: Sweep,
     started: Instant,
     _permit: OwnedSemaphorePermit,
@@ -137,16 +137,36 @@ impl TenantActorState {
             .update(self.id(), |h| h.next_poll_at = Some(at));
     }
 
-    fn start_sweep(&mut self, myself: &ActorRef<TenantMsg>, permit: OwnedSemaphorePermit) {
-        let spec = &self.args.spec;
+    async fn start_sweep(&mut self, myself: &ActorRef<TenantMsg>, permit: OwnedSemaphorePermit) {
         // An unreadable checkpoint means a full sweep, which restores it.
-        let checkpoint = match self.args.store.checkpoint(&spec.id) {
+        let mut checkpoint = match self.args.store.checkpoint(&self.args.spec.id) {
             Ok(c) => c.unwrap_or_default(),
             Err(e) => {
-                tracing::error!(tenant = %spec.id, error = %e, "cannot read the checkpoint; doing a full sweep");
+                tracing::error!(tenant = %self.args.spec.id, error = %e, "cannot read the checkpoint; doing a full sweep");
                 Checkpoint::default()
             }
         };
+        // The very first sweep fixes the high-water mark at its start, before it delivers
+        // anything: every change to an issue delivered from then on is later than the mark,
+        // even if this sweep is interrupted and another one completes first.
+        if checkpoint.high_water.is_none() {
+            let now = SystemTime::now();
+            checkpoint.high_water = Some(humantime::format_rfc3339_micros(now).to_string());
+            if let Err((_, e)) = self.commit(Vec::new(), Some(checkpoint.clone())).await {
+                drop(permit);
+                self.args.health.update(&self.args.spec.id, |h| {
+                    h.last_error = Some(LastError {
+                        message: e.clone(),
+                        at: now,
+                    });
+                    h.state = TenantState::Backoff;
+                });
+                tracing::error!(tenant = %self.args.spec.id, error = %e, "cannot write the first checkpoint; retrying later");
+                self.arm_timer(myself, FAILED_POLL_FIRST);
+                return;
+            }
+        }
+        let spec = &self.args.spec;
         let now_unix = unix_now();
         let due_full = std::mem::take(&mut self.force_full)
             || checkpoint
@@ -183,7 +203,7 @@ impl TenantActorState {
             span: tracing::info_span!("poll", tenant = %spec.id, full),
             full,
             checkpoint,
-            max_changed: None,
+            started_at: SystemTime::now(),
             sweep: self.client.sweep(filter, IssueOrder::CREATED_ASC),
             started: Instant::now(),
             _permit: permit,
@@ -223,15 +243,24 @@ impl TenantActorState {
         // full sweep when this was one.
         let result = match result {
             Ok(()) => {
+                // The high-water mark is the sweep's start, not the latest `statusChangedAt` it
+                // saw: a change made while the sweep paged may sit on a page already fetched, and
+                // only a bound from before the sweep is sure to ask for it again. A full sweep
+                // sees the watched statuses only, so it never moves the mark (but sets the first
+                // one); an incremental sweep sees every status and moves it to its start.
                 let mut cp = sweep.checkpoint.clone();
                 let previous = cp
                     .high_water
                     .as_deref()
                     .and_then(|h| humantime::parse_rfc3339_weak(h).ok());
-                if let Some((t, text)) = sweep.max_changed {
-                    if previous.is_none_or(|p| t > p) {
-                        cp.high_water = Some(text);
-                    }
+                let start = sweep.started_at;
+                let moved = match previous {
+                    None => Some(start),
+                    Some(p) if !sweep.full && start > p => Some(start),
+                    Some(_) => None,
+                };
+                if let Some(t) = moved {
+                    cp.high_water = Some(humantime::format_rfc3339_micros(t).to_string());
                 }
                 if sweep.full {
                     cp.last_full_sweep = Some(unix_now());
@@ -413,13 +442,6 @@ impl TenantActorState {
                 }
             };
             let old = known.next().flatten();
-            if let Some(text) = issue.opt(&issue.record.status_changed_at) {
-                if let Ok(t) = humantime::parse_rfc3339_weak(text.text) {
-                    if active.max_changed.as_ref().is_none_or(|(m, _)| t > *m) {
-                        active.max_changed = Some((t, text.text.to_string()));
-                    }
-                }
-            }
             let fp = issue_fingerprint(&issue);
             let watched = self.args.spec.statuses.iter().any(|s| s == issue.status());
             let kind = match change(old.as_ref(), issue.status(), &fp, watched) {
@@ -549,7 +571,7 @@ impl Actor for WizTenantActor {
                     t.abort();
                 }
                 match state.args.sweeps.clone().try_acquire_owned() {
-                    Ok(permit) => state.start_sweep(&myself, permit),
+                    Ok(permit) => state.start_sweep(&myself, permit).await,
                     Err(_) => {
                         state.waiting_for_permit = true;
                         let sem = state.args.sweeps.clone();
@@ -565,7 +587,7 @@ impl Actor for WizTenantActor {
             TenantMsg::Permit(permit) => {
                 state.waiting_for_permit = false;
                 if state.sweep.is_none() {
-                    state.start_sweep(&myself, permit);
+                    state.start_sweep(&myself, permit).await;
                 }
             }
             TenantMsg::NextPage => state.next_page(&myself).await,
