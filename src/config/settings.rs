@@ -93,11 +93,26 @@ pub struct SinkSpec {
 }
 
 /// What a sink writes to.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum SinkKind {
     Stdout,
-    File { path: PathBuf, max_bytes: u64 },
+    File {
+        path: PathBuf,
+        max_bytes: u64,
+    },
+    Http {
+        url: Url,
+        /// One JSON array per batch instead of newline-delimited JSON.
+        json_array: bool,
+        gzip: bool,
+        auth_header: String,
+        #[serde(serialize_with = "redact_opt")]
+        auth_value: Option<SecretString>,
+        timeout: DurationValue,
+        tls_verify: bool,
+        max_retries: u32,
+    },
 }
 
 /// Which Wiz cloud a tenant lives in; decides console links and default token host.
@@ -387,6 +402,77 @@ pub(super) fn resolve(
         }
         let kind = match s {
             SinkSection::Stdout {} => SinkKind::Stdout,
+            SinkSection::Http {
+                url,
+                format,
+                gzip,
+                auth_header,
+                auth_value,
+                auth_value_file,
+                timeout,
+                tls_verify,
+                max_retries,
+            } => {
+                let key = |k: &str| format!("sinks.{name}.{k}");
+                let parsed = match Url::parse(url.trim()) {
+                    Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => {
+                        Some(u)
+                    }
+                    _ => {
+                        c.global(&key("url"), format!("{url:?} is not an http(s) URL"));
+                        None
+                    }
+                };
+                let json_array = match format.as_deref().unwrap_or("ndjson") {
+                    "ndjson" => false,
+                    "json_array" => true,
+                    other => {
+                        c.global(
+                            &key("format"),
+                            format!("unknown format {other:?}; use \"ndjson\" or \"json_array\""),
+                        );
+                        false
+                    }
+                };
+                let auth = match secret_value(
+                    auth_value.as_ref(),
+                    auth_value_file.as_ref(),
+                    ("auth_value", "auth_value_file"),
+                    env,
+                ) {
+                    Ok(v) => v.map(|(s, _)| s),
+                    Err((k, m)) => {
+                        c.global(&key(k), m);
+                        None
+                    }
+                };
+                let header = auth_header
+                    .clone()
+                    .unwrap_or_else(|| "Authorization".into());
+                if reqwest::header::HeaderName::from_bytes(header.as_bytes()).is_err() {
+                    c.global(
+                        &key("auth_header"),
+                        format!("{header:?} is not a valid header name"),
+                    );
+                }
+                let timeout = timeout.unwrap_or(DurationValue::secs(30));
+                if timeout.0.is_zero() {
+                    c.global(&key("timeout"), "must be greater than zero");
+                }
+                match parsed {
+                    Some(url) => SinkKind::Http {
+                        url,
+                        json_array,
+                        gzip: gzip.unwrap_or(true),
+                        auth_header: header,
+                        auth_value: auth,
+                        timeout,
+                        tls_verify: tls_verify.unwrap_or(true),
+                        max_retries: max_retries.unwrap_or(5),
+                    },
+                    None => SinkKind::Stdout,
+                }
+            }
             SinkSection::File { path, max_bytes } => {
                 if path.as_os_str().is_empty() {
                     c.global(&format!("sinks.{name}.path"), "must not be empty");

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use secrecy::SecretString;
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Deserializer};
 
 use super::DurationValue;
 
@@ -165,11 +165,42 @@ impl Default for AdminSection {
 }
 
 /// `[sinks.<name>]`: one output.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
 pub enum SinkSection {
     /// JSON lines on standard output.
     Stdout {},
+    /// Batches of events POSTed to a webhook (a SIEM's ingest endpoint, say).
+    Http {
+        /// Where to POST.
+        url: String,
+        /// `ndjson` (one event per line, the default) or `json_array`.
+        #[serde(default)]
+        format: Option<String>,
+        /// Compress request bodies with gzip (default true).
+        #[serde(default)]
+        gzip: Option<bool>,
+        /// Header that carries the credential (default `Authorization`).
+        #[serde(default)]
+        auth_header: Option<String>,
+        /// Its value, a literal or `${ENV_VAR}` (e.g. `"Bearer ${SIEM_TOKEN}"` is not expanded:
+        /// put the whole value in the variable).
+        #[serde(default)]
+        auth_value: Option<SecretString>,
+        /// Alternative to `auth_value`: a file holding it.
+        #[serde(default)]
+        auth_value_file: Option<PathBuf>,
+        /// Per-request timeout (default 30 s).
+        #[serde(default)]
+        timeout: Option<DurationValue>,
+        /// Verify the server's TLS certificate (default true; turning it off is logged).
+        #[serde(default)]
+        tls_verify: Option<bool>,
+        /// Retries of one batch after 429, 5xx or a timeout before the tenant holds the page and
+        /// tries again later (default 5).
+        #[serde(default)]
+        max_retries: Option<u32>,
+    },
     /// JSON lines appended to a file.
     File {
         /// The file; created when missing, never truncated.

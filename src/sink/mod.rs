@@ -3,6 +3,7 @@
 //! unbounded). The sink acks only after every output has the batch durably.
 
 mod file;
+mod http;
 mod stdout;
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -15,6 +16,7 @@ use tracing::Instrument;
 use crate::config::{SinkKind, SinkSpec};
 use crate::faults::FaultInjection;
 pub use file::FileOutput;
+pub use http::HttpOutput;
 pub use stdout::StdoutOutput;
 
 /// One page of events from one tenant: JSON lines, each ending in `\n`.
@@ -46,6 +48,7 @@ pub struct SinkStats {
 pub enum Output {
     Stdout(StdoutOutput),
     File(FileOutput),
+    Http(HttpOutput),
 }
 
 impl Output {
@@ -53,6 +56,7 @@ impl Output {
     pub fn open(spec: &SinkSpec) -> Result<Output, String> {
         Ok(match &spec.kind {
             SinkKind::Stdout => Output::Stdout(StdoutOutput),
+            SinkKind::Http { .. } => Output::Http(HttpOutput::open(spec)?),
             SinkKind::File { path, max_bytes } => {
                 Output::File(FileOutput::open(path.clone(), *max_bytes).map_err(|e| {
                     format!("sink `{}`: cannot open {}: {e}", spec.name, path.display())
@@ -65,6 +69,7 @@ impl Output {
         match self {
             Output::Stdout(o) => o.write(batch.clone()).await,
             Output::File(o) => o.write(batch.clone()).await,
+            Output::Http(o) => o.write(batch.clone()).await,
         }
     }
 }

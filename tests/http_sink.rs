@@ -1,0 +1,167 @@
+//! The `http` sink against a local webhook that flaps: 5xx, 429 with Retry-After, a slow answer
+//! past the timeout; every event arrives. A 400 holds the tenant back and is reported.
+
+mod common;
+
+use std::collections::{HashSet, VecDeque};
+use std::io::Read;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::post;
+use common::*;
+use wiz_connector::app::{App, AppOptions};
+
+#[derive(Clone, Copy, Debug)]
+enum Answer {
+    Status(u16),
+    RetryAfter1,
+    Slow,
+}
+
+#[derive(Default)]
+struct Hook {
+    script: Mutex<VecDeque<Answer>>,
+    received: Mutex<Vec<serde_json::Value>>,
+    requests: Mutex<u64>,
+    auth: Mutex<HashSet<String>>,
+}
+
+async fn webhook(hook: Arc<Hook>) -> std::net::SocketAddr {
+    let app = axum::Router::new().route(
+        "/ingest",
+        post(move |headers: HeaderMap, body: Bytes| {
+            let hook = hook.clone();
+            async move {
+                *hook.requests.lock().unwrap() += 1;
+                if let Some(a) = headers.get("x-api-key") {
+                    hook.auth
+                        .lock()
+                        .unwrap()
+                        .insert(a.to_str().unwrap().to_string());
+                }
+                let next = hook.script.lock().unwrap().pop_front();
+                match next {
+                    Some(Answer::Status(s)) => {
+                        return StatusCode::from_u16(s).unwrap().into_response()
+                    }
+                    Some(Answer::RetryAfter1) => {
+                        return (
+                            StatusCode::TOO_MANY_REQUESTS,
+                            [("retry-after", "1")],
+                            "slow down",
+                        )
+                            .into_response()
+                    }
+                    Some(Answer::Slow) => tokio::time::sleep(Duration::from_millis(1500)).await,
+                    None => {}
+                }
+                assert_eq!(headers["content-encoding"], "gzip");
+                let mut text = String::new();
+                flate2::read::GzDecoder::new(&body[..])
+                    .read_to_string(&mut text)
+                    .unwrap();
+                let mut got = hook.received.lock().unwrap();
+                for line in text.lines() {
+                    got.push(serde_json::from_str(line).unwrap());
+                }
+                StatusCode::OK.into_response()
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    addr
+}
+
+fn config(sim: &wiz_connector::sim::Simulator, addr: std::net::SocketAddr) -> String {
+    format!(
+        "{}[sinks.siem]\ntype = \"http\"\nurl = \"http://{addr}/ingest\"\nauth_header = \"X-Api-Key\"\nauth_value = \"siem-key-3f9a\"\ntimeout = \"1s\"\nmax_retries = 6\n",
+        sim_config(sim, "poll_interval = \"1h\"\nstartup_jitter = \"0s\"\npage_size = 5", "rate_limit = 50")
+    )
+}
+
+fn keys(v: &[serde_json::Value]) -> HashSet<(String, String)> {
+    v.iter()
+        .map(|l| {
+            (
+                l["tenant"].as_str().unwrap().to_string(),
+                l["issue_id"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+fn expected(sim: &wiz_connector::sim::Simulator) -> HashSet<(String, String)> {
+    open_ids(sim)
+        .into_iter()
+        .flat_map(|(t, ids)| ids.into_iter().map(move |i| (t.clone(), i)))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flapping_webhook_still_gets_every_event() {
+    let sim = sim(2, 20).await;
+    let hook = Arc::new(Hook::default());
+    hook.script.lock().unwrap().extend([
+        Answer::Status(500),
+        Answer::RetryAfter1,
+        Answer::Slow,
+        Answer::Status(503),
+        Answer::Status(502),
+    ]);
+    let addr = webhook(hook.clone()).await;
+    let app = App::start(settings(&config(&sim, addr)), AppOptions::default())
+        .await
+        .unwrap();
+    let want = expected(&sim);
+    wait_until(
+        "every event at the webhook",
+        Duration::from_secs(60),
+        || keys(&hook.received.lock().unwrap()).is_superset(&want),
+    )
+    .await;
+    assert!(*hook.requests.lock().unwrap() > 5, "the faults were served");
+    assert_eq!(
+        *hook.auth.lock().unwrap(),
+        HashSet::from(["siem-key-3f9a".to_string()])
+    );
+    app.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_400_holds_the_tenant_back_and_is_reported() {
+    let sim = sim(1, 20).await;
+    let hook = Arc::new(Hook::default());
+    hook.script.lock().unwrap().extend([Answer::Status(400); 3]);
+    let addr = webhook(hook.clone()).await;
+    let s = settings(&config(&sim, addr));
+    let shown = format!("{s:?} {}", serde_json::to_string(&s).unwrap());
+    assert!(!shown.contains("siem-key-3f9a") && shown.contains("[REDACTED]"));
+    let app = App::start(s, AppOptions::default()).await.unwrap();
+    wait_until("the refusal reported", Duration::from_secs(20), || {
+        app.health
+            .get("t0")
+            .and_then(|h| h.last_error)
+            .is_some_and(|e| {
+                e.message.contains("sink unavailable") && e.message.contains("HTTP 400")
+            })
+    })
+    .await;
+    // Held, not dropped: once the webhook accepts, everything arrives.
+    let want = expected(&sim);
+    wait_until(
+        "every event after the refusals",
+        Duration::from_secs(60),
+        || keys(&hook.received.lock().unwrap()).is_superset(&want),
+    )
+    .await;
+    assert!(app
+        .observer_metrics_text()
+        .contains("wiz_connector_errors_total{tenant=\"t0\",kind=\"sink\"} 3"));
+    app.shutdown().await.unwrap();
+}
