@@ -2,7 +2,7 @@
 //! and takes tens of seconds). The simulator runs as a separate process (`wiz-connector simulate`)
 //! so its CPU is not counted against the connector.
 //!
-//! `cargo bench --bench fleet [-- idle|lag|e2e]` (all three by default). Under `cargo test` it
+//! `cargo bench --bench fleet [-- idle|e2e|quiet|lag]` (all by default). Under `cargo test` it
 //! runs nothing.
 
 use std::collections::HashMap;
@@ -195,21 +195,83 @@ async fn lag() {
 }
 
 async fn e2e() {
-    const N: usize = 1_000;
-    const ISSUES: usize = 100;
-    let expected: u64 = (0..N)
-        .map(|n| {
-            let spec = SimTenantSpec::numbered(n, SEED, ISSUES);
-            IssueSet::generate(spec.seed, ISSUES)
-                .ids_with_status("OPEN")
-                .len() as u64
-        })
-        .sum();
-    let sim = start_sim(N, ISSUES);
+    e2e_with(1_000, 100).await;
+    e2e_with(100, 1_000).await;
+}
+
+/// Polls of quiet tenants after their first sweep: requests and CPU per incremental poll.
+async fn quiet() {
+    const N: usize = 100;
+    let sim = start_sim(N, 200);
     let dir = tempfile::tempdir().unwrap();
     let settings = fleet_config(
         &sim.base,
         N,
+        "poll_interval = \"1h\"\nstartup_jitter = \"0s\"",
+        &format!(
+            "[sinks.archive]\ntype = \"file\"\npath = \"{}\"\n",
+            dir.path().join("events.jsonl").display()
+        ),
+    );
+    let app = App::start(settings, AppOptions::default()).await.unwrap();
+    let polled = |n: u64| app.health.all().iter().all(|h| h.polls >= n);
+    while !polled(1) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let requests_before = sim_requests(&sim.base, N).await;
+    let cpu0 = cpu_seconds();
+    const ROUNDS: u64 = 10;
+    for round in 2..=ROUNDS + 1 {
+        for t in 0..N {
+            app.poll_now(&format!("t{t}")).await;
+        }
+        while !polled(round) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    let cpu = cpu_seconds() - cpu0;
+    let requests = sim_requests(&sim.base, N).await - requests_before;
+    let polls = N as u64 * ROUNDS;
+    println!(
+        "| quiet incremental poll | {N} tenants × 200 issues, nothing changed, {polls} polls | {:.2} requests per poll | {:.0} µs CPU per poll (connector) |",
+        requests as f64 / polls as f64,
+        cpu / polls as f64 * 1e6
+    );
+    app.shutdown().await.unwrap();
+}
+
+/// GraphQL requests the simulator has seen from clients 0..n.
+async fn sim_requests(base: &str, n: usize) -> u64 {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let body = reqwest::get(format!("{base}/_sim/tenants"))
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    v.as_array()
+        .unwrap()
+        .iter()
+        .take(n)
+        .map(|t| t["counters"]["graphql_requests"].as_u64().unwrap())
+        .sum()
+}
+
+async fn e2e_with(tenants: usize, issues: usize) {
+    let expected: u64 = (0..tenants)
+        .map(|n| {
+            let spec = SimTenantSpec::numbered(n, SEED, issues);
+            IssueSet::generate(spec.seed, issues)
+                .ids_with_status("OPEN")
+                .len() as u64
+        })
+        .sum();
+    let sim = start_sim(tenants, issues);
+    let dir = tempfile::tempdir().unwrap();
+    let settings = fleet_config(
+        &sim.base,
+        tenants,
         "poll_interval = \"1h\"\nstartup_jitter = \"0s\"\nmax_concurrent_sweeps = 64",
         &format!(
             "[sinks.archive]\ntype = \"file\"\npath = \"{}\"\n",
@@ -233,7 +295,7 @@ async fn e2e() {
         .unwrap()
         .len();
     println!(
-        "| end to end | {N} tenants, {expected} events ({:.0} MB) into a file sink | {:.1} s | {:.0} events/s, {:.2} CPU s per 10,000 events |",
+        "| end to end | {tenants} tenants, {expected} events ({:.0} MB) into a file sink | {:.1} s | {:.0} events/s, {:.2} CPU s per 10,000 events |",
         bytes as f64 / 1e6,
         wall,
         expected as f64 / wall,
@@ -265,6 +327,9 @@ fn main() {
         }
         if all || args.iter().any(|a| a == "e2e") {
             e2e().await;
+        }
+        if all || args.iter().any(|a| a == "quiet") {
+            quiet().await;
         }
         if all || args.iter().any(|a| a == "lag") {
             lag().await;
