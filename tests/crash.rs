@@ -5,29 +5,16 @@
 mod common;
 
 use std::collections::HashMap;
-use std::process::Stdio;
 use std::time::Duration;
 
 use common::*;
 use rand::Rng;
-use tokio::process::{Child, Command};
 use wiz_connector::event::{event_id, fingerprint};
 use wiz_connector::sim::{SimTenantSpec, SimulatorOptions};
 
 const TENANTS: usize = 3;
 const PAGE: usize = 5;
 const KILLS: usize = 20;
-
-fn spawn(config: &std::path::Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_wiz-connector"))
-        .args(["run", "--config"])
-        .arg(config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap()
-}
 
 /// Complete lines only: a kill -9 can tear the last line of a write, which was never acknowledged.
 fn complete_lines(path: &std::path::Path) -> Vec<serde_json::Value> {
@@ -67,7 +54,7 @@ async fn kill_9_during_sweeps_leaves_no_gap_and_bounded_replays() {
             sim.churn(&t.client_id, 4);
         }
         let before = complete_lines(&out).len();
-        let mut child = spawn(&cfg.path);
+        let mut child = spawn_run(&cfg.path);
         // Let it get into a sweep, then kill at a random moment (the delay is the chaos, not a
         // synchronization).
         wait_until(
@@ -82,7 +69,7 @@ async fn kill_9_during_sweeps_leaves_no_gap_and_bounded_replays() {
     }
 
     // A last, clean run: a full sweep of every tenant, then SIGTERM.
-    let mut child = spawn(&cfg.path);
+    let mut child = spawn_run(&cfg.path);
     let settle = |n: u64| {
         let sim = &sim;
         move || {
@@ -99,20 +86,8 @@ async fn kill_9_during_sweeps_leaves_no_gap_and_bounded_replays() {
         settle(target),
     )
     .await;
-    let pid = child.id().unwrap().to_string();
-    assert!(std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
-    assert_eq!(
-        tokio::time::timeout(Duration::from_secs(40), child.wait())
-            .await
-            .unwrap()
-            .unwrap()
-            .code(),
-        Some(0)
-    );
+    signal(&child, "-TERM");
+    assert_eq!(exit_code(&mut child, Duration::from_secs(40)).await, 0);
 
     let lines = complete_lines(&out);
     let mut count: HashMap<String, usize> = HashMap::new();

@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -16,7 +15,6 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
 use opentelemetry_proto::tonic::metrics::v1::{metric::Data, number_data_point::Value as Number};
 use prost::Message;
-use tokio::process::Command;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_exports_spans_and_counters_over_otlp_with_the_tenant() {
@@ -61,30 +59,14 @@ async fn run_exports_spans_and_counters_over_otlp_with_the_tenant() {
         path.display()
     );
     let cfg = write_config(&body);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_wiz-connector"))
-        .args(["run", "--config"])
-        .arg(&cfg.path)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut child = spawn_run(&cfg.path);
     let open = open_ids(&sim)["t0"].len();
     wait_until("every event delivered", Duration::from_secs(30), || {
         read_lines(&path).len() >= open
     })
     .await;
-    let pid = child.id().unwrap().to_string();
-    assert!(std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
-    let status = tokio::time::timeout(Duration::from_secs(40), child.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(status.code(), Some(0));
+    signal(&child, "-TERM");
+    assert_eq!(exit_code(&mut child, Duration::from_secs(40)).await, 0);
 
     // Spans are flushed at shutdown.
     let requests = got.lock().unwrap().clone();

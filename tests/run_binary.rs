@@ -9,40 +9,11 @@ use std::time::{Duration, Instant};
 use common::*;
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 use wiz_connector::event::{event_id, fingerprint};
 use wiz_connector::sim::{SimTenantSpec, SimulatorOptions};
 
 const BIN: &str = env!("CARGO_BIN_EXE_wiz-connector");
-
-fn spawn_run(config: &std::path::Path) -> Child {
-    Command::new(BIN)
-        .args(["run", "--config"])
-        .arg(config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap()
-}
-
-fn signal(child: &Child, sig: &str) {
-    let pid = child.id().expect("running").to_string();
-    let ok = std::process::Command::new("kill")
-        .args([sig, &pid])
-        .status()
-        .unwrap();
-    assert!(ok.success());
-}
-
-async fn exit_code(child: &mut Child, within: Duration) -> i32 {
-    tokio::time::timeout(within, child.wait())
-        .await
-        .expect("the process exits in time")
-        .unwrap()
-        .code()
-        .expect("exited, not killed")
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_writes_one_event_per_open_issue_with_every_contract_field() {

@@ -126,3 +126,35 @@ pub fn open_ids(sim: &Simulator) -> HashMap<String, std::collections::HashSet<St
         })
         .collect()
 }
+
+/// `wiz-connector run --config <config>` as a child process (killed when dropped).
+pub fn spawn_run(config: &std::path::Path) -> tokio::process::Child {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_wiz-connector"))
+        .args(["run", "--config"])
+        .arg(config)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
+
+/// Sends `sig` (e.g. `-TERM`) to a child process.
+pub fn signal(child: &tokio::process::Child, sig: &str) {
+    let pid = child.id().expect("running").to_string();
+    let ok = std::process::Command::new("kill")
+        .args([sig, &pid])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+}
+
+/// The child's exit code, which must come within `within`.
+pub async fn exit_code(child: &mut tokio::process::Child, within: std::time::Duration) -> i32 {
+    tokio::time::timeout(within, child.wait())
+        .await
+        .expect("the process exits in time")
+        .unwrap()
+        .code()
+        .expect("exited, not killed")
+}
