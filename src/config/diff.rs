@@ -3,7 +3,9 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use super::settings::{Settings, SinkSpec, TenantSpec};
+use secrecy::ExposeSecret;
+
+use super::settings::{Settings, SinkKind, SinkSpec, TenantSpec};
 
 /// The difference between the running configuration and a new one.
 #[derive(Debug, Default, Clone)]
@@ -57,6 +59,23 @@ fn tunables_changed(a: &TenantSpec, b: &TenantSpec) -> bool {
         || a.incremental_overlap != b.incremental_overlap
 }
 
+/// The credential of an http sink, for an explicit comparison (serialized specs redact it).
+fn sink_secret(s: &SinkSpec) -> Option<&str> {
+    match &s.kind {
+        SinkKind::Http { auth_value, .. } => auth_value.as_ref().map(|v| v.expose_secret()),
+        _ => None,
+    }
+}
+
+/// True when both sink lists are the same, secrets included.
+fn same_sinks(a: &[SinkSpec], b: &[SinkSpec]) -> bool {
+    let shown = |s: &[SinkSpec]| serde_json::to_string(s).unwrap_or_default();
+    shown(a) == shown(b)
+        && a.iter()
+            .zip(b)
+            .all(|(x, y)| sink_secret(x) == sink_secret(y))
+}
+
 /// Compares the running settings with new ones.
 pub fn diff(old: &Settings, new: &Settings) -> ConfigDiff {
     let before: BTreeMap<&str, &TenantSpec> =
@@ -77,8 +96,7 @@ pub fn diff(old: &Settings, new: &Settings) -> ConfigDiff {
         .filter(|id| !after.contains_key(*id))
         .map(|s| s.to_string())
         .collect();
-    let sinks_of = |s: &Settings| serde_json::to_string(&s.sinks).unwrap_or_default();
-    if sinks_of(old) != sinks_of(new) {
+    if !same_sinks(&old.sinks, &new.sinks) {
         d.sinks = Some(new.sinks.clone());
     }
     let (a, b) = (&old.connector, &new.connector);
@@ -121,4 +139,28 @@ pub fn diff(old: &Settings, new: &Settings) -> ConfigDiff {
             || old.telemetry.metrics_interval != new.telemetry.metrics_interval,
     );
     d
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{load_str, EnvSource};
+
+    fn settings(sink_secret: &str, interval: &str) -> Settings {
+        let text = format!(
+            "[sinks.siem]\ntype = \"http\"\nurl = \"https://siem.example/ingest\"\nauth_value = \"{sink_secret}\"\n[tenants.a]\nclient_id = \"c\"\nclient_secret = \"s\"\napi_url = \"https://api.us1.app.wiz.io/graphql\"\npoll_interval = \"{interval}\"\n"
+        );
+        load_str("test", &text, &EnvSource::Fixed(Default::default())).unwrap()
+    }
+
+    #[test]
+    fn a_rotated_sink_secret_is_a_sink_change_and_an_interval_an_update() {
+        let d = diff(&settings("k1", "60s"), &settings("k2", "60s"));
+        assert!(d.sinks.is_some(), "the sink secret changed");
+        assert!(d.updated.is_empty() && d.restarted.is_empty());
+        let d = diff(&settings("k1", "60s"), &settings("k1", "90s"));
+        assert!(d.sinks.is_none());
+        assert_eq!(d.updated.len(), 1);
+        assert!(diff(&settings("k1", "60s"), &settings("k1", "60s")).is_empty());
+    }
 }
