@@ -101,6 +101,12 @@ pub enum SinkKind {
         path: PathBuf,
         max_bytes: u64,
     },
+    Nats {
+        url: String,
+        subject_prefix: String,
+        stream: String,
+        duplicate_window: DurationValue,
+    },
     Http {
         url: Url,
         /// One JSON array per batch instead of newline-delimited JSON.
@@ -402,6 +408,42 @@ pub(super) fn resolve(
         }
         let kind = match s {
             SinkSection::Stdout {} => SinkKind::Stdout,
+            SinkSection::Nats {
+                url,
+                subject_prefix,
+                stream,
+                duplicate_window,
+            } => {
+                let key = |k: &str| format!("sinks.{name}.{k}");
+                if !url.starts_with("nats://") && !url.starts_with("tls://") {
+                    c.global(
+                        &key("url"),
+                        format!("{url:?} is not a nats:// (or tls://) URL"),
+                    );
+                }
+                let prefix = subject_prefix
+                    .clone()
+                    .unwrap_or_else(|| "wiz.issues".into());
+                if prefix.is_empty() || prefix.contains(['*', '>', ' ']) || prefix.ends_with('.') {
+                    c.global(
+                        &key("subject_prefix"),
+                        format!("{prefix:?} is not a subject prefix such as \"wiz.issues\""),
+                    );
+                }
+                let stream = stream.clone().unwrap_or_else(|| "WIZ_ISSUES".into());
+                if stream.is_empty() || stream.contains(['.', '*', '>', ' ', '/', '\\']) {
+                    c.global(
+                        &key("stream"),
+                        format!("{stream:?} is not a stream name (no dots, wildcards or spaces)"),
+                    );
+                }
+                SinkKind::Nats {
+                    url: url.clone(),
+                    subject_prefix: prefix,
+                    stream,
+                    duplicate_window: duplicate_window.unwrap_or(DurationValue::secs(120)),
+                }
+            }
             SinkSection::Http {
                 url,
                 format,

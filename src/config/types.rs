@@ -201,6 +201,21 @@ pub enum SinkSection {
         #[serde(default)]
         max_retries: Option<u32>,
     },
+    /// Each event published to NATS JetStream on `<subject_prefix>.<tenant>`, with
+    /// `Nats-Msg-Id` = the event id so the stream drops replays.
+    Nats {
+        /// Server URL, e.g. `nats://127.0.0.1:4222`.
+        url: String,
+        /// Subject prefix (default `wiz.issues`).
+        #[serde(default)]
+        subject_prefix: Option<String>,
+        /// Stream created (or checked) at start (default `WIZ_ISSUES`).
+        #[serde(default)]
+        stream: Option<String>,
+        /// How long the stream remembers message ids to drop duplicates (default 2 minutes).
+        #[serde(default)]
+        duplicate_window: Option<DurationValue>,
+    },
     /// JSON lines appended to a file.
     File {
         /// The file; created when missing, never truncated.

@@ -4,6 +4,7 @@
 
 mod file;
 mod http;
+mod nats;
 mod stdout;
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -17,6 +18,7 @@ use crate::config::{SinkKind, SinkSpec};
 use crate::faults::FaultInjection;
 pub use file::FileOutput;
 pub use http::HttpOutput;
+pub use nats::NatsOutput;
 pub use stdout::StdoutOutput;
 
 /// One page of events from one tenant: JSON lines, each ending in `\n`.
@@ -49,14 +51,16 @@ pub enum Output {
     Stdout(StdoutOutput),
     File(FileOutput),
     Http(HttpOutput),
+    Nats(NatsOutput),
 }
 
 impl Output {
     /// Opens the output described by `spec`.
-    pub fn open(spec: &SinkSpec) -> Result<Output, String> {
+    pub async fn open(spec: &SinkSpec) -> Result<Output, String> {
         Ok(match &spec.kind {
             SinkKind::Stdout => Output::Stdout(StdoutOutput),
             SinkKind::Http { .. } => Output::Http(HttpOutput::open(spec)?),
+            SinkKind::Nats { .. } => Output::Nats(NatsOutput::open(spec).await?),
             SinkKind::File { path, max_bytes } => {
                 Output::File(FileOutput::open(path.clone(), *max_bytes).map_err(|e| {
                     format!("sink `{}`: cannot open {}: {e}", spec.name, path.display())
@@ -70,6 +74,7 @@ impl Output {
             Output::Stdout(o) => o.write(batch.clone()).await,
             Output::File(o) => o.write(batch.clone()).await,
             Output::Http(o) => o.write(batch.clone()).await,
+            Output::Nats(o) => o.write(batch.clone()).await,
         }
     }
 }
@@ -103,7 +108,7 @@ impl Actor for SinkActor {
     ) -> Result<SinkState, ActorProcessingErr> {
         let mut outputs = Vec::new();
         for spec in &args.specs {
-            outputs.push(Output::open(spec)?);
+            outputs.push(Output::open(spec).await?);
         }
         Ok(SinkState {
             names: args.specs.iter().map(|s| s.name.clone()).collect(),

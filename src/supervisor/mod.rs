@@ -431,7 +431,7 @@ impl Actor for ConnectorSupervisor {
 
     async fn pre_start(
         &self,
-        _myself: ActorRef<SupervisorMsg>,
+        myself: ActorRef<SupervisorMsg>,
         args: SupervisorArgs,
     ) -> Result<SupervisorState, ActorProcessingErr> {
         let n = INSTANCES.fetch_add(1, Ordering::Relaxed);
@@ -450,7 +450,7 @@ impl Actor for ConnectorSupervisor {
             }
             children.insert(spec.id.clone(), Child::new(Arc::new(spec.clone())));
         }
-        Ok(SupervisorState {
+        let mut state = SupervisorState {
             instance: format!("wiz{n}"),
             policy: c.restart,
             startup_jitter: c.startup_jitter.0,
@@ -470,7 +470,11 @@ impl Actor for ConnectorSupervisor {
             sweeps: Arc::new(Semaphore::new(c.max_concurrent_sweeps as usize)),
             ready: args.ready,
             shutting_down: false,
-        })
+        };
+        // The sink starts here, before any tenant: a sink that cannot start (a file that cannot
+        // be opened, a NATS server that cannot be reached) fails the start with its reason.
+        state.spawn_sink(&myself).await?;
+        Ok(state)
     }
 
     async fn post_start(
@@ -478,7 +482,6 @@ impl Actor for ConnectorSupervisor {
         myself: ActorRef<SupervisorMsg>,
         state: &mut SupervisorState,
     ) -> Result<(), ActorProcessingErr> {
-        state.spawn_sink(&myself).await?;
         let ids: Vec<String> = state.children.keys().cloned().collect();
         for id in ids {
             let interval = state.children[&id].spec.poll_interval.0;

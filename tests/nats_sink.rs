@@ -1,0 +1,141 @@
+//! The `nats` sink against a real `nats-server -js` (Debian's package; `.ci/run` installs it):
+//! every event is in the stream exactly once by `Nats-Msg-Id`, also when the connector replays.
+
+mod common;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::*;
+use wiz_connector::app::{App, AppOptions};
+
+struct NatsServer {
+    _child: tokio::process::Child,
+    _dir: tempfile::TempDir,
+    url: String,
+}
+
+async fn nats_server() -> NatsServer {
+    let bin = [
+        "/usr/sbin/nats-server",
+        "/usr/bin/nats-server",
+        "/usr/local/bin/nats-server",
+    ]
+    .into_iter()
+    .find(|p| std::path::Path::new(p).exists())
+    .map(str::to_string)
+    .or_else(|| {
+        let out = std::process::Command::new("sh")
+            .args(["-c", "command -v nats-server"])
+            .output()
+            .ok()?;
+        Some(String::from_utf8_lossy(&out.stdout).trim().to_string()).filter(|s| !s.is_empty())
+    })
+    .expect("nats-server is not installed: `apt-get install nats-server` (.ci/run does it)");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = tempfile::tempdir().unwrap();
+    let child = tokio::process::Command::new(bin)
+        .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+        .arg(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    wait_until("nats-server listening", Duration::from_secs(20), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    })
+    .await;
+    NatsServer {
+        _child: child,
+        _dir: dir,
+        url: format!("nats://127.0.0.1:{port}"),
+    }
+}
+
+async fn stream_messages(url: &str) -> u64 {
+    let client = async_nats::connect(url).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let mut s = js.get_stream("WIZ_ISSUES").await.unwrap();
+    s.info().await.unwrap().state.messages
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_event_is_in_the_stream_once_also_after_a_replay() {
+    let nats = nats_server().await;
+    let sim = sim(2, 20).await;
+    let expected: u64 = open_ids(&sim).values().map(|s| s.len() as u64).sum();
+    let sink = format!("[sinks.bus]\ntype = \"nats\"\nurl = \"{}\"\n", nats.url);
+    let body = format!(
+        "{}{sink}",
+        sim_config(
+            &sim,
+            "poll_interval = \"1h\"\nstartup_jitter = \"0s\"\npage_size = 5",
+            "rate_limit = 50"
+        )
+    );
+    let app = App::start(settings(&body), AppOptions::default())
+        .await
+        .unwrap();
+    wait_until("every tenant polled", Duration::from_secs(30), || {
+        app.health.all().iter().all(|h| h.polls >= 1)
+    })
+    .await;
+    assert_eq!(app.health.get("t0").unwrap().last_error, None);
+    assert_eq!(stream_messages(&nats.url).await, expected);
+    app.shutdown().await.unwrap();
+
+    // A connector that lost its state replays every page with the same event ids: the stream
+    // drops them all as duplicates.
+    let replay = sim_config(
+        &sim,
+        "poll_interval = \"1h\"\nstartup_jitter = \"0s\"\npage_size = 5",
+        "rate_limit = 50",
+    );
+    let app = App::start(settings(&format!("{replay}{sink}")), AppOptions::default())
+        .await
+        .unwrap();
+    wait_until("every tenant polled again", Duration::from_secs(30), || {
+        app.health.all().iter().all(|h| h.polls >= 1)
+    })
+    .await;
+    assert_eq!(
+        app.sink_stats
+            .events
+            .load(std::sync::atomic::Ordering::Relaxed),
+        expected,
+        "everything was sent again"
+    );
+    assert_eq!(
+        stream_messages(&nats.url).await,
+        expected,
+        "and dropped by Nats-Msg-Id"
+    );
+    app.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_server_is_a_clear_start_error() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let sim = sim(1, 3).await;
+    let body = format!(
+        "{}[sinks.bus]\ntype = \"nats\"\nurl = \"nats://127.0.0.1:{port}\"\n",
+        sim_config(&sim, "startup_jitter = \"1h\"", "")
+    );
+    let err = match App::start(settings(&body), AppOptions::default()).await {
+        Ok(_) => panic!("started without NATS"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(
+        err.contains("sink `bus`") && err.contains("cannot connect to NATS"),
+        "{err}"
+    );
+}
