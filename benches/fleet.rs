@@ -195,8 +195,36 @@ async fn lag() {
 }
 
 async fn e2e() {
-    e2e_with(1_000, 100).await;
-    e2e_with(100, 1_000).await;
+    e2e_with(1_000, 100, None).await;
+    e2e_with(100, 1_000, None).await;
+    // The same into NATS JetStream (a local `nats-server -js`, when installed).
+    let nats = [
+        "/usr/sbin/nats-server",
+        "/usr/bin/nats-server",
+        "/usr/local/bin/nats-server",
+    ]
+    .into_iter()
+    .find(|p| std::path::Path::new(p).exists());
+    match nats {
+        None => println!("| end to end into NATS | skipped: nats-server is not installed | | |"),
+        Some(bin) => {
+            let port = free_port();
+            let store = tempfile::tempdir().unwrap();
+            let mut server = Command::new(bin)
+                .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+                .arg(store.path())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            e2e_with(100, 1_000, Some(format!("nats://127.0.0.1:{port}"))).await;
+            let _ = server.kill();
+            let _ = server.wait();
+        }
+    }
 }
 
 /// Polls of quiet tenants after their first sweep: requests and CPU per incremental poll.
@@ -258,7 +286,8 @@ async fn sim_requests(base: &str, n: usize) -> u64 {
         .sum()
 }
 
-async fn e2e_with(tenants: usize, issues: usize) {
+/// End to end into a file sink, or into NATS JetStream when `nats` is a server URL.
+async fn e2e_with(tenants: usize, issues: usize, nats: Option<String>) {
     let expected: u64 = (0..tenants)
         .map(|n| {
             let spec = SimTenantSpec::numbered(n, SEED, issues);
@@ -273,10 +302,13 @@ async fn e2e_with(tenants: usize, issues: usize) {
         &sim.base,
         tenants,
         "poll_interval = \"1h\"\nstartup_jitter = \"0s\"\nmax_concurrent_sweeps = 64",
-        &format!(
-            "[sinks.archive]\ntype = \"file\"\npath = \"{}\"\n",
-            dir.path().join("events.jsonl").display()
-        ),
+        &match &nats {
+            None => format!(
+                "[sinks.archive]\ntype = \"file\"\npath = \"{}\"\n",
+                dir.path().join("events.jsonl").display()
+            ),
+            Some(url) => format!("[sinks.bus]\ntype = \"nats\"\nurl = \"{url}\"\n"),
+        },
     );
     let cpu0 = cpu_seconds();
     let started = Instant::now();
@@ -291,12 +323,17 @@ async fn e2e_with(tenants: usize, issues: usize) {
     }
     let wall = started.elapsed().as_secs_f64();
     let cpu = cpu_seconds() - cpu0;
-    let bytes = std::fs::metadata(dir.path().join("events.jsonl"))
-        .unwrap()
-        .len();
+    let target = match &nats {
+        None => {
+            let bytes = std::fs::metadata(dir.path().join("events.jsonl"))
+                .unwrap()
+                .len();
+            format!("({:.0} MB) into a file sink", bytes as f64 / 1e6)
+        }
+        Some(_) => "into NATS JetStream (one message each, acked)".to_string(),
+    };
     println!(
-        "| end to end | {tenants} tenants, {expected} events ({:.0} MB) into a file sink | {:.1} s | {:.0} events/s, {:.2} CPU s per 10,000 events |",
-        bytes as f64 / 1e6,
+        "| end to end | {tenants} tenants, {expected} events {target} | {:.1} s | {:.0} events/s, {:.2} CPU s per 10,000 events |",
         wall,
         expected as f64 / wall,
         cpu / expected as f64 * 10_000.0
