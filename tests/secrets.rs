@@ -112,16 +112,17 @@ async fn validate_and_check_output_never_show_the_secret() {
         &tenant_toml(&sim, "env-one", &sim.tenants()[0], "").replace(&secret, "${T_SECRET}"),
     );
     let cfg = write_config(&body);
-    let bin = env!("CARGO_BIN_EXE_wiz-connector");
+    // `wiz-connector <command> --config <cfg>` at trace level, with the secret in the environment.
+    let run = |command: &'static str| {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_wiz-connector"))
+            .args([command, "--config"])
+            .arg(&cfg.path)
+            .env("T_SECRET", &secret)
+            .env("RUST_LOG", "trace")
+            .output()
+    };
 
-    let out = tokio::process::Command::new(bin)
-        .args(["validate", "--config"])
-        .arg(&cfg.path)
-        .env("T_SECRET", &secret)
-        .env("RUST_LOG", "trace")
-        .output()
-        .await
-        .unwrap();
+    let out = run("validate").await.unwrap();
     assert!(out.status.success());
     let text = format!(
         "{}{}",
@@ -131,14 +132,7 @@ async fn validate_and_check_output_never_show_the_secret() {
     assert!(text.contains("[REDACTED] (from ${T_SECRET})"), "{text}");
     assert_clean("validate", &text, &[&secret]);
 
-    let out = tokio::process::Command::new(bin)
-        .args(["check", "--config"])
-        .arg(&cfg.path)
-        .env("T_SECRET", &secret)
-        .env("RUST_LOG", "trace")
-        .output()
-        .await
-        .unwrap();
+    let out = run("check").await.unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(out.status.success(), "{stdout}");
     assert!(stdout.contains("t0: ok"), "{stdout}");

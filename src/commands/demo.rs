@@ -28,10 +28,8 @@ pub fn demo_config(sim: &Simulator) -> String {
             .get(i)
             .map(|s| s.to_string())
             .unwrap_or(format!("tenant-{i}"));
-        text.push_str(&format!(
-            "[tenants.{id}]\nclient_id = \"{}\"\nclient_secret = \"{}\"\napi_url = \"{}\"\nauth_url = \"{}\"\nallow_insecure_endpoints = true\n\n",
-            t.client_id, t.client_secret, sim.graphql_url(), sim.token_url()
-        ));
+        text.push_str(&sim.tenant_table(&id, t));
+        text.push('\n');
     }
     text
 }

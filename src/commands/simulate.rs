@@ -27,13 +27,8 @@ pub fn options(args: &SimulateArgs) -> SimulatorOptions {
 pub fn config_snippet(sim: &Simulator) -> String {
     let mut out = String::new();
     for (n, t) in sim.tenants().iter().enumerate() {
-        out.push_str(&format!(
-            "[tenants.sim-{n:04}]\nclient_id = \"{}\"\nclient_secret = \"{}\"\napi_url = \"{}\"\nauth_url = \"{}\"\nallow_insecure_endpoints = true\n\n",
-            t.client_id,
-            t.client_secret,
-            sim.graphql_url(),
-            sim.token_url()
-        ));
+        out.push_str(&sim.tenant_table(&format!("sim-{n:04}"), t));
+        out.push('\n');
     }
     out
 }

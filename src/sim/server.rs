@@ -234,6 +234,17 @@ impl Simulator {
         format!("{}/oauth/token", self.base_url())
     }
 
+    /// A `[tenants.<id>]` table that points a connector at simulated tenant `t`.
+    pub fn tenant_table(&self, id: &str, t: &SimTenantSpec) -> String {
+        format!(
+            "[tenants.{id}]\nclient_id = \"{}\"\nclient_secret = \"{}\"\napi_url = \"{}\"\nauth_url = \"{}\"\nallow_insecure_endpoints = true\n",
+            t.client_id,
+            t.client_secret,
+            self.graphql_url(),
+            self.token_url()
+        )
+    }
+
     /// The simulated tenants.
     pub fn tenants(&self) -> Vec<SimTenantSpec> {
         self.state.opts.tenants.clone()

@@ -185,6 +185,13 @@ impl SupervisorState {
         }
     }
 
+    /// A new tenant's first poll: a random delay below `startup_jitter` and below its interval,
+    /// so a large fleet does not hit the token endpoints at once.
+    fn first_poll_delay(&self, spec: &TenantSpec) -> Duration {
+        let window = self.startup_jitter.min(spec.poll_interval.0);
+        window.mul_f64(rand::rng().random_range(0.0..1.0))
+    }
+
     /// Applies the restart policy to a tenant whose actor died unexpectedly.
     fn on_crash(&mut self, myself: &ActorRef<SupervisorMsg>, id: &str, message: String) {
         let Some(child) = self.children.get_mut(id) else {
@@ -369,8 +376,7 @@ impl SupervisorState {
             }
             self.health.ensure(&id);
             self.children.insert(id.clone(), Child::new(spec.clone()));
-            let window = self.startup_jitter.min(spec.poll_interval.0);
-            let first = window.mul_f64(rand::rng().random_range(0.0..1.0));
+            let first = self.first_poll_delay(&spec);
             self.spawn_tenant(myself, &id, first).await;
         }
         if let Some(sinks) = diff.sinks {
@@ -484,9 +490,7 @@ impl Actor for ConnectorSupervisor {
     ) -> Result<(), ActorProcessingErr> {
         let ids: Vec<String> = state.children.keys().cloned().collect();
         for id in ids {
-            let interval = state.children[&id].spec.poll_interval.0;
-            let window = state.startup_jitter.min(interval);
-            let first = window.mul_f64(rand::rng().random_range(0.0..1.0));
+            let first = state.first_poll_delay(&state.children[&id].spec);
             state.spawn_tenant(&myself, &id, first).await;
         }
         state.ready.store(true, Ordering::Release);

@@ -28,13 +28,7 @@ pub async fn sim_with(opts: SimulatorOptions) -> Simulator {
 
 /// A `[tenants.<id>]` table for simulated tenant `t`, plus `extra` lines.
 pub fn tenant_toml(sim: &Simulator, id: &str, t: &SimTenantSpec, extra: &str) -> String {
-    format!(
-        "[tenants.{id}]\nclient_id = \"{}\"\nclient_secret = \"{}\"\napi_url = \"{}\"\nauth_url = \"{}\"\nallow_insecure_endpoints = true\n{extra}\n",
-        t.client_id,
-        t.client_secret,
-        sim.graphql_url(),
-        sim.token_url()
-    )
+    format!("{}{extra}\n", sim.tenant_table(id, t))
 }
 
 /// Fast retries so failure tests take milliseconds, not minutes.
