@@ -1,10 +1,12 @@
 //! The `http` sink against a local webhook that flaps: 5xx, 429 with Retry-After, a slow answer
-//! past the timeout; every event arrives. A 400 holds the tenant back and is reported.
+//! past the timeout, connections reset mid-request; every event arrives. A 400 holds the tenant
+//! back and is reported.
 
 mod common;
 
 use std::collections::{HashSet, VecDeque};
 use std::io::Read;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -25,12 +27,17 @@ enum Answer {
 #[derive(Default)]
 struct Hook {
     script: Mutex<VecDeque<Answer>>,
+    /// Connections still to be reset (RST) once the request has started arriving.
+    resets: AtomicU32,
+    /// Connections that were reset.
+    reset_done: AtomicU32,
     received: Mutex<Vec<serde_json::Value>>,
     requests: Mutex<u64>,
     auth: Mutex<HashSet<String>>,
 }
 
 async fn webhook(hook: Arc<Hook>) -> std::net::SocketAddr {
+    let hook_for_listener = hook.clone();
     let app = axum::Router::new().route(
         "/ingest",
         post(move |headers: HeaderMap, body: Bytes| {
@@ -68,14 +75,62 @@ async fn webhook(hook: Arc<Hook>) -> std::net::SocketAddr {
                 for line in text.lines() {
                     got.push(serde_json::from_str(line).unwrap());
                 }
-                StatusCode::OK.into_response()
+                // Every answer closes its connection, so every request comes on a new one and
+                // the listener's reset budget applies per request.
+                (StatusCode::OK, [("connection", "close")]).into_response()
             }
         }),
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let listener = Resetting {
+        inner: listener,
+        hook: hook_for_listener,
+    };
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     addr
+}
+
+/// A listener that resets the first `Hook::resets` connections once the request has started
+/// arriving (linger 0, then close: the peer gets an RST), and hands the others to axum.
+struct Resetting {
+    inner: tokio::net::TcpListener,
+    hook: Arc<Hook>,
+}
+
+impl axum::serve::Listener for Resetting {
+    type Io = tokio::net::TcpStream;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let Ok((stream, addr)) = self.inner.accept().await else {
+                continue;
+            };
+            let reset = self
+                .hook
+                .resets
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok();
+            if !reset {
+                return (stream, addr);
+            }
+            let hook = self.hook.clone();
+            tokio::spawn(async move {
+                use tokio::io::AsyncReadExt;
+                let mut stream = stream;
+                let mut buf = [0u8; 64];
+                let _ = stream.read(&mut buf).await;
+                let _ = stream.set_zero_linger();
+                drop(stream);
+                hook.reset_done.fetch_add(1, Ordering::SeqCst);
+            });
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.inner.local_addr()
+    }
 }
 
 fn config(sim: &wiz_connector::sim::Simulator, addr: std::net::SocketAddr) -> String {
@@ -163,5 +218,34 @@ async fn a_400_holds_the_tenant_back_and_is_reported() {
     assert!(app
         .observer_metrics_text()
         .contains("wiz_connector_errors_total{tenant=\"t0\",kind=\"sink\"} 3"));
+    app.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_that_resets_connections_still_gets_every_event() {
+    let sim = sim(2, 20).await;
+    let hook = Arc::new(Hook::default());
+    hook.resets.store(4, Ordering::SeqCst);
+    let addr = webhook(hook.clone()).await;
+    let app = App::start(settings(&config(&sim, addr)), AppOptions::default())
+        .await
+        .unwrap();
+    let want = expected(&sim);
+    wait_until(
+        "every event at the webhook",
+        Duration::from_secs(60),
+        || keys(&hook.received.lock().unwrap()).is_superset(&want),
+    )
+    .await;
+    assert_eq!(
+        hook.reset_done.load(Ordering::SeqCst),
+        4,
+        "four connections were reset"
+    );
+    // A reset request never reached the handler, so nothing arrived twice.
+    let got = hook.received.lock().unwrap().clone();
+    let ids: HashSet<&str> = got.iter().map(|v| v["id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), got.len(), "no event delivered twice");
+    assert_eq!(keys(&got), want);
     app.shutdown().await.unwrap();
 }
