@@ -136,6 +136,21 @@ impl Normalizer {
         observed_at: &str,
         out: &mut Vec<u8>,
     ) -> EventMeta {
+        self.normalize_with(issue, kind, observed_at, None, out)
+    }
+
+    /// [`Normalizer::normalize`], with the event id drawn from `id_salt` as well as the state
+    /// (see [`salted_event_id`]). Used for an issue that comes back after it vanished: its state
+    /// may be exactly the one it was first reported in, and the return must not carry that old
+    /// event's id, or a consumer that dedups by id would drop it.
+    pub fn normalize_with(
+        &mut self,
+        issue: &Issue<'_>,
+        kind: Option<EventKind>,
+        observed_at: &str,
+        id_salt: Option<&[u8; 16]>,
+        out: &mut Vec<u8>,
+    ) -> EventMeta {
         let r = issue.record;
         let id_str = issue.text(&r.id);
         let status = issue.text(&r.status);
@@ -167,7 +182,10 @@ impl Normalizer {
             updated_at.map(|s| s.text),
             status_changed_at.map(|s| s.text),
         );
-        let id = event_id(&self.tenant, id_str.text, &fingerprint);
+        let id = match id_salt {
+            None => event_id(&self.tenant, id_str.text, &fingerprint),
+            Some(salt) => salted_event_id(&self.tenant, id_str.text, &fingerprint, salt),
+        };
 
         let mut w = JsonWriter::new(out);
         w.safe("id", &id);
@@ -210,12 +228,7 @@ impl Normalizer {
             write_str(w.out, issue.text(p));
         }
         w.out.push(b']');
-        w.key("url");
-        w.out.push(b'"');
-        w.out.extend_from_slice(self.console_json.as_bytes());
-        w.out.extend_from_slice(b"/issues#~(issue~'");
-        push_url_safe(w.out, id_str.text);
-        w.out.extend_from_slice(b")\"");
+        self.write_url(&mut w, id_str.text);
         w.raw("raw_event", issue.raw);
         w.close();
         EventMeta {
@@ -223,6 +236,69 @@ impl Normalizer {
             issue_id: id_str.text.to_string(),
             kind,
             status: status.text.to_string(),
+            fingerprint,
+        }
+    }
+
+    /// `,"url":"<console>/issues#~(issue~'<id>)"`.
+    fn write_url(&self, w: &mut JsonWriter<'_>, issue_id: &str) {
+        w.key("url");
+        w.out.push(b'"');
+        w.out.extend_from_slice(self.console_json.as_bytes());
+        w.out.extend_from_slice(b"/issues#~(issue~'");
+        push_url_safe(w.out, issue_id);
+        w.out.extend_from_slice(b")\"");
+    }
+
+    /// Writes the event for an issue that vanished: a full sweep no longer found it and Wiz no
+    /// longer returns it by id (deleted, or out of the service account's reach). There is no
+    /// node to describe it, so the event holds what is known: `kind` `issue.resolved`, `status`
+    /// `RESOLVED` (set by the connector, so that consumers close it whether they follow the kind
+    /// or the status), the last severity seen, `raw_event` null, and `"vanished": true`. The
+    /// Wiz-only fields (title, timestamps, resource) are null. The id is drawn from the last
+    /// known state, so a replay gives the same one.
+    pub fn vanished(
+        &mut self,
+        issue_id: &str,
+        last_fingerprint: &[u8; 16],
+        last_severity: Option<&str>,
+        observed_at: &str,
+        out: &mut Vec<u8>,
+    ) -> EventMeta {
+        let fingerprint = vanished_fingerprint(last_fingerprint);
+        let id = event_id(&self.tenant, issue_id, &fingerprint);
+        let severity = last_severity
+            .and_then(map_severity)
+            .unwrap_or(Severity::Info);
+        let mut w = JsonWriter::new(out);
+        w.safe("id", &id);
+        w.safe("source", "wiz");
+        w.safe("tenant", &self.tenant);
+        w.safe("kind", EventKind::Resolved.as_str());
+        w.escaped("issue_id", issue_id);
+        w.safe("severity", severity.as_str());
+        w.safe("status", "RESOLVED");
+        for key in [
+            "issue_type",
+            "title",
+            "created_at",
+            "updated_at",
+            "status_changed_at",
+        ] {
+            w.raw(key, "null");
+        }
+        w.escaped("observed_at", observed_at);
+        w.raw("resource", "null");
+        w.raw("projects", "[]");
+        self.write_url(&mut w, issue_id);
+        w.raw("raw_event", "null");
+        w.raw("vanished", "true");
+        w.close();
+        EventMeta {
+            id,
+            issue_id: issue_id.to_string(),
+            kind: EventKind::Resolved,
+            status: "RESOLVED".to_string(),
             fingerprint,
         }
     }
@@ -353,6 +429,34 @@ pub fn fingerprint(
     let mut out = [0u8; 16];
     out.copy_from_slice(&d[..16]);
     out
+}
+
+/// The fingerprint recorded for an issue that vanished, derived from its last known one: distinct
+/// from any digest of an observed state, and the same on every replay of the same vanishing.
+pub fn vanished_fingerprint(last: &[u8; 16]) -> [u8; 16] {
+    let mut h = Sha256::new();
+    h.update(b"wiz-connector/vanished");
+    h.update(last);
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&h.finalize()[..16]);
+    out
+}
+
+/// The id of an event whose state alone does not make it new (an issue back after it vanished):
+/// [`event_id`] over the state and `salt` (the recorded vanished fingerprint), so it differs from
+/// the id the same state had before, and is the same on a replay.
+pub fn salted_event_id(
+    tenant: &str,
+    issue_id: &str,
+    fingerprint: &[u8; 16],
+    salt: &[u8; 16],
+) -> String {
+    let mut h = Sha256::new();
+    h.update(fingerprint);
+    h.update(salt);
+    let mut mixed = [0u8; 16];
+    mixed.copy_from_slice(&h.finalize()[..16]);
+    event_id(tenant, issue_id, &mixed)
 }
 
 /// The event id: the same tenant, issue and observed state always give the same id (so consumers

@@ -64,6 +64,7 @@ pub struct Metrics {
     since_success: Family<TenantLabels, Gauge<f64, AtomicU64>>,
     state: Family<StateLabels, Gauge>,
     reloads: Family<OutcomeLabels, Counter>,
+    vanished: Family<TenantLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -81,6 +82,7 @@ impl Default for Metrics {
             since_success: Family::default(),
             state: Family::default(),
             reloads: Family::default(),
+            vanished: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -102,6 +104,11 @@ impl Default for Metrics {
             "retries",
             "Wiz requests retried after a transient failure",
             m.retries.clone(),
+        );
+        registry.register(
+            "issues_vanished",
+            "Issues reported resolved because a full sweep missed them and Wiz no longer returns them by id",
+            m.vanished.clone(),
         );
         registry.register(
             "restarts",
@@ -259,6 +266,11 @@ pub enum Event<'a> {
     NodeSkipped {
         error: &'a str,
     },
+    /// Events delivered for issues that vanished from Wiz (a full sweep missed them and a lookup
+    /// by id found nothing).
+    IssuesVanished {
+        count: u64,
+    },
     Crashed {
         error: &'a str,
         crashes: u32,
@@ -306,6 +318,7 @@ impl OtelInstruments {
             Event::NodeSkipped { .. } => self
                 .errors
                 .add(1, &kv(&[("tenant", tenant), ("kind", "bad_response")])),
+            Event::IssuesVanished { count } => self.vanished.add(*count, &kv(&t)),
             Event::Crashed { .. } | Event::Parked { .. } => self
                 .errors
                 .add(1, &kv(&[("tenant", tenant), ("kind", "crash")])),
@@ -323,6 +336,7 @@ struct OtelInstruments {
     restarts: opentelemetry::metrics::Counter<u64>,
     token_renewals: opentelemetry::metrics::Counter<u64>,
     reloads: opentelemetry::metrics::Counter<u64>,
+    vanished: opentelemetry::metrics::Counter<u64>,
     poll_duration: opentelemetry::metrics::Histogram<f64>,
 }
 
@@ -348,6 +362,10 @@ impl OtelInstruments {
                 "Wiz tokens obtained after the first",
             ),
             reloads: c("wiz_connector.reloads", "Configuration reloads, by result"),
+            vanished: c(
+                "wiz_connector.issues_vanished",
+                "Issues reported resolved because Wiz no longer returns them",
+            ),
             poll_duration: m
                 .f64_histogram("wiz_connector.poll_duration")
                 .with_unit("s")
@@ -516,6 +534,14 @@ impl Observer {
             Event::NodeSkipped { error } => {
                 tracing::warn!(tenant, error, "skipping an issue node that cannot be read");
                 m.errors.get_or_create(&k("bad_response")).inc();
+            }
+            Event::IssuesVanished { count } => {
+                tracing::info!(
+                    tenant,
+                    count,
+                    "issues no longer returned by wiz reported as resolved (vanished)"
+                );
+                m.vanished.get_or_create(&t()).inc_by(count);
             }
             Event::Crashed {
                 error,

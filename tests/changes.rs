@@ -189,3 +189,190 @@ async fn a_damaged_state_file_is_detected_and_the_tenant_resyncs() {
         app.shutdown().await.unwrap();
     }
 }
+
+/// Runs the full sweep an operator asks for (`POST /tenants/t0/poll?full=true`), as poll number
+/// `polls`.
+async fn resync(app: &App, polls: u64) {
+    assert!(app.resync("t0").await);
+    wait_until("the full sweep", Duration::from_secs(30), || {
+        app.health.get("t0").unwrap().polls >= polls
+    })
+    .await;
+}
+
+/// Issues that vanish from Wiz (removed, or out of the service account's reach) are reported once
+/// as resolved by the next full sweep, marked `vanished`; a status change an incremental poll
+/// missed is reported from Wiz's own record; an issue that comes back is reopened under a new
+/// event id. `unknown_id_not_found` picks how the simulated Wiz answers a lookup of a missing id.
+async fn vanished_issues(unknown_id_not_found: bool) {
+    let sim = sim_with(wiz_connector::sim::SimulatorOptions {
+        tenants: vec![wiz_connector::sim::SimTenantSpec::numbered(0, 42, 40)],
+        unknown_id_not_found,
+        ..Default::default()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let (state, out) = (dir.path().join("state"), dir.path().join("events.jsonl"));
+    let cfg = body(&sim, &state, &out, "1h");
+    let app = start(&cfg).await;
+    poll(&app, 1).await;
+    let first = read_lines(&out);
+    let open = sim.issues(CLIENT, |s| s.ids_with_status("OPEN"));
+    assert_eq!(first.len(), open.len());
+    assert!(open.len() >= 6, "enough open issues to work with");
+
+    // Three open issues disappear; a fourth is resolved without statusChangedAt moving (a change
+    // that polling by statusChangedAt cannot see).
+    let gone: Vec<_> = open[..3].to_vec();
+    let silent = open[3].clone();
+    let removed = sim.issues(CLIENT, |s| {
+        let kept: Vec<_> = s
+            .issues
+            .iter()
+            .filter(|i| gone.contains(&i.id))
+            .cloned()
+            .collect();
+        for id in &gone {
+            assert!(s.remove(id));
+        }
+        let i = s.issues.iter_mut().find(|i| i.id == silent).unwrap();
+        i.status = "RESOLVED".into();
+        kept
+    });
+    poll(&app, 2).await;
+    assert_eq!(
+        read_lines(&out).len(),
+        first.len(),
+        "an incremental poll cannot see either"
+    );
+
+    resync(&app, 3).await;
+    let lines = read_lines(&out)[first.len()..].to_vec();
+    let mut got: Vec<(String, String, bool)> = lines
+        .iter()
+        .map(|l| {
+            (
+                l["issue_id"].as_str().unwrap().to_string(),
+                l["kind"].as_str().unwrap().to_string(),
+                l["vanished"] == true,
+            )
+        })
+        .collect();
+    got.sort();
+    let mut want: Vec<(String, String, bool)> = gone
+        .iter()
+        .map(|id| (id.clone(), "issue.resolved".to_string(), true))
+        .chain([(silent.clone(), "issue.resolved".to_string(), false)])
+        .collect();
+    want.sort();
+    assert_eq!(got, want);
+    for l in &lines {
+        let id = l["issue_id"].as_str().unwrap();
+        assert_eq!(l["status"], "RESOLVED", "{l}");
+        if let Some(r) = removed.iter().find(|r| r.id == id) {
+            // What was known before it vanished: the severity, and the console link.
+            let opened = first.iter().find(|f| f["issue_id"] == id).unwrap();
+            assert_eq!(l["severity"], opened["severity"], "{l}");
+            assert_eq!(l["url"], opened["url"]);
+            assert!(l["raw_event"].is_null() && l["title"].is_null() && l["resource"].is_null());
+            assert_eq!(l["projects"], serde_json::json!([]));
+            assert_ne!(l["id"], opened["id"]);
+            assert_eq!(r.status, "OPEN");
+        } else {
+            assert_eq!(l["raw_event"]["status"], "RESOLVED");
+            assert!(l.get("vanished").is_none(), "{l}");
+        }
+    }
+    assert!(app
+        .observer_metrics_text()
+        .contains("wiz_connector_issues_vanished_total{tenant=\"t0\"} 3"));
+
+    // Reported once: the next full sweep finds nothing new.
+    let so_far = read_lines(&out).len();
+    resync(&app, 4).await;
+    assert_eq!(
+        read_lines(&out).len(),
+        so_far,
+        "a vanished issue is reported once"
+    );
+
+    // One comes back exactly as it was: reopened, under an id neither of its earlier events had.
+    let back = removed[0].clone();
+    sim.issues(CLIENT, |s| s.issues.push(back.clone()));
+    resync(&app, 5).await;
+    let lines = read_lines(&out)[so_far..].to_vec();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(lines[0]["kind"], "issue.reopened");
+    assert_eq!(lines[0]["issue_id"].as_str().unwrap(), back.id);
+    let earlier: Vec<serde_json::Value> = read_lines(&out)[..so_far]
+        .iter()
+        .filter(|l| l["issue_id"].as_str() == Some(back.id.as_str()))
+        .map(|l| l["id"].clone())
+        .collect();
+    assert_eq!(earlier.len(), 2, "opened, then vanished");
+    assert!(earlier.iter().all(|id| *id != lines[0]["id"]));
+    app.shutdown().await.unwrap();
+
+    // A new process on the same state: nothing is reported again.
+    let so_far = read_lines(&out).len();
+    let app = start(&cfg).await;
+    poll(&app, 1).await;
+    resync(&app, 2).await;
+    assert_eq!(
+        read_lines(&out).len(),
+        so_far,
+        "nothing repeated after a restart"
+    );
+    app.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vanished_issues_when_wiz_answers_not_found_for_an_unknown_id() {
+    vanished_issues(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vanished_issues_when_wiz_leaves_an_unknown_id_out() {
+    vanished_issues(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_lookup_answer_declares_nothing_vanished() {
+    use wiz_connector::sim::Fault;
+    let sim = sim(1, 30).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (state, out) = (dir.path().join("state"), dir.path().join("events.jsonl"));
+    let app = start(&body(&sim, &state, &out, "1h")).await;
+    poll(&app, 1).await;
+    let before = read_lines(&out).len();
+    let gone = sim.issues(CLIENT, |s| {
+        let id = s.ids_with_status("OPEN")[0].clone();
+        assert!(s.remove(&id));
+        id
+    });
+    // The sweep's one page is answered normally (a zero delay); the lookup gets a node that
+    // cannot be read, which might have been the issue asked for.
+    sim.push_faults(
+        CLIENT,
+        [
+            Fault::Latency { ms: 0 },
+            Fault::Garbage {
+                body:
+                    r#"{"data":{"issues":{"nodes":[{"id":5}],"pageInfo":{"hasNextPage":false}}}}"#
+                        .into(),
+            },
+        ],
+    );
+    resync(&app, 2).await;
+    assert_eq!(read_lines(&out).len(), before, "nothing declared vanished");
+    assert!(app
+        .observer_metrics_text()
+        .contains("wiz_connector_errors_total{tenant=\"t0\",kind=\"bad_response\"} 1"));
+    // The next full sweep, with a readable answer, reports it.
+    resync(&app, 3).await;
+    let lines = read_lines(&out)[before..].to_vec();
+    assert_eq!(lines.len(), 1);
+    assert_eq!(lines[0]["issue_id"].as_str(), Some(gone.as_str()));
+    assert_eq!(lines[0]["vanished"], true);
+    app.shutdown().await.unwrap();
+}

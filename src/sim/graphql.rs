@@ -41,7 +41,24 @@ struct Filter {
     issue_type: Option<Vec<String>>,
     created_at: Option<TimeFilter>,
     status_changed_at: Option<TimeFilter>,
-    id: Option<Vec<String>>,
+    id: Option<OneOrMany>,
+}
+
+/// A list input, which GraphQL also accepts as a single value (input coercion).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    fn into_vec(self) -> Vec<String> {
+        match self {
+            OneOrMany::One(s) => vec![s],
+            OneOrMany::Many(v) => v,
+        }
+    }
 }
 
 #[derive(Deserialize, Default)]
@@ -123,8 +140,14 @@ struct PageInfo<'a> {
     end_cursor: Option<&'a str>,
 }
 
-/// Answers one GraphQL request against a tenant's issues.
-pub(super) fn answer(body: &str, issues: &IssueSet, mangle: Option<&Fault>) -> Response {
+/// Answers one GraphQL request against a tenant's issues. `unknown_id_not_found`: see
+/// [`super::SimulatorOptions::unknown_id_not_found`].
+pub(super) fn answer(
+    body: &str,
+    issues: &IssueSet,
+    mangle: Option<&Fault>,
+    unknown_id_not_found: bool,
+) -> Response {
     let req: Request = match serde_json::from_str(body) {
         Ok(r) => r,
         Err(e) => {
@@ -155,7 +178,17 @@ pub(super) fn answer(body: &str, issues: &IssueSet, mangle: Option<&Fault>) -> R
     if first < 0 {
         return error_response("BAD_USER_INPUT", "'first' must be a non-negative integer");
     }
-    let filter = vars.filter_by.unwrap_or_default();
+    let mut filter = vars.filter_by.unwrap_or_default();
+    let ids = filter.id.take().map(OneOrMany::into_vec);
+    if unknown_id_not_found {
+        if let Some(unknown) = ids
+            .iter()
+            .flatten()
+            .find(|id| !issues.issues.iter().any(|i| &i.id == *id))
+        {
+            return error_response("NOT_FOUND", &format!("Issue {unknown} not found"));
+        }
+    }
     let (created, changed) = match (
         time_filter(&filter.created_at),
         time_filter(&filter.status_changed_at),
@@ -195,7 +228,7 @@ pub(super) fn answer(body: &str, issues: &IssueSet, mangle: Option<&Fault>) -> R
             has(&filter.status, &i.status)
                 && has(&filter.severity, &i.severity)
                 && has(&filter.issue_type, i.issue_type)
-                && has(&filter.id, &i.id)
+                && has(&ids, &i.id)
                 && in_range(i.created, &created)
                 && in_range(i.status_changed, &changed)
         })

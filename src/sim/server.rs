@@ -63,6 +63,10 @@ pub struct SimulatorOptions {
     pub latency: Duration,
     /// When set, every tenant makes one random change (churn) this often.
     pub churn_every: Option<Duration>,
+    /// When true, a query whose `filterBy.id` names an id the tenant does not have fails whole
+    /// with a `NOT_FOUND` GraphQL error (Wiz has been seen to do so); when false, the unknown ids
+    /// are simply absent from the answer. Whichever Wiz does, the connector copes.
+    pub unknown_id_not_found: bool,
 }
 
 impl Default for SimulatorOptions {
@@ -73,6 +77,7 @@ impl Default for SimulatorOptions {
             enforce_rate_limit: None,
             latency: Duration::ZERO,
             churn_every: None,
+            unknown_id_not_found: true,
         }
     }
 }
@@ -486,7 +491,12 @@ async fn graphql_route(
             .into_response();
     }
     let g = tenant.lock().expect("sim lock");
-    graphql::answer(&body, &g.issues, mangle.as_ref())
+    graphql::answer(
+        &body,
+        &g.issues,
+        mangle.as_ref(),
+        st.opts.unknown_id_not_found,
+    )
 }
 
 #[derive(Serialize)]

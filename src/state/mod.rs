@@ -17,7 +17,8 @@ use thiserror::Error;
 
 use crate::tenant::memory::Known;
 
-/// `<tenant>\u{1f}<issue id>` → fingerprint (16 bytes) followed by the status.
+/// `<tenant>\u{1f}<issue id>` → fingerprint (16 bytes), the status, then `\u{1f}` and Wiz's
+/// severity (records written before the severity was kept end after the status).
 const ISSUES: TableDefinition<&str, &[u8]> = TableDefinition::new("issues");
 /// `<tenant>` → JSON [`Checkpoint`].
 const CHECKPOINTS: TableDefinition<&str, &[u8]> = TableDefinition::new("checkpoints");
@@ -50,6 +51,39 @@ pub struct StateStore {
 
 fn key(tenant: &str, issue: &str) -> String {
     format!("{tenant}\u{1f}{issue}")
+}
+
+const SEP: u8 = 0x1f;
+
+fn encode(k: &Known, buf: &mut Vec<u8>) {
+    buf.clear();
+    buf.extend_from_slice(&k.fingerprint);
+    buf.extend_from_slice(k.status.as_bytes());
+    if let Some(s) = &k.severity {
+        buf.push(SEP);
+        buf.extend_from_slice(s.as_bytes());
+    }
+}
+
+/// A record, or `None` when it is too short to hold a fingerprint (the issue is then treated as
+/// unknown: at worst it is reported once more).
+fn decode(b: &[u8]) -> Option<Known> {
+    if b.len() < 16 {
+        return None;
+    }
+    let rest = &b[16..];
+    let (status, severity) = match rest.iter().position(|&c| c == SEP) {
+        Some(i) => (
+            &rest[..i],
+            Some(String::from_utf8_lossy(&rest[i + 1..]).into_owned()),
+        ),
+        None => (rest, None),
+    };
+    Some(Known {
+        fingerprint: b[..16].try_into().expect("16 bytes"),
+        status: String::from_utf8_lossy(status).into_owned(),
+        severity,
+    })
 }
 
 impl StateStore {
@@ -135,15 +169,37 @@ impl StateStore {
         ids.iter()
             .map(|id| {
                 let v = t.get(key(tenant, id).as_str()).map_err(|e| self.err(e))?;
-                Ok(v.and_then(|v| {
-                    let b = v.value();
-                    (b.len() >= 16).then(|| Known {
-                        fingerprint: b[..16].try_into().expect("16 bytes"),
-                        status: String::from_utf8_lossy(&b[16..]).into_owned(),
-                    })
-                }))
+                Ok(v.and_then(|v| decode(v.value())))
             })
             .collect()
+    }
+
+    /// Every known issue of `tenant` whose recorded status is one of `statuses`, in key order
+    /// (one read transaction, a range scan over the tenant's keys).
+    pub fn known_with_status(
+        &self,
+        tenant: &str,
+        statuses: &[String],
+    ) -> Result<Vec<(String, Known)>, StateError> {
+        let r = self.db.begin_read().map_err(|e| self.err(e))?;
+        let t = r.open_table(ISSUES).map_err(|e| self.err(e))?;
+        // Tenant ids never hold \u{1f} or \u{20}, so this range is exactly the tenant's keys.
+        let (from, to) = (format!("{tenant}\u{1f}"), format!("{tenant}\u{20}"));
+        let mut out = Vec::new();
+        for entry in t
+            .range(from.as_str()..to.as_str())
+            .map_err(|e| self.err(e))?
+        {
+            let (k, v) = entry.map_err(|e| self.err(e))?;
+            let Some(known) = decode(v.value()) else {
+                continue;
+            };
+            if statuses.contains(&known.status) {
+                let id = &k.value()[from.len()..];
+                out.push((id.to_string(), known));
+            }
+        }
+        Ok(out)
     }
 
     /// Records delivered states and, at the end of a sweep, the checkpoint; one durable commit.
@@ -158,9 +214,7 @@ impl StateStore {
             let mut t = w.open_table(ISSUES).map_err(|e| self.err(e))?;
             let mut buf = Vec::new();
             for (id, k) in updates {
-                buf.clear();
-                buf.extend_from_slice(&k.fingerprint);
-                buf.extend_from_slice(k.status.as_bytes());
+                encode(k, &mut buf);
                 t.insert(key(tenant, id).as_str(), buf.as_slice())
                     .map_err(|e| self.err(e))?;
             }
@@ -187,6 +241,7 @@ mod tests {
             let k = Known {
                 fingerprint: [7; 16],
                 status: "OPEN".into(),
+                severity: Some("HIGH".into()),
             };
             let cp = Checkpoint {
                 high_water: Some("2026-01-01T00:00:00Z".into()),
@@ -221,5 +276,46 @@ mod tests {
             })
             .collect();
         assert_eq!(aside.len(), 1, "the damaged file is kept for inspection");
+    }
+
+    #[test]
+    fn records_without_a_severity_still_read_and_scans_stay_within_the_tenant() {
+        let dir = tempfile::tempdir().unwrap();
+        let (s, _) = StateStore::open_or_recover(dir.path()).unwrap();
+        let known = |status: &str, severity: Option<&str>| Known {
+            fingerprint: [1; 16],
+            status: status.into(),
+            severity: severity.map(Into::into),
+        };
+        // A record as the first version wrote it: fingerprint and status only.
+        let mut legacy = vec![1u8; 16];
+        legacy.extend_from_slice(b"OPEN");
+        assert_eq!(decode(&legacy), Some(known("OPEN", None)));
+        assert_eq!(decode(&[1; 8]), None, "too short for a fingerprint");
+        s.commit(
+            "a",
+            &[
+                ("i1".into(), known("OPEN", Some("LOW"))),
+                ("i2".into(), known("RESOLVED", Some("HIGH"))),
+                ("i3".into(), known("IN_PROGRESS", None)),
+            ],
+            None,
+        )
+        .unwrap();
+        // Neighbours whose ids share the prefix, or sort right after it.
+        s.commit("a-b", &[("i9".into(), known("OPEN", None))], None)
+            .unwrap();
+        s.commit("ab", &[("i8".into(), known("OPEN", None))], None)
+            .unwrap();
+        let watched = ["OPEN".to_string(), "IN_PROGRESS".to_string()];
+        let got = s.known_with_status("a", &watched).unwrap();
+        assert_eq!(
+            got,
+            vec![
+                ("i1".to_string(), known("OPEN", Some("LOW"))),
+                ("i3".to_string(), known("IN_PROGRESS", None)),
+            ]
+        );
+        assert_eq!(s.known_with_status("nobody", &watched).unwrap(), vec![]);
     }
 }

@@ -6,9 +6,19 @@ use crate::event::EventKind;
 /// The last delivered (or silently recorded) state of one issue.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Known {
+    /// Digest of the state last delivered (see [`crate::event::fingerprint`]); a new observation
+    /// with another digest is a change.
     pub fingerprint: [u8; 16],
+    /// The Wiz status last seen, or [`VANISHED`]: says which kind a change is.
     pub status: String,
+    /// Wiz's severity last seen (e.g. `HIGH`), so the event for an issue that vanished from Wiz
+    /// can still say how severe it was. `None` in records written before it was kept.
+    pub severity: Option<String>,
 }
+
+/// The recorded status of an issue a full sweep no longer found and Wiz no longer returns by id.
+/// It was reported as resolved; if it comes back it is reported as reopened.
+pub const VANISHED: &str = "VANISHED";
 
 /// What to do with an observed issue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,7 +33,7 @@ pub enum Change {
 }
 
 fn closed(status: &str) -> bool {
-    matches!(status, "RESOLVED" | "REJECTED")
+    matches!(status, "RESOLVED" | "REJECTED" | VANISHED)
 }
 
 /// Compares an observation (`status`, `fingerprint`) with what is known. `watched` says whether
@@ -56,6 +66,7 @@ mod tests {
         let k = |b: u8, s: &str| Known {
             fingerprint: [b; 16],
             status: s.into(),
+            severity: None,
         };
         let fp = |b| [b; 16];
         assert_eq!(
@@ -101,6 +112,17 @@ mod tests {
         assert_eq!(
             change(Some(&resolved), "RESOLVED", &fp(5), false),
             Change::Emit(EventKind::Updated)
+        );
+        // An issue that vanished and comes back is reopened; back as RESOLVED, it is resolved
+        // for real (with Wiz's own record this time).
+        let vanished = k(6, VANISHED);
+        assert_eq!(
+            change(Some(&vanished), "OPEN", &fp(1), true),
+            Change::Emit(EventKind::Reopened)
+        );
+        assert_eq!(
+            change(Some(&vanished), "RESOLVED", &fp(1), false),
+            Change::Emit(EventKind::Resolved)
         );
     }
 }

@@ -6,9 +6,14 @@
 //! remember what was delivered, then ask itself for the next page. Between pages the mailbox is
 //! free, so a stop request takes effect after the page in flight is delivered. The timer is
 //! re-armed with `send_after` once a poll ends, never with an interval.
+//!
+//! A full sweep ends with a reconciliation: the known issues in the watched statuses it did not
+//! see are looked up by id, a batch per message, and those Wiz no longer returns are reported as
+//! vanished (see [`crate::event::Normalizer::vanished`]).
 
 pub mod memory;
 
+use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -25,9 +30,10 @@ use crate::health::{HealthMap, LastError, TenantState};
 use crate::metrics::{Event, Observer};
 use crate::sink::{deliver, Batch, SinkMsg, SinkStats};
 use crate::state::{Checkpoint, StateStore};
+use crate::wiz::page::{Issue, Page};
 use crate::wiz::TimeRange;
 use crate::wiz::{IssueFilter, IssueOrder, Sweep, TenantClient, WizHttp};
-use memory::{change, Change, Known};
+use memory::{change, Change, Known, VANISHED};
 
 /// Longest wait for the sink's ack before the page is sent again.
 const ACK_TIMEOUT: Duration = Duration::from_secs(120);
@@ -81,7 +87,29 @@ struct Pending {
     remember: Vec<(String, Known)>,
     /// Events of the page by kind, counted once the sink took them.
     kinds: Vec<(EventKind, u64)>,
+    /// How many of the events report an issue that vanished from Wiz.
+    vanished: u64,
     attempts: u32,
+}
+
+/// The events of one page being built, and the states to remember once the sink took them.
+#[derive(Default)]
+struct Outbox {
+    lines: Vec<u8>,
+    remember: Vec<(String, Known)>,
+    kinds: Vec<(EventKind, u64)>,
+    events: usize,
+    vanished: u64,
+}
+
+impl Outbox {
+    fn count(&mut self, kind: EventKind) {
+        self.events += 1;
+        match self.kinds.iter_mut().find(|(k, _)| *k == kind) {
+            Some((_, n)) => *n += 1,
+            None => self.kinds.push((kind, 1)),
+        }
+    }
 }
 
 struct ActiveSweep {
@@ -99,6 +127,13 @@ struct ActiveSweep {
     events: u64,
     observed_at: String,
     pending: Option<Pending>,
+    /// The statuses a full sweep asks for (a reload may change the spec's while it runs).
+    statuses: Vec<String>,
+    /// Ids a full sweep saw; `None` for an incremental sweep.
+    seen: Option<HashSet<String>>,
+    /// Once a full sweep's pages are done: the known issues in the watched statuses it did not
+    /// see, in batches still to be looked up by id (each batch is then delivered as a page).
+    reconcile: Option<VecDeque<Vec<(String, Known)>>>,
 }
 
 pub struct TenantActorState {
@@ -210,6 +245,9 @@ impl TenantActorState {
             events: 0,
             observed_at: now_rfc3339(),
             pending: None,
+            statuses: spec.statuses.clone(),
+            seen: full.then(HashSet::new),
+            reconcile: None,
         });
         let now = SystemTime::now();
         // A poll asked for early (by an operator) is not late.
@@ -360,6 +398,14 @@ impl TenantActorState {
                         .observer
                         .emit(&self.args.spec.id, Event::EventsDelivered { kind, count });
                 }
+                if pending.vanished > 0 {
+                    self.args.observer.emit(
+                        &self.args.spec.id,
+                        Event::IssuesVanished {
+                            count: pending.vanished,
+                        },
+                    );
+                }
                 self.args
                     .health
                     .update(&self.args.spec.id, |h| h.events_total += events);
@@ -394,11 +440,24 @@ impl TenantActorState {
         }
     }
 
-    /// Fetches the next page and hands it to the sink (or finishes the sweep).
+    /// Fetches the next page and hands it to the sink (or finishes the sweep). After the last
+    /// page of a full sweep comes the reconciliation: the known issues the sweep did not see are
+    /// looked up by id, a batch per message.
     async fn next_page(&mut self, myself: &ActorRef<TenantMsg>) {
         let Some(active) = self.sweep.as_mut() else {
             return;
         };
+        let observed_at = active.observed_at.clone();
+        if let Some(batches) = active.reconcile.as_mut() {
+            let Some(batch) = batches.pop_front() else {
+                return self.finish(myself, Ok(())).await;
+            };
+            let span = tracing::info_span!(parent: &active.span, "lookup", tenant = %self.args.spec.id, ids = batch.len());
+            return self
+                .reconcile_batch(myself, batch, &observed_at)
+                .instrument(span)
+                .await;
+        }
         let page_span = tracing::info_span!(
             parent: &active.span,
             "page",
@@ -411,92 +470,271 @@ impl TenantActorState {
                     .finish(myself, Err((e.kind().as_str(), e.to_string())))
                     .await
             }
+            Ok(None) if active.seen.is_some() => return self.start_reconcile(myself).await,
             Ok(None) => return self.finish(myself, Ok(())).await,
             Ok(Some(page)) => page,
         };
         self.args.faults.on_page(&self.args.spec.id, &page);
-        self.buf.clear();
-        let mut remember = Vec::new();
-        let mut kinds: Vec<(EventKind, u64)> = Vec::new();
-        let mut events = 0;
-        let ids: Vec<&str> = page
-            .issues()
-            .filter_map(|i| i.ok().map(|i| i.id()))
-            .collect();
-        let known = match self.args.store.known(&self.args.spec.id, &ids) {
-            Ok(k) => k,
-            Err(e) => return self.finish(myself, Err(("state", e.to_string()))).await,
+        let collect = active.seen.is_some();
+        let observed = match self.observe(std::slice::from_ref(&page), &observed_at, collect) {
+            Ok(o) => o,
+            Err(e) => return self.finish(myself, Err(e)).await,
         };
-        let mut known = known.into_iter();
-        for issue in page.issues() {
-            let issue = match issue {
-                Ok(i) => i,
-                Err(e) => {
-                    self.args.observer.emit(
-                        &self.args.spec.id,
-                        Event::NodeSkipped {
-                            error: &e.to_string(),
-                        },
-                    );
-                    continue;
-                }
-            };
-            let old = known.next().flatten();
-            let fp = issue_fingerprint(&issue);
-            let watched = self.args.spec.statuses.iter().any(|s| s == issue.status());
-            let kind = match change(old.as_ref(), issue.status(), &fp, watched) {
-                Change::Unchanged => continue,
-                Change::Remember => {
-                    remember.push((
-                        issue.id().to_string(),
-                        Known {
-                            fingerprint: fp,
-                            status: issue.status().to_string(),
-                        },
-                    ));
-                    continue;
-                }
-                Change::Emit(kind) => kind,
-            };
-            let meta =
-                self.normalizer
-                    .normalize(&issue, Some(kind), &active.observed_at, &mut self.buf);
-            self.buf.push(b'\n');
-            events += 1;
-            match kinds.iter_mut().find(|(k, _)| *k == kind) {
-                Some((_, n)) => *n += 1,
-                None => kinds.push((kind, 1)),
-            }
-            remember.push((
-                meta.issue_id,
-                Known {
-                    fingerprint: meta.fingerprint,
-                    status: meta.status,
-                },
-            ));
+        if let Some(seen) = self.sweep.as_mut().and_then(|a| a.seen.as_mut()) {
+            seen.extend(observed.ids);
         }
-        if events == 0 {
+        self.hand_over(myself, observed.outbox)
+            .instrument(page_span)
+            .await;
+    }
+
+    /// A full sweep's pages are done: finds the known issues in the watched statuses it did not
+    /// see, and queues them for lookup by id (or finishes when there are none).
+    async fn start_reconcile(&mut self, myself: &ActorRef<TenantMsg>) {
+        let Some(active) = self.sweep.as_mut() else {
+            return;
+        };
+        let seen = active.seen.take().unwrap_or_default();
+        let statuses = active.statuses.clone();
+        let store = self.args.store.clone();
+        let tenant = self.args.spec.id.clone();
+        let missing = tokio::task::spawn_blocking(move || {
+            store.known_with_status(&tenant, &statuses).map(|known| {
+                known
+                    .into_iter()
+                    .filter(|(id, _)| !seen.contains(id))
+                    .collect::<Vec<_>>()
+            })
+        })
+        .await;
+        let missing = match missing {
+            Ok(Ok(m)) => m,
+            Ok(Err(e)) => return self.finish(myself, Err(("state", e.to_string()))).await,
+            Err(e) => {
+                return self
+                    .finish(
+                        myself,
+                        Err(("state", format!("state store scan failed: {e}"))),
+                    )
+                    .await
+            }
+        };
+        if missing.is_empty() {
+            return self.finish(myself, Ok(())).await;
+        }
+        tracing::info!(
+            tenant = %self.args.spec.id,
+            missing = missing.len(),
+            "the full sweep did not see some known issues; looking them up by id"
+        );
+        let size = self.args.spec.page_size.max(1) as usize;
+        let batches = missing.chunks(size).map(<[_]>::to_vec).collect();
+        if let Some(active) = self.sweep.as_mut() {
+            active.reconcile = Some(batches);
+        }
+        let _ = myself.send_message(TenantMsg::NextPage);
+    }
+
+    /// Looks up one batch of issues a full sweep missed: those Wiz returns are compared like any
+    /// observation (a status change the incremental polls did not see comes out here); those it
+    /// does not return have vanished, and each gets one `issue.resolved` event marked
+    /// `"vanished": true`.
+    async fn reconcile_batch(
+        &mut self,
+        myself: &ActorRef<TenantMsg>,
+        batch: Vec<(String, Known)>,
+        observed_at: &str,
+    ) {
+        let ids: Vec<String> = batch.iter().map(|(id, _)| id.clone()).collect();
+        let pages = match self.client.lookup(&ids).await {
+            Ok(p) => p,
+            Err(e) => {
+                return self
+                    .finish(myself, Err((e.kind().as_str(), e.to_string())))
+                    .await
+            }
+        };
+        let observed = match self.observe(&pages, observed_at, true) {
+            Ok(o) => o,
+            Err(e) => return self.finish(myself, Err(e)).await,
+        };
+        let mut outbox = observed.outbox;
+        if observed.unreadable > 0 {
+            // A node that cannot be read may be one of the ids asked for: none of this batch
+            // is called vanished on that evidence. The next full sweep tries again.
+            tracing::warn!(
+                tenant = %self.args.spec.id,
+                ids = ids.len(),
+                unreadable = observed.unreadable,
+                "an issue looked up by id could not be read; not deciding which of this batch vanished"
+            );
+        } else {
+            let returned: HashSet<String> = observed.ids.into_iter().collect();
+            for (id, last) in batch.iter().filter(|(id, _)| !returned.contains(id)) {
+                let meta = self.normalizer.vanished(
+                    id,
+                    &last.fingerprint,
+                    last.severity.as_deref(),
+                    observed_at,
+                    &mut outbox.lines,
+                );
+                outbox.lines.push(b'\n');
+                outbox.count(meta.kind);
+                outbox.vanished += 1;
+                outbox.remember.push((
+                    meta.issue_id,
+                    Known {
+                        fingerprint: meta.fingerprint,
+                        status: VANISHED.to_string(),
+                        severity: last.severity.clone(),
+                    },
+                ));
+            }
+        }
+        self.hand_over(myself, outbox).await;
+    }
+
+    /// Compares the issues of `pages` with what is known and builds the events of the changed
+    /// ones. With `collect_ids`, also returns the id of every readable issue.
+    fn observe(
+        &mut self,
+        pages: &[Page],
+        observed_at: &str,
+        collect_ids: bool,
+    ) -> Result<Observed, (&'static str, String)> {
+        let mut out = Observed {
+            outbox: Outbox {
+                lines: std::mem::take(&mut self.buf),
+                ..Default::default()
+            },
+            ids: Vec::new(),
+            unreadable: 0,
+        };
+        out.outbox.lines.clear();
+        for page in pages {
+            let ids: Vec<&str> = page
+                .issues()
+                .filter_map(|i| i.ok().map(|i| i.id()))
+                .collect();
+            let known = self
+                .args
+                .store
+                .known(&self.args.spec.id, &ids)
+                .map_err(|e| ("state", e.to_string()))?;
+            if collect_ids {
+                out.ids.extend(ids.iter().map(|s| s.to_string()));
+            }
+            let mut known = known.into_iter();
+            for issue in page.issues() {
+                let issue = match issue {
+                    Ok(i) => i,
+                    Err(e) => {
+                        out.unreadable += 1;
+                        self.args.observer.emit(
+                            &self.args.spec.id,
+                            Event::NodeSkipped {
+                                error: &e.to_string(),
+                            },
+                        );
+                        continue;
+                    }
+                };
+                let old = known.next().flatten();
+                self.observe_issue(&mut out.outbox, &issue, old, observed_at);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Compares one issue with its known state; writes its event when it changed, and notes
+    /// what to remember.
+    fn observe_issue(
+        &mut self,
+        out: &mut Outbox,
+        issue: &Issue<'_>,
+        old: Option<Known>,
+        observed_at: &str,
+    ) {
+        let fp = issue_fingerprint(issue);
+        let watched = self.args.spec.statuses.iter().any(|s| s == issue.status());
+        let kind = match change(old.as_ref(), issue.status(), &fp, watched) {
+            Change::Unchanged => return,
+            Change::Remember => {
+                out.remember.push((
+                    issue.id().to_string(),
+                    Known {
+                        fingerprint: fp,
+                        status: issue.status().to_string(),
+                        severity: issue.severity().map(str::to_string),
+                    },
+                ));
+                return;
+            }
+            Change::Emit(kind) => kind,
+        };
+        // Back after it vanished: the id must differ from the one this state had before.
+        let salt = old
+            .as_ref()
+            .filter(|k| k.status == VANISHED)
+            .map(|k| k.fingerprint);
+        let meta = self.normalizer.normalize_with(
+            issue,
+            Some(kind),
+            observed_at,
+            salt.as_ref(),
+            &mut out.lines,
+        );
+        out.lines.push(b'\n');
+        out.count(kind);
+        out.remember.push((
+            meta.issue_id,
+            Known {
+                fingerprint: meta.fingerprint,
+                status: meta.status,
+                severity: issue.severity().map(str::to_string),
+            },
+        ));
+    }
+
+    /// Sends a built page to the sink, or, when it holds no event, records what it remembers
+    /// and moves on.
+    async fn hand_over(&mut self, myself: &ActorRef<TenantMsg>, outbox: Outbox) {
+        if outbox.events == 0 {
+            self.buf = outbox.lines;
             // Nothing to deliver; states first seen outside the watched statuses are recorded.
-            if !remember.is_empty() {
-                if let Err(e) = self.commit(remember, None).await {
+            if !outbox.remember.is_empty() {
+                if let Err(e) = self.commit(outbox.remember, None).await {
                     return self.finish(myself, Err(e)).await;
                 }
             }
             let _ = myself.send_message(TenantMsg::NextPage);
             return;
         }
+        let Some(active) = self.sweep.as_mut() else {
+            return;
+        };
         active.pending = Some(Pending {
             batch: Arc::new(Batch {
                 tenant: Arc::from(self.args.spec.id.as_str()),
-                lines: std::mem::take(&mut self.buf),
-                events,
+                lines: outbox.lines,
+                events: outbox.events,
             }),
-            remember,
-            kinds,
+            remember: outbox.remember,
+            kinds: outbox.kinds,
+            vanished: outbox.vanished,
             attempts: 0,
         });
-        self.try_deliver(myself).instrument(page_span).await;
+        self.try_deliver(myself).await;
     }
+}
+
+/// What [`TenantActorState::observe`] made of some pages.
+struct Observed {
+    outbox: Outbox,
+    /// Ids of the readable issues (when asked for).
+    ids: Vec<String>,
+    /// Nodes that could not be read.
+    unreadable: usize,
 }
 
 fn unix_now() -> u64 {

@@ -79,6 +79,13 @@ pub enum WizError {
     RetriesExhausted { attempts: u32, last: Box<WizError> },
 }
 
+impl WizError {
+    /// A GraphQL `NOT_FOUND` error: what Wiz may answer when asked for an id it does not have.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, WizError::GraphQl { code, .. } if code == "NOT_FOUND")
+    }
+}
+
 /// A coarse kind, for metrics and health (`errors by kind`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ErrorKind {

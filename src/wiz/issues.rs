@@ -58,6 +58,9 @@ pub struct IssueFilter {
     pub status_changed_at: Option<TimeRange>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub created_at: Option<TimeRange>,
+    /// Issue ids (a list; GraphQL would also take a single id here).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub id: Vec<String>,
 }
 
 /// `{after, before}` of a time filter, RFC 3339.

@@ -135,6 +135,11 @@ impl<'p> Issue<'p> {
     pub fn status(&self) -> &'p str {
         self.text(&self.record.status).text
     }
+
+    /// Wiz's severity, verbatim (`CRITICAL`...), when the node has one.
+    pub fn severity(&self) -> Option<&'p str> {
+        self.opt(&self.record.severity).map(|s| s.text)
+    }
 }
 
 impl Page {
