@@ -55,9 +55,14 @@ impl Drop for Sim {
 }
 
 fn start_sim(tenants: usize, issues: usize) -> Sim {
+    start_sim_with(tenants, issues, &[])
+}
+
+fn start_sim_with(tenants: usize, issues: usize, extra: &[&str]) -> Sim {
     let port = free_port();
     let child = Command::new(BIN)
         .args(["simulate", "--listen", &format!("127.0.0.1:{port}")])
+        .args(extra)
         .args([
             "--tenants",
             &tenants.to_string(),
@@ -268,6 +273,93 @@ async fn quiet() {
     app.shutdown().await.unwrap();
 }
 
+/// Full sweeps (resyncs) of 100 tenants × 1,000 issues: one round with nothing vanished, one
+/// after 1% of each tenant's open issues were removed in Wiz. With `not_found`, the simulator
+/// answers a lookup of a missing id with NOT_FOUND (the expensive case: the connector halves the
+/// batch); otherwise it leaves the id out.
+async fn reconcile(not_found: bool) {
+    const N: usize = 100;
+    const ISSUES: usize = 1000;
+    let sim = start_sim_with(
+        N,
+        ISSUES,
+        if not_found {
+            &[]
+        } else {
+            &["--omit-unknown-ids"]
+        },
+    );
+    let answer = if not_found {
+        "NOT_FOUND"
+    } else {
+        "ids left out"
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let settings = fleet_config(
+        &sim.base,
+        N,
+        "poll_interval = \"1h\"\nstartup_jitter = \"0s\"\nmax_concurrent_sweeps = 64",
+        &format!(
+            "[sinks.archive]\ntype = \"file\"\npath = \"{}\"\n",
+            dir.path().join("events.jsonl").display()
+        ),
+    );
+    let app = App::start(settings, AppOptions::default()).await.unwrap();
+    let polled = |n: u64| app.health.all().iter().all(|h| h.polls >= n);
+    while !polled(1) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let http = reqwest::Client::new();
+    for (round, vanish) in [(2u64, 0usize), (3, 7)] {
+        let mut removed = 0;
+        for t in 0..N {
+            if vanish > 0 {
+                let ids: Vec<String> = http
+                    .post(format!(
+                        "{}/_sim/tenants/sim-client-{t:04}/remove?count={vanish}",
+                        sim.base
+                    ))
+                    .send()
+                    .await
+                    .unwrap()
+                    .bytes()
+                    .await
+                    .map(|b| serde_json::from_slice(&b).unwrap())
+                    .unwrap();
+                removed += ids.len();
+            }
+        }
+        let events0 = app
+            .sink_stats
+            .events
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let requests0 = sim_requests(&sim.base, N).await;
+        let cpu0 = cpu_seconds();
+        let started = Instant::now();
+        for t in 0..N {
+            app.resync(&format!("t{t}")).await;
+        }
+        while !polled(round) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let wall = started.elapsed().as_secs_f64();
+        let cpu = cpu_seconds() - cpu0;
+        let requests = sim_requests(&sim.base, N).await - requests0;
+        let events = app
+            .sink_stats
+            .events
+            .load(std::sync::atomic::Ordering::Relaxed)
+            - events0;
+        println!(
+            "| full sweep | {N} tenants × {ISSUES} issues, {removed} vanished, unknown id: {answer} | {:.1} s, {events} events | {:.2} requests and {:.1} ms CPU per tenant |",
+            wall,
+            requests as f64 / N as f64,
+            cpu / N as f64 * 1e3
+        );
+    }
+    app.shutdown().await.unwrap();
+}
+
 /// GraphQL requests the simulator has seen from clients 0..n.
 async fn sim_requests(base: &str, n: usize) -> u64 {
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -370,6 +462,10 @@ fn main() {
         }
         if all || args.iter().any(|a| a == "lag") {
             lag().await;
+        }
+        if all || args.iter().any(|a| a == "reconcile") {
+            reconcile(false).await;
+            reconcile(true).await;
         }
     });
 }

@@ -81,4 +81,8 @@ pub struct SimulateArgs {
     /// Added latency of every GraphQL answer, in milliseconds.
     #[arg(long, default_value_t = 0)]
     pub latency_ms: u64,
+    /// Answer a lookup of unknown issue ids (`filterBy.id`) by leaving them out, instead of
+    /// failing it with a NOT_FOUND GraphQL error.
+    #[arg(long)]
+    pub omit_unknown_ids: bool,
 }

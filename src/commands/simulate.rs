@@ -19,6 +19,7 @@ pub fn options(args: &SimulateArgs) -> SimulatorOptions {
         enforce_rate_limit: args.enforce_rate_limit,
         latency: Duration::from_millis(args.latency_ms),
         churn_every: (!args.churn_every.0.is_zero()).then_some(args.churn_every.0),
+        unknown_id_not_found: !args.omit_unknown_ids,
         ..Default::default()
     }
 }

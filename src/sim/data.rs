@@ -611,6 +611,21 @@ impl IssueSet {
         self.issues.len() != before
     }
 
+    /// Removes `count` issues in `status`, spread evenly over the set (so they sit on different
+    /// pages); returns their ids.
+    pub fn remove_spread(&mut self, status: &str, count: usize) -> Vec<String> {
+        let ids = self.ids_with_status(status);
+        let count = count.min(ids.len());
+        if count == 0 {
+            return Vec::new();
+        }
+        let step = ids.len() / count;
+        let gone: Vec<String> = ids.into_iter().step_by(step).take(count).collect();
+        let set: std::collections::HashSet<&str> = gone.iter().map(String::as_str).collect();
+        self.issues.retain(|i| !set.contains(i.id.as_str()));
+        gone
+    }
+
     /// Ids of issues in `status`.
     pub fn ids_with_status(&self, status: &str) -> Vec<String> {
         self.issues
@@ -680,6 +695,19 @@ mod tests {
         assert!(ja.contains("データベース"));
         // Created in order, so CREATED_AT order is the vector order.
         assert!(a.issues.windows(2).all(|w| w[0].created < w[1].created));
+    }
+
+    #[test]
+    fn removal_is_spread_and_exact() {
+        let mut s = IssueSet::generate(3, 100);
+        let open = s.ids_with_status("OPEN");
+        let gone = s.remove_spread("OPEN", 5);
+        assert_eq!(gone.len(), 5);
+        assert_eq!(s.ids_with_status("OPEN").len(), open.len() - 5);
+        assert!(gone.iter().all(|g| !s.issues.iter().any(|i| &i.id == g)));
+        assert_eq!(gone[0], open[0]);
+        assert_eq!(gone[1], open[open.len() / 5], "every fifth one");
+        assert_eq!(s.remove_spread("NO_SUCH_STATUS", 3), Vec::<String>::new());
     }
 
     #[test]

@@ -191,6 +191,7 @@ impl Simulator {
             .route("/_sim/tenants", get(list_tenants))
             .route("/_sim/tenants/{client_id}/faults", post(push_faults_route))
             .route("/_sim/tenants/{client_id}/churn", post(churn_route))
+            .route("/_sim/tenants/{client_id}/remove", post(remove_route))
             .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind(listen).await?;
         let addr = listener.local_addr()?;
@@ -560,5 +561,28 @@ async fn churn_route(
             StatusCode::NO_CONTENT
         }
         None => StatusCode::NOT_FOUND,
+    }
+}
+
+#[derive(Deserialize)]
+struct RemoveQuery {
+    count: Option<usize>,
+    status: Option<String>,
+}
+
+/// Removes issues entirely (as Wiz does when they leave the service account's reach):
+/// `count` (default 1) issues in `status` (default OPEN), spread over the set; answers their ids.
+async fn remove_route(
+    State(st): State<Arc<SimState>>,
+    Path(client_id): Path<String>,
+    Query(q): Query<RemoveQuery>,
+) -> Response {
+    match st.tenant(&client_id) {
+        Some(t) => {
+            let mut g = t.lock().expect("sim lock");
+            let status = q.status.as_deref().unwrap_or("OPEN");
+            Json(g.issues.remove_spread(status, q.count.unwrap_or(1))).into_response()
+        }
+        None => StatusCode::NOT_FOUND.into_response(),
     }
 }
