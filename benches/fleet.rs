@@ -232,25 +232,32 @@ async fn e2e() {
     }
 }
 
-/// Polls of quiet tenants after their first sweep: requests and CPU per incremental poll.
-async fn quiet() {
-    const N: usize = 100;
-    let sim = start_sim(N, 200);
+/// A fleet of `n` tenants on `sim` with a file sink (in the returned directory), started with
+/// `connector` settings and waited on until every tenant finished its first sweep.
+async fn swept_fleet(sim: &Sim, n: usize, connector: &str) -> (App, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let settings = fleet_config(
         &sim.base,
-        N,
-        "poll_interval = \"1h\"\nstartup_jitter = \"0s\"",
+        n,
+        connector,
         &format!(
             "[sinks.archive]\ntype = \"file\"\npath = \"{}\"\n",
             dir.path().join("events.jsonl").display()
         ),
     );
     let app = App::start(settings, AppOptions::default()).await.unwrap();
-    let polled = |n: u64| app.health.all().iter().all(|h| h.polls >= n);
-    while !polled(1) {
+    while !app.health.all().iter().all(|h| h.polls >= 1) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    (app, dir)
+}
+
+/// Polls of quiet tenants after their first sweep: requests and CPU per incremental poll.
+async fn quiet() {
+    const N: usize = 100;
+    let sim = start_sim(N, 200);
+    let (app, _dir) = swept_fleet(&sim, N, "poll_interval = \"1h\"\nstartup_jitter = \"0s\"").await;
+    let polled = |n: u64| app.health.all().iter().all(|h| h.polls >= n);
     let requests_before = sim_requests(&sim.base, N).await;
     let cpu0 = cpu_seconds();
     const ROUNDS: u64 = 10;
@@ -294,21 +301,13 @@ async fn reconcile(not_found: bool) {
     } else {
         "ids left out"
     };
-    let dir = tempfile::tempdir().unwrap();
-    let settings = fleet_config(
-        &sim.base,
+    let (app, _dir) = swept_fleet(
+        &sim,
         N,
         "poll_interval = \"1h\"\nstartup_jitter = \"0s\"\nmax_concurrent_sweeps = 64",
-        &format!(
-            "[sinks.archive]\ntype = \"file\"\npath = \"{}\"\n",
-            dir.path().join("events.jsonl").display()
-        ),
-    );
-    let app = App::start(settings, AppOptions::default()).await.unwrap();
+    )
+    .await;
     let polled = |n: u64| app.health.all().iter().all(|h| h.polls >= n);
-    while !polled(1) {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
     let http = reqwest::Client::new();
     for (round, vanish) in [(2u64, 0usize), (3, 7)] {
         let mut removed = 0;

@@ -84,30 +84,36 @@ pub struct TenantArgs {
 /// A page delivered to the sink but not yet acknowledged.
 struct Pending {
     batch: Arc<Batch>,
-    remember: Vec<(String, Known)>,
-    /// Events of the page by kind, counted once the sink took them.
-    kinds: Vec<(EventKind, u64)>,
-    /// How many of the events report an issue that vanished from Wiz.
-    vanished: u64,
+    ledger: Ledger,
     attempts: u32,
 }
 
-/// The events of one page being built, and the states to remember once the sink took them.
+/// What a page's delivery settles once the sink took it: the states to remember, and the counts
+/// to report.
+#[derive(Default)]
+struct Ledger {
+    remember: Vec<(String, Known)>,
+    /// Events by kind.
+    kinds: Vec<(EventKind, u64)>,
+    /// How many of the events report an issue that vanished from Wiz.
+    vanished: u64,
+}
+
+/// The events of one page being built, and their ledger.
 #[derive(Default)]
 struct Outbox {
     lines: Vec<u8>,
-    remember: Vec<(String, Known)>,
-    kinds: Vec<(EventKind, u64)>,
     events: usize,
-    vanished: u64,
+    ledger: Ledger,
 }
 
 impl Outbox {
     fn count(&mut self, kind: EventKind) {
         self.events += 1;
-        match self.kinds.iter_mut().find(|(k, _)| *k == kind) {
+        let kinds = &mut self.ledger.kinds;
+        match kinds.iter_mut().find(|(k, _)| *k == kind) {
             Some((_, n)) => *n += 1,
-            None => self.kinds.push((kind, 1)),
+            None => kinds.push((kind, 1)),
         }
     }
 }
@@ -393,16 +399,16 @@ impl TenantActorState {
                 let pending = active.pending.take().expect("checked above");
                 active.events += pending.batch.events as u64;
                 let events = pending.batch.events as u64;
-                for (kind, count) in pending.kinds {
+                for (kind, count) in pending.ledger.kinds {
                     self.args
                         .observer
                         .emit(&self.args.spec.id, Event::EventsDelivered { kind, count });
                 }
-                if pending.vanished > 0 {
+                if pending.ledger.vanished > 0 {
                     self.args.observer.emit(
                         &self.args.spec.id,
                         Event::IssuesVanished {
-                            count: pending.vanished,
+                            count: pending.ledger.vanished,
                         },
                     );
                 }
@@ -410,7 +416,7 @@ impl TenantActorState {
                     .health
                     .update(&self.args.spec.id, |h| h.events_total += events);
                 // Only now, after every sink has the page, is it remembered.
-                match self.commit(pending.remember, None).await {
+                match self.commit(pending.ledger.remember, None).await {
                     Ok(()) => {
                         let _ = myself.send_message(TenantMsg::NextPage);
                     }
@@ -580,8 +586,8 @@ impl TenantActorState {
                 );
                 outbox.lines.push(b'\n');
                 outbox.count(meta.kind);
-                outbox.vanished += 1;
-                outbox.remember.push((
+                outbox.ledger.vanished += 1;
+                outbox.ledger.remember.push((
                     meta.issue_id,
                     Known {
                         fingerprint: meta.fingerprint,
@@ -660,7 +666,7 @@ impl TenantActorState {
         let kind = match change(old.as_ref(), issue.status(), &fp, watched) {
             Change::Unchanged => return,
             Change::Remember => {
-                out.remember.push((
+                out.ledger.remember.push((
                     issue.id().to_string(),
                     Known {
                         fingerprint: fp,
@@ -686,7 +692,7 @@ impl TenantActorState {
         );
         out.lines.push(b'\n');
         out.count(kind);
-        out.remember.push((
+        out.ledger.remember.push((
             meta.issue_id,
             Known {
                 fingerprint: meta.fingerprint,
@@ -702,8 +708,8 @@ impl TenantActorState {
         if outbox.events == 0 {
             self.buf = outbox.lines;
             // Nothing to deliver; states first seen outside the watched statuses are recorded.
-            if !outbox.remember.is_empty() {
-                if let Err(e) = self.commit(outbox.remember, None).await {
+            if !outbox.ledger.remember.is_empty() {
+                if let Err(e) = self.commit(outbox.ledger.remember, None).await {
                     return self.finish(myself, Err(e)).await;
                 }
             }
@@ -719,9 +725,7 @@ impl TenantActorState {
                 lines: outbox.lines,
                 events: outbox.events,
             }),
-            remember: outbox.remember,
-            kinds: outbox.kinds,
-            vanished: outbox.vanished,
+            ledger: outbox.ledger,
             attempts: 0,
         });
         self.try_deliver(myself).await;
