@@ -376,3 +376,44 @@ async fn an_unreadable_lookup_answer_declares_nothing_vanished() {
     assert_eq!(lines[0]["vanished"], true);
     app.shutdown().await.unwrap();
 }
+
+/// An issue seen only in an unwatched status (IN_PROGRESS, with only OPEN watched) is recorded
+/// silently: reaching OPEN opens it, and disappearing reports nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_issue_first_seen_unwatched_is_opened_when_it_reaches_a_watched_status() {
+    let sim = sim(1, 60).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (state, out) = (dir.path().join("state"), dir.path().join("events.jsonl"));
+    let app = start(&body(&sim, &state, &out, "1h")).await;
+    let in_progress = sim.issues(CLIENT, |s| s.ids_with_status("IN_PROGRESS"));
+    assert!(in_progress.len() >= 2, "{in_progress:?}");
+    // Give every IN_PROGRESS issue a statusChangedAt after the first poll starts, so the first
+    // (full) sweep does not see them but the incremental poll that follows does, and records them.
+    poll(&app, 1).await;
+    let first = read_lines(&out).len();
+    sim.issues(CLIENT, |s| {
+        for id in &in_progress {
+            s.set_status(id, "OPEN");
+            s.set_status(id, "IN_PROGRESS");
+        }
+    });
+    poll(&app, 2).await;
+    assert_eq!(read_lines(&out).len(), first, "recorded silently");
+    let (p, r) = (in_progress[0].clone(), in_progress[1].clone());
+    sim.issues(CLIENT, |s| {
+        s.set_status(&p, "OPEN");
+        assert!(s.remove(&r));
+    });
+    poll(&app, 3).await;
+    assert_eq!(
+        events_since(&out, first),
+        vec![("issue.opened".to_string(), p.clone())]
+    );
+    resync(&app, 4).await;
+    assert_eq!(
+        read_lines(&out).len(),
+        first + 1,
+        "a silent issue that disappears is not reported"
+    );
+    app.shutdown().await.unwrap();
+}

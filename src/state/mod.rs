@@ -17,8 +17,9 @@ use thiserror::Error;
 
 use crate::tenant::memory::Known;
 
-/// `<tenant>\u{1f}<issue id>` → fingerprint (16 bytes), the status, then `\u{1f}` and Wiz's
-/// severity (records written before the severity was kept end after the status).
+/// `<tenant>\u{1f}<issue id>` → fingerprint (16 bytes), `\u{1}` if the record is silent, the
+/// status, then `\u{1f}` and Wiz's severity (records written before the severity was kept end
+/// after the status).
 const ISSUES: TableDefinition<&str, &[u8]> = TableDefinition::new("issues");
 /// `<tenant>` → JSON [`Checkpoint`].
 const CHECKPOINTS: TableDefinition<&str, &[u8]> = TableDefinition::new("checkpoints");
@@ -54,10 +55,15 @@ fn key(tenant: &str, issue: &str) -> String {
 }
 
 const SEP: u8 = 0x1f;
+/// Written before the status of a silent record ([`Known::silent`]); no status starts with it.
+const SILENT: u8 = 0x01;
 
 fn encode(k: &Known, buf: &mut Vec<u8>) {
     buf.clear();
     buf.extend_from_slice(&k.fingerprint);
+    if k.silent {
+        buf.push(SILENT);
+    }
     buf.extend_from_slice(k.status.as_bytes());
     if let Some(s) = &k.severity {
         buf.push(SEP);
@@ -72,6 +78,8 @@ fn decode(b: &[u8]) -> Option<Known> {
         return None;
     }
     let rest = &b[16..];
+    let silent = rest.first() == Some(&SILENT);
+    let rest = if silent { &rest[1..] } else { rest };
     let (status, severity) = match rest.iter().position(|&c| c == SEP) {
         Some(i) => (
             &rest[..i],
@@ -83,6 +91,7 @@ fn decode(b: &[u8]) -> Option<Known> {
         fingerprint: b[..16].try_into().expect("16 bytes"),
         status: String::from_utf8_lossy(status).into_owned(),
         severity,
+        silent,
     })
 }
 
@@ -242,6 +251,7 @@ mod tests {
                 fingerprint: [7; 16],
                 status: "OPEN".into(),
                 severity: Some("HIGH".into()),
+                silent: false,
             };
             let cp = Checkpoint {
                 high_water: Some("2026-01-01T00:00:00Z".into()),
@@ -286,6 +296,7 @@ mod tests {
             fingerprint: [1; 16],
             status: status.into(),
             severity: severity.map(Into::into),
+            silent: false,
         };
         // A record as the first version wrote it: fingerprint and status only.
         let mut legacy = vec![1u8; 16];
@@ -298,6 +309,13 @@ mod tests {
                 ("i1".into(), known("OPEN", Some("LOW"))),
                 ("i2".into(), known("RESOLVED", Some("HIGH"))),
                 ("i3".into(), known("IN_PROGRESS", None)),
+                (
+                    "i4".into(),
+                    Known {
+                        silent: true,
+                        ..known("IN_PROGRESS", Some("LOW"))
+                    },
+                ),
             ],
             None,
         )
@@ -314,6 +332,13 @@ mod tests {
             vec![
                 ("i1".to_string(), known("OPEN", Some("LOW"))),
                 ("i3".to_string(), known("IN_PROGRESS", None)),
+                (
+                    "i4".to_string(),
+                    Known {
+                        silent: true,
+                        ..known("IN_PROGRESS", Some("LOW"))
+                    }
+                ),
             ]
         );
         assert_eq!(s.known_with_status("nobody", &watched).unwrap(), vec![]);

@@ -14,6 +14,10 @@ pub struct Known {
     /// Wiz's severity last seen (e.g. `HIGH`), so the event for an issue that vanished from Wiz
     /// can still say how severe it was. `None` in records written before it was kept.
     pub severity: Option<String>,
+    /// Recorded without an event: the issue has only been seen in statuses that are neither
+    /// watched nor closed, so no consumer has heard of it. Its first watched status is then an
+    /// `issue.opened`, and it is never reported vanished.
+    pub silent: bool,
 }
 
 /// The recorded status of an issue a full sweep no longer found and Wiz no longer returns by id.
@@ -42,11 +46,25 @@ fn closed(status: &str) -> bool {
 /// An unknown issue first seen RESOLVED or REJECTED is reported as such: it may be one whose open
 /// state was delivered just before a crash that prevented recording it, and a consumer must then
 /// learn that it closed. (An issue created and closed between two polls is reported the same way.)
+///
+/// A silently recorded issue (see [`Known::silent`]) is treated as unknown, except that staying
+/// in an unwatched status changes nothing a consumer knows of.
 pub fn change(old: Option<&Known>, status: &str, fingerprint: &[u8; 16], watched: bool) -> Change {
+    let first_sight = || {
+        if watched {
+            Change::Emit(EventKind::Opened)
+        } else if closed(status) {
+            Change::Emit(EventKind::for_first_sight(status))
+        } else {
+            Change::Remember
+        }
+    };
     match old {
-        None if watched => Change::Emit(EventKind::Opened),
-        None if closed(status) => Change::Emit(EventKind::for_first_sight(status)),
-        None => Change::Remember,
+        None => first_sight(),
+        Some(k) if k.silent => match first_sight() {
+            Change::Remember if &k.fingerprint == fingerprint => Change::Unchanged,
+            c => c,
+        },
         Some(k) if &k.fingerprint == fingerprint => Change::Unchanged,
         Some(k) => Change::Emit(match status {
             "RESOLVED" if k.status != "RESOLVED" => EventKind::Resolved,
@@ -67,6 +85,7 @@ mod tests {
             fingerprint: [b; 16],
             status: s.into(),
             severity: None,
+            silent: false,
         };
         let fp = |b| [b; 16];
         assert_eq!(
@@ -123,6 +142,38 @@ mod tests {
         assert_eq!(
             change(Some(&vanished), "RESOLVED", &fp(1), false),
             Change::Emit(EventKind::Resolved)
+        );
+        // Seen only IN_PROGRESS (unwatched) so far: nobody heard of it. Its changes there stay
+        // silent; reaching a watched status opens it; closing reports the closure.
+        let silent = Known {
+            silent: true,
+            ..k(7, "IN_PROGRESS")
+        };
+        assert_eq!(
+            change(Some(&silent), "IN_PROGRESS", &fp(7), false),
+            Change::Unchanged
+        );
+        assert_eq!(
+            change(Some(&silent), "IN_PROGRESS", &fp(8), false),
+            Change::Remember
+        );
+        assert_eq!(
+            change(Some(&silent), "OPEN", &fp(9), true),
+            Change::Emit(EventKind::Opened)
+        );
+        // Watched now (the watched statuses changed), in the very state it was recorded in.
+        assert_eq!(
+            change(Some(&silent), "IN_PROGRESS", &fp(7), true),
+            Change::Emit(EventKind::Opened)
+        );
+        assert_eq!(
+            change(Some(&silent), "REJECTED", &fp(9), false),
+            Change::Emit(EventKind::Rejected)
+        );
+        // An issue a consumer did hear of that moves to an unwatched status is an update.
+        assert_eq!(
+            change(Some(&k(1, "OPEN")), "IN_PROGRESS", &fp(2), false),
+            Change::Emit(EventKind::Updated)
         );
     }
 }

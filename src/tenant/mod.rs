@@ -506,9 +506,10 @@ impl TenantActorState {
         let tenant = self.args.spec.id.clone();
         let missing = tokio::task::spawn_blocking(move || {
             store.known_with_status(&tenant, &statuses).map(|known| {
+                // A silent record was never reported, so its absence is nothing to report.
                 known
                     .into_iter()
-                    .filter(|(id, _)| !seen.contains(id))
+                    .filter(|(id, k)| !k.silent && !seen.contains(id))
                     .collect::<Vec<_>>()
             })
         })
@@ -593,6 +594,7 @@ impl TenantActorState {
                         fingerprint: meta.fingerprint,
                         status: VANISHED.to_string(),
                         severity: last.severity.clone(),
+                        silent: false,
                     },
                 ));
             }
@@ -672,6 +674,7 @@ impl TenantActorState {
                         fingerprint: fp,
                         status: issue.status().to_string(),
                         severity: issue.severity().map(str::to_string),
+                        silent: true,
                     },
                 ));
                 return;
@@ -698,6 +701,7 @@ impl TenantActorState {
                 fingerprint: meta.fingerprint,
                 status: meta.status,
                 severity: issue.severity().map(str::to_string),
+                silent: false,
             },
         ));
     }
