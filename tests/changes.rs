@@ -417,3 +417,66 @@ async fn an_issue_first_seen_unwatched_is_opened_when_it_reaches_a_watched_statu
     );
     app.shutdown().await.unwrap();
 }
+
+/// A crash after an opening was delivered but before it was recorded leaves only its in-flight
+/// mark; if the issue then vanishes from Wiz, the next full sweep still reports it (and clears
+/// the mark).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_opening_a_crash_kept_from_the_store_is_still_reported_when_it_vanishes() {
+    use wiz_connector::event::issue_fingerprint;
+    use wiz_connector::state::StateStore;
+    use wiz_connector::tenant::memory::Known;
+    let sim = sim(1, 30).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (state, out) = (dir.path().join("state"), dir.path().join("events.jsonl"));
+    let cfg = body(&sim, &state, &out, "1h");
+    let app = start(&cfg).await;
+    poll(&app, 1).await;
+    app.shutdown().await.unwrap();
+    let before = read_lines(&out).len();
+
+    // What a crash between delivering a new issue's opening and recording it leaves: the mark,
+    // and no record. Then the issue vanishes from Wiz.
+    let (id, node) = sim.issues(CLIENT, |s| {
+        let id = s.add();
+        let node = serde_json::to_string(s.issues.iter().find(|i| i.id == id).unwrap()).unwrap();
+        assert!(s.remove(&id));
+        (id, node)
+    });
+    let page = wiz_connector::wiz::Page::single(&node).unwrap();
+    let issue = page.issues().next().unwrap().unwrap();
+    {
+        let (store, _) = StateStore::open_or_recover(&state).unwrap();
+        let mark = Known {
+            fingerprint: issue_fingerprint(&issue),
+            status: "OPEN".into(),
+            severity: issue.severity().map(str::to_string),
+            silent: false,
+        };
+        store.mark_in_flight("t0", &[(id.clone(), mark)]).unwrap();
+        assert_eq!(store.known("t0", &[id.as_str()]).unwrap(), vec![None]);
+    }
+
+    let app = start(&cfg).await;
+    poll(&app, 1).await;
+    assert_eq!(
+        read_lines(&out).len(),
+        before,
+        "an incremental poll cannot tell"
+    );
+    resync(&app, 2).await;
+    let lines = read_lines(&out)[before..].to_vec();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(lines[0]["issue_id"].as_str(), Some(id.as_str()));
+    assert_eq!(lines[0]["kind"], "issue.resolved");
+    assert_eq!(lines[0]["vanished"], true);
+    resync(&app, 3).await;
+    assert_eq!(read_lines(&out).len(), before + 1, "reported once");
+    app.shutdown().await.unwrap();
+    let (store, _) = StateStore::open_or_recover(&state).unwrap();
+    assert_eq!(
+        store.in_flight("t0").unwrap(),
+        vec![],
+        "the mark is settled"
+    );
+}

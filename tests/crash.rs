@@ -1,6 +1,6 @@
 //! kill -9 at random moments during sweeps, 20 times, restarting each time: the union of the file
-//! sink's output holds the latest state of every issue (no gap), and replays stay within one page
-//! per tenant per crash.
+//! sink's output holds the latest state of every issue (no gap), every delivered issue that
+//! vanished from Wiz is reported vanished, and replays stay within one page per tenant per crash.
 
 mod common;
 
@@ -48,9 +48,32 @@ async fn kill_9_during_sweeps_leaves_no_gap_and_bounded_replays() {
     );
     let cfg = write_config(&body);
     let mut rng = rand::rng();
+    // (tenant, issue) of every issue removed from the simulator.
+    let mut removed: Vec<(String, String)> = Vec::new();
     for round in 0..KILLS {
-        // New states for the next run: new issues, resolutions, reopenings, severity changes.
-        for t in sim.tenants() {
+        // New states for the next run: new issues, resolutions, reopenings, severity changes,
+        // and the newest open issue of each tenant that a consumer has heard of gone from Wiz
+        // (the likeliest to have been on the page in flight at the last kill).
+        let lines = complete_lines(&out);
+        for (i, t) in sim.tenants().iter().enumerate() {
+            let tenant = format!("t{i}");
+            let heard: std::collections::HashSet<&str> = lines
+                .iter()
+                .filter(|l| l["tenant"] == tenant.as_str())
+                .filter_map(|l| l["issue_id"].as_str())
+                .collect();
+            let gone = sim.issues(&t.client_id, |s| {
+                let newest = s
+                    .ids_with_status("OPEN")
+                    .into_iter()
+                    .rev()
+                    .find(|id| heard.contains(id.as_str()));
+                if let Some(id) = &newest {
+                    s.remove(id);
+                }
+                newest
+            });
+            removed.extend(gone.map(|id| (tenant, id)));
             sim.churn(&t.client_id, 4);
         }
         let before = complete_lines(&out).len();
@@ -86,6 +109,43 @@ async fn kill_9_during_sweeps_leaves_no_gap_and_bounded_replays() {
         settle(target),
     )
     .await;
+    // Every removed issue whose last event told a consumer it is open is reported vanished
+    // (by a full sweep; they run every 2 s). The events of one issue are in delivery order.
+    let unreported = || {
+        let lines = complete_lines(&out);
+        removed
+            .iter()
+            .filter(|(t, id)| {
+                lines
+                    .iter()
+                    .rev()
+                    .find(|l| l["tenant"] == t.as_str() && l["issue_id"] == id.as_str())
+                    .is_some_and(|last| {
+                        !matches!(last["status"].as_str(), Some("RESOLVED" | "REJECTED"))
+                    })
+            })
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !unreported().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "delivered, then gone from Wiz, never reported vanished: {:?}",
+            unreported()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Not vacuous: most removed issues were open for their consumer, so they were reported.
+    let vanished = complete_lines(&out)
+        .iter()
+        .filter(|l| l["vanished"] == true)
+        .count();
+    assert!(
+        removed.len() >= KILLS && vanished * 2 >= removed.len(),
+        "{} removed, {vanished} vanished events",
+        removed.len()
+    );
     signal(&child, "-TERM");
     assert_eq!(exit_code(&mut child, Duration::from_secs(40)).await, 0);
 

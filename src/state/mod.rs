@@ -23,6 +23,11 @@ use crate::tenant::memory::Known;
 const ISSUES: TableDefinition<&str, &[u8]> = TableDefinition::new("issues");
 /// `<tenant>` → JSON [`Checkpoint`].
 const CHECKPOINTS: TableDefinition<&str, &[u8]> = TableDefinition::new("checkpoints");
+/// `<tenant>\u{1f}<issue id>` → the state (encoded as in `issues`) of an issue whose opening
+/// event (`issue.opened` or `issue.reopened`) is being delivered: written before the delivery,
+/// removed by the commit after the ack. One left behind by a crash says a consumer may think the
+/// issue open though the store does not; a full sweep that no longer finds it reconciles it.
+const IN_FLIGHT: TableDefinition<&str, &[u8]> = TableDefinition::new("in_flight");
 
 const FILE: &str = "state.redb";
 
@@ -33,6 +38,24 @@ pub struct Checkpoint {
     pub high_water: Option<String>,
     /// When the last full sweep completed (Unix seconds).
     pub last_full_sweep: Option<u64>,
+}
+
+/// What one durable commit records for a tenant.
+#[derive(Debug, Default)]
+pub struct Commit {
+    /// Delivered (or silently recorded) states.
+    pub remember: Vec<(String, Known)>,
+    /// Issues whose in-flight marks are settled (their delivery was acknowledged, or a
+    /// reconciliation looked them up).
+    pub settle: Vec<String>,
+    /// The checkpoint, at the end of a sweep.
+    pub checkpoint: Option<Checkpoint>,
+}
+
+impl Commit {
+    pub fn is_empty(&self) -> bool {
+        self.remember.is_empty() && self.settle.is_empty() && self.checkpoint.is_none()
+    }
 }
 
 /// A failure of the state store.
@@ -123,6 +146,7 @@ impl StateStore {
             let w = db.begin_write().map_err(|e| e.to_string())?;
             w.open_table(ISSUES).map_err(|e| e.to_string())?;
             w.open_table(CHECKPOINTS).map_err(|e| e.to_string())?;
+            w.open_table(IN_FLIGHT).map_err(|e| e.to_string())?;
             w.commit().map_err(|e| e.to_string())?;
             Ok(db)
         };
@@ -190,8 +214,24 @@ impl StateStore {
         tenant: &str,
         statuses: &[String],
     ) -> Result<Vec<(String, Known)>, StateError> {
+        self.scan(ISSUES, tenant, |k| statuses.contains(&k.status))
+    }
+
+    /// The in-flight marks of `tenant` (see `IN_FLIGHT`): issues whose opening event was being
+    /// delivered and is not settled yet.
+    pub fn in_flight(&self, tenant: &str) -> Result<Vec<(String, Known)>, StateError> {
+        self.scan(IN_FLIGHT, tenant, |_| true)
+    }
+
+    /// The records of `tenant` in `table` that `keep` accepts, in key order.
+    fn scan(
+        &self,
+        table: TableDefinition<&str, &[u8]>,
+        tenant: &str,
+        keep: impl Fn(&Known) -> bool,
+    ) -> Result<Vec<(String, Known)>, StateError> {
         let r = self.db.begin_read().map_err(|e| self.err(e))?;
-        let t = r.open_table(ISSUES).map_err(|e| self.err(e))?;
+        let t = r.open_table(table).map_err(|e| self.err(e))?;
         // Tenant ids never hold \u{1f} or \u{20}, so this range is exactly the tenant's keys.
         let (from, to) = (format!("{tenant}\u{1f}"), format!("{tenant}\u{20}"));
         let mut out = Vec::new();
@@ -203,7 +243,7 @@ impl StateStore {
             let Some(known) = decode(v.value()) else {
                 continue;
             };
-            if statuses.contains(&known.status) {
+            if keep(&known) {
                 let id = &k.value()[from.len()..];
                 out.push((id.to_string(), known));
             }
@@ -211,23 +251,45 @@ impl StateStore {
         Ok(out)
     }
 
-    /// Records delivered states and, at the end of a sweep, the checkpoint; one durable commit.
-    pub fn commit(
+    /// Marks issues whose opening event is about to be delivered; one durable commit.
+    pub fn mark_in_flight(
         &self,
         tenant: &str,
-        updates: &[(String, Known)],
-        checkpoint: Option<&Checkpoint>,
+        marks: &[(String, Known)],
     ) -> Result<(), StateError> {
         let w = self.db.begin_write().map_err(|e| self.err(e))?;
         {
-            let mut t = w.open_table(ISSUES).map_err(|e| self.err(e))?;
+            let mut t = w.open_table(IN_FLIGHT).map_err(|e| self.err(e))?;
             let mut buf = Vec::new();
-            for (id, k) in updates {
+            for (id, k) in marks {
                 encode(k, &mut buf);
                 t.insert(key(tenant, id).as_str(), buf.as_slice())
                     .map_err(|e| self.err(e))?;
             }
-            if let Some(cp) = checkpoint {
+        }
+        w.commit().map_err(|e| self.err(e))
+    }
+
+    /// Records delivered states, settles in-flight marks and, at the end of a sweep, writes the
+    /// checkpoint; one durable commit.
+    pub fn commit(&self, tenant: &str, c: &Commit) -> Result<(), StateError> {
+        let w = self.db.begin_write().map_err(|e| self.err(e))?;
+        {
+            let mut t = w.open_table(ISSUES).map_err(|e| self.err(e))?;
+            let mut buf = Vec::new();
+            for (id, k) in &c.remember {
+                encode(k, &mut buf);
+                t.insert(key(tenant, id).as_str(), buf.as_slice())
+                    .map_err(|e| self.err(e))?;
+            }
+            if !c.settle.is_empty() {
+                let mut f = w.open_table(IN_FLIGHT).map_err(|e| self.err(e))?;
+                for id in &c.settle {
+                    f.remove(key(tenant, id).as_str())
+                        .map_err(|e| self.err(e))?;
+                }
+            }
+            if let Some(cp) = &c.checkpoint {
                 let mut c = w.open_table(CHECKPOINTS).map_err(|e| self.err(e))?;
                 let json = serde_json::to_vec(cp).expect("a checkpoint serializes");
                 c.insert(tenant, json.as_slice()).map_err(|e| self.err(e))?;
@@ -257,8 +319,15 @@ mod tests {
                 high_water: Some("2026-01-01T00:00:00Z".into()),
                 last_full_sweep: Some(5),
             };
-            s.commit("acme", &[("i1".into(), k.clone())], Some(&cp))
-                .unwrap();
+            s.commit(
+                "acme",
+                &Commit {
+                    remember: vec![("i1".into(), k.clone())],
+                    checkpoint: Some(cp),
+                    ..Default::default()
+                },
+            )
+            .unwrap();
             assert_eq!(s.known("acme", &["i1", "i2"]).unwrap(), vec![Some(k), None]);
             assert_eq!(s.known("other", &["i1"]).unwrap(), vec![None]);
         }
@@ -303,9 +372,13 @@ mod tests {
         legacy.extend_from_slice(b"OPEN");
         assert_eq!(decode(&legacy), Some(known("OPEN", None)));
         assert_eq!(decode(&[1; 8]), None, "too short for a fingerprint");
+        let remember = |r: Vec<(String, Known)>| Commit {
+            remember: r,
+            ..Default::default()
+        };
         s.commit(
             "a",
-            &[
+            &remember(vec![
                 ("i1".into(), known("OPEN", Some("LOW"))),
                 ("i2".into(), known("RESOLVED", Some("HIGH"))),
                 ("i3".into(), known("IN_PROGRESS", None)),
@@ -316,14 +389,13 @@ mod tests {
                         ..known("IN_PROGRESS", Some("LOW"))
                     },
                 ),
-            ],
-            None,
+            ]),
         )
         .unwrap();
         // Neighbours whose ids share the prefix, or sort right after it.
-        s.commit("a-b", &[("i9".into(), known("OPEN", None))], None)
+        s.commit("a-b", &remember(vec![("i9".into(), known("OPEN", None))]))
             .unwrap();
-        s.commit("ab", &[("i8".into(), known("OPEN", None))], None)
+        s.commit("ab", &remember(vec![("i8".into(), known("OPEN", None))]))
             .unwrap();
         let watched = ["OPEN".to_string(), "IN_PROGRESS".to_string()];
         let got = s.known_with_status("a", &watched).unwrap();
@@ -342,5 +414,29 @@ mod tests {
             ]
         );
         assert_eq!(s.known_with_status("nobody", &watched).unwrap(), vec![]);
+
+        // In-flight marks: written before a delivery, settled by the commit after it.
+        let marks = vec![
+            ("i5".to_string(), known("OPEN", Some("HIGH"))),
+            ("i6".to_string(), known("OPEN", None)),
+        ];
+        s.mark_in_flight("a", &marks).unwrap();
+        s.mark_in_flight("ab", &marks[..1]).unwrap();
+        assert_eq!(s.in_flight("a").unwrap(), marks);
+        s.commit(
+            "a",
+            &Commit {
+                remember: vec![marks[0].clone()],
+                settle: vec!["i5".into(), "never-marked".into()],
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(s.in_flight("a").unwrap(), marks[1..].to_vec());
+        assert_eq!(s.in_flight("ab").unwrap(), marks[..1].to_vec());
+        assert_eq!(
+            s.known("a", &["i5"]).unwrap(),
+            vec![Some(marks[0].1.clone())]
+        );
     }
 }

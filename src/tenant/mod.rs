@@ -29,7 +29,7 @@ use crate::faults::FaultInjection;
 use crate::health::{HealthMap, LastError, TenantState};
 use crate::metrics::{Event, Observer};
 use crate::sink::{deliver, Batch, SinkMsg, SinkStats};
-use crate::state::{Checkpoint, StateStore};
+use crate::state::{Checkpoint, Commit, StateStore};
 use crate::wiz::page::{Issue, Page};
 use crate::wiz::TimeRange;
 use crate::wiz::{IssueFilter, IssueOrder, Sweep, TenantClient, WizHttp};
@@ -88,11 +88,16 @@ struct Pending {
     attempts: u32,
 }
 
-/// What a page's delivery settles once the sink took it: the states to remember, and the counts
-/// to report.
+/// What a page's delivery settles once the sink took it: the states to remember, the in-flight
+/// marks to clear, and the counts to report.
 #[derive(Default)]
 struct Ledger {
     remember: Vec<(String, Known)>,
+    /// States of the page's `issue.opened` / `issue.reopened` events, marked in flight before
+    /// the page goes to the sink (see [`StateStore::mark_in_flight`]).
+    opening: Vec<(String, Known)>,
+    /// In-flight marks the commit after the ack clears.
+    settle: Vec<String>,
     /// Events by kind.
     kinds: Vec<(EventKind, u64)>,
     /// How many of the events report an issue that vanished from Wiz.
@@ -193,7 +198,11 @@ impl TenantActorState {
         if checkpoint.high_water.is_none() {
             let now = SystemTime::now();
             checkpoint.high_water = Some(humantime::format_rfc3339_micros(now).to_string());
-            if let Err((_, e)) = self.commit(Vec::new(), Some(checkpoint.clone())).await {
+            let first = Commit {
+                checkpoint: Some(checkpoint.clone()),
+                ..Default::default()
+            };
+            if let Err((_, e)) = self.commit(first).await {
                 drop(permit);
                 self.args.health.update(&self.args.spec.id, |h| {
                     h.last_error = Some(LastError {
@@ -309,7 +318,11 @@ impl TenantActorState {
                 if sweep.full {
                     cp.last_full_sweep = Some(unix_now());
                 }
-                self.commit(Vec::new(), Some(cp)).await
+                self.commit(Commit {
+                    checkpoint: Some(cp),
+                    ..Default::default()
+                })
+                .await
             }
             Err(e) => Err(e),
         };
@@ -358,15 +371,12 @@ impl TenantActorState {
         }
     }
 
-    /// Writes known states and/or a checkpoint durably (on the blocking pool: it fsyncs).
-    async fn commit(
-        &self,
-        updates: Vec<(String, Known)>,
-        checkpoint: Option<Checkpoint>,
-    ) -> Result<(), (&'static str, String)> {
+    /// Writes known states, settled marks and/or a checkpoint durably (on the blocking pool: it
+    /// fsyncs).
+    async fn commit(&self, c: Commit) -> Result<(), (&'static str, String)> {
         let store = self.args.store.clone();
         let tenant = self.args.spec.id.clone();
-        tokio::task::spawn_blocking(move || store.commit(&tenant, &updates, checkpoint.as_ref()))
+        tokio::task::spawn_blocking(move || store.commit(&tenant, &c))
             .await
             .map_err(|e| ("state", format!("state store commit failed: {e}")))?
             .map_err(|e| ("state", e.to_string()))
@@ -416,7 +426,12 @@ impl TenantActorState {
                     .health
                     .update(&self.args.spec.id, |h| h.events_total += events);
                 // Only now, after every sink has the page, is it remembered.
-                match self.commit(pending.ledger.remember, None).await {
+                let settled = Commit {
+                    remember: pending.ledger.remember,
+                    settle: pending.ledger.settle,
+                    checkpoint: None,
+                };
+                match self.commit(settled).await {
                     Ok(()) => {
                         let _ = myself.send_message(TenantMsg::NextPage);
                     }
@@ -505,13 +520,20 @@ impl TenantActorState {
         let store = self.args.store.clone();
         let tenant = self.args.spec.id.clone();
         let missing = tokio::task::spawn_blocking(move || {
-            store.known_with_status(&tenant, &statuses).map(|known| {
-                // A silent record was never reported, so its absence is nothing to report.
+            // A silent record was never reported, so its absence is nothing to report. An
+            // in-flight mark left by a crash is an opening a consumer may have received though
+            // the store never recorded it: if the issue is gone, that must be reported too.
+            let known = store.known_with_status(&tenant, &statuses)?;
+            let marks = store.in_flight(&tenant)?;
+            let mut listed = HashSet::new();
+            Ok::<_, crate::state::StateError>(
                 known
                     .into_iter()
-                    .filter(|(id, k)| !k.silent && !seen.contains(id))
-                    .collect::<Vec<_>>()
-            })
+                    .filter(|(_, k)| !k.silent)
+                    .chain(marks)
+                    .filter(|(id, _)| !seen.contains(id) && listed.insert(id.clone()))
+                    .collect::<Vec<_>>(),
+            )
         })
         .await;
         let missing = match missing {
@@ -566,6 +588,8 @@ impl TenantActorState {
             Err(e) => return self.finish(myself, Err(e)).await,
         };
         let mut outbox = observed.outbox;
+        // Whatever the lookup found, the batch's in-flight marks are settled by it.
+        outbox.ledger.settle.extend(ids.iter().cloned());
         if observed.unreadable > 0 {
             // A node that cannot be read may be one of the ids asked for: none of this batch
             // is called vanished on that evidence. The next full sweep tries again.
@@ -695,30 +719,59 @@ impl TenantActorState {
         );
         out.lines.push(b'\n');
         out.count(kind);
-        out.ledger.remember.push((
-            meta.issue_id,
-            Known {
-                fingerprint: meta.fingerprint,
-                status: meta.status,
-                severity: issue.severity().map(str::to_string),
-                silent: false,
-            },
-        ));
+        let known = Known {
+            fingerprint: meta.fingerprint,
+            status: meta.status,
+            severity: issue.severity().map(str::to_string),
+            silent: false,
+        };
+        if matches!(kind, EventKind::Opened | EventKind::Reopened) {
+            out.ledger
+                .opening
+                .push((meta.issue_id.clone(), known.clone()));
+        }
+        out.ledger.remember.push((meta.issue_id, known));
     }
 
     /// Sends a built page to the sink, or, when it holds no event, records what it remembers
     /// and moves on.
-    async fn hand_over(&mut self, myself: &ActorRef<TenantMsg>, outbox: Outbox) {
+    async fn hand_over(&mut self, myself: &ActorRef<TenantMsg>, mut outbox: Outbox) {
         if outbox.events == 0 {
             self.buf = outbox.lines;
-            // Nothing to deliver; states first seen outside the watched statuses are recorded.
-            if !outbox.ledger.remember.is_empty() {
-                if let Err(e) = self.commit(outbox.ledger.remember, None).await {
+            // Nothing to deliver; states first seen outside the watched statuses are recorded,
+            // marks a lookup settled are cleared.
+            let c = Commit {
+                remember: outbox.ledger.remember,
+                settle: outbox.ledger.settle,
+                checkpoint: None,
+            };
+            if !c.is_empty() {
+                if let Err(e) = self.commit(c).await {
                     return self.finish(myself, Err(e)).await;
                 }
             }
             let _ = myself.send_message(TenantMsg::NextPage);
             return;
+        }
+        // Openings are marked durably before a consumer can see them: if the process dies before
+        // the page is recorded and the issue then vanishes from Wiz, the mark is what lets a full
+        // sweep report it (nothing else would say a consumer thinks it open).
+        let opening = std::mem::take(&mut outbox.ledger.opening);
+        if !opening.is_empty() {
+            outbox
+                .ledger
+                .settle
+                .extend(opening.iter().map(|(id, _)| id.clone()));
+            let store = self.args.store.clone();
+            let tenant = self.args.spec.id.clone();
+            let marked =
+                tokio::task::spawn_blocking(move || store.mark_in_flight(&tenant, &opening))
+                    .await
+                    .map_err(|e| format!("state store commit failed: {e}"))
+                    .and_then(|r| r.map_err(|e| e.to_string()));
+            if let Err(e) = marked {
+                return self.finish(myself, Err(("state", e))).await;
+            }
         }
         let Some(active) = self.sweep.as_mut() else {
             return;
