@@ -5,7 +5,11 @@
 //!
 //! A page's fingerprints are committed only after every sink acknowledged the page, and the
 //! checkpoint only when the sweep completed: a crash replays at most the page in flight, with the
-//! same event ids, and never leaves a gap.
+//! same event ids, and never leaves a gap. Openings are marked in flight before delivery.
+//!
+//! Tenants write through one writer thread ([`StateStore::write`]) that groups the writes
+//! waiting at the same moment into one transaction: one fsync for many tenants instead of one
+//! each in turn behind redb's single writer. Reads go straight to the database.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -30,6 +34,8 @@ const CHECKPOINTS: TableDefinition<&str, &[u8]> = TableDefinition::new("checkpoi
 const IN_FLIGHT: TableDefinition<&str, &[u8]> = TableDefinition::new("in_flight");
 
 const FILE: &str = "state.redb";
+/// Prefix of an open failure that means "in use", not "damaged".
+const IN_USE: &str = "in use: ";
 
 /// What a tenant's completed sweeps left behind.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -71,7 +77,44 @@ pub struct StateError {
 pub struct StateStore {
     db: Arc<Database>,
     path: PathBuf,
+    /// The group-commit writer ([`StateStore::write`]).
+    writer: Arc<WriterHandle>,
 }
+
+/// The writer thread and the way to it. Dropped with the last clone of the store: closes the
+/// channel and waits for the thread, so the database is closed when the last handle is gone (and
+/// can be opened again at once).
+struct WriterHandle {
+    tx: Option<std::sync::mpsc::Sender<Job>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for WriterHandle {
+    fn drop(&mut self) {
+        self.tx.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A durable write a tenant asks for.
+#[derive(Debug)]
+pub enum Write {
+    /// See [`StateStore::commit`].
+    Commit(Commit),
+    /// See [`StateStore::mark_in_flight`].
+    Mark(Vec<(String, Known)>),
+}
+
+struct Job {
+    tenant: String,
+    write: Write,
+    done: tokio::sync::oneshot::Sender<Result<(), StateError>>,
+}
+
+/// Most writes one group commit takes.
+const GROUP_MAX: usize = 256;
 
 fn key(tenant: &str, issue: &str) -> String {
     format!("{tenant}\u{1f}{issue}")
@@ -141,8 +184,14 @@ impl StateStore {
             ))
         })?;
         let try_open = || -> Result<Database, String> {
-            let db = Database::create(&path).map_err(|e| e.to_string())?;
-            // Touch both tables so a damaged tree shows now, not mid-poll.
+            let db = Database::create(&path).map_err(|e| match e {
+                // Held open by another process (or another part of this one): not damaged.
+                // Refuse to start rather than move the store aside under its owner.
+                redb::DatabaseError::DatabaseAlreadyOpen
+                | redb::DatabaseError::LockProtocolMismatch => format!("{IN_USE}{e}"),
+                e => e.to_string(),
+            })?;
+            // Touch every table so a damaged tree shows now, not mid-poll.
             let w = db.begin_write().map_err(|e| e.to_string())?;
             w.open_table(ISSUES).map_err(|e| e.to_string())?;
             w.open_table(CHECKPOINTS).map_err(|e| e.to_string())?;
@@ -151,13 +200,11 @@ impl StateStore {
             Ok(db)
         };
         match try_open() {
-            Ok(db) => Ok((
-                StateStore {
-                    db: Arc::new(db),
-                    path,
-                },
-                None,
-            )),
+            Ok(db) => Ok((StateStore::with_writer(Arc::new(db), path), None)),
+            Err(e) if e.starts_with(IN_USE) => Err(fail(format!(
+                "{}: another wiz-connector is using this state directory; give each instance its own connector.state_dir",
+                &e[IN_USE.len()..]
+            ))),
             Err(e) => {
                 let stamp = SystemTime::now()
                     .duration_since(UNIX_EPOCH)
@@ -174,15 +221,49 @@ impl StateStore {
                 );
                 tracing::error!(error = %e, moved_to = %aside.display(), "state store unreadable; starting a fresh one");
                 let db = try_open().map_err(fail)?;
-                Ok((
-                    StateStore {
-                        db: Arc::new(db),
-                        path,
-                    },
-                    Some(note),
-                ))
+                Ok((StateStore::with_writer(Arc::new(db), path), Some(note)))
             }
         }
+    }
+
+    /// Starts the writer thread of a freshly opened database. It ends when the last clone of
+    /// the store is dropped.
+    fn with_writer(db: Arc<Database>, path: PathBuf) -> StateStore {
+        let (tx, rx) = std::sync::mpsc::channel::<Job>();
+        let worker = Writer {
+            db: db.clone(),
+            path: path.clone(),
+        };
+        let thread = std::thread::Builder::new()
+            .name("state-writer".into())
+            .spawn(move || worker.run(rx))
+            .expect("spawning the state writer thread");
+        StateStore {
+            db,
+            path,
+            writer: Arc::new(WriterHandle {
+                tx: Some(tx),
+                thread: Some(thread),
+            }),
+        }
+    }
+
+    /// Writes durably, grouped with the writes of other tenants that arrive at the same time
+    /// (see `write_loop`); returns once the write is on disk.
+    pub async fn write(&self, tenant: &str, write: Write) -> Result<(), StateError> {
+        let (done, answer) = tokio::sync::oneshot::channel();
+        let gone = || self.err("the state writer has stopped");
+        self.writer
+            .tx
+            .as_ref()
+            .ok_or_else(gone)?
+            .send(Job {
+                tenant: tenant.to_string(),
+                write,
+                done,
+            })
+            .map_err(|_| gone())?;
+        answer.await.map_err(|_| gone())?
     }
 
     pub fn checkpoint(&self, tenant: &str) -> Result<Option<Checkpoint>, StateError> {
@@ -251,48 +332,124 @@ impl StateStore {
         Ok(out)
     }
 
-    /// Marks issues whose opening event is about to be delivered; one durable commit.
+    /// Marks issues whose opening event is about to be delivered; one durable commit, on the
+    /// caller's thread (tenants go through [`StateStore::write`]).
     pub fn mark_in_flight(
         &self,
         tenant: &str,
         marks: &[(String, Known)],
     ) -> Result<(), StateError> {
-        let w = self.db.begin_write().map_err(|e| self.err(e))?;
-        {
-            let mut t = w.open_table(IN_FLIGHT).map_err(|e| self.err(e))?;
-            let mut buf = Vec::new();
-            for (id, k) in marks {
-                encode(k, &mut buf);
-                t.insert(key(tenant, id).as_str(), buf.as_slice())
-                    .map_err(|e| self.err(e))?;
-            }
-        }
-        w.commit().map_err(|e| self.err(e))
+        self.apply(&[(tenant, &Write::Mark(marks.to_vec()))])
     }
 
     /// Records delivered states, settles in-flight marks and, at the end of a sweep, writes the
-    /// checkpoint; one durable commit.
+    /// checkpoint; one durable commit, on the caller's thread (tenants go through
+    /// [`StateStore::write`]).
     pub fn commit(&self, tenant: &str, c: &Commit) -> Result<(), StateError> {
-        let w = self.db.begin_write().map_err(|e| self.err(e))?;
-        {
-            let mut t = w.open_table(ISSUES).map_err(|e| self.err(e))?;
-            let mut buf = Vec::new();
-            for (id, k) in &c.remember {
-                encode(k, &mut buf);
-                t.insert(key(tenant, id).as_str(), buf.as_slice())
-                    .map_err(|e| self.err(e))?;
-            }
-            if !c.settle.is_empty() {
-                let mut f = w.open_table(IN_FLIGHT).map_err(|e| self.err(e))?;
-                for id in &c.settle {
-                    f.remove(key(tenant, id).as_str())
-                        .map_err(|e| self.err(e))?;
+        let w = Write::Commit(Commit {
+            remember: c.remember.clone(),
+            settle: c.settle.clone(),
+            checkpoint: c.checkpoint.clone(),
+        });
+        self.apply(&[(tenant, &w)])
+    }
+
+    fn apply(&self, writes: &[(&str, &Write)]) -> Result<(), StateError> {
+        Writer {
+            db: self.db.clone(),
+            path: self.path.clone(),
+        }
+        .apply(writes)
+    }
+}
+
+/// What the writer thread holds: the database, and its path for error messages.
+struct Writer {
+    db: Arc<Database>,
+    path: PathBuf,
+}
+
+impl Writer {
+    fn err(&self, e: impl std::fmt::Display) -> StateError {
+        StateError {
+            path: self.path.display().to_string(),
+            message: e.to_string(),
+        }
+    }
+
+    /// Group commit: takes every write waiting (up to [`GROUP_MAX`]) into one transaction and
+    /// one fsync, then answers each. Tenants that commit at the same time share the cost of the
+    /// fsync instead of queueing for redb's single writer one by one. If the group fails, each
+    /// write is retried alone, so one failing write fails only its own tenant.
+    fn run(&self, rx: std::sync::mpsc::Receiver<Job>) {
+        while let Ok(first) = rx.recv() {
+            let mut jobs = vec![first];
+            while jobs.len() < GROUP_MAX {
+                match rx.try_recv() {
+                    Ok(j) => jobs.push(j),
+                    Err(_) => break,
                 }
             }
-            if let Some(cp) = &c.checkpoint {
-                let mut c = w.open_table(CHECKPOINTS).map_err(|e| self.err(e))?;
-                let json = serde_json::to_vec(cp).expect("a checkpoint serializes");
-                c.insert(tenant, json.as_slice()).map_err(|e| self.err(e))?;
+            let all: Vec<(&str, &Write)> =
+                jobs.iter().map(|j| (j.tenant.as_str(), &j.write)).collect();
+            match self.apply(&all) {
+                Ok(()) => {
+                    for j in jobs {
+                        let _ = j.done.send(Ok(()));
+                    }
+                }
+                Err(e) if jobs.len() == 1 => {
+                    let j = jobs.pop().expect("one job");
+                    let _ = j.done.send(Err(e));
+                }
+                Err(_) => {
+                    for j in jobs {
+                        let r = self.apply(&[(j.tenant.as_str(), &j.write)]);
+                        let _ = j.done.send(r);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Applies writes in order in one transaction; durable when it returns.
+    fn apply(&self, writes: &[(&str, &Write)]) -> Result<(), StateError> {
+        let w = self.db.begin_write().map_err(|e| self.err(e))?;
+        {
+            let mut issues = w.open_table(ISSUES).map_err(|e| self.err(e))?;
+            let mut in_flight = w.open_table(IN_FLIGHT).map_err(|e| self.err(e))?;
+            let mut checkpoints = w.open_table(CHECKPOINTS).map_err(|e| self.err(e))?;
+            let mut buf = Vec::new();
+            for (tenant, write) in writes {
+                match write {
+                    Write::Mark(marks) => {
+                        for (id, k) in marks {
+                            encode(k, &mut buf);
+                            in_flight
+                                .insert(key(tenant, id).as_str(), buf.as_slice())
+                                .map_err(|e| self.err(e))?;
+                        }
+                    }
+                    Write::Commit(c) => {
+                        for (id, k) in &c.remember {
+                            encode(k, &mut buf);
+                            issues
+                                .insert(key(tenant, id).as_str(), buf.as_slice())
+                                .map_err(|e| self.err(e))?;
+                        }
+                        for id in &c.settle {
+                            in_flight
+                                .remove(key(tenant, id).as_str())
+                                .map_err(|e| self.err(e))?;
+                        }
+                        if let Some(cp) = &c.checkpoint {
+                            let json = serde_json::to_vec(cp).expect("a checkpoint serializes");
+                            checkpoints
+                                .insert(*tenant, json.as_slice())
+                                .map_err(|e| self.err(e))?;
+                        }
+                    }
+                }
             }
         }
         w.commit().map_err(|e| self.err(e))
@@ -355,6 +512,76 @@ mod tests {
             })
             .collect();
         assert_eq!(aside.len(), 1, "the damaged file is kept for inspection");
+    }
+
+    #[test]
+    fn a_store_in_use_is_refused_not_moved_aside_and_reopens_once_released() {
+        let dir = tempfile::tempdir().unwrap();
+        let (s, _) = StateStore::open_or_recover(dir.path()).unwrap();
+        let err = StateStore::open_or_recover(dir.path()).err().unwrap();
+        assert!(
+            err.to_string()
+                .contains("another wiz-connector is using this state directory"),
+            "{err}"
+        );
+        let names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, vec![FILE.to_string()], "nothing moved aside");
+        // Dropping the last handle stops the writer and closes the file: it opens again at once.
+        let s2 = s.clone();
+        drop(s);
+        drop(s2);
+        let (_s, note) = StateStore::open_or_recover(dir.path()).unwrap();
+        assert!(note.is_none());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_writes_are_grouped_and_all_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let (s, _) = StateStore::open_or_recover(dir.path()).unwrap();
+        let known = |n: u8| Known {
+            fingerprint: [n; 16],
+            status: "OPEN".into(),
+            severity: None,
+            silent: false,
+        };
+        let mut tasks = Vec::new();
+        for t in 0..40u8 {
+            let s = s.clone();
+            tasks.push(tokio::spawn(async move {
+                let tenant = format!("t{t}");
+                s.write(&tenant, Write::Mark(vec![("m".into(), known(t))]))
+                    .await?;
+                s.write(
+                    &tenant,
+                    Write::Commit(Commit {
+                        remember: vec![("i".into(), known(t))],
+                        settle: vec!["m".into()],
+                        checkpoint: Some(Checkpoint {
+                            high_water: None,
+                            last_full_sweep: Some(t as u64),
+                        }),
+                    }),
+                )
+                .await
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+        drop(s);
+        let (s, _) = StateStore::open_or_recover(dir.path()).unwrap();
+        for t in 0..40u8 {
+            let tenant = format!("t{t}");
+            assert_eq!(s.known(&tenant, &["i"]).unwrap(), vec![Some(known(t))]);
+            assert_eq!(s.in_flight(&tenant).unwrap(), vec![]);
+            assert_eq!(
+                s.checkpoint(&tenant).unwrap().unwrap().last_full_sweep,
+                Some(t as u64)
+            );
+        }
     }
 
     #[test]

@@ -29,7 +29,7 @@ use crate::faults::FaultInjection;
 use crate::health::{HealthMap, LastError, TenantState};
 use crate::metrics::{Event, Observer};
 use crate::sink::{deliver, Batch, SinkMsg, SinkStats};
-use crate::state::{Checkpoint, Commit, StateStore};
+use crate::state::{Checkpoint, Commit, StateStore, Write};
 use crate::wiz::page::{Issue, Page};
 use crate::wiz::TimeRange;
 use crate::wiz::{IssueFilter, IssueOrder, Sweep, TenantClient, WizHttp};
@@ -371,14 +371,17 @@ impl TenantActorState {
         }
     }
 
-    /// Writes known states, settled marks and/or a checkpoint durably (on the blocking pool: it
-    /// fsyncs).
+    /// Writes known states, settled marks and/or a checkpoint durably (through the store's
+    /// group-commit writer: commits of tenants that arrive together share one fsync).
     async fn commit(&self, c: Commit) -> Result<(), (&'static str, String)> {
-        let store = self.args.store.clone();
-        let tenant = self.args.spec.id.clone();
-        tokio::task::spawn_blocking(move || store.commit(&tenant, &c))
+        self.write(Write::Commit(c)).await
+    }
+
+    async fn write(&self, w: Write) -> Result<(), (&'static str, String)> {
+        self.args
+            .store
+            .write(&self.args.spec.id, w)
             .await
-            .map_err(|e| ("state", format!("state store commit failed: {e}")))?
             .map_err(|e| ("state", e.to_string()))
     }
 
@@ -762,15 +765,8 @@ impl TenantActorState {
                 .ledger
                 .settle
                 .extend(opening.iter().map(|(id, _)| id.clone()));
-            let store = self.args.store.clone();
-            let tenant = self.args.spec.id.clone();
-            let marked =
-                tokio::task::spawn_blocking(move || store.mark_in_flight(&tenant, &opening))
-                    .await
-                    .map_err(|e| format!("state store commit failed: {e}"))
-                    .and_then(|r| r.map_err(|e| e.to_string()));
-            if let Err(e) = marked {
-                return self.finish(myself, Err(("state", e))).await;
+            if let Err(e) = self.write(Write::Mark(opening)).await {
+                return self.finish(myself, Err(e)).await;
             }
         }
         let Some(active) = self.sweep.as_mut() else {
