@@ -57,6 +57,7 @@ impl App {
         let ready = Arc::new(AtomicBool::new(false));
         let shutdown_timeout = settings.connector.shutdown_timeout.0;
         let observer = Observer::default();
+        observer.observe_health(&health);
         let http = WizHttp::new()?.with_observer(observer.clone());
         let admin_listen = settings.admin.listen;
         let admin_token = settings.admin.token.clone().map(Arc::new);

@@ -404,6 +404,48 @@ impl Observer {
         &self.metrics
     }
 
+    /// When OTLP export is on: exports each tenant's state (1 for the current one, 0 for the
+    /// others) and the seconds since its last successful poll as gauges, read from `health` at
+    /// every export, as `/metrics` computes them at every scrape.
+    pub fn observe_health(&self, health: &HealthMap) {
+        if self.otel.is_none() {
+            return;
+        }
+        let Some(meter) = crate::telemetry::meter() else {
+            return;
+        };
+        let h = health.clone();
+        meter
+            .u64_observable_gauge("wiz_connector.tenant_state")
+            .with_description("1 for the tenant's current state, 0 for the others")
+            .with_callback(move |o| {
+                for t in h.all() {
+                    for s in TenantState::ALL {
+                        o.observe(
+                            u64::from(t.state == s),
+                            &kv(&[("tenant", &t.id), ("state", s.as_str())]),
+                        );
+                    }
+                }
+            })
+            .build();
+        let h = health.clone();
+        meter
+            .f64_observable_gauge("wiz_connector.seconds_since_last_success")
+            .with_unit("s")
+            .with_description("Seconds since the tenant's last successful poll")
+            .with_callback(move |o| {
+                let now = SystemTime::now();
+                for t in h.all() {
+                    if let Some(at) = t.last_success_at {
+                        let since = now.duration_since(at).unwrap_or_default().as_secs_f64();
+                        o.observe(since, &kv(&[("tenant", &t.id)]));
+                    }
+                }
+            })
+            .build();
+    }
+
     /// Logs and counts a reload's outcome.
     pub fn reload(&self, trigger: &str, outcome: Result<&crate::reload::ReloadSummary, &str>) {
         let result = match outcome {

@@ -1,5 +1,5 @@
 //! OTLP export: `run` sends a span per poll, per page and per sink write, each carrying the
-//! tenant id, and the same counters as `/metrics`, to an OTLP/HTTP receiver (decoded with the
+//! tenant id, and the same counters and state gauges as `/metrics`, to an OTLP/HTTP receiver (decoded with the
 //! OpenTelemetry protobuf types).
 
 mod common;
@@ -172,5 +172,45 @@ async fn run_exports_spans_and_counters_over_otlp_with_the_tenant() {
         events_for_t0,
         Some(open as i64),
         "wiz_connector.events over OTLP"
+    );
+
+    // The tenant's state as a gauge: in every export, exactly one of the six states is 1.
+    let mut exports_with_state = 0;
+    for r in &metrics {
+        for rm in &r.resource_metrics {
+            for sm in &rm.scope_metrics {
+                for m in sm
+                    .metrics
+                    .iter()
+                    .filter(|m| m.name == "wiz_connector.tenant_state")
+                {
+                    let Some(Data::Gauge(g)) = &m.data else {
+                        panic!("tenant_state is a gauge")
+                    };
+                    let values: Vec<i64> = g
+                        .data_points
+                        .iter()
+                        .filter(|p| {
+                            p.attributes.iter().any(|a| {
+                                a.key == "tenant"
+                                    && a.value.as_ref().and_then(|x| x.value.clone())
+                                        == Some(AnyValue::StringValue("t0".into()))
+                            })
+                        })
+                        .map(|p| match p.value {
+                            Some(Number::AsInt(n)) => n,
+                            _ => panic!("an integer gauge"),
+                        })
+                        .collect();
+                    assert_eq!(values.len(), 6, "one point per state");
+                    assert_eq!(values.iter().sum::<i64>(), 1, "{values:?}");
+                    exports_with_state += 1;
+                }
+            }
+        }
+    }
+    assert!(
+        exports_with_state >= 1,
+        "wiz_connector.tenant_state over OTLP"
     );
 }
