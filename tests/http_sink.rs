@@ -1,6 +1,6 @@
 //! The `http` sink against a local webhook that flaps: 5xx, 429 with Retry-After, a slow answer
 //! past the timeout, connections reset mid-request; every event arrives. A 400 holds the tenant
-//! back and is reported.
+//! back and is reported. Batches as JSON arrays without gzip; TLS verified unless turned off.
 
 mod common;
 
@@ -66,14 +66,27 @@ async fn webhook(hook: Arc<Hook>) -> std::net::SocketAddr {
                     Some(Answer::Slow) => tokio::time::sleep(Duration::from_millis(1500)).await,
                     None => {}
                 }
-                assert_eq!(headers["content-encoding"], "gzip");
                 let mut text = String::new();
-                flate2::read::GzDecoder::new(&body[..])
-                    .read_to_string(&mut text)
-                    .unwrap();
+                if headers.get("content-encoding").is_some() {
+                    assert_eq!(headers["content-encoding"], "gzip");
+                    flate2::read::GzDecoder::new(&body[..])
+                        .read_to_string(&mut text)
+                        .unwrap();
+                } else {
+                    text = String::from_utf8(body.to_vec()).unwrap();
+                }
                 let mut got = hook.received.lock().unwrap();
-                for line in text.lines() {
-                    got.push(serde_json::from_str(line).unwrap());
+                match headers["content-type"].to_str().unwrap() {
+                    "application/x-ndjson" => {
+                        for line in text.lines() {
+                            got.push(serde_json::from_str(line).unwrap());
+                        }
+                    }
+                    "application/json" => {
+                        let batch: Vec<serde_json::Value> = serde_json::from_str(&text).unwrap();
+                        got.extend(batch);
+                    }
+                    other => panic!("unexpected content type {other}"),
                 }
                 // Every answer closes its connection, so every request comes on a new one and
                 // the listener's reset budget applies per request.
@@ -160,8 +173,18 @@ fn expected(sim: &wiz_connector::sim::Simulator) -> HashSet<(String, String)> {
 
 /// Runs the connector from `sim` into `hook` until every open issue arrived there.
 async fn deliver_everything(sim: &wiz_connector::sim::Simulator, hook: &Arc<Hook>) -> App {
+    deliver_everything_with(sim, hook, "").await
+}
+
+/// [`deliver_everything`], with more keys for the sink.
+async fn deliver_everything_with(
+    sim: &wiz_connector::sim::Simulator,
+    hook: &Arc<Hook>,
+    sink_keys: &str,
+) -> App {
     let addr = webhook(hook.clone()).await;
-    let app = App::start(settings(&config(sim, addr)), AppOptions::default())
+    let body = format!("{}{sink_keys}", config(sim, addr));
+    let app = App::start(settings(&body), AppOptions::default())
         .await
         .unwrap();
     let want = expected(sim);
@@ -243,5 +266,149 @@ async fn a_webhook_that_resets_connections_still_gets_every_event() {
     let ids: HashSet<&str> = got.iter().map(|v| v["id"].as_str().unwrap()).collect();
     assert_eq!(ids.len(), got.len(), "no event delivered twice");
     assert_eq!(keys(&got), expected(&sim));
+    app.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_can_be_json_arrays_without_gzip() {
+    let sim = sim(2, 20).await;
+    let hook = Arc::new(Hook::default());
+    let app = deliver_everything_with(&sim, &hook, "format = \"json_array\"\ngzip = false\n").await;
+    let got = hook.received.lock().unwrap().clone();
+    assert_eq!(keys(&got), expected(&sim));
+    assert_eq!(got.len(), expected(&sim).len(), "each event once");
+    app.shutdown().await.unwrap();
+}
+
+/// A listener that speaks TLS with the self-signed certificate in `tests/fixtures` (valid for
+/// 127.0.0.1 and localhost); a handshake the client abandons is counted and skipped.
+struct TlsListener {
+    inner: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    refused_handshakes: Arc<AtomicU32>,
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let Ok((stream, addr)) = self.inner.accept().await else {
+                continue;
+            };
+            match self.acceptor.accept(stream).await {
+                Ok(tls) => return (tls, addr),
+                Err(_) => {
+                    self.refused_handshakes.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.inner.local_addr()
+    }
+}
+
+/// A webhook over TLS that accepts every batch; returns its address, what it received, and the
+/// count of handshakes the client broke off.
+async fn tls_webhook() -> (
+    std::net::SocketAddr,
+    Arc<Mutex<Vec<serde_json::Value>>>,
+    Arc<AtomicU32>,
+) {
+    use tokio_rustls::rustls;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let cert = CertificateDer::from_pem_file(fixtures.join("webhook-cert.pem")).unwrap();
+    let key = PrivateKeyDer::from_pem_file(fixtures.join("webhook-key.pem")).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(vec![cert], key)
+    .unwrap();
+    let received: Arc<Mutex<Vec<serde_json::Value>>> = Arc::default();
+    let sink = received.clone();
+    let app = axum::Router::new().route(
+        "/ingest",
+        post(move |body: Bytes| {
+            let sink = sink.clone();
+            async move {
+                let mut text = String::new();
+                flate2::read::GzDecoder::new(&body[..])
+                    .read_to_string(&mut text)
+                    .unwrap();
+                let mut got = sink.lock().unwrap();
+                for line in text.lines() {
+                    got.push(serde_json::from_str(line).unwrap());
+                }
+                StatusCode::OK
+            }
+        }),
+    );
+    let inner = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = inner.local_addr().unwrap();
+    let refused = Arc::new(AtomicU32::new(0));
+    let listener = TlsListener {
+        inner,
+        acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)),
+        refused_handshakes: refused.clone(),
+    };
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (addr, received, refused)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_is_verified_unless_turned_off_explicitly() {
+    let sim = sim(1, 20).await;
+    let (addr, received, refused) = tls_webhook().await;
+    let https = |extra: &str| {
+        format!(
+            "{}[sinks.siem]\ntype = \"http\"\nurl = \"https://localhost:{}/ingest\"\ntimeout = \"2s\"\nmax_retries = 0\n{extra}",
+            sim_config(&sim, "poll_interval = \"1h\"\nstartup_jitter = \"0s\"", "rate_limit = 50"),
+            addr.port()
+        )
+    };
+    // Verification on (the default): the self-signed certificate is refused, loudly, and the
+    // tenant holds its page.
+    let app = App::start(settings(&https("")), AppOptions::default())
+        .await
+        .unwrap();
+    wait_until("the certificate refused", Duration::from_secs(30), || {
+        app.health
+            .get("t0")
+            .and_then(|h| h.last_error)
+            .is_some_and(|e| e.message.contains("sink unavailable"))
+    })
+    .await;
+    let message = app.health.get("t0").unwrap().last_error.unwrap().message;
+    assert!(
+        message.to_lowercase().contains("certificate"),
+        "the error names the certificate: {message}"
+    );
+    assert!(refused.load(Ordering::SeqCst) >= 1);
+    assert!(
+        received.lock().unwrap().is_empty(),
+        "nothing sent unverified"
+    );
+    app.shutdown().await.unwrap();
+
+    // Turned off explicitly: delivered.
+    let app = App::start(
+        settings(&https("tls_verify = false\n")),
+        AppOptions::default(),
+    )
+    .await
+    .unwrap();
+    let want = expected(&sim);
+    wait_until("every event over TLS", Duration::from_secs(30), || {
+        keys(&received.lock().unwrap()).is_superset(&want)
+    })
+    .await;
     app.shutdown().await.unwrap();
 }

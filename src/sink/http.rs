@@ -31,8 +31,9 @@ pub struct HttpOutput {
     pub refused: u64,
 }
 
-/// Why an attempt failed, and whether another may succeed.
+/// How an attempt ended: delivered, or why not and whether another may succeed.
 enum Attempt {
+    Delivered,
     Retry(String, Option<Duration>),
     Fail(String),
 }
@@ -144,7 +145,7 @@ impl HttpOutput {
                 let status = resp.status();
                 let ra = retry_after(resp.headers());
                 if status.is_success() {
-                    return Attempt::Fail(String::new());
+                    return Attempt::Delivered;
                 }
                 let text = resp.bytes().await.map(|b| snippet(&b)).unwrap_or_default();
                 let msg = format!("HTTP {} from {}: {text}", status.as_u16(), self.url);
@@ -167,7 +168,7 @@ impl HttpOutput {
                 tokio::time::sleep(delay).await;
             }
             match self.attempt(body.clone()).await {
-                Attempt::Fail(m) if m.is_empty() => return Ok(()),
+                Attempt::Delivered => return Ok(()),
                 Attempt::Fail(m) => {
                     self.refused += 1;
                     return Err(format!(
