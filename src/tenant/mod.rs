@@ -591,11 +591,10 @@ impl TenantActorState {
             Err(e) => return self.finish(myself, Err(e)).await,
         };
         let mut outbox = observed.outbox;
-        // Whatever the lookup found, the batch's in-flight marks are settled by it.
-        outbox.ledger.settle.extend(ids.iter().cloned());
         if observed.unreadable > 0 {
             // A node that cannot be read may be one of the ids asked for: none of this batch
-            // is called vanished on that evidence. The next full sweep tries again.
+            // is called vanished on that evidence, and its in-flight marks stay. The next full
+            // sweep tries again.
             tracing::warn!(
                 tenant = %self.args.spec.id,
                 ids = ids.len(),
@@ -603,6 +602,9 @@ impl TenantActorState {
                 "an issue looked up by id could not be read; not deciding which of this batch vanished"
             );
         } else {
+            // Decided for every id of the batch: found (and compared) or vanished. Their
+            // in-flight marks are settled by this batch's commit.
+            outbox.ledger.settle.extend(ids.iter().cloned());
             let returned: HashSet<String> = observed.ids.into_iter().collect();
             for (id, last) in batch.iter().filter(|(id, _)| !returned.contains(id)) {
                 let meta = self.normalizer.vanished(
