@@ -262,3 +262,63 @@ async fn reqwest_raw(sim: &wiz_connector::sim::Simulator, _body: &str) -> Vec<u8
         .unwrap()
         .to_vec()
 }
+
+#[test]
+fn a_vanished_issue_gets_every_contract_field_from_what_was_known() {
+    use wiz_connector::event::{event_id, salted_event_id, vanished_fingerprint};
+    let mut n = Normalizer::with_console("acme", "https://app.wiz.us");
+    let last = [7u8; 16];
+    let mut out = Vec::new();
+    let meta = n.vanished("i-\"9\"", &last, Some("CRITICAL"), OBSERVED, &mut out);
+    let ev: Value = serde_json::from_slice(&out).expect("valid JSON");
+    let mut fields: Vec<&str> = ev.as_object().unwrap().keys().map(String::as_str).collect();
+    fields.sort_unstable();
+    let mut want = [
+        "id",
+        "source",
+        "tenant",
+        "kind",
+        "issue_id",
+        "severity",
+        "status",
+        "issue_type",
+        "title",
+        "created_at",
+        "updated_at",
+        "status_changed_at",
+        "observed_at",
+        "resource",
+        "projects",
+        "url",
+        "raw_event",
+        "vanished",
+    ];
+    want.sort_unstable();
+    assert_eq!(fields, want);
+    assert_eq!(ev["kind"], "issue.resolved");
+    assert_eq!(ev["status"], "RESOLVED");
+    assert_eq!(ev["severity"], "high");
+    assert_eq!(ev["issue_id"], "i-\"9\"", "escaped as needed");
+    assert_eq!(ev["observed_at"], OBSERVED);
+    assert_eq!(ev["vanished"], true);
+    assert!(ev["raw_event"].is_null() && ev["title"].is_null() && ev["resource"].is_null());
+    assert!(ev["url"]
+        .as_str()
+        .unwrap()
+        .starts_with("https://app.wiz.us/issues#~(issue~'"));
+    // Deterministic from the last state, and unlike any id of an observed state.
+    let id = event_id("acme", "i-\"9\"", &vanished_fingerprint(&last));
+    assert_eq!(ev["id"], id.as_str());
+    assert_eq!(meta.id, id);
+    assert_ne!(id, event_id("acme", "i-\"9\"", &last));
+    assert_eq!(meta.fingerprint, vanished_fingerprint(&last));
+    // Unknown severity (records from before it was kept): info, as for any unknown severity.
+    out.clear();
+    n.vanished("i-1", &last, None, OBSERVED, &mut out);
+    let ev: Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(ev["severity"], "info");
+    // A salted id differs from the plain one and is stable.
+    let salted = salted_event_id("acme", "i-1", &last, &[1; 16]);
+    assert_ne!(salted, event_id("acme", "i-1", &last));
+    assert_eq!(salted, salted_event_id("acme", "i-1", &last, &[1; 16]));
+}
