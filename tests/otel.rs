@@ -137,34 +137,34 @@ async fn run_exports_spans_and_counters_over_otlp_with_the_tenant() {
 
     // The same counters reach the collector over OTLP (pushed at shutdown at the latest).
     let metrics = got_metrics.lock().unwrap().clone();
+    let named_metrics = |name: &str| {
+        metrics
+            .iter()
+            .flat_map(|r| &r.resource_metrics)
+            .flat_map(|rm| &rm.scope_metrics)
+            .flat_map(|sm| &sm.metrics)
+            .filter(|m| m.name == name)
+            .cloned()
+            .collect::<Vec<_>>()
+    };
     let mut events_for_t0 = None;
-    for r in &metrics {
-        for rm in &r.resource_metrics {
-            for sm in &rm.scope_metrics {
-                for m in sm
-                    .metrics
-                    .iter()
-                    .filter(|m| m.name == "wiz_connector.events")
-                {
-                    let Some(Data::Sum(sum)) = &m.data else {
-                        panic!("events is a sum")
-                    };
-                    for p in &sum.data_points {
-                        let has = |k: &str, v: &str| {
-                            p.attributes.iter().any(|a| {
-                                a.key == k
-                                    && a.value.as_ref().and_then(|x| x.value.clone())
-                                        == Some(AnyValue::StringValue(v.into()))
-                            })
-                        };
-                        if has("tenant", "t0") && has("kind", "issue.opened") {
-                            events_for_t0 = match p.value {
-                                Some(Number::AsInt(n)) => Some(n),
-                                _ => None,
-                            };
-                        }
-                    }
-                }
+    for m in &named_metrics("wiz_connector.events") {
+        let Some(Data::Sum(sum)) = &m.data else {
+            panic!("events is a sum")
+        };
+        for p in &sum.data_points {
+            let has = |k: &str, v: &str| {
+                p.attributes.iter().any(|a| {
+                    a.key == k
+                        && a.value.as_ref().and_then(|x| x.value.clone())
+                            == Some(AnyValue::StringValue(v.into()))
+                })
+            };
+            if has("tenant", "t0") && has("kind", "issue.opened") {
+                events_for_t0 = match p.value {
+                    Some(Number::AsInt(n)) => Some(n),
+                    _ => None,
+                };
             }
         }
     }
@@ -176,38 +176,28 @@ async fn run_exports_spans_and_counters_over_otlp_with_the_tenant() {
 
     // The tenant's state as a gauge: in every export, exactly one of the six states is 1.
     let mut exports_with_state = 0;
-    for r in &metrics {
-        for rm in &r.resource_metrics {
-            for sm in &rm.scope_metrics {
-                for m in sm
-                    .metrics
-                    .iter()
-                    .filter(|m| m.name == "wiz_connector.tenant_state")
-                {
-                    let Some(Data::Gauge(g)) = &m.data else {
-                        panic!("tenant_state is a gauge")
-                    };
-                    let values: Vec<i64> = g
-                        .data_points
-                        .iter()
-                        .filter(|p| {
-                            p.attributes.iter().any(|a| {
-                                a.key == "tenant"
-                                    && a.value.as_ref().and_then(|x| x.value.clone())
-                                        == Some(AnyValue::StringValue("t0".into()))
-                            })
-                        })
-                        .map(|p| match p.value {
-                            Some(Number::AsInt(n)) => n,
-                            _ => panic!("an integer gauge"),
-                        })
-                        .collect();
-                    assert_eq!(values.len(), 6, "one point per state");
-                    assert_eq!(values.iter().sum::<i64>(), 1, "{values:?}");
-                    exports_with_state += 1;
-                }
-            }
-        }
+    for m in &named_metrics("wiz_connector.tenant_state") {
+        let Some(Data::Gauge(g)) = &m.data else {
+            panic!("tenant_state is a gauge")
+        };
+        let values: Vec<i64> = g
+            .data_points
+            .iter()
+            .filter(|p| {
+                p.attributes.iter().any(|a| {
+                    a.key == "tenant"
+                        && a.value.as_ref().and_then(|x| x.value.clone())
+                            == Some(AnyValue::StringValue("t0".into()))
+                })
+            })
+            .map(|p| match p.value {
+                Some(Number::AsInt(n)) => n,
+                _ => panic!("an integer gauge"),
+            })
+            .collect();
+        assert_eq!(values.len(), 6, "one point per state");
+        assert_eq!(values.iter().sum::<i64>(), 1, "{values:?}");
+        exports_with_state += 1;
     }
     assert!(
         exports_with_state >= 1,
