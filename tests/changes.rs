@@ -82,7 +82,7 @@ fn events_since(out: &std::path::Path, from: usize) -> Vec<(String, String)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transitions_give_the_right_kinds_once_and_nothing_else_also_after_a_restart() {
     let sim = sim(1, 30).await;
-    let (dir, state, out) = scratch();
+    let (_dir, state, out) = scratch();
     let open = sim.issues(CLIENT, |s| s.ids_with_status("OPEN"));
     let app = start(&body(&sim, &state, &out, "1h")).await;
     poll(&app, 1).await;
@@ -152,7 +152,7 @@ async fn transitions_give_the_right_kinds_once_and_nothing_else_also_after_a_res
 async fn a_damaged_state_file_is_detected_and_the_tenant_resyncs() {
     let sim = sim(1, 20).await;
     for damage in ["garbage", "truncated"] {
-        let (dir, state, out) = scratch();
+        let (_dir, state, out) = scratch();
         let cfg = body(&sim, &state, &out, "1h");
         let app = start(&cfg).await;
         poll(&app, 1).await;
@@ -217,7 +217,7 @@ async fn vanished_issues(unknown_id_not_found: bool) {
         ..Default::default()
     })
     .await;
-    let (dir, state, out) = scratch();
+    let (_dir, state, out) = scratch();
     let cfg = body(&sim, &state, &out, "1h");
     let app = start(&cfg).await;
     poll(&app, 1).await;
@@ -345,7 +345,7 @@ async fn vanished_issues_when_wiz_leaves_an_unknown_id_out() {
 async fn an_unreadable_lookup_answer_declares_nothing_vanished() {
     use wiz_connector::sim::Fault;
     let sim = sim(1, 30).await;
-    let (dir, state, out) = scratch();
+    let (_dir, state, out) = scratch();
     let app = start(&body(&sim, &state, &out, "1h")).await;
     poll(&app, 1).await;
     let before = read_lines(&out).len();
@@ -386,7 +386,7 @@ async fn an_unreadable_lookup_answer_declares_nothing_vanished() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_issue_first_seen_unwatched_is_opened_when_it_reaches_a_watched_status() {
     let sim = sim(1, 60).await;
-    let (dir, state, out) = scratch();
+    let (_dir, state, out) = scratch();
     let app = start(&body(&sim, &state, &out, "1h")).await;
     let in_progress = sim.issues(CLIENT, |s| s.ids_with_status("IN_PROGRESS"));
     assert!(in_progress.len() >= 2, "{in_progress:?}");
@@ -430,7 +430,7 @@ async fn an_opening_a_crash_kept_from_the_store_is_still_reported_when_it_vanish
     use wiz_connector::state::StateStore;
     use wiz_connector::tenant::memory::Known;
     let sim = sim(1, 30).await;
-    let (dir, state, out) = scratch();
+    let (_dir, state, out) = scratch();
     let cfg = body(&sim, &state, &out, "1h");
     let app = start(&cfg).await;
     poll(&app, 1).await;
