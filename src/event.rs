@@ -136,19 +136,23 @@ impl Normalizer {
         observed_at: &str,
         out: &mut Vec<u8>,
     ) -> EventMeta {
-        self.normalize_with(issue, kind, observed_at, None, out)
+        let fingerprint = issue_fingerprint(issue);
+        self.normalize_with(issue, kind, &fingerprint, None, observed_at, out)
     }
 
-    /// [`Normalizer::normalize`], with the event id drawn from `id_salt` as well as the state
-    /// (see [`salted_event_id`]). Used for an issue that comes back after it vanished: its state
-    /// may be exactly the one it was first reported in, and the return must not carry that old
-    /// event's id, or a consumer that dedups by id would drop it.
+    /// [`Normalizer::normalize`] for a caller that already has the issue's
+    /// [`issue_fingerprint`] (a tenant needs it to tell whether the issue changed, and it is not
+    /// computed twice), with the event id drawn from `id_salt` as well as the state (see
+    /// [`salted_event_id`]) when given. The salt is for an issue that comes back after it
+    /// vanished: its state may be exactly the one it was first reported in, and the return must
+    /// not carry that old event's id, or a consumer that dedups by id would drop it.
     pub fn normalize_with(
         &mut self,
         issue: &Issue<'_>,
         kind: Option<EventKind>,
-        observed_at: &str,
+        fingerprint: &[u8; 16],
         id_salt: Option<&[u8; 16]>,
+        observed_at: &str,
         out: &mut Vec<u8>,
     ) -> EventMeta {
         let r = issue.record;
@@ -176,15 +180,9 @@ impl Normalizer {
             }
         };
         let kind = kind.unwrap_or_else(|| EventKind::for_first_sight(status.text));
-        let fingerprint = fingerprint(
-            status.text,
-            severity_raw.map(|s| s.text),
-            updated_at.map(|s| s.text),
-            status_changed_at.map(|s| s.text),
-        );
         let id = match id_salt {
-            None => event_id(&self.tenant, id_str.text, &fingerprint),
-            Some(salt) => salted_event_id(&self.tenant, id_str.text, &fingerprint, salt),
+            None => event_id(&self.tenant, id_str.text, fingerprint),
+            Some(salt) => salted_event_id(&self.tenant, id_str.text, fingerprint, salt),
         };
 
         let mut w = JsonWriter::new(out);
@@ -236,7 +234,7 @@ impl Normalizer {
             issue_id: id_str.text.to_string(),
             kind,
             status: status.text.to_string(),
-            fingerprint,
+            fingerprint: *fingerprint,
         }
     }
 
@@ -429,6 +427,15 @@ pub fn fingerprint(
     let mut out = [0u8; 16];
     out.copy_from_slice(&d[..16]);
     out
+}
+
+/// The `id` of an event line as [`Normalizer`] writes it. Every event starts with its id
+/// (`{"id":"<32 hex>",...`: the writers put it first), so it is read from the start of the line
+/// instead of parsing the whole event, raw node included: the `nats` sink needs it per event.
+pub fn event_id_of(line: &[u8]) -> Option<&str> {
+    let rest = line.strip_prefix(b"{\"id\":\"")?;
+    let end = rest.iter().position(|&b| b == b'"')?;
+    std::str::from_utf8(&rest[..end]).ok()
 }
 
 /// The fingerprint recorded for an issue that vanished, derived from its last known one: distinct

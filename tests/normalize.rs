@@ -173,6 +173,10 @@ async fn events_from_the_simulator_carry_every_contract_field_and_the_raw_node_v
         );
         let id = sent["id"].as_str().unwrap();
         assert_eq!(ev["id"], meta.id);
+        assert_eq!(
+            wiz_connector::event::event_id_of(&out),
+            Some(meta.id.as_str())
+        );
         assert_eq!(ev["source"], "wiz");
         assert_eq!(ev["tenant"], "t0");
         assert_eq!(ev["kind"], "issue.opened");
@@ -265,7 +269,7 @@ async fn reqwest_raw(sim: &wiz_connector::sim::Simulator, _body: &str) -> Vec<u8
 
 #[test]
 fn a_vanished_issue_gets_every_contract_field_from_what_was_known() {
-    use wiz_connector::event::{event_id, salted_event_id, vanished_fingerprint};
+    use wiz_connector::event::{event_id, event_id_of, salted_event_id, vanished_fingerprint};
     let mut n = Normalizer::with_console("acme", "https://app.wiz.us");
     let last = [7u8; 16];
     let mut out = Vec::new();
@@ -310,6 +314,11 @@ fn a_vanished_issue_gets_every_contract_field_from_what_was_known() {
     let id = event_id("acme", "i-\"9\"", &vanished_fingerprint(&last));
     assert_eq!(ev["id"], id.as_str());
     assert_eq!(meta.id, id);
+    assert_eq!(
+        event_id_of(&out),
+        Some(id.as_str()),
+        "read from the line's start"
+    );
     assert_ne!(id, event_id("acme", "i-\"9\"", &last));
     assert_eq!(meta.fingerprint, vanished_fingerprint(&last));
     // Unknown severity (records from before it was kept): info, as for any unknown severity.

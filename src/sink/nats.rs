@@ -10,6 +10,7 @@ use async_nats::jetstream;
 
 use super::Batch;
 use crate::config::{SinkKind, SinkSpec};
+use crate::event::event_id_of;
 
 pub struct NatsOutput {
     js: jetstream::Context,
@@ -69,18 +70,17 @@ impl NatsOutput {
 
     /// Publishes every event of the batch and waits for every JetStream ack.
     pub async fn write(&mut self, batch: Arc<Batch>) -> Result<(), String> {
-        #[derive(serde::Deserialize)]
-        struct Id<'a> {
-            #[serde(borrow)]
-            id: &'a str,
-        }
-        let subject = format!("{}.{}", self.prefix, batch.tenant);
+        let subject = async_nats::Subject::from(format!("{}.{}", self.prefix, batch.tenant));
         let mut acks = Vec::with_capacity(batch.events);
         for line in batch.lines.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-            let id: Id<'_> =
-                serde_json::from_slice(line).map_err(|e| format!("event without an id: {e}"))?;
+            let id = event_id_of(line).ok_or_else(|| {
+                format!(
+                    "an event that does not start with its id: {}",
+                    crate::wiz::error::snippet(line)
+                )
+            })?;
             let mut headers = async_nats::HeaderMap::new();
-            headers.insert("Nats-Msg-Id", id.id);
+            headers.insert("Nats-Msg-Id", id);
             let ack = self
                 .js
                 .publish_with_headers(

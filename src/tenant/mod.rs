@@ -718,8 +718,9 @@ impl TenantActorState {
         let meta = self.normalizer.normalize_with(
             issue,
             Some(kind),
-            observed_at,
+            &fp,
             salt.as_ref(),
+            observed_at,
             &mut out.lines,
         );
         out.lines.push(b'\n');
