@@ -427,7 +427,7 @@ async fn an_issue_first_seen_unwatched_is_opened_when_it_reaches_a_watched_statu
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_opening_a_crash_kept_from_the_store_is_still_reported_when_it_vanishes() {
     use wiz_connector::event::issue_fingerprint;
-    use wiz_connector::state::StateStore;
+    use wiz_connector::state::{StateStore, Write};
     use wiz_connector::tenant::memory::Known;
     let sim = sim(1, 30).await;
     let (_dir, state, out) = scratch();
@@ -455,7 +455,9 @@ async fn an_opening_a_crash_kept_from_the_store_is_still_reported_when_it_vanish
             severity: issue.severity().map(str::to_string),
             silent: false,
         };
-        store.mark_in_flight("t0", &[(id.clone(), mark)]).unwrap();
+        store
+            .write_now("t0", Write::Mark(vec![(id.clone(), mark)]))
+            .unwrap();
         assert_eq!(store.known("t0", &[id.as_str()]).unwrap(), vec![None]);
     }
 

@@ -34,8 +34,14 @@ const CHECKPOINTS: TableDefinition<&str, &[u8]> = TableDefinition::new("checkpoi
 const IN_FLIGHT: TableDefinition<&str, &[u8]> = TableDefinition::new("in_flight");
 
 const FILE: &str = "state.redb";
-/// Prefix of an open failure that means "in use", not "damaged".
-const IN_USE: &str = "in use: ";
+
+/// Why the database could not be opened.
+enum OpenError {
+    /// Held open by another process (or another part of this one): not damaged.
+    InUse(String),
+    /// Anything else: treated as damage.
+    Damaged(String),
+}
 
 /// What a tenant's completed sweeps left behind.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -75,10 +81,15 @@ pub struct StateError {
 /// The store; cheap to clone.
 #[derive(Clone)]
 pub struct StateStore {
-    db: Arc<Database>,
-    path: PathBuf,
+    db: Arc<Db>,
     /// The group-commit writer ([`StateStore::write`]).
     writer: Arc<WriterHandle>,
+}
+
+/// The database and its path (for error messages); shared by the handles and the writer thread.
+struct Db {
+    db: Database,
+    path: PathBuf,
 }
 
 /// The writer thread and the way to it. Dropped with the last clone of the store: closes the
@@ -101,9 +112,10 @@ impl Drop for WriterHandle {
 /// A durable write a tenant asks for.
 #[derive(Debug)]
 pub enum Write {
-    /// See [`StateStore::commit`].
+    /// Records delivered states, settles in-flight marks and, at the end of a sweep, writes the
+    /// checkpoint.
     Commit(Commit),
-    /// See [`StateStore::mark_in_flight`].
+    /// Marks issues whose opening event is about to be delivered (see `IN_FLIGHT`).
     Mark(Vec<(String, Known)>),
 }
 
@@ -162,13 +174,6 @@ fn decode(b: &[u8]) -> Option<Known> {
 }
 
 impl StateStore {
-    fn err(&self, e: impl std::fmt::Display) -> StateError {
-        StateError {
-            path: self.path.display().to_string(),
-            message: e.to_string(),
-        }
-    }
-
     /// Opens (or creates) the store in `dir`. An unreadable or corrupt file is moved aside to
     /// `state.redb.corrupt-<unix time>` and a fresh store is created; the returned note says so
     /// (every tenant then falls back to a full sweep).
@@ -183,29 +188,31 @@ impl StateStore {
                 "cannot create the state directory: {e} (key connector.state_dir)"
             ))
         })?;
-        let try_open = || -> Result<Database, String> {
+        let try_open = || -> Result<Database, OpenError> {
             let db = Database::create(&path).map_err(|e| match e {
-                // Held open by another process (or another part of this one): not damaged.
-                // Refuse to start rather than move the store aside under its owner.
                 redb::DatabaseError::DatabaseAlreadyOpen
-                | redb::DatabaseError::LockProtocolMismatch => format!("{IN_USE}{e}"),
-                e => e.to_string(),
+                | redb::DatabaseError::LockProtocolMismatch => OpenError::InUse(e.to_string()),
+                e => OpenError::Damaged(e.to_string()),
             })?;
             // Touch every table so a damaged tree shows now, not mid-poll.
-            let w = db.begin_write().map_err(|e| e.to_string())?;
-            w.open_table(ISSUES).map_err(|e| e.to_string())?;
-            w.open_table(CHECKPOINTS).map_err(|e| e.to_string())?;
-            w.open_table(IN_FLIGHT).map_err(|e| e.to_string())?;
-            w.commit().map_err(|e| e.to_string())?;
+            let damaged = |e: redb::Error| OpenError::Damaged(e.to_string());
+            let w = db.begin_write().map_err(|e| damaged(e.into()))?;
+            w.open_table(ISSUES).map_err(|e| damaged(e.into()))?;
+            w.open_table(CHECKPOINTS).map_err(|e| damaged(e.into()))?;
+            w.open_table(IN_FLIGHT).map_err(|e| damaged(e.into()))?;
+            w.commit().map_err(|e| damaged(e.into()))?;
             Ok(db)
         };
+        let in_use = |e: String| {
+            fail(format!(
+                "{e}: another wiz-connector is using this state directory; give each instance its own connector.state_dir"
+            ))
+        };
         match try_open() {
-            Ok(db) => Ok((StateStore::with_writer(Arc::new(db), path), None)),
-            Err(e) if e.starts_with(IN_USE) => Err(fail(format!(
-                "{}: another wiz-connector is using this state directory; give each instance its own connector.state_dir",
-                &e[IN_USE.len()..]
-            ))),
-            Err(e) => {
+            Ok(db) => Ok((StateStore::with_writer(db, path), None)),
+            // Refuse to start rather than move the store aside under its owner.
+            Err(OpenError::InUse(e)) => Err(in_use(e)),
+            Err(OpenError::Damaged(e)) => {
                 let stamp = SystemTime::now()
                     .duration_since(UNIX_EPOCH)
                     .unwrap_or_default()
@@ -220,27 +227,28 @@ impl StateStore {
                     aside.display()
                 );
                 tracing::error!(error = %e, moved_to = %aside.display(), "state store unreadable; starting a fresh one");
-                let db = try_open().map_err(fail)?;
-                Ok((StateStore::with_writer(Arc::new(db), path), Some(note)))
+                let db = match try_open() {
+                    Ok(db) => db,
+                    Err(OpenError::InUse(e)) => return Err(in_use(e)),
+                    Err(OpenError::Damaged(e)) => return Err(fail(e)),
+                };
+                Ok((StateStore::with_writer(db, path), Some(note)))
             }
         }
     }
 
     /// Starts the writer thread of a freshly opened database. It ends when the last clone of
     /// the store is dropped.
-    fn with_writer(db: Arc<Database>, path: PathBuf) -> StateStore {
+    fn with_writer(db: Database, path: PathBuf) -> StateStore {
+        let db = Arc::new(Db { db, path });
         let (tx, rx) = std::sync::mpsc::channel::<Job>();
-        let worker = Writer {
-            db: db.clone(),
-            path: path.clone(),
-        };
+        let worker = db.clone();
         let thread = std::thread::Builder::new()
             .name("state-writer".into())
             .spawn(move || worker.run(rx))
             .expect("spawning the state writer thread");
         StateStore {
             db,
-            path,
             writer: Arc::new(WriterHandle {
                 tx: Some(tx),
                 thread: Some(thread),
@@ -249,10 +257,10 @@ impl StateStore {
     }
 
     /// Writes durably, grouped with the writes of other tenants that arrive at the same time
-    /// (see `write_loop`); returns once the write is on disk.
+    /// (see `Db::run`); returns once the write is on disk.
     pub async fn write(&self, tenant: &str, write: Write) -> Result<(), StateError> {
         let (done, answer) = tokio::sync::oneshot::channel();
-        let gone = || self.err("the state writer has stopped");
+        let gone = || self.db.err("the state writer has stopped");
         self.writer
             .tx
             .as_ref()
@@ -267,9 +275,9 @@ impl StateStore {
     }
 
     pub fn checkpoint(&self, tenant: &str) -> Result<Option<Checkpoint>, StateError> {
-        let r = self.db.begin_read().map_err(|e| self.err(e))?;
-        let t = r.open_table(CHECKPOINTS).map_err(|e| self.err(e))?;
-        let Some(v) = t.get(tenant).map_err(|e| self.err(e))? else {
+        let r = self.db.db.begin_read().map_err(|e| self.db.err(e))?;
+        let t = r.open_table(CHECKPOINTS).map_err(|e| self.db.err(e))?;
+        let Some(v) = t.get(tenant).map_err(|e| self.db.err(e))? else {
             return Ok(None);
         };
         // An unreadable checkpoint is as good as none: the tenant does a full sweep.
@@ -278,11 +286,13 @@ impl StateStore {
 
     /// The known state of each of `ids` (one read transaction).
     pub fn known(&self, tenant: &str, ids: &[&str]) -> Result<Vec<Option<Known>>, StateError> {
-        let r = self.db.begin_read().map_err(|e| self.err(e))?;
-        let t = r.open_table(ISSUES).map_err(|e| self.err(e))?;
+        let r = self.db.db.begin_read().map_err(|e| self.db.err(e))?;
+        let t = r.open_table(ISSUES).map_err(|e| self.db.err(e))?;
         ids.iter()
             .map(|id| {
-                let v = t.get(key(tenant, id).as_str()).map_err(|e| self.err(e))?;
+                let v = t
+                    .get(key(tenant, id).as_str())
+                    .map_err(|e| self.db.err(e))?;
                 Ok(v.and_then(|v| decode(v.value())))
             })
             .collect()
@@ -311,16 +321,16 @@ impl StateStore {
         tenant: &str,
         keep: impl Fn(&Known) -> bool,
     ) -> Result<Vec<(String, Known)>, StateError> {
-        let r = self.db.begin_read().map_err(|e| self.err(e))?;
-        let t = r.open_table(table).map_err(|e| self.err(e))?;
+        let r = self.db.db.begin_read().map_err(|e| self.db.err(e))?;
+        let t = r.open_table(table).map_err(|e| self.db.err(e))?;
         // Tenant ids never hold \u{1f} or \u{20}, so this range is exactly the tenant's keys.
         let (from, to) = (format!("{tenant}\u{1f}"), format!("{tenant}\u{20}"));
         let mut out = Vec::new();
         for entry in t
             .range(from.as_str()..to.as_str())
-            .map_err(|e| self.err(e))?
+            .map_err(|e| self.db.err(e))?
         {
-            let (k, v) = entry.map_err(|e| self.err(e))?;
+            let (k, v) = entry.map_err(|e| self.db.err(e))?;
             let Some(known) = decode(v.value()) else {
                 continue;
             };
@@ -332,44 +342,13 @@ impl StateStore {
         Ok(out)
     }
 
-    /// Marks issues whose opening event is about to be delivered; one durable commit, on the
-    /// caller's thread (tenants go through [`StateStore::write`]).
-    pub fn mark_in_flight(
-        &self,
-        tenant: &str,
-        marks: &[(String, Known)],
-    ) -> Result<(), StateError> {
-        self.apply(&[(tenant, &Write::Mark(marks.to_vec()))])
-    }
-
-    /// Records delivered states, settles in-flight marks and, at the end of a sweep, writes the
-    /// checkpoint; one durable commit, on the caller's thread (tenants go through
-    /// [`StateStore::write`]).
-    pub fn commit(&self, tenant: &str, c: &Commit) -> Result<(), StateError> {
-        let w = Write::Commit(Commit {
-            remember: c.remember.clone(),
-            settle: c.settle.clone(),
-            checkpoint: c.checkpoint.clone(),
-        });
-        self.apply(&[(tenant, &w)])
-    }
-
-    fn apply(&self, writes: &[(&str, &Write)]) -> Result<(), StateError> {
-        Writer {
-            db: self.db.clone(),
-            path: self.path.clone(),
-        }
-        .apply(writes)
+    /// [`StateStore::write`] on the caller's thread, without grouping (tools and tests).
+    pub fn write_now(&self, tenant: &str, write: Write) -> Result<(), StateError> {
+        self.db.apply(&[(tenant, &write)])
     }
 }
 
-/// What the writer thread holds: the database, and its path for error messages.
-struct Writer {
-    db: Arc<Database>,
-    path: PathBuf,
-}
-
-impl Writer {
+impl Db {
     fn err(&self, e: impl std::fmt::Display) -> StateError {
         StateError {
             path: self.path.display().to_string(),
@@ -476,13 +455,13 @@ mod tests {
                 high_water: Some("2026-01-01T00:00:00Z".into()),
                 last_full_sweep: Some(5),
             };
-            s.commit(
+            s.write_now(
                 "acme",
-                &Commit {
+                Write::Commit(Commit {
                     remember: vec![("i1".into(), k.clone())],
                     checkpoint: Some(cp),
                     ..Default::default()
-                },
+                }),
             )
             .unwrap();
             assert_eq!(s.known("acme", &["i1", "i2"]).unwrap(), vec![Some(k), None]);
@@ -599,13 +578,15 @@ mod tests {
         legacy.extend_from_slice(b"OPEN");
         assert_eq!(decode(&legacy), Some(known("OPEN", None)));
         assert_eq!(decode(&[1; 8]), None, "too short for a fingerprint");
-        let remember = |r: Vec<(String, Known)>| Commit {
-            remember: r,
-            ..Default::default()
+        let remember = |r: Vec<(String, Known)>| {
+            Write::Commit(Commit {
+                remember: r,
+                ..Default::default()
+            })
         };
-        s.commit(
+        s.write_now(
             "a",
-            &remember(vec![
+            remember(vec![
                 ("i1".into(), known("OPEN", Some("LOW"))),
                 ("i2".into(), known("RESOLVED", Some("HIGH"))),
                 ("i3".into(), known("IN_PROGRESS", None)),
@@ -620,9 +601,9 @@ mod tests {
         )
         .unwrap();
         // Neighbours whose ids share the prefix, or sort right after it.
-        s.commit("a-b", &remember(vec![("i9".into(), known("OPEN", None))]))
+        s.write_now("a-b", remember(vec![("i9".into(), known("OPEN", None))]))
             .unwrap();
-        s.commit("ab", &remember(vec![("i8".into(), known("OPEN", None))]))
+        s.write_now("ab", remember(vec![("i8".into(), known("OPEN", None))]))
             .unwrap();
         let watched = ["OPEN".to_string(), "IN_PROGRESS".to_string()];
         let got = s.known_with_status("a", &watched).unwrap();
@@ -647,16 +628,16 @@ mod tests {
             ("i5".to_string(), known("OPEN", Some("HIGH"))),
             ("i6".to_string(), known("OPEN", None)),
         ];
-        s.mark_in_flight("a", &marks).unwrap();
-        s.mark_in_flight("ab", &marks[..1]).unwrap();
+        s.write_now("a", Write::Mark(marks.clone())).unwrap();
+        s.write_now("ab", Write::Mark(marks[..1].to_vec())).unwrap();
         assert_eq!(s.in_flight("a").unwrap(), marks);
-        s.commit(
+        s.write_now(
             "a",
-            &Commit {
+            Write::Commit(Commit {
                 remember: vec![marks[0].clone()],
                 settle: vec!["i5".into(), "never-marked".into()],
                 ..Default::default()
-            },
+            }),
         )
         .unwrap();
         assert_eq!(s.in_flight("a").unwrap(), marks[1..].to_vec());

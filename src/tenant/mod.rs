@@ -94,7 +94,7 @@ struct Pending {
 struct Ledger {
     remember: Vec<(String, Known)>,
     /// States of the page's `issue.opened` / `issue.reopened` events, marked in flight before
-    /// the page goes to the sink (see [`StateStore::mark_in_flight`]).
+    /// the page goes to the sink (see [`Write::Mark`]).
     opening: Vec<(String, Known)>,
     /// In-flight marks the commit after the ack clears.
     settle: Vec<String>,
