@@ -138,10 +138,8 @@ struct ActiveSweep {
     events: u64,
     observed_at: String,
     pending: Option<Pending>,
-    /// The statuses a full sweep asks for (a reload may change the spec's while it runs).
-    statuses: Vec<String>,
-    /// Ids a full sweep saw; `None` for an incremental sweep.
-    seen: Option<HashSet<String>>,
+    /// Ids a full sweep saw (an incremental one leaves it empty).
+    seen: HashSet<String>,
     /// Once a full sweep's pages are done: the known issues in the watched statuses it did not
     /// see, in batches still to be looked up by id (each batch is then delivered as a page).
     reconcile: Option<VecDeque<Vec<(String, Known)>>>,
@@ -260,8 +258,7 @@ impl TenantActorState {
             events: 0,
             observed_at: now_rfc3339(),
             pending: None,
-            statuses: spec.statuses.clone(),
-            seen: full.then(HashSet::new),
+            seen: HashSet::new(),
             reconcile: None,
         });
         let now = SystemTime::now();
@@ -494,18 +491,18 @@ impl TenantActorState {
                     .finish(myself, Err((e.kind().as_str(), e.to_string())))
                     .await
             }
-            Ok(None) if active.seen.is_some() => return self.start_reconcile(myself).await,
+            Ok(None) if active.full => return self.start_reconcile(myself).await,
             Ok(None) => return self.finish(myself, Ok(())).await,
             Ok(Some(page)) => page,
         };
         self.args.faults.on_page(&self.args.spec.id, &page);
-        let collect = active.seen.is_some();
-        let observed = match self.observe(std::slice::from_ref(&page), &observed_at, collect) {
+        let full = active.full;
+        let observed = match self.observe(std::slice::from_ref(&page), &observed_at, full) {
             Ok(o) => o,
             Err(e) => return self.finish(myself, Err(e)).await,
         };
-        if let Some(seen) = self.sweep.as_mut().and_then(|a| a.seen.as_mut()) {
-            seen.extend(observed.ids);
+        if let Some(active) = self.sweep.as_mut() {
+            active.seen.extend(observed.ids);
         }
         self.hand_over(myself, observed.outbox)
             .instrument(page_span)
@@ -518,8 +515,9 @@ impl TenantActorState {
         let Some(active) = self.sweep.as_mut() else {
             return;
         };
-        let seen = active.seen.take().unwrap_or_default();
-        let statuses = active.statuses.clone();
+        let seen = std::mem::take(&mut active.seen);
+        // The statuses the sweep asked for (a reload may have changed the spec's since).
+        let statuses = active.sweep.filter().status.clone();
         let store = self.args.store.clone();
         let tenant = self.args.spec.id.clone();
         let missing = tokio::task::spawn_blocking(move || {

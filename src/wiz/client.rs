@@ -157,17 +157,8 @@ impl TenantClient {
                 id: chunk.to_vec(),
                 ..Default::default()
             };
-            let mut sweep = self.sweep(filter, IssueOrder::CREATED_ASC);
-            let mut got = Vec::new();
-            let outcome = loop {
-                match sweep.next_page().await {
-                    Ok(Some(p)) => got.push(p),
-                    Ok(None) => break Ok(()),
-                    Err(e) => break Err(e),
-                }
-            };
-            match outcome {
-                Ok(()) => pages.append(&mut got),
+            match self.sweep(filter, IssueOrder::CREATED_ASC).all().await {
+                Ok(mut got) => pages.append(&mut got),
                 Err(e) if e.is_not_found() => {
                     if chunk.len() > 1 {
                         let (a, b) = chunk.split_at(chunk.len() / 2);
@@ -383,5 +374,19 @@ impl Sweep {
     /// Pages fetched so far.
     pub fn pages(&self) -> u32 {
         self.pages
+    }
+
+    /// What the sweep asks for.
+    pub fn filter(&self) -> &IssueFilter {
+        &self.filter
+    }
+
+    /// Every remaining page.
+    pub async fn all(mut self) -> Result<Vec<Page>, WizError> {
+        let mut pages = Vec::new();
+        while let Some(p) = self.next_page().await? {
+            pages.push(p);
+        }
+        Ok(pages)
     }
 }
