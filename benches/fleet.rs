@@ -42,6 +42,15 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// Waits (up to two minutes) until something listens on `port`.
+fn wait_for_port(port: u16, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "{what} did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 struct Sim {
     child: Child,
     base: String,
@@ -74,11 +83,7 @@ fn start_sim_with(tenants: usize, issues: usize, extra: &[&str]) -> Sim {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "simulator did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_port(port, "simulator");
     Sim {
         child,
         base: format!("http://127.0.0.1:{port}"),
@@ -222,9 +227,7 @@ async fn e2e() {
                 .stderr(Stdio::null())
                 .spawn()
                 .unwrap();
-            while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-                std::thread::sleep(Duration::from_millis(20));
-            }
+            wait_for_port(port, "nats-server");
             e2e_with(100, 1_000, Some(format!("nats://127.0.0.1:{port}"))).await;
             let _ = server.kill();
             let _ = server.wait();

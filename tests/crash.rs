@@ -127,15 +127,17 @@ async fn kill_9_during_sweeps_leaves_no_gap_and_bounded_replays() {
             .cloned()
             .collect::<Vec<_>>()
     };
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while !unreported().is_empty() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "delivered, then gone from Wiz, never reported vanished: {:?}",
-            unreported()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for(
+        "every removed issue reported vanished",
+        Duration::from_secs(60),
+        || match unreported() {
+            u if u.is_empty() => Ok(()),
+            u => Err(format!(
+                "(delivered, then gone from Wiz, never reported: {u:?})"
+            )),
+        },
+    )
+    .await;
     // Not vacuous: most removed issues were open for their consumer, so they were reported.
     let vanished = complete_lines(&out)
         .iter()

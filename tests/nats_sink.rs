@@ -32,11 +32,7 @@ async fn nats_server() -> NatsServer {
         Some(String::from_utf8_lossy(&out.stdout).trim().to_string()).filter(|s| !s.is_empty())
     })
     .expect("nats-server is not installed: `apt-get install nats-server` (.ci/run does it)");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let dir = tempfile::tempdir().unwrap();
     let child = tokio::process::Command::new(bin)
         .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
@@ -69,16 +65,19 @@ async fn every_event_is_in_the_stream_once_also_after_a_replay() {
     let nats = nats_server().await;
     let sim = sim(2, 20).await;
     let expected: u64 = open_ids(&sim).values().map(|s| s.len() as u64).sum();
-    let sink = format!("[sinks.bus]\ntype = \"nats\"\nurl = \"{}\"\n", nats.url);
-    let body = format!(
-        "{}{sink}",
-        sim_config(
-            &sim,
-            "poll_interval = \"1h\"\nstartup_jitter = \"0s\"\npage_size = 5",
-            "rate_limit = 50"
+    // Each call gives the connector a fresh state directory.
+    let config = || {
+        format!(
+            "{}[sinks.bus]\ntype = \"nats\"\nurl = \"{}\"\n",
+            sim_config(
+                &sim,
+                "poll_interval = \"1h\"\nstartup_jitter = \"0s\"\npage_size = 5",
+                "rate_limit = 50"
+            ),
+            nats.url
         )
-    );
-    let app = App::start(settings(&body), AppOptions::default())
+    };
+    let app = App::start(settings(&config()), AppOptions::default())
         .await
         .unwrap();
     wait_until("every tenant polled", Duration::from_secs(30), || {
@@ -91,12 +90,7 @@ async fn every_event_is_in_the_stream_once_also_after_a_replay() {
 
     // A connector that lost its state replays every page with the same event ids: the stream
     // drops them all as duplicates.
-    let replay = sim_config(
-        &sim,
-        "poll_interval = \"1h\"\nstartup_jitter = \"0s\"\npage_size = 5",
-        "rate_limit = 50",
-    );
-    let app = App::start(settings(&format!("{replay}{sink}")), AppOptions::default())
+    let app = App::start(settings(&config()), AppOptions::default())
         .await
         .unwrap();
     wait_until("every tenant polled again", Duration::from_secs(30), || {
@@ -120,11 +114,7 @@ async fn every_event_is_in_the_stream_once_also_after_a_replay() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_server_is_a_clear_start_error() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let sim = sim(1, 3).await;
     let body = format!(
         "{}[sinks.bus]\ntype = \"nats\"\nurl = \"nats://127.0.0.1:{port}\"\n",

@@ -88,13 +88,42 @@ pub fn sim_config(sim: &Simulator, connector: &str, tenant_extra: &str) -> Strin
 
 /// Waits until `cond` holds, checking every 20 ms; panics with `what` after `deadline`.
 pub async fn wait_until(what: &str, deadline: std::time::Duration, mut cond: impl FnMut() -> bool) {
-    let start = std::time::Instant::now();
-    while !cond() {
-        if start.elapsed() > deadline {
-            panic!("timed out after {deadline:?} waiting for {what}");
+    wait_for(what, deadline, || {
+        if cond() {
+            Ok(())
+        } else {
+            Err(String::new())
         }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    })
+    .await
+}
+
+/// [`wait_until`] for a condition that can say what is still missing: on timeout, the last
+/// `Err` is in the panic message.
+pub async fn wait_for(
+    what: &str,
+    deadline: std::time::Duration,
+    mut cond: impl FnMut() -> Result<(), String>,
+) {
+    let start = std::time::Instant::now();
+    loop {
+        match cond() {
+            Ok(()) => return,
+            Err(missing) if start.elapsed() > deadline => {
+                panic!("timed out after {deadline:?} waiting for {what} {missing}")
+            }
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+        }
     }
+}
+
+/// A loopback port nothing listens on right now (for a server started by a child process).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// The JSON lines of a file (empty when it does not exist yet).
