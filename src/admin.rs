@@ -36,6 +36,8 @@ pub struct AdminState {
     pub token: Option<Arc<SecretString>>,
     pub observer: Observer,
     pub reloader: Reloader,
+    /// Cluster mode: the membership loop's view.
+    pub cluster: Option<Arc<crate::cluster::ClusterView>>,
 }
 
 /// A running admin server; dropping it stops the server.
@@ -64,6 +66,7 @@ pub fn serve(listener: TcpListener, state: AdminState) -> std::io::Result<AdminS
         .route("/tenants/{id}/poll", post(poll_tenant))
         .route("/metrics", get(metrics))
         .route("/reload", post(reload))
+        .route("/cluster", get(cluster))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     let app = Router::new()
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
@@ -112,6 +115,28 @@ async fn reload(State(st): State<AdminState>) -> Response {
     match st.reloader.reload("POST /reload").await {
         Ok(summary) => Json(summary).into_response(),
         Err(e) => error(StatusCode::BAD_REQUEST, e),
+    }
+}
+
+/// `/cluster`: the members and this replica's view of placement. Without cluster mode, this
+/// process is the only member and owns every tenant.
+async fn cluster(State(st): State<AdminState>) -> Response {
+    match &st.cluster {
+        Some(v) => Json(v.status()).into_response(),
+        None => {
+            let owner = st
+                .health
+                .all()
+                .first()
+                .map(|h| h.owner.to_string())
+                .unwrap_or_else(crate::config::host_name);
+            Json(json!({
+                "replica": owner,
+                "mode": "single",
+                "members": [{"id": owner, "tenants": st.health.len()}],
+            }))
+            .into_response()
+        }
     }
 }
 

@@ -9,6 +9,8 @@ use ractor::{Actor, ActorRef};
 use tokio::task::JoinHandle;
 
 use crate::admin::{self, AdminServer, AdminState};
+use crate::cluster::membership::{LoopArgs, Membership};
+use crate::cluster::ClusterView;
 use crate::config::{EnvSource, Settings};
 use crate::faults::FaultInjection;
 use crate::health::HealthMap;
@@ -46,13 +48,19 @@ pub struct App {
     reloader: Reloader,
     watcher: Option<tokio::task::JoinHandle<()>>,
     observer: Observer,
+    /// Cluster mode: the membership loop (left and removed at shutdown).
+    membership: Option<Membership>,
+    /// Cluster mode: what `/cluster` shows.
+    cluster_view: Option<Arc<ClusterView>>,
 }
 
 impl App {
     /// Starts the supervisor, which starts the sink and every tenant. Fails when the sink cannot
     /// start (e.g. its file cannot be opened).
     pub async fn start(settings: Settings, opts: AppOptions) -> anyhow::Result<App> {
-        let health = HealthMap::default();
+        let replica = settings.cluster.as_ref().map(|c| c.replica_id.clone());
+        let health =
+            HealthMap::with_owner(&replica.clone().unwrap_or_else(crate::config::host_name));
         let sink_stats = Arc::new(SinkStats::default());
         let ready = Arc::new(AtomicBool::new(false));
         let shutdown_timeout = settings.connector.shutdown_timeout.0;
@@ -71,7 +79,29 @@ impl App {
             })?;
         let config_is_file = settings.config_path.is_file();
         let (store, store_recovered) = StateStore::open_or_recover(&settings.connector.state_dir)?;
+        let store = store.with_metrics(observer.metrics().cluster.clone());
+        // Cluster mode: NATS holds membership and the authoritative state; the supervisor starts
+        // with no tenant and placement gives it its share.
+        let cluster = match &settings.cluster {
+            Some(c) => Some(
+                crate::cluster::connect(c)
+                    .await
+                    .map_err(anyhow::Error::msg)?,
+            ),
+            None => None,
+        };
+        let store = match &cluster {
+            Some(c) => store.replicate_to(c.replicated.clone()),
+            None => store,
+        };
         let for_reload = settings.clone();
+        let mut settings = settings;
+        let supervisor_ready = if cluster.is_some() {
+            settings.tenants.clear();
+            Arc::new(AtomicBool::new(false))
+        } else {
+            ready.clone()
+        };
         let (supervisor, handle) = Actor::spawn(
             None,
             ConnectorSupervisor,
@@ -84,7 +114,7 @@ impl App {
                 observer: observer.clone(),
                 store,
                 store_recovered,
-                ready: ready.clone(),
+                ready: supervisor_ready,
             },
         )
         .await
@@ -92,12 +122,28 @@ impl App {
         let every = opts
             .watch_every
             .unwrap_or(for_reload.connector.watch_interval.0);
+        let cluster_settings = for_reload.cluster.clone();
         let reloader = Reloader::new(
             for_reload,
             opts.env.clone(),
             supervisor.clone(),
             observer.clone(),
+            replica,
         );
+        let cluster_view = cluster.as_ref().map(|c| c.view.clone());
+        let membership = match (cluster, cluster_settings) {
+            (Some(c), Some(settings)) => Some(Membership::start(LoopArgs {
+                kv: c.kv,
+                client: c.client,
+                settings,
+                reloader: reloader.clone(),
+                view: c.view,
+                live: c.live,
+                observer: observer.clone(),
+                ready: ready.clone(),
+            })),
+            _ => None,
+        };
         let watcher = (config_is_file && !every.is_zero()).then(|| reloader.spawn_watcher(every));
         let admin = admin::serve(
             listener,
@@ -108,10 +154,13 @@ impl App {
                 token: admin_token,
                 observer: observer.clone(),
                 reloader: reloader.clone(),
+                cluster: cluster_view.clone(),
             },
         )?;
         tracing::info!(addr = %admin.addr, "admin API listening");
         Ok(App {
+            membership,
+            cluster_view,
             admin,
             reloader,
             watcher,
@@ -124,6 +173,11 @@ impl App {
             ready,
             shutdown_timeout,
         })
+    }
+
+    /// Cluster mode: this replica's view of the cluster (what `/cluster` shows).
+    pub fn cluster_status(&self) -> Option<crate::cluster::ClusterStatus> {
+        self.cluster_view.as_ref().map(|v| v.status())
     }
 
     /// The metrics exposition, as `/metrics` serves it.
@@ -180,12 +234,21 @@ impl App {
         if let Some(w) = &self.watcher {
             w.abort();
         }
+        // Cluster mode: announce leaving first, so the others stop placing tenants here and take
+        // each over as soon as its release is written (after its page in flight).
+        if let Some(m) = &self.membership {
+            let o = self.reloader.placement().await;
+            m.leave(o.owned, o.digest).await;
+        }
         let budget = self.shutdown_timeout * 2 + Duration::from_secs(1);
         let res = self
             .supervisor
             .call(SupervisorMsg::Shutdown, Some(budget))
             .await;
         let clean = matches!(res, Ok(ractor::rpc::CallResult::Success(())));
+        if let Some(m) = self.membership {
+            m.remove().await;
+        }
         self.supervisor.stop(Some("shutdown".into()));
         let _ = tokio::time::timeout(Duration::from_secs(5), self.handle).await;
         if clean {

@@ -60,6 +60,10 @@ pub struct LastError {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct TenantHealth {
     pub id: String,
+    /// The replica that owns (polls) the tenant: this process's replica id (the host name
+    /// without cluster mode).
+    #[serde(serialize_with = "shared_str")]
+    pub owner: Arc<str>,
     pub state: TenantState,
     #[serde(serialize_with = "opt_rfc3339")]
     pub last_poll_at: Option<SystemTime>,
@@ -82,9 +86,10 @@ pub struct TenantHealth {
 }
 
 impl TenantHealth {
-    pub fn new(id: &str) -> Self {
+    pub fn new(id: &str, owner: Arc<str>) -> Self {
         TenantHealth {
             id: id.to_string(),
+            owner,
             state: TenantState::Starting,
             last_poll_at: None,
             last_success_at: None,
@@ -97,6 +102,10 @@ impl TenantHealth {
             last_poll_lag_ms: None,
         }
     }
+}
+
+fn shared_str<S: Serializer>(v: &Arc<str>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(v)
 }
 
 fn rfc3339<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
@@ -112,17 +121,32 @@ fn opt_rfc3339<S: Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok, S::
 
 /// Every tenant's health, shared. Updates go through [`HealthMap::update`], which never holds a
 /// guard beyond the closure.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct HealthMap {
     map: Arc<DashMap<String, TenantHealth>>,
+    /// This process's replica id, the `owner` of every tenant it runs.
+    owner: Arc<str>,
+}
+
+impl Default for HealthMap {
+    fn default() -> Self {
+        HealthMap::with_owner(&crate::config::host_name())
+    }
 }
 
 impl HealthMap {
+    pub fn with_owner(owner: &str) -> Self {
+        HealthMap {
+            map: Arc::default(),
+            owner: Arc::from(owner),
+        }
+    }
+
     /// Registers a tenant (or keeps its record when it is already there).
     pub fn ensure(&self, id: &str) {
         self.map
             .entry(id.to_string())
-            .or_insert_with(|| TenantHealth::new(id));
+            .or_insert_with(|| TenantHealth::new(id, self.owner.clone()));
     }
 
     /// Changes a tenant's record in place; does nothing for an unknown tenant.

@@ -13,9 +13,12 @@
 //! - [`supervisor`]: the root actor: spawns tenants and the sink, applies the restart policy.
 //! - [`tenant`]: the tenant actor (one poll at a time, page by page) and what it remembers.
 //! - [`sink`]: the sink actor and its outputs.
-//! - [`state`]: the embedded state store (redb): checkpoints and known issues.
+//! - [`state`]: the state store: checkpoints and known issues in the embedded redb, and in cluster
+//!   mode in JetStream (`jetstream`, records in `codec`) with the redb as its cache.
 //! - [`health`]: the per-tenant health records.
 //! - [`metrics`]: typed internal events that are both logged and counted (Prometheus).
+//! - [`cluster`]: cluster mode: membership in a JetStream KV bucket (`membership`) and placement
+//!   of tenants over the live replicas (`placement`), fed to the supervisor as reload diffs.
 //! - [`admin`]: the admin HTTP API (health per tenant, polls on demand).
 //! - [`app`]: wiring and ordered shutdown.
 //! - [`reload`]: reconfiguration without restart (SIGHUP, `POST /reload`, file watcher).
@@ -30,6 +33,7 @@
 pub mod admin;
 pub mod app;
 pub mod cli;
+pub mod cluster;
 pub mod commands;
 pub mod config;
 pub mod event;

@@ -65,6 +65,114 @@ pub struct Metrics {
     state: Family<StateLabels, Gauge>,
     reloads: Family<OutcomeLabels, Counter>,
     vanished: Family<TenantLabels, Counter>,
+    /// Cluster mode (fleet-wide series, none per tenant).
+    pub cluster: ClusterMetrics,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DirectionLabels {
+    direction: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BackendLabels {
+    backend: String,
+}
+
+/// Cluster mode's series: fleet-wide, so their number does not grow with the tenants.
+#[derive(Clone)]
+pub struct ClusterMetrics {
+    tenants_owned: Gauge,
+    members: Gauge,
+    config_mismatch: Gauge,
+    handovers: Family<DirectionLabels, Counter>,
+    fencing_rejections: Counter,
+    state_write: Family<BackendLabels, Histogram, fn() -> Histogram>,
+}
+
+fn state_histogram() -> Histogram {
+    Histogram::new([
+        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+    ])
+}
+
+impl Default for ClusterMetrics {
+    fn default() -> Self {
+        ClusterMetrics::new()
+    }
+}
+
+impl ClusterMetrics {
+    fn new() -> Self {
+        ClusterMetrics {
+            tenants_owned: Gauge::default(),
+            members: Gauge::default(),
+            config_mismatch: Gauge::default(),
+            handovers: Family::default(),
+            fencing_rejections: Counter::default(),
+            state_write: Family::new_with_constructor(state_histogram as fn() -> Histogram),
+        }
+    }
+
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "cluster_tenants_owned",
+            "Tenants this replica owns now (cluster mode)",
+            self.tenants_owned.clone(),
+        );
+        registry.register(
+            "cluster_members",
+            "Live replicas this replica sees (cluster mode)",
+            self.members.clone(),
+        );
+        registry.register(
+            "cluster_config_mismatch",
+            "Live replicas whose configured tenant set differs from this replica's (should be 0)",
+            self.config_mismatch.clone(),
+        );
+        registry.register(
+            "cluster_handovers",
+            "Tenants taken over (acquired) or handed over (released) by this replica",
+            self.handovers.clone(),
+        );
+        registry.register(
+            "cluster_fencing_rejections",
+            "State writes refused because another replica took the tenant over (the tenant stopped here)",
+            self.fencing_rejections.clone(),
+        );
+        registry.register(
+            "state_write_seconds",
+            "Latency of one durable state write (a page's commit or mark), by backend (redb, jetstream)",
+            self.state_write.clone(),
+        );
+    }
+
+    pub fn set_membership(&self, members: usize, owned: usize, mismatched: usize) {
+        self.members.set(members as i64);
+        self.tenants_owned.set(owned as i64);
+        self.config_mismatch.set(mismatched as i64);
+    }
+
+    pub fn handover(&self, acquired: bool) {
+        let direction = if acquired { "acquired" } else { "released" };
+        self.handovers
+            .get_or_create(&DirectionLabels {
+                direction: direction.into(),
+            })
+            .inc();
+    }
+
+    pub fn fenced(&self) {
+        self.fencing_rejections.inc();
+    }
+
+    pub fn state_write(&self, backend: &str, took: Duration) {
+        self.state_write
+            .get_or_create(&BackendLabels {
+                backend: backend.into(),
+            })
+            .observe(took.as_secs_f64());
+    }
 }
 
 impl Default for Metrics {
@@ -83,8 +191,10 @@ impl Default for Metrics {
             state: Family::default(),
             reloads: Family::default(),
             vanished: Family::default(),
+            cluster: ClusterMetrics::new(),
             registry: Registry::default(),
         };
+        m.cluster.register(&mut registry);
         registry.register(
             "events",
             "Events delivered to every sink, by kind",

@@ -4,6 +4,7 @@
 //! error is returned, logged and counted. Otherwise the difference is handed to the supervisor,
 //! which touches only what changed.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -11,7 +12,8 @@ use std::time::{Duration, SystemTime};
 use ractor::ActorRef;
 use serde::Serialize;
 
-use crate::config::{diff, load, EnvSource, Settings};
+use crate::cluster::placement;
+use crate::config::{diff, load, ConfigDiff, EnvSource, Settings};
 use crate::metrics::Observer;
 use crate::supervisor::SupervisorMsg;
 
@@ -30,9 +32,93 @@ pub struct ReloadSummary {
 struct Inner {
     path: PathBuf,
     env: EnvSource,
-    current: tokio::sync::Mutex<Settings>,
+    current: tokio::sync::Mutex<Desired>,
     supervisor: ActorRef<SupervisorMsg>,
     observer: Observer,
+}
+
+/// What the supervisor should run: the configuration, restricted (in cluster mode) to the
+/// tenants placement gives this replica. A reload changes the first, placement the second; both
+/// reach the supervisor as the same add/remove diff.
+struct Desired {
+    settings: Settings,
+    placed: Option<Placed>,
+    /// The last placement's summary (kept so the membership loop reads it without recomputing).
+    outcome: PlaceOutcome,
+}
+
+/// Cluster mode: this replica's share of the fleet, as placement last decided it.
+#[derive(Debug, Clone, Default)]
+struct Placed {
+    replica: String,
+    /// The members placement was computed over (live, not leaving).
+    members: BTreeSet<String>,
+    /// Owner of every configured tenant.
+    assignment: BTreeMap<String, String>,
+}
+
+impl Placed {
+    fn owns(&self, tenant: &str) -> bool {
+        self.assignment.get(tenant) == Some(&self.replica)
+    }
+
+    fn reassigned(&self, settings: &Settings, members: BTreeSet<String>) -> Placed {
+        Placed {
+            replica: self.replica.clone(),
+            assignment: placement::assign(&settings.tenants, &members),
+            members,
+        }
+    }
+}
+
+/// The settings the supervisor runs: every tenant, or the owned ones in cluster mode.
+fn view(settings: &Settings, placed: Option<&Placed>) -> Settings {
+    Settings {
+        config_path: settings.config_path.clone(),
+        connector: settings.connector.clone(),
+        admin: settings.admin.clone(),
+        sinks: settings.sinks.clone(),
+        tenants: settings
+            .tenants
+            .iter()
+            .filter(|t| placed.is_none_or(|p| p.owns(&t.id)))
+            .cloned()
+            .collect(),
+        telemetry: settings.telemetry.clone(),
+        cluster: settings.cluster.clone(),
+    }
+}
+
+/// Sums a placement up.
+fn outcome(settings: &Settings, placed: &Placed, d: &ConfigDiff) -> PlaceOutcome {
+    PlaceOutcome {
+        per_member: crate::cluster::tenants_per_member(&placed.assignment, &placed.members),
+        owned: settings
+            .tenants
+            .iter()
+            .filter(|t| placed.owns(&t.id))
+            .count(),
+        configured: settings.tenants.len(),
+        acquired: d.added.len(),
+        released: d.removed.len(),
+        digest: placement::fleet_digest(&settings.tenants),
+    }
+}
+
+/// What a placement decided, for the membership loop and `/cluster`.
+#[derive(Debug, Clone, Default)]
+pub struct PlaceOutcome {
+    /// Tenants per member (every member listed).
+    pub per_member: BTreeMap<String, usize>,
+    /// Tenants this replica owns.
+    pub owned: usize,
+    /// Configured tenants.
+    pub configured: usize,
+    /// Tenants that moved here and away by this placement.
+    pub acquired: usize,
+    pub released: usize,
+    /// The digest of the configured tenant set.
+    pub digest: String,
 }
 
 /// Reloads the configuration; cheap to clone, reloads are serialized.
@@ -67,21 +153,79 @@ fn snapshot(config: &Path, tenants_dir: Option<&Path>) -> Vec<(PathBuf, u64, Opt
 }
 
 impl Reloader {
+    /// `replica`: in cluster mode, this replica's id; the supervisor then runs only the tenants
+    /// [`Reloader::place`] gives it (none until the first placement).
     pub fn new(
         settings: Settings,
         env: EnvSource,
         supervisor: ActorRef<SupervisorMsg>,
         observer: Observer,
+        replica: Option<String>,
     ) -> Self {
+        let placed = replica.map(|replica| Placed {
+            replica,
+            ..Default::default()
+        });
         Reloader {
             inner: Arc::new(Inner {
                 path: settings.config_path.clone(),
                 env,
-                current: tokio::sync::Mutex::new(settings),
+                current: tokio::sync::Mutex::new(Desired {
+                    outcome: PlaceOutcome {
+                        configured: settings.tenants.len(),
+                        digest: placement::fleet_digest(&settings.tenants),
+                        ..Default::default()
+                    },
+                    settings,
+                    placed,
+                }),
                 supervisor,
                 observer,
             }),
         }
+    }
+
+    /// Hands a difference to the supervisor; false when it did not apply it.
+    async fn apply(&self, d: ConfigDiff) -> bool {
+        if d.is_empty() {
+            return true;
+        }
+        let applied = self
+            .inner
+            .supervisor
+            .call(
+                |r| SupervisorMsg::Apply(d, r),
+                Some(Duration::from_secs(120)),
+            )
+            .await;
+        matches!(applied, Ok(ractor::rpc::CallResult::Success(())))
+    }
+
+    /// Cluster mode: places the configured tenants over `members` (the live replicas that are
+    /// not leaving) and starts or stops this replica's tenants accordingly, exactly as a reload
+    /// would. Without cluster mode it does nothing.
+    pub async fn place(&self, members: BTreeSet<String>) -> Result<PlaceOutcome, String> {
+        let mut current = self.inner.current.lock().await;
+        let Some(old) = current.placed.clone() else {
+            return Ok(PlaceOutcome::default());
+        };
+        let new = old.reassigned(&current.settings, members);
+        let d = diff(
+            &view(&current.settings, Some(&old)),
+            &view(&current.settings, Some(&new)),
+        );
+        let outcome = outcome(&current.settings, &new, &d);
+        if !self.apply(d).await {
+            return Err("the supervisor did not apply the new placement".into());
+        }
+        current.placed = Some(new);
+        current.outcome = outcome.clone();
+        Ok(outcome)
+    }
+
+    /// The last placement's summary, brought up to date with reloads since.
+    pub async fn placement(&self) -> PlaceOutcome {
+        self.inner.current.lock().await.outcome.clone()
     }
 
     /// Loads the configuration file again and applies the difference. `trigger` names what asked
@@ -113,7 +257,14 @@ impl Reloader {
             self.inner.observer.reload(trigger, Err(&e));
             return Err(e);
         }
-        let d = diff(&current, &new);
+        let placed = current
+            .placed
+            .as_ref()
+            .map(|p| p.reassigned(&new, p.members.clone()));
+        let d = diff(
+            &view(&current.settings, current.placed.as_ref()),
+            &view(&new, placed.as_ref()),
+        );
         let summary = ReloadSummary {
             added: d.added.iter().map(|t| t.id.clone()).collect(),
             removed: d.removed.clone(),
@@ -122,22 +273,19 @@ impl Reloader {
             sinks_changed: d.sinks.is_some(),
             needs_restart: d.needs_restart.clone(),
         };
-        if !d.is_empty() {
-            let applied = self
-                .inner
-                .supervisor
-                .call(
-                    |r| SupervisorMsg::Apply(d, r),
-                    Some(Duration::from_secs(120)),
-                )
-                .await;
-            if !matches!(applied, Ok(ractor::rpc::CallResult::Success(()))) {
-                let e = "the supervisor did not apply the new configuration".to_string();
-                self.inner.observer.reload(trigger, Err(&e));
-                return Err(e);
-            }
+        if !self.apply(d).await {
+            let e = "the supervisor did not apply the new configuration".to_string();
+            self.inner.observer.reload(trigger, Err(&e));
+            return Err(e);
         }
-        *current = new;
+        match &placed {
+            Some(p) => current.outcome = outcome(&new, p, &ConfigDiff::default()),
+            None => current.outcome.digest = placement::fleet_digest(&new.tenants),
+        }
+        current.settings = new;
+        if placed.is_some() {
+            current.placed = placed;
+        }
         self.inner.observer.reload(trigger, Ok(&summary));
         Ok(summary)
     }
@@ -150,14 +298,14 @@ impl Reloader {
         let me = self.clone();
         tokio::spawn(async move {
             let files = |s: &Settings| (s.config_path.clone(), s.connector.tenants_dir.clone());
-            let (p, d) = files(&*me.inner.current.lock().await);
+            let (p, d) = files(&me.inner.current.lock().await.settings);
             let mut seen = snapshot(&p, d.as_deref());
             let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut changed = false;
             loop {
                 tick.tick().await;
-                let (p, d) = files(&*me.inner.current.lock().await);
+                let (p, d) = files(&me.inner.current.lock().await.settings);
                 let now = snapshot(&p, d.as_deref());
                 if now != seen {
                     seen = now;

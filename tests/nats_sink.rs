@@ -3,55 +3,10 @@
 
 mod common;
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use common::*;
 use wiz_connector::app::{App, AppOptions};
-
-struct NatsServer {
-    _child: tokio::process::Child,
-    _dir: tempfile::TempDir,
-    url: String,
-}
-
-async fn nats_server() -> NatsServer {
-    let bin = [
-        "/usr/sbin/nats-server",
-        "/usr/bin/nats-server",
-        "/usr/local/bin/nats-server",
-    ]
-    .into_iter()
-    .find(|p| std::path::Path::new(p).exists())
-    .map(str::to_string)
-    .or_else(|| {
-        let out = std::process::Command::new("sh")
-            .args(["-c", "command -v nats-server"])
-            .output()
-            .ok()?;
-        Some(String::from_utf8_lossy(&out.stdout).trim().to_string()).filter(|s| !s.is_empty())
-    })
-    .expect("nats-server is not installed: `apt-get install nats-server` (.ci/run does it)");
-    let port = free_port();
-    let dir = tempfile::tempdir().unwrap();
-    let child = tokio::process::Command::new(bin)
-        .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
-        .arg(dir.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    wait_until("nats-server listening", Duration::from_secs(20), || {
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-    })
-    .await;
-    NatsServer {
-        _child: child,
-        _dir: dir,
-        url: format!("nats://127.0.0.1:{port}"),
-    }
-}
 
 async fn stream_messages(url: &str) -> u64 {
     let client = async_nats::connect(url).await.unwrap();

@@ -132,6 +132,7 @@ pub fn diff(old: &Settings, new: &Settings) -> ConfigDiff {
         "connector.summary_interval",
         a.summary_interval != b.summary_interval,
     );
+    restart_only("cluster.*", old.cluster != new.cluster);
     restart_only(
         "telemetry.*",
         old.telemetry.otlp_endpoint != new.telemetry.otlp_endpoint

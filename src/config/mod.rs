@@ -5,6 +5,7 @@
 //! field optional where the user may omit it); `settings` are what a running component needs (URLs
 //! parsed, secrets read, defaults applied, limits checked). Nothing outside this module sees `types`.
 
+mod cluster;
 mod diff;
 mod duration;
 mod error;
@@ -12,6 +13,7 @@ mod load;
 mod settings;
 mod types;
 
+pub use cluster::{host_name, valid_replica_id, ClusterSection, ClusterSettings};
 pub use diff::{diff, needs_restart, ConfigDiff};
 pub use duration::DurationValue;
 pub use error::{ConfigError, Problem};

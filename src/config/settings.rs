@@ -41,6 +41,8 @@ pub struct Settings {
     /// In id order.
     pub tenants: Vec<TenantSpec>,
     pub telemetry: TelemetrySettings,
+    /// Cluster mode (`[cluster]`); `None`: one process with local state.
+    pub cluster: Option<super::cluster::ClusterSettings>,
 }
 
 /// `[telemetry]`, parsed.
@@ -398,6 +400,10 @@ pub(super) fn resolve(
         c.global("telemetry.service_name", "must not be empty");
     }
 
+    let cluster = file.cluster.as_ref().and_then(|section| {
+        super::cluster::resolve_cluster(section, |key, message| c.global(key, message))
+    });
+
     let mut sinks = Vec::new();
     for (name, s) in &file.sinks {
         if !valid_id(name) {
@@ -589,6 +595,7 @@ pub(super) fn resolve(
             service_name: file.telemetry.service_name.trim().to_string(),
             metrics_interval: file.telemetry.metrics_interval,
         },
+        cluster,
     })
 }
 

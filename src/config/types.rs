@@ -24,6 +24,8 @@ pub struct ConfigFile {
     pub tenants: BTreeMap<String, TenantSection>,
     /// Trace export.
     pub telemetry: TelemetrySection,
+    /// Cluster mode; absent: one process with local state.
+    pub cluster: Option<super::cluster::ClusterSection>,
 }
 
 /// `[telemetry]`.

@@ -11,15 +11,21 @@
 //! waiting at the same moment into one transaction: one fsync for many tenants instead of one
 //! each in turn behind redb's single writer. Reads go straight to the database.
 
+pub mod codec;
+pub mod jetstream;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use redb::{Database, ReadableDatabase, TableDefinition};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use crate::metrics::ClusterMetrics;
 use crate::tenant::memory::Known;
+use codec::TenantImage;
+use jetstream::{Claim, ClaimLoad, PublishFailure, Replicated, WriteOutcome};
 
 /// `<tenant>\u{1f}<issue id>` → fingerprint (16 bytes), `\u{1}` if the record is silent, the
 /// status, then `\u{1f}` and Wiz's severity (records written before the severity was kept end
@@ -32,6 +38,10 @@ const CHECKPOINTS: TableDefinition<&str, &[u8]> = TableDefinition::new("checkpoi
 /// removed by the commit after the ack. One left behind by a crash says a consumer may think the
 /// issue open though the store does not; a full sweep that no longer finds it reconciles it.
 const IN_FLIGHT: TableDefinition<&str, &[u8]> = TableDefinition::new("in_flight");
+
+/// Cluster mode: `<tenant>` → the JetStream subject sequence the tenant's records here are in
+/// sync with (8 bytes, little endian), then `1` if they hold writes NATS has not seen yet.
+const SYNC: TableDefinition<&str, &[u8]> = TableDefinition::new("sync");
 
 const FILE: &str = "state.redb";
 
@@ -76,14 +86,33 @@ impl Commit {
 pub struct StateError {
     pub path: String,
     pub message: String,
+    /// Cluster mode: another replica took the tenant over; this replica must stop it.
+    pub fenced: bool,
 }
 
-/// The store; cheap to clone.
+/// What taking a tenant over came to.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClaimResult {
+    /// This replica owns the tenant (always, without cluster mode).
+    Claimed {
+        /// The tenant's state was read from JetStream (another replica wrote it last).
+        moved: bool,
+    },
+    /// Another live replica still holds it; try again shortly.
+    Wait { holder: String },
+}
+
+/// The store; cheap to clone. Backed by the local redb alone, or (cluster mode) by JetStream
+/// with the local redb as its cache: the same interface either way.
 #[derive(Clone)]
 pub struct StateStore {
     db: Arc<Db>,
     /// The group-commit writer ([`StateStore::write`]).
     writer: Arc<WriterHandle>,
+    /// Cluster mode: the authoritative copy in JetStream.
+    replicated: Option<Arc<Replicated>>,
+    /// Write latency and fencing counts.
+    metrics: ClusterMetrics,
 }
 
 /// The database and its path (for error messages); shared by the handles and the writer thread.
@@ -122,6 +151,8 @@ pub enum Write {
 struct Job {
     tenant: String,
     write: Write,
+    /// Cluster mode: the subject sequence this write brings the tenant's records in sync with.
+    sync: Option<SyncMark>,
     done: tokio::sync::oneshot::Sender<Result<(), StateError>>,
 }
 
@@ -130,6 +161,21 @@ const GROUP_MAX: usize = 256;
 
 fn key(tenant: &str, issue: &str) -> String {
     format!("{tenant}\u{1f}{issue}")
+}
+
+/// Where a tenant's cached records stand against JetStream: the subject sequence, and whether
+/// they hold writes NATS has not seen.
+pub type SyncMark = (u64, bool);
+
+fn encode_sync((seq, dirty): SyncMark) -> [u8; 9] {
+    let mut b = [0u8; 9];
+    b[..8].copy_from_slice(&seq.to_le_bytes());
+    b[8] = u8::from(dirty);
+    b
+}
+
+fn decode_sync(b: &[u8]) -> Option<SyncMark> {
+    (b.len() == 9).then(|| (u64::from_le_bytes(b[..8].try_into().expect("8")), b[8] == 1))
 }
 
 const SEP: u8 = 0x1f;
@@ -182,6 +228,7 @@ impl StateStore {
         let fail = |m: String| StateError {
             path: path.display().to_string(),
             message: m,
+            fenced: false,
         };
         std::fs::create_dir_all(dir).map_err(|e| {
             fail(format!(
@@ -200,6 +247,7 @@ impl StateStore {
             w.open_table(ISSUES).map_err(|e| damaged(e.into()))?;
             w.open_table(CHECKPOINTS).map_err(|e| damaged(e.into()))?;
             w.open_table(IN_FLIGHT).map_err(|e| damaged(e.into()))?;
+            w.open_table(SYNC).map_err(|e| damaged(e.into()))?;
             w.commit().map_err(|e| damaged(e.into()))?;
             Ok(db)
         };
@@ -253,12 +301,83 @@ impl StateStore {
                 tx: Some(tx),
                 thread: Some(thread),
             }),
+            replicated: None,
+            metrics: ClusterMetrics::default(),
         }
     }
 
-    /// Writes durably, grouped with the writes of other tenants that arrive at the same time
-    /// (see `Db::run`); returns once the write is on disk.
+    /// Makes JetStream the authoritative copy (cluster mode); this store becomes its cache.
+    pub fn replicate_to(mut self, replicated: Arc<Replicated>) -> StateStore {
+        self.replicated = Some(replicated);
+        self
+    }
+
+    /// Where write latencies and fencing rejections are counted.
+    pub fn with_metrics(mut self, metrics: ClusterMetrics) -> StateStore {
+        self.metrics = metrics;
+        self
+    }
+
+    /// The replicated backend, in cluster mode.
+    pub fn replicated(&self) -> Option<&Arc<Replicated>> {
+        self.replicated.as_ref()
+    }
+
+    /// Writes durably; returns once the write is on disk (and, in cluster mode, in JetStream).
+    /// Local writes are grouped with other tenants' writes that arrive at the same time (see
+    /// `Db::run`). In cluster mode a write refused by the fence fails with `fenced` set: the
+    /// tenant belongs to another replica now.
     pub async fn write(&self, tenant: &str, write: Write) -> Result<(), StateError> {
+        let started = Instant::now();
+        let Some(r) = &self.replicated else {
+            let res = self.write_local(tenant, write, None).await;
+            self.metrics.state_write("redb", started.elapsed());
+            return res;
+        };
+        let outcome = r
+            .publish_write(tenant, &write)
+            .await
+            .map_err(|e| self.failure(tenant, e))?;
+        match outcome {
+            WriteOutcome::Published { seq, compact } => {
+                self.write_local(tenant, write, Some((seq, false))).await?;
+                if compact {
+                    self.publish_image(r, tenant).await?;
+                }
+            }
+            WriteOutcome::CacheOnly { seq, resync } => {
+                self.write_local(tenant, write, Some((seq, true))).await?;
+                if resync {
+                    self.publish_image(r, tenant).await?;
+                }
+            }
+        }
+        self.metrics.state_write("jetstream", started.elapsed());
+        Ok(())
+    }
+
+    fn failure(&self, tenant: &str, e: PublishFailure) -> StateError {
+        match e {
+            PublishFailure::Fenced => {
+                self.metrics.fenced();
+                StateError {
+                    path: self.db.path.display().to_string(),
+                    message: format!(
+                        "tenant {tenant} was taken over by another replica (its state write was fenced); it stops here"
+                    ),
+                    fenced: true,
+                }
+            }
+            PublishFailure::Offline(m) => self.db.err(format!("NATS: {m}")),
+        }
+    }
+
+    async fn write_local(
+        &self,
+        tenant: &str,
+        write: Write,
+        sync: Option<SyncMark>,
+    ) -> Result<(), StateError> {
         let (done, answer) = tokio::sync::oneshot::channel();
         let gone = || self.db.err("the state writer has stopped");
         self.writer
@@ -268,10 +387,112 @@ impl StateStore {
             .send(Job {
                 tenant: tenant.to_string(),
                 write,
+                sync,
                 done,
             })
             .map_err(|_| gone())?;
         answer.await.map_err(|_| gone())?
+    }
+
+    /// Publishes the cached image of `tenant` as a snapshot (compaction, or catching NATS up
+    /// after it was unreachable). Unreachable again: the tenant stays dirty.
+    async fn publish_image(&self, r: &Replicated, tenant: &str) -> Result<(), StateError> {
+        let image = self.image_blocking(tenant).await?;
+        match r.snapshot(tenant, &image).await {
+            Ok(seq) => self.set_sync(tenant, (seq, false)).await,
+            Err(PublishFailure::Offline(_)) => Ok(()),
+            Err(e) => Err(self.failure(tenant, e)),
+        }
+    }
+
+    async fn set_sync(&self, tenant: &str, mark: SyncMark) -> Result<(), StateError> {
+        let empty = Write::Commit(Commit::default());
+        self.write_local(tenant, empty, Some(mark)).await
+    }
+
+    async fn image_blocking(&self, tenant: &str) -> Result<TenantImage, StateError> {
+        let me = self.clone();
+        let t = tenant.to_string();
+        tokio::task::spawn_blocking(move || me.image(&t))
+            .await
+            .map_err(|e| self.db.err(e))?
+    }
+
+    /// Everything the cache holds for `tenant`.
+    pub fn image(&self, tenant: &str) -> Result<TenantImage, StateError> {
+        Ok(TenantImage {
+            checkpoint: self.checkpoint(tenant)?,
+            issues: self.scan(ISSUES, tenant, |_| true)?.into_iter().collect(),
+            marks: self.in_flight(tenant)?.into_iter().collect(),
+        })
+    }
+
+    /// The cache's sync mark for `tenant` (cluster mode).
+    fn sync_mark(&self, tenant: &str) -> Result<Option<SyncMark>, StateError> {
+        let r = self.db.db.begin_read().map_err(|e| self.db.err(e))?;
+        let t = r.open_table(SYNC).map_err(|e| self.db.err(e))?;
+        let v = t.get(tenant).map_err(|e| self.db.err(e))?;
+        Ok(v.and_then(|v| decode_sync(v.value())))
+    }
+
+    /// Takes `tenant` over before its first poll. Without cluster mode: always claimed. In
+    /// cluster mode: waits (answers `Wait`) while another live replica holds it; then brings the
+    /// cache in line with JetStream (installing the newer state, or publishing the cache's when
+    /// NATS lacks it: an import from single-node state) and writes the fencing claim.
+    pub async fn claim(&self, tenant: &str, force: bool) -> Result<ClaimResult, StateError> {
+        let Some(r) = &self.replicated else {
+            return Ok(ClaimResult::Claimed { moved: false });
+        };
+        let local = self.sync_mark(tenant)?;
+        let has_state = self.checkpoint(tenant)?.is_some();
+        let claim = r
+            .claim(tenant, local, has_state, force)
+            .await
+            .map_err(|e| self.db.err(e))?;
+        let (last_seq, load) = match claim {
+            Claim::Wait { holder } => return Ok(ClaimResult::Wait { holder }),
+            Claim::Take { last_seq, load } => (last_seq, load),
+        };
+        let mut moved = false;
+        let image = match load {
+            ClaimLoad::Keep => None,
+            ClaimLoad::Publish => Some(self.image_blocking(tenant).await?),
+            ClaimLoad::Install(image) => {
+                let me = self.clone();
+                let t = tenant.to_string();
+                tokio::task::spawn_blocking(move || me.db.install(&t, &image, last_seq))
+                    .await
+                    .map_err(|e| self.db.err(e))??;
+                moved = true;
+                None
+            }
+        };
+        match r.take(tenant, last_seq, image.as_ref()).await {
+            Ok(seq) => {
+                self.set_sync(tenant, (seq, false)).await?;
+                Ok(ClaimResult::Claimed { moved })
+            }
+            // Someone wrote between the look and the claim: look again.
+            Err(PublishFailure::Fenced) => Ok(ClaimResult::Wait {
+                holder: "another replica".into(),
+            }),
+            Err(PublishFailure::Offline(m)) => Err(self.db.err(format!("NATS: {m}"))),
+        }
+    }
+
+    /// Gives `tenant` up (cluster mode): writes the release so its next owner starts at once.
+    /// Returns true when a release was written.
+    pub async fn release(&self, tenant: &str) -> bool {
+        let Some(r) = &self.replicated else {
+            return false;
+        };
+        match r.release(tenant).await {
+            Some(seq) => {
+                let _ = self.set_sync(tenant, (seq, false)).await;
+                true
+            }
+            None => false,
+        }
     }
 
     pub fn checkpoint(&self, tenant: &str) -> Result<Option<Checkpoint>, StateError> {
@@ -344,7 +565,7 @@ impl StateStore {
 
     /// [`StateStore::write`] on the caller's thread, without grouping (tools and tests).
     pub fn write_now(&self, tenant: &str, write: Write) -> Result<(), StateError> {
-        self.db.apply(&[(tenant, &write)])
+        self.db.apply(&[(tenant, &write, None)])
     }
 }
 
@@ -353,7 +574,44 @@ impl Db {
         StateError {
             path: self.path.display().to_string(),
             message: e.to_string(),
+            fenced: false,
         }
+    }
+
+    /// Replaces everything held for `tenant` with `image` (a tenant's state read from JetStream
+    /// when it moved here), in sync with subject sequence `seq`.
+    fn install(&self, tenant: &str, image: &TenantImage, seq: u64) -> Result<(), StateError> {
+        let w = self.db.begin_write().map_err(|e| self.err(e))?;
+        {
+            let (from, to) = (format!("{tenant}\u{1f}"), format!("{tenant}\u{20}"));
+            let mut buf = Vec::new();
+            for (table, records) in [(ISSUES, &image.issues), (IN_FLIGHT, &image.marks)] {
+                let mut t = w.open_table(table).map_err(|e| self.err(e))?;
+                t.retain_in(from.as_str()..to.as_str(), |_, _| false)
+                    .map_err(|e| self.err(e))?;
+                for (id, k) in records {
+                    encode(k, &mut buf);
+                    t.insert(key(tenant, id).as_str(), buf.as_slice())
+                        .map_err(|e| self.err(e))?;
+                }
+            }
+            let mut checkpoints = w.open_table(CHECKPOINTS).map_err(|e| self.err(e))?;
+            match &image.checkpoint {
+                Some(cp) => {
+                    let json = serde_json::to_vec(cp).expect("a checkpoint serializes");
+                    checkpoints
+                        .insert(tenant, json.as_slice())
+                        .map_err(|e| self.err(e))?;
+                }
+                None => {
+                    checkpoints.remove(tenant).map_err(|e| self.err(e))?;
+                }
+            }
+            let mut sync = w.open_table(SYNC).map_err(|e| self.err(e))?;
+            sync.insert(tenant, encode_sync((seq, false)).as_slice())
+                .map_err(|e| self.err(e))?;
+        }
+        w.commit().map_err(|e| self.err(e))
     }
 
     /// Group commit: takes every write waiting (up to [`GROUP_MAX`]) into one transaction and
@@ -369,8 +627,10 @@ impl Db {
                     Err(_) => break,
                 }
             }
-            let all: Vec<(&str, &Write)> =
-                jobs.iter().map(|j| (j.tenant.as_str(), &j.write)).collect();
+            let all: Vec<(&str, &Write, Option<SyncMark>)> = jobs
+                .iter()
+                .map(|j| (j.tenant.as_str(), &j.write, j.sync))
+                .collect();
             match self.apply(&all) {
                 Ok(()) => {
                     for j in jobs {
@@ -383,7 +643,7 @@ impl Db {
                 }
                 Err(_) => {
                     for j in jobs {
-                        let r = self.apply(&[(j.tenant.as_str(), &j.write)]);
+                        let r = self.apply(&[(j.tenant.as_str(), &j.write, j.sync)]);
                         let _ = j.done.send(r);
                     }
                 }
@@ -392,14 +652,19 @@ impl Db {
     }
 
     /// Applies writes in order in one transaction; durable when it returns.
-    fn apply(&self, writes: &[(&str, &Write)]) -> Result<(), StateError> {
+    fn apply(&self, writes: &[(&str, &Write, Option<SyncMark>)]) -> Result<(), StateError> {
         let w = self.db.begin_write().map_err(|e| self.err(e))?;
         {
             let mut issues = w.open_table(ISSUES).map_err(|e| self.err(e))?;
             let mut in_flight = w.open_table(IN_FLIGHT).map_err(|e| self.err(e))?;
             let mut checkpoints = w.open_table(CHECKPOINTS).map_err(|e| self.err(e))?;
+            let mut sync = w.open_table(SYNC).map_err(|e| self.err(e))?;
             let mut buf = Vec::new();
-            for (tenant, write) in writes {
+            for (tenant, write, mark) in writes {
+                if let Some(m) = mark {
+                    sync.insert(*tenant, encode_sync(*m).as_slice())
+                        .map_err(|e| self.err(e))?;
+                }
                 match write {
                     Write::Mark(marks) => {
                         for (id, k) in marks {

@@ -117,6 +117,14 @@ pub struct SupervisorState {
     sweeps: Arc<Semaphore>,
     ready: Arc<AtomicBool>,
     shutting_down: bool,
+    /// Cluster mode: how long a new owner waits for a live holder's release (see
+    /// [`TenantArgs::claim_patience`]).
+    claim_patience: Duration,
+    /// Cluster mode: tenants placed here after the start poll within this (not within
+    /// `startup_jitter`): a tenant that moved should not wait long for its next poll.
+    moved_jitter: Option<Duration>,
+    /// Set once the tenants configured at start were spawned.
+    started: bool,
 }
 
 /// Each supervisor's actors get a unique name prefix, so several can live in one process.
@@ -169,6 +177,7 @@ impl SupervisorState {
             faults: self.faults.clone(),
             observer: self.observer.clone(),
             first_poll_in,
+            claim_patience: self.claim_patience,
         };
         let name = format!("{}:tenant:{id}", self.instance);
         match Actor::spawn_linked(Some(name), WizTenantActor, args, myself.get_cell()).await {
@@ -188,7 +197,11 @@ impl SupervisorState {
     /// A new tenant's first poll: a random delay below `startup_jitter` and below its interval,
     /// so a large fleet does not hit the token endpoints at once.
     fn first_poll_delay(&self, spec: &TenantSpec) -> Duration {
-        let window = self.startup_jitter.min(spec.poll_interval.0);
+        let jitter = match self.moved_jitter {
+            Some(j) if self.started => self.startup_jitter.min(j),
+            _ => self.startup_jitter,
+        };
+        let window = jitter.min(spec.poll_interval.0);
         window.mul_f64(rand::rng().random_range(0.0..1.0))
     }
 
@@ -289,6 +302,7 @@ impl SupervisorState {
                     self.children.remove(&tenant);
                     self.health.remove(&tenant);
                     self.observer.metrics().forget(&tenant);
+                    self.release(&tenant);
                     tracing::info!(tenant = %tenant, "tenant removed");
                     return;
                 }
@@ -300,6 +314,10 @@ impl SupervisorState {
                     return;
                 }
             }
+        }
+        if let Some(reason) = crash.as_deref().filter(|r| r.contains("fenced: ")) {
+            self.on_fenced(myself, &tenant, reason);
+            return;
         }
         let deliberate =
             self.shutting_down || self.children.get(&tenant).is_none_or(|c| c.stopping);
@@ -315,6 +333,42 @@ impl SupervisorState {
         }
         let message = crash.unwrap_or_else(|| "the tenant actor stopped unexpectedly".into());
         self.on_crash(myself, &tenant, message);
+    }
+
+    /// Cluster mode: writes the release of a tenant this replica gave up, in the background (the
+    /// next owner waits for it).
+    fn release(&self, tenant: &str) {
+        if self.store.replicated().is_none() {
+            return;
+        }
+        let store = self.store.clone();
+        let t = tenant.to_string();
+        tokio::spawn(async move {
+            store.release(&t).await;
+        });
+    }
+
+    /// A tenant stopped because another replica took it over (its state write was fenced). Not a
+    /// crash: it is started again shortly, and its new actor waits until this replica may own it.
+    fn on_fenced(&mut self, myself: &ActorRef<SupervisorMsg>, id: &str, reason: &str) {
+        let Some(child) = self.children.get_mut(id) else {
+            return;
+        };
+        child.actor = None;
+        child.generation += 1;
+        let generation = child.generation;
+        let at = SystemTime::now();
+        let delay = Duration::from_secs(1);
+        self.health.update(id, |h| {
+            h.state = TenantState::Backoff;
+            h.last_error = Some(LastError {
+                message: reason.to_string(),
+                at,
+            });
+            h.next_poll_at = Some(at + delay);
+        });
+        let tenant = id.to_string();
+        myself.send_after(delay, move || SupervisorMsg::Restart { tenant, generation });
     }
 
     /// Applies a reload's difference. Untouched tenants are not touched at all: they keep their
@@ -333,6 +387,7 @@ impl SupervisorState {
                     self.children.remove(id);
                     self.health.remove(id);
                     self.observer.metrics().forget(id);
+                    self.release(id);
                     tracing::info!(tenant = %id, "tenant removed");
                 }
             }
@@ -371,7 +426,13 @@ impl SupervisorState {
         }
         for spec in diff.added {
             let id = spec.id.clone();
-            if self.children.contains_key(&id) {
+            if let Some(c) = self.children.get_mut(&id) {
+                // Removed a moment ago and back before its actor stopped (placement moved it
+                // away and back): start it again once the old actor has stopped.
+                if c.removing {
+                    c.removing = false;
+                    c.replacement = Some(spec);
+                }
                 continue;
             }
             self.health.ensure(&id);
@@ -410,6 +471,29 @@ impl SupervisorState {
             }
         }
         while stops.join_next().await.is_some() {}
+        // Cluster mode: hand every tenant over (their pages in flight are committed by now).
+        if self.store.replicated().is_some() {
+            let mut releases = tokio::task::JoinSet::new();
+            for id in self.children.keys() {
+                let store = self.store.clone();
+                let t = id.clone();
+                releases.spawn(async move { store.release(&t).await });
+            }
+            let released = tokio::time::timeout(timeout, async {
+                let mut n = 0usize;
+                while let Some(r) = releases.join_next().await {
+                    n += usize::from(r.unwrap_or(false));
+                }
+                n
+            })
+            .await
+            .unwrap_or(0);
+            tracing::info!(
+                released,
+                tenants = self.children.len(),
+                "tenants handed over to the other replicas"
+            );
+        }
         // Their exit events are still queued behind this message: record the outcome here.
         for (id, child) in self.children.iter_mut() {
             child.actor = None;
@@ -476,6 +560,17 @@ impl Actor for ConnectorSupervisor {
             sweeps: Arc::new(Semaphore::new(c.max_concurrent_sweeps as usize)),
             ready: args.ready,
             shutting_down: false,
+            claim_patience: args
+                .settings
+                .cluster
+                .as_ref()
+                .map_or(Duration::ZERO, |c| c.failover_after.0 * 3),
+            moved_jitter: args
+                .settings
+                .cluster
+                .as_ref()
+                .map(|_| Duration::from_secs(2)),
+            started: false,
         };
         // The sink starts here, before any tenant: a sink that cannot start (a file that cannot
         // be opened, a NATS server that cannot be reached) fails the start with its reason.
@@ -494,6 +589,7 @@ impl Actor for ConnectorSupervisor {
             state.spawn_tenant(&myself, &id, first).await;
         }
         state.ready.store(true, Ordering::Release);
+        state.started = true;
         tracing::info!(
             tenants = state.children.len(),
             sinks = state.sink_specs.len(),

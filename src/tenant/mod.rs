@@ -29,7 +29,7 @@ use crate::faults::FaultInjection;
 use crate::health::{HealthMap, LastError, TenantState};
 use crate::metrics::{Event, Observer};
 use crate::sink::{deliver, Batch, SinkMsg, SinkStats};
-use crate::state::{Checkpoint, Commit, StateStore, Write};
+use crate::state::{Checkpoint, ClaimResult, Commit, StateStore, Write};
 use crate::wiz::page::{Issue, Page};
 use crate::wiz::TimeRange;
 use crate::wiz::{IssueFilter, IssueOrder, Sweep, TenantClient, WizHttp};
@@ -57,7 +57,14 @@ pub enum TenantMsg {
     Resend,
     /// The poll interval or rate limit changed (a reload): apply in place.
     Update(Arc<TenantSpec>),
+    /// Cluster mode: try to take the tenant over (before its first poll).
+    Claim,
 }
+
+/// How often a claim is tried again while another replica still holds the tenant.
+const CLAIM_RETRY: Duration = Duration::from_millis(250);
+/// The error kind of a state write refused by fencing (cluster mode).
+const FENCED: &str = "fenced";
 
 /// Everything a tenant actor is built from; the supervisor keeps it to rebuild the actor after a
 /// crash (ractor re-runs `pre_start` on a new actor; nothing restarts in place).
@@ -79,6 +86,9 @@ pub struct TenantArgs {
     /// Delay of the first poll (jitter at start, zero after a crash: the supervisor already
     /// waited).
     pub first_poll_in: Duration,
+    /// Cluster mode: how long a claim waits for a live holder to release the tenant before it
+    /// takes it anyway (fencing still protects the holder's state).
+    pub claim_patience: Duration,
 }
 
 /// A page delivered to the sink but not yet acknowledged.
@@ -160,6 +170,11 @@ pub struct TenantActorState {
     consecutive_failures: u32,
     /// Reused output buffer.
     buf: Vec<u8>,
+    /// The tenant is this replica's to poll (always, without cluster mode); until then polls
+    /// are ignored and claims retried.
+    claimed: bool,
+    /// When the first claim was tried.
+    claiming_since: Instant,
 }
 
 pub struct WizTenantActor;
@@ -200,8 +215,13 @@ impl TenantActorState {
                 checkpoint: Some(checkpoint.clone()),
                 ..Default::default()
             };
-            if let Err((_, e)) = self.commit(first).await {
+            if let Err((kind, e)) = self.commit(first).await {
                 drop(permit);
+                if kind == FENCED {
+                    tracing::warn!(tenant = %self.args.spec.id, error = %e, "tenant taken over by another replica; stopping it here");
+                    myself.stop(Some(format!("{FENCED}: {e}")));
+                    return;
+                }
                 self.args.health.update(&self.args.spec.id, |h| {
                     h.last_error = Some(LastError {
                         message: e.clone(),
@@ -343,6 +363,11 @@ impl TenantActorState {
                 });
                 self.arm_timer(myself, interval);
             }
+            Err((FENCED, message)) => {
+                // Another replica owns the tenant now: stop here without writing anything more.
+                tracing::warn!(tenant = %self.args.spec.id, error = %message, "tenant taken over by another replica; stopping it here");
+                myself.stop(Some(format!("{FENCED}: {message}")));
+            }
             Err((kind, message)) => {
                 self.consecutive_failures += 1;
                 let exp = self.consecutive_failures.saturating_sub(1).min(16);
@@ -379,7 +404,38 @@ impl TenantActorState {
             .store
             .write(&self.args.spec.id, w)
             .await
-            .map_err(|e| ("state", e.to_string()))
+            .map_err(|e| (if e.fenced { FENCED } else { "state" }, e.to_string()))
+    }
+
+    /// Cluster mode: tries to take the tenant over; retries shortly while another replica
+    /// holds it. Once claimed, the poll timer starts.
+    async fn claim(&mut self, myself: &ActorRef<TenantMsg>) {
+        if self.claimed {
+            return;
+        }
+        let force = self.claiming_since.elapsed() >= self.args.claim_patience;
+        let id = self.args.spec.id.clone();
+        match self.args.store.claim(&id, force).await {
+            Ok(ClaimResult::Claimed { moved }) => {
+                self.claimed = true;
+                tracing::info!(tenant = %id, state_moved = moved, waited_ms = self.claiming_since.elapsed().as_millis() as u64, "tenant taken over by this replica");
+                let first = self.args.first_poll_in;
+                self.arm_timer(myself, first);
+            }
+            Ok(ClaimResult::Wait { holder }) => {
+                tracing::debug!(tenant = %id, holder = %holder, "waiting for the tenant's previous owner to hand it over");
+                myself.send_after(CLAIM_RETRY, || TenantMsg::Claim);
+            }
+            Err(e) => {
+                let message = format!("cannot take the tenant over: {e}");
+                tracing::warn!(tenant = %id, error = %message, "claim failed; retrying");
+                let at = SystemTime::now();
+                self.args.health.update(&id, |h| {
+                    h.last_error = Some(LastError { message, at });
+                });
+                myself.send_after(Duration::from_secs(1), || TenantMsg::Claim);
+            }
+        }
     }
 
     /// Sends the pending page to the sink; on the ack, remembers it and moves on.
@@ -829,10 +885,16 @@ impl Actor for WizTenantActor {
             force_full: false,
             consecutive_failures: 0,
             buf: Vec::new(),
+            claimed: args.store.replicated().is_none(),
+            claiming_since: Instant::now(),
             args,
         };
-        let first = state.args.first_poll_in;
-        state.arm_timer(&myself, first);
+        if state.claimed {
+            let first = state.args.first_poll_in;
+            state.arm_timer(&myself, first);
+        } else {
+            let _ = myself.send_message(TenantMsg::Claim);
+        }
         Ok(state)
     }
 
@@ -858,7 +920,12 @@ impl Actor for WizTenantActor {
                 state.force_full = true;
                 let _ = myself.send_message(TenantMsg::Poll);
             }
+            TenantMsg::Claim => state.claim(&myself).await,
             TenantMsg::Poll => {
+                if !state.claimed {
+                    tracing::debug!(tenant = %state.id(), "poll requested before the tenant was taken over; ignored");
+                    return Ok(());
+                }
                 if state.sweep.is_some() || state.waiting_for_permit {
                     tracing::debug!(tenant = %state.id(), "poll requested while one runs; ignored");
                     return Ok(());

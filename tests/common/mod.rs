@@ -181,3 +181,80 @@ pub async fn exit_code(child: &mut tokio::process::Child, within: std::time::Dur
         .code()
         .expect("exited, not killed")
 }
+
+/// A real `nats-server -js` on a free loopback port, with its store in a temporary directory
+/// (Debian's package; `.ci/run` installs it). It can be stopped and started again on the same
+/// port and store, to test what happens while NATS is away.
+pub struct NatsServer {
+    child: Option<tokio::process::Child>,
+    dir: tempfile::TempDir,
+    port: u16,
+    pub url: String,
+}
+
+fn nats_binary() -> String {
+    [
+        "/usr/sbin/nats-server",
+        "/usr/bin/nats-server",
+        "/usr/local/bin/nats-server",
+    ]
+    .into_iter()
+    .find(|p| std::path::Path::new(p).exists())
+    .map(str::to_string)
+    .or_else(|| {
+        let out = std::process::Command::new("sh")
+            .args(["-c", "command -v nats-server"])
+            .output()
+            .ok()?;
+        Some(String::from_utf8_lossy(&out.stdout).trim().to_string()).filter(|s| !s.is_empty())
+    })
+    .expect("nats-server is not installed: `apt-get install nats-server` (.ci/run does it)")
+}
+
+pub async fn nats_server() -> NatsServer {
+    let port = free_port();
+    let mut n = NatsServer {
+        child: None,
+        dir: tempfile::tempdir().unwrap(),
+        port,
+        url: format!("nats://127.0.0.1:{port}"),
+    };
+    n.start().await;
+    n
+}
+
+impl NatsServer {
+    pub async fn start(&mut self) {
+        let child = tokio::process::Command::new(nats_binary())
+            .args([
+                "-js",
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-sd",
+            ])
+            .arg(self.dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let port = self.port;
+        wait_until(
+            "nats-server listening",
+            std::time::Duration::from_secs(20),
+            || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
+        )
+        .await;
+    }
+
+    /// Stops the server cleanly (SIGTERM) and waits for it to exit.
+    pub async fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            signal(&c, "-TERM");
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(20), c.wait()).await;
+        }
+    }
+}

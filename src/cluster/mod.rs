@@ -1,0 +1,157 @@
+//! Cluster mode: several replicas share one tenant fleet over NATS JetStream.
+//!
+//! - **Membership** ([`membership`]): each replica keeps a key in a JetStream KV bucket, renewed
+//!   every `heartbeat` with a revision-checked update. A replica whose key has not changed for
+//!   `failover_after` (measured on this replica's clock, so clock skew between hosts does not
+//!   matter) is dead. The bucket is watched for prompt news and also listed every heartbeat,
+//!   because nats-server 2.9/2.10 tells watchers nothing when a key expires.
+//! - **Placement** ([`placement`]): a pure function of the live members and the configured
+//!   tenants (rendezvous hashing by credential). Its result is a set of owned tenants, which the
+//!   [`crate::reload::Reloader`] turns into the same add/remove diff a reload applies: the
+//!   supervisor has one way of starting and stopping tenants.
+//! - **State** moves with the tenant through the JetStream backend of the state store
+//!   ([`crate::state::jetstream`]), fenced by subject sequence.
+
+pub mod membership;
+pub mod placement;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+
+use crate::config::ClusterSettings;
+use crate::state::jetstream::{LiveSet, Replicated};
+
+/// A replica's connection to the cluster: the NATS client, the members bucket, the replicated
+/// state backend, and the views the membership loop keeps up to date.
+pub struct Connected {
+    pub client: async_nats::Client,
+    pub kv: async_nats::jetstream::kv::Store,
+    pub replicated: Arc<Replicated>,
+    pub live: Arc<LiveSet>,
+    pub view: Arc<ClusterView>,
+}
+
+/// How long connecting to NATS at start may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Connects to NATS and opens the members bucket and the state stream. A NATS that cannot be
+/// reached fails the start with the reason (after that, NATS may come and go: see
+/// [`membership`]).
+pub async fn connect(s: &ClusterSettings) -> Result<Connected, String> {
+    let url = &s.nats_url;
+    let client = tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        async_nats::ConnectOptions::new()
+            .name(format!("wiz-connector {}", s.replica_id))
+            .connect(url.as_str()),
+    )
+    .await
+    .map_err(|_| {
+        format!(
+            "cluster.nats_url: cannot reach NATS at {url} within {}s",
+            CONNECT_TIMEOUT.as_secs()
+        )
+    })?
+    .map_err(|e| format!("cluster.nats_url: cannot connect to NATS at {url}: {e}"))?;
+    let js = async_nats::jetstream::new(client.clone());
+    let kv = membership::open_bucket(&js, s).await?;
+    let live = Arc::new(LiveSet::default());
+    let replicated = Replicated::open(
+        client.clone(),
+        &s.state_stream,
+        s.replicas,
+        &s.replica_id,
+        live.clone(),
+    )
+    .await?;
+    Ok(Connected {
+        client,
+        kv,
+        replicated: Arc::new(replicated),
+        live,
+        view: Arc::new(ClusterView::new(&s.replica_id)),
+    })
+}
+
+/// One member as this replica sees it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct MemberView {
+    pub id: String,
+    /// Tenants this member owns by this replica's view of placement.
+    pub tenants: usize,
+    /// The member is shutting down and handing its tenants over.
+    pub leaving: bool,
+    /// The digest of the member's configured tenant set.
+    pub config_digest: String,
+    /// False when its tenant set differs from this replica's: the two poll different fleets.
+    pub config_matches: bool,
+    /// Seconds since its key last changed, as seen here.
+    pub seconds_since_heartbeat: f64,
+}
+
+/// What `/cluster` shows; written by the membership loop.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct ClusterStatus {
+    pub replica: String,
+    pub members: Vec<MemberView>,
+    /// Whether this replica can reach NATS now.
+    pub nats_connected: bool,
+    /// This replica's digest of its configured tenant set.
+    pub config_digest: String,
+    /// Tenants this replica owns.
+    pub owned: usize,
+    /// Configured tenants (all replicas together own each once).
+    pub configured: usize,
+    /// When placement last changed here.
+    #[serde(serialize_with = "opt_time")]
+    pub placed_at: Option<SystemTime>,
+    /// Members whose configuration differs from this one's.
+    pub config_mismatch: Vec<String>,
+}
+
+fn opt_time<S: serde::Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> {
+    match t {
+        Some(t) => s.collect_str(&humantime::format_rfc3339_millis(*t)),
+        None => s.serialize_none(),
+    }
+}
+
+/// The shared, readable-at-any-time view of the cluster.
+#[derive(Debug, Default)]
+pub struct ClusterView {
+    status: RwLock<ClusterStatus>,
+}
+
+impl ClusterView {
+    pub fn new(replica: &str) -> Self {
+        ClusterView {
+            status: RwLock::new(ClusterStatus {
+                replica: replica.to_string(),
+                ..Default::default()
+            }),
+        }
+    }
+
+    pub fn status(&self) -> ClusterStatus {
+        self.status.read().expect("cluster view lock").clone()
+    }
+
+    pub(crate) fn set(&self, status: ClusterStatus) {
+        *self.status.write().expect("cluster view lock") = status;
+    }
+}
+
+/// Tenants per member under an assignment (members without tenants included).
+pub fn tenants_per_member<'a>(
+    assignment: &BTreeMap<String, String>,
+    members: impl IntoIterator<Item = &'a String>,
+) -> BTreeMap<String, usize> {
+    let mut out: BTreeMap<String, usize> = members.into_iter().map(|m| (m.clone(), 0)).collect();
+    for owner in assignment.values() {
+        *out.entry(owner.clone()).or_default() += 1;
+    }
+    out
+}

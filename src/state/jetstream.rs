@@ -1,0 +1,511 @@
+//! The replicated state backend (cluster mode): every tenant's checkpoint, known issues and
+//! in-flight marks live on one subject per tenant, `<stream>.<tenant>`, of a JetStream stream, so
+//! they move with the tenant to whichever replica owns it. The local redb stays as a cache that
+//! every read goes to; every write goes to JetStream first, then to redb.
+//!
+//! **Layout** (chosen by measuring; see docs/scale-out.md): a tenant's subject holds a snapshot
+//! (one or more parts) followed by one delta message per write (a page's commit or its marks), in
+//! the binary records of [`super::codec`]. When the deltas outweigh half the snapshot, a new
+//! snapshot is written and everything before it on the subject is purged.
+//!
+//! **Fencing**: every message is published with `Nats-Expected-Last-Subject-Sequence` set to the
+//! sequence this replica last saw on the subject. Taking a tenant over starts with a `claim`
+//! message, so a replica that lost the tenant (a rebalance, or a pause past `failover_after`)
+//! fails its next write and stops that tenant: it can never write over the new owner's state.
+//!
+//! **Handover**: a replica that gives a tenant up (rebalance, SIGTERM) finishes its page, commits
+//! and writes `release`. A replica taking a tenant over waits while the last writer is alive and
+//! has not released it, so nothing is polled by two replicas and nothing is repeated; a dead last
+//! writer (silent for `failover_after`) is not waited for.
+//!
+//! **NATS unreachable**: writes go to redb only and the tenant is marked dirty; its next write
+//! once NATS answers publishes a whole snapshot (fenced as usual) instead of a delta.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use async_nats::jetstream::{self, context::PublishErrorKind, message::PublishMessage};
+use dashmap::DashMap;
+
+use super::codec::{encode_write, TenantImage};
+use super::Write;
+
+const OP: &str = "Wiz-Op";
+const REPLICA: &str = "Wiz-Replica";
+const EPOCH: &str = "Wiz-Epoch";
+const PART: &str = "Wiz-Part";
+
+/// Longest wait for one JetStream publish and its ack before the write counts as offline.
+const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
+/// Size of one snapshot part: well under NATS's default 1 MiB message limit.
+const PART_BYTES: usize = 256 * 1024;
+/// Deltas may grow to half the snapshot plus this before a new snapshot is written.
+const COMPACT_SLACK: u64 = 64 * 1024;
+
+/// The replica ids this replica sees alive (leaving ones included): a claim waits for a live
+/// last writer to release. Kept up to date by the membership loop.
+#[derive(Debug, Default)]
+pub struct LiveSet {
+    ids: RwLock<BTreeSet<String>>,
+}
+
+impl LiveSet {
+    pub fn set(&self, ids: BTreeSet<String>) {
+        *self.ids.write().expect("live set lock") = ids;
+    }
+
+    pub fn contains(&self, id: &str) -> bool {
+        self.ids.read().expect("live set lock").contains(id)
+    }
+}
+
+/// Where this replica stands on a tenant it owns.
+#[derive(Debug, Clone, Copy, Default)]
+struct Owned {
+    /// The subject's last sequence as this replica wrote it: the fence of the next write.
+    seq: u64,
+    /// The sequence of this replica's claim: marks its messages as this ownership's.
+    epoch: u64,
+    /// Writes went to redb only (NATS was unreachable): the next write publishes a snapshot.
+    dirty: bool,
+    delta_bytes: u64,
+    snapshot_bytes: u64,
+}
+
+/// The last message on a tenant's subject.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LastWrite {
+    pub seq: u64,
+    pub op: String,
+    pub replica: String,
+    pub epoch: u64,
+}
+
+/// Why a replicated write did not land.
+#[derive(Debug)]
+pub enum PublishFailure {
+    /// Another replica wrote since this one's last write: it owns the tenant now.
+    Fenced,
+    /// NATS did not answer (down, partitioned, slow).
+    Offline(String),
+}
+
+pub struct Replicated {
+    js: jetstream::Context,
+    client: async_nats::Client,
+    stream: jetstream::stream::Stream,
+    stream_name: String,
+    replica: String,
+    owned: DashMap<String, Owned>,
+    live: Arc<LiveSet>,
+}
+
+impl Replicated {
+    /// Opens (creating when missing) the state stream.
+    pub async fn open(
+        client: async_nats::Client,
+        stream_name: &str,
+        replicas: usize,
+        replica: &str,
+        live: Arc<LiveSet>,
+    ) -> Result<Replicated, String> {
+        let js = jetstream::new(client.clone());
+        let stream = js
+            .get_or_create_stream(jetstream::stream::Config {
+                name: stream_name.to_string(),
+                subjects: vec![format!("{stream_name}.*")],
+                storage: jetstream::stream::StorageType::File,
+                num_replicas: replicas,
+                allow_rollup: true,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| {
+                format!("cannot create or open the state stream {stream_name} (is JetStream enabled on the server, `-js`?): {e}")
+            })?;
+        Ok(Replicated {
+            js,
+            client,
+            stream,
+            stream_name: stream_name.to_string(),
+            replica: replica.to_string(),
+            owned: DashMap::new(),
+            live,
+        })
+    }
+
+    fn subject(&self, tenant: &str) -> String {
+        format!("{}.{tenant}", self.stream_name)
+    }
+
+    pub fn connected(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
+    }
+
+    /// True while this replica holds `tenant`.
+    pub fn owns(&self, tenant: &str) -> bool {
+        self.owned.contains_key(tenant)
+    }
+
+    async fn publish(
+        &self,
+        tenant: &str,
+        op: &str,
+        payload: Vec<u8>,
+        expected: u64,
+        epoch: u64,
+        part: Option<(usize, usize)>,
+    ) -> Result<u64, PublishFailure> {
+        let mut m = PublishMessage::build()
+            .payload(payload.into())
+            .expected_last_subject_sequence(expected)
+            .header(OP, op)
+            .header(REPLICA, self.replica.as_str())
+            .header(EPOCH, epoch.to_string().as_str());
+        if let Some((i, k)) = part {
+            m = m.header(PART, format!("{i}/{k}").as_str());
+        }
+        let subject = self.subject(tenant);
+        let sent = tokio::time::timeout(PUBLISH_TIMEOUT, async {
+            self.js.send_publish(subject, m).await?.await
+        })
+        .await;
+        match sent {
+            Err(_) => Err(PublishFailure::Offline(format!(
+                "no JetStream ack within {}s",
+                PUBLISH_TIMEOUT.as_secs()
+            ))),
+            Ok(Ok(ack)) => Ok(ack.sequence),
+            Ok(Err(e)) if e.kind() == PublishErrorKind::WrongLastSequence => {
+                Err(PublishFailure::Fenced)
+            }
+            Ok(Err(e)) => Err(PublishFailure::Offline(e.to_string())),
+        }
+    }
+
+    /// The last message on the tenant's subject, if any.
+    pub async fn last_write(&self, tenant: &str) -> Result<Option<LastWrite>, String> {
+        use async_nats::jetstream::stream::LastRawMessageErrorKind;
+        match self
+            .stream
+            .get_last_raw_message_by_subject(&self.subject(tenant))
+            .await
+        {
+            Ok(m) => Ok(Some(last_of(&m))),
+            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
+            Err(e) => Err(format!("cannot read the state of tenant {tenant}: {e}")),
+        }
+    }
+
+    /// Reads the tenant's image from its subject, up to (and including) `upto`.
+    pub async fn load(&self, tenant: &str, upto: u64) -> Result<TenantImage, String> {
+        let subject = self.subject(tenant);
+        let mut image = TenantImage::default();
+        let mut snapshot: Option<TenantImage> = None;
+        let mut seq = 1;
+        while seq <= upto {
+            let m = self
+                .stream
+                .raw_message_builder()
+                .sequence(seq)
+                .next_by_subject(subject.clone())
+                .send()
+                .await
+                .map_err(|e| format!("cannot read the state of tenant {tenant}: {e}"))?;
+            let header = |name: &str| {
+                m.headers
+                    .get(name)
+                    .map(|v| v.as_str().to_string())
+                    .unwrap_or_default()
+            };
+            let bad = |e: String| format!("state of tenant {tenant}, message {}: {e}", m.sequence);
+            match header(OP).as_str() {
+                "delta" => {
+                    snapshot = None;
+                    image.apply(&m.payload).map_err(bad)?;
+                }
+                "snap" => {
+                    let part = header(PART);
+                    let (i, k) = part
+                        .split_once('/')
+                        .and_then(|(i, k)| {
+                            Some((i.parse::<usize>().ok()?, k.parse::<usize>().ok()?))
+                        })
+                        .ok_or_else(|| bad(format!("bad snapshot part {part:?}")))?;
+                    if i == 1 {
+                        snapshot = Some(TenantImage::default());
+                    }
+                    if let Some(s) = snapshot.as_mut() {
+                        s.apply(&m.payload).map_err(bad)?;
+                        if i == k {
+                            image = snapshot.take().expect("checked");
+                        }
+                    }
+                }
+                _ => snapshot = None,
+            }
+            seq = m.sequence + 1;
+        }
+        Ok(image)
+    }
+
+    /// Decides how to take `tenant` over. `local` is the subject sequence the local cache is in
+    /// sync with and whether it holds writes NATS has not seen; `local_has_state` says whether the
+    /// cache holds anything for the tenant (single-node history to import). With `force`, a live
+    /// holder is not waited for (fencing still protects its state).
+    pub async fn claim(
+        &self,
+        tenant: &str,
+        local: Option<(u64, bool)>,
+        local_has_state: bool,
+        force: bool,
+    ) -> Result<Claim, String> {
+        let last = self.last_write(tenant).await?;
+        if let Some(l) = &last {
+            let held =
+                l.op != "release" && l.replica != self.replica && self.live.contains(&l.replica);
+            if held && !force {
+                return Ok(Claim::Wait {
+                    holder: l.replica.clone(),
+                });
+            }
+        }
+        let last_seq = last.as_ref().map_or(0, |l| l.seq);
+        let load = match (local, last_seq) {
+            // Nothing in NATS: this replica's local state (single-node history) is imported.
+            (_, 0) if local_has_state => ClaimLoad::Publish,
+            (_, 0) => ClaimLoad::Keep,
+            // The cache is what NATS holds (this replica wrote last).
+            (Some((seq, true)), n) if seq == n => ClaimLoad::Publish,
+            (Some((seq, false)), n) if seq == n => ClaimLoad::Keep,
+            (_, n) => ClaimLoad::Install(Box::new(self.load(tenant, n).await?)),
+        };
+        Ok(Claim::Take { last_seq, load })
+    }
+
+    /// Writes the claim marker (or, for [`ClaimLoad::Publish`], a snapshot of `image`), fenced at
+    /// `last_seq`; afterwards this replica owns the tenant.
+    pub async fn take(
+        &self,
+        tenant: &str,
+        last_seq: u64,
+        image: Option<&TenantImage>,
+    ) -> Result<u64, PublishFailure> {
+        let epoch_seq = self
+            .publish(tenant, "claim", Vec::new(), last_seq, 0, None)
+            .await?;
+        let mut owned = Owned {
+            seq: epoch_seq,
+            epoch: epoch_seq,
+            ..Default::default()
+        };
+        if let Some(img) = image {
+            owned.seq = self.publish_snapshot(tenant, &mut owned, img).await?;
+        }
+        self.owned.insert(tenant.to_string(), owned);
+        Ok(owned.seq)
+    }
+
+    async fn publish_snapshot(
+        &self,
+        tenant: &str,
+        owned: &mut Owned,
+        image: &TenantImage,
+    ) -> Result<u64, PublishFailure> {
+        let parts = image.encode_parts(PART_BYTES);
+        let k = parts.len();
+        let mut first = None;
+        let mut bytes = 0u64;
+        for (i, p) in parts.into_iter().enumerate() {
+            bytes += p.len() as u64;
+            let seq = self
+                .publish(tenant, "snap", p, owned.seq, owned.epoch, Some((i + 1, k)))
+                .await?;
+            first.get_or_insert(seq);
+            owned.seq = seq;
+        }
+        // Everything before the snapshot is superseded. A failed purge only leaves extra bytes.
+        if let Some(first) = first {
+            if let Err(e) = self
+                .stream
+                .purge()
+                .filter(self.subject(tenant))
+                .sequence(first)
+                .await
+            {
+                tracing::warn!(tenant = %tenant, error = %e, "could not purge the state before a snapshot; it is kept until the next one");
+            }
+        }
+        owned.snapshot_bytes = bytes;
+        owned.delta_bytes = 0;
+        Ok(owned.seq)
+    }
+
+    /// Publishes one write as a delta, fenced. `Ok(None)`: NATS was unreachable and the write
+    /// must go to the cache only (the tenant is now dirty). `Err(Fenced)`: stop the tenant.
+    pub async fn publish_write(
+        &self,
+        tenant: &str,
+        w: &Write,
+    ) -> Result<WriteOutcome, PublishFailure> {
+        let Some(mut owned) = self.owned.get(tenant).map(|o| *o) else {
+            return Err(PublishFailure::Fenced);
+        };
+        if owned.dirty || !self.connected() {
+            self.set_dirty(tenant);
+            return Ok(WriteOutcome::CacheOnly {
+                seq: owned.seq,
+                resync: self.connected(),
+            });
+        }
+        let payload = encode_write(w);
+        let len = payload.len() as u64;
+        match self
+            .publish(tenant, "delta", payload, owned.seq, owned.epoch, None)
+            .await
+        {
+            Ok(seq) => {
+                owned.seq = seq;
+                owned.delta_bytes += len;
+                let compact = owned.delta_bytes > owned.snapshot_bytes / 2 + COMPACT_SLACK;
+                self.owned.insert(tenant.to_string(), owned);
+                Ok(WriteOutcome::Published { seq, compact })
+            }
+            Err(PublishFailure::Fenced) => {
+                self.owned.remove(tenant);
+                Err(PublishFailure::Fenced)
+            }
+            Err(PublishFailure::Offline(e)) => {
+                tracing::warn!(tenant = %tenant, error = %e, "state not replicated (NATS unreachable); kept locally and published as a snapshot once NATS answers");
+                self.set_dirty(tenant);
+                Ok(WriteOutcome::CacheOnly {
+                    seq: owned.seq,
+                    resync: false,
+                })
+            }
+        }
+    }
+
+    fn set_dirty(&self, tenant: &str) {
+        if let Some(mut o) = self.owned.get_mut(tenant) {
+            o.dirty = true;
+        }
+    }
+
+    /// Publishes a whole snapshot of `image` (after NATS came back, or to compact), fenced.
+    /// A fence refused because of this ownership's own earlier write whose ack was lost is
+    /// recognised (same replica and epoch) and the snapshot retried after it.
+    pub async fn snapshot(&self, tenant: &str, image: &TenantImage) -> Result<u64, PublishFailure> {
+        let Some(mut owned) = self.owned.get(tenant).map(|o| *o) else {
+            return Err(PublishFailure::Fenced);
+        };
+        let mut result = self.publish_snapshot(tenant, &mut owned, image).await;
+        if matches!(result, Err(PublishFailure::Fenced)) {
+            if let Ok(Some(last)) = self.last_write(tenant).await {
+                if last.replica == self.replica && last.epoch == owned.epoch && last.seq > owned.seq
+                {
+                    owned.seq = last.seq;
+                    result = self.publish_snapshot(tenant, &mut owned, image).await;
+                }
+            }
+        }
+        match result {
+            Ok(seq) => {
+                owned.dirty = false;
+                self.owned.insert(tenant.to_string(), owned);
+                Ok(seq)
+            }
+            Err(PublishFailure::Fenced) => {
+                self.owned.remove(tenant);
+                Err(PublishFailure::Fenced)
+            }
+            Err(e) => {
+                self.set_dirty(tenant);
+                Err(e)
+            }
+        }
+    }
+
+    /// Gives the tenant up: writes `release` (fenced) so the next owner starts at once. Returns
+    /// the release's sequence, or `None` when this replica did not hold the tenant, was fenced,
+    /// or could not reach NATS (the next owner then waits until this replica is gone).
+    pub async fn release(&self, tenant: &str) -> Option<u64> {
+        let (_, owned) = self.owned.remove(tenant)?;
+        if owned.dirty {
+            return None;
+        }
+        match self
+            .publish(tenant, "release", Vec::new(), owned.seq, owned.epoch, None)
+            .await
+        {
+            Ok(seq) => Some(seq),
+            Err(e) => {
+                tracing::warn!(tenant = %tenant, error = ?e, "could not release the tenant; the next owner waits until this replica is gone");
+                None
+            }
+        }
+    }
+
+    /// Forgets ownership without writing (the tenant was fenced).
+    pub fn forget(&self, tenant: &str) {
+        self.owned.remove(tenant);
+    }
+
+    /// Bytes and messages the state stream holds (for `/cluster` and the benchmarks).
+    pub async fn stream_usage(&self) -> Result<(u64, u64), String> {
+        let info = self
+            .js
+            .get_stream(&self.stream_name)
+            .await
+            .map_err(|e| e.to_string())?
+            .get_info()
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok((info.state.bytes, info.state.messages))
+    }
+}
+
+/// What a claim found.
+#[derive(Debug)]
+pub enum Claim {
+    /// Another live replica still holds the tenant (it has not released it yet).
+    Wait { holder: String },
+    /// Take it, fenced at the subject's `last_seq`, doing `load` with the local cache.
+    Take { last_seq: u64, load: ClaimLoad },
+}
+
+/// What taking a tenant over must do with the local cache.
+#[derive(Debug)]
+pub enum ClaimLoad {
+    /// The cache is current.
+    Keep,
+    /// The cache holds what NATS lacks: publish it as a snapshot.
+    Publish,
+    /// NATS holds newer state: install it in the cache.
+    Install(Box<TenantImage>),
+}
+
+/// What a replicated write did.
+#[derive(Debug)]
+pub enum WriteOutcome {
+    /// In NATS at `seq`; `compact`: time for a new snapshot.
+    Published { seq: u64, compact: bool },
+    /// Only in the cache; `resync`: NATS answers again, publish a snapshot now.
+    CacheOnly { seq: u64, resync: bool },
+}
+
+fn last_of(m: &async_nats::jetstream::message::StreamMessage) -> LastWrite {
+    let h = |name: &str| {
+        m.headers
+            .get(name)
+            .map(|v| v.as_str().to_string())
+            .unwrap_or_default()
+    };
+    LastWrite {
+        seq: m.sequence,
+        op: h(OP),
+        replica: h(REPLICA),
+        epoch: h(EPOCH).parse().unwrap_or(0),
+    }
+}

@@ -1,0 +1,439 @@
+//! Cluster mode against a real nats-server (started here on a free loopback port) and replicas
+//! run as separate `wiz-connector run` processes: placement, kill -9 failover, SIGTERM handover,
+//! a replica joining, a partitioned (SIGSTOPped) owner fenced off, and NATS restarted under
+//! running replicas.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use common::*;
+use wiz_connector::event::{event_id, fingerprint};
+use wiz_connector::sim::Simulator;
+
+const PAGE: usize = 5;
+const FAILOVER: Duration = Duration::from_secs(2);
+
+struct Replica {
+    id: String,
+    child: Option<tokio::process::Child>,
+    admin: String,
+    _cfg: ConfigDir,
+}
+
+/// The configuration every replica reads: the same tenants and sinks; only the replica id, the
+/// admin port, the state directory and the sink's file differ. `t0-twin` shares `t0`'s credential.
+fn config(sim: &Simulator, nats: &str, id: &str, admin: &str, out: &std::path::Path) -> String {
+    let mut body = format!(
+        "[connector]\nstate_dir = \"{}\"\npoll_interval = \"1s\"\nstartup_jitter = \"0s\"\npage_size = {PAGE}\nfull_sweep_interval = \"2s\"\nincremental_overlap = \"1s\"\nwatch_interval = \"0s\"\nshutdown_timeout = \"10s\"\n\
+         [admin]\nlisten = \"{admin}\"\n\
+         [cluster]\nnats_url = \"{nats}\"\nreplica_id = \"{id}\"\nheartbeat = \"250ms\"\nfailover_after = \"{}s\"\n\
+         [sinks.out]\ntype = \"file\"\npath = \"{}\"\n",
+        state_dir().display(),
+        FAILOVER.as_secs(),
+        out.display()
+    );
+    let tenants = sim.tenants();
+    for (i, t) in tenants.iter().enumerate() {
+        body.push_str(&tenant_toml(sim, &format!("t{i}"), t, "rate_limit = 50"));
+    }
+    body.push_str(&tenant_toml(sim, "t0-twin", &tenants[0], "rate_limit = 50"));
+    body
+}
+
+fn replica(sim: &Simulator, nats: &str, id: &str, dir: &std::path::Path) -> Replica {
+    let admin = format!("127.0.0.1:{}", free_port());
+    let out = dir.join(format!("{id}.jsonl"));
+    let cfg = write_config(&config(sim, nats, id, &admin, &out));
+    // Each run's log, next to its sink (kept with the test's directory when it fails).
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join(format!("{id}.log")))
+        .unwrap();
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_wiz-connector"))
+        .args(["run", "--log-format", "text", "--config"])
+        .arg(&cfg.path)
+        .env("RUST_LOG", "info,wiz_connector=debug")
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    Replica {
+        id: id.into(),
+        child: Some(child),
+        admin,
+        _cfg: cfg,
+    }
+}
+
+/// Tenant ids the simulator's tenant of each configured tenant has (t0-twin is t0's).
+fn sim_client(sim: &Simulator, tenant: &str) -> String {
+    let i: usize = tenant
+        .trim_start_matches('t')
+        .trim_end_matches("-twin")
+        .parse()
+        .unwrap();
+    sim.tenants()[i].client_id.clone()
+}
+
+fn all_tenants(sim: &Simulator) -> BTreeSet<String> {
+    (0..sim.tenants().len())
+        .map(|i| format!("t{i}"))
+        .chain(std::iter::once("t0-twin".to_string()))
+        .collect()
+}
+
+/// (id, owner, polls, last_poll_at set) of the tenants a replica lists, or None when it does not
+/// answer.
+async fn listed(r: &Replica) -> Option<Vec<(String, String, u64, bool)>> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let body = reqwest::get(format!("http://{}/tenants", r.admin))
+        .await
+        .ok()?
+        .bytes()
+        .await
+        .ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&body).ok()?;
+    Some(
+        v.as_array()?
+            .iter()
+            .map(|t| {
+                (
+                    t["id"].as_str().unwrap().to_string(),
+                    t["owner"].as_str().unwrap().to_string(),
+                    t["polls"].as_u64().unwrap(),
+                    !t["last_poll_at"].is_null(),
+                )
+            })
+            .collect(),
+    )
+}
+
+async fn eventually<F, Fut>(what: &str, deadline: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<(), String>>,
+{
+    let start = Instant::now();
+    loop {
+        match check().await {
+            Ok(()) => return,
+            Err(m) if start.elapsed() > deadline => {
+                panic!("timed out after {deadline:?} waiting for {what}: {m}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+/// Owner of every tenant over the running replicas; an error when a tenant is listed by none,
+/// by two, or not by the replica it names as owner.
+async fn owners(
+    replicas: &[&Replica],
+    expected: &BTreeSet<String>,
+) -> Result<BTreeMap<String, String>, String> {
+    let mut owner = BTreeMap::new();
+    for r in replicas {
+        let Some(list) = listed(r).await else {
+            return Err(format!("{} does not answer", r.id));
+        };
+        for (id, o, _, _) in list {
+            if o != r.id {
+                return Err(format!("{id} listed by {} names owner {o}", r.id));
+            }
+            if let Some(other) = owner.insert(id.clone(), o) {
+                return Err(format!("{id} listed by {other} and {}", r.id));
+            }
+        }
+    }
+    let have: BTreeSet<String> = owner.keys().cloned().collect();
+    if &have != expected {
+        return Err(format!("listed {have:?}, configured {expected:?}"));
+    }
+    Ok(owner)
+}
+
+/// Complete lines of every replica's file sink (a kill -9 can tear a last line).
+fn union(dir: &std::path::Path) -> Vec<serde_json::Value> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "jsonl") {
+            out.extend(
+                std::fs::read_to_string(&p)
+                    .unwrap_or_default()
+                    .lines()
+                    .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()),
+            );
+        }
+    }
+    out
+}
+
+/// The current state of every issue a consumer must know of (open now, or delivered before)
+/// that no sink received.
+fn missing(
+    sim: &Simulator,
+    tenants: &BTreeSet<String>,
+    lines: &[serde_json::Value],
+) -> Vec<String> {
+    let ids: BTreeSet<&str> = lines.iter().filter_map(|l| l["id"].as_str()).collect();
+    let heard: BTreeSet<(&str, &str)> = lines
+        .iter()
+        .filter_map(|l| Some((l["tenant"].as_str()?, l["issue_id"].as_str()?)))
+        .collect();
+    let mut out = Vec::new();
+    for tenant in tenants {
+        for issue in sim.issues(&sim_client(sim, tenant), |s| s.issues.clone()) {
+            if issue.status != "OPEN" && !heard.contains(&(tenant.as_str(), issue.id.as_str())) {
+                continue;
+            }
+            let id = event_id(
+                tenant,
+                &issue.id,
+                &fingerprint(
+                    &issue.status,
+                    Some(&issue.severity),
+                    Some(&issue.updated_at),
+                    Some(&issue.status_changed_at),
+                ),
+            );
+            if !ids.contains(id.as_str()) {
+                out.push(format!("{tenant}/{} {}", issue.id, issue.status));
+            }
+        }
+    }
+    out
+}
+
+fn duplicates(lines: &[serde_json::Value]) -> usize {
+    let mut count: HashMap<&str, usize> = HashMap::new();
+    for l in lines {
+        *count.entry(l["id"].as_str().unwrap()).or_default() += 1;
+    }
+    count.values().map(|n| n - 1).sum()
+}
+
+async fn no_gap(sim: &Simulator, dir: &std::path::Path, within: Duration) {
+    let tenants = all_tenants(sim);
+    eventually(
+        "every current state in the union of the sinks",
+        within,
+        || {
+            let m = missing(sim, &tenants, &union(dir));
+            async move {
+                if m.is_empty() {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "{} missing, e.g. {:?}",
+                        m.len(),
+                        &m[..m.len().min(5)]
+                    ))
+                }
+            }
+        },
+    )
+    .await;
+}
+
+fn churn(sim: &Simulator) {
+    for t in sim.tenants() {
+        sim.churn(&t.client_id, 4);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_share_the_fleet_fail_over_hand_over_and_rebalance() {
+    let nats = nats_server().await;
+    let sim = sim(6, 25).await;
+    let dir = tempfile::tempdir().unwrap();
+    eprintln!("replica logs and sinks in {}", dir.path().display());
+    let expected = all_tenants(&sim);
+    let mut rs: Vec<Replica> = ["r1", "r2", "r3"]
+        .iter()
+        .map(|id| replica(&sim, &nats.url, id, dir.path()))
+        .collect();
+
+    // Every tenant has exactly one owner; t0 and its twin (one credential) share it.
+    eventually("placement over 3 replicas", Duration::from_secs(30), || {
+        let live: Vec<&Replica> = rs.iter().collect();
+        let expected = &expected;
+        async move {
+            let o = owners(&live, expected).await?;
+            if o["t0"] != o["t0-twin"] {
+                return Err(format!("t0 on {} but t0-twin on {}", o["t0"], o["t0-twin"]));
+            }
+            Ok(())
+        }
+    })
+    .await;
+    no_gap(&sim, dir.path(), Duration::from_secs(30)).await;
+    assert_eq!(
+        duplicates(&union(dir.path())),
+        0,
+        "placement at start repeats nothing"
+    );
+
+    // kill -9 the replica owning the most tenants; changes are made meanwhile.
+    let live: Vec<&Replica> = rs.iter().collect();
+    let before = owners(&live, &expected).await.unwrap();
+    let victim = ["r1", "r2", "r3"]
+        .into_iter()
+        .max_by_key(|r| before.values().filter(|o| o == r).count())
+        .unwrap();
+    let moved: Vec<String> = before
+        .iter()
+        .filter(|(_, o)| *o == victim)
+        .map(|(t, _)| t.clone())
+        .collect();
+    let vi = rs.iter().position(|r| r.id == victim).unwrap();
+    let mut dead = rs.remove(vi);
+    let killed = Instant::now();
+    dead.child.as_mut().unwrap().start_kill().unwrap();
+    dead.child.as_mut().unwrap().wait().await.unwrap();
+    churn(&sim);
+    eventually(
+        "the dead replica's tenants polled by the others",
+        FAILOVER + Duration::from_secs(5),
+        || {
+            let live: Vec<&Replica> = rs.iter().collect();
+            let moved = &moved;
+            async move {
+                let mut polled = BTreeSet::new();
+                for r in &live {
+                    for (id, _, _, started) in listed(r).await.unwrap_or_default() {
+                        if started {
+                            polled.insert(id);
+                        }
+                    }
+                }
+                match moved.iter().find(|t| !polled.contains(*t)) {
+                    None => Ok(()),
+                    Some(t) => Err(format!("{t} not polled yet")),
+                }
+            }
+        },
+    )
+    .await;
+    let failover = killed.elapsed();
+    eventually("placement over 2 replicas", Duration::from_secs(10), || {
+        let live: Vec<&Replica> = rs.iter().collect();
+        let expected = &expected;
+        async move { owners(&live, expected).await.map(|_| ()) }
+    })
+    .await;
+    no_gap(&sim, dir.path(), Duration::from_secs(30)).await;
+    let dup = duplicates(&union(dir.path()));
+    assert!(
+        dup <= moved.len() * PAGE,
+        "{dup} duplicates after moving {} tenants (at most a page each)",
+        moved.len()
+    );
+    eprintln!("failover after kill -9: {failover:?}, {dup} duplicates");
+
+    // SIGTERM: the replica hands its tenants over; nothing is repeated.
+    let mut leaving = rs.remove(0);
+    signal(leaving.child.as_ref().unwrap(), "-TERM");
+    assert_eq!(
+        exit_code(leaving.child.as_mut().unwrap(), Duration::from_secs(20)).await,
+        0
+    );
+    churn(&sim);
+    eventually("placement over 1 replica", Duration::from_secs(10), || {
+        let live: Vec<&Replica> = rs.iter().collect();
+        let expected = &expected;
+        async move { owners(&live, expected).await.map(|_| ()) }
+    })
+    .await;
+    no_gap(&sim, dir.path(), Duration::from_secs(30)).await;
+    assert_eq!(
+        duplicates(&union(dir.path())),
+        dup,
+        "a SIGTERM handover repeats nothing"
+    );
+
+    // Back to three, then a fourth joins: tenants only move to the newcomer, each is listed by
+    // one replica, and nothing is repeated.
+    rs.push(replica(&sim, &nats.url, &dead.id, dir.path()));
+    rs.push(replica(&sim, &nats.url, &leaving.id, dir.path()));
+    eventually(
+        "placement over 3 replicas again",
+        Duration::from_secs(30),
+        || {
+            let live: Vec<&Replica> = rs.iter().collect();
+            let expected = &expected;
+            async move {
+                let o = owners(&live, expected).await?;
+                let owners: BTreeSet<&String> = o.values().collect();
+                if owners.len() < 2 {
+                    return Err(format!("only {owners:?} own tenants"));
+                }
+                Ok(())
+            }
+        },
+    )
+    .await;
+    let live: Vec<&Replica> = rs.iter().collect();
+    let three = owners(&live, &expected).await.unwrap();
+    rs.push(replica(&sim, &nats.url, "r4", dir.path()));
+    let expected_four: BTreeMap<String, String> = {
+        use wiz_connector::cluster::placement::owner_of;
+        let members: BTreeSet<String> = ["r1", "r2", "r3", "r4"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let settings = settings(&config(&sim, &nats.url, "x", "127.0.0.1:0", dir.path()));
+        settings
+            .tenants
+            .iter()
+            .map(|t| {
+                (
+                    t.id.clone(),
+                    owner_of(&t.credential_key(), &members).unwrap().to_string(),
+                )
+            })
+            .collect()
+    };
+    eventually("placement over 4 replicas", Duration::from_secs(30), || {
+        let live: Vec<&Replica> = rs.iter().collect();
+        let expected = &expected;
+        let want = &expected_four;
+        async move {
+            let o = owners(&live, expected).await?;
+            if &o != want {
+                return Err(format!("owners {o:?}, want {want:?}"));
+            }
+            Ok(())
+        }
+    })
+    .await;
+    for (t, o) in &expected_four {
+        assert!(
+            o == "r4" || three[t] == *o,
+            "{t} moved from {} to {o}, not to r4",
+            three[t]
+        );
+    }
+    let dup_before = duplicates(&union(dir.path()));
+    churn(&sim);
+    no_gap(&sim, dir.path(), Duration::from_secs(30)).await;
+    assert_eq!(
+        duplicates(&union(dir.path())),
+        dup_before,
+        "after the rebalance no tenant is polled by two replicas"
+    );
+    for r in &mut rs {
+        signal(r.child.as_ref().unwrap(), "-TERM");
+    }
+    for r in &mut rs {
+        assert_eq!(
+            exit_code(r.child.as_mut().unwrap(), Duration::from_secs(20)).await,
+            0
+        );
+    }
+}
