@@ -155,6 +155,8 @@ async fn run(a: LoopArgs, mut stopped: watch::Receiver<bool>) {
     let mut placed: Option<BTreeSet<String>> = None;
     let mut reported_mismatch: BTreeSet<String> = BTreeSet::new();
     let mut placed_at: Option<SystemTime> = None;
+    let mut renew_failing = false;
+    let mut last_listed: Option<Instant> = None;
     let started = Instant::now();
     let mut tick = tokio::time::interval(heartbeat);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -164,7 +166,19 @@ async fn run(a: LoopArgs, mut stopped: watch::Receiver<bool>) {
             _ = tick.tick() => {
                 let outcome = a.reloader.placement().await;
                 let value = MemberValue { digest: outcome.digest, leaving: false, owned: outcome.owned };
-                my_revision = renew(&a.kv, &me, &value, my_revision).await;
+                match renew(&a.kv, &me, &value, my_revision).await {
+                    Ok(r) => {
+                        if std::mem::take(&mut renew_failing) {
+                            tracing::info!("membership renewed again");
+                        }
+                        my_revision = Some(r);
+                    }
+                    Err(e) => {
+                        if !std::mem::replace(&mut renew_failing, true) {
+                            tracing::warn!(error = %e, "could not renew this replica's membership; retrying every heartbeat");
+                        }
+                    }
+                }
                 listed = true;
             }
             entry = next(&mut watcher) => {
@@ -178,6 +192,14 @@ async fn run(a: LoopArgs, mut stopped: watch::Receiver<bool>) {
         if listed {
             match list(&a.kv).await {
                 Ok(entries) => {
+                    // Observation was interrupted (NATS away, or this process paused or slowed
+                    // down): a member whose key seemed not to change meanwhile proves nothing.
+                    if last_listed.is_some_and(|t: Instant| {
+                        t.elapsed() > heartbeat * 2 + Duration::from_millis(500)
+                    }) {
+                        blind = true;
+                    }
+                    last_listed = Some(Instant::now());
                     // A key missing from a listing is not taken as gone: the server may have
                     // expired it, or the listing raced a renewal. Liveness comes from revisions
                     // (a member whose key stops changing is dead after `failover_after`); only a
@@ -317,14 +339,13 @@ async fn list(store: &kv::Store) -> Result<Vec<kv::Entry>, String> {
         .map_err(|_| "timed out listing the members".to_string())?
 }
 
-/// Renews this replica's key (creating it when missing). Returns the new revision, or the old
-/// one when NATS did not answer.
+/// Renews this replica's key (creating it when missing). Returns the new revision.
 async fn renew(
     store: &kv::Store,
     me: &str,
     value: &MemberValue,
     revision: Option<u64>,
-) -> Option<u64> {
+) -> Result<u64, String> {
     let body: bytes::Bytes = serde_json::to_vec(value)
         .expect("a member value serializes")
         .into();
@@ -349,17 +370,9 @@ async fn renew(
                 .map_err(|e| e.to_string()),
         }
     };
-    match tokio::time::timeout(Duration::from_secs(5), attempt).await {
-        Ok(Ok(r)) => Some(r),
-        Ok(Err(e)) => {
-            tracing::warn!(error = %e, "could not renew this replica's membership");
-            revision
-        }
-        Err(_) => {
-            tracing::warn!("could not renew this replica's membership: timed out");
-            revision
-        }
-    }
+    tokio::time::timeout(Duration::from_secs(5), attempt)
+        .await
+        .map_err(|_| "timed out".to_string())?
 }
 
 async fn publish_status(

@@ -68,11 +68,11 @@ pub async fn connect(s: &ClusterSettings) -> Result<Connected, String> {
     )
     .await?;
     Ok(Connected {
+        view: Arc::new(ClusterView::new(&s.replica_id, client.clone())),
         client,
         kv,
         replicated: Arc::new(replicated),
         live,
-        view: Arc::new(ClusterView::new(&s.replica_id)),
     })
 }
 
@@ -120,23 +120,29 @@ fn opt_time<S: serde::Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok,
 }
 
 /// The shared, readable-at-any-time view of the cluster.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ClusterView {
     status: RwLock<ClusterStatus>,
+    /// Asked at every read: the loop's last status may be older than a reconnection.
+    client: async_nats::Client,
 }
 
 impl ClusterView {
-    pub fn new(replica: &str) -> Self {
+    pub fn new(replica: &str, client: async_nats::Client) -> Self {
         ClusterView {
             status: RwLock::new(ClusterStatus {
                 replica: replica.to_string(),
                 ..Default::default()
             }),
+            client,
         }
     }
 
     pub fn status(&self) -> ClusterStatus {
-        self.status.read().expect("cluster view lock").clone()
+        let mut s = self.status.read().expect("cluster view lock").clone();
+        s.nats_connected =
+            self.client.connection_state() == async_nats::connection::State::Connected;
+        s
     }
 
     pub(crate) fn set(&self, status: ClusterStatus) {

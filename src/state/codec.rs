@@ -341,9 +341,6 @@ mod tests {
         assert_eq!(back, img);
         let err = back.apply(&[b'R', 0, 1, 2]).unwrap_err();
         assert!(err.contains("cut short"), "{err}");
-        assert!(back
-            .apply(b"Z")
-            .unwrap_err()
-            .contains("unknown record tag"));
+        assert!(back.apply(b"Z").unwrap_err().contains("unknown record tag"));
     }
 }

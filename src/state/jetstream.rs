@@ -387,6 +387,11 @@ impl Replicated {
         }
     }
 
+    /// True when the tenant holds writes NATS has not seen.
+    pub fn is_dirty(&self, tenant: &str) -> bool {
+        self.owned.get(tenant).is_some_and(|o| o.dirty)
+    }
+
     fn set_dirty(&self, tenant: &str) {
         if let Some(mut o) = self.owned.get_mut(tenant) {
             o.dirty = true;
@@ -433,6 +438,7 @@ impl Replicated {
     pub async fn release(&self, tenant: &str) -> Option<u64> {
         let (_, owned) = self.owned.remove(tenant)?;
         if owned.dirty {
+            tracing::warn!(tenant = %tenant, "not released: its latest state is not in NATS; the next owner waits until this replica is gone and may repeat what it delivered since");
             return None;
         }
         match self

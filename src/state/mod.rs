@@ -399,8 +399,14 @@ impl StateStore {
     async fn publish_image(&self, r: &Replicated, tenant: &str) -> Result<(), StateError> {
         let image = self.image_blocking(tenant).await?;
         match r.snapshot(tenant, &image).await {
-            Ok(seq) => self.set_sync(tenant, (seq, false)).await,
-            Err(PublishFailure::Offline(_)) => Ok(()),
+            Ok(seq) => {
+                tracing::debug!(tenant = %tenant, seq, issues = image.issues.len(), "state snapshot published");
+                self.set_sync(tenant, (seq, false)).await
+            }
+            Err(PublishFailure::Offline(e)) => {
+                tracing::warn!(tenant = %tenant, error = %e, "state snapshot not published (NATS unreachable); kept locally and tried again at the next write");
+                Ok(())
+            }
             Err(e) => Err(self.failure(tenant, e)),
         }
     }
@@ -486,6 +492,13 @@ impl StateStore {
         let Some(r) = &self.replicated else {
             return false;
         };
+        // Writes made while NATS was away are published first, or the next owner would start
+        // from older state and repeat what this replica already delivered.
+        if r.is_dirty(tenant) {
+            if let Err(e) = self.publish_image(r, tenant).await {
+                tracing::warn!(tenant = %tenant, error = %e, "could not publish the state before handing the tenant over");
+            }
+        }
         match r.release(tenant).await {
             Some(seq) => {
                 let _ = self.set_sync(tenant, (seq, false)).await;
