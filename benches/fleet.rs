@@ -6,16 +6,15 @@
 //! runs nothing.
 
 use std::collections::HashMap;
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use wiz_connector::app::{App, AppOptions};
 use wiz_connector::config::{load_str, EnvSource, Settings};
 use wiz_connector::sim::{IssueSet, SimTenantSpec};
 
-const BIN: &str = env!("CARGO_BIN_EXE_wiz-connector");
-const SEED: u64 = 1;
+#[path = "support/mod.rs"]
+mod support;
+use support::*;
 
 fn rss_kib() -> u64 {
     let s = std::fs::read_to_string("/proc/self/status").unwrap();
@@ -34,62 +33,6 @@ fn cpu_seconds() -> f64 {
     (f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()) as f64 / 100.0
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Waits (up to two minutes) until something listens on `port`.
-fn wait_for_port(port: u16, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "{what} did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-struct Sim {
-    child: Child,
-    base: String,
-}
-
-impl Drop for Sim {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_sim(tenants: usize, issues: usize) -> Sim {
-    start_sim_with(tenants, issues, &[])
-}
-
-fn start_sim_with(tenants: usize, issues: usize, extra: &[&str]) -> Sim {
-    let port = free_port();
-    let child = Command::new(BIN)
-        .args(["simulate", "--listen", &format!("127.0.0.1:{port}")])
-        .args(extra)
-        .args([
-            "--tenants",
-            &tenants.to_string(),
-            "--issues",
-            &issues.to_string(),
-        ])
-        .args(["--seed", &SEED.to_string(), "--churn-every", "0s"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_for_port(port, "simulator");
-    Sim {
-        child,
-        base: format!("http://127.0.0.1:{port}"),
-    }
-}
-
 fn fleet_config(base: &str, tenants: usize, connector: &str, sink: &str) -> Settings {
     let state = tempfile::tempdir().unwrap().keep();
     let mut text = format!(
@@ -104,13 +47,6 @@ fn fleet_config(base: &str, tenants: usize, connector: &str, sink: &str) -> Sett
         ));
     }
     load_str("bench", &text, &EnvSource::Fixed(HashMap::new())).unwrap()
-}
-
-fn percentile(sorted: &[u64], p: f64) -> u64 {
-    if sorted.is_empty() {
-        return 0;
-    }
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
 async fn idle() {
@@ -205,32 +141,17 @@ async fn lag() {
 }
 
 async fn e2e() {
-    e2e_with(1_000, 100, None).await;
-    e2e_with(100, 1_000, None).await;
-    // The same into NATS JetStream (a local `nats-server -js`, when installed).
-    let nats = [
-        "/usr/sbin/nats-server",
-        "/usr/bin/nats-server",
-        "/usr/local/bin/nats-server",
-    ]
-    .into_iter()
-    .find(|p| std::path::Path::new(p).exists());
-    match nats {
-        None => println!("| end to end into NATS | skipped: nats-server is not installed | | |"),
-        Some(bin) => {
-            let port = free_port();
-            let store = tempfile::tempdir().unwrap();
-            let mut server = Command::new(bin)
-                .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
-                .arg(store.path())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap();
-            wait_for_port(port, "nats-server");
-            e2e_with(100, 1_000, Some(format!("nats://127.0.0.1:{port}"))).await;
-            let _ = server.kill();
-            let _ = server.wait();
+    e2e_with(1_000, 100, None, false).await;
+    e2e_with(100, 1_000, None, false).await;
+    // The same into NATS JetStream (a local `nats-server -js`, when installed), as a single
+    // node and as one replica in cluster mode (state replicated to the same server).
+    // A fresh server each, so the second run's events are not dropped as duplicates.
+    for cluster in [false, true] {
+        match start_nats() {
+            None => {
+                println!("| end to end into NATS | skipped: nats-server is not installed | | |")
+            }
+            Some(nats) => e2e_with(100, 1_000, Some(nats.url.clone()), cluster).await,
         }
     }
 }
@@ -380,8 +301,9 @@ async fn sim_requests(base: &str, n: usize) -> u64 {
         .sum()
 }
 
-/// End to end into a file sink, or into NATS JetStream when `nats` is a server URL.
-async fn e2e_with(tenants: usize, issues: usize, nats: Option<String>) {
+/// End to end into a file sink, or into NATS JetStream when `nats` is a server URL; with
+/// `cluster`, as the only replica of a cluster on that server (state in JetStream).
+async fn e2e_with(tenants: usize, issues: usize, nats: Option<String>, cluster: bool) {
     let expected: u64 = (0..tenants)
         .map(|n| {
             let spec = SimTenantSpec::numbered(n, SEED, issues);
@@ -400,6 +322,9 @@ async fn e2e_with(tenants: usize, issues: usize, nats: Option<String>) {
             None => format!(
                 "[sinks.archive]\ntype = \"file\"\npath = \"{}\"\n",
                 dir.path().join("events.jsonl").display()
+            ),
+            Some(url) if cluster => format!(
+                "[sinks.bus]\ntype = \"nats\"\nurl = \"{url}\"\n[cluster]\nnats_url = \"{url}\"\nreplica_id = \"bench\"\nheartbeat = \"200ms\"\nfailover_after = \"1s\"\n"
             ),
             Some(url) => format!("[sinks.bus]\ntype = \"nats\"\nurl = \"{url}\"\n"),
         },
@@ -423,6 +348,9 @@ async fn e2e_with(tenants: usize, issues: usize, nats: Option<String>) {
                 .unwrap()
                 .len();
             format!("({:.0} MB) into a file sink", bytes as f64 / 1e6)
+        }
+        Some(_) if cluster => {
+            "into NATS JetStream, cluster mode (state in JetStream too)".to_string()
         }
         Some(_) => "into NATS JetStream (one message each, acked)".to_string(),
     };

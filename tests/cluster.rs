@@ -20,39 +20,142 @@ struct Replica {
     id: String,
     child: Option<tokio::process::Child>,
     admin: String,
-    _cfg: ConfigDir,
+    /// Its sink's file and state directory (kept when its configuration is rewritten).
+    out: std::path::PathBuf,
+    state: std::path::PathBuf,
+    cfg: ConfigDir,
 }
 
 /// The configuration every replica reads: the same tenants and sinks; only the replica id, the
 /// admin port, the state directory and the sink's file differ. `t0-twin` shares `t0`'s credential.
 fn config(sim: &Simulator, nats: &str, id: &str, admin: &str, out: &std::path::Path) -> String {
+    config_with(sim, nats, id, admin, out, &Setup::default())
+}
+
+/// What a replica's configuration differs in, beyond its id, port and sink file.
+#[derive(Default)]
+struct Setup {
+    /// Run without `[cluster]` (a single node).
+    single: bool,
+    /// Configure only the first this-many simulated tenants (and no twin).
+    only: Option<usize>,
+    /// A given state directory (else a fresh one).
+    state_dir: Option<std::path::PathBuf>,
+}
+
+fn config_with(
+    sim: &Simulator,
+    nats: &str,
+    id: &str,
+    admin: &str,
+    out: &std::path::Path,
+    setup: &Setup,
+) -> String {
+    let cluster = if setup.single {
+        String::new()
+    } else {
+        format!(
+            "[cluster]\nnats_url = \"{nats}\"\nreplica_id = \"{id}\"\nheartbeat = \"250ms\"\nfailover_after = \"{}s\"\n",
+            FAILOVER.as_secs()
+        )
+    };
     let mut body = format!(
         "[connector]\nstate_dir = \"{}\"\npoll_interval = \"1s\"\nstartup_jitter = \"0s\"\npage_size = {PAGE}\nfull_sweep_interval = \"2s\"\nincremental_overlap = \"1s\"\nwatch_interval = \"0s\"\nshutdown_timeout = \"10s\"\n\
-         [admin]\nlisten = \"{admin}\"\n\
-         [cluster]\nnats_url = \"{nats}\"\nreplica_id = \"{id}\"\nheartbeat = \"250ms\"\nfailover_after = \"{}s\"\n\
+         [admin]\nlisten = \"{admin}\"\n{cluster}\
          [sinks.out]\ntype = \"file\"\npath = \"{}\"\n",
-        state_dir().display(),
-        FAILOVER.as_secs(),
+        setup.state_dir.clone().unwrap_or_else(state_dir).display(),
         out.display()
     );
     let tenants = sim.tenants();
-    for (i, t) in tenants.iter().enumerate() {
+    for (i, t) in tenants
+        .iter()
+        .enumerate()
+        .take(setup.only.unwrap_or(usize::MAX))
+    {
         body.push_str(&tenant_toml(sim, &format!("t{i}"), t, "rate_limit = 50"));
     }
-    body.push_str(&tenant_toml(sim, "t0-twin", &tenants[0], "rate_limit = 50"));
+    if setup.only.is_none() {
+        body.push_str(&tenant_toml(sim, "t0-twin", &tenants[0], "rate_limit = 50"));
+    }
     body
 }
 
-fn replica(sim: &Simulator, nats: &str, id: &str, dir: &std::path::Path) -> Replica {
-    let admin = format!("127.0.0.1:{}", free_port());
+async fn replica(sim: &Simulator, nats: &str, id: &str, dir: &std::path::Path) -> Replica {
+    replica_with(sim, nats, id, dir, &Setup::default()).await
+}
+
+async fn replicas(
+    sim: &Simulator,
+    nats: &str,
+    ids: &[&str],
+    dir: &std::path::Path,
+    setup: &Setup,
+) -> Vec<Replica> {
+    let mut out = Vec::new();
+    for id in ids {
+        out.push(replica_with(sim, nats, id, dir, setup).await);
+    }
+    out
+}
+
+/// The address the replica's admin API bound (it binds port 0, so no other process can take the
+/// port between choosing and binding it), read from its log after `from` bytes.
+async fn admin_addr(log: &std::path::Path, from: u64) -> String {
+    let start = Instant::now();
+    loop {
+        let text = std::fs::read(log).unwrap_or_default();
+        let text = String::from_utf8_lossy(&text[(from as usize).min(text.len())..]).into_owned();
+        for line in text.lines().filter(|l| l.contains("admin API listening")) {
+            // Strip colour codes, then take the value of `addr=`.
+            let plain: String = {
+                let mut out = String::new();
+                let mut esc = false;
+                for c in line.chars() {
+                    match (esc, c) {
+                        (false, '\u{1b}') => esc = true,
+                        (true, 'm') => esc = false,
+                        (true, _) => {}
+                        (false, c) => out.push(c),
+                    }
+                }
+                out
+            };
+            if let Some(addr) = plain.split("addr=").nth(1) {
+                return addr.split_whitespace().next().unwrap().to_string();
+            }
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the replica logged no admin address in {}",
+            log.display()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn replica_with(
+    sim: &Simulator,
+    nats: &str,
+    id: &str,
+    dir: &std::path::Path,
+    setup: &Setup,
+) -> Replica {
     let out = dir.join(format!("{id}.jsonl"));
-    let cfg = write_config(&config(sim, nats, id, &admin, &out));
+    let state = setup.state_dir.clone().unwrap_or_else(state_dir);
+    let setup = Setup {
+        single: setup.single,
+        only: setup.only,
+        state_dir: Some(state.clone()),
+    };
+    let cfg = write_config(&config_with(sim, nats, id, "127.0.0.1:0", &out, &setup));
     // Each run's log, next to its sink (kept with the test's directory when it fails).
+    let log_path = dir.join(format!("{id}.log"));
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .open(dir.join(format!("{id}.log")))
+        .open(&log_path)
         .unwrap();
+    let from = log.metadata().unwrap().len();
     let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_wiz-connector"))
         .args(["run", "--log-format", "text", "--config"])
         .arg(&cfg.path)
@@ -62,11 +165,14 @@ fn replica(sim: &Simulator, nats: &str, id: &str, dir: &std::path::Path) -> Repl
         .kill_on_drop(true)
         .spawn()
         .unwrap();
+    let admin = admin_addr(&log_path, from).await;
     Replica {
         id: id.into(),
         child: Some(child),
         admin,
-        _cfg: cfg,
+        out,
+        state,
+        cfg,
     }
 }
 
@@ -262,10 +368,14 @@ async fn replicas_share_the_fleet_fail_over_hand_over_and_rebalance() {
     let dir = tempfile::tempdir().unwrap();
     eprintln!("replica logs and sinks in {}", dir.path().display());
     let expected = all_tenants(&sim);
-    let mut rs: Vec<Replica> = ["r1", "r2", "r3"]
-        .iter()
-        .map(|id| replica(&sim, &nats.url, id, dir.path()))
-        .collect();
+    let mut rs = replicas(
+        &sim,
+        &nats.url,
+        &["r1", "r2", "r3"],
+        dir.path(),
+        &Setup::default(),
+    )
+    .await;
 
     // Every tenant has exactly one owner; t0 and its twin (one credential) share it.
     eventually("placement over 3 replicas", Duration::from_secs(30), || {
@@ -344,9 +454,32 @@ async fn replicas_share_the_fleet_fail_over_hand_over_and_rebalance() {
     );
     eprintln!("failover after kill -9: {failover:?}, {dup} duplicates");
 
-    // SIGTERM: the replica hands its tenants over; nothing is repeated.
+    // SIGTERM: the replica hands its tenants over (the other polls them within 5 s of the
+    // signal plus the pages in flight); nothing is repeated.
     let mut leaving = rs.remove(0);
     signal(leaving.child.as_ref().unwrap(), "-TERM");
+    eventually(
+        "the leaving replica's tenants polled by the other",
+        Duration::from_secs(7),
+        || {
+            let other = &rs[0];
+            let expected = &expected;
+            async move {
+                let list = listed(other).await.unwrap_or_default();
+                let polled: BTreeSet<String> = list
+                    .into_iter()
+                    .filter(|(_, _, _, started)| *started)
+                    .map(|(id, ..)| id)
+                    .collect();
+                if &polled == expected {
+                    Ok(())
+                } else {
+                    Err(format!("polled {polled:?}"))
+                }
+            }
+        },
+    )
+    .await;
     assert_eq!(
         exit_code(leaving.child.as_mut().unwrap(), Duration::from_secs(20)).await,
         0
@@ -367,8 +500,8 @@ async fn replicas_share_the_fleet_fail_over_hand_over_and_rebalance() {
 
     // Back to three, then a fourth joins: tenants only move to the newcomer, each is listed by
     // one replica, and nothing is repeated.
-    rs.push(replica(&sim, &nats.url, &dead.id, dir.path()));
-    rs.push(replica(&sim, &nats.url, &leaving.id, dir.path()));
+    rs.push(replica(&sim, &nats.url, &dead.id, dir.path()).await);
+    rs.push(replica(&sim, &nats.url, &leaving.id, dir.path()).await);
     eventually(
         "placement over 3 replicas again",
         Duration::from_secs(30),
@@ -388,7 +521,7 @@ async fn replicas_share_the_fleet_fail_over_hand_over_and_rebalance() {
     .await;
     let live: Vec<&Replica> = rs.iter().collect();
     let three = owners(&live, &expected).await.unwrap();
-    rs.push(replica(&sim, &nats.url, "r4", dir.path()));
+    rs.push(replica(&sim, &nats.url, "r4", dir.path()).await);
     let expected_four: BTreeMap<String, String> = {
         use wiz_connector::cluster::placement::owner_of;
         let members: BTreeSet<String> = ["r1", "r2", "r3", "r4"]
@@ -466,10 +599,14 @@ async fn a_paused_owner_is_fenced_off_and_a_nats_restart_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     eprintln!("replica logs and sinks in {}", dir.path().display());
     let expected = all_tenants(&sim);
-    let mut rs: Vec<Replica> = ["r1", "r2"]
-        .iter()
-        .map(|id| replica(&sim, &nats.url, id, dir.path()))
-        .collect();
+    let mut rs = replicas(
+        &sim,
+        &nats.url,
+        &["r1", "r2"],
+        dir.path(),
+        &Setup::default(),
+    )
+    .await;
     eventually("placement over 2 replicas", Duration::from_secs(30), || {
         let live: Vec<&Replica> = rs.iter().collect();
         let expected = &expected;
@@ -621,4 +758,269 @@ async fn a_paused_owner_is_fenced_off_and_a_nats_restart_loses_nothing() {
         exit_code(rs[0].child.as_mut().unwrap(), Duration::from_secs(20)).await,
         0
     );
+}
+
+async fn get_json(r: &Replica, path: &str) -> Result<serde_json::Value, String> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let body = reqwest::get(format!("http://{}{path}", r.admin))
+        .await
+        .map_err(|e| e.to_string())?
+        .text()
+        .await
+        .map_err(|e| e.to_string())?;
+    serde_json::from_str(&body).map_err(|e| format!("{e}: {body}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn single_node_state_is_imported_and_a_different_fleet_is_reported() {
+    let nats = nats_server().await;
+    let sim = sim(3, 20).await;
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state-r1");
+    let tenants: BTreeSet<String> = (0..3).map(|i| format!("t{i}")).collect();
+
+    // A single node delivers everything, then stops.
+    let single = Setup {
+        single: true,
+        only: Some(3),
+        state_dir: Some(state.clone()),
+    };
+    let mut node = replica_with(&sim, &nats.url, "r1", dir.path(), &single).await;
+    eventually(
+        "the single node delivers every open issue",
+        Duration::from_secs(30),
+        || {
+            let m = missing(&sim, &tenants, &union(dir.path()));
+            async move {
+                if m.is_empty() {
+                    Ok(())
+                } else {
+                    Err(format!("{} missing", m.len()))
+                }
+            }
+        },
+    )
+    .await;
+    signal(node.child.as_ref().unwrap(), "-TERM");
+    assert_eq!(
+        exit_code(node.child.as_mut().unwrap(), Duration::from_secs(20)).await,
+        0
+    );
+    let delivered = union(dir.path()).len();
+
+    // The same node in cluster mode: its local state is imported into JetStream, nothing is
+    // delivered again; a second replica then takes tenants over from that imported state.
+    let clustered = Setup {
+        single: false,
+        only: Some(3),
+        state_dir: Some(state),
+    };
+    let mut rs = vec![replica_with(&sim, &nats.url, "r1", dir.path(), &clustered).await];
+    eventually(
+        "the clustered node polls every tenant",
+        Duration::from_secs(30),
+        || {
+            let r = &rs[0];
+            async move {
+                let list = listed(r).await.unwrap_or_default();
+                if list.len() == 3 && list.iter().all(|(_, _, polls, _)| *polls >= 2) {
+                    Ok(())
+                } else {
+                    Err(format!("{list:?}"))
+                }
+            }
+        },
+    )
+    .await;
+    assert_eq!(
+        union(dir.path()).len(),
+        delivered,
+        "the import repeats nothing"
+    );
+    rs.push(
+        replica_with(
+            &sim,
+            &nats.url,
+            "r2",
+            dir.path(),
+            &Setup {
+                only: Some(3),
+                ..Default::default()
+            },
+        )
+        .await,
+    );
+    eventually("placement over 2 replicas", Duration::from_secs(30), || {
+        let live: Vec<&Replica> = rs.iter().collect();
+        let tenants = &tenants;
+        async move {
+            let o = owners(&live, tenants).await?;
+            match o.values().filter(|r| *r == "r2").count() {
+                0 => Err("r2 owns nothing yet".into()),
+                _ => Ok(()),
+            }
+        }
+    })
+    .await;
+    churn(&sim);
+    eventually("every change delivered", Duration::from_secs(30), || {
+        let m = missing(&sim, &tenants, &union(dir.path()));
+        async move {
+            if m.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("{} missing", m.len()))
+            }
+        }
+    })
+    .await;
+    assert_eq!(
+        duplicates(&union(dir.path())),
+        0,
+        "moving imported state repeats nothing"
+    );
+
+    // A replica reading another tenant set is reported by the others: in /cluster, a metric,
+    // and the log.
+    rs.push(
+        replica_with(
+            &sim,
+            &nats.url,
+            "r3",
+            dir.path(),
+            &Setup {
+                only: Some(2),
+                ..Default::default()
+            },
+        )
+        .await,
+    );
+    eventually("the mismatch reported", Duration::from_secs(30), || {
+        let r = &rs[0];
+        async move {
+            let v = get_json(r, "/cluster").await?;
+            if v["config_mismatch"] != serde_json::json!(["r3"]) {
+                return Err(format!("{v}"));
+            }
+            let m = metric(r, "wiz_connector_cluster_config_mismatch").await;
+            if m != 1.0 {
+                return Err(format!("metric {m}"));
+            }
+            Ok(())
+        }
+    })
+    .await;
+    let v = get_json(&rs[0], "/cluster").await.unwrap();
+    let members: Vec<&str> = v["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(members, vec!["r1", "r2", "r3"]);
+    assert_eq!(v["replica"], "r1");
+    let log = std::fs::read_to_string(dir.path().join("r1.log")).unwrap();
+    assert!(
+        log.contains("replica r3 reads a different tenant set than this one"),
+        "the mismatch is in the log"
+    );
+    for r in &mut rs {
+        signal(r.child.as_ref().unwrap(), "-TERM");
+    }
+    for r in &mut rs {
+        assert_eq!(
+            exit_code(r.child.as_mut().unwrap(), Duration::from_secs(20)).await,
+            0
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_on_every_replica_places_a_new_tenant_once() {
+    let nats = nats_server().await;
+    let sim = sim(4, 10).await;
+    let dir = tempfile::tempdir().unwrap();
+    let three = Setup {
+        only: Some(3),
+        ..Default::default()
+    };
+    let mut rs = replicas(&sim, &nats.url, &["r1", "r2"], dir.path(), &three).await;
+    let before: BTreeSet<String> = (0..3).map(|i| format!("t{i}")).collect();
+    eventually("placement over 2 replicas", Duration::from_secs(30), || {
+        let live: Vec<&Replica> = rs.iter().collect();
+        let before = &before;
+        async move { owners(&live, before).await.map(|_| ()) }
+    })
+    .await;
+    // Every replica's configuration gains t3; each reloads (POST /reload) on its own.
+    for r in &rs {
+        let text = config_with(
+            &sim,
+            &nats.url,
+            &r.id,
+            "127.0.0.1:0",
+            &r.out,
+            &Setup {
+                only: Some(4),
+                state_dir: Some(r.state.clone()),
+                ..Default::default()
+            },
+        );
+        std::fs::write(&r.cfg.path, text).unwrap();
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let answer = reqwest::Client::new()
+            .post(format!("http://{}/reload", r.admin))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 200);
+        let body: serde_json::Value = serde_json::from_str(&answer.text().await.unwrap()).unwrap();
+        // Only the replica t3 is placed on starts it.
+        assert!(body["added"].as_array().unwrap().len() <= 1, "{body}");
+    }
+    let after: BTreeSet<String> = (0..4).map(|i| format!("t{i}")).collect();
+    eventually("t3 placed once and polled", Duration::from_secs(30), || {
+        let live: Vec<&Replica> = rs.iter().collect();
+        let after = &after;
+        async move {
+            owners(&live, after).await?;
+            for r in &live {
+                if listed(r)
+                    .await
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|(id, _, _, p)| id == "t3" && *p)
+                {
+                    return Ok(());
+                }
+            }
+            Err("t3 not polled yet".into())
+        }
+    })
+    .await;
+    eventually(
+        "the replicas agree on the fleet",
+        Duration::from_secs(10),
+        || {
+            let r = &rs[0];
+            async move {
+                let v = get_json(r, "/cluster").await?;
+                if v["config_mismatch"] == serde_json::json!([]) && v["configured"] == 4 {
+                    Ok(())
+                } else {
+                    Err(format!("{v}"))
+                }
+            }
+        },
+    )
+    .await;
+    for r in &mut rs {
+        signal(r.child.as_ref().unwrap(), "-TERM");
+    }
+    for r in &mut rs {
+        assert_eq!(
+            exit_code(r.child.as_mut().unwrap(), Duration::from_secs(20)).await,
+            0
+        );
+    }
 }

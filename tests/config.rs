@@ -431,3 +431,60 @@ fn the_shipped_example_config_is_valid() {
         SecretSource::Env("ACME_WIZ_SECRET".into())
     );
 }
+
+#[test]
+fn the_cluster_section_is_checked_and_resolved() {
+    let e = env(&[("HOSTNAME", "pod-7")]);
+    let (r, _) = load_str(
+        &format!(
+            "[cluster]\nnats_url = \"nats://nats:4222\"\n{}",
+            good_tenant("a")
+        ),
+        &e,
+    );
+    let c = r.unwrap().cluster.expect("cluster mode on");
+    assert_eq!(c.nats_url, "nats://nats:4222");
+    assert_eq!(c.heartbeat.0, std::time::Duration::from_secs(2));
+    assert_eq!(c.failover_after.0, std::time::Duration::from_secs(10));
+    assert!(!c.replica_id.is_empty(), "defaults to the host name");
+    let (r, _) = load_str(&good_tenant("a"), &e);
+    assert!(r.unwrap().cluster.is_none(), "no [cluster]: one process");
+
+    let (_, _, key, message, _) = one_problem(
+        &format!(
+            "[cluster]\nnats_url = \"http://nats:4222\"\n{}",
+            good_tenant("a")
+        ),
+        &e,
+    );
+    assert_eq!(key, "cluster.nats_url");
+    assert!(message.contains("not a NATS URL"), "{message}");
+    let (_, _, key, message, _) = one_problem(
+        &format!(
+            "[cluster]\nnats_url = \"nats://n:4222\"\nheartbeat = \"2s\"\nfailover_after = \"5s\"\n{}",
+            good_tenant("a")
+        ),
+        &e,
+    );
+    assert_eq!(key, "cluster.failover_after");
+    assert!(message.contains("at least three heartbeats"), "{message}");
+    let (_, _, key, _, _) = one_problem(
+        &format!(
+            "[cluster]\nnats_url = \"nats://n:4222\"\nreplica_id = \"bad id!\"\n{}",
+            good_tenant("a")
+        ),
+        &e,
+    );
+    assert_eq!(key, "cluster.replica_id");
+    let (_, _, key, message, _) = one_problem(&format!("[cluster]\n{}", good_tenant("a")), &e);
+    assert_eq!(key, "cluster.nats_url");
+    assert!(message.contains("is required"), "{message}");
+    let (r, _) = load_str(
+        &format!(
+            "[cluster]\nnats_url = \"nats://n:4222\"\nbogus = 1\n{}",
+            good_tenant("a")
+        ),
+        &e,
+    );
+    assert!(r.unwrap_err().to_string().contains("bogus"));
+}

@@ -1,0 +1,112 @@
+//! Helpers shared by the bench binaries: free ports, the simulator and nats-server as child
+//! processes, percentiles.
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_wiz-connector");
+pub const SEED: u64 = 1;
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Waits (up to two minutes) until something listens on `port`.
+pub fn wait_for_port(port: u16, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "{what} did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub struct Sim {
+    pub child: Child,
+    pub base: String,
+}
+
+impl Drop for Sim {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn start_sim(tenants: usize, issues: usize) -> Sim {
+    start_sim_with(tenants, issues, &[])
+}
+
+pub fn start_sim_with(tenants: usize, issues: usize, extra: &[&str]) -> Sim {
+    let port = free_port();
+    let child = Command::new(BIN)
+        .args(["simulate", "--listen", &format!("127.0.0.1:{port}")])
+        .args(extra)
+        .args([
+            "--tenants",
+            &tenants.to_string(),
+            "--issues",
+            &issues.to_string(),
+        ])
+        .args(["--seed", &SEED.to_string(), "--churn-every", "0s"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_port(port, "simulator");
+    Sim {
+        child,
+        base: format!("http://127.0.0.1:{port}"),
+    }
+}
+
+pub fn percentile(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+/// A `nats-server -js` on a free port with its store in a temporary directory, when installed.
+pub struct Nats {
+    child: Child,
+    _store: tempfile::TempDir,
+    pub url: String,
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn start_nats() -> Option<Nats> {
+    let bin = [
+        "/usr/sbin/nats-server",
+        "/usr/bin/nats-server",
+        "/usr/local/bin/nats-server",
+    ]
+    .into_iter()
+    .find(|p| std::path::Path::new(p).exists())?;
+    let port = free_port();
+    let store = tempfile::tempdir().unwrap();
+    let child = Command::new(bin)
+        .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+        .arg(store.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_port(port, "nats-server");
+    Some(Nats {
+        child,
+        _store: store,
+        url: format!("nats://127.0.0.1:{port}"),
+    })
+}
