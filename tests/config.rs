@@ -476,6 +476,18 @@ fn the_cluster_section_is_checked_and_resolved() {
         &e,
     );
     assert_eq!(key, "cluster.replica_id");
+    let (_, _, key, message, _) = one_problem(
+        &format!(
+            "[cluster]\nnats_url = \"nats://user:{SECRET}@n:4222\"\n{}",
+            good_tenant("a")
+        ),
+        &e,
+    );
+    assert_eq!(key, "cluster.nats_url");
+    assert!(
+        message.contains("must not carry credentials") && !message.contains(SECRET),
+        "{message}"
+    );
     let (_, _, key, message, _) = one_problem(&format!("[cluster]\n{}", good_tenant("a")), &e);
     assert_eq!(key, "cluster.nats_url");
     assert!(message.contains("is required"), "{message}");

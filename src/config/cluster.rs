@@ -97,6 +97,18 @@ pub fn resolve_cluster(
     mut report: impl FnMut(&str, String),
 ) -> Option<ClusterSettings> {
     let nats_url = match s.nats_url.as_deref().map(str::trim) {
+        // Credentials in the URL would be shown wherever the URL is (logs, `validate`, errors).
+        Some(u)
+            if u.split("://")
+                .nth(1)
+                .is_some_and(|rest| rest.split('/').next().unwrap_or("").contains('@')) =>
+        {
+            report(
+                "cluster.nats_url",
+                "must not carry credentials (user:password@ or token@): NATS authentication other than TLS is not supported yet".into(),
+            );
+            None
+        }
         Some(u) if u.starts_with("nats://") || u.starts_with("tls://") => Some(u.to_string()),
         Some(u) => {
             report(
