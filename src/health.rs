@@ -78,6 +78,10 @@ pub struct TenantHealth {
     pub restarts: u64,
     #[serde(serialize_with = "opt_rfc3339")]
     pub next_poll_at: Option<SystemTime>,
+    /// While the tenant waits out a retry inside a sweep (`state` is then `backoff` and
+    /// `last_error` says why): when the next attempt is due.
+    #[serde(serialize_with = "opt_rfc3339")]
+    pub next_attempt_at: Option<SystemTime>,
     /// Polls completed since the process started (successful or not).
     pub polls: u64,
     /// How late the last scheduled poll started, in milliseconds (waiting for a sweep slot
@@ -98,6 +102,7 @@ impl TenantHealth {
             events_total: 0,
             restarts: 0,
             next_poll_at: None,
+            next_attempt_at: None,
             polls: 0,
             last_poll_lag_ms: None,
         }

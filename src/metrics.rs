@@ -67,6 +67,51 @@ pub struct Metrics {
     vanished: Family<TenantLabels, Counter>,
     /// Cluster mode (fleet-wide series, none per tenant).
     pub cluster: ClusterMetrics,
+    /// Sweep slots (fleet-wide).
+    pub slots: SlotMetrics,
+}
+
+/// The fleet's sweep slots (`max_concurrent_sweeps`): how many are held, and how long tenants
+/// wait for one.
+#[derive(Clone)]
+pub struct SlotMetrics {
+    in_use: Gauge,
+    wait: Histogram,
+}
+
+impl Default for SlotMetrics {
+    fn default() -> Self {
+        SlotMetrics {
+            in_use: Gauge::default(),
+            wait: Histogram::new([
+                0.001, 0.01, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0,
+            ]),
+        }
+    }
+}
+
+impl SlotMetrics {
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "sweep_slots_in_use",
+            "Sweep slots held now (at most connector.max_concurrent_sweeps); a tenant waiting out a retry holds none",
+            self.in_use.clone(),
+        );
+        registry.register(
+            "sweep_slot_wait_seconds",
+            "How long tenants waited for a sweep slot (at the start of a poll, and after each retry wait)",
+            self.wait.clone(),
+        );
+    }
+
+    pub fn taken(&self, waited: Duration) {
+        self.in_use.inc();
+        self.wait.observe(waited.as_secs_f64());
+    }
+
+    pub fn given_back(&self) {
+        self.in_use.dec();
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -192,9 +237,11 @@ impl Default for Metrics {
             reloads: Family::default(),
             vanished: Family::default(),
             cluster: ClusterMetrics::new(),
+            slots: SlotMetrics::default(),
             registry: Registry::default(),
         };
         m.cluster.register(&mut registry);
+        m.slots.register(&mut registry);
         registry.register(
             "events",
             "Events delivered to every sink, by kind",

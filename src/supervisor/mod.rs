@@ -21,7 +21,6 @@ use ractor::{
     Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent,
 };
 use rand::Rng;
-use tokio::sync::Semaphore;
 
 use crate::config::{ConfigDiff, RestartPolicy, Settings, SinkSpec, TenantSpec};
 use crate::faults::FaultInjection;
@@ -29,6 +28,7 @@ use crate::health::{HealthMap, LastError, TenantState};
 use crate::metrics::{Event, Observer};
 use crate::sink::{SinkActor, SinkArgs, SinkMsg, SinkStats};
 use crate::state::StateStore;
+use crate::tenant::slot::{Slots, StopSignal};
 use crate::tenant::{TenantArgs, TenantMsg, WizTenantActor};
 use crate::wiz::WizHttp;
 pub use policy::restart_delay;
@@ -69,6 +69,9 @@ pub struct SupervisorArgs {
 struct Child {
     spec: Arc<TenantSpec>,
     actor: Option<ActorRef<TenantMsg>>,
+    /// The running actor's stop signal: given before a deliberate stop, so a retry wait ends at
+    /// once instead of holding the stop back.
+    stop: Arc<StopSignal>,
     /// Crash times within the restart period.
     crashes: VecDeque<Instant>,
     /// Bumped whenever a scheduled restart must be ignored (the tenant was restarted or
@@ -87,6 +90,7 @@ impl Child {
         Child {
             spec,
             actor: None,
+            stop: Arc::default(),
             crashes: VecDeque::new(),
             generation: 0,
             stopping: false,
@@ -114,7 +118,7 @@ pub struct SupervisorState {
     faults: FaultInjection,
     observer: Observer,
     store: StateStore,
-    sweeps: Arc<Semaphore>,
+    slots: Slots,
     ready: Arc<AtomicBool>,
     shutting_down: bool,
     /// Cluster mode: how long a new owner waits for a live holder's release (see
@@ -166,6 +170,7 @@ impl SupervisorState {
         let Some(child) = self.children.get_mut(id) else {
             return;
         };
+        child.stop = Arc::default();
         let args = TenantArgs {
             spec: child.spec.clone(),
             http: self.http.clone(),
@@ -173,7 +178,8 @@ impl SupervisorState {
             sink_name: format!("{}:sink", self.instance),
             sink_stats: self.sink_stats.clone(),
             store: self.store.clone(),
-            sweeps: self.sweeps.clone(),
+            slots: self.slots.clone(),
+            stop: child.stop.clone(),
             faults: self.faults.clone(),
             observer: self.observer.clone(),
             first_poll_in,
@@ -381,6 +387,7 @@ impl SupervisorState {
             c.removing = true;
             c.stopping = true;
             c.generation += 1;
+            c.stop.stop();
             match &c.actor {
                 Some(a) => a.stop(Some("removed from the configuration".into())),
                 None => {
@@ -402,6 +409,7 @@ impl SupervisorState {
                 Some(a) => {
                     c.replacement = Some(spec);
                     c.stopping = true;
+                    c.stop.stop();
                     a.stop(Some("reconfigured".into()));
                 }
                 None => {
@@ -461,6 +469,7 @@ impl SupervisorState {
         for child in self.children.values_mut() {
             child.stopping = true;
             child.generation += 1;
+            child.stop.stop();
             if let Some(a) = child.actor.clone() {
                 stops.spawn(async move {
                     if a.stop_and_wait(Some("shutdown".into()), Some(timeout)).await.is_err() {
@@ -540,6 +549,7 @@ impl Actor for ConnectorSupervisor {
             }
             children.insert(spec.id.clone(), Child::new(Arc::new(spec.clone())));
         }
+        let slot_metrics = args.observer.metrics().slots.clone();
         let mut state = SupervisorState {
             instance: format!("wiz{n}"),
             policy: c.restart,
@@ -557,7 +567,7 @@ impl Actor for ConnectorSupervisor {
             faults: args.faults,
             observer: args.observer,
             store: args.store,
-            sweeps: Arc::new(Semaphore::new(c.max_concurrent_sweeps as usize)),
+            slots: Slots::new(c.max_concurrent_sweeps as usize, slot_metrics),
             ready: args.ready,
             shutting_down: false,
             claim_patience: args

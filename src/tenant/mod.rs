@@ -12,6 +12,7 @@
 //! vanished (see [`crate::event::Normalizer::vanished`]).
 
 pub mod memory;
+pub mod slot;
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
@@ -19,7 +20,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use rand::Rng;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use slot::{Held, Slots, StopSignal, TenantSlot};
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
@@ -50,7 +51,7 @@ pub enum TenantMsg {
     /// Make the next poll a full sweep (an operator's resync), and start it now.
     PollFull,
     /// A sweep slot became free for the poll that was waiting for it.
-    Permit(OwnedSemaphorePermit),
+    Permit(Held),
     /// Fetch and deliver the next page of the running sweep.
     NextPage,
     /// Try again to deliver the page the sink did not acknowledge.
@@ -78,8 +79,10 @@ pub struct TenantArgs {
     pub sink_stats: Arc<SinkStats>,
     /// Checkpoints and known issues; survives restarts of the actor and of the process.
     pub store: StateStore,
-    /// The global cap on concurrent sweeps.
-    pub sweeps: Arc<Semaphore>,
+    /// The fleet's sweep slots (`max_concurrent_sweeps`).
+    pub slots: Slots,
+    /// Given by the supervisor before it stops this tenant on purpose: ends retry waits at once.
+    pub stop: Arc<StopSignal>,
     pub faults: FaultInjection,
     /// Logs and counts what happens.
     pub observer: Observer,
@@ -144,7 +147,6 @@ struct ActiveSweep {
     started_at: SystemTime,
     sweep: Sweep,
     started: Instant,
-    _permit: OwnedSemaphorePermit,
     events: u64,
     observed_at: String,
     pending: Option<Pending>,
@@ -158,6 +160,8 @@ struct ActiveSweep {
 pub struct TenantActorState {
     args: TenantArgs,
     client: Arc<TenantClient>,
+    /// The sweep slot this tenant holds while it sweeps (given back during retry waits).
+    slot: Arc<TenantSlot>,
     normalizer: Normalizer,
     timer: Option<JoinHandle<Result<(), ractor::MessagingErr<TenantMsg>>>>,
     /// When the armed timer is due, to measure how late the poll starts.
@@ -196,7 +200,7 @@ impl TenantActorState {
             .update(self.id(), |h| h.next_poll_at = Some(at));
     }
 
-    async fn start_sweep(&mut self, myself: &ActorRef<TenantMsg>, permit: OwnedSemaphorePermit) {
+    async fn start_sweep(&mut self, myself: &ActorRef<TenantMsg>, permit: Held) {
         // An unreadable checkpoint means a full sweep, which restores it.
         let mut checkpoint = match self.args.store.checkpoint(&self.args.spec.id) {
             Ok(c) => c.unwrap_or_default(),
@@ -274,7 +278,6 @@ impl TenantActorState {
             started_at: SystemTime::now(),
             sweep: self.client.sweep(filter, IssueOrder::CREATED_ASC),
             started: Instant::now(),
-            _permit: permit,
             events: 0,
             observed_at: now_rfc3339(),
             pending: None,
@@ -295,6 +298,7 @@ impl TenantActorState {
                 h.last_poll_lag_ms = lag;
             }
         });
+        self.slot.hold(permit);
         let _ = myself.send_message(TenantMsg::NextPage);
     }
 
@@ -308,6 +312,11 @@ impl TenantActorState {
         let Some(sweep) = self.sweep.take() else {
             return;
         };
+        self.slot.release();
+        if matches!(&result, Err((kind, _)) if *kind == "stopping") {
+            // A retry wait was cut short because the tenant is being stopped: nothing failed.
+            return;
+        }
         let (events, duration) = (sweep.events, sweep.started.elapsed());
         // A completed sweep moves the checkpoint: the high-water mark, and the time of the last
         // full sweep when this was one.
@@ -874,9 +883,17 @@ impl Actor for WizTenantActor {
         args: TenantArgs,
     ) -> Result<TenantActorState, ActorProcessingErr> {
         let client = args.http.tenant(args.spec.clone());
+        let slot = Arc::new(TenantSlot::new(
+            args.slots.clone(),
+            &args.spec.id,
+            args.health.clone(),
+            args.stop.clone(),
+        ));
+        client.set_waits(Arc::new(slot.clone()));
         let normalizer = Normalizer::new(&args.spec);
         let mut state = TenantActorState {
             client,
+            slot,
             normalizer,
             timer: None,
             due: None,
@@ -933,16 +950,15 @@ impl Actor for WizTenantActor {
                 if let Some(t) = state.timer.take() {
                     t.abort();
                 }
-                match state.args.sweeps.clone().try_acquire_owned() {
-                    Ok(permit) => state.start_sweep(&myself, permit).await,
-                    Err(_) => {
+                match state.args.slots.try_take() {
+                    Some(held) => state.start_sweep(&myself, held).await,
+                    None => {
                         state.waiting_for_permit = true;
-                        let sem = state.args.sweeps.clone();
+                        let slots = state.args.slots.clone();
                         let me = myself.clone();
                         tokio::spawn(async move {
-                            if let Ok(p) = sem.acquire_owned().await {
-                                let _ = me.send_message(TenantMsg::Permit(p));
-                            }
+                            let held = slots.take().await;
+                            let _ = me.send_message(TenantMsg::Permit(held));
                         });
                     }
                 }

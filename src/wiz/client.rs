@@ -20,6 +20,47 @@ use super::page::{parse_page, Page};
 use crate::config::TenantSpec;
 use crate::metrics::{Event, Observer};
 
+/// How a tenant waits between two attempts of a request. The tenant actor provides it so that a
+/// wait gives its sweep slot back (a tenant in a long `Retry-After` must not hold one of the
+/// fleet's few slots), shows in health, and ends at once when the tenant is stopping.
+pub trait RetryWaits: Send + Sync + 'static {
+    /// Attempt `attempt` (of at most `max`) failed with `error`; the next one is due in `delay`.
+    fn waiting(&self, error: &WizError, attempt: u32, max: u32, delay: Duration);
+    /// Waits `delay`; false when the tenant is stopping and the request must be abandoned.
+    fn wait(
+        &self,
+        delay: Duration,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>>;
+}
+
+/// backon's sleeper for one request: waits through [`RetryWaits`] (or sleeps) and records when
+/// a wait was cut short because the tenant is stopping.
+struct WaitSleeper {
+    waits: Option<Arc<dyn RetryWaits>>,
+    stopping: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl backon::Sleeper for WaitSleeper {
+    type Sleep = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+    fn sleep(&self, d: Duration) -> Self::Sleep {
+        let waits = self.waits.clone();
+        let stopping = self.stopping.clone();
+        Box::pin(async move {
+            let go_on = match waits {
+                Some(w) => w.wait(d).await,
+                None => {
+                    tokio::time::sleep(d).await;
+                    true
+                }
+            };
+            if !go_on {
+                stopping.store(true, Ordering::Relaxed);
+            }
+        })
+    }
+}
+
 /// Longest `Retry-After` honoured; a longer one is cut to this.
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
 
@@ -72,6 +113,7 @@ impl WizHttp {
             query: self.query.clone(),
             stats: ClientStats::default(),
             observer: self.observer.clone(),
+            waits: std::sync::OnceLock::new(),
         })
     }
 
@@ -103,6 +145,8 @@ pub struct TenantClient {
     query: Arc<str>,
     pub stats: ClientStats,
     observer: Observer,
+    /// Set by the tenant actor (see [`RetryWaits`]); without it, waits are plain sleeps.
+    waits: std::sync::OnceLock<Arc<dyn RetryWaits>>,
 }
 
 enum Answer {
@@ -113,6 +157,11 @@ enum Answer {
 impl TenantClient {
     pub fn spec(&self) -> &TenantSpec {
         &self.spec
+    }
+
+    /// How this client waits between retries (set once, by the tenant actor).
+    pub fn set_waits(&self, waits: Arc<dyn RetryWaits>) {
+        let _ = self.waits.set(waits);
     }
 
     /// The seed's "Test connection": a fresh token exchange, then a 1-row issues query. Returns
@@ -188,14 +237,25 @@ impl TenantClient {
             .with_max_times(policy.max_retries as usize)
             .with_jitter();
         let attempts = AtomicU32::new(0);
+        let waits = self.waits.get().cloned();
+        // Set when a wait was cut short because the tenant is stopping.
+        let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let sleeper = WaitSleeper {
+            waits: waits.clone(),
+            stopping: stopping.clone(),
+        };
+        let max = policy.max_retries + 1;
         let result = (|| async {
+            if stopping.load(Ordering::Relaxed) {
+                return Err(WizError::Stopping);
+            }
             if attempts.fetch_add(1, Ordering::Relaxed) > 0 {
                 self.stats.retries.fetch_add(1, Ordering::Relaxed);
             }
             self.attempt(&body).await
         })
         .retry(backoff)
-        .sleep(tokio::time::sleep)
+        .sleep(sleeper)
         .when(WizError::is_transient)
         .adjust(|e: &WizError, delay| {
             delay.map(|d| match e.retry_after() {
@@ -204,6 +264,9 @@ impl TenantClient {
             })
         })
         .notify(|e: &WizError, delay| {
+            if let Some(w) = &waits {
+                w.waiting(e, attempts.load(Ordering::Relaxed), max, delay);
+            }
             self.observer.emit(
                 &self.spec.id,
                 Event::RequestRetried {

@@ -77,6 +77,9 @@ pub enum WizError {
 
     #[error("gave up after {attempts} attempts: {last}")]
     RetriesExhausted { attempts: u32, last: Box<WizError> },
+
+    #[error("the tenant is stopping; the retry was abandoned")]
+    Stopping,
 }
 
 impl WizError {
@@ -98,6 +101,7 @@ pub enum ErrorKind {
     Client,
     BadResponse,
     Pagination,
+    Stopping,
 }
 
 impl ErrorKind {
@@ -112,6 +116,7 @@ impl ErrorKind {
             ErrorKind::Client => "client",
             ErrorKind::BadResponse => "bad_response",
             ErrorKind::Pagination => "pagination",
+            ErrorKind::Stopping => "stopping",
         }
     }
 }
@@ -162,6 +167,7 @@ impl WizError {
             | WizError::CursorMissing { .. }
             | WizError::TooManyPages { .. } => ErrorKind::Pagination,
             WizError::RetriesExhausted { last, .. } => last.kind(),
+            WizError::Stopping => ErrorKind::Stopping,
         }
     }
 }
