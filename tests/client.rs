@@ -514,3 +514,99 @@ async fn the_simulator_filters_orders_and_pages_like_wiz() {
         "wiz GraphQL error BAD_USER_INPUT: invalid cursor"
     );
 }
+
+/// A token endpoint of our own on 127.0.0.1:0 that answers every request with `status`,
+/// `content_type` and a body made from the posted form by `body`.
+async fn token_endpoint(
+    status: u16,
+    content_type: &'static str,
+    body: fn(&str) -> String,
+) -> (String, tokio::task::JoinHandle<()>) {
+    use axum::routing::post;
+    let app = axum::Router::new().route(
+        "/oauth/token",
+        post(move |form: String| async move {
+            (
+                axum::http::StatusCode::from_u16(status).unwrap(),
+                [(axum::http::header::CONTENT_TYPE, content_type)],
+                body(&form),
+            )
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/oauth/token", listener.local_addr().unwrap());
+    let task = tokio::spawn(async move {
+        axum::serve(listener, app).await.unwrap();
+    });
+    (url, task)
+}
+
+#[tokio::test]
+async fn a_token_endpoint_answer_is_never_echoed_and_hints_fit_the_failure() {
+    let sim = sim(1, 5).await;
+    let secret = sim.tenants()[0].client_secret.clone();
+    let cases: [(u16, &'static str, fn(&str) -> String, &str, &str); 4] = [
+        // Echoes the posted form (with the secret) as plain text, with HTTP 200.
+        (
+            200,
+            "text/plain",
+            |f| f.to_string(),
+            "not a JSON token answer",
+            "the token endpoint is failing",
+        ),
+        // Answers with a form-encoded token instead of JSON.
+        (
+            200,
+            "application/x-www-form-urlencoded",
+            |_| "access_token=eyJleaked-token&expires_in=3600".into(),
+            "not a JSON token answer",
+            "the token endpoint is failing",
+        ),
+        // A JSON refusal that quotes the form.
+        (
+            401,
+            "application/json",
+            |f| format!("{{\"error\":\"invalid_client\",\"error_description\":\"bad form {f}\"}}"),
+            "credentials refused",
+            "check client_id and client_secret",
+        ),
+        // A broken endpoint: not the credentials' fault.
+        (
+            500,
+            "text/html",
+            |f| format!("<html>{f}</html>"),
+            "token endpoint unavailable (HTTP 500",
+            "the token endpoint is failing",
+        ),
+    ];
+    for (status, ctype, body, what, hint) in cases {
+        let (url, task) = token_endpoint(status, ctype, body).await;
+        let cfg = sim_config(&sim, "max_retries = 0", "").replace(&sim.token_url(), &url);
+        let client = WizHttp::new().unwrap().tenant(spec(&cfg, "t0"));
+        let msg = client.check().await.unwrap_err().to_string();
+        assert!(msg.contains(what), "{status}: {msg}");
+        assert!(msg.contains(hint), "{status}: {msg}");
+        assert!(
+            !msg.contains(&secret),
+            "{status}: the secret is echoed: {msg}"
+        );
+        assert!(
+            !msg.contains("eyJleaked"),
+            "{status}: a token is echoed: {msg}"
+        );
+        if ctype != "application/json" {
+            assert!(
+                !msg.contains("grant_type"),
+                "{status}: the body is echoed: {msg}"
+            );
+            assert!(
+                msg.contains(ctype) && msg.contains("bytes"),
+                "{status}: {msg}"
+            );
+        } else {
+            // The JSON error fields are shown, with the secret parameter removed.
+            assert!(msg.contains("client_secret=[REDACTED]"), "{status}: {msg}");
+        }
+        task.abort();
+    }
+}

@@ -96,33 +96,52 @@ pub async fn fetch_token(http: &reqwest::Client, spec: &TenantSpec) -> Result<To
         .map_err(|e| fail(AuthFailure::Unreachable(describe_reqwest(&e))))?;
     let status = resp.status().as_u16();
     let ra = retry_after(resp.headers());
+    let content_type = resp
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("no content type")
+        .chars()
+        .take(60)
+        .collect::<String>();
     let bytes = resp
         .bytes()
         .await
         .map_err(|e| fail(AuthFailure::Unreachable(describe_reqwest(&e))))?;
+    let answer: Option<TokenAnswer> = serde_json::from_slice(&bytes).ok();
+    // The body of a token endpoint is never shown as it came: an endpoint that echoes the form
+    // would show the secret, one that answers with a form would show a token. Only the known
+    // error fields of a JSON answer are shown, with anything secret-looking removed.
+    let secret = spec.client_secret.expose_secret();
+    let detail = |answer: Option<&TokenAnswer>| {
+        let fields = answer.and_then(|a| match (&a.error, &a.error_description, &a.message) {
+            (Some(e), Some(d), _) => Some(format!("{e}: {d}")),
+            (Some(e), None, _) => Some(e.clone()),
+            (None, Some(d), _) | (None, None, Some(d)) => Some(d.clone()),
+            _ => None,
+        });
+        match fields {
+            Some(f) => redact_token_text(&snippet(f.as_bytes()), secret),
+            None => format!("a {content_type} body of {} bytes, not shown", bytes.len()),
+        }
+    };
     if status == 429 || status >= 500 {
         return Err(fail(AuthFailure::Unavailable {
             status,
-            detail: snippet(&bytes),
+            detail: detail(answer.as_ref()),
             retry_after: ra,
         }));
     }
-    let answer: Option<TokenAnswer> = serde_json::from_slice(&bytes).ok();
     if status != 200 {
-        let detail = answer
-            .and_then(|a| match (a.error, a.error_description, a.message) {
-                (Some(e), Some(d), _) => Some(format!("{e}: {d}")),
-                (Some(e), None, _) => Some(e),
-                (None, Some(d), _) | (None, None, Some(d)) => Some(d),
-                _ => None,
-            })
-            .unwrap_or_else(|| snippet(&bytes));
-        return Err(fail(AuthFailure::Refused { status, detail }));
+        return Err(fail(AuthFailure::Refused {
+            status,
+            detail: detail(answer.as_ref()),
+        }));
     }
     let Some(answer) = answer else {
         return Err(fail(AuthFailure::BadAnswer(format!(
-            "HTTP 200 but not JSON: {}",
-            snippet(&bytes)
+            "HTTP 200 with {} bytes of {content_type}, not a JSON token answer (body not shown)",
+            bytes.len()
         ))));
     };
     let Some(token) = answer.access_token.filter(|t| !t.is_empty()) else {
@@ -130,6 +149,7 @@ pub async fn fetch_token(http: &reqwest::Client, spec: &TenantSpec) -> Result<To
             .message
             .or(answer.error_description)
             .or(answer.error)
+            .map(|w| redact_token_text(&snippet(w.as_bytes()), secret))
             .unwrap_or_else(|| "no access_token in the answer".into());
         return Err(fail(AuthFailure::Refused {
             status,
@@ -155,6 +175,39 @@ pub async fn fetch_token(http: &reqwest::Client, spec: &TenantSpec) -> Result<To
 
 /// A reqwest error as a short message. reqwest's messages carry the URL, never a header or body,
 /// so no secret can be in them.
+/// Removes what must never be shown from a token endpoint's error text: the client secret itself,
+/// and the value of any `access_token`, `refresh_token`, `client_secret` or `id_token` parameter
+/// (in `name=value`, `"name":"value"` or `name: value` form).
+pub fn redact_token_text(text: &str, secret: &str) -> String {
+    let mut out = if secret.len() >= 4 {
+        text.replace(secret, "[REDACTED]")
+    } else {
+        text.to_string()
+    };
+    for name in ["access_token", "refresh_token", "client_secret", "id_token"] {
+        let mut from = 0;
+        while let Some(i) = out[from..].find(name) {
+            let start = from + i + name.len();
+            // Skip the separator: `=`, `:`, quotes and spaces.
+            let rest = &out[start..];
+            let skip = rest
+                .find(|c: char| !matches!(c, '=' | ':' | '"' | '\'' | ' '))
+                .unwrap_or(rest.len());
+            if skip == 0 {
+                from = start;
+                continue;
+            }
+            let value_start = start + skip;
+            let value_len = out[value_start..]
+                .find(|c: char| matches!(c, '&' | '"' | '\'' | ',' | '}' | ' ' | ';'))
+                .unwrap_or(out.len() - value_start);
+            out.replace_range(value_start..value_start + value_len, "[REDACTED]");
+            from = value_start + "[REDACTED]".len();
+        }
+    }
+    out
+}
+
 pub fn describe_reqwest(e: &reqwest::Error) -> String {
     use std::error::Error as _;
     let mut msg = if e.is_timeout() {
@@ -211,6 +264,23 @@ mod tests {
         assert!(c.fresh(now + Duration::from_secs(10)).is_none());
         c.invalidate();
         assert!(c.fresh(now).is_none());
+    }
+
+    #[test]
+    fn token_text_is_redacted() {
+        let r = redact_token_text(
+            "bad request: grant_type=client_credentials&client_id=c&client_secret=hunter22&audience=x {\"access_token\": \"eyJabc\"} s3cr3t-value",
+            "s3cr3t-value",
+        );
+        assert!(
+            !r.contains("hunter22") && !r.contains("eyJabc") && !r.contains("s3cr3t-value"),
+            "{r}"
+        );
+        assert!(r.contains("client_id=c"), "{r}");
+        assert_eq!(
+            redact_token_text("invalid_client: Unauthorized", "zz"),
+            "invalid_client: Unauthorized"
+        );
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use thiserror::Error;
 
-/// Hint shown with every authentication failure (the seed's troubleshooting text).
+/// Hint shown when the token endpoint refused the credentials (the seed's troubleshooting text).
 pub const AUTH_HINT: &str = "check client_id and client_secret; if auth_url is overridden, make sure it points at the tenant's cloud (commercial vs gov-cloud), or remove it to fall back to the default commercial endpoint";
 
 /// Hint shown with a 401 from the GraphQL endpoint under a fresh token.
@@ -32,10 +32,28 @@ pub enum AuthFailure {
     },
 }
 
+/// Hint when the token endpoint could not be reached.
+pub const UNREACHABLE_HINT: &str =
+    "check auth_url and that this host can reach it (DNS, proxy, firewall); the connector retries";
+
+/// Hint when the token endpoint answered, but not with a token or a refusal.
+pub const BROKEN_ENDPOINT_HINT: &str = "the token endpoint is failing, not the credentials: check that auth_url is the tenant's token endpoint, or wait for Wiz to recover; the connector retries";
+
+impl AuthFailure {
+    /// What the user should do about this failure.
+    pub fn hint(&self) -> &'static str {
+        match self {
+            AuthFailure::Refused { .. } => AUTH_HINT,
+            AuthFailure::Unreachable(_) => UNREACHABLE_HINT,
+            AuthFailure::BadAnswer(_) | AuthFailure::Unavailable { .. } => BROKEN_ENDPOINT_HINT,
+        }
+    }
+}
+
 /// A failure of one Wiz API operation.
 #[derive(Debug, Clone, Error, PartialEq, Eq)]
 pub enum WizError {
-    #[error("could not authenticate to wiz: {reason}. Hint: {AUTH_HINT}")]
+    #[error("could not authenticate to wiz: {reason}. Hint: {}", reason.hint())]
     Auth { reason: AuthFailure },
 
     #[error("HTTP 401 on issues query: {SCOPE_HINT} (response: {snippet})")]
