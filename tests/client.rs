@@ -541,11 +541,20 @@ async fn token_endpoint(
     (url, task)
 }
 
+/// Status, content type, body from the posted form, what the error says, the hint it gives.
+type TokenCase = (
+    u16,
+    &'static str,
+    fn(&str) -> String,
+    &'static str,
+    &'static str,
+);
+
 #[tokio::test]
 async fn a_token_endpoint_answer_is_never_echoed_and_hints_fit_the_failure() {
     let sim = sim(1, 5).await;
     let secret = sim.tenants()[0].client_secret.clone();
-    let cases: [(u16, &'static str, fn(&str) -> String, &str, &str); 4] = [
+    let cases: [TokenCase; 4] = [
         // Echoes the posted form (with the secret) as plain text, with HTTP 200.
         (
             200,

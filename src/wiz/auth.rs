@@ -199,7 +199,7 @@ pub fn redact_token_text(text: &str, secret: &str) -> String {
             }
             let value_start = start + skip;
             let value_len = out[value_start..]
-                .find(|c: char| matches!(c, '&' | '"' | '\'' | ',' | '}' | ' ' | ';'))
+                .find(['&', '"', '\'', ',', '}', ' ', ';'])
                 .unwrap_or(out.len() - value_start);
             out.replace_range(value_start..value_start + value_len, "[REDACTED]");
             from = value_start + "[REDACTED]".len();
