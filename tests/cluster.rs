@@ -316,6 +316,25 @@ fn missing(
     out
 }
 
+/// The owner of every configured tenant that placement gives over `members`.
+fn placed(
+    sim: &Simulator,
+    nats: &str,
+    dir: &std::path::Path,
+    members: &[&str],
+) -> BTreeMap<String, String> {
+    use wiz_connector::cluster::placement::owner_of;
+    let members: BTreeSet<String> = members.iter().map(|s| s.to_string()).collect();
+    settings(&config(sim, nats, "x", "127.0.0.1:0", dir))
+        .tenants
+        .iter()
+        .map(|t| {
+            let owner = owner_of(&t.credential_key(), &members).unwrap();
+            (t.id.clone(), owner.to_string())
+        })
+        .collect()
+}
+
 fn duplicates(lines: &[serde_json::Value]) -> usize {
     let mut count: HashMap<&str, usize> = HashMap::new();
     for l in lines {
@@ -508,11 +527,11 @@ async fn replicas_share_the_fleet_fail_over_hand_over_and_rebalance() {
         || {
             let live: Vec<&Replica> = rs.iter().collect();
             let expected = &expected;
+            let want = placed(&sim, &nats.url, dir.path(), &["r1", "r2", "r3"]);
             async move {
                 let o = owners(&live, expected).await?;
-                let owners: BTreeSet<&String> = o.values().collect();
-                if owners.len() < 2 {
-                    return Err(format!("only {owners:?} own tenants"));
+                if o != want {
+                    return Err(format!("owners {o:?}, want {want:?}"));
                 }
                 Ok(())
             }
@@ -522,24 +541,7 @@ async fn replicas_share_the_fleet_fail_over_hand_over_and_rebalance() {
     let live: Vec<&Replica> = rs.iter().collect();
     let three = owners(&live, &expected).await.unwrap();
     rs.push(replica(&sim, &nats.url, "r4", dir.path()).await);
-    let expected_four: BTreeMap<String, String> = {
-        use wiz_connector::cluster::placement::owner_of;
-        let members: BTreeSet<String> = ["r1", "r2", "r3", "r4"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        let settings = settings(&config(&sim, &nats.url, "x", "127.0.0.1:0", dir.path()));
-        settings
-            .tenants
-            .iter()
-            .map(|t| {
-                (
-                    t.id.clone(),
-                    owner_of(&t.credential_key(), &members).unwrap().to_string(),
-                )
-            })
-            .collect()
-    };
+    let expected_four = placed(&sim, &nats.url, dir.path(), &["r1", "r2", "r3", "r4"]);
     eventually("placement over 4 replicas", Duration::from_secs(30), || {
         let live: Vec<&Replica> = rs.iter().collect();
         let expected = &expected;
@@ -837,11 +839,40 @@ async fn single_node_state_is_imported_and_a_different_fleet_is_reported() {
         delivered,
         "the import repeats nothing"
     );
+    // The second replica's id is one that placement gives at least one of the three tenants
+    // (credentials carry the simulator's random port, so a fixed id might get none).
+    let second = {
+        use wiz_connector::cluster::placement::owner_of;
+        let creds: Vec<String> = settings(&config_with(
+            &sim,
+            &nats.url,
+            "x",
+            "127.0.0.1:0",
+            dir.path(),
+            &Setup {
+                only: Some(3),
+                ..Default::default()
+            },
+        ))
+        .tenants
+        .iter()
+        .map(|t| t.credential_key())
+        .collect();
+        (2..)
+            .map(|n| format!("r{n}"))
+            .find(|id| {
+                let members: BTreeSet<String> = ["r1".to_string(), id.clone()].into();
+                creds
+                    .iter()
+                    .any(|c| owner_of(c, &members) == Some(id.as_str()))
+            })
+            .unwrap()
+    };
     rs.push(
         replica_with(
             &sim,
             &nats.url,
-            "r2",
+            &second,
             dir.path(),
             &Setup {
                 only: Some(3),
@@ -853,10 +884,11 @@ async fn single_node_state_is_imported_and_a_different_fleet_is_reported() {
     eventually("placement over 2 replicas", Duration::from_secs(30), || {
         let live: Vec<&Replica> = rs.iter().collect();
         let tenants = &tenants;
+        let second = &second;
         async move {
             let o = owners(&live, tenants).await?;
-            match o.values().filter(|r| *r == "r2").count() {
-                0 => Err("r2 owns nothing yet".into()),
+            match o.values().filter(|r| *r == second).count() {
+                0 => Err(format!("{second} owns nothing yet")),
                 _ => Ok(()),
             }
         }
@@ -886,7 +918,7 @@ async fn single_node_state_is_imported_and_a_different_fleet_is_reported() {
         replica_with(
             &sim,
             &nats.url,
-            "r3",
+            "odd",
             dir.path(),
             &Setup {
                 only: Some(2),
@@ -899,7 +931,7 @@ async fn single_node_state_is_imported_and_a_different_fleet_is_reported() {
         let r = &rs[0];
         async move {
             let v = get_json(r, "/cluster").await?;
-            if v["config_mismatch"] != serde_json::json!(["r3"]) {
+            if v["config_mismatch"] != serde_json::json!(["odd"]) {
                 return Err(format!("{v}"));
             }
             let m = metric(r, "wiz_connector_cluster_config_mismatch").await;
@@ -917,11 +949,13 @@ async fn single_node_state_is_imported_and_a_different_fleet_is_reported() {
         .iter()
         .map(|m| m["id"].as_str().unwrap())
         .collect();
-    assert_eq!(members, vec!["r1", "r2", "r3"]);
+    let mut want = vec!["odd", "r1", second.as_str()];
+    want.sort();
+    assert_eq!(members, want);
     assert_eq!(v["replica"], "r1");
     let log = std::fs::read_to_string(dir.path().join("r1.log")).unwrap();
     assert!(
-        log.contains("replica r3 reads a different tenant set than this one"),
+        log.contains("replica odd reads a different tenant set than this one"),
         "the mismatch is in the log"
     );
     for r in &mut rs {
