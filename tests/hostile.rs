@@ -135,3 +135,101 @@ async fn hostile_answers_over_http_fail_the_page_cleanly() {
         .await
         .is_ok());
 }
+
+/// A well-formed issue node with `extra` (any JSON) as a field the connector does not model.
+fn node_with(extra: &str) -> String {
+    format!(
+        r#"{{"id":"0b6e2c3a-5f1d-4e7a-9c2b-1d3e4f5a6b7c","status":"OPEN","severity":"HIGH","type":"CLOUD_CONFIGURATION","createdAt":"2026-01-01T00:00:00Z","updatedAt":"2026-01-01T00:00:00Z","statusChangedAt":"2026-01-01T00:00:00Z","extra":{extra}}}"#
+    )
+}
+
+fn page_of(node: &str) -> Vec<u8> {
+    format!(r#"{{"data":{{"issues":{{"nodes":[{node}],"pageInfo":{{"hasNextPage":false,"endCursor":null}}}}}}}}"#)
+        .into_bytes()
+}
+
+/// Arrays nested `depth` deep around a string that holds brackets of its own.
+fn nested(depth: usize) -> String {
+    format!("{}\"[[{{\\\"]]\"{}", "[".repeat(depth), "]".repeat(depth))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+
+    /// Whatever the nesting of a node, either the page is refused or every event line parses
+    /// with serde_json's default limits (128 levels), the strictest of the common parsers.
+    #[test]
+    fn every_delivered_line_parses_with_default_parser_limits(depth in 0usize..400) {
+        let node = node_with(&nested(depth));
+        match parse_page(Bytes::from(page_of(&node))) {
+            Err(e) => {
+                prop_assert!(depth + 1 > wiz_connector::wiz::page::MAX_NODE_DEPTH, "refused at depth {depth}: {e}");
+                prop_assert!(e.to_string().contains("nests deeper than 64 levels"), "{e}");
+            }
+            Ok(page) => {
+                let mut n = Normalizer::with_console("t", "https://app.wiz.io");
+                let mut out = Vec::new();
+                for issue in page.issues() {
+                    out.clear();
+                    n.normalize(&issue.unwrap(), None, "2026-01-01T00:00:00Z", &mut out);
+                    let parsed: Result<serde_json::Value, _> = serde_json::from_slice(&out);
+                    prop_assert!(parsed.is_ok(), "depth {depth}: {:?}", parsed.err());
+                }
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_node_nested_100000_deep_refuses_its_page_and_the_next_poll_recovers() {
+    use std::time::Duration;
+    use wiz_connector::app::{App, AppOptions};
+    let sim = common::sim(1, 5).await;
+    let deep = node_with(&nested(100_000));
+    sim.push_faults(
+        "sim-client-0000",
+        [Fault::Garbage {
+            body: String::from_utf8(page_of(&deep)).unwrap(),
+        }],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("events.jsonl");
+    let body = format!(
+        "{}[sinks.out]\ntype = \"file\"\npath = \"{}\"\n",
+        common::sim_config(
+            &sim,
+            "poll_interval = \"1h\"\nstartup_jitter = \"0s\"",
+            "rate_limit = 50"
+        ),
+        out.display()
+    );
+    let app = App::start(common::settings(&body), AppOptions::default())
+        .await
+        .unwrap();
+    common::wait_until("the refused poll", Duration::from_secs(20), || {
+        app.health.get("t0").is_some_and(|h| h.polls >= 1)
+    })
+    .await;
+    let h = app.health.get("t0").unwrap();
+    let err = h.last_error.expect("the refusal is reported").message;
+    assert!(
+        err.contains("nests deeper than 64 levels; the page is refused"),
+        "{err}"
+    );
+    assert!(
+        err.len() < 2000,
+        "the deep node is not copied into the error"
+    );
+    assert!(
+        common::read_lines(&out).is_empty(),
+        "nothing of the page delivered"
+    );
+    // The next poll (the fault was for one answer) delivers the tenant's real issues.
+    assert!(app.poll_now("t0").await);
+    let open = common::open_ids(&sim)["t0"].len();
+    common::wait_until("the next poll", Duration::from_secs(20), || {
+        common::read_lines(&out).len() == open
+    })
+    .await;
+    app.shutdown().await.unwrap();
+}

@@ -236,6 +236,11 @@ impl StateStore {
             ))
         })?;
         let try_open = || -> Result<Database, OpenError> {
+            // redb would take an empty file for a new store; an empty file where a store was is
+            // damage (a truncation, a failed copy), not a fresh start.
+            if std::fs::metadata(&path).is_ok_and(|m| m.len() == 0) {
+                return Err(OpenError::Damaged("the file is empty (0 bytes)".into()));
+            }
             let db = Database::create(&path).map_err(|e| match e {
                 redb::DatabaseError::DatabaseAlreadyOpen
                 | redb::DatabaseError::LockProtocolMismatch => OpenError::InUse(e.to_string()),
@@ -769,6 +774,20 @@ mod tests {
             })
             .collect();
         assert_eq!(aside.len(), 1, "the damaged file is kept for inspection");
+    }
+
+    #[test]
+    fn an_empty_store_file_is_reported_as_damage() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(FILE), b"").unwrap();
+        let (s, note) = StateStore::open_or_recover(dir.path()).unwrap();
+        let note = note.expect("reported");
+        assert!(
+            note.contains("was unreadable (the file is empty (0 bytes))")
+                && note.contains("corrupt-"),
+            "{note}"
+        );
+        assert_eq!(s.checkpoint("acme").unwrap(), None);
     }
 
     #[test]

@@ -452,6 +452,49 @@ struct Found {
     errors: Vec<GraphQlError>,
 }
 
+/// Deepest nesting of objects and arrays accepted in one issue node. Wiz's nodes nest about 6
+/// levels; an event adds one level around the node, and common parsers refuse deeper documents
+/// (serde_json at 128 by default), so a deeper node is refused with its page instead of being
+/// delivered as a line consumers cannot read.
+pub const MAX_NODE_DEPTH: usize = 64;
+/// Largest issue node accepted (Wiz's are a few KiB).
+pub const MAX_NODE_BYTES: usize = 1024 * 1024;
+
+/// True when the JSON value in `b` nests objects and arrays deeper than `max`. One pass; string
+/// contents are skipped with memchr.
+pub fn nests_deeper_than(b: &[u8], max: usize) -> bool {
+    let mut depth = 0usize;
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'"' => {
+                i += 1;
+                loop {
+                    match memchr::memchr2(b'"', b'\\', &b[i..]) {
+                        Some(j) if b[i + j] == b'\\' => i += j + 2,
+                        Some(j) => {
+                            i += j + 1;
+                            break;
+                        }
+                        None => return false,
+                    }
+                }
+                continue;
+            }
+            b'{' | b'[' => {
+                depth += 1;
+                if depth > max {
+                    return true;
+                }
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        i += 1;
+    }
+    false
+}
+
 fn walk_nodes(w: &mut Walker<'_>, spans: &Spans) -> Step<Vec<NodeEntry>> {
     let mut nodes = Vec::new();
     w.expect(b'[')?;
@@ -476,6 +519,20 @@ fn walk_nodes(w: &mut Walker<'_>, spans: &Spans) -> Step<Vec<NodeEntry>> {
                 })
             }
         };
+        let raw = &w.text.as_bytes()[start..w.pos];
+        if raw.len() > MAX_NODE_BYTES {
+            return Err(format!(
+                "issue node {} at byte {start} is {} bytes, above the limit of {MAX_NODE_BYTES}; the page is refused",
+                nodes.len(),
+                raw.len()
+            ));
+        }
+        if nests_deeper_than(raw, MAX_NODE_DEPTH) {
+            return Err(format!(
+                "issue node {} at byte {start} nests deeper than {MAX_NODE_DEPTH} levels; the page is refused",
+                nodes.len()
+            ));
+        }
         nodes.push(NodeEntry {
             raw: start..w.pos,
             decoded,
@@ -611,6 +668,16 @@ mod tests {
         assert_eq!(issues[1].record.projects.len(), 1);
         assert!(p.has_next_page);
         assert_eq!(p.end_cursor.as_deref(), Some("c"));
+    }
+
+    #[test]
+    fn nesting_depth_is_measured_outside_strings() {
+        assert!(!nests_deeper_than(br#"{"a":[{"b":1}]}"#, 3));
+        assert!(nests_deeper_than(br#"{"a":[{"b":[1]}]}"#, 3));
+        // Brackets inside strings, escaped quotes included, do not count.
+        assert!(!nests_deeper_than(br#"{"a":"[[[[{{{{\"[[[["}"#, 1));
+        let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        assert!(nests_deeper_than(deep.as_bytes(), MAX_NODE_DEPTH));
     }
 
     #[test]
