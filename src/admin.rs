@@ -72,6 +72,7 @@ pub fn serve(listener: TcpListener, state: AdminState) -> std::io::Result<AdminS
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))
         .merge(protected)
+        .layer(middleware::from_fn(limit_body))
         .with_state(state);
     Ok(AdminServer {
         addr,
@@ -90,11 +91,14 @@ fn same(a: &[u8], b: &[u8]) -> bool {
 
 async fn require_token(State(st): State<AdminState>, req: Request, next: Next) -> Response {
     if let Some(token) = &st.token {
+        // The scheme is case-insensitive (RFC 9110 §11.1): `bearer`, `BEARER` and `Bearer` alike.
         let given = req
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token.trim_start())
             .unwrap_or("");
         if !same(given.as_bytes(), token.expose_secret().as_bytes()) {
             let mut r = error(
@@ -107,6 +111,26 @@ async fn require_token(State(st): State<AdminState>, req: Request, next: Next) -
             );
             return r;
         }
+    }
+    next.run(req).await
+}
+
+/// Largest request body the admin API reads; no route needs more (`/reload` takes none).
+pub const MAX_BODY_BYTES: u64 = 64 * 1024;
+
+/// Refuses a request whose declared body exceeds [`MAX_BODY_BYTES`] with 413, before any handler
+/// runs. (No route reads a body, so an undeclared, chunked one is never read.)
+async fn limit_body(req: Request, next: Next) -> Response {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY_BYTES) {
+        return error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body above {MAX_BODY_BYTES} bytes"),
+        );
     }
     next.run(req).await
 }

@@ -227,6 +227,32 @@ async fn off_loopback_the_admin_api_needs_a_token() {
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 200);
+    // The scheme is case-insensitive.
+    for scheme in ["bearer", "BEARER"] {
+        let r = http()
+            .get(at("/tenants"))
+            .header("authorization", format!("{scheme} {TOKEN}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200, "{scheme}");
+    }
+    let r = http()
+        .get(at("/tenants"))
+        .header("authorization", format!("Basic {TOKEN}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401, "another scheme is refused");
+    // A large body is refused before anything reads it.
+    let r = http()
+        .post(at("/reload"))
+        .bearer_auth(TOKEN)
+        .body(vec![b'x'; 10 * 1024 * 1024])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 413);
     // Probes stay open for load balancers and orchestrators.
     assert_eq!(
         http()

@@ -285,3 +285,57 @@ async fn a_crashed_sink_is_restarted_and_tenants_resend_their_page() {
     );
     assert_eq!(unique, expected);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_credentials_park_the_tenant_until_its_configuration_changes() {
+    let sim = sim(1, 4).await;
+    let good = sim.tenants()[0].client_secret.clone();
+    let dir = tempfile::tempdir().unwrap();
+    let (sink, out) = file_sink(dir.path());
+    let body = |secret: &str| {
+        format!(
+            "{}{sink}",
+            sim_config(
+                &sim,
+                "poll_interval = \"1s\"\nstartup_jitter = \"0s\"\nfailed_cooldown = \"1h\"\nwatch_interval = \"0s\"",
+                "",
+            )
+            .replace(&good, secret)
+        )
+    };
+    let cfg = write_config(&body("wrong-secret-123"));
+    let settings = wiz_connector::config::load(
+        &cfg.path,
+        &wiz_connector::config::EnvSource::Fixed(Default::default()),
+    )
+    .unwrap();
+    let app = App::start(settings, AppOptions::default()).await.unwrap();
+    wait_until("the tenant parked", Duration::from_secs(30), || {
+        app.health
+            .get("t0")
+            .is_some_and(|h| h.state == TenantState::Failed)
+    })
+    .await;
+    let h = app.health.get("t0").unwrap();
+    let err = h.last_error.unwrap().message;
+    assert!(
+        err.starts_with("credentials refused 3 times in a row; parked until the configuration changes or connector.failed_cooldown (1h) passes: could not authenticate to wiz: credentials refused"),
+        "{err}"
+    );
+    assert!(!err.contains("wrong-secret-123"));
+    // Its next try is the cool-down away: the token endpoint saw exactly the three refusals.
+    let next = h.next_poll_at.unwrap();
+    assert!(next > std::time::SystemTime::now() + Duration::from_secs(3000));
+    assert_eq!(sim.counters("sim-client-0000").token_requests, 3);
+    // A corrected secret (a configuration change) brings it back at once.
+    std::fs::write(&cfg.path, body(&good)).unwrap();
+    let summary = app.reloader().reload("test").await.unwrap();
+    assert_eq!(summary.restarted, vec!["t0".to_string()]);
+    let open = open_ids(&sim)["t0"].len();
+    wait_until("the tenant delivers", Duration::from_secs(30), || {
+        read_lines(&out).len() == open
+    })
+    .await;
+    assert_eq!(app.health.get("t0").unwrap().state, TenantState::Idle);
+    app.shutdown().await.unwrap();
+}

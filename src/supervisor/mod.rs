@@ -184,6 +184,7 @@ impl SupervisorState {
             observer: self.observer.clone(),
             first_poll_in,
             claim_patience: self.claim_patience,
+            failed_cooldown: self.policy.failed_cooldown.0,
         };
         let name = format!("{}:tenant:{id}", self.instance);
         match Actor::spawn_linked(Some(name), WizTenantActor, args, myself.get_cell()).await {

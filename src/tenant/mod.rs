@@ -43,6 +43,10 @@ const RESEND_FIRST: Duration = Duration::from_millis(200);
 const RESEND_MAX: Duration = Duration::from_secs(5);
 /// First delay before polling again after a failed poll; doubles up to the poll interval.
 const FAILED_POLL_FIRST: Duration = Duration::from_secs(5);
+/// Polls in a row whose credentials were refused before the tenant is parked as `failed` (until
+/// its configuration changes or `failed_cooldown` passes), so a wrong secret does not keep
+/// hitting the token endpoint.
+pub const PARK_AFTER_REFUSALS: u32 = 3;
 
 /// Messages of a tenant actor.
 pub enum TenantMsg {
@@ -92,6 +96,8 @@ pub struct TenantArgs {
     /// Cluster mode: how long a claim waits for a live holder to release the tenant before it
     /// takes it anyway (fencing still protects the holder's state).
     pub claim_patience: Duration,
+    /// How long a tenant whose credentials keep being refused stays parked.
+    pub failed_cooldown: Duration,
 }
 
 /// A page delivered to the sink but not yet acknowledged.
@@ -172,6 +178,8 @@ pub struct TenantActorState {
     /// The next sweep is full whatever the checkpoint says (an operator asked).
     force_full: bool,
     consecutive_failures: u32,
+    /// Polls in a row that failed because the credentials were refused.
+    refusals: u32,
     /// Reused output buffer.
     buf: Vec<u8>,
     /// The tenant is this replica's to poll (always, without cluster mode); until then polls
@@ -357,6 +365,7 @@ impl TenantActorState {
         match result {
             Ok(()) => {
                 self.consecutive_failures = 0;
+                self.refusals = 0;
                 self.args.observer.emit(
                     &self.args.spec.id,
                     Event::PollSucceeded {
@@ -381,7 +390,21 @@ impl TenantActorState {
                 self.consecutive_failures += 1;
                 let exp = self.consecutive_failures.saturating_sub(1).min(16);
                 let base = FAILED_POLL_FIRST.saturating_mul(1 << exp).min(interval);
-                let delay = jitter(base);
+                let parked = self.refusals >= PARK_AFTER_REFUSALS;
+                let delay = if parked {
+                    self.args.failed_cooldown
+                } else {
+                    jitter(base)
+                };
+                let message = if parked {
+                    format!(
+                        "credentials refused {} times in a row; parked until the configuration changes or connector.failed_cooldown ({}) passes: {message}",
+                        self.refusals,
+                        humantime::format_duration(self.args.failed_cooldown)
+                    )
+                } else {
+                    message
+                };
                 self.args.observer.emit(
                     &self.args.spec.id,
                     Event::PollFailed {
@@ -392,7 +415,11 @@ impl TenantActorState {
                     },
                 );
                 self.args.health.update(self.id(), |h| {
-                    h.state = TenantState::Backoff;
+                    h.state = if parked {
+                        TenantState::Failed
+                    } else {
+                        TenantState::Backoff
+                    };
                     h.last_error = Some(LastError { message, at: now });
                     h.events_added = events;
                     h.polls += 1;
@@ -552,9 +579,14 @@ impl TenantActorState {
         );
         let page = match active.sweep.next_page().instrument(page_span.clone()).await {
             Err(e) => {
+                self.refusals = if e.credentials_refused() {
+                    self.refusals + 1
+                } else {
+                    0
+                };
                 return self
                     .finish(myself, Err((e.kind().as_str(), e.to_string())))
-                    .await
+                    .await;
             }
             Ok(None) if active.full => return self.start_reconcile(myself).await,
             Ok(None) => return self.finish(myself, Ok(())).await,
@@ -901,6 +933,7 @@ impl Actor for WizTenantActor {
             waiting_for_permit: false,
             force_full: false,
             consecutive_failures: 0,
+            refusals: 0,
             buf: Vec::new(),
             claimed: args.store.replicated().is_none(),
             claiming_since: Instant::now(),

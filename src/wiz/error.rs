@@ -101,6 +101,16 @@ pub enum WizError {
 }
 
 impl WizError {
+    /// The token endpoint refused the credentials (wrong id or secret, disabled account).
+    pub fn credentials_refused(&self) -> bool {
+        matches!(
+            self,
+            WizError::Auth {
+                reason: AuthFailure::Refused { .. }
+            }
+        )
+    }
+
     /// A GraphQL `NOT_FOUND` error: what Wiz may answer when asked for an id it does not have.
     pub fn is_not_found(&self) -> bool {
         matches!(self, WizError::GraphQl { code, .. } if code == "NOT_FOUND")
