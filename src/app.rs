@@ -66,6 +66,9 @@ impl App {
         let shutdown_timeout = settings.connector.shutdown_timeout.0;
         let observer = Observer::default();
         observer.observe_health(&health);
+        observer
+            .metrics()
+            .set_per_tenant_histograms(settings.telemetry.per_tenant_histograms);
         let http = WizHttp::new()?.with_observer(observer.clone());
         let admin_listen = settings.admin.listen;
         let admin_token = settings.admin.token.clone().map(Arc::new);

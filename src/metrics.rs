@@ -59,7 +59,11 @@ pub struct Metrics {
     retries: Family<TenantLabels, Counter>,
     restarts: Family<TenantLabels, Counter>,
     token_renewals: Family<TenantLabels, Counter>,
-    poll_duration: Family<TenantLabels, Histogram, fn() -> Histogram>,
+    /// Fleet-wide poll durations.
+    poll_duration: Histogram,
+    /// Per tenant, only with `telemetry.per_tenant_histograms`.
+    tenant_poll_duration: Family<TenantLabels, Histogram, fn() -> Histogram>,
+    per_tenant_histograms: std::sync::atomic::AtomicBool,
     last_success: Family<TenantLabels, Gauge<f64, AtomicU64>>,
     since_success: Family<TenantLabels, Gauge<f64, AtomicU64>>,
     state: Family<StateLabels, Gauge>,
@@ -230,7 +234,9 @@ impl Default for Metrics {
             retries: Family::default(),
             restarts: Family::default(),
             token_renewals: Family::default(),
-            poll_duration: Family::new_with_constructor(poll_histogram as fn() -> Histogram),
+            poll_duration: poll_histogram(),
+            tenant_poll_duration: Family::new_with_constructor(poll_histogram as fn() -> Histogram),
+            per_tenant_histograms: std::sync::atomic::AtomicBool::new(false),
             last_success: Family::default(),
             since_success: Family::default(),
             state: Family::default(),
@@ -279,8 +285,13 @@ impl Default for Metrics {
         );
         registry.register(
             "poll_duration_seconds",
-            "Duration of a poll (a full sweep)",
+            "Duration of a poll, every tenant together",
             m.poll_duration.clone(),
+        );
+        registry.register(
+            "tenant_poll_duration_seconds",
+            "Duration of a poll, per tenant (only with telemetry.per_tenant_histograms)",
+            m.tenant_poll_duration.clone(),
         );
         registry.register(
             "last_success_timestamp_seconds",
@@ -307,6 +318,29 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Keeps a poll-duration histogram per tenant besides the fleet-wide one
+    /// (`telemetry.per_tenant_histograms`).
+    pub fn set_per_tenant_histograms(&self, on: bool) {
+        self.per_tenant_histograms
+            .store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn per_tenant(&self) -> bool {
+        self.per_tenant_histograms
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn observe_poll(&self, tenant: &str, duration: Duration) {
+        self.poll_duration.observe(duration.as_secs_f64());
+        if self.per_tenant() {
+            self.tenant_poll_duration
+                .get_or_create(&TenantLabels {
+                    tenant: tenant.to_string(),
+                })
+                .observe(duration.as_secs_f64());
+        }
+    }
+
     /// The Prometheus text exposition (OpenMetrics), with per-tenant state refreshed from health.
     pub fn render(&self, health: &HealthMap) -> String {
         let now = SystemTime::now();
@@ -340,7 +374,7 @@ impl Metrics {
         self.retries.remove(&t);
         self.restarts.remove(&t);
         self.token_renewals.remove(&t);
-        self.poll_duration.remove(&t);
+        self.tenant_poll_duration.remove(&t);
         self.last_success.remove(&t);
         self.since_success.remove(&t);
         for s in TenantState::ALL {
@@ -443,20 +477,26 @@ pub enum Event<'a> {
 
 impl OtelInstruments {
     /// The OpenTelemetry side of [`Observer::emit`]: the same counters, the same labels.
-    fn record(&self, tenant: &str, event: &Event<'_>) {
+    fn record(&self, tenant: &str, event: &Event<'_>, per_tenant: bool) {
         let t = [("tenant", tenant)];
         match event {
             Event::PollSucceeded { duration, .. } => {
                 self.polls
                     .add(1, &kv(&[("tenant", tenant), ("result", "success")]));
-                self.poll_duration.record(duration.as_secs_f64(), &kv(&t));
+                self.poll_duration.record(
+                    duration.as_secs_f64(),
+                    &kv(if per_tenant { &t } else { &[] }),
+                );
             }
             Event::PollFailed { kind, duration, .. } => {
                 self.polls
                     .add(1, &kv(&[("tenant", tenant), ("result", "failure")]));
                 self.errors
                     .add(1, &kv(&[("tenant", tenant), ("kind", kind)]));
-                self.poll_duration.record(duration.as_secs_f64(), &kv(&t));
+                self.poll_duration.record(
+                    duration.as_secs_f64(),
+                    &kv(if per_tenant { &t } else { &[] }),
+                );
             }
             Event::EventsDelivered { kind, count } => {
                 self.events
@@ -637,7 +677,7 @@ impl Observer {
 
     pub fn emit(&self, tenant: &str, event: Event<'_>) {
         if let Some(o) = &self.otel {
-            o.record(tenant, &event);
+            o.record(tenant, &event, self.metrics.per_tenant());
         }
         let m = &self.metrics;
         let t = || TenantLabels {
@@ -663,9 +703,7 @@ impl Observer {
                     "poll complete"
                 );
                 m.polls.get_or_create(&r("success")).inc();
-                m.poll_duration
-                    .get_or_create(&t())
-                    .observe(duration.as_secs_f64());
+                m.observe_poll(tenant, duration);
                 let now = SystemTime::now()
                     .duration_since(UNIX_EPOCH)
                     .unwrap_or_default();
@@ -686,9 +724,7 @@ impl Observer {
                 );
                 m.polls.get_or_create(&r("failure")).inc();
                 m.errors.get_or_create(&k(kind)).inc();
-                m.poll_duration
-                    .get_or_create(&t())
-                    .observe(duration.as_secs_f64());
+                m.observe_poll(tenant, duration);
             }
             Event::EventsDelivered { kind, count } => {
                 tracing::debug!(tenant, kind = kind.as_str(), count, "events delivered");
@@ -775,5 +811,37 @@ impl Observer {
                 m.restarts.get_or_create(&t()).inc();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod cardinality_tests {
+    use super::*;
+
+    #[test]
+    fn per_tenant_histograms_are_opt_in() {
+        let m = Metrics::default();
+        let health = HealthMap::default();
+        m.observe_poll("a", Duration::from_millis(20));
+        let text = m.render(&health);
+        assert!(
+            text.contains("wiz_connector_poll_duration_seconds_count 1"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("tenant_poll_duration_seconds_count{"),
+            "{text}"
+        );
+        m.set_per_tenant_histograms(true);
+        m.observe_poll("a", Duration::from_millis(20));
+        let text = m.render(&health);
+        assert!(
+            text.contains("wiz_connector_poll_duration_seconds_count 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("wiz_connector_tenant_poll_duration_seconds_count{tenant=\"a\"} 1"),
+            "{text}"
+        );
     }
 }

@@ -152,13 +152,18 @@ async fn counters_move_as_the_scenario_says() {
         Some(1.0)
     );
     assert_eq!(
+        value(&s, "wiz_connector_poll_duration_seconds", &[]),
+        Some(3.0),
+        "one observation per tenant, in one fleet-wide histogram"
+    );
+    assert_eq!(
         value(
             &s,
-            "wiz_connector_poll_duration_seconds",
+            "wiz_connector_tenant_poll_duration_seconds",
             &[("tenant", "t0")]
         ),
-        Some(1.0),
-        "one observation"
+        None,
+        "no per-tenant histogram unless asked for"
     );
     assert!(
         value(

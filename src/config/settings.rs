@@ -51,6 +51,8 @@ pub struct TelemetrySettings {
     pub otlp_endpoint: Option<Url>,
     pub service_name: String,
     pub metrics_interval: DurationValue,
+    /// A poll-duration histogram per tenant besides the fleet-wide one (opt-in: 15 series each).
+    pub per_tenant_histograms: bool,
 }
 
 /// Process-wide settings from `[connector]`.
@@ -594,6 +596,7 @@ pub(super) fn resolve(
             otlp_endpoint,
             service_name: file.telemetry.service_name.trim().to_string(),
             metrics_interval: file.telemetry.metrics_interval,
+            per_tenant_histograms: file.telemetry.per_tenant_histograms,
         },
         cluster,
     })
