@@ -67,6 +67,7 @@ pub fn serve(listener: TcpListener, state: AdminState) -> std::io::Result<AdminS
         .route("/metrics", get(metrics))
         .route("/reload", post(reload))
         .route("/cluster", get(cluster))
+        .route("/summary", get(summary))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     let app = Router::new()
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
@@ -190,7 +191,16 @@ async fn readyz(State(st): State<AdminState>) -> Response {
 
 #[derive(Deserialize)]
 struct TenantQuery {
+    /// Only these states (comma-separated).
     state: Option<String>,
+    /// `id` (the default) or `worst` (failed, backoff, stale, then the healthy ones).
+    order: Option<String>,
+    /// Only tenants whose id contains this.
+    q: Option<String>,
+    /// Paging: at most `limit` records after skipping `offset`; the `X-Total-Count` header
+    /// says how many matched.
+    limit: Option<usize>,
+    offset: Option<usize>,
 }
 
 async fn list_tenants(State(st): State<AdminState>, Query(q): Query<TenantQuery>) -> Response {
@@ -215,13 +225,56 @@ async fn list_tenants(State(st): State<AdminState>, Query(q): Query<TenantQuery>
             Some(states)
         }
     };
-    let list: Vec<_> = st
+    let worst = match q.order.as_deref() {
+        None | Some("id") => false,
+        Some("worst") => true,
+        Some(other) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("unknown order `{other}`; use `id` or `worst`"),
+            )
+        }
+    };
+    let mut list: Vec<_> = st
         .health
         .all()
         .into_iter()
         .filter(|h| wanted.as_ref().is_none_or(|w| w.contains(&h.state)))
+        .filter(|h| q.q.as_deref().is_none_or(|needle| h.id.contains(needle)))
         .collect();
-    Json(list).into_response()
+    if worst {
+        let now = std::time::SystemTime::now();
+        // Stable: within a rank, by id.
+        list.sort_by_key(|h| h.rank(now));
+    }
+    let total = list.len();
+    let page: Vec<_> = list
+        .into_iter()
+        .skip(q.offset.unwrap_or(0))
+        .take(q.limit.unwrap_or(usize::MAX))
+        .collect();
+    let mut r = Json(page).into_response();
+    r.headers_mut().insert(
+        "x-total-count",
+        total
+            .to_string()
+            .parse()
+            .expect("a number is a header value"),
+    );
+    r
+}
+
+/// `/summary`: how many tenants are in each state, and how many are stale.
+async fn summary(State(st): State<AdminState>) -> Response {
+    let now = std::time::SystemTime::now();
+    let all = st.health.all();
+    let mut states = serde_json::Map::new();
+    for s in TenantState::ALL {
+        let n = all.iter().filter(|h| h.state == s).count();
+        states.insert(s.as_str().into(), n.into());
+    }
+    let stale = all.iter().filter(|h| h.is_stale(now)).count();
+    Json(json!({"tenants": all.len(), "states": states, "stale": stale})).into_response()
 }
 
 async fn one_tenant(State(st): State<AdminState>, Path(id): Path<String>) -> Response {

@@ -46,6 +46,28 @@ pub enum Command {
     },
     /// Run the built-in Wiz simulator alone.
     Simulate(SimulateArgs),
+    /// The fleet's health as a table, worst first, from a running connector's admin API.
+    Status(StatusArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The admin API of the running connector.
+    #[arg(
+        long = "admin",
+        env = "WIZ_CONNECTOR_ADMIN",
+        default_value = "http://127.0.0.1:8686"
+    )]
+    pub admin: String,
+    /// Its bearer token, when it requires one (or the environment variable).
+    #[arg(long, env = "WIZ_CONNECTOR_ADMIN_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Only tenants in these states (comma-separated: failed,backoff,...).
+    #[arg(long)]
+    pub state: Option<String>,
+    /// At most this many rows (the summary line counts every tenant).
+    #[arg(long, default_value_t = 50)]
+    pub limit: usize,
 }
 
 #[derive(Debug, Args)]

@@ -109,6 +109,33 @@ impl TenantHealth {
     }
 }
 
+/// A tenant whose scheduled poll is this late is shown as stale.
+pub const STALE_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
+
+impl TenantHealth {
+    /// Not failed or waiting, but its scheduled poll is overdue by more than [`STALE_AFTER`]
+    /// (it waits for a sweep slot, or is stuck).
+    pub fn is_stale(&self, now: SystemTime) -> bool {
+        matches!(self.state, TenantState::Idle | TenantState::Starting)
+            && self
+                .next_poll_at
+                .is_some_and(|t| now.duration_since(t).is_ok_and(|late| late > STALE_AFTER))
+    }
+
+    /// Worst first: failed, backoff, stale, starting, polling, idle, stopped.
+    pub fn rank(&self, now: SystemTime) -> u8 {
+        match self.state {
+            TenantState::Failed => 0,
+            TenantState::Backoff => 1,
+            _ if self.is_stale(now) => 2,
+            TenantState::Starting => 3,
+            TenantState::Polling => 4,
+            TenantState::Idle => 5,
+            TenantState::Stopped => 6,
+        }
+    }
+}
+
 fn shared_str<S: Serializer>(v: &Arc<str>, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(v)
 }

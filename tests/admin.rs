@@ -266,3 +266,93 @@ async fn off_loopback_the_admin_api_needs_a_token() {
     );
     app.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_lists_the_fleet_worst_first_with_a_summary_line() {
+    let sim = sim(3, 4).await;
+    let wrong = sim.tenants()[1].client_secret.clone();
+    let body = sim_config(
+        &sim,
+        "poll_interval = \"1s\"\nstartup_jitter = \"0s\"\nfailed_cooldown = \"1h\"",
+        "",
+    )
+    .replace(&wrong, "wrong-secret")
+        + "[sinks.out]\ntype = \"file\"\npath = \"/dev/null\"\n";
+    let app = App::start(settings(&body), AppOptions::default())
+        .await
+        .unwrap();
+    wait_until(
+        "t1 parked, the others idle",
+        Duration::from_secs(30),
+        || {
+            app.health
+                .get("t1")
+                .is_some_and(|h| h.state.as_str() == "failed")
+                && ["t0", "t2"]
+                    .iter()
+                    .all(|t| app.health.get(t).is_some_and(|h| h.polls >= 1))
+        },
+    )
+    .await;
+    // The API pages and orders.
+    let r = http()
+        .get(format!(
+            "http://{}/tenants?order=worst&limit=1",
+            app.admin_addr()
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-total-count"], "3");
+    let page: Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+    assert_eq!(page.as_array().unwrap().len(), 1);
+    assert_eq!(page[0]["id"], "t1", "the failed tenant first");
+    let (_, found) = get(&app, "/tenants?q=2", None).await;
+    assert_eq!(found.as_array().unwrap().len(), 1);
+    assert_eq!(found[0]["id"], "t2");
+    // The terminal view.
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_wiz-connector"))
+        .args(["status", "--admin", &format!("http://{}", app.admin_addr())])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(
+        lines[0].starts_with("3 tenants: failed=1 backoff=0 stale=0"),
+        "{text}"
+    );
+    assert!(
+        lines[1].starts_with("TENANT") && lines[1].contains("LAST ERROR"),
+        "{text}"
+    );
+    assert!(
+        lines[2].starts_with("t1") && lines[2].contains("failed"),
+        "{text}"
+    );
+    assert!(lines[2].contains("credentials refused"), "{text}");
+    assert!(!text.contains("wrong-secret"), "{text}");
+    assert_eq!(lines.len(), 5, "{text}");
+    assert!(
+        lines[3].contains("idle") && lines[3].contains("s ago"),
+        "{text}"
+    );
+    // Nothing listens: a clear error and a non-zero exit.
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_wiz-connector"))
+        .args([
+            "status",
+            "--admin",
+            &format!("http://127.0.0.1:{}", free_port()),
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach the admin API"));
+    app.shutdown().await.unwrap();
+}
