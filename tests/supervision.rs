@@ -339,3 +339,59 @@ async fn refused_credentials_park_the_tenant_until_its_configuration_changes() {
     assert_eq!(app.health.get("t0").unwrap().state, TenantState::Idle);
     app.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_crashing_more_often_than_a_sweep_lasts_still_finishes_it() {
+    let sim = sim(1, 120).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (sink, out) = file_sink(dir.path());
+    let body = format!(
+        "{}{sink}",
+        sim_config(
+            &sim,
+            "poll_interval = \"1h\"\nstartup_jitter = \"0s\"\npage_size = 5\nrestart_intensity = 1000\nrestart_backoff_initial = \"10ms\"\nrestart_backoff_max = \"20ms\"",
+            "rate_limit = 100",
+        )
+    );
+    // Every 4th page the process sees crashes the tenant before it is delivered: a sweep from
+    // page 1 would never get past page 3.
+    let seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let faults = FaultInjection::default();
+    let counter = seen.clone();
+    faults.set_page_hook(Some(Arc::new(
+        move |_tenant: &str, _page: &wiz_connector::wiz::Page| {
+            if counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst) % 4 == 3 {
+                panic!("crash in the middle of the sweep");
+            }
+        },
+    )));
+    let app = App::start(
+        settings(&body),
+        AppOptions {
+            faults,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let open = open_ids(&sim)["t0"].clone();
+    assert!(open.len() > 40, "a sweep of many pages: {}", open.len());
+    wait_until("the sweep finished", Duration::from_secs(60), || {
+        app.health
+            .get("t0")
+            .is_some_and(|h| h.polls >= 1 && h.last_success_at.is_some())
+    })
+    .await;
+    let lines = read_lines(&out);
+    let ids: Vec<String> = lines
+        .iter()
+        .map(|l| l["issue_id"].as_str().unwrap().to_string())
+        .collect();
+    let unique: HashSet<&String> = ids.iter().collect();
+    assert_eq!(unique.len(), ids.len(), "nothing delivered twice");
+    let delivered: HashSet<String> = ids.iter().cloned().collect();
+    assert_eq!(delivered, open, "every open issue delivered");
+    let h = app.health.get("t0").unwrap();
+    assert!(h.restarts >= 5, "it crashed often: {} restarts", h.restarts);
+    app.shutdown().await.unwrap();
+}

@@ -53,13 +53,32 @@ enum OpenError {
     Damaged(String),
 }
 
-/// What a tenant's completed sweeps left behind.
+/// What a tenant's completed sweeps left behind, and where a running one stands.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Checkpoint {
     /// The latest `statusChangedAt` seen by a completed sweep (Wiz's text).
     pub high_water: Option<String>,
     /// When the last full sweep completed (Unix seconds).
     pub last_full_sweep: Option<u64>,
+    /// The running sweep's position, committed with each page: a restarted tenant continues the
+    /// same sweep from here instead of from page 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub position: Option<Box<SweepPosition>>,
+}
+
+/// Where a running sweep stands, committed with each delivered page.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SweepPosition {
+    /// A full sweep (else incremental).
+    pub full: bool,
+    /// The sweep's frozen filter.
+    pub filter: crate::wiz::IssueFilter,
+    /// When the sweep started (RFC 3339): the high-water mark an incremental sweep moves to.
+    pub started_at: String,
+    /// The cursor of the next page; `None` once every page is done.
+    pub after: Option<String>,
+    /// Pages done.
+    pub pages: u32,
 }
 
 /// What one durable commit records for a tenant.
@@ -737,6 +756,7 @@ mod tests {
             let cp = Checkpoint {
                 high_water: Some("2026-01-01T00:00:00Z".into()),
                 last_full_sweep: Some(5),
+                position: None,
             };
             s.write_now(
                 "acme",
@@ -838,6 +858,7 @@ mod tests {
                         checkpoint: Some(Checkpoint {
                             high_water: None,
                             last_full_sweep: Some(t as u64),
+                            position: None,
                         }),
                     }),
                 )

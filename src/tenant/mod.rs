@@ -30,7 +30,7 @@ use crate::faults::FaultInjection;
 use crate::health::{HealthMap, LastError, TenantState};
 use crate::metrics::{Event, Observer};
 use crate::sink::{deliver, Batch, SinkMsg, SinkStats};
-use crate::state::{Checkpoint, ClaimResult, Commit, StateStore, Write};
+use crate::state::{Checkpoint, ClaimResult, Commit, StateStore, SweepPosition, Write};
 use crate::wiz::page::{Issue, Page};
 use crate::wiz::TimeRange;
 use crate::wiz::{IssueFilter, IssueOrder, Sweep, TenantClient, WizHttp};
@@ -151,6 +151,10 @@ struct ActiveSweep {
     checkpoint: Checkpoint,
     /// Wall-clock time the sweep started: what the next incremental poll asks changes after.
     started_at: SystemTime,
+    /// It continues a sweep a crash or a handover interrupted (see `Checkpoint::position`).
+    resumed: bool,
+    /// Pages the sweep had done when this actor took it up.
+    pages_at_start: u32,
     sweep: Sweep,
     started: Instant,
     events: u64,
@@ -248,7 +252,31 @@ impl TenantActorState {
         }
         let spec = &self.args.spec;
         let now_unix = unix_now();
-        let due_full = std::mem::take(&mut self.force_full)
+        let force_full = std::mem::take(&mut self.force_full);
+        // A sweep a crash (or a handover) interrupted continues where it stopped, unless an
+        // operator asked for a full sweep or the position is older than a full sweep interval.
+        let resume = checkpoint.position.take().filter(|p| {
+            !force_full
+                && humantime::parse_rfc3339_weak(&p.started_at)
+                    .ok()
+                    .and_then(|t| SystemTime::now().duration_since(t).ok())
+                    .is_some_and(|age| age < spec.full_sweep_interval.0)
+        });
+        if let Some(p) = resume {
+            let started_at =
+                humantime::parse_rfc3339_weak(&p.started_at).unwrap_or_else(|_| SystemTime::now());
+            tracing::info!(tenant = %spec.id, full = p.full, pages_done = p.pages, "continuing the interrupted sweep");
+            let sweep = self.client.resume_sweep(
+                p.filter.clone(),
+                IssueOrder::CREATED_ASC,
+                p.after.clone(),
+                p.pages,
+            );
+            return self
+                .begin(myself, permit, checkpoint, p.full, sweep, started_at, true)
+                .await;
+        }
+        let due_full = force_full
             || checkpoint
                 .last_full_sweep
                 .is_none_or(|t| now_unix.saturating_sub(t) >= spec.full_sweep_interval.0.as_secs());
@@ -279,12 +307,40 @@ impl TenantActorState {
                 },
             ),
         };
+        let sweep = self.client.sweep(filter, IssueOrder::CREATED_ASC);
+        self.begin(
+            myself,
+            permit,
+            checkpoint,
+            full,
+            sweep,
+            SystemTime::now(),
+            false,
+        )
+        .await
+    }
+
+    /// Makes `sweep` the running one and asks for its first page.
+    #[allow(clippy::too_many_arguments)]
+    async fn begin(
+        &mut self,
+        myself: &ActorRef<TenantMsg>,
+        permit: Held,
+        checkpoint: Checkpoint,
+        full: bool,
+        sweep: Sweep,
+        started_at: SystemTime,
+        resumed: bool,
+    ) {
+        let spec = &self.args.spec;
         self.sweep = Some(ActiveSweep {
             span: tracing::info_span!("poll", tenant = %spec.id, full),
             full,
             checkpoint,
-            started_at: SystemTime::now(),
-            sweep: self.client.sweep(filter, IssueOrder::CREATED_ASC),
+            started_at,
+            resumed,
+            pages_at_start: sweep.pages(),
+            sweep,
             started: Instant::now(),
             events: 0,
             observed_at: now_rfc3339(),
@@ -358,7 +414,19 @@ impl TenantActorState {
                 })
                 .await
             }
-            Err(e) => Err(e),
+            Err(e) => {
+                // A resumed sweep that could not fetch even one page may hold a cursor Wiz no
+                // longer takes: the next poll starts over instead.
+                if sweep.resumed && sweep.sweep.pages() == sweep.pages_at_start {
+                    let _ = self
+                        .commit(Commit {
+                            checkpoint: Some(sweep.checkpoint.clone()),
+                            ..Default::default()
+                        })
+                        .await;
+                }
+                Err(e)
+            }
         };
         let now = SystemTime::now();
         let interval = self.args.spec.poll_interval.0;
@@ -427,6 +495,22 @@ impl TenantActorState {
                 self.arm_timer(myself, delay);
             }
         }
+    }
+
+    /// The checkpoint with the running sweep's position, for the commit of a page that is not the
+    /// sweep's last (`None` after the last page: the sweep's end commits its checkpoint).
+    fn position(&self) -> Option<Checkpoint> {
+        let a = self.sweep.as_ref()?;
+        let after = a.sweep.next_cursor()?.to_string();
+        let mut cp = a.checkpoint.clone();
+        cp.position = Some(Box::new(SweepPosition {
+            full: a.full,
+            filter: a.sweep.filter().clone(),
+            started_at: humantime::format_rfc3339_micros(a.started_at).to_string(),
+            after: Some(after),
+            pages: a.sweep.pages(),
+        }));
+        Some(cp)
     }
 
     /// Writes known states, settled marks and/or a checkpoint durably (through the store's
@@ -517,11 +601,12 @@ impl TenantActorState {
                 self.args
                     .health
                     .update(&self.args.spec.id, |h| h.events_total += events);
-                // Only now, after every sink has the page, is it remembered.
+                // Only now, after every sink has the page, is it remembered, with the sweep's
+                // position (a crash from here on continues after this page).
                 let settled = Commit {
                     remember: pending.ledger.remember,
                     settle: pending.ledger.settle,
-                    checkpoint: None,
+                    checkpoint: self.position(),
                 };
                 match self.commit(settled).await {
                     Ok(()) => {
@@ -587,6 +672,12 @@ impl TenantActorState {
                 return self
                     .finish(myself, Err((e.kind().as_str(), e.to_string())))
                     .await;
+            }
+            Ok(None) if active.full && active.resumed => {
+                // The ids seen before the interruption are not known, so which known issues this
+                // sweep missed is not either: reconciliation waits for the next full sweep.
+                tracing::info!(tenant = %self.args.spec.id, "a resumed full sweep completed; reconciliation waits for the next full sweep");
+                return self.finish(myself, Ok(())).await;
             }
             Ok(None) if active.full => return self.start_reconcile(myself).await,
             Ok(None) => return self.finish(myself, Ok(())).await,
@@ -844,7 +935,7 @@ impl TenantActorState {
             let c = Commit {
                 remember: outbox.ledger.remember,
                 settle: outbox.ledger.settle,
-                checkpoint: None,
+                checkpoint: self.position(),
             };
             if !c.is_empty() {
                 if let Err(e) = self.commit(c).await {

@@ -191,6 +191,26 @@ impl TenantClient {
         }
     }
 
+    /// Continues a sweep from a committed position: `after` is the cursor of the next page, `pages`
+    /// the pages already done; with `done`, every page was done already.
+    pub fn resume_sweep(
+        self: &Arc<Self>,
+        filter: IssueFilter,
+        order: IssueOrder,
+        after: Option<String>,
+        pages: u32,
+    ) -> Sweep {
+        Sweep {
+            client: self.clone(),
+            filter,
+            order,
+            done: after.is_none() && pages > 0,
+            after,
+            seen: HashSet::new(),
+            pages,
+        }
+    }
+
     /// Looks issues up by id, over every status: the pages Wiz answered with. An id Wiz does not
     /// have is simply absent from them. Wiz may instead fail the whole query with `NOT_FOUND`;
     /// then the ids are split in halves until each unknown id stands alone (about
@@ -437,6 +457,15 @@ impl Sweep {
     /// Pages fetched so far.
     pub fn pages(&self) -> u32 {
         self.pages
+    }
+
+    /// The cursor of the next page (`None` when none is left).
+    pub fn next_cursor(&self) -> Option<&str> {
+        if self.done {
+            None
+        } else {
+            self.after.as_deref()
+        }
     }
 
     /// What the sweep asks for.

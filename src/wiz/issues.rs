@@ -44,9 +44,10 @@ pub fn query_text() -> String {
     )
 }
 
-/// `filterBy` of the issues query. Empty parts are left out of the request.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
+/// `filterBy` of the issues query. Empty parts are left out of the request. Also stored with a
+/// sweep's position, so a resumed sweep asks exactly what it asked before.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase", default)]
 pub struct IssueFilter {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub status: Vec<String>,
@@ -64,7 +65,8 @@ pub struct IssueFilter {
 }
 
 /// `{after, before}` of a time filter, RFC 3339.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct TimeRange {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub after: Option<String>,
