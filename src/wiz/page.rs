@@ -464,28 +464,36 @@ pub const MAX_NODE_BYTES: usize = 1024 * 1024;
 /// contents are skipped with memchr.
 pub fn nests_deeper_than(b: &[u8], max: usize) -> bool {
     // The depth cannot exceed the number of openers: most nodes have far fewer than `max`, and
-    // counting them (SIMD) costs a fraction of the walk below.
-    if memchr::memchr2_iter(b'{', b'[', b).take(max + 1).count() <= max {
+    // counting them (a loop the compiler vectorizes) costs a fraction of the walk below.
+    let openers: usize = b
+        .chunks(255)
+        .map(|chunk| {
+            chunk
+                .iter()
+                .fold(0u8, |n, &c| n + u8::from((c == b'{') | (c == b'['))) as usize
+        })
+        .sum();
+    if openers <= max {
         return false;
     }
     let mut depth = 0usize;
     let mut i = 0;
     while i < b.len() {
-        match b[i] {
-            b'"' => match string_end(b, i + 1) {
+        match CLASS[b[i] as usize] {
+            QUOTE => match string_end(b, i + 1) {
                 Some(end) => {
                     i = end;
                     continue;
                 }
                 None => return false,
             },
-            b'{' | b'[' => {
+            OPEN => {
                 depth += 1;
                 if depth > max {
                     return true;
                 }
             }
-            b'}' | b']' => depth = depth.saturating_sub(1),
+            CLOSE => depth = depth.saturating_sub(1),
             _ => {}
         }
         i += 1;
@@ -493,24 +501,46 @@ pub fn nests_deeper_than(b: &[u8], max: usize) -> bool {
     false
 }
 
-/// The index just after the closing quote of the string whose contents start at `i`. Most
-/// strings (keys, enum values) are short: they are scanned byte by byte; longer ones with memchr.
+const OPEN: u8 = 1;
+const CLOSE: u8 = 2;
+const QUOTE: u8 = 3;
+
+/// What each byte is to the depth walk.
+static CLASS: [u8; 256] = {
+    let mut t = [0u8; 256];
+    t[b'{' as usize] = OPEN;
+    t[b'[' as usize] = OPEN;
+    t[b'}' as usize] = CLOSE;
+    t[b']' as usize] = CLOSE;
+    t[b'"' as usize] = QUOTE;
+    t
+};
+
+/// The index just after the closing quote of the string whose contents start at `i`: eight
+/// bytes at a time (a word holding no quote and no backslash is skipped whole), then byte by
+/// byte.
 fn string_end(b: &[u8], mut i: usize) -> Option<usize> {
-    const SHORT: usize = 32;
-    let short_end = (i + SHORT).min(b.len());
-    while i < short_end {
-        match b[i] {
+    const LO: u64 = 0x0101_0101_0101_0101;
+    const HI: u64 = 0x8080_8080_8080_8080;
+    const QUOTES: u64 = LO * b'"' as u64;
+    const SLASHES: u64 = LO * b'\\' as u64;
+    loop {
+        while let Some(word) = b.get(i..i + 8) {
+            let w = u64::from_le_bytes(word.try_into().expect("8 bytes"));
+            let (x, y) = (w ^ QUOTES, w ^ SLASHES);
+            // The lowest flagged byte is exact (the zero-byte test errs only above a true zero).
+            let hits = ((x.wrapping_sub(LO) & !x) | (y.wrapping_sub(LO) & !y)) & HI;
+            if hits == 0 {
+                i += 8;
+            } else {
+                i += (hits.trailing_zeros() / 8) as usize;
+                break;
+            }
+        }
+        match *b.get(i)? {
             b'"' => return Some(i + 1),
             b'\\' => i += 2,
             _ => i += 1,
-        }
-    }
-    loop {
-        let j = memchr::memchr2(b'"', b'\\', b.get(i..)?)?;
-        if b[i + j] == b'\\' {
-            i += j + 2;
-        } else {
-            return Some(i + j + 1);
         }
     }
 }
@@ -698,6 +728,20 @@ mod tests {
         assert!(!nests_deeper_than(br#"{"a":"[[[[{{{{\"[[[["}"#, 1));
         let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
         assert!(nests_deeper_than(deep.as_bytes(), MAX_NODE_DEPTH));
+        // Escapes anywhere in long strings (the word-at-a-time skip), brackets inside them.
+        for pad in 0..20 {
+            let filler = "x".repeat(pad);
+            let brackets = "[{".repeat(40);
+            let inside = format!(r#"{{"a":"{filler}\"{brackets}\\","b":"{brackets}"}}"#);
+            assert!(!nests_deeper_than(inside.as_bytes(), 1), "{inside}");
+            let real = format!(
+                r#"{{"a":"{filler}\"x",{}1{}}}"#,
+                "\"b\":[".repeat(3),
+                "]".repeat(3)
+            );
+            assert!(nests_deeper_than(real.as_bytes(), 3), "{real}");
+            assert!(!nests_deeper_than(real.as_bytes(), 4), "{real}");
+        }
     }
 
     #[test]
