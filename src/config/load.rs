@@ -310,15 +310,24 @@ fn load_layers(
         })
     })?;
     let settings = resolve(file, &origins, env, path.to_path_buf())?;
-    for t in settings
+    // One line for the whole fleet, not one per tenant (a 100,000-tenant configuration would
+    // otherwise open the log with 100,000 warnings).
+    let insecure: Vec<&str> = settings
         .tenants
         .iter()
         .filter(|t| t.allow_insecure_endpoints)
-    {
+        .map(|t| t.id.as_str())
+        .collect();
+    if !insecure.is_empty() {
+        const SHOWN: usize = 5;
+        let mut names = insecure[..insecure.len().min(SHOWN)].join(", ");
+        if insecure.len() > SHOWN {
+            names.push_str(&format!(" and {} more", insecure.len() - SHOWN));
+        }
         tracing::warn!(
-            tenant = %t.id,
-            api_url = %t.api_url,
-            "allow_insecure_endpoints is on: http:// and non-Wiz hosts are accepted for this tenant (simulators and tests only)"
+            tenants = insecure.len(),
+            which = %names,
+            "allow_insecure_endpoints is on: http:// and non-Wiz hosts are accepted for these tenants (simulators and tests only)"
         );
     }
     Ok(settings)
