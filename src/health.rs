@@ -84,6 +84,11 @@ pub struct TenantHealth {
     pub next_attempt_at: Option<SystemTime>,
     /// Polls completed since the process started (successful or not).
     pub polls: u64,
+    /// `full` or `incremental`: what the last poll was (a tenant whose full sweep fits in
+    /// `full_sweep_max_pages` pages sweeps fully every time).
+    pub last_poll_mode: Option<&'static str>,
+    /// GraphQL requests the last poll sent (retries included).
+    pub last_poll_requests: Option<u64>,
     /// How late the last scheduled poll started, in milliseconds (waiting for a sweep slot
     /// included): a fleet that outgrows `max_concurrent_sweeps` shows here first.
     pub last_poll_lag_ms: Option<u64>,
@@ -104,6 +109,8 @@ impl TenantHealth {
             next_poll_at: None,
             next_attempt_at: None,
             polls: 0,
+            last_poll_mode: None,
+            last_poll_requests: None,
             last_poll_lag_ms: None,
         }
     }

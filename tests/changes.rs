@@ -17,9 +17,11 @@ fn body(
     out: &std::path::Path,
     full_every: &str,
 ) -> String {
+    // These tests tell incremental polls from full sweeps, so a small tenant must not sweep fully
+    // on every poll (full_sweep_max_pages = 0; tests/freshness.rs covers that).
     let generated = sim_config(
         sim,
-        &format!("poll_interval = \"1h\"\nstartup_jitter = \"0s\"\nfull_sweep_interval = \"{full_every}\"\nincremental_overlap = \"1s\"\nwatch_interval = \"0s\""),
+        &format!("poll_interval = \"1h\"\nstartup_jitter = \"0s\"\nfull_sweep_interval = \"{full_every}\"\nfull_sweep_max_pages = 0\nincremental_overlap = \"1s\"\nwatch_interval = \"0s\""),
         "rate_limit = 50",
     );
     // Our own state directory instead of the fresh one sim_config makes.

@@ -56,6 +56,7 @@ fn tunables_changed(a: &TenantSpec, b: &TenantSpec) -> bool {
     a.poll_interval != b.poll_interval
         || a.rate_limit != b.rate_limit
         || a.full_sweep_interval != b.full_sweep_interval
+        || a.full_sweep_max_pages != b.full_sweep_max_pages
         || a.incremental_overlap != b.incremental_overlap
 }
 

@@ -188,6 +188,8 @@ pub struct TenantSpec {
     pub retry: RetryPolicy,
     pub allow_insecure_endpoints: bool,
     pub full_sweep_interval: DurationValue,
+    /// Sweep fully on every poll while the last full sweep took at most this many pages.
+    pub full_sweep_max_pages: u32,
     pub incremental_overlap: DurationValue,
 }
 
@@ -742,6 +744,7 @@ fn resolve_tenant(
         retry,
         allow_insecure_endpoints: insecure,
         full_sweep_interval: conn.full_sweep_interval,
+        full_sweep_max_pages: conn.full_sweep_max_pages,
         incremental_overlap: conn.incremental_overlap,
     })
 }

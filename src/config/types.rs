@@ -112,6 +112,10 @@ pub struct ConnectorSection {
     /// A full reconciliation sweep of the watched statuses runs this often, to catch what
     /// `statusChangedAt` misses (severity, notes, due dates); polls in between are incremental.
     pub full_sweep_interval: DurationValue,
+    /// A tenant whose last full sweep took at most this many pages sweeps fully on every poll
+    /// (each change its fingerprint covers then arrives within one poll interval, not at the
+    /// next `full_sweep_interval`); larger tenants poll incrementally. 0 turns this off.
+    pub full_sweep_max_pages: u32,
     /// Incremental polls ask for `statusChangedAt` after the high-water mark minus this, so a
     /// change written late on Wiz's side is not missed.
     pub incremental_overlap: DurationValue,
@@ -142,6 +146,7 @@ impl Default for ConnectorSection {
             summary_interval: DurationValue::secs(60),
             watch_interval: DurationValue::secs(1),
             full_sweep_interval: DurationValue::secs(24 * 3600),
+            full_sweep_max_pages: 20,
             incremental_overlap: DurationValue::secs(600),
         }
     }

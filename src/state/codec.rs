@@ -311,6 +311,7 @@ mod tests {
             high_water: Some("2026-01-01T00:00:00Z".into()),
             last_full_sweep: Some(7),
             position: None,
+            last_full_pages: None,
         };
         img.apply(&encode_write(&Write::Commit(Commit {
             remember: vec![

@@ -60,6 +60,9 @@ pub struct Checkpoint {
     pub high_water: Option<String>,
     /// When the last full sweep completed (Unix seconds).
     pub last_full_sweep: Option<u64>,
+    /// How many pages the last full sweep took: a small tenant sweeps fully on every poll.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_full_pages: Option<u32>,
     /// The running sweep's position, committed with each page: a restarted tenant continues the
     /// same sweep from here instead of from page 1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -757,6 +760,7 @@ mod tests {
                 high_water: Some("2026-01-01T00:00:00Z".into()),
                 last_full_sweep: Some(5),
                 position: None,
+                last_full_pages: None,
             };
             s.write_now(
                 "acme",
@@ -859,6 +863,7 @@ mod tests {
                             high_water: None,
                             last_full_sweep: Some(t as u64),
                             position: None,
+                            last_full_pages: None,
                         }),
                     }),
                 )

@@ -155,6 +155,8 @@ struct ActiveSweep {
     resumed: bool,
     /// Pages the sweep had done when this actor took it up.
     pages_at_start: u32,
+    /// The client's request count when the sweep started (the poll's cost, for health).
+    requests_at_start: u64,
     sweep: Sweep,
     started: Instant,
     events: u64,
@@ -276,7 +278,14 @@ impl TenantActorState {
                 .begin(myself, permit, checkpoint, p.full, sweep, started_at, true)
                 .await;
         }
+        // A small tenant (its last full sweep fit in `full_sweep_max_pages`) sweeps fully every
+        // time: that costs its few pages and catches every change the fingerprint covers
+        // (severity, notes, due dates), which incremental polls on `statusChangedAt` miss.
+        let small = checkpoint
+            .last_full_pages
+            .is_some_and(|p| p <= spec.full_sweep_max_pages);
         let due_full = force_full
+            || small
             || checkpoint
                 .last_full_sweep
                 .is_none_or(|t| now_unix.saturating_sub(t) >= spec.full_sweep_interval.0.as_secs());
@@ -340,6 +349,11 @@ impl TenantActorState {
             started_at,
             resumed,
             pages_at_start: sweep.pages(),
+            requests_at_start: self
+                .client
+                .stats
+                .requests
+                .load(std::sync::atomic::Ordering::Relaxed),
             sweep,
             started: Instant::now(),
             events: 0,
@@ -382,6 +396,17 @@ impl TenantActorState {
             return;
         }
         let (events, duration) = (sweep.events, sweep.started.elapsed());
+        let requests = self
+            .client
+            .stats
+            .requests
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .saturating_sub(sweep.requests_at_start);
+        let mode = if sweep.full { "full" } else { "incremental" };
+        self.args.health.update(self.id(), |h| {
+            h.last_poll_mode = Some(mode);
+            h.last_poll_requests = Some(requests);
+        });
         // A completed sweep moves the checkpoint: the high-water mark, and the time of the last
         // full sweep when this was one.
         let result = match result {
@@ -407,6 +432,7 @@ impl TenantActorState {
                 }
                 if sweep.full {
                     cp.last_full_sweep = Some(unix_now());
+                    cp.last_full_pages = Some(sweep.sweep.pages());
                 }
                 self.commit(Commit {
                     checkpoint: Some(cp),

@@ -1,0 +1,111 @@
+//! Freshness: a tenant small enough sweeps fully on every poll, so a change that does not move
+//! `statusChangedAt` (a severity escalation) arrives within one poll interval; a large tenant
+//! keeps its one-request quiet polls.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use wiz_connector::app::{App, AppOptions};
+
+fn config(sim: &wiz_connector::sim::Simulator, out: &std::path::Path, extra: &str) -> String {
+    format!(
+        "{}[sinks.out]\ntype = \"file\"\npath = \"{}\"\n",
+        sim_config(
+            sim,
+            &format!("poll_interval = \"1s\"\nstartup_jitter = \"0s\"\npage_size = 5\n{extra}"),
+            "rate_limit = 50",
+        ),
+        out.display()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_severity_change_on_a_small_tenant_arrives_within_one_poll_interval_once() {
+    let sim = sim(1, 30).await;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("events.jsonl");
+    let app = App::start(settings(&config(&sim, &out, "")), AppOptions::default())
+        .await
+        .unwrap();
+    let open = open_ids(&sim)["t0"].clone();
+    wait_until("the first sweep", Duration::from_secs(20), || {
+        read_lines(&out).len() == open.len()
+    })
+    .await;
+    let h = app.health.get("t0").unwrap();
+    assert_eq!(h.last_poll_mode, Some("full"));
+    let pages = open.len().div_ceil(5) as u64;
+    assert!(
+        h.last_poll_requests.is_some_and(|r| r >= pages),
+        "{:?} requests for {pages} pages",
+        h.last_poll_requests
+    );
+    // Escalate one open issue: its status (and statusChangedAt) stay as they are.
+    let id = open.iter().next().unwrap().clone();
+    let client = sim.tenants()[0].client_id.clone();
+    let (before, to) = sim.issues(&client, |s| {
+        let i = s.issues.iter().find(|i| i.id == id).unwrap();
+        let to = if i.severity == "CRITICAL" {
+            "LOW"
+        } else {
+            "CRITICAL"
+        };
+        (i.status_changed_at.clone(), to.to_string())
+    });
+    assert!(sim.issues(&client, |s| s.set_severity(&id, &to)));
+    let changed_at = std::time::Instant::now();
+    wait_until("the escalation delivered", Duration::from_secs(10), || {
+        read_lines(&out)
+            .iter()
+            .any(|l| l["issue_id"] == id.as_str() && l["kind"] == "issue.updated")
+    })
+    .await;
+    assert!(
+        changed_at.elapsed() < Duration::from_secs(5),
+        "within one poll interval (1 s) plus the sweep: {:?}",
+        changed_at.elapsed()
+    );
+    let polls = app.health.get("t0").unwrap().polls;
+    wait_until("three more polls", Duration::from_secs(20), || {
+        app.health.get("t0").unwrap().polls >= polls + 3
+    })
+    .await;
+    let updates: Vec<_> = read_lines(&out)
+        .into_iter()
+        .filter(|l| l["issue_id"] == id.as_str() && l["kind"] == "issue.updated")
+        .collect();
+    assert_eq!(updates.len(), 1, "once");
+    assert_eq!(updates[0]["status_changed_at"], before.as_str());
+    app.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_above_the_page_limit_keeps_one_request_per_quiet_poll() {
+    let sim = sim(1, 60).await;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("events.jsonl");
+    let app = App::start(
+        settings(&config(&sim, &out, "full_sweep_max_pages = 2")),
+        AppOptions::default(),
+    )
+    .await
+    .unwrap();
+    let open = open_ids(&sim)["t0"].len();
+    assert!(open > 10, "more than 2 pages of 5: {open}");
+    wait_until("the first sweep", Duration::from_secs(20), || {
+        app.health.get("t0").is_some_and(|h| h.polls >= 1)
+    })
+    .await;
+    assert_eq!(app.health.get("t0").unwrap().last_poll_mode, Some("full"));
+    let polls = app.health.get("t0").unwrap().polls;
+    wait_until("two quiet polls", Duration::from_secs(20), || {
+        app.health.get("t0").unwrap().polls >= polls + 2
+    })
+    .await;
+    let h = app.health.get("t0").unwrap();
+    assert_eq!(h.last_poll_mode, Some("incremental"));
+    assert_eq!(h.last_poll_requests, Some(1), "one request per quiet poll");
+    app.shutdown().await.unwrap();
+}
