@@ -376,15 +376,9 @@ async fn commit() {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with("--"))
-        .collect();
-    if std::env::args().any(|a| a == "--test" || a == "--list")
-        || !std::env::args().any(|a| a == "--bench")
-    {
+    let Some(args) = bench_args() else {
         return;
-    }
+    };
     let all = args.is_empty();
     let want = |s: &str| all || args.iter().any(|a| a == s);
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -409,16 +409,9 @@ async fn e2e_with(tenants: usize, issues: usize, nats: Option<String>, cluster: 
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with("--"))
-        .collect();
-    if std::env::args().any(|a| a == "--test" || a == "--list")
-        || !std::env::args().any(|a| a == "--bench")
-    {
-        // `cargo test --all-targets` runs bench binaries in test mode: do nothing there.
+    let Some(args) = bench_args() else {
         return;
-    }
+    };
     let all = args.is_empty();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

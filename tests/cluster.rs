@@ -344,12 +344,21 @@ fn duplicates(lines: &[serde_json::Value]) -> usize {
 }
 
 async fn no_gap(sim: &Simulator, dir: &std::path::Path, within: Duration) {
-    let tenants = all_tenants(sim);
+    no_gap_for(sim, &all_tenants(sim), dir, within).await
+}
+
+/// Waits until the union of the sinks holds every current state of `tenants`.
+async fn no_gap_for(
+    sim: &Simulator,
+    tenants: &BTreeSet<String>,
+    dir: &std::path::Path,
+    within: Duration,
+) {
     eventually(
         "every current state in the union of the sinks",
         within,
         || {
-            let m = missing(sim, &tenants, &union(dir));
+            let m = missing(sim, tenants, &union(dir));
             async move {
                 if m.is_empty() {
                     Ok(())
@@ -788,21 +797,7 @@ async fn single_node_state_is_imported_and_a_different_fleet_is_reported() {
         state_dir: Some(state.clone()),
     };
     let mut node = replica_with(&sim, &nats.url, "r1", dir.path(), &single).await;
-    eventually(
-        "the single node delivers every open issue",
-        Duration::from_secs(30),
-        || {
-            let m = missing(&sim, &tenants, &union(dir.path()));
-            async move {
-                if m.is_empty() {
-                    Ok(())
-                } else {
-                    Err(format!("{} missing", m.len()))
-                }
-            }
-        },
-    )
-    .await;
+    no_gap_for(&sim, &tenants, dir.path(), Duration::from_secs(30)).await;
     signal(node.child.as_ref().unwrap(), "-TERM");
     assert_eq!(
         exit_code(node.child.as_mut().unwrap(), Duration::from_secs(20)).await,
@@ -895,17 +890,7 @@ async fn single_node_state_is_imported_and_a_different_fleet_is_reported() {
     })
     .await;
     churn(&sim);
-    eventually("every change delivered", Duration::from_secs(30), || {
-        let m = missing(&sim, &tenants, &union(dir.path()));
-        async move {
-            if m.is_empty() {
-                Ok(())
-            } else {
-                Err(format!("{} missing", m.len()))
-            }
-        }
-    })
-    .await;
+    no_gap_for(&sim, &tenants, dir.path(), Duration::from_secs(30)).await;
     assert_eq!(
         duplicates(&union(dir.path())),
         0,

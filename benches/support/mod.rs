@@ -110,3 +110,19 @@ pub fn start_nats() -> Option<Nats> {
         url: format!("nats://127.0.0.1:{port}"),
     })
 }
+
+/// The scenario names given after `--`, or `None` when the binary runs as a test
+/// (`cargo test --all-targets` runs bench binaries in test mode: they do nothing there).
+pub fn bench_args() -> Option<Vec<String>> {
+    if std::env::args().any(|a| a == "--test" || a == "--list")
+        || !std::env::args().any(|a| a == "--bench")
+    {
+        return None;
+    }
+    Some(
+        std::env::args()
+            .skip(1)
+            .filter(|a| !a.starts_with("--"))
+            .collect(),
+    )
+}
