@@ -263,6 +263,15 @@ async fn owners(
     Ok(owner)
 }
 
+/// Waits until every tenant of `expected` is listed by exactly one of `rs`.
+async fn settled(rs: &[Replica], expected: &BTreeSet<String>, what: &str, within: Duration) {
+    eventually(what, within, || {
+        let live: Vec<&Replica> = rs.iter().collect();
+        async move { owners(&live, expected).await.map(|_| ()) }
+    })
+    .await;
+}
+
 /// Complete lines of every replica's file sink (a kill -9 can tear a last line).
 fn union(dir: &std::path::Path) -> Vec<serde_json::Value> {
     let mut out = Vec::new();
@@ -467,11 +476,12 @@ async fn replicas_share_the_fleet_fail_over_hand_over_and_rebalance() {
     )
     .await;
     let failover = killed.elapsed();
-    eventually("placement over 2 replicas", Duration::from_secs(10), || {
-        let live: Vec<&Replica> = rs.iter().collect();
-        let expected = &expected;
-        async move { owners(&live, expected).await.map(|_| ()) }
-    })
+    settled(
+        &rs,
+        &expected,
+        "placement over 2 replicas",
+        Duration::from_secs(10),
+    )
     .await;
     no_gap(&sim, dir.path(), Duration::from_secs(30)).await;
     let dup = duplicates(&union(dir.path()));
@@ -513,11 +523,12 @@ async fn replicas_share_the_fleet_fail_over_hand_over_and_rebalance() {
         0
     );
     churn(&sim);
-    eventually("placement over 1 replica", Duration::from_secs(10), || {
-        let live: Vec<&Replica> = rs.iter().collect();
-        let expected = &expected;
-        async move { owners(&live, expected).await.map(|_| ()) }
-    })
+    settled(
+        &rs,
+        &expected,
+        "placement over 1 replica",
+        Duration::from_secs(10),
+    )
     .await;
     no_gap(&sim, dir.path(), Duration::from_secs(30)).await;
     assert_eq!(
@@ -618,11 +629,12 @@ async fn a_paused_owner_is_fenced_off_and_a_nats_restart_loses_nothing() {
         &Setup::default(),
     )
     .await;
-    eventually("placement over 2 replicas", Duration::from_secs(30), || {
-        let live: Vec<&Replica> = rs.iter().collect();
-        let expected = &expected;
-        async move { owners(&live, expected).await.map(|_| ()) }
-    })
+    settled(
+        &rs,
+        &expected,
+        "placement over 2 replicas",
+        Duration::from_secs(30),
+    )
     .await;
     no_gap(&sim, dir.path(), Duration::from_secs(30)).await;
 
@@ -965,11 +977,12 @@ async fn a_reload_on_every_replica_places_a_new_tenant_once() {
     };
     let mut rs = replicas(&sim, &nats.url, &["r1", "r2"], dir.path(), &three).await;
     let before: BTreeSet<String> = (0..3).map(|i| format!("t{i}")).collect();
-    eventually("placement over 2 replicas", Duration::from_secs(30), || {
-        let live: Vec<&Replica> = rs.iter().collect();
-        let before = &before;
-        async move { owners(&live, before).await.map(|_| ()) }
-    })
+    settled(
+        &rs,
+        &before,
+        "placement over 2 replicas",
+        Duration::from_secs(30),
+    )
     .await;
     // Every replica's configuration gains t3; each reloads (POST /reload) on its own.
     for r in &rs {
