@@ -80,6 +80,35 @@ async fn idle() {
         .iter()
         .filter(|h| h.next_poll_at.is_some() || h.last_poll_at.is_some())
         .count();
+    // The admin API at this size: the whole list, one worst-first page, the metrics.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = reqwest::Client::new();
+    let timed = |path: &'static str| {
+        let client = client.clone();
+        let url = format!("http://{}{path}", app.admin_addr());
+        async move {
+            let t = Instant::now();
+            let body = client.get(url).send().await.unwrap().bytes().await.unwrap();
+            (t.elapsed(), body)
+        }
+    };
+    let (all_took, all) = timed("/tenants").await;
+    let (page_took, page) = timed("/tenants?order=worst&limit=100").await;
+    let (metrics_took, metrics) = timed("/metrics").await;
+    let series = String::from_utf8_lossy(&metrics)
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .count();
+    println!(
+        "| admin API | {n} idle tenants | `/tenants` {:.0} ms, {} bytes; `/tenants?order=worst&limit=100` {:.0} ms, {} bytes; `/metrics` {:.0} ms, {} bytes, {series} series ({:.1} per tenant) | |",
+        all_took.as_secs_f64() * 1000.0,
+        all.len(),
+        page_took.as_secs_f64() * 1000.0,
+        page.len(),
+        metrics_took.as_secs_f64() * 1000.0,
+        metrics.len(),
+        series as f64 / n as f64
+    );
     let stop = Instant::now();
     app.shutdown().await.unwrap();
     println!(
