@@ -69,15 +69,7 @@ fn replica(id: &str, sim: &Sim, nats: &str, tenants: usize, cluster: &str) -> Re
 
 /// (tenant, polled at least once) of the tenants a replica lists.
 async fn listed(client: &reqwest::Client, r: &Replica) -> Vec<(String, bool)> {
-    let Ok(resp) = client
-        .get(format!("http://{}/tenants", r.admin))
-        .send()
-        .await
-    else {
-        return Vec::new();
-    };
-    let body = resp.bytes().await.unwrap_or_default();
-    let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    let v = get_json(client, &format!("http://{}/tenants", r.admin)).await;
     v.as_array()
         .map(|a| {
             a.iter()
@@ -241,15 +233,7 @@ async fn state() {
         let l = listed(&client, &r).await;
         if l.len() == TENANTS && l.iter().all(|(_, p)| *p) {
             // Polled: wait for the first sweeps to end (idle everywhere).
-            let body = client
-                .get(format!("http://{}/tenants?state=idle", r.admin))
-                .send()
-                .await
-                .unwrap()
-                .bytes()
-                .await
-                .unwrap();
-            let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            let v = get_json(&client, &format!("http://{}/tenants?state=idle", r.admin)).await;
             if v.as_array().map(Vec::len) == Some(TENANTS) {
                 break;
             }

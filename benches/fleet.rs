@@ -369,13 +369,7 @@ async fn reconcile(not_found: bool) {
 /// GraphQL requests the simulator has seen from clients 0..n.
 async fn sim_requests(base: &str, n: usize) -> u64 {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let body = reqwest::get(format!("{base}/_sim/tenants"))
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let v = get_json(&reqwest::Client::new(), &format!("{base}/_sim/tenants")).await;
     v.as_array()
         .unwrap()
         .iter()

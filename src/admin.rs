@@ -149,12 +149,7 @@ async fn cluster(State(st): State<AdminState>) -> Response {
     match &st.cluster {
         Some(v) => Json(v.status()).into_response(),
         None => {
-            let owner = st
-                .health
-                .all()
-                .first()
-                .map(|h| h.owner.to_string())
-                .unwrap_or_else(crate::config::host_name);
+            let owner = st.health.owner();
             Json(json!({
                 "replica": owner,
                 "mode": "single",

@@ -137,7 +137,6 @@ impl App {
         let membership = match (cluster, cluster_settings) {
             (Some(c), Some(settings)) => Some(Membership::start(LoopArgs {
                 kv: c.kv,
-                client: c.client,
                 settings,
                 reloader: reloader.clone(),
                 view: c.view,

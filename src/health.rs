@@ -181,6 +181,11 @@ impl HealthMap {
         }
     }
 
+    /// This process's replica id (the `owner` of its tenants).
+    pub fn owner(&self) -> &str {
+        &self.owner
+    }
+
     /// Registers a tenant (or keeps its record when it is already there).
     pub fn ensure(&self, id: &str) {
         self.map

@@ -195,15 +195,24 @@ fn all_tenants(sim: &Simulator) -> BTreeSet<String> {
 
 /// (id, owner, polls, last_poll_at set) of the tenants a replica lists, or None when it does not
 /// answer.
-async fn listed(r: &Replica) -> Option<Vec<(String, String, u64, bool)>> {
+/// A replica's answer to `GET <path>` on its admin API.
+async fn get_text(r: &Replica, path: &str) -> Result<String, String> {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let body = reqwest::get(format!("http://{}/tenants", r.admin))
+    reqwest::get(format!("http://{}{path}", r.admin))
         .await
-        .ok()?
-        .bytes()
+        .map_err(|e| e.to_string())?
+        .text()
         .await
-        .ok()?;
-    let v: serde_json::Value = serde_json::from_slice(&body).ok()?;
+        .map_err(|e| e.to_string())
+}
+
+async fn get_json(r: &Replica, path: &str) -> Result<serde_json::Value, String> {
+    let body = get_text(r, path).await?;
+    serde_json::from_str(&body).map_err(|e| format!("{e}: {body}"))
+}
+
+async fn listed(r: &Replica) -> Option<Vec<(String, String, u64, bool)>> {
+    let v = get_json(r, "/tenants").await.ok()?;
     Some(
         v.as_array()?
             .iter()
@@ -603,11 +612,7 @@ async fn replicas_share_the_fleet_fail_over_hand_over_and_rebalance() {
 
 /// A counter's value in a replica's `/metrics` (0 when absent or unreachable).
 async fn metric(r: &Replica, name: &str) -> f64 {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let Ok(resp) = reqwest::get(format!("http://{}/metrics", r.admin)).await else {
-        return 0.0;
-    };
-    let text = resp.text().await.unwrap_or_default();
+    let text = get_text(r, "/metrics").await.unwrap_or_default();
     text.lines()
         .filter(|l| l.starts_with(name))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
@@ -739,15 +744,7 @@ async fn a_paused_owner_is_fenced_off_and_a_nats_restart_loses_nothing() {
             let live: Vec<&Replica> = rs.iter().collect();
             async move {
                 for r in live {
-                    let _ = rustls::crypto::ring::default_provider().install_default();
-                    let body = reqwest::get(format!("http://{}/cluster", r.admin))
-                        .await
-                        .map_err(|e| e.to_string())?
-                        .text()
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    let v: serde_json::Value =
-                        serde_json::from_str(&body).map_err(|e| e.to_string())?;
+                    let v = get_json(r, "/cluster").await?;
                     if v["nats_connected"] != true
                         || v["members"].as_array().map(Vec::len) != Some(2)
                     {
@@ -781,17 +778,6 @@ async fn a_paused_owner_is_fenced_off_and_a_nats_restart_loses_nothing() {
         exit_code(rs[0].child.as_mut().unwrap(), Duration::from_secs(20)).await,
         0
     );
-}
-
-async fn get_json(r: &Replica, path: &str) -> Result<serde_json::Value, String> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let body = reqwest::get(format!("http://{}{path}", r.admin))
-        .await
-        .map_err(|e| e.to_string())?
-        .text()
-        .await
-        .map_err(|e| e.to_string())?;
-    serde_json::from_str(&body).map_err(|e| format!("{e}: {body}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -126,3 +126,12 @@ pub fn bench_args() -> Option<Vec<String>> {
             .collect(),
     )
 }
+
+/// `GET url` as JSON (`null` when the server does not answer or answers something else).
+pub async fn get_json(client: &reqwest::Client, url: &str) -> serde_json::Value {
+    let Ok(resp) = client.get(url).send().await else {
+        return serde_json::Value::Null;
+    };
+    let body = resp.bytes().await.unwrap_or_default();
+    serde_json::from_slice(&body).unwrap_or_default()
+}

@@ -91,7 +91,6 @@ pub struct Membership {
 /// Everything the loop works with.
 pub struct LoopArgs {
     pub kv: kv::Store,
-    pub client: async_nats::Client,
     pub settings: ClusterSettings,
     pub reloader: Reloader,
     pub view: Arc<ClusterView>,
@@ -425,7 +424,8 @@ async fn publish_status(
     a.view.set(ClusterStatus {
         replica: me.to_string(),
         members: views,
-        nats_connected: a.client.connection_state() == async_nats::connection::State::Connected,
+        // Read live by `ClusterView::status`.
+        nats_connected: false,
         config_digest: outcome.digest,
         owned: outcome.owned,
         configured: outcome.configured,

@@ -27,7 +27,6 @@ use crate::state::jetstream::{LiveSet, Replicated};
 /// A replica's connection to the cluster: the NATS client, the members bucket, the replicated
 /// state backend, and the views the membership loop keeps up to date.
 pub struct Connected {
-    pub client: async_nats::Client,
     pub kv: async_nats::jetstream::kv::Store,
     pub replicated: Arc<Replicated>,
     pub live: Arc<LiveSet>,
@@ -68,8 +67,7 @@ pub async fn connect(s: &ClusterSettings) -> Result<Connected, String> {
     )
     .await?;
     Ok(Connected {
-        view: Arc::new(ClusterView::new(&s.replica_id, client.clone())),
-        client,
+        view: Arc::new(ClusterView::new(&s.replica_id, client)),
         kv,
         replicated: Arc::new(replicated),
         live,
@@ -97,7 +95,7 @@ pub struct MemberView {
 pub struct ClusterStatus {
     pub replica: String,
     pub members: Vec<MemberView>,
-    /// Whether this replica can reach NATS now.
+    /// Whether this replica can reach NATS now (asked at every read).
     pub nats_connected: bool,
     /// This replica's digest of its configured tenant set.
     pub config_digest: String,

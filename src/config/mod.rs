@@ -13,7 +13,7 @@ mod load;
 mod settings;
 mod types;
 
-pub use cluster::{host_name, valid_replica_id, ClusterSection, ClusterSettings};
+pub use cluster::{host_name, ClusterSection, ClusterSettings};
 pub use diff::{diff, needs_restart, ConfigDiff};
 pub use duration::DurationValue;
 pub use error::{ConfigError, Problem};

@@ -143,11 +143,6 @@ impl Replicated {
         self.client.connection_state() == async_nats::connection::State::Connected
     }
 
-    /// True while this replica holds `tenant`.
-    pub fn owns(&self, tenant: &str) -> bool {
-        self.owned.contains_key(tenant)
-    }
-
     async fn publish(
         &self,
         tenant: &str,
@@ -213,12 +208,7 @@ impl Replicated {
                 .send()
                 .await
                 .map_err(|e| format!("cannot read the state of tenant {tenant}: {e}"))?;
-            let header = |name: &str| {
-                m.headers
-                    .get(name)
-                    .map(|v| v.as_str().to_string())
-                    .unwrap_or_default()
-            };
+            let header = |name: &str| header(&m, name);
             let bad = |e: String| format!("state of tenant {tenant}, message {}: {e}", m.sequence);
             match header(OP).as_str() {
                 "delta" => {
@@ -452,24 +442,6 @@ impl Replicated {
             }
         }
     }
-
-    /// Forgets ownership without writing (the tenant was fenced).
-    pub fn forget(&self, tenant: &str) {
-        self.owned.remove(tenant);
-    }
-
-    /// Bytes and messages the state stream holds (for `/cluster` and the benchmarks).
-    pub async fn stream_usage(&self) -> Result<(u64, u64), String> {
-        let info = self
-            .js
-            .get_stream(&self.stream_name)
-            .await
-            .map_err(|e| e.to_string())?
-            .get_info()
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok((info.state.bytes, info.state.messages))
-    }
 }
 
 /// What a claim found.
@@ -501,13 +473,16 @@ pub enum WriteOutcome {
     CacheOnly { seq: u64, resync: bool },
 }
 
+/// A header of a state message, or "" when it has none.
+fn header(m: &async_nats::jetstream::message::StreamMessage, name: &str) -> String {
+    m.headers
+        .get(name)
+        .map(|v| v.as_str().to_string())
+        .unwrap_or_default()
+}
+
 fn last_of(m: &async_nats::jetstream::message::StreamMessage) -> LastWrite {
-    let h = |name: &str| {
-        m.headers
-            .get(name)
-            .map(|v| v.as_str().to_string())
-            .unwrap_or_default()
-    };
+    let h = |name: &str| header(m, name);
     LastWrite {
         seq: m.sequence,
         op: h(OP),

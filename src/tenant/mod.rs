@@ -236,9 +236,7 @@ impl TenantActorState {
             if let Err((kind, e)) = self.commit(first).await {
                 drop(permit);
                 if kind == FENCED {
-                    tracing::warn!(tenant = %self.args.spec.id, error = %e, "tenant taken over by another replica; stopping it here");
-                    myself.stop(Some(format!("{FENCED}: {e}")));
-                    return;
+                    return self.stop_fenced(myself, &e);
                 }
                 self.args.health.update(&self.args.spec.id, |h| {
                     h.last_error = Some(LastError {
@@ -475,11 +473,7 @@ impl TenantActorState {
                 });
                 self.arm_timer(myself, interval);
             }
-            Err((FENCED, message)) => {
-                // Another replica owns the tenant now: stop here without writing anything more.
-                tracing::warn!(tenant = %self.args.spec.id, error = %message, "tenant taken over by another replica; stopping it here");
-                myself.stop(Some(format!("{FENCED}: {message}")));
-            }
+            Err((FENCED, message)) => self.stop_fenced(myself, &message),
             Err((kind, message)) => {
                 self.consecutive_failures += 1;
                 let exp = self.consecutive_failures.saturating_sub(1).min(16);
@@ -551,6 +545,13 @@ impl TenantActorState {
             .write(&self.args.spec.id, w)
             .await
             .map_err(|e| (if e.fenced { FENCED } else { "state" }, e.to_string()))
+    }
+
+    /// Another replica owns the tenant now (a state write was fenced): stop here without writing
+    /// anything more. The supervisor starts it again, and the new actor waits to claim it.
+    fn stop_fenced(&self, myself: &ActorRef<TenantMsg>, message: &str) {
+        tracing::warn!(tenant = %self.args.spec.id, error = %message, "tenant taken over by another replica; stopping it here");
+        myself.stop(Some(format!("{FENCED}: {message}")));
     }
 
     /// Cluster mode: tries to take the tenant over; retries shortly while another replica

@@ -105,15 +105,9 @@ impl StopSignal {
 
     /// Sleeps `d`; false when the stop came first.
     pub async fn sleep(&self, d: Duration) -> bool {
-        let notified = self.notify.notified();
-        tokio::pin!(notified);
-        notified.as_mut().enable();
-        if self.is_stopped() {
-            return false;
-        }
         tokio::select! {
+            _ = self.stopped() => false,
             _ = tokio::time::sleep(d) => true,
-            _ = notified => false,
         }
     }
 }
@@ -146,10 +140,6 @@ impl TenantSlot {
     /// The sweep ended: the slot goes back.
     pub fn release(&self) {
         self.held.lock().expect("slot lock").take();
-    }
-
-    pub fn is_held(&self) -> bool {
-        self.held.lock().expect("slot lock").is_some()
     }
 }
 
