@@ -14,6 +14,7 @@ use crate::cluster::ClusterView;
 use crate::config::{EnvSource, Settings};
 use crate::faults::FaultInjection;
 use crate::health::HealthMap;
+use crate::hooks::Hints;
 use crate::metrics::Observer;
 use crate::reload::Reloader;
 use crate::sink::SinkStats;
@@ -52,6 +53,10 @@ pub struct App {
     membership: Option<Membership>,
     /// Cluster mode: what `/cluster` shows.
     cluster_view: Option<Arc<ClusterView>>,
+    /// The webhook receiver (`[hooks]`); stops when dropped.
+    hooks: Option<crate::hooks::HooksServer>,
+    /// Cluster mode with `[hooks]`: queues hints other replicas forwarded.
+    forwarded: Option<JoinHandle<()>>,
 }
 
 impl App {
@@ -97,6 +102,30 @@ impl App {
             Some(c) => store.replicate_to(c.replicated.clone()),
             None => store,
         };
+        // Webhook hints: the registry of tokens and queues, and the receiver's address, bound
+        // now so a taken port fails the start.
+        let hints = match &settings.hooks {
+            Some(h) => {
+                let forwarder = cluster
+                    .as_ref()
+                    .zip(settings.cluster.as_ref())
+                    .map(|(c, s)| {
+                        crate::hooks::Forwarder::new(c.client.clone(), &s.members_bucket)
+                    });
+                Hints::new(h.queue_limit, forwarder, observer.metrics().hooks.clone())
+            }
+            None => Hints::disabled(),
+        };
+        hints.set_tokens(&settings.tenants);
+        let hooks_listener = match &settings.hooks {
+            Some(h) => Some(crate::hooks::bind(h.listen).await.map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot serve the webhook receiver on {}: {e} (key hooks.listen; choose a free address)",
+                    h.listen
+                )
+            })?),
+            None => None,
+        };
         let for_reload = settings.clone();
         let mut settings = settings;
         let supervisor_ready = if cluster.is_some() {
@@ -118,6 +147,7 @@ impl App {
                 store,
                 store_recovered,
                 ready: supervisor_ready,
+                hints: hints.clone(),
             },
         )
         .await
@@ -132,6 +162,7 @@ impl App {
             supervisor.clone(),
             observer.clone(),
             replica,
+            hints.clone(),
         );
         let cluster_view = cluster.as_ref().map(|c| c.view.clone());
         let membership = match (cluster, cluster_settings) {
@@ -160,7 +191,18 @@ impl App {
             },
         )?;
         tracing::info!(addr = %admin.addr, "admin API listening");
+        let hooks = match hooks_listener {
+            Some(l) => {
+                let server = crate::hooks::serve(l, hints.clone())?;
+                tracing::info!(addr = %server.addr, "webhook receiver listening");
+                Some(server)
+            }
+            None => None,
+        };
+        let forwarded = hints.spawn_forward_listener();
         Ok(App {
+            hooks,
+            forwarded,
             membership,
             cluster_view,
             admin,
@@ -190,6 +232,11 @@ impl App {
     /// Reloads the configuration (what SIGHUP and `POST /reload` do).
     pub fn reloader(&self) -> &Reloader {
         &self.reloader
+    }
+
+    /// Where the webhook receiver listens (`None` without `[hooks]`).
+    pub fn hooks_addr(&self) -> Option<std::net::SocketAddr> {
+        self.hooks.as_ref().map(|h| h.addr)
     }
 
     /// Where the admin API listens.
@@ -235,6 +282,9 @@ impl App {
     pub async fn shutdown(self) -> anyhow::Result<()> {
         if let Some(w) = &self.watcher {
             w.abort();
+        }
+        if let Some(f) = &self.forwarded {
+            f.abort();
         }
         // Cluster mode: announce leaving first, so the others stop placing tenants here and take
         // each over as soon as its release is written (after its page in flight).

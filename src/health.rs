@@ -92,6 +92,13 @@ pub struct TenantHealth {
     /// How late the last scheduled poll started, in milliseconds (waiting for a sweep slot
     /// included): a fleet that outgrows `max_concurrent_sweeps` shows here first.
     pub last_poll_lag_ms: Option<u64>,
+    /// Freshness: how old the newest change (`updatedAt` / `statusChangedAt`) among the last
+    /// delivered events was when the sinks took it, in milliseconds.
+    pub last_change_age_ms: Option<u64>,
+    /// Issue ids webhook hints named that were looked up (since the process started).
+    pub hints_looked_up: u64,
+    /// Times the hint queue overflowed and a full sweep replaced the lookups.
+    pub hint_overflows: u64,
 }
 
 impl TenantHealth {
@@ -112,6 +119,9 @@ impl TenantHealth {
             last_poll_mode: None,
             last_poll_requests: None,
             last_poll_lag_ms: None,
+            last_change_age_ms: None,
+            hints_looked_up: 0,
+            hint_overflows: 0,
         }
     }
 }

@@ -19,6 +19,8 @@
 //! - [`metrics`]: typed internal events that are both logged and counted (Prometheus).
 //! - [`cluster`]: cluster mode: membership in a JetStream KV bucket (`membership`) and placement
 //!   of tenants over the live replicas (`placement`), fed to the supervisor as reload diffs.
+//! - [`hooks`]: webhook hints: the receiver Wiz automation rules call, and the per-tenant queues
+//!   of hinted issue ids the tenants look up.
 //! - [`admin`]: the admin HTTP API (health per tenant, polls on demand).
 //! - [`app`]: wiring and ordered shutdown.
 //! - [`reload`]: reconfiguration without restart (SIGHUP, `POST /reload`, file watcher).
@@ -39,6 +41,7 @@ pub mod config;
 pub mod event;
 pub mod faults;
 pub mod health;
+pub mod hooks;
 pub mod metrics;
 pub mod reload;
 pub mod serve;

@@ -73,6 +73,10 @@ pub struct Metrics {
     pub cluster: ClusterMetrics,
     /// Sweep slots (fleet-wide).
     pub slots: SlotMetrics,
+    /// Webhook hints (fleet-wide).
+    pub hooks: crate::hooks::HookMetrics,
+    /// Per tenant: the age of the newest change delivered, at its delivery.
+    change_age: Family<TenantLabels, Gauge<f64, AtomicU64>>,
 }
 
 /// The fleet's sweep slots (`max_concurrent_sweeps`): how many are held, and how long tenants
@@ -244,10 +248,18 @@ impl Default for Metrics {
             vanished: Family::default(),
             cluster: ClusterMetrics::new(),
             slots: SlotMetrics::default(),
+            hooks: crate::hooks::HookMetrics::default(),
+            change_age: Family::default(),
             registry: Registry::default(),
         };
         m.cluster.register(&mut registry);
         m.slots.register(&mut registry);
+        m.hooks.register(&mut registry);
+        registry.register(
+            "change_age_seconds",
+            "Freshness: how old the newest change among the tenant's last delivered events was when the sinks took it",
+            m.change_age.clone(),
+        );
         registry.register(
             "events",
             "Events delivered to every sink, by kind",
@@ -359,6 +371,12 @@ impl Metrics {
                 let since = now.duration_since(t).unwrap_or_default().as_secs_f64();
                 self.since_success.get_or_create(&l).set(since);
             }
+            if let Some(ms) = h.last_change_age_ms {
+                let l = TenantLabels {
+                    tenant: h.id.clone(),
+                };
+                self.change_age.get_or_create(&l).set(ms as f64 / 1000.0);
+            }
         }
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
@@ -377,6 +395,7 @@ impl Metrics {
         self.tenant_poll_duration.remove(&t);
         self.last_success.remove(&t);
         self.since_success.remove(&t);
+        self.change_age.remove(&t);
         for s in TenantState::ALL {
             self.state.remove(&StateLabels {
                 tenant: tenant.to_string(),

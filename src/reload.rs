@@ -14,6 +14,7 @@ use serde::Serialize;
 
 use crate::cluster::placement;
 use crate::config::{diff, load, ConfigDiff, EnvSource, Settings};
+use crate::hooks::Hints;
 use crate::metrics::Observer;
 use crate::supervisor::SupervisorMsg;
 
@@ -35,6 +36,8 @@ struct Inner {
     current: tokio::sync::Mutex<Desired>,
     supervisor: ActorRef<SupervisorMsg>,
     observer: Observer,
+    /// Takes every configured tenant's webhook token after each reload.
+    hints: Hints,
 }
 
 /// What the supervisor should run: the configuration, restricted (in cluster mode) to the
@@ -86,6 +89,7 @@ fn view(settings: &Settings, placed: Option<&Placed>) -> Settings {
             .collect(),
         telemetry: settings.telemetry.clone(),
         cluster: settings.cluster.clone(),
+        hooks: settings.hooks.clone(),
     }
 }
 
@@ -161,6 +165,7 @@ impl Reloader {
         supervisor: ActorRef<SupervisorMsg>,
         observer: Observer,
         replica: Option<String>,
+        hints: Hints,
     ) -> Self {
         let placed = replica.map(|replica| Placed {
             replica,
@@ -181,6 +186,7 @@ impl Reloader {
                 }),
                 supervisor,
                 observer,
+                hints,
             }),
         }
     }
@@ -282,6 +288,9 @@ impl Reloader {
             Some(p) => current.outcome = outcome(&new, p, &ConfigDiff::default()),
             None => current.outcome.digest = placement::fleet_digest(&new.tenants),
         }
+        // Tokens of every configured tenant (a hint reaching a replica that does not own the
+        // tenant is checked here and forwarded): a rotated token applies at once.
+        self.inner.hints.set_tokens(&new.tenants);
         current.settings = new;
         if placed.is_some() {
             current.placed = placed;

@@ -27,6 +27,8 @@ use crate::state::jetstream::{LiveSet, Replicated};
 /// A replica's connection to the cluster: the NATS client, the members bucket, the replicated
 /// state backend, and the views the membership loop keeps up to date.
 pub struct Connected {
+    /// The NATS connection (hints are forwarded over it).
+    pub client: async_nats::Client,
     pub kv: async_nats::jetstream::kv::Store,
     pub replicated: Arc<Replicated>,
     pub live: Arc<LiveSet>,
@@ -67,6 +69,7 @@ pub async fn connect(s: &ClusterSettings) -> Result<Connected, String> {
     )
     .await?;
     Ok(Connected {
+        client: client.clone(),
         view: Arc::new(ClusterView::new(&s.replica_id, client)),
         kv,
         replicated: Arc::new(replicated),

@@ -134,6 +134,7 @@ pub fn diff(old: &Settings, new: &Settings) -> ConfigDiff {
         a.summary_interval != b.summary_interval,
     );
     restart_only("cluster.*", old.cluster != new.cluster);
+    restart_only("hooks.*", old.hooks != new.hooks);
     restart_only(
         "telemetry.*",
         old.telemetry.otlp_endpoint != new.telemetry.otlp_endpoint

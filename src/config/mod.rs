@@ -9,6 +9,7 @@ mod cluster;
 mod diff;
 mod duration;
 mod error;
+mod hooks;
 mod load;
 mod settings;
 mod types;
@@ -17,6 +18,7 @@ pub use cluster::{host_name, ClusterSection, ClusterSettings};
 pub use diff::{diff, needs_restart, ConfigDiff};
 pub use duration::DurationValue;
 pub use error::{ConfigError, Problem};
+pub use hooks::{HooksSection, HooksSettings};
 pub use load::{load, load_str, EnvSource, DEFAULT_CONFIG_PATH};
 pub use settings::{
     AdminSettings, Cloud, ConnectorSettings, RestartPolicy, RetryPolicy, SecretSource, Settings,

@@ -43,6 +43,8 @@ pub struct Settings {
     pub telemetry: TelemetrySettings,
     /// Cluster mode (`[cluster]`); `None`: one process with local state.
     pub cluster: Option<super::cluster::ClusterSettings>,
+    /// The webhook receiver (`[hooks]`); `None`: no receiver.
+    pub hooks: Option<super::hooks::HooksSettings>,
 }
 
 /// `[telemetry]`, parsed.
@@ -191,6 +193,10 @@ pub struct TenantSpec {
     /// Sweep fully on every poll while the last full sweep took at most this many pages.
     pub full_sweep_max_pages: u32,
     pub incremental_overlap: DurationValue,
+    /// The bearer token of this tenant's webhook hints; `None`: hints for it are refused.
+    /// Changing it needs no restart of the tenant (the receiver reads it from the configuration).
+    #[serde(serialize_with = "redact_opt")]
+    pub webhook_token: Option<SecretString>,
 }
 
 impl TenantSpec {
@@ -255,6 +261,9 @@ pub fn valid_id(id: &str) -> bool {
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
 }
+
+/// Shortest accepted webhook token.
+const MIN_WEBHOOK_TOKEN: usize = 16;
 
 /// Turns the layered file into settings, or reports every problem.
 pub(super) fn resolve(
@@ -406,6 +415,9 @@ pub(super) fn resolve(
 
     let cluster = file.cluster.as_ref().and_then(|section| {
         super::cluster::resolve_cluster(section, |key, message| c.global(key, message))
+    });
+    let hooks = file.hooks.as_ref().and_then(|section| {
+        super::hooks::resolve_hooks(section, |key, message| c.global(key, message))
     });
 
     let mut sinks = Vec::new();
@@ -601,6 +613,7 @@ pub(super) fn resolve(
             per_tenant_histograms: file.telemetry.per_tenant_histograms,
         },
         cluster,
+        hooks,
     })
 }
 
@@ -643,6 +656,26 @@ fn resolve_tenant(
         }
     };
     let secret = resolve_secret(c, id, t, env);
+    let webhook_token = match secret_value(
+        t.webhook_token.as_ref(),
+        t.webhook_token_file.as_ref(),
+        ("webhook_token", "webhook_token_file"),
+        env,
+    ) {
+        Ok(Some((token, _))) if token.expose_secret().len() < MIN_WEBHOOK_TOKEN => {
+            c.tenant(
+                id,
+                "webhook_token",
+                format!("must be at least {MIN_WEBHOOK_TOKEN} characters: it guards an endpoint Wiz reaches from outside (generate one with `openssl rand -hex 32`)"),
+            );
+            None
+        }
+        Ok(v) => v.map(|(token, _)| token),
+        Err((key, message)) => {
+            c.tenant(id, key, message);
+            None
+        }
+    };
 
     let insecure = t.allow_insecure_endpoints;
     let api_url = match &t.api_url {
@@ -746,6 +779,7 @@ fn resolve_tenant(
         full_sweep_interval: conn.full_sweep_interval,
         full_sweep_max_pages: conn.full_sweep_max_pages,
         incremental_overlap: conn.incremental_overlap,
+        webhook_token,
     })
 }
 

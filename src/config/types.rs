@@ -26,6 +26,8 @@ pub struct ConfigFile {
     pub telemetry: TelemetrySection,
     /// Cluster mode; absent: one process with local state.
     pub cluster: Option<super::cluster::ClusterSection>,
+    /// The webhook receiver; absent: no receiver.
+    pub hooks: Option<super::hooks::HooksSection>,
 }
 
 /// `[telemetry]`.
@@ -266,6 +268,11 @@ pub struct TenantSection {
     /// Permits `http://` and non-Wiz hosts (simulators, tests); logged as a warning.
     #[serde(default)]
     pub allow_insecure_endpoints: bool,
+    /// The bearer token Wiz's automation rule sends with its webhook hints (a literal or
+    /// `${ENV_VAR}`). Without it the tenant takes no hints.
+    pub webhook_token: Option<SecretString>,
+    /// Alternative to `webhook_token`: a file holding it.
+    pub webhook_token_file: Option<PathBuf>,
 }
 
 /// Statuses as a TOML list, or as `"OPEN,IN_PROGRESS"` (how an environment variable carries a list).

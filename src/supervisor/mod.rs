@@ -25,6 +25,7 @@ use rand::Rng;
 use crate::config::{ConfigDiff, RestartPolicy, Settings, SinkSpec, TenantSpec};
 use crate::faults::FaultInjection;
 use crate::health::{HealthMap, LastError, TenantState};
+use crate::hooks::Hints;
 use crate::metrics::{Event, Observer};
 use crate::sink::{SinkActor, SinkArgs, SinkMsg, SinkStats};
 use crate::state::StateStore;
@@ -63,6 +64,8 @@ pub struct SupervisorArgs {
     pub store_recovered: Option<String>,
     /// Set once every tenant has been spawned.
     pub ready: Arc<AtomicBool>,
+    /// Webhook hints: each tenant's queue comes from here.
+    pub hints: Hints,
 }
 
 /// One supervised tenant.
@@ -129,6 +132,7 @@ pub struct SupervisorState {
     moved_jitter: Option<Duration>,
     /// Set once the tenants configured at start were spawned.
     started: bool,
+    hints: Hints,
 }
 
 /// Each supervisor's actors get a unique name prefix, so several can live in one process.
@@ -185,6 +189,7 @@ impl SupervisorState {
             first_poll_in,
             claim_patience: self.claim_patience,
             failed_cooldown: self.policy.failed_cooldown.0,
+            hints: self.hints.queue(id),
         };
         let name = format!("{}:tenant:{id}", self.instance);
         match Actor::spawn_linked(Some(name), WizTenantActor, args, myself.get_cell()).await {
@@ -309,6 +314,7 @@ impl SupervisorState {
                     self.children.remove(&tenant);
                     self.health.remove(&tenant);
                     self.observer.metrics().forget(&tenant);
+                    self.hints.forget(&tenant);
                     self.release(&tenant);
                     tracing::info!(tenant = %tenant, "tenant removed");
                     return;
@@ -395,6 +401,7 @@ impl SupervisorState {
                     self.children.remove(id);
                     self.health.remove(id);
                     self.observer.metrics().forget(id);
+                    self.hints.forget(id);
                     self.release(id);
                     tracing::info!(tenant = %id, "tenant removed");
                 }
@@ -582,6 +589,7 @@ impl Actor for ConnectorSupervisor {
                 .as_ref()
                 .map(|_| Duration::from_secs(2)),
             started: false,
+            hints: args.hints,
         };
         // The sink starts here, before any tenant: a sink that cannot start (a file that cannot
         // be opened, a NATS server that cannot be reached) fails the start with its reason.

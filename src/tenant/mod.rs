@@ -10,7 +10,11 @@
 //! A full sweep ends with a reconciliation: the known issues in the watched statuses it did not
 //! see are looked up by id, a batch per message, and those Wiz no longer returns are reported as
 //! vanished (see [`crate::event::Normalizer::vanished`]).
+//!
+//! Webhook hints ([`crate::hooks`]) are looked up by id in batches (`hints`): between the pages of
+//! a running sweep, or, when none runs, in a short lookup-only job that moves no checkpoint.
 
+mod hints;
 pub mod memory;
 pub mod slot;
 
@@ -64,6 +68,8 @@ pub enum TenantMsg {
     Update(Arc<TenantSpec>),
     /// Cluster mode: try to take the tenant over (before its first poll).
     Claim,
+    /// Webhook hints are waiting in the tenant's queue (or it overflowed).
+    Hints,
 }
 
 /// How often a claim is tried again while another replica still holds the tenant.
@@ -98,6 +104,8 @@ pub struct TenantArgs {
     pub claim_patience: Duration,
     /// How long a tenant whose credentials keep being refused stays parked.
     pub failed_cooldown: Duration,
+    /// Issue ids webhook hints named, waiting for lookup (kept across restarts of the actor).
+    pub hints: Arc<crate::hooks::HintQueue>,
 }
 
 /// A page delivered to the sink but not yet acknowledged.
@@ -121,6 +129,11 @@ struct Ledger {
     kinds: Vec<(EventKind, u64)>,
     /// How many of the events report an issue that vanished from Wiz.
     vanished: u64,
+    /// For each event a webhook hint led to: when the hint arrived.
+    hinted: Vec<Instant>,
+    /// The latest change time (`updatedAt` or `statusChangedAt`) among the events: its age at
+    /// delivery is the tenant's freshness.
+    newest_change: Option<SystemTime>,
 }
 
 /// The events of one page being built, and their ledger.
@@ -167,6 +180,14 @@ struct ActiveSweep {
     /// Once a full sweep's pages are done: the known issues in the watched statuses it did not
     /// see, in batches still to be looked up by id (each batch is then delivered as a page).
     reconcile: Option<VecDeque<Vec<(String, Known)>>>,
+    /// A lookup-only job for webhook hints (no pages, no checkpoint, not a poll).
+    hints_only: bool,
+    /// The last step looked hints up: the next one fetches a page (hints and pages alternate).
+    hint_step: bool,
+    /// A poll came due during a hints-only job: it starts when the job ends.
+    poll_after: bool,
+    /// A hints-only job: the health state to show again when it ends.
+    state_before: TenantState,
 }
 
 pub struct TenantActorState {
@@ -193,6 +214,8 @@ pub struct TenantActorState {
     claimed: bool,
     /// When the first claim was tried.
     claiming_since: Instant,
+    /// The hint queue overflowed during a sweep: a full one follows it at once.
+    poll_after_sweep: bool,
 }
 
 pub struct WizTenantActor;
@@ -359,6 +382,10 @@ impl TenantActorState {
             pending: None,
             seen: HashSet::new(),
             reconcile: None,
+            hints_only: false,
+            hint_step: false,
+            poll_after: false,
+            state_before: TenantState::Polling,
         });
         let now = SystemTime::now();
         // A poll asked for early (by an operator) is not late.
@@ -385,10 +412,20 @@ impl TenantActorState {
         myself: &ActorRef<TenantMsg>,
         result: Result<(), (&'static str, String)>,
     ) {
+        if self.sweep.as_ref().is_some_and(|a| a.hints_only) {
+            return self.finish_hints(myself, result);
+        }
         let Some(sweep) = self.sweep.take() else {
             return;
         };
         self.slot.release();
+        // Hints that arrived while the sweep ran and were not taken between its pages; or an
+        // overflow that asked for a full sweep after this one.
+        if std::mem::take(&mut self.poll_after_sweep) {
+            let _ = myself.send_message(TenantMsg::Poll);
+        } else if self.args.hints.pending() {
+            let _ = myself.send_message(TenantMsg::Hints);
+        }
         if matches!(&result, Err((kind, _)) if *kind == "stopping") {
             // A retry wait was cut short because the tenant is being stopped: nothing failed.
             return;
@@ -568,6 +605,9 @@ impl TenantActorState {
                 tracing::info!(tenant = %id, state_moved = moved, waited_ms = self.claiming_since.elapsed().as_millis() as u64, "tenant taken over by this replica");
                 let first = self.args.first_poll_in;
                 self.arm_timer(myself, first);
+                if self.args.hints.pending() {
+                    let _ = myself.send_message(TenantMsg::Hints);
+                }
             }
             Ok(ClaimResult::Wait { holder }) => {
                 tracing::debug!(tenant = %id, holder = %holder, "waiting for the tenant's previous owner to hand it over");
@@ -612,6 +652,7 @@ impl TenantActorState {
                 let pending = active.pending.take().expect("checked above");
                 active.events += pending.batch.events as u64;
                 let events = pending.batch.events as u64;
+                self.delivered_freshness(&pending.ledger.hinted, pending.ledger.newest_change);
                 for (kind, count) in pending.ledger.kinds {
                     self.args
                         .observer
@@ -672,6 +713,28 @@ impl TenantActorState {
         let Some(active) = self.sweep.as_mut() else {
             return;
         };
+        // Hints go between pages: one batch, then one page, while both wait (every step in a
+        // hints-only job).
+        let hint_turn = active.hints_only || !active.hint_step;
+        active.hint_step = false;
+        if hint_turn {
+            let batch = self
+                .args
+                .hints
+                .take(self.args.spec.page_size.max(1) as usize);
+            if !batch.is_empty() {
+                if let Some(active) = self.sweep.as_mut() {
+                    active.hint_step = true;
+                }
+                return self.hint_batch(myself, batch).await;
+            }
+        }
+        let Some(active) = self.sweep.as_mut() else {
+            return;
+        };
+        if active.hints_only {
+            return self.finish(myself, Ok(())).await;
+        }
         let observed_at = active.observed_at.clone();
         if let Some(batches) = active.reconcile.as_mut() {
             let Some(batch) = batches.pop_front() else {
@@ -938,6 +1001,13 @@ impl TenantActorState {
         );
         out.lines.push(b'\n');
         out.count(kind);
+        let changed = [&issue.record.updated_at, &issue.record.status_changed_at]
+            .into_iter()
+            .filter_map(|t| humantime::parse_rfc3339_weak(issue.opt(t)?.text).ok())
+            .max();
+        if changed > out.ledger.newest_change {
+            out.ledger.newest_change = changed;
+        }
         let known = Known {
             fingerprint: meta.fingerprint,
             status: meta.status,
@@ -1055,11 +1125,16 @@ impl Actor for WizTenantActor {
             buf: Vec::new(),
             claimed: args.store.replicated().is_none(),
             claiming_since: Instant::now(),
+            poll_after_sweep: false,
             args,
         };
+        state.args.hints.attach(Some(myself.clone()));
         if state.claimed {
             let first = state.args.first_poll_in;
             state.arm_timer(&myself, first);
+            if state.args.hints.pending() {
+                let _ = myself.send_message(TenantMsg::Hints);
+            }
         } else {
             let _ = myself.send_message(TenantMsg::Claim);
         }
@@ -1068,12 +1143,13 @@ impl Actor for WizTenantActor {
 
     async fn post_stop(
         &self,
-        _myself: ActorRef<TenantMsg>,
+        myself: ActorRef<TenantMsg>,
         state: &mut TenantActorState,
     ) -> Result<(), ActorProcessingErr> {
         if let Some(t) = state.timer.take() {
             t.abort();
         }
+        state.args.hints.detach(&myself);
         Ok(())
     }
 
@@ -1092,9 +1168,14 @@ impl Actor for WizTenantActor {
                 let _ = myself.send_message(TenantMsg::Poll);
             }
             TenantMsg::Claim => Box::pin(state.claim(&myself)).await,
+            TenantMsg::Hints => Box::pin(state.on_hints(&myself)).await,
             TenantMsg::Poll => {
                 if !state.claimed {
                     tracing::debug!(tenant = %state.id(), "poll requested before the tenant was taken over; ignored");
+                    return Ok(());
+                }
+                if let Some(a) = state.sweep.as_mut().filter(|a| a.hints_only) {
+                    a.poll_after = true;
                     return Ok(());
                 }
                 if state.sweep.is_some() || state.waiting_for_permit {
@@ -1119,7 +1200,10 @@ impl Actor for WizTenantActor {
             }
             TenantMsg::Permit(permit) => {
                 state.waiting_for_permit = false;
-                if state.sweep.is_none() {
+                if let Some(a) = state.sweep.as_mut().filter(|a| a.hints_only) {
+                    // A hints-only job started while the poll waited: the poll follows it.
+                    a.poll_after = true;
+                } else if state.sweep.is_none() {
                     Box::pin(state.start_sweep(&myself, permit)).await;
                 }
             }
