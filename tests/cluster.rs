@@ -20,6 +20,8 @@ struct Replica {
     id: String,
     child: Option<tokio::process::Child>,
     admin: String,
+    /// Its webhook receiver's address (with `Setup::hooks`).
+    hooks: Option<String>,
     /// Its sink's file and state directory (kept when its configuration is rewritten).
     out: std::path::PathBuf,
     state: std::path::PathBuf,
@@ -41,7 +43,13 @@ struct Setup {
     only: Option<usize>,
     /// A given state directory (else a fresh one).
     state_dir: Option<std::path::PathBuf>,
+    /// Serve webhook hints (every tenant's token is [`HOOK_TOKEN`]).
+    hooks: bool,
+    /// Another poll interval than 1 s.
+    poll_interval: Option<&'static str>,
 }
+
+const HOOK_TOKEN: &str = "cluster-hook-token-0123456789";
 
 fn config_with(
     sim: &Simulator,
@@ -59,11 +67,22 @@ fn config_with(
             FAILOVER.as_secs()
         )
     };
+    let hooks = if setup.hooks {
+        "[hooks]\nlisten = \"127.0.0.1:0\"\n"
+    } else {
+        ""
+    };
+    let tenant_extra = if setup.hooks {
+        format!("rate_limit = 50\nwebhook_token = \"{HOOK_TOKEN}\"")
+    } else {
+        "rate_limit = 50".to_string()
+    };
     let mut body = format!(
-        "[connector]\nstate_dir = \"{}\"\npoll_interval = \"1s\"\nstartup_jitter = \"0s\"\npage_size = {PAGE}\nfull_sweep_interval = \"2s\"\nincremental_overlap = \"1s\"\nwatch_interval = \"0s\"\nshutdown_timeout = \"10s\"\n\
-         [admin]\nlisten = \"{admin}\"\n{cluster}\
+        "[connector]\nstate_dir = \"{}\"\npoll_interval = \"{}\"\nstartup_jitter = \"0s\"\npage_size = {PAGE}\nfull_sweep_interval = \"2s\"\nincremental_overlap = \"1s\"\nwatch_interval = \"0s\"\nshutdown_timeout = \"10s\"\n\
+         [admin]\nlisten = \"{admin}\"\n{cluster}{hooks}\
          [sinks.out]\ntype = \"file\"\npath = \"{}\"\n",
         setup.state_dir.clone().unwrap_or_else(state_dir).display(),
+        setup.poll_interval.unwrap_or("1s"),
         out.display()
     );
     let tenants = sim.tenants();
@@ -72,10 +91,10 @@ fn config_with(
         .enumerate()
         .take(setup.only.unwrap_or(usize::MAX))
     {
-        body.push_str(&tenant_toml(sim, &format!("t{i}"), t, "rate_limit = 50"));
+        body.push_str(&tenant_toml(sim, &format!("t{i}"), t, &tenant_extra));
     }
     if setup.only.is_none() {
-        body.push_str(&tenant_toml(sim, "t0-twin", &tenants[0], "rate_limit = 50"));
+        body.push_str(&tenant_toml(sim, "t0-twin", &tenants[0], &tenant_extra));
     }
     body
 }
@@ -101,11 +120,16 @@ async fn replicas(
 /// The address the replica's admin API bound (it binds port 0, so no other process can take the
 /// port between choosing and binding it), read from its log after `from` bytes.
 async fn admin_addr(log: &std::path::Path, from: u64) -> String {
+    logged_addr(log, from, "admin API listening").await
+}
+
+/// The `addr=` of the first log line after `from` bytes that contains `what`.
+async fn logged_addr(log: &std::path::Path, from: u64, what: &str) -> String {
     let start = Instant::now();
     loop {
         let text = std::fs::read(log).unwrap_or_default();
         let text = String::from_utf8_lossy(&text[(from as usize).min(text.len())..]).into_owned();
-        for line in text.lines().filter(|l| l.contains("admin API listening")) {
+        for line in text.lines().filter(|l| l.contains(what)) {
             // Strip colour codes, then take the value of `addr=`.
             let plain: String = {
                 let mut out = String::new();
@@ -126,7 +150,7 @@ async fn admin_addr(log: &std::path::Path, from: u64) -> String {
         }
         assert!(
             start.elapsed() < Duration::from_secs(30),
-            "the replica logged no admin address in {}",
+            "the replica logged no {what:?} address in {}",
             log.display()
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -143,9 +167,9 @@ async fn replica_with(
     let out = dir.join(format!("{id}.jsonl"));
     let state = setup.state_dir.clone().unwrap_or_else(state_dir);
     let setup = Setup {
-        single: setup.single,
-        only: setup.only,
         state_dir: Some(state.clone()),
+        poll_interval: setup.poll_interval,
+        ..*setup
     };
     let cfg = write_config(&config_with(sim, nats, id, "127.0.0.1:0", &out, &setup));
     // Each run's log, next to its sink (kept with the test's directory when it fails).
@@ -166,10 +190,16 @@ async fn replica_with(
         .spawn()
         .unwrap();
     let admin = admin_addr(&log_path, from).await;
+    let hooks = if setup.hooks {
+        Some(logged_addr(&log_path, from, "webhook receiver listening").await)
+    } else {
+        None
+    };
     Replica {
         id: id.into(),
         child: Some(child),
         admin,
+        hooks,
         out,
         state,
         cfg,
@@ -793,6 +823,7 @@ async fn single_node_state_is_imported_and_a_different_fleet_is_reported() {
         single: true,
         only: Some(3),
         state_dir: Some(state.clone()),
+        ..Default::default()
     };
     let mut node = replica_with(&sim, &nats.url, "r1", dir.path(), &single).await;
     no_gap_for(&sim, &tenants, dir.path(), Duration::from_secs(30)).await;
@@ -809,6 +840,7 @@ async fn single_node_state_is_imported_and_a_different_fleet_is_reported() {
         single: false,
         only: Some(3),
         state_dir: Some(state),
+        ..Default::default()
     };
     let mut rs = vec![replica_with(&sim, &nats.url, "r1", dir.path(), &clustered).await];
     eventually(
@@ -1041,4 +1073,107 @@ async fn a_reload_on_every_replica_places_a_new_tenant_once() {
             0
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hint_reaching_a_replica_that_does_not_own_the_tenant_reaches_the_owner() {
+    let nats = nats_server().await;
+    let sim = sim(4, 10).await;
+    let dir = tempfile::tempdir().unwrap();
+    let expected = all_tenants(&sim);
+    // Polls 300 s apart: after the first, only the hint can deliver the change.
+    let setup = Setup {
+        hooks: true,
+        poll_interval: Some("300s"),
+        ..Default::default()
+    };
+    let rs = replicas(&sim, &nats.url, &["r1", "r2"], dir.path(), &setup).await;
+    settled(&rs, &expected, "placement", Duration::from_secs(30)).await;
+    eventually(
+        "every tenant polled once by its owner",
+        Duration::from_secs(30),
+        || {
+            let live: Vec<&Replica> = rs.iter().collect();
+            async move {
+                let mut polled = 0;
+                for r in &live {
+                    polled += listed(r)
+                        .await
+                        .ok_or("no answer")?
+                        .iter()
+                        .filter(|t| t.2 >= 1)
+                        .count();
+                }
+                if polled == 5 {
+                    Ok(())
+                } else {
+                    Err(format!("{polled} of 5 polled"))
+                }
+            }
+        },
+    )
+    .await;
+    let owner = owners(&rs.iter().collect::<Vec<_>>(), &expected)
+        .await
+        .unwrap();
+    let (tenant, own) = owner.iter().find(|(t, _)| !t.contains("twin")).unwrap();
+    let other = rs.iter().find(|r| &r.id != own).unwrap();
+    let client = sim_client(&sim, tenant);
+    let id = sim.issues(&client, |s| s.ids_with_status("OPEN"))[0].clone();
+    assert!(sim.issues(&client, |s| {
+        let now = s
+            .issues
+            .iter()
+            .find(|i| i.id == id)
+            .unwrap()
+            .severity
+            .clone();
+        s.set_severity(&id, if now == "CRITICAL" { "LOW" } else { "CRITICAL" })
+    }));
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let answer = reqwest::Client::new()
+        .post(format!(
+            "http://{}/hooks/wiz/{tenant}",
+            other.hooks.as_ref().unwrap()
+        ))
+        .header("authorization", format!("Bearer {HOOK_TOKEN}"))
+        .body(format!(r#"{{"issue": {{"id": "{id}"}}}}"#))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status().as_u16(), 202);
+    let text = answer.text().await.unwrap();
+    assert!(text.contains("forwarded"), "{text}");
+    eventually(
+        "the owner delivers the hinted change",
+        Duration::from_secs(20),
+        || {
+            let lines = union(dir.path());
+            let found = lines.iter().any(|l| {
+                l["tenant"] == tenant.as_str()
+                    && l["issue_id"] == id.as_str()
+                    && l["kind"] == "issue.updated"
+            });
+            async move {
+                if found {
+                    Ok(())
+                } else {
+                    Err("not yet".to_string())
+                }
+            }
+        },
+    )
+    .await;
+    // By the owner, which did not poll again.
+    let own_replica = rs.iter().find(|r| &r.id == own).unwrap();
+    let delivered_by_owner = std::fs::read_to_string(&own_replica.out)
+        .unwrap()
+        .lines()
+        .any(|l| l.contains(&id) && l.contains("issue.updated"));
+    assert!(delivered_by_owner);
+    let polls = listed(own_replica).await.unwrap();
+    assert!(
+        polls.iter().filter(|t| &t.0 == tenant).all(|t| t.2 == 1),
+        "{polls:?}"
+    );
 }

@@ -103,13 +103,22 @@ async fn no_secret_or_token_in_trace_logs() {
     assert_clean("errors", &errors.join("\n"), &all);
 }
 
+/// A webhook token (tenant t1's in the run below).
+const HOOK_TOKEN: &str = "hook-token-never-logged-5d2a9e";
+
 #[tokio::test]
 async fn validate_and_check_output_never_show_the_secret() {
     let sim = sim(1, 5).await;
     let secret = sim.tenants()[0].client_secret.clone();
     let mut body = sim_config(&sim, "", "");
     body.push_str(
-        &tenant_toml(&sim, "env-one", &sim.tenants()[0], "").replace(&secret, "${T_SECRET}"),
+        &tenant_toml(
+            &sim,
+            "env-one",
+            &sim.tenants()[0],
+            "webhook_token = \"${T_HOOK}\"",
+        )
+        .replace(&secret, "${T_SECRET}"),
     );
     let cfg = write_config(&body);
     // `wiz-connector <command> --config <cfg>` at trace level, with the secret in the environment.
@@ -118,6 +127,7 @@ async fn validate_and_check_output_never_show_the_secret() {
             .args([command, "--config"])
             .arg(&cfg.path)
             .env("T_SECRET", &secret)
+            .env("T_HOOK", HOOK_TOKEN)
             .env("RUST_LOG", "trace")
             .output()
     };
@@ -130,7 +140,7 @@ async fn validate_and_check_output_never_show_the_secret() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(text.contains("[REDACTED] (from ${T_SECRET})"), "{text}");
-    assert_clean("validate", &text, &[&secret]);
+    assert_clean("validate", &text, &[&secret, HOOK_TOKEN]);
 
     let out = run("check").await.unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
@@ -138,7 +148,7 @@ async fn validate_and_check_output_never_show_the_secret() {
     assert!(stdout.contains("t0: ok"), "{stdout}");
     assert!(stdout.contains("env-one: ok"), "{stdout}");
     let text = format!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
-    assert_clean("check", &text, &[&secret]);
+    assert_clean("check", &text, &[&secret, HOOK_TOKEN]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -153,6 +163,7 @@ async fn run_at_trace_level_through_a_secret_rotation_leaks_nothing() {
     let events = dir.path().join("events.jsonl");
     let secret_file = dir.path().join("t0.secret");
     std::fs::write(&secret_file, &old_secret).unwrap();
+    let hooks_port = free_port();
     let body = sim_config(
         &sim,
         "poll_interval = \"1s\"\nstartup_jitter = \"0s\"\nwatch_interval = \"0s\"",
@@ -166,7 +177,7 @@ async fn run_at_trace_level_through_a_secret_rotation_leaks_nothing() {
         "[admin]\n",
         &format!("[admin]\ntoken = \"{ADMIN_TOKEN}\"\n"),
     ) + &format!(
-        "[sinks.out]\ntype = \"file\"\npath = \"{}\"\n",
+        "webhook_token = \"{HOOK_TOKEN}\"\n[hooks]\nlisten = \"127.0.0.1:{hooks_port}\"\n[sinks.out]\ntype = \"file\"\npath = \"{}\"\n",
         events.display()
     );
     let cfg = write_config(&body);
@@ -192,6 +203,19 @@ async fn run_at_trace_level_through_a_secret_rotation_leaks_nothing() {
         lines.contains("\"tenant\":\"t0\"") && lines.contains("\"tenant\":\"t1\"")
     })
     .await;
+    // Hints for t1 (the last tenant table, so the token above is its): a right and a wrong token.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let http = reqwest::Client::new();
+    for (token, status) in [(HOOK_TOKEN, 202), ("hook-token-wrong-guess-0000", 401)] {
+        let answer = http
+            .post(format!("http://127.0.0.1:{hooks_port}/hooks/wiz/t1"))
+            .header("authorization", format!("Bearer {token}"))
+            .body(r#"{"issue": {"id": "no-such-issue"}}"#)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status().as_u16(), status);
+    }
     // Rotate t0's secret by file (to one Wiz refuses, so the error path is logged too) and reload.
     std::fs::write(&secret_file, "rotated-secret-not-valid-9f2").unwrap();
     let pid = child.id().unwrap().to_string();
@@ -234,6 +258,8 @@ async fn run_at_trace_level_through_a_secret_rotation_leaks_nothing() {
             &other_secret,
             "rotated-secret-not-valid-9f2",
             ADMIN_TOKEN,
+            HOOK_TOKEN,
+            "hook-token-wrong-guess-0000",
         ],
     );
 }
