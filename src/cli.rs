@@ -107,4 +107,7 @@ pub struct SimulateArgs {
     /// failing it with a NOT_FOUND GraphQL error.
     #[arg(long)]
     pub omit_unknown_ids: bool,
+    /// Accept `filterBy.updatedAt` on issuesV2 (unconfirmed for Wiz; refused by default).
+    #[arg(long)]
+    pub accept_updated_at_filter: bool,
 }

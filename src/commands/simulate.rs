@@ -20,6 +20,7 @@ pub fn options(args: &SimulateArgs) -> SimulatorOptions {
         latency: Duration::from_millis(args.latency_ms),
         churn_every: (!args.churn_every.0.is_zero()).then_some(args.churn_every.0),
         unknown_id_not_found: !args.omit_unknown_ids,
+        accept_updated_at_filter: args.accept_updated_at_filter,
         ..Default::default()
     }
 }

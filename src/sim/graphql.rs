@@ -41,6 +41,9 @@ struct Filter {
     issue_type: Option<Vec<String>>,
     created_at: Option<TimeFilter>,
     status_changed_at: Option<TimeFilter>,
+    /// Unconfirmed on Wiz's `issuesV2`: taken only with
+    /// [`super::SimulatorOptions::accept_updated_at_filter`].
+    updated_at: Option<TimeFilter>,
     id: Option<OneOrMany>,
 }
 
@@ -140,13 +143,14 @@ struct PageInfo<'a> {
     end_cursor: Option<&'a str>,
 }
 
-/// Answers one GraphQL request against a tenant's issues. `unknown_id_not_found`: see
-/// [`super::SimulatorOptions::unknown_id_not_found`].
+/// Answers one GraphQL request against a tenant's issues. `unknown_id_not_found` and
+/// `accept_updated_at`: see [`super::SimulatorOptions`].
 pub(super) fn answer(
     body: &str,
     issues: &IssueSet,
     mangle: Option<&Fault>,
     unknown_id_not_found: bool,
+    accept_updated_at: bool,
 ) -> Response {
     let req: Request = match serde_json::from_str(body) {
         Ok(r) => r,
@@ -179,6 +183,13 @@ pub(super) fn answer(
         return error_response("BAD_USER_INPUT", "'first' must be a non-negative integer");
     }
     let mut filter = vars.filter_by.unwrap_or_default();
+    if filter.updated_at.is_some() && !accept_updated_at {
+        // How a GraphQL server refuses an input field its schema does not have.
+        return error_response(
+            "GRAPHQL_VALIDATION_FAILED",
+            "Variable \"$filterBy\" got invalid value; Field \"updatedAt\" is not defined by type \"IssueFilters\".",
+        );
+    }
     let ids = filter.id.take().map(OneOrMany::into_vec);
     if unknown_id_not_found {
         if let Some(unknown) = ids
@@ -189,12 +200,15 @@ pub(super) fn answer(
             return error_response("NOT_FOUND", &format!("Issue {unknown} not found"));
         }
     }
-    let (created, changed) = match (
+    let (created, changed, updated) = match (
         time_filter(&filter.created_at),
         time_filter(&filter.status_changed_at),
+        time_filter(&filter.updated_at),
     ) {
-        (Ok(c), Ok(s)) => (c, s),
-        (Err(e), _) | (_, Err(e)) => return error_response("BAD_USER_INPUT", &e),
+        (Ok(c), Ok(s), Ok(u)) => (c, s, u),
+        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
+            return error_response("BAD_USER_INPUT", &e)
+        }
     };
     let (field, desc) = match &vars.order_by {
         None => ("CREATED_AT", false),
@@ -231,6 +245,9 @@ pub(super) fn answer(
                 && has(&ids, &i.id)
                 && in_range(i.created, &created)
                 && in_range(i.status_changed, &changed)
+                && (updated.is_none()
+                    || humantime::parse_rfc3339_weak(&i.updated_at)
+                        .is_ok_and(|t| in_range(t, &updated)))
         })
         .map(|i| (key(i), i))
         .collect();

@@ -67,6 +67,10 @@ pub struct SimulatorOptions {
     /// with a `NOT_FOUND` GraphQL error (Wiz has been seen to do so); when false, the unknown ids
     /// are simply absent from the answer. Whichever Wiz does, the connector copes.
     pub unknown_id_not_found: bool,
+    /// Whether `issuesV2` takes `filterBy.updatedAt` (unconfirmed for Wiz). False: a query that
+    /// uses it fails with a GraphQL validation error naming the field, as a schema without it
+    /// would answer.
+    pub accept_updated_at_filter: bool,
 }
 
 impl Default for SimulatorOptions {
@@ -78,6 +82,7 @@ impl Default for SimulatorOptions {
             latency: Duration::ZERO,
             churn_every: None,
             unknown_id_not_found: true,
+            accept_updated_at_filter: false,
         }
     }
 }
@@ -497,6 +502,7 @@ async fn graphql_route(
         &g.issues,
         mangle.as_ref(),
         st.opts.unknown_id_not_found,
+        st.opts.accept_updated_at_filter,
     )
 }
 

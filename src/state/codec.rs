@@ -312,6 +312,7 @@ mod tests {
             last_full_sweep: Some(7),
             position: None,
             last_full_pages: None,
+            updated_at_filter: None,
         };
         img.apply(&encode_write(&Write::Commit(Commit {
             remember: vec![

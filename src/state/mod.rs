@@ -67,6 +67,36 @@ pub struct Checkpoint {
     /// same sweep from here instead of from page 1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub position: Option<Box<SweepPosition>>,
+    /// Whether Wiz takes `filterBy.updatedAt` on this tenant's issues (learnt by the first
+    /// incremental poll; a refusal is asked again after [`UpdatedAtProbe::RETRY_AFTER`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub updated_at_filter: Option<UpdatedAtProbe>,
+}
+
+/// What the `filterBy.updatedAt` probe found, and when.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdatedAtProbe {
+    pub accepted: bool,
+    /// Unix seconds.
+    pub at: u64,
+}
+
+impl UpdatedAtProbe {
+    /// How long a refusal is believed before the next incremental poll asks again (one request).
+    pub const RETRY_AFTER: u64 = 24 * 3600;
+
+    /// Incremental polls filter on `updatedAt` (probing when the answer is unknown or stale).
+    pub fn try_it(probe: Option<UpdatedAtProbe>, now: u64) -> bool {
+        match probe {
+            None => true,
+            Some(p) => p.accepted || now.saturating_sub(p.at) >= Self::RETRY_AFTER,
+        }
+    }
+
+    /// Known to be accepted.
+    pub fn accepted(probe: Option<UpdatedAtProbe>) -> bool {
+        probe.is_some_and(|p| p.accepted)
+    }
 }
 
 /// Where a running sweep stands, committed with each delivered page.
@@ -761,6 +791,7 @@ mod tests {
                 last_full_sweep: Some(5),
                 position: None,
                 last_full_pages: None,
+                updated_at_filter: None,
             };
             s.write_now(
                 "acme",
@@ -864,6 +895,7 @@ mod tests {
                             last_full_sweep: Some(t as u64),
                             position: None,
                             last_full_pages: None,
+                            updated_at_filter: None,
                         }),
                     }),
                 )

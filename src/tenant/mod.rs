@@ -34,7 +34,9 @@ use crate::faults::FaultInjection;
 use crate::health::{HealthMap, LastError, TenantState};
 use crate::metrics::{Event, Observer};
 use crate::sink::{deliver, Batch, SinkMsg, SinkStats};
-use crate::state::{Checkpoint, ClaimResult, Commit, StateStore, SweepPosition, Write};
+use crate::state::{
+    Checkpoint, ClaimResult, Commit, StateStore, SweepPosition, UpdatedAtProbe, Write,
+};
 use crate::wiz::page::{Issue, Page};
 use crate::wiz::TimeRange;
 use crate::wiz::{IssueFilter, IssueOrder, Sweep, TenantClient, WizHttp};
@@ -302,9 +304,12 @@ impl TenantActorState {
         // A small tenant (its last full sweep fit in `full_sweep_max_pages`) sweeps fully every
         // time: that costs its few pages and catches every change the fingerprint covers
         // (severity, notes, due dates), which incremental polls on `statusChangedAt` miss.
+        // Where Wiz takes `filterBy.updatedAt`, incremental polls see every edit and a small
+        // tenant need not sweep fully each time.
         let small = checkpoint
             .last_full_pages
-            .is_some_and(|p| p <= spec.full_sweep_max_pages);
+            .is_some_and(|p| p <= spec.full_sweep_max_pages)
+            && !UpdatedAtProbe::accepted(checkpoint.updated_at_filter);
         let due_full = force_full
             || small
             || checkpoint
@@ -316,18 +321,25 @@ impl TenantActorState {
             .and_then(|h| humantime::parse_rfc3339_weak(h).ok());
         let (full, filter) = match since {
             Some(hw) if !due_full => {
-                // Every status, so transitions out of the watched set are seen too.
+                // Every status, so transitions out of the watched set are seen too. On
+                // `updatedAt` when Wiz takes it (every edit), else on `statusChangedAt`.
                 let after = hw.checked_sub(spec.incremental_overlap.0).unwrap_or(hw);
-                (
-                    false,
+                let range = Some(TimeRange {
+                    after: Some(humantime::format_rfc3339_micros(after).to_string()),
+                    before: None,
+                });
+                let filter = if UpdatedAtProbe::try_it(checkpoint.updated_at_filter, now_unix) {
                     IssueFilter {
-                        status_changed_at: Some(TimeRange {
-                            after: Some(humantime::format_rfc3339_micros(after).to_string()),
-                            before: None,
-                        }),
+                        updated_at: range,
                         ..Default::default()
-                    },
-                )
+                    }
+                } else {
+                    IssueFilter {
+                        status_changed_at: range,
+                        ..Default::default()
+                    }
+                };
+                (false, filter)
             }
             _ => (
                 true,
@@ -753,6 +765,24 @@ impl TenantActorState {
             page = active.sweep.pages() + 1
         );
         let page = match active.sweep.next_page().instrument(page_span.clone()).await {
+            Err(e)
+                if active.sweep.pages() == 0
+                    && active.sweep.filter().updated_at.is_some()
+                    && e.rejects_field("updatedAt") =>
+            {
+                // The probe's answer: Wiz does not take `updatedAt`. The same sweep asks again
+                // on `statusChangedAt`, and the answer is kept (asked again after a day).
+                tracing::debug!(tenant = %self.args.spec.id, error = %e, "wiz does not accept filterBy.updatedAt; incremental polls use statusChangedAt");
+                active.checkpoint.updated_at_filter = Some(UpdatedAtProbe {
+                    accepted: false,
+                    at: unix_now(),
+                });
+                let mut filter = active.sweep.filter().clone();
+                filter.status_changed_at = filter.updated_at.take();
+                active.sweep = self.client.sweep(filter, IssueOrder::CREATED_ASC);
+                let _ = myself.send_message(TenantMsg::NextPage);
+                return;
+            }
             Err(e) => {
                 self.refusals = if e.credentials_refused() {
                     self.refusals + 1
@@ -773,6 +803,15 @@ impl TenantActorState {
             Ok(None) => return self.finish(myself, Ok(())).await,
             Ok(Some(page)) => page,
         };
+        if active.sweep.filter().updated_at.is_some()
+            && !UpdatedAtProbe::accepted(active.checkpoint.updated_at_filter)
+        {
+            tracing::debug!(tenant = %self.args.spec.id, "wiz accepts filterBy.updatedAt: incremental polls see every edit");
+            active.checkpoint.updated_at_filter = Some(UpdatedAtProbe {
+                accepted: true,
+                at: unix_now(),
+            });
+        }
         self.args.faults.on_page(&self.args.spec.id, &page);
         let full = active.full;
         let observed = match self.observe(std::slice::from_ref(&page), &observed_at, full) {

@@ -169,6 +169,16 @@ impl WizError {
         }
     }
 
+    /// Wiz refused the query because it does not know filter field `field` (a validation error
+    /// that names it; not a transient failure).
+    pub fn rejects_field(&self, field: &str) -> bool {
+        match self {
+            WizError::GraphQl { message, .. } => message.contains(field),
+            WizError::Client { .. } => self.to_string().contains(field),
+            _ => false,
+        }
+    }
+
     /// The server's requested delay, when it gave one.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {

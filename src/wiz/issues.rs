@@ -59,6 +59,9 @@ pub struct IssueFilter {
     pub status_changed_at: Option<TimeRange>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub created_at: Option<TimeRange>,
+    /// Not confirmed to exist on `issuesV2`: used only after a probe found Wiz accepts it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub updated_at: Option<TimeRange>,
     /// Issue ids (a list; GraphQL would also take a single id here).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub id: Vec<String>,
