@@ -626,6 +626,26 @@ impl IssueSet {
         gone
     }
 
+    /// Changes the severity of `count` open issues spread evenly over the set (a change
+    /// `statusChangedAt` does not show); returns their ids.
+    pub fn escalate_spread(&mut self, count: usize) -> Vec<String> {
+        let ids = self.ids_with_status("OPEN");
+        let count = count.min(ids.len());
+        if count == 0 {
+            return Vec::new();
+        }
+        let step = ids.len() / count;
+        let chosen: Vec<String> = ids.into_iter().step_by(step).take(count).collect();
+        for id in &chosen {
+            let to = match self.find(id).map(|i| i.severity.as_str()) {
+                Some("CRITICAL") => "LOW",
+                _ => "CRITICAL",
+            };
+            self.set_severity(id, to);
+        }
+        chosen
+    }
+
     /// Ids of issues in `status`.
     pub fn ids_with_status(&self, status: &str) -> Vec<String> {
         self.issues

@@ -197,6 +197,7 @@ impl Simulator {
             .route("/_sim/tenants/{client_id}/faults", post(push_faults_route))
             .route("/_sim/tenants/{client_id}/churn", post(churn_route))
             .route("/_sim/tenants/{client_id}/remove", post(remove_route))
+            .route("/_sim/tenants/{client_id}/escalate", post(escalate_route))
             .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind(listen).await?;
         let addr = listener.local_addr()?;
@@ -567,6 +568,26 @@ async fn churn_route(
             StatusCode::NO_CONTENT
         }
         None => StatusCode::NOT_FOUND,
+    }
+}
+
+#[derive(Deserialize)]
+struct CountQuery {
+    count: Option<usize>,
+}
+
+/// Changes the severity of `count` (default 1) open issues spread over the set; answers their ids.
+async fn escalate_route(
+    State(st): State<Arc<SimState>>,
+    Path(client_id): Path<String>,
+    Query(q): Query<CountQuery>,
+) -> Response {
+    match st.tenant(&client_id) {
+        Some(t) => {
+            let mut g = t.lock().expect("sim lock");
+            Json(g.issues.escalate_spread(q.count.unwrap_or(1))).into_response()
+        }
+        None => StatusCode::NOT_FOUND.into_response(),
     }
 }
 

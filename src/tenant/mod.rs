@@ -304,12 +304,12 @@ impl TenantActorState {
         // A small tenant (its last full sweep fit in `full_sweep_max_pages`) sweeps fully every
         // time: that costs its few pages and catches every change the fingerprint covers
         // (severity, notes, due dates), which incremental polls on `statusChangedAt` miss.
-        // Where Wiz takes `filterBy.updatedAt`, incremental polls see every edit and a small
-        // tenant need not sweep fully each time.
+        // Where Wiz takes `filterBy.updatedAt` (or it is not known yet: this poll asks), an
+        // incremental poll sees every edit and a small tenant need not sweep fully each time.
         let small = checkpoint
             .last_full_pages
             .is_some_and(|p| p <= spec.full_sweep_max_pages)
-            && !UpdatedAtProbe::accepted(checkpoint.updated_at_filter);
+            && !UpdatedAtProbe::try_it(checkpoint.updated_at_filter, now_unix);
         let due_full = force_full
             || small
             || checkpoint
@@ -777,8 +777,22 @@ impl TenantActorState {
                     accepted: false,
                     at: unix_now(),
                 });
-                let mut filter = active.sweep.filter().clone();
-                filter.status_changed_at = filter.updated_at.take();
+                let small = active
+                    .checkpoint
+                    .last_full_pages
+                    .is_some_and(|p| p <= self.args.spec.full_sweep_max_pages);
+                let filter = if small {
+                    // A small tenant sweeps fully instead: only that sees every edit.
+                    active.full = true;
+                    IssueFilter {
+                        status: self.args.spec.statuses.clone(),
+                        ..Default::default()
+                    }
+                } else {
+                    let mut filter = active.sweep.filter().clone();
+                    filter.status_changed_at = filter.updated_at.take();
+                    filter
+                };
                 active.sweep = self.client.sweep(filter, IssueOrder::CREATED_ASC);
                 let _ = myself.send_message(TenantMsg::NextPage);
                 return;
