@@ -95,6 +95,9 @@ pub struct TenantHealth {
     /// Freshness: how old the newest change (`updatedAt` / `statusChangedAt`) among the last
     /// delivered events was when the sinks took it, in milliseconds.
     pub last_change_age_ms: Option<u64>,
+    /// The time from a webhook hint's arrival to the sinks' ack of the event it led to, for the
+    /// last page that held such events (the slowest of them), in milliseconds.
+    pub last_hint_to_event_ms: Option<u64>,
     /// Issue ids webhook hints named that were looked up (since the process started).
     pub hints_looked_up: u64,
     /// Times the hint queue overflowed and a full sweep replaced the lookups.
@@ -120,6 +123,7 @@ impl TenantHealth {
             last_poll_requests: None,
             last_poll_lag_ms: None,
             last_change_age_ms: None,
+            last_hint_to_event_ms: None,
             hints_looked_up: 0,
             hint_overflows: 0,
         }

@@ -77,6 +77,8 @@ pub struct Metrics {
     pub hooks: crate::hooks::HookMetrics,
     /// Per tenant: the age of the newest change delivered, at its delivery.
     change_age: Family<TenantLabels, Gauge<f64, AtomicU64>>,
+    /// Per tenant that takes hints: the last hint-to-event time.
+    hint_latency: Family<TenantLabels, Gauge<f64, AtomicU64>>,
 }
 
 /// The fleet's sweep slots (`max_concurrent_sweeps`): how many are held, and how long tenants
@@ -250,6 +252,7 @@ impl Default for Metrics {
             slots: SlotMetrics::default(),
             hooks: crate::hooks::HookMetrics::default(),
             change_age: Family::default(),
+            hint_latency: Family::default(),
             registry: Registry::default(),
         };
         m.cluster.register(&mut registry);
@@ -259,6 +262,11 @@ impl Default for Metrics {
             "change_age_seconds",
             "Freshness: how old the newest change among the tenant's last delivered events was when the sinks took it",
             m.change_age.clone(),
+        );
+        registry.register(
+            "last_hint_to_event_seconds",
+            "Per tenant that received webhook hints: the time from the hint to the sinks' ack of its event, for the last page that held such events",
+            m.hint_latency.clone(),
         );
         registry.register(
             "events",
@@ -377,6 +385,12 @@ impl Metrics {
                 };
                 self.change_age.get_or_create(&l).set(ms as f64 / 1000.0);
             }
+            if let Some(ms) = h.last_hint_to_event_ms {
+                let l = TenantLabels {
+                    tenant: h.id.clone(),
+                };
+                self.hint_latency.get_or_create(&l).set(ms as f64 / 1000.0);
+            }
         }
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
@@ -396,6 +410,7 @@ impl Metrics {
         self.last_success.remove(&t);
         self.since_success.remove(&t);
         self.change_age.remove(&t);
+        self.hint_latency.remove(&t);
         for s in TenantState::ALL {
             self.state.remove(&StateLabels {
                 tenant: tenant.to_string(),

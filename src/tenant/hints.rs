@@ -169,6 +169,12 @@ impl TenantActorState {
         for at in hinted {
             metrics.delivered(at.elapsed());
         }
+        if let Some(slowest) = hinted.iter().map(|at| at.elapsed()).max() {
+            let ms = slowest.as_millis() as u64;
+            self.args
+                .health
+                .update(self.id(), |h| h.last_hint_to_event_ms = Some(ms));
+        }
         if let Some(t) = newest {
             let age = SystemTime::now()
                 .duration_since(t)
