@@ -1,9 +1,12 @@
 //! The admin API (CONTRACT.md): health of every tenant, one tenant, a poll on demand, metrics,
-//! reload. Reads come
-//! from the shared health map; nothing here waits on a busy tenant actor.
+//! reload, and the status page (`GET /`, [`page`]). Reads come from the shared health map; nothing
+//! here waits on a busy tenant actor.
 //!
 //! When a token is configured (mandatory off loopback), every route but `/healthz` and `/readyz`
-//! (liveness and readiness probes) requires `Authorization: Bearer <token>`.
+//! (liveness and readiness probes) requires `Authorization: Bearer <token>`, or HTTP Basic with
+//! the token as the password (what a browser can send: the status page asks for it).
+
+mod page;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -61,6 +64,7 @@ pub async fn bind(addr: SocketAddr, fallback: bool) -> std::io::Result<TcpListen
 pub fn serve(listener: TcpListener, state: AdminState) -> std::io::Result<AdminServer> {
     let addr = listener.local_addr()?;
     let protected = Router::new()
+        .route("/", get(page::status_page))
         .route("/tenants", get(list_tenants))
         .route("/tenants/{id}", get(one_tenant))
         .route("/tenants/{id}/poll", post(poll_tenant))
@@ -90,25 +94,45 @@ fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// The credential a request carries: a bearer token, or the password of HTTP Basic (a browser
+/// cannot send a bearer token when it opens a page). Schemes are case-insensitive (RFC 9110
+/// §11.1): `bearer`, `BEARER` and `Bearer` alike.
+fn presented(req: &Request) -> Vec<u8> {
+    let Some((scheme, value)) = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+    else {
+        return Vec::new();
+    };
+    let value = value.trim_start();
+    if scheme.eq_ignore_ascii_case("bearer") {
+        value.as_bytes().to_vec()
+    } else if scheme.eq_ignore_ascii_case("basic") {
+        page::basic_password(value).unwrap_or_default()
+    } else {
+        Vec::new()
+    }
+}
+
 async fn require_token(State(st): State<AdminState>, req: Request, next: Next) -> Response {
     if let Some(token) = &st.token {
-        // The scheme is case-insensitive (RFC 9110 §11.1): `bearer`, `BEARER` and `Bearer` alike.
-        let given = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split_once(' '))
-            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-            .map(|(_, token)| token.trim_start())
-            .unwrap_or("");
-        if !same(given.as_bytes(), token.expose_secret().as_bytes()) {
+        if !same(&presented(&req), token.expose_secret().as_bytes()) {
             let mut r = error(
                 StatusCode::UNAUTHORIZED,
-                "missing or wrong bearer token (Authorization: Bearer <admin.token>)".into(),
+                "missing or wrong bearer token (Authorization: Bearer <admin.token>; in a browser, any user name and the token as the password)".into(),
             );
+            // The page asks the browser for Basic credentials (its login prompt); the API
+            // names the bearer scheme.
+            let challenge = if req.uri().path() == "/" {
+                "Basic realm=\"wiz-connector admin\", charset=\"UTF-8\""
+            } else {
+                "Bearer"
+            };
             r.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
-                "Bearer".parse().expect("static header"),
+                challenge.parse().expect("static header"),
             );
             return r;
         }
@@ -184,6 +208,22 @@ async fn readyz(State(st): State<AdminState>) -> Response {
     }
 }
 
+/// A `state` filter of `/tenants`: a state, or `stale` (idle or starting, its poll overdue).
+#[derive(PartialEq)]
+enum Wanted {
+    State(TenantState),
+    Stale,
+}
+
+/// A tenant as `/tenants` lists it: its health record and whether it is stale.
+#[derive(serde::Serialize)]
+struct Listed {
+    #[serde(flatten)]
+    health: crate::health::TenantHealth,
+    /// Idle or starting, but its scheduled poll is over a minute late.
+    stale: bool,
+}
+
 #[derive(Deserialize)]
 struct TenantQuery {
     /// Only these states (comma-separated).
@@ -199,18 +239,19 @@ struct TenantQuery {
 }
 
 async fn list_tenants(State(st): State<AdminState>, Query(q): Query<TenantQuery>) -> Response {
-    let wanted: Option<Vec<TenantState>> = match q.state.as_deref() {
+    let wanted: Option<Vec<Wanted>> = match q.state.as_deref() {
         None => None,
         Some(list) => {
             let mut states = Vec::new();
             for name in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
                 match TenantState::ALL.iter().find(|s| s.as_str() == name) {
-                    Some(s) => states.push(*s),
+                    Some(s) => states.push(Wanted::State(*s)),
+                    None if name == "stale" => states.push(Wanted::Stale),
                     None => {
                         return error(
                             StatusCode::BAD_REQUEST,
                             format!(
-                                "unknown state `{name}`; use one or more (comma-separated) of {}",
+                                "unknown state `{name}`; use one or more (comma-separated) of {}, stale",
                                 TenantState::ALL.map(|s| s.as_str()).join(", ")
                             ),
                         )
@@ -230,15 +271,20 @@ async fn list_tenants(State(st): State<AdminState>, Query(q): Query<TenantQuery>
             )
         }
     };
+    let now = std::time::SystemTime::now();
     let mut list: Vec<_> = st
         .health
         .all()
         .into_iter()
-        .filter(|h| wanted.as_ref().is_none_or(|w| w.contains(&h.state)))
+        .filter(|h| {
+            wanted.as_ref().is_none_or(|w| {
+                w.contains(&Wanted::State(h.state))
+                    || (w.contains(&Wanted::Stale) && h.is_stale(now))
+            })
+        })
         .filter(|h| q.q.as_deref().is_none_or(|needle| h.id.contains(needle)))
         .collect();
     if worst {
-        let now = std::time::SystemTime::now();
         // Stable: within a rank, by id.
         list.sort_by_key(|h| h.rank(now));
     }
@@ -247,6 +293,10 @@ async fn list_tenants(State(st): State<AdminState>, Query(q): Query<TenantQuery>
         .into_iter()
         .skip(q.offset.unwrap_or(0))
         .take(q.limit.unwrap_or(usize::MAX))
+        .map(|h| Listed {
+            stale: h.is_stale(now),
+            health: h,
+        })
         .collect();
     let mut r = Json(page).into_response();
     r.headers_mut().insert(
