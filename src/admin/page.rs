@@ -21,7 +21,7 @@ const PAGE: &str = include_str!("status.html");
 static CSP: LazyLock<String> = LazyLock::new(|| {
     let start = PAGE.find("<script>").expect("the page has a script") + "<script>".len();
     let end = PAGE.find("</script>").expect("the page's script ends");
-    let hash = base64(&Sha256::digest(PAGE[start..end].as_bytes()));
+    let hash = base64(&Sha256::digest(&PAGE.as_bytes()[start..end]));
     format!(
         "default-src 'none'; style-src 'unsafe-inline'; script-src 'sha256-{hash}'; connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
     )
