@@ -2,7 +2,7 @@
 //! layered with the `config` crate; then strict deserialization (unknown keys are errors, reported
 //! with their path) and resolution into [`Settings`].
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use config::{Config, Environment, File, FileFormat, Map, Source, Value, ValueKind};
@@ -45,7 +45,8 @@ impl EnvSource {
 
 /// Knows which file or variable each key came from, so problems can name it.
 pub(crate) struct Origins {
-    merged: Config,
+    /// The merged layers; `None` when the main file alone is the configuration.
+    merged: Option<Config>,
     main: String,
     tenant_files: HashMap<String, String>,
 }
@@ -73,7 +74,7 @@ impl Origins {
     /// `environment variable WIZ_CONNECTOR__...` when the value at `key` came from one.
     fn env_var(&self, key: &str) -> Option<String> {
         // Walk the merged tree (deserializing a `Value` would drop its origin).
-        let mut v = &self.merged.cache;
+        let mut v = &self.merged.as_ref()?.cache;
         for seg in key.split('.') {
             match &v.kind {
                 ValueKind::Table(t) => v = t.get(seg)?,
@@ -86,6 +87,21 @@ impl Origins {
                 key.replace('.', ENV_SEPARATOR).to_ascii_uppercase()
             )
         })
+    }
+}
+
+/// The main file, parsed once: every stage below reads this instead of parsing the file again
+/// (a 100,000-tenant file is 20 MB of TOML; each parse cost over a second).
+#[derive(Debug, Clone)]
+struct Parsed(Map<String, Value>);
+
+impl Source for Parsed {
+    fn clone_into_box(&self) -> Box<dyn Source + Send + Sync> {
+        Box::new(self.clone())
+    }
+
+    fn collect(&self) -> Result<Map<String, Value>, config::ConfigError> {
+        Ok(self.0.clone())
     }
 }
 
@@ -215,9 +231,17 @@ fn load_layers(
     path: &Path,
     env: &EnvSource,
 ) -> Result<Settings, ConfigError> {
-    // Stage 1: the main file and the environment, to learn where tenants_dir is.
+    let parsed = main_file()
+        .collect()
+        .map_err(|e| from_config_error(&main, e))?;
+    // Stage 1: the main file's `[connector]` and the environment, to learn where tenants_dir is.
+    let connector: Map<String, Value> = parsed
+        .get("connector")
+        .map(|c| ("connector".to_string(), c.clone()))
+        .into_iter()
+        .collect();
     let stage1 = Config::builder()
-        .add_source(main_file())
+        .add_source(Parsed(connector))
         .add_source(env.overrides())
         .build()
         .map_err(|e| from_config_error(&main, e))?;
@@ -232,17 +256,13 @@ fn load_layers(
         None => Vec::new(),
     };
     // A tenant defined both in the main file and in tenants_dir is ambiguous: refuse it.
-    let in_main: BTreeMap<String, Value> = main_file()
-        .collect()
-        .map_err(|e| from_config_error(&main, e))?
-        .remove("tenants")
-        .and_then(|v| v.into_table().ok())
-        .unwrap_or_default()
-        .into_iter()
-        .collect();
+    let in_main = parsed.get("tenants").and_then(|v| match &v.kind {
+        ValueKind::Table(t) => Some(t),
+        _ => None,
+    });
     let mut problems = Vec::new();
     for (id, p) in &files {
-        if in_main.contains_key(id) {
+        if in_main.is_some_and(|t| t.contains_key(id)) {
             problems.push(Problem {
                 origin: p.display().to_string(),
                 tenant: Some(id.clone()),
@@ -259,25 +279,37 @@ fn load_layers(
         .iter()
         .map(|(id, p)| (id.clone(), p.display().to_string()))
         .collect();
-    let merged = Config::builder()
-        .add_source(main_file())
-        .add_source(TenantsDir { files })
-        .add_source(env.overrides())
-        .build()
-        .map_err(|e| {
-            let origin = match &e {
-                config::ConfigError::FileParse { uri: Some(u), .. } => u.clone(),
-                _ => main.clone(),
-            };
-            from_config_error(&origin, e)
-        })?;
+    // Without a tenants_dir and without environment overrides the main file is the whole
+    // configuration: it is read as parsed, without merging layers (a second copy of a large
+    // fleet's tree) and every value's origin is the main file.
+    let overrides = env
+        .overrides()
+        .collect()
+        .map_err(|e| from_config_error(&main, e))?;
+    let (tree, merged) = if files.is_empty() && overrides.is_empty() {
+        (Value::new(None, ValueKind::Table(parsed)), None)
+    } else {
+        let merged = Config::builder()
+            .add_source(Parsed(parsed))
+            .add_source(TenantsDir { files })
+            .add_source(env.overrides())
+            .build()
+            .map_err(|e| {
+                let origin = match &e {
+                    config::ConfigError::FileParse { uri: Some(u), .. } => u.clone(),
+                    _ => main.clone(),
+                };
+                from_config_error(&origin, e)
+            })?;
+        (merged.cache.clone(), Some(merged))
+    };
     let origins = Origins {
-        merged: merged.clone(),
+        merged,
         main,
         tenant_files,
     };
 
-    let file: ConfigFile = serde_path_to_error::deserialize(merged).map_err(|e| {
+    let file: ConfigFile = serde_path_to_error::deserialize(tree).map_err(|e| {
         let path = e.path().to_string();
         let message = e.inner().to_string();
         // `tenants.<id>.<key>` is reported as tenant + key.

