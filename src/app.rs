@@ -76,7 +76,7 @@ impl App {
             .set_per_tenant_histograms(settings.telemetry.per_tenant_histograms);
         let http = WizHttp::new()?.with_observer(observer.clone());
         let admin_listen = settings.admin.listen;
-        let admin_token = settings.admin.token.clone().map(Arc::new);
+        let admin_tokens = Arc::new(settings.admin.tokens.clone());
         // Bind first: a taken port is an error before anything polls.
         let listener = admin::bind(admin_listen, opts.admin_fallback_port)
             .await
@@ -104,18 +104,18 @@ impl App {
         };
         // Webhook hints: the registry of tokens and queues, and the receiver's address, bound
         // now so a taken port fails the start.
-        let hints = match &settings.hooks {
-            Some(h) => {
-                let forwarder = cluster
-                    .as_ref()
-                    .zip(settings.cluster.as_ref())
-                    .map(|(c, s)| {
-                        crate::hooks::Forwarder::new(c.client.clone(), &s.members_bucket)
-                    });
-                Hints::new(h.queue_limit, forwarder, observer.metrics().hooks.clone())
-            }
-            None => Hints::disabled(),
-        };
+        // Every tenant has a queue of issue ids to look up at once: webhook hints fill it, and
+        // write-back's follow-up lookups (which need no receiver). In cluster mode a lookup for a
+        // tenant another replica owns is forwarded there.
+        let forwarder = cluster
+            .as_ref()
+            .zip(settings.cluster.as_ref())
+            .map(|(c, s)| crate::hooks::Forwarder::new(c.client.clone(), &s.members_bucket));
+        let queue_limit = settings
+            .hooks
+            .as_ref()
+            .map_or(crate::config::DEFAULT_HINT_QUEUE_LIMIT, |h| h.queue_limit);
+        let hints = Hints::new(queue_limit, forwarder, observer.metrics().hooks.clone());
         hints.set_tokens(&settings.tenants);
         let hooks_listener = match &settings.hooks {
             Some(h) => Some(crate::hooks::bind(h.listen).await.map_err(|e| {
@@ -134,6 +134,7 @@ impl App {
         } else {
             ready.clone()
         };
+        let http_for_actions = http.clone();
         let (supervisor, handle) = Actor::spawn(
             None,
             ConnectorSupervisor,
@@ -184,7 +185,15 @@ impl App {
                 health: health.clone(),
                 ready: ready.clone(),
                 supervisor: supervisor.clone(),
-                token: admin_token,
+                tokens: admin_tokens,
+                actions: Arc::new(crate::writeback::Actions::new(
+                    http_for_actions,
+                    reloader.clone(),
+                    hints.clone(),
+                    supervisor.clone(),
+                    sink_stats.clone(),
+                    observer.metrics().actions.clone(),
+                )),
                 observer: observer.clone(),
                 reloader: reloader.clone(),
                 cluster: cluster_view.clone(),

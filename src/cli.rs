@@ -48,6 +48,39 @@ pub enum Command {
     Simulate(SimulateArgs),
     /// The fleet's health as a table, worst first, from a running connector's admin API.
     Status(StatusArgs),
+    /// Write back to a Wiz issue through a running connector (the tenant needs write_back = true).
+    Action(ActionArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ActionArgs {
+    /// The tenant id.
+    #[arg(long)]
+    pub tenant: String,
+    /// The Wiz issue id.
+    #[arg(long)]
+    pub issue: String,
+    /// reject, resolve, reopen, note or set_due_date.
+    pub action: String,
+    /// reject: FALSE_POSITIVE, EXCEPTION or WONT_FIX.
+    #[arg(long)]
+    pub reason: Option<String>,
+    /// note: the text (with reject, resolve or reopen: a note to add).
+    #[arg(long)]
+    pub note: Option<String>,
+    /// set_due_date: YYYY-MM-DD.
+    #[arg(long = "due-date")]
+    pub due_date: Option<String>,
+    /// The admin API of the running connector.
+    #[arg(
+        long = "admin",
+        env = "WIZ_CONNECTOR_ADMIN",
+        default_value = "http://127.0.0.1:8686"
+    )]
+    pub admin: String,
+    /// An admin token with write permission (or the environment variable).
+    #[arg(long, env = "WIZ_CONNECTOR_ADMIN_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
 }
 
 #[derive(Debug, Args)]

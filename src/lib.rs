@@ -21,6 +21,7 @@
 //!   of tenants over the live replicas (`placement`), fed to the supervisor as reload diffs.
 //! - [`hooks`]: webhook hints: the receiver Wiz automation rules call, and the per-tenant queues
 //!   of hinted issue ids the tenants look up.
+//! - [`writeback`]: write-back actions on Wiz issues (opt-in per tenant), their checks and audit.
 //! - [`admin`]: the admin HTTP API (health per tenant, polls on demand).
 //! - [`app`]: wiring and ordered shutdown.
 //! - [`reload`]: reconfiguration without restart (SIGHUP, `POST /reload`, file watcher).
@@ -52,3 +53,4 @@ pub mod supervisor;
 pub mod telemetry;
 pub mod tenant;
 pub mod wiz;
+pub mod writeback;

@@ -29,6 +29,7 @@ fn main() -> ExitCode {
             Command::Validate { config } => commands::validate::run(&config.path),
             Command::Simulate(args) => commands::simulate::run(args).await,
             Command::Status(args) => commands::status::run(args).await,
+            Command::Action(args) => commands::action::run(args).await,
         }
     });
     match result {

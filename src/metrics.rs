@@ -75,6 +75,8 @@ pub struct Metrics {
     pub slots: SlotMetrics,
     /// Webhook hints (fleet-wide).
     pub hooks: crate::hooks::HookMetrics,
+    /// Write-back actions (fleet-wide).
+    pub actions: crate::writeback::ActionMetrics,
     /// Per tenant: the age of the newest change delivered, at its delivery.
     change_age: Family<TenantLabels, Gauge<f64, AtomicU64>>,
     /// Per tenant that takes hints: the last hint-to-event time.
@@ -251,6 +253,7 @@ impl Default for Metrics {
             cluster: ClusterMetrics::new(),
             slots: SlotMetrics::default(),
             hooks: crate::hooks::HookMetrics::default(),
+            actions: crate::writeback::ActionMetrics::default(),
             change_age: Family::default(),
             hint_latency: Family::default(),
             registry: Registry::default(),
@@ -258,6 +261,7 @@ impl Default for Metrics {
         m.cluster.register(&mut registry);
         m.slots.register(&mut registry);
         m.hooks.register(&mut registry);
+        m.actions.register(&mut registry);
         registry.register(
             "change_age_seconds",
             "Freshness: how old the newest change among the tenant's last delivered events was when the sinks took it",

@@ -229,6 +229,18 @@ impl Reloader {
         Ok(outcome)
     }
 
+    /// Tenant `id` as the current configuration defines it (every configured tenant, whichever
+    /// replica owns it).
+    pub async fn tenant(&self, id: &str) -> Option<Arc<crate::config::TenantSpec>> {
+        let current = self.inner.current.lock().await;
+        current
+            .settings
+            .tenants
+            .iter()
+            .find(|t| t.id == id)
+            .map(|t| Arc::new(t.clone()))
+    }
+
     /// The last placement's summary, brought up to date with reloads since.
     pub async fn placement(&self) -> PlaceOutcome {
         self.inner.current.lock().await.outcome.clone()

@@ -105,6 +105,8 @@ async fn no_secret_or_token_in_trace_logs() {
 
 /// A webhook token (tenant t1's in the run below).
 const HOOK_TOKEN: &str = "hook-token-never-logged-5d2a9e";
+/// A write-back credential's secret.
+const WRITE_SECRET: &str = "write-secret-never-logged-77f3";
 
 #[tokio::test]
 async fn validate_and_check_output_never_show_the_secret() {
@@ -116,7 +118,7 @@ async fn validate_and_check_output_never_show_the_secret() {
             &sim,
             "env-one",
             &sim.tenants()[0],
-            "webhook_token = \"${T_HOOK}\"",
+            "webhook_token = \"${T_HOOK}\"\nwrite_back = true\nwrite_client_id = \"w-1\"\nwrite_client_secret = \"${T_WRITE}\"",
         )
         .replace(&secret, "${T_SECRET}"),
     );
@@ -128,6 +130,7 @@ async fn validate_and_check_output_never_show_the_secret() {
             .arg(&cfg.path)
             .env("T_SECRET", &secret)
             .env("T_HOOK", HOOK_TOKEN)
+            .env("T_WRITE", WRITE_SECRET)
             .env("RUST_LOG", "trace")
             .output()
     };
@@ -140,7 +143,7 @@ async fn validate_and_check_output_never_show_the_secret() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(text.contains("[REDACTED] (from ${T_SECRET})"), "{text}");
-    assert_clean("validate", &text, &[&secret, HOOK_TOKEN]);
+    assert_clean("validate", &text, &[&secret, HOOK_TOKEN, WRITE_SECRET]);
 
     let out = run("check").await.unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
@@ -148,7 +151,7 @@ async fn validate_and_check_output_never_show_the_secret() {
     assert!(stdout.contains("t0: ok"), "{stdout}");
     assert!(stdout.contains("env-one: ok"), "{stdout}");
     let text = format!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
-    assert_clean("check", &text, &[&secret, HOOK_TOKEN]);
+    assert_clean("check", &text, &[&secret, HOOK_TOKEN, WRITE_SECRET]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

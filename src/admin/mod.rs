@@ -20,11 +20,12 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use ractor::ActorRef;
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::ExposeSecret;
 use serde::Deserialize;
 use serde_json::json;
 use tokio::net::TcpListener;
 
+use crate::config::{AdminToken, Permission};
 use crate::health::{HealthMap, TenantState};
 use crate::metrics::Observer;
 use crate::reload::Reloader;
@@ -36,7 +37,10 @@ pub struct AdminState {
     pub health: HealthMap,
     pub ready: Arc<AtomicBool>,
     pub supervisor: ActorRef<SupervisorMsg>,
-    pub token: Option<Arc<SecretString>>,
+    /// The tokens the API takes (none: open, loopback only).
+    pub tokens: Arc<Vec<AdminToken>>,
+    /// Write-back: the actions endpoint's clients and audit trail.
+    pub actions: Arc<crate::writeback::Actions>,
     pub observer: Observer,
     pub reloader: Reloader,
     /// Cluster mode: the membership loop's view.
@@ -72,6 +76,10 @@ pub fn serve(listener: TcpListener, state: AdminState) -> std::io::Result<AdminS
         .route("/reload", post(reload))
         .route("/cluster", get(cluster))
         .route("/summary", get(summary))
+        .route(
+            "/tenants/{id}/issues/{issue_id}/actions",
+            post(crate::writeback::action_route),
+        )
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     let app = Router::new()
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
@@ -116,9 +124,37 @@ fn presented(req: &Request) -> Vec<u8> {
     }
 }
 
-async fn require_token(State(st): State<AdminState>, req: Request, next: Next) -> Response {
-    if let Some(token) = &st.token {
-        if !same(&presented(&req), token.expose_secret().as_bytes()) {
+/// Who made a request: the admin token's name and what it may do (put in the request's
+/// extensions by `require_token`).
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub name: String,
+    pub permission: Permission,
+}
+
+async fn require_token(State(st): State<AdminState>, mut req: Request, next: Next) -> Response {
+    let caller = if st.tokens.is_empty() {
+        // No token configured (loopback only): whoever can connect may do everything.
+        Some(Caller {
+            name: "local (no admin token configured)".into(),
+            permission: Permission::Write,
+        })
+    } else {
+        // Every token is compared (in constant time each), whichever matches.
+        let given = presented(&req);
+        let mut found = None;
+        for t in st.tokens.iter() {
+            if same(&given, t.token.expose_secret().as_bytes()) && found.is_none() {
+                found = Some(Caller {
+                    name: t.name.clone(),
+                    permission: t.permission,
+                });
+            }
+        }
+        found
+    };
+    let Some(caller) = caller else {
+        {
             let mut r = error(
                 StatusCode::UNAUTHORIZED,
                 "missing or wrong bearer token (Authorization: Bearer <admin.token>; in a browser, any user name and the token as the password)".into(),
@@ -136,7 +172,18 @@ async fn require_token(State(st): State<AdminState>, req: Request, next: Next) -
             );
             return r;
         }
+    };
+    // A read token reads: every route that changes something is a POST.
+    if req.method() != axum::http::Method::GET && caller.permission != Permission::Write {
+        return error(
+            StatusCode::FORBIDDEN,
+            format!(
+                "the admin token `{}` is read-only; use a token with permission = \"write\"",
+                caller.name
+            ),
+        );
     }
+    req.extensions_mut().insert(caller);
     next.run(req).await
 }
 

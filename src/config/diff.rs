@@ -107,18 +107,20 @@ pub fn diff(old: &Settings, new: &Settings) -> ConfigDiff {
         }
     };
     restart_only("admin.listen", old.admin.listen != new.admin.listen);
-    restart_only(
-        "admin.token",
-        old.admin
-            .token
-            .as_ref()
-            .map(secrecy::ExposeSecret::expose_secret)
-            != new
-                .admin
-                .token
-                .as_ref()
-                .map(secrecy::ExposeSecret::expose_secret),
-    );
+    let tokens = |s: &Settings| -> Vec<(String, super::Permission, String)> {
+        s.admin
+            .tokens
+            .iter()
+            .map(|t| {
+                (
+                    t.name.clone(),
+                    t.permission,
+                    t.token.expose_secret().to_string(),
+                )
+            })
+            .collect()
+    };
+    restart_only("admin.token / admin.tokens", tokens(old) != tokens(new));
     restart_only("connector.state_dir", a.state_dir != b.state_dir);
     restart_only(
         "connector.max_concurrent_sweeps",

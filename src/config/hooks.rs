@@ -22,10 +22,13 @@ impl Default for HooksSection {
     fn default() -> Self {
         HooksSection {
             listen: "127.0.0.1:8687".to_string(),
-            queue_limit: 1000,
+            queue_limit: DEFAULT_HINT_QUEUE_LIMIT,
         }
     }
 }
+
+/// `hooks.queue_limit` by default (also the queue of write-back's lookups without `[hooks]`).
+pub const DEFAULT_HINT_QUEUE_LIMIT: usize = 1000;
 
 /// Largest accepted `hooks.queue_limit`.
 const MAX_QUEUE_LIMIT: usize = 100_000;

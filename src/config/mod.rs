@@ -18,11 +18,12 @@ pub use cluster::{host_name, ClusterSection, ClusterSettings};
 pub use diff::{diff, needs_restart, ConfigDiff};
 pub use duration::DurationValue;
 pub use error::{ConfigError, Problem};
-pub use hooks::{HooksSection, HooksSettings};
+pub use hooks::{HooksSection, HooksSettings, DEFAULT_HINT_QUEUE_LIMIT};
 pub use load::{load, load_str, EnvSource, DEFAULT_CONFIG_PATH};
 pub use settings::{
-    AdminSettings, Cloud, ConnectorSettings, RestartPolicy, RetryPolicy, SecretSource, Settings,
-    SinkKind, SinkSpec, TelemetrySettings, TenantSpec, VALID_STATUSES,
+    AdminSettings, AdminToken, Cloud, ConnectorSettings, Permission, RestartPolicy, RetryPolicy,
+    SecretSource, Settings, SinkKind, SinkSpec, TelemetrySettings, TenantSpec, WriteCredential,
+    VALID_STATUSES,
 };
 pub use types::{
     AdminSection, ConfigFile, ConnectorSection, SinkSection, TelemetrySection, TenantSection,

@@ -85,9 +85,42 @@ pub struct RestartPolicy {
 #[derive(Debug, Clone, Serialize)]
 pub struct AdminSettings {
     pub listen: SocketAddr,
-    /// Required bearer token, when set.
-    #[serde(serialize_with = "redact_opt")]
-    pub token: Option<SecretString>,
+    /// The tokens the admin API takes (none: it is open, which only a loopback address allows).
+    pub tokens: Vec<AdminToken>,
+}
+
+impl AdminSettings {
+    /// True when the admin API requires a token.
+    pub fn guarded(&self) -> bool {
+        !self.tokens.is_empty()
+    }
+}
+
+/// What an admin token may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Permission {
+    /// GET routes only (dashboards, `status`).
+    Read,
+    /// Also `POST` routes: reloads, polls on demand, write-back actions.
+    Write,
+}
+
+/// One admin token: its name (who asked, in the audit trail) and permission.
+#[derive(Debug, Clone, Serialize)]
+pub struct AdminToken {
+    pub name: String,
+    #[serde(serialize_with = "redact")]
+    pub token: SecretString,
+    pub permission: Permission,
+}
+
+/// The credential a tenant writes with (`write_back`).
+#[derive(Debug, Clone, Serialize)]
+pub struct WriteCredential {
+    pub client_id: String,
+    #[serde(serialize_with = "redact")]
+    pub client_secret: SecretString,
 }
 
 /// One output, by name.
@@ -197,6 +230,10 @@ pub struct TenantSpec {
     /// Changing it needs no restart of the tenant (the receiver reads it from the configuration).
     #[serde(serialize_with = "redact_opt")]
     pub webhook_token: Option<SecretString>,
+    /// Write-back is on for this tenant.
+    pub write_back: bool,
+    /// A separate credential for writes (`None`: the read credential writes).
+    pub write_credential: Option<WriteCredential>,
 }
 
 impl TenantSpec {
@@ -384,8 +421,72 @@ pub(super) fn resolve(
             None
         }
     };
+    let mut tokens: Vec<AdminToken> = Vec::new();
+    if let Some((t, _)) = &token {
+        tokens.push(AdminToken {
+            name: "admin".into(),
+            token: t.clone(),
+            permission: Permission::Write,
+        });
+    }
+    for (name, t) in &file.admin.tokens {
+        let key = format!("admin.tokens.{name}");
+        if !valid_id(name) {
+            c.global(
+                &key,
+                "token names use only a-z, 0-9, '_' and '-' (1 to 64 characters)",
+            );
+            continue;
+        }
+        if token.is_some() && name == "admin" {
+            c.global(
+                &key,
+                "the name `admin` is taken by admin.token; choose another name",
+            );
+            continue;
+        }
+        let permission = match t.permission.as_str() {
+            "read" => Permission::Read,
+            "write" => Permission::Write,
+            other => {
+                c.global(
+                    &format!("{key}.permission"),
+                    format!("{other:?} is not a permission: use \"read\" or \"write\""),
+                );
+                continue;
+            }
+        };
+        match secret_value(
+            t.token.as_ref(),
+            t.token_file.as_ref(),
+            ("token", "token_file"),
+            env,
+        ) {
+            Ok(Some((secret, _))) => tokens.push(AdminToken {
+                name: name.clone(),
+                token: secret,
+                permission,
+            }),
+            Ok(None) => c.global(
+                &format!("{key}.token"),
+                "is required: a literal, \"${ENV_VAR}\", or token_file = \"/path\"",
+            ),
+            Err((k, message)) => c.global(&format!("{key}.{k}"), message),
+        }
+    }
+    for (i, a) in tokens.iter().enumerate() {
+        if tokens[..i]
+            .iter()
+            .any(|b| b.token.expose_secret() == a.token.expose_secret())
+        {
+            c.global(
+                &format!("admin.tokens.{}", a.name),
+                "has the same token as another admin token: give each its own, so the audit trail can tell who asked",
+            );
+        }
+    }
     if let Some(addr) = listen {
-        if !addr.ip().is_loopback() && token.is_none() {
+        if !addr.ip().is_loopback() && tokens.is_empty() {
             c.global(
                 "admin.token",
                 format!("admin.listen {addr} is not a loopback address: set admin.token (or admin.token_file) so the admin API requires a bearer token"),
@@ -602,7 +703,7 @@ pub(super) fn resolve(
         },
         admin: AdminSettings {
             listen: listen.expect("checked above"),
-            token: token.map(|t| t.0),
+            tokens,
         },
         sinks,
         tenants,
@@ -677,6 +778,44 @@ fn resolve_tenant(
         }
     };
 
+    let write_credential = match (
+        t.write_client_id.as_deref().map(str::trim),
+        secret_value(
+            t.write_client_secret.as_ref(),
+            t.write_client_secret_file.as_ref(),
+            ("write_client_secret", "write_client_secret_file"),
+            env,
+        ),
+    ) {
+        (None, Ok(None)) => None,
+        (Some(id), Ok(Some((secret, _)))) if !id.is_empty() => Some(WriteCredential {
+            client_id: id.to_string(),
+            client_secret: secret,
+        }),
+        (_, Err((key, message))) => {
+            c.tenant(id, key, message);
+            None
+        }
+        (Some(_), Ok(None)) => {
+            c.tenant(id, "write_client_secret", "is required with write_client_id (a literal, \"${ENV_VAR}\", or write_client_secret_file)");
+            None
+        }
+        (_, Ok(Some(_))) => {
+            c.tenant(
+                id,
+                "write_client_id",
+                "is required with write_client_secret",
+            );
+            None
+        }
+    };
+    if write_credential.is_some() && !t.write_back {
+        c.tenant(
+            id,
+            "write_client_id",
+            "is set but write_back is off; set write_back = true or remove it",
+        );
+    }
     let insecure = t.allow_insecure_endpoints;
     let api_url = match &t.api_url {
         None => {
@@ -780,6 +919,8 @@ fn resolve_tenant(
         full_sweep_max_pages: conn.full_sweep_max_pages,
         incremental_overlap: conn.incremental_overlap,
         webhook_token,
+        write_back: t.write_back,
+        write_credential,
     })
 }
 

@@ -165,6 +165,27 @@ pub struct AdminSection {
     pub token: Option<SecretString>,
     /// Alternative to `token`: a file holding it.
     pub token_file: Option<PathBuf>,
+    /// Named tokens, each with its permission (`[admin.tokens.<name>]`); the name is who asked
+    /// in the audit trail of write-back. `token` above is the same as one named `admin` with
+    /// `write` permission.
+    pub tokens: BTreeMap<String, AdminTokenSection>,
+}
+
+/// `[admin.tokens.<name>]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminTokenSection {
+    /// A literal or `${ENV_VAR}`.
+    pub token: Option<SecretString>,
+    /// Alternative to `token`: a file holding it.
+    pub token_file: Option<PathBuf>,
+    /// `read` (GET routes only) or `write` (also reloads, polls on demand and write-back).
+    #[serde(default = "read_permission")]
+    pub permission: String,
+}
+
+fn read_permission() -> String {
+    "read".to_string()
 }
 
 impl Default for AdminSection {
@@ -172,6 +193,7 @@ impl Default for AdminSection {
         AdminSection {
             token: None,
             token_file: None,
+            tokens: BTreeMap::new(),
             listen: "127.0.0.1:8686".to_string(),
         }
     }
@@ -273,6 +295,16 @@ pub struct TenantSection {
     pub webhook_token: Option<SecretString>,
     /// Alternative to `webhook_token`: a file holding it.
     pub webhook_token_file: Option<PathBuf>,
+    /// Let the SOC resolve, reject, reopen and annotate this tenant's issues through the admin
+    /// API (the service account then needs write access to issues). Off by default.
+    #[serde(default)]
+    pub write_back: bool,
+    /// A separate service account for writes; without it the read credential writes.
+    pub write_client_id: Option<String>,
+    /// Its secret (literal or `${ENV_VAR}`).
+    pub write_client_secret: Option<SecretString>,
+    /// Alternative to `write_client_secret`: a file holding it.
+    pub write_client_secret_file: Option<PathBuf>,
 }
 
 /// Statuses as a TOML list, or as `"OPEN,IN_PROGRESS"` (how an environment variable carries a list).

@@ -32,7 +32,11 @@ use sha2::{Digest, Sha256};
 use crate::config::TenantSpec;
 use crate::tenant::TenantMsg;
 
-pub use receiver::{bind, serve, HooksServer, MAX_BODY_BYTES};
+pub use receiver::{bind, serve, valid_issue_id, HooksServer, MAX_BODY_BYTES};
+
+/// How long a change the connector made itself (write-back) is expected: an event for the issue
+/// within this time is marked `"origin": "connector"`.
+const WRITTEN_TTL: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// What became of one pushed id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,6 +64,9 @@ pub struct HintQueue {
     /// The running tenant actor, told when ids arrive (none while it is being restarted: the
     /// new actor looks at the queue when it starts).
     waker: Mutex<Option<ActorRef<TenantMsg>>>,
+    /// Issues the connector changed itself (write-back), and when: their next event is marked
+    /// `"origin": "connector"` (the echo guard of a SOAR that mirrors both ways).
+    written: Mutex<HashMap<String, Instant>>,
 }
 
 impl HintQueue {
@@ -68,7 +75,25 @@ impl HintQueue {
             queued: Mutex::new(Queued::default()),
             limit: limit.max(1),
             waker: Mutex::new(None),
+            written: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The connector changed issue `id` itself.
+    pub fn mark_written(&self, id: &str) {
+        let mut w = self.written.lock().expect("written lock");
+        let now = Instant::now();
+        w.retain(|_, at| now.duration_since(*at) < WRITTEN_TTL);
+        w.insert(id.to_string(), now);
+    }
+
+    /// True (once) when the change about to be delivered for `id` is the connector's own.
+    pub fn take_written(&self, id: &str) -> bool {
+        let mut w = self.written.lock().expect("written lock");
+        if w.is_empty() {
+            return false;
+        }
+        w.remove(id).is_some_and(|at| at.elapsed() < WRITTEN_TTL)
     }
 
     /// Queues `id` (received at `at`).
@@ -123,8 +148,7 @@ impl HintQueue {
         self.len() == 0
     }
 
-    /// The tenant actor that takes this queue's ids (with the receiver off every tenant shares
-    /// one inert queue: nothing is pushed to it, so whoever attached last is never woken).
+    /// The tenant actor that takes this queue's ids.
     pub fn attach(&self, actor: Option<ActorRef<TenantMsg>>) {
         *self.waker.lock().expect("hint waker lock") = actor;
     }
@@ -253,12 +277,12 @@ impl Forwarder {
 struct Forwarded {
     tenant: String,
     id: String,
+    /// The change is the connector's own (write-back).
+    #[serde(default)]
+    connector: bool,
 }
 
 struct Inner {
-    /// False without `[hooks]`: no receiver, and every tenant shares `inert`.
-    enabled: bool,
-    inert: Arc<HintQueue>,
     tokens: RwLock<HashMap<String, TokenDigest>>,
     queues: DashMap<String, Arc<HintQueue>>,
     limit: usize,
@@ -282,19 +306,10 @@ pub enum Refused {
 }
 
 impl Hints {
-    /// Without a receiver (`[hooks]` absent): no queue per tenant, nothing is ever pushed.
-    pub fn disabled() -> Self {
-        let mut h = Hints::new(1, None, HookMetrics::default());
-        Arc::get_mut(&mut h.inner).expect("just built").enabled = false;
-        h
-    }
-
     /// `limit`: `hooks.queue_limit`.
     pub fn new(limit: usize, forwarder: Option<Forwarder>, metrics: HookMetrics) -> Self {
         Hints {
             inner: Arc::new(Inner {
-                enabled: true,
-                inert: Arc::new(HintQueue::new(1)),
                 tokens: RwLock::new(HashMap::new()),
                 queues: DashMap::new(),
                 limit,
@@ -339,9 +354,6 @@ impl Hints {
     /// The queue of a tenant that runs here (created by the supervisor when it starts the
     /// tenant; kept across the tenant's restarts).
     pub fn queue(&self, tenant: &str) -> Arc<HintQueue> {
-        if !self.inner.enabled {
-            return self.inner.inert.clone();
-        }
         self.inner
             .queues
             .entry(tenant.to_string())
@@ -357,13 +369,29 @@ impl Hints {
     /// Queues an authorized hint for a tenant running here, or forwards it (cluster mode) when
     /// the tenant runs elsewhere. Returns the result's metric label.
     pub async fn deliver(&self, tenant: &str, id: &str) -> &'static str {
+        self.deliver_as(tenant, id, false).await
+    }
+
+    /// Write-back changed issue `id`: its owner looks it up now, and marks the resulting event
+    /// as the connector's own. (Works without `[hooks]` too: write-back needs no receiver.)
+    pub async fn deliver_from_connector(&self, tenant: &str, id: &str) -> &'static str {
+        self.deliver_as(tenant, id, true).await
+    }
+
+    async fn deliver_as(&self, tenant: &str, id: &str, connector: bool) -> &'static str {
         let local = self.inner.queues.get(tenant).map(|q| q.clone());
+        if let Some(q) = &local {
+            if connector {
+                q.mark_written(id);
+            }
+        }
         match (local, &self.inner.forwarder) {
             (Some(q), _) => self.push(&q, tenant, id),
             (None, Some(f)) => {
                 let body = serde_json::to_vec(&Forwarded {
                     tenant: tenant.to_string(),
                     id: id.to_string(),
+                    connector,
                 })
                 .expect("plain strings serialize");
                 match f.client.publish(f.subject.clone(), body.into()).await {
@@ -378,6 +406,9 @@ impl Hints {
             // its queue now; the supervisor hands it the same one.
             (None, None) => {
                 let q = self.queue(tenant);
+                if connector {
+                    q.mark_written(id);
+                }
                 self.push(&q, tenant, id)
             }
         }
@@ -421,6 +452,9 @@ impl Hints {
                     continue;
                 };
                 if let Some(q) = me.inner.queues.get(&h.tenant).map(|q| q.clone()) {
+                    if h.connector {
+                        q.mark_written(&h.id);
+                    }
                     me.push(&q, &h.tenant, &h.id);
                 }
             }

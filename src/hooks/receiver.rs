@@ -60,6 +60,16 @@ fn bearer(headers: &HeaderMap) -> &str {
         .unwrap_or("")
 }
 
+/// A Wiz issue id as the connector accepts one from outside: 1 to 128 letters, digits, `-`,
+/// `_`, `:` or `.` (Wiz's are UUIDs).
+pub fn valid_issue_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_ID_LEN
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b':' | b'.'))
+}
+
 /// The issue id from a hint's body: `issue.id`, `issueId` or `id` (the customer writes the
 /// template, so any of the three), a string of letters, digits, `-`, `_`, `:` or `.`.
 pub fn issue_id(body: &[u8]) -> Result<String, &'static str> {
@@ -77,11 +87,7 @@ pub fn issue_id(body: &[u8]) -> Result<String, &'static str> {
     if id.is_empty() {
         return Err("the issue id is empty (does the template use {{issue.id}}?)");
     }
-    if id.len() > MAX_ID_LEN
-        || !id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b':' | b'.'))
-    {
+    if !valid_issue_id(id) {
         return Err(
             "the issue id is not a Wiz issue id (letters, digits, '-', '_', ':', '.'; at most 128)",
         );

@@ -27,6 +27,9 @@ pub struct SimIssue {
     pub entity_snapshot: Entity,
     pub service_tickets: Vec<Ticket>,
     pub notes: Vec<Note>,
+    /// Set when the issue was rejected or resolved by hand (write-back); absent otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resolution_reason: Option<String>,
     /// `createdAt` as a time, for filters and ordering.
     #[serde(skip)]
     pub created: SystemTime,
@@ -522,6 +525,7 @@ pub fn generate_issue(rng: &mut StdRng, created: SystemTime) -> SimIssue {
             Vec::new()
         },
         notes,
+        resolution_reason: None,
         created,
         status_changed: changed,
     }
@@ -644,6 +648,45 @@ impl IssueSet {
             self.set_severity(id, to);
         }
         chosen
+    }
+
+    /// Applies a manual change (write-back) to issue `id`: a status (with its reason), a due
+    /// date, a note. `updatedAt` moves; `statusChangedAt` moves with the status.
+    pub fn edit(
+        &mut self,
+        id: &str,
+        status: Option<&str>,
+        reason: Option<&str>,
+        due_at: Option<&str>,
+        note: Option<(&str, &str)>,
+    ) -> bool {
+        let t = self.tick();
+        let Some(i) = self.find(id) else { return false };
+        if let Some(s) = status {
+            if i.status != s {
+                i.status = s.to_string();
+                i.status_changed = t;
+                i.status_changed_at = ts(t);
+                i.resolved_at = (s == "RESOLVED").then(|| ts(t));
+            }
+            i.resolution_reason = reason.map(str::to_string);
+        }
+        if let Some(d) = due_at {
+            i.due_at = Some(d.to_string());
+        }
+        if let Some((text, author)) = note {
+            i.notes.push(Note {
+                created_at: ts(t),
+                updated_at: ts(t),
+                text: text.to_string(),
+                user: None,
+                service_account: Some(Named {
+                    name: author.to_string(),
+                }),
+            });
+        }
+        i.updated_at = ts(t);
+        true
     }
 
     /// Ids of issues in `status`.

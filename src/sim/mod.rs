@@ -14,6 +14,7 @@
 
 pub mod data;
 mod graphql;
+mod mutations;
 mod server;
 
 pub use data::{IssueSet, SimIssue, SEVERITIES};

@@ -32,6 +32,11 @@ pub struct SimTenantSpec {
     pub token_expires_in: u64,
     /// When false, the tenant's tokens lack `read:issues`: every GraphQL request answers 401.
     pub read_issues_scope: bool,
+    /// When false, the service account may not write: mutations answer Wiz's "Unauthorized".
+    pub write_issues_scope: bool,
+    /// A second service account of the same tenant, `(client_id, client_secret)`, that may
+    /// write (write-back's `write_client_id`).
+    pub writer: Option<(String, String)>,
 }
 
 impl SimTenantSpec {
@@ -46,6 +51,8 @@ impl SimTenantSpec {
             seed: seed.wrapping_mul(1_000_003).wrapping_add(n as u64),
             token_expires_in: 86400,
             read_issues_scope: true,
+            write_issues_scope: true,
+            writer: None,
         }
     }
 }
@@ -101,6 +108,9 @@ pub enum Fault {
     UnauthorizedHtml,
     /// Answer normally, after this many milliseconds.
     Latency { ms: u64 },
+    /// Do the work at once (a mutation applies), then answer after this many milliseconds: a
+    /// caller that gives up first does not learn that it applied.
+    SlowAnswer { ms: u64 },
     /// Answer normally but with the request's own `after` as `endCursor` (a looping server).
     RepeatCursor,
     /// Answer normally but with `hasNextPage: true` and no `endCursor`.
@@ -124,6 +134,8 @@ pub struct SimCounters {
     pub rate_limited: u64,
     /// The most GraphQL requests seen within any one second.
     pub peak_requests_per_second: u64,
+    /// Mutations received (`updateIssue`, `createIssueNote`), applied or refused.
+    pub mutations: u64,
 }
 
 pub(super) struct TenantState {
@@ -173,17 +185,18 @@ impl Simulator {
     pub async fn start(listen: SocketAddr, opts: SimulatorOptions) -> std::io::Result<Simulator> {
         let tenants = DashMap::new();
         for spec in &opts.tenants {
-            tenants.insert(
-                spec.client_id.clone(),
-                Arc::new(Mutex::new(TenantState {
-                    issues: IssueSet::generate(spec.seed, spec.issues),
-                    spec: spec.clone(),
-                    faults: VecDeque::new(),
-                    sticky: None,
-                    counters: SimCounters::default(),
-                    window: VecDeque::new(),
-                })),
-            );
+            let state = Arc::new(Mutex::new(TenantState {
+                issues: IssueSet::generate(spec.seed, spec.issues),
+                spec: spec.clone(),
+                faults: VecDeque::new(),
+                sticky: None,
+                counters: SimCounters::default(),
+                window: VecDeque::new(),
+            }));
+            if let Some((writer, _)) = &spec.writer {
+                tenants.insert(writer.clone(), state.clone());
+            }
+            tenants.insert(spec.client_id.clone(), state);
         }
         let state = Arc::new(SimState {
             opts,
@@ -357,7 +370,11 @@ async fn token(State(st): State<Arc<SimState>>, headers: HeaderMap, body: String
     };
     let expires_in = {
         let mut g = t.lock().expect("sim lock");
-        if form.client_secret.as_deref() != Some(g.spec.client_secret.as_str()) {
+        let secret = match &g.spec.writer {
+            Some((id, secret)) if *id == client_id => secret.as_str(),
+            _ => g.spec.client_secret.as_str(),
+        };
+        if form.client_secret.as_deref() != Some(secret) {
             return json_error(StatusCode::UNAUTHORIZED, "access_denied", "Unauthorized");
         }
         g.counters.tokens_issued += 1;
@@ -448,6 +465,7 @@ async fn graphql_route(
         tokio::time::sleep(st.opts.latency).await;
     }
     let mut mangle = None;
+    let mut delay_answer = None;
     match fault {
         None => {}
         Some(Fault::RateLimited { retry_after }) => {
@@ -473,6 +491,7 @@ async fn graphql_route(
             return html(StatusCode::UNAUTHORIZED, "<pre>Unauthorized</pre>")
         }
         Some(Fault::Latency { ms }) => tokio::time::sleep(Duration::from_millis(ms)).await,
+        Some(Fault::SlowAnswer { ms }) => delay_answer = Some(Duration::from_millis(ms)),
         Some(Fault::Garbage { body }) => {
             return (
                 StatusCode::OK,
@@ -497,14 +516,31 @@ async fn graphql_route(
         )
             .into_response();
     }
-    let g = tenant.lock().expect("sim lock");
-    graphql::answer(
-        &body,
-        &g.issues,
-        mangle.as_ref(),
-        st.opts.unknown_id_not_found,
-        st.opts.accept_updated_at_filter,
-    )
+    let answer = {
+        let mut g = tenant.lock().expect("sim lock");
+        if super::mutations::is_mutation(&body) {
+            g.counters.mutations += 1;
+            let can_write = if client_id == g.spec.client_id {
+                g.spec.write_issues_scope
+            } else {
+                true
+            };
+            let author = client_id.clone();
+            super::mutations::answer(&body, &mut g.issues, &author, can_write)
+        } else {
+            graphql::answer(
+                &body,
+                &g.issues,
+                mangle.as_ref(),
+                st.opts.unknown_id_not_found,
+                st.opts.accept_updated_at_filter,
+            )
+        }
+    };
+    if let Some(d) = delay_answer {
+        tokio::time::sleep(d).await;
+    }
+    answer
 }
 
 #[derive(Serialize)]

@@ -49,6 +49,8 @@ pub enum SupervisorMsg {
     Apply(ConfigDiff, RpcReplyPort<()>),
     /// Start a reconfigured tenant whose old actor has stopped.
     Respawn(String),
+    /// The running sink actor (write-back delivers its audit events through it).
+    Sink(RpcReplyPort<Option<ActorRef<SinkMsg>>>),
 }
 
 /// What the supervisor is started with.
@@ -728,6 +730,9 @@ impl Actor for ConnectorSupervisor {
             SupervisorMsg::Shutdown(reply) => {
                 state.shutdown().await;
                 let _ = reply.send(());
+            }
+            SupervisorMsg::Sink(reply) => {
+                let _ = reply.send(state.sink.clone());
             }
         }
         Ok(())

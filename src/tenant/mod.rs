@@ -1052,6 +1052,12 @@ impl TenantActorState {
             observed_at,
             &mut out.lines,
         );
+        if self.args.hints.take_written(issue.id()) && out.lines.last() == Some(&b'}') {
+            // The connector made this change itself (write-back): say so, so a SOAR that
+            // mirrors both ways does not echo it back.
+            out.lines.pop();
+            out.lines.extend_from_slice(b",\"origin\":\"connector\"}");
+        }
         out.lines.push(b'\n');
         out.count(kind);
         let changed = [&issue.record.updated_at, &issue.record.status_changed_at]

@@ -117,6 +117,30 @@ impl WizHttp {
         })
     }
 
+    /// The client write-back uses for `spec`'s tenant: its write credential (or the read one),
+    /// inside the read credential's rate limiter, so writes and polls share one budget.
+    pub fn writer(&self, spec: Arc<TenantSpec>) -> Arc<TenantClient> {
+        let limiter = self.limiters.get(&spec.credential_key(), spec.rate_limit);
+        let spec = match &spec.write_credential {
+            Some(w) => Arc::new(TenantSpec {
+                client_id: w.client_id.clone(),
+                client_secret: w.client_secret.clone(),
+                ..(*spec).clone()
+            }),
+            None => spec,
+        };
+        Arc::new(TenantClient {
+            spec,
+            http: self.http.clone(),
+            limiter,
+            token: tokio::sync::Mutex::new(TokenCache::default()),
+            query: self.query.clone(),
+            stats: ClientStats::default(),
+            observer: self.observer.clone(),
+            waits: std::sync::OnceLock::new(),
+        })
+    }
+
     pub fn limiters(&self) -> &LimiterRegistry {
         &self.limiters
     }
@@ -353,6 +377,40 @@ impl TenantClient {
     }
 
     async fn send(&self, body: &Bytes, token: &SecretString) -> Result<Answer, WizError> {
+        let (status, bytes) = self.post(body, token).await?;
+        match status {
+            200 => parse_page(bytes).map(Answer::Page),
+            _ => Ok(Answer::Unauthorized(snippet(&bytes))),
+        }
+    }
+
+    /// Sends a GraphQL mutation once (no retry: a mutation sent twice may apply twice; the
+    /// caller reads the issue again before it decides to resend). Inside the credential's rate
+    /// limiter, with the tenant's token (renewed once after a 401). Answers `data`, or the
+    /// GraphQL error Wiz gave.
+    pub async fn mutate(&self, body: Bytes) -> Result<serde_json::Value, WizError> {
+        let (mut token, fresh) = self.token(false).await?;
+        let mut renewed = fresh;
+        loop {
+            let (status, bytes) = self.post(&body, &token).await?;
+            if status == 401 {
+                if renewed {
+                    return Err(WizError::Unauthorized {
+                        snippet: snippet(&bytes),
+                    });
+                }
+                self.token.lock().await.invalidate();
+                token = self.token(true).await?.0;
+                renewed = true;
+                continue;
+            }
+            return graphql_data(&bytes);
+        }
+    }
+
+    /// One POST of `body` to the GraphQL endpoint: the status (200 or 401; the others are
+    /// errors) and the body.
+    async fn post(&self, body: &Bytes, token: &SecretString) -> Result<(u16, Bytes), WizError> {
         self.limiter.until_ready().await;
         self.stats.requests.fetch_add(1, Ordering::Relaxed);
         let timeout = self.spec.request_timeout.0;
@@ -381,8 +439,7 @@ impl TenantClient {
         let ra = retry_after(resp.headers());
         let bytes = resp.bytes().await.map_err(map_err)?;
         match status {
-            200 => parse_page(bytes).map(Answer::Page),
-            401 => Ok(Answer::Unauthorized(snippet(&bytes))),
+            200 | 401 => Ok((status, bytes)),
             429 => Err(WizError::RateLimited { retry_after: ra }),
             500..=599 => Err(WizError::Server {
                 status,
@@ -395,6 +452,33 @@ impl TenantClient {
             }),
         }
     }
+}
+
+/// `data` of a GraphQL answer, or its first error (Wiz answers errors with HTTP 200).
+fn graphql_data(bytes: &[u8]) -> Result<serde_json::Value, WizError> {
+    let v: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| {
+        WizError::BadResponse(format!("the answer is not JSON ({e}): {}", snippet(bytes)))
+    })?;
+    if let Some(first) = v
+        .get("errors")
+        .and_then(|e| e.as_array())
+        .and_then(|a| a.first())
+    {
+        let message = first
+            .get("message")
+            .and_then(|m| m.as_str())
+            .unwrap_or("(no message)")
+            .chars()
+            .take(500)
+            .collect();
+        let code = first
+            .pointer("/extensions/code")
+            .and_then(|c| c.as_str())
+            .unwrap_or("UNKNOWN")
+            .to_string();
+        return Err(WizError::GraphQl { code, message });
+    }
+    Ok(v.get("data").cloned().unwrap_or(serde_json::Value::Null))
 }
 
 /// A paginated walk over every page of one query. The filter is frozen for the whole sweep;
