@@ -654,7 +654,9 @@ mod tests {
         let e = check(id, req("note", None, Some(&long), None)).unwrap_err();
         assert!(e.contains("never cut"), "{e}");
         let room = MAX_NOTE_CHARS - note_marker(id, "x").chars().count();
+        assert_eq!(room, 1370, "the limit the docs give");
         assert!(check(id, req("note", None, Some(&"y".repeat(room)), None)).is_ok());
+        assert!(check(id, req("note", None, Some(&"y".repeat(room + 1)), None)).is_err());
     }
 
     #[test]
