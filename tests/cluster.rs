@@ -47,6 +47,8 @@ struct Setup {
     hooks: bool,
     /// Another poll interval than 1 s.
     poll_interval: Option<&'static str>,
+    /// Every tenant has `write_back = true`.
+    write_back: bool,
 }
 
 const HOOK_TOKEN: &str = "cluster-hook-token-0123456789";
@@ -72,11 +74,13 @@ fn config_with(
     } else {
         ""
     };
-    let tenant_extra = if setup.hooks {
-        format!("rate_limit = 50\nwebhook_token = \"{HOOK_TOKEN}\"")
-    } else {
-        "rate_limit = 50".to_string()
-    };
+    let mut tenant_extra = "rate_limit = 50".to_string();
+    if setup.hooks {
+        tenant_extra.push_str(&format!("\nwebhook_token = \"{HOOK_TOKEN}\""));
+    }
+    if setup.write_back {
+        tenant_extra.push_str("\nwrite_back = true");
+    }
     let mut body = format!(
         "[connector]\nstate_dir = \"{}\"\npoll_interval = \"{}\"\nstartup_jitter = \"0s\"\npage_size = {PAGE}\nfull_sweep_interval = \"2s\"\nincremental_overlap = \"1s\"\nwatch_interval = \"0s\"\nshutdown_timeout = \"10s\"\n\
          [admin]\nlisten = \"{admin}\"\n{cluster}{hooks}\
@@ -1175,5 +1179,93 @@ async fn a_hint_reaching_a_replica_that_does_not_own_the_tenant_reaches_the_owne
     assert!(
         polls.iter().filter(|t| &t.0 == tenant).all(|t| t.2 == 1),
         "{polls:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_back_action_on_any_replica_is_followed_by_the_owner() {
+    let nats = nats_server().await;
+    let sim = sim(4, 10).await;
+    let dir = tempfile::tempdir().unwrap();
+    let expected = all_tenants(&sim);
+    let setup = Setup {
+        write_back: true,
+        poll_interval: Some("300s"),
+        ..Default::default()
+    };
+    let rs = replicas(&sim, &nats.url, &["r1", "r2"], dir.path(), &setup).await;
+    settled(&rs, &expected, "placement", Duration::from_secs(30)).await;
+    let owner = owners(&rs.iter().collect::<Vec<_>>(), &expected)
+        .await
+        .unwrap();
+    let (tenant, own) = owner.iter().find(|(t, _)| !t.contains("twin")).unwrap();
+    let own_replica = rs.iter().find(|r| &r.id == own).unwrap();
+    eventually("the tenant's first poll", Duration::from_secs(30), || {
+        let r = own_replica;
+        let t = tenant.clone();
+        async move {
+            let polled = listed(r)
+                .await
+                .ok_or("no answer")?
+                .iter()
+                .any(|x| x.0 == t && x.2 >= 1);
+            if polled {
+                Ok(())
+            } else {
+                Err("not yet".to_string())
+            }
+        }
+    })
+    .await;
+    let other = rs.iter().find(|r| &r.id != own).unwrap();
+    let client = sim_client(&sim, tenant);
+    let id = sim.issues(&client, |s| s.ids_with_status("OPEN"))[0].clone();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    // The replica that does not own the tenant takes the action.
+    let answer = reqwest::Client::new()
+        .post(format!(
+            "http://{}/tenants/{tenant}/issues/{id}/actions",
+            other.admin
+        ))
+        .header("content-type", "application/json")
+        .body(r#"{"action": "reject", "reason": "EXCEPTION"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status().as_u16(), 200);
+    // Its own sink has the audit event; the owner delivers the resulting change, marked.
+    eventually(
+        "the audit event and the owner's marked change",
+        Duration::from_secs(20),
+        || {
+            let audit = std::fs::read_to_string(&other.out).unwrap_or_default();
+            let owned = std::fs::read_to_string(&own_replica.out).unwrap_or_default();
+            let ok = audit
+                .lines()
+                .any(|l| l.contains("action.applied") && l.contains(&id))
+                && owned.lines().any(|l| {
+                    l.contains(&id)
+                        && l.contains("\"kind\":\"issue.rejected\"")
+                        && l.contains("\"origin\":\"connector\"")
+                });
+            async move {
+                if ok {
+                    Ok(())
+                } else {
+                    Err("not yet".to_string())
+                }
+            }
+        },
+    )
+    .await;
+    assert_eq!(
+        sim.issues(&client, |s| s
+            .issues
+            .iter()
+            .find(|i| i.id == id)
+            .unwrap()
+            .status
+            .clone()),
+        "REJECTED"
     );
 }
