@@ -365,10 +365,7 @@ fn main() {
     };
     let all = args.is_empty();
     let want = |s: &str| all || args.iter().any(|a| a == s);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     rt.block_on(async {
         println!("| scenario | setup | result | numbers |\n|---|---|---|---|");
         if want("commit") {

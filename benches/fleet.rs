@@ -26,11 +26,7 @@ fn rss_kib() -> u64 {
 
 /// CPU seconds (user + system) of this process, all threads.
 fn cpu_seconds() -> f64 {
-    let s = std::fs::read_to_string("/proc/self/stat").unwrap();
-    let after = &s[s.rfind(')').unwrap() + 2..];
-    let f: Vec<&str> = after.split_whitespace().collect();
-    // Fields 14 and 15 of stat (utime, stime) are 12 and 13 after the command name; ticks of 1/100 s.
-    (f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()) as f64 / 100.0
+    cpu_of(std::process::id())
 }
 
 fn fleet_config(base: &str, tenants: usize, connector: &str, sink: &str) -> Settings {
@@ -445,10 +441,7 @@ fn main() {
         return;
     };
     let all = args.is_empty();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     rt.block_on(async {
         println!("| scenario | setup | result | numbers |\n|---|---|---|---|");
         if all || args.iter().any(|a| a == "idle") {

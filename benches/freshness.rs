@@ -100,14 +100,6 @@ async fn requests(accept_updated_at: bool) {
     app.shutdown().await.unwrap();
 }
 
-/// CPU seconds (user + system) of process `pid`.
-fn cpu_of(pid: u32) -> f64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let after = &s[s.rfind(')').unwrap() + 2..];
-    let f: Vec<&str> = after.split_whitespace().collect();
-    (f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()) as f64 / 100.0
-}
-
 /// The tenants' health, summed: (polls of the slowest tenant, hints looked up).
 async fn fleet(http: &reqwest::Client, admin: &str) -> (u64, u64) {
     let v = get_json(http, &format!("http://{admin}/tenants")).await;
@@ -263,10 +255,7 @@ fn main() {
         return;
     };
     let all = args.is_empty();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     rt.block_on(async {
         println!("| scenario | setup | result | numbers |\n|---|---|---|---|");
         if all || args.iter().any(|a| a == "requests") {

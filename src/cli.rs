@@ -71,20 +71,14 @@ pub struct ActionArgs {
     /// set_due_date: YYYY-MM-DD.
     #[arg(long = "due-date")]
     pub due_date: Option<String>,
-    /// The admin API of the running connector.
-    #[arg(
-        long = "admin",
-        env = "WIZ_CONNECTOR_ADMIN",
-        default_value = "http://127.0.0.1:8686"
-    )]
-    pub admin: String,
-    /// An admin token with write permission (or the environment variable).
-    #[arg(long, env = "WIZ_CONNECTOR_ADMIN_TOKEN", hide_env_values = true)]
-    pub token: Option<String>,
+    /// The admin API; the token needs write permission.
+    #[command(flatten)]
+    pub api: AdminArgs,
 }
 
+/// Where a running connector's admin API is, and the token it takes.
 #[derive(Debug, Args)]
-pub struct StatusArgs {
+pub struct AdminArgs {
     /// The admin API of the running connector.
     #[arg(
         long = "admin",
@@ -95,6 +89,12 @@ pub struct StatusArgs {
     /// Its bearer token, when it requires one (or the environment variable).
     #[arg(long, env = "WIZ_CONNECTOR_ADMIN_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub api: AdminArgs,
     /// Only tenants in these states (comma-separated: failed,backoff,...).
     #[arg(long)]
     pub state: Option<String>,

@@ -113,6 +113,17 @@ impl Setup {
         )
     }
 
+    /// `wiz-connector action --tenant t0 <args>` against this connector, with the write token.
+    async fn cli(&self, args: &[&str]) -> std::process::Output {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_wiz-connector"))
+            .args(["action", "--tenant", "t0"])
+            .args(args)
+            .args(["--admin", &self.base, "--token", SOC])
+            .output()
+            .await
+            .unwrap()
+    }
+
     fn client(&self, n: usize) -> String {
         self.sim.tenants()[n].client_id.clone()
     }
@@ -409,21 +420,15 @@ async fn a_note_whose_answer_is_lost_is_applied_once() {
     );
     // The CLI, as a runbook would retry it: already there, nothing sent.
     let before = s.mutations(0);
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_wiz-connector"))
-        .args([
-            "action",
-            "--tenant",
-            "t0",
+    let out = s
+        .cli(&[
             "--issue",
             &issue,
             "note",
             "--note",
             "escalated to the customer",
         ])
-        .args(["--admin", &s.base, "--token", SOC])
-        .output()
-        .await
-        .unwrap();
+        .await;
     assert_eq!(
         out.status.code(),
         Some(0),
@@ -445,14 +450,9 @@ async fn a_note_whose_answer_is_lost_is_applied_once() {
     });
     assert_eq!(notes, 1, "the note is in Wiz once");
     // The CLI exits non-zero on a refusal and says why.
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_wiz-connector"))
-        .args([
-            "action", "--tenant", "t0", "--issue", &issue, "reject", "--reason", "BORED",
-        ])
-        .args(["--admin", &s.base, "--token", SOC])
-        .output()
-        .await
-        .unwrap();
+    let out = s
+        .cli(&["--issue", &issue, "reject", "--reason", "BORED"])
+        .await;
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(

@@ -135,3 +135,20 @@ pub async fn get_json(client: &reqwest::Client, url: &str) -> serde_json::Value 
     let body = resp.bytes().await.unwrap_or_default();
     serde_json::from_slice(&body).unwrap_or_default()
 }
+
+/// CPU seconds (user + system) of process `pid`, all threads.
+pub fn cpu_of(pid: u32) -> f64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after = &s[s.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = after.split_whitespace().collect();
+    // Fields 14 and 15 of stat (utime, stime) are 12 and 13 after the command name; ticks of 1/100 s.
+    (f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()) as f64 / 100.0
+}
+
+/// The tokio runtime a bench binary runs its scenarios on.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}

@@ -129,26 +129,14 @@ async fn get(
     args: &StatusArgs,
     path: &str,
 ) -> anyhow::Result<serde_json::Value> {
-    let url = format!("{}{path}", args.admin.trim_end_matches('/'));
-    let mut req = client.get(&url).timeout(Duration::from_secs(30));
-    if let Some(t) = &args.token {
-        req = req.bearer_auth(t);
+    let req = client
+        .get(super::admin_url(&args.api, path))
+        .timeout(Duration::from_secs(30));
+    let (status, body) = super::call_admin(&args.api, req).await?;
+    if status == 401 {
+        bail!("the admin API at {} wants a bearer token: pass --token or set WIZ_CONNECTOR_ADMIN_TOKEN", args.api.admin);
     }
-    let resp = req.send().await.with_context(|| {
-        format!(
-            "cannot reach the admin API at {} (is the connector running? --admin sets the address)",
-            args.admin
-        )
-    })?;
-    let status = resp.status();
-    let body = resp
-        .bytes()
-        .await
-        .context("reading the admin API's answer")?;
-    if status.as_u16() == 401 {
-        bail!("the admin API at {} wants a bearer token: pass --token or set WIZ_CONNECTOR_ADMIN_TOKEN", args.admin);
-    }
-    if !status.is_success() {
+    if !(200..300).contains(&status) {
         bail!(
             "the admin API answered HTTP {status} for {path}: {}",
             crate::wiz::error::snippet(&body)

@@ -105,6 +105,10 @@ impl WizHttp {
     /// A client for one tenant, sharing this pool and the limiter of the tenant's credential.
     pub fn tenant(&self, spec: Arc<TenantSpec>) -> Arc<TenantClient> {
         let limiter = self.limiters.get(&spec.credential_key(), spec.rate_limit);
+        self.client(spec, limiter)
+    }
+
+    fn client(&self, spec: Arc<TenantSpec>, limiter: Arc<CredentialLimiter>) -> Arc<TenantClient> {
         Arc::new(TenantClient {
             spec,
             http: self.http.clone(),
@@ -129,16 +133,7 @@ impl WizHttp {
             }),
             None => spec,
         };
-        Arc::new(TenantClient {
-            spec,
-            http: self.http.clone(),
-            limiter,
-            token: tokio::sync::Mutex::new(TokenCache::default()),
-            query: self.query.clone(),
-            stats: ClientStats::default(),
-            observer: self.observer.clone(),
-            waits: std::sync::OnceLock::new(),
-        })
+        self.client(spec, limiter)
     }
 
     pub fn limiters(&self) -> &LimiterRegistry {
