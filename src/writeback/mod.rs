@@ -26,6 +26,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
+use secrecy::ExposeSecret;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -298,7 +299,16 @@ impl Actions {
 
     fn client(&self, spec: Arc<TenantSpec>) -> Arc<TenantClient> {
         if let Some(c) = self.clients.get(&spec.id) {
-            if c.0.same_secret(&spec) && format!("{:?}", c.0) == format!("{:?}", spec) {
+            // Secrets are compared explicitly (their Debug is redacted), the rest as shown.
+            let write_secret = |s: &TenantSpec| {
+                s.write_credential
+                    .as_ref()
+                    .map(|w| w.client_secret.expose_secret().to_string())
+            };
+            if c.0.same_secret(&spec)
+                && write_secret(&c.0) == write_secret(&spec)
+                && format!("{:?}", c.0) == format!("{:?}", spec)
+            {
                 return c.1.clone();
             }
         }
