@@ -1,4 +1,4 @@
-//! kill -9 at random moments during sweeps, 20 times, restarting each time: the union of the file
+//! kill -9 at random moments during sweeps, 20 times (`WIZ_CRASH_KILLS`), restarting each time: the union of the file
 //! sink's output holds the latest state of every issue (no gap), every delivered issue that
 //! vanished from Wiz is reported vanished, and replays stay within one page per tenant per crash.
 
@@ -14,7 +14,13 @@ use wiz_connector::sim::{SimTenantSpec, SimulatorOptions};
 
 const TENANTS: usize = 3;
 const PAGE: usize = 5;
-const KILLS: usize = 20;
+/// Kills per run; `WIZ_CRASH_KILLS=100` for a soak run.
+fn kills() -> usize {
+    std::env::var("WIZ_CRASH_KILLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20)
+}
 
 /// Complete lines only: a kill -9 can tear the last line of a write, which was never acknowledged.
 fn complete_lines(path: &std::path::Path) -> Vec<serde_json::Value> {
@@ -50,7 +56,8 @@ async fn kill_9_during_sweeps_leaves_no_gap_and_bounded_replays() {
     let mut rng = rand::rng();
     // (tenant, issue) of every issue removed from the simulator.
     let mut removed: Vec<(String, String)> = Vec::new();
-    for round in 0..KILLS {
+    let kills = kills();
+    for round in 0..kills {
         // New states for the next run: new issues, resolutions, reopenings, severity changes,
         // and the newest open issue of each tenant that a consumer has heard of gone from Wiz
         // (the likeliest to have been on the page in flight at the last kill).
@@ -144,7 +151,7 @@ async fn kill_9_during_sweeps_leaves_no_gap_and_bounded_replays() {
         .filter(|l| l["vanished"] == true)
         .count();
     assert!(
-        removed.len() >= KILLS && vanished * 2 >= removed.len(),
+        removed.len() >= kills && vanished * 2 >= removed.len(),
         "{} removed, {vanished} vanished events",
         removed.len()
     );
@@ -207,7 +214,7 @@ async fn kill_9_during_sweeps_leaves_no_gap_and_bounded_replays() {
     // Replays: a crash repeats at most the page in flight of each tenant.
     let duplicates: usize = count.values().map(|n| n - 1).sum();
     assert!(
-        duplicates <= KILLS * TENANTS * PAGE,
-        "{duplicates} duplicated events for {KILLS} crashes"
+        duplicates <= kills * TENANTS * PAGE,
+        "{duplicates} duplicated events for {kills} crashes"
     );
 }
