@@ -344,11 +344,11 @@ pub fn ts(t: SystemTime) -> String {
 }
 
 /// 2025-01-01T00:00:00Z: seeded issues are created after it.
-fn epoch() -> SystemTime {
+pub(super) fn epoch() -> SystemTime {
     UNIX_EPOCH + Duration::from_secs(1_735_689_600)
 }
 
-fn uuid(rng: &mut StdRng) -> String {
+pub(super) fn uuid(rng: &mut StdRng) -> String {
     let a: u128 = rng.random();
     let h = format!("{a:032x}");
     format!(

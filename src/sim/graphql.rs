@@ -86,7 +86,7 @@ pub(super) fn error_response(code: &str, message: &str) -> Response {
     (StatusCode::OK, axum::Json(body)).into_response()
 }
 
-fn micros(t: SystemTime) -> i64 {
+pub(super) fn micros(t: SystemTime) -> i64 {
     t.duration_since(UNIX_EPOCH)
         .map(|d| d.as_micros() as i64)
         .unwrap_or(0)
@@ -100,18 +100,18 @@ fn severity_rank(s: &str) -> i64 {
         .unwrap_or(0)
 }
 
-fn encode_cursor(key: i64, id: &str) -> String {
+pub(super) fn encode_cursor(key: i64, id: &str) -> String {
     hex::encode(format!("v1:{key}:{id}"))
 }
 
-fn decode_cursor(c: &str) -> Option<(i64, String)> {
+pub(super) fn decode_cursor(c: &str) -> Option<(i64, String)> {
     let raw = String::from_utf8(hex::decode(c).ok()?).ok()?;
     let rest = raw.strip_prefix("v1:")?;
     let (k, id) = rest.split_once(':')?;
     Some((k.parse().ok()?, id.to_string()))
 }
 
-fn parse_time(s: &str) -> Result<i64, String> {
+pub(super) fn parse_time(s: &str) -> Result<i64, String> {
     humantime::parse_rfc3339_weak(s)
         .map(micros)
         .map_err(|_| format!("invalid DateTime {s:?}"))

@@ -13,6 +13,7 @@
 //!   /_sim/tenants/{client_id}/churn?steps=N`: the same knobs over HTTP.
 
 pub mod data;
+pub mod feeds;
 mod graphql;
 mod mutations;
 mod server;

@@ -141,6 +141,8 @@ pub struct SimCounters {
 pub(super) struct TenantState {
     pub spec: SimTenantSpec,
     pub issues: IssueSet,
+    /// The other feeds, generated when first asked for.
+    pub feeds: Option<super::feeds::FeedSets>,
     faults: VecDeque<Fault>,
     sticky: Option<Fault>,
     counters: SimCounters,
@@ -157,6 +159,16 @@ pub(super) struct SimState {
     opts: SimulatorOptions,
     tenants: DashMap<String, Arc<Mutex<TenantState>>>,
     tokens: DashMap<String, TokenInfo>,
+}
+
+impl TenantState {
+    /// One random change to the issues, and to the other feeds once they exist.
+    fn churn_step(&mut self) {
+        self.issues.churn_step();
+        if let Some(f) = self.feeds.as_mut() {
+            f.churn_step();
+        }
+    }
 }
 
 impl SimState {
@@ -187,6 +199,7 @@ impl Simulator {
         for spec in &opts.tenants {
             let state = Arc::new(Mutex::new(TenantState {
                 issues: IssueSet::generate(spec.seed, spec.issues),
+                feeds: None,
                 spec: spec.clone(),
                 faults: VecDeque::new(),
                 sticky: None,
@@ -229,7 +242,7 @@ impl Simulator {
                     }
                     let Some(st) = st.upgrade() else { return };
                     for t in st.tenants.iter() {
-                        t.lock().expect("sim lock").issues.churn_step();
+                        t.lock().expect("sim lock").churn_step();
                     }
                 }
             });
@@ -310,7 +323,7 @@ impl Simulator {
 
     /// Applies `steps` random changes to a tenant.
     pub fn churn(&self, client_id: &str, steps: usize) {
-        self.issues(client_id, |s| (0..steps).for_each(|_| s.churn_step()));
+        self.with(client_id, |t| (0..steps).for_each(|_| t.churn_step()));
     }
 }
 
@@ -518,7 +531,20 @@ async fn graphql_route(
     }
     let answer = {
         let mut g = tenant.lock().expect("sim lock");
-        if super::mutations::is_mutation(&body) {
+        if let Some(root) = super::feeds::root(&body) {
+            let variables = serde_json::from_str::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v.get("variables").cloned())
+                .unwrap_or_default();
+            let (seed, issues) = (g.spec.seed, g.spec.issues);
+            let sets = g
+                .feeds
+                .get_or_insert_with(|| super::feeds::FeedSets::generate(seed, issues));
+            match super::feeds::answer(root, &variables, sets) {
+                Ok(data) => Json(serde_json::json!({ "data": data })).into_response(),
+                Err((code, message)) => graphql::error_response(&code, &message),
+            }
+        } else if super::mutations::is_mutation(&body) {
             g.counters.mutations += 1;
             let can_write = if client_id == g.spec.client_id {
                 g.spec.write_issues_scope
@@ -599,7 +625,7 @@ async fn churn_route(
         Some(t) => {
             let mut g = t.lock().expect("sim lock");
             for _ in 0..q.steps.unwrap_or(1).min(10_000) {
-                g.issues.churn_step();
+                g.churn_step();
             }
             StatusCode::NO_CONTENT
         }
