@@ -104,15 +104,21 @@ async fn the_page_lists_tenants_worst_first_and_filters_by_state_and_id() {
 
     let html = dom(&base).await;
     let listed = rows(&html);
+    // t1 waits in backoff; after its third refusal it is parked as failed (a busy machine may
+    // get there before the page is read): worst first either way.
+    let t1_state = listed[0].1.clone();
+    assert!(
+        ["backoff", "failed"].contains(&t1_state.as_str()),
+        "{listed:?}"
+    );
     assert_eq!(
         listed,
-        [("t1", "backoff"), ("t0", "idle"), ("t2", "idle")]
+        [("t1", t1_state.as_str()), ("t0", "idle"), ("t2", "idle")]
             .map(|(t, s)| (t.to_string(), s.to_string())),
         "worst first"
     );
-    assert_eq!(count(&html, "backoff"), 1);
+    assert_eq!(count(&html, "backoff") + count(&html, "failed"), 1);
     assert_eq!(count(&html, "idle"), 2);
-    assert_eq!(count(&html, "failed"), 0);
     assert!(html.contains("1–3 of 3"), "the range shown");
     // t1's row carries its error, and the healthy rows their last success as an age.
     let t1 = &html[html.find("data-tenant=\"t1\"").unwrap()..];
