@@ -25,6 +25,14 @@ impl TenantActorState {
             // Taken up once the tenant is claimed (see `claim`).
             return;
         }
+        if self.refusals >= super::PARK_AFTER_REFUSALS {
+            // Parked: its credentials are refused, and a lookup would only ask the token
+            // endpoint again. The hints are dropped; the poll after the parking finds the changes.
+            let dropped = self.args.hints.take(usize::MAX).len();
+            self.args.hints.take_overflow();
+            tracing::debug!(tenant = %self.id(), dropped, "hints dropped: the tenant is parked (credentials refused)");
+            return;
+        }
         if self.args.hints.take_overflow() {
             // Too many to look up one by one: one full sweep covers them all. A sweep running
             // now may have passed the changed issues already, so the full one comes after it.
