@@ -341,7 +341,13 @@ fn load_layers(
             message: clean_serde_message(&message),
         })
     })?;
-    let settings = resolve(file, &origins, env, path.to_path_buf())?;
+    let settings = resolve(&file, &origins, env, path.to_path_buf());
+    // A large fleet's file is hundreds of thousands of small allocations: it is freed on another
+    // thread, as nothing waits for it.
+    if file.tenants.len() > 1000 {
+        std::thread::spawn(move || drop(file));
+    }
+    let settings = settings?;
     // One line for the whole fleet, not one per tenant (a 100,000-tenant configuration would
     // otherwise open the log with 100,000 warnings).
     let insecure: Vec<&str> = settings

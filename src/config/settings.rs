@@ -304,7 +304,7 @@ const MIN_WEBHOOK_TOKEN: usize = 16;
 
 /// Turns the layered file into settings, or reports every problem.
 pub(super) fn resolve(
-    file: ConfigFile,
+    file: &ConfigFile,
     origins: &Origins,
     env: &EnvSource,
     config_path: PathBuf,
@@ -663,7 +663,7 @@ pub(super) fn resolve(
         initial_backoff: conn.retry_initial_backoff,
         max_backoff: conn.retry_max_backoff,
     };
-    let mut tenants = Vec::new();
+    let mut tenants = Vec::with_capacity(file.tenants.len());
     for (id, t) in &file.tenants {
         if !valid_id(id) {
             c.tenant(

@@ -176,10 +176,10 @@ impl SupervisorState {
         id: &str,
         first_poll_in: Duration,
     ) {
-        let Some((name, args)) = self.tenant_args(id, first_poll_in) else {
+        let Some(args) = self.tenant_args(id, first_poll_in) else {
             return;
         };
-        let result = Actor::spawn_linked(Some(name), WizTenantActor, args, myself.get_cell()).await;
+        let result = Actor::spawn_linked(None, WizTenantActor, args, myself.get_cell()).await;
         self.spawned(myself, id, result.map(|(actor, _)| actor));
     }
 
@@ -192,17 +192,16 @@ impl SupervisorState {
         tenants: Vec<(String, Duration)>,
     ) {
         for chunk in tenants.chunks(SPAWN_CONCURRENCY) {
-            let prepared: Vec<(String, String, TenantArgs)> = chunk
+            let prepared: Vec<(String, TenantArgs)> = chunk
                 .iter()
-                .filter_map(|(id, first)| {
-                    let (name, args) = self.tenant_args(id, *first)?;
-                    Some((id.clone(), name, args))
-                })
+                .filter_map(|(id, first)| Some((id.clone(), self.tenant_args(id, *first)?)))
                 .collect();
-            let starts = prepared.into_iter().map(|(id, name, args)| {
+            let starts = prepared.into_iter().map(|(id, args)| {
                 let cell = myself.get_cell();
                 async move {
-                    let r = Actor::spawn_linked(Some(name), WizTenantActor, args, cell).await;
+                    // Unnamed: nothing looks tenants up by name (the supervisor keeps their
+                    // references), and ractor's global name registry would cost every start.
+                    let r = Actor::spawn_linked(None, WizTenantActor, args, cell).await;
                     (id, r.map(|(actor, _)| actor))
                 }
             });
@@ -212,8 +211,8 @@ impl SupervisorState {
         }
     }
 
-    /// The actor name and arguments of tenant `id`'s next actor (`None` for an unknown tenant).
-    fn tenant_args(&mut self, id: &str, first_poll_in: Duration) -> Option<(String, TenantArgs)> {
+    /// The arguments of tenant `id`'s next actor (`None` for an unknown tenant).
+    fn tenant_args(&mut self, id: &str, first_poll_in: Duration) -> Option<TenantArgs> {
         let child = self.children.get_mut(id)?;
         child.stop = Arc::default();
         let args = TenantArgs {
@@ -232,7 +231,7 @@ impl SupervisorState {
             failed_cooldown: self.policy.failed_cooldown.0,
             hints: self.hints.queue(id),
         };
-        Some((format!("{}:tenant:{id}", self.instance), args))
+        Some(args)
     }
 
     /// Records the outcome of starting tenant `id`'s actor.
@@ -527,14 +526,15 @@ impl SupervisorState {
         self.shutting_down = true;
         let timeout = self.shutdown_timeout;
         let mut stops = tokio::task::JoinSet::new();
-        for child in self.children.values_mut() {
+        for (id, child) in self.children.iter_mut() {
             child.stopping = true;
             child.generation += 1;
             child.stop.stop();
             if let Some(a) = child.actor.clone() {
+                let id = id.clone();
                 stops.spawn(async move {
                     if a.stop_and_wait(Some("shutdown".into()), Some(timeout)).await.is_err() {
-                        tracing::warn!(actor = ?a.get_name(), "tenant did not stop in time; killing it");
+                        tracing::warn!(tenant = %id, "tenant did not stop in time; killing it");
                         a.kill();
                     }
                 });
