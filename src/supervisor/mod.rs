@@ -533,7 +533,10 @@ impl SupervisorState {
             if let Some(a) = child.actor.clone() {
                 let id = id.clone();
                 stops.spawn(async move {
-                    if a.stop_and_wait(Some("shutdown".into()), Some(timeout)).await.is_err() {
+                    if a.stop_and_wait(Some("shutdown".into()), Some(timeout))
+                        .await
+                        .is_err()
+                    {
                         tracing::warn!(tenant = %id, "tenant did not stop in time; killing it");
                         a.kill();
                     }
