@@ -332,11 +332,19 @@ async fn refused_credentials_park_the_tenant_until_its_configuration_changes() {
     let summary = app.reloader().reload("test").await.unwrap();
     assert_eq!(summary.restarted, vec!["t0".to_string()]);
     let open = open_ids(&sim)["t0"].len();
-    wait_until("the tenant delivers", Duration::from_secs(30), || {
-        read_lines(&out).len() == open
-    })
+    // The poll ends (idle) just after the sink took its events: wait for both.
+    wait_until(
+        "the tenant delivers and its poll ends",
+        Duration::from_secs(30),
+        || {
+            read_lines(&out).len() == open
+                && app
+                    .health
+                    .get("t0")
+                    .is_some_and(|h| h.state == TenantState::Idle)
+        },
+    )
     .await;
-    assert_eq!(app.health.get("t0").unwrap().state, TenantState::Idle);
     app.shutdown().await.unwrap();
 }
 
