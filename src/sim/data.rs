@@ -344,6 +344,18 @@ pub fn ts(t: SystemTime) -> String {
 }
 
 /// 2025-01-01T00:00:00Z: seeded issues are created after it.
+/// The current time, or 1 µs after `last` when the clock has not moved past it: changes are
+/// strictly ordered even within one clock tick. Updates `last`.
+pub(super) fn next_tick(last: &mut SystemTime) -> SystemTime {
+    let now = SystemTime::now();
+    *last = if now > *last {
+        now
+    } else {
+        *last + Duration::from_micros(1)
+    };
+    *last
+}
+
 pub(super) fn epoch() -> SystemTime {
     UNIX_EPOCH + Duration::from_secs(1_735_689_600)
 }
@@ -558,13 +570,7 @@ impl IssueSet {
 
     /// Now, but strictly after every timestamp this set has handed out.
     fn tick(&mut self) -> SystemTime {
-        let now = SystemTime::now();
-        self.last = if now > self.last {
-            now
-        } else {
-            self.last + Duration::from_micros(1)
-        };
-        self.last
+        next_tick(&mut self.last)
     }
 
     /// Adds one new OPEN issue created now; returns its id.
@@ -641,13 +647,20 @@ impl IssueSet {
         let step = ids.len() / count;
         let chosen: Vec<String> = ids.into_iter().step_by(step).take(count).collect();
         for id in &chosen {
-            let to = match self.find(id).map(|i| i.severity.as_str()) {
-                Some("CRITICAL") => "LOW",
-                _ => "CRITICAL",
-            };
-            self.set_severity(id, to);
+            self.escalate(id);
         }
         chosen
+    }
+
+    /// Changes issue `id`'s severity (to CRITICAL, or to LOW when it is CRITICAL already): a
+    /// change `statusChangedAt` does not show. Returns the new severity (`None`: no such issue).
+    pub fn escalate(&mut self, id: &str) -> Option<&'static str> {
+        let to = match self.find(id)?.severity.as_str() {
+            "CRITICAL" => "LOW",
+            _ => "CRITICAL",
+        };
+        self.set_severity(id, to);
+        Some(to)
     }
 
     /// Applies a manual change (write-back) to issue `id`: a status (with its reason), a due

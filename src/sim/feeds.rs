@@ -14,7 +14,7 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use super::data::{epoch, ts, uuid, SEVERITIES};
+use super::data::{epoch, next_tick, ts, uuid, SEVERITIES};
 use super::graphql::{decode_cursor, encode_cursor, micros, parse_time};
 
 /// Wiz's maximum page size.
@@ -243,13 +243,7 @@ impl FeedSets {
 
     /// A time after every earlier one (changes are strictly ordered).
     fn tick(&mut self) -> SystemTime {
-        let now = SystemTime::now();
-        self.last = if now > self.last {
-            now
-        } else {
-            self.last + Duration::from_micros(1)
-        };
-        self.last
+        next_tick(&mut self.last)
     }
 
     /// One random change in every feed: a new detection and audit entry, a vulnerability found

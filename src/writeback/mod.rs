@@ -87,16 +87,6 @@ impl Action {
             Action::SetDueDate { date } => json!({"due_date": date}),
         }
     }
-
-    fn note(&self) -> Option<&str> {
-        match self {
-            Action::Reject { note, .. } | Action::Resolve { note } | Action::Reopen { note } => {
-                note.as_deref()
-            }
-            Action::Note { text } => Some(text),
-            Action::SetDueDate { .. } => None,
-        }
-    }
 }
 
 /// The request body (CONTRACT "Write-back").
@@ -299,16 +289,17 @@ impl Actions {
 
     fn client(&self, spec: Arc<TenantSpec>) -> Arc<TenantClient> {
         if let Some(c) = self.clients.get(&spec.id) {
-            // Secrets are compared explicitly (their Debug is redacted), the rest as shown.
-            let write_secret = |s: &TenantSpec| {
-                s.write_credential
-                    .as_ref()
-                    .map(|w| w.client_secret.expose_secret().to_string())
+            // Reused unless it talks to Wiz differently: what restarts a tenant on reload, or
+            // another write credential.
+            let same_writer = match (&c.0.write_credential, &spec.write_credential) {
+                (None, None) => true,
+                (Some(a), Some(b)) => {
+                    a.client_id == b.client_id
+                        && a.client_secret.expose_secret() == b.client_secret.expose_secret()
+                }
+                _ => false,
             };
-            if c.0.same_secret(&spec)
-                && write_secret(&c.0) == write_secret(&spec)
-                && format!("{:?}", c.0) == format!("{:?}", spec)
-            {
+            if same_writer && !crate::config::needs_restart(&c.0, &spec) {
                 return c.1.clone();
             }
         }
@@ -572,7 +563,6 @@ fn audit_event(
         "{}/issues#~(issue~'{issue_id})",
         spec.console_url.as_str().trim_end_matches('/')
     );
-    let _ = action.note();
     let mut line = serde_json::to_vec(&json!({
         "id": id,
         "source": "wiz",
