@@ -1079,25 +1079,23 @@ async fn a_reload_on_every_replica_places_a_new_tenant_once() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_hint_reaching_a_replica_that_does_not_own_the_tenant_reaches_the_owner() {
-    let nats = nats_server().await;
-    let sim = sim(4, 10).await;
-    let dir = tempfile::tempdir().unwrap();
-    let expected = all_tenants(&sim);
-    // Polls 300 s apart: after the first, only the hint can deliver the change.
-    let setup = Setup {
-        hooks: true,
-        poll_interval: Some("300s"),
-        ..Default::default()
-    };
-    let rs = replicas(&sim, &nats.url, &["r1", "r2"], dir.path(), &setup).await;
+/// Replicas r1 and r2 with `setup`, placement settled and every tenant polled once by its owner:
+/// the replicas, a tenant (not the twin) and the id of its owner.
+async fn two_settled(
+    sim: &Simulator,
+    nats: &str,
+    dir: &std::path::Path,
+    setup: &Setup,
+) -> (Vec<Replica>, String, String) {
+    let expected = all_tenants(sim);
+    let rs = replicas(sim, nats, &["r1", "r2"], dir, setup).await;
     settled(&rs, &expected, "placement", Duration::from_secs(30)).await;
     eventually(
         "every tenant polled once by its owner",
         Duration::from_secs(30),
         || {
             let live: Vec<&Replica> = rs.iter().collect();
+            let want = expected.len();
             async move {
                 let mut polled = 0;
                 for r in &live {
@@ -1108,10 +1106,10 @@ async fn a_hint_reaching_a_replica_that_does_not_own_the_tenant_reaches_the_owne
                         .filter(|t| t.2 >= 1)
                         .count();
                 }
-                if polled == 5 {
+                if polled == want {
                     Ok(())
                 } else {
-                    Err(format!("{polled} of 5 polled"))
+                    Err(format!("{polled} of {want} polled"))
                 }
             }
         },
@@ -1121,19 +1119,27 @@ async fn a_hint_reaching_a_replica_that_does_not_own_the_tenant_reaches_the_owne
         .await
         .unwrap();
     let (tenant, own) = owner.iter().find(|(t, _)| !t.contains("twin")).unwrap();
+    let (tenant, own) = (tenant.clone(), own.clone());
+    (rs, tenant, own)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hint_reaching_a_replica_that_does_not_own_the_tenant_reaches_the_owner() {
+    let nats = nats_server().await;
+    let sim = sim(4, 10).await;
+    let dir = tempfile::tempdir().unwrap();
+    // Polls 300 s apart: after the first, only the hint can deliver the change.
+    let setup = Setup {
+        hooks: true,
+        poll_interval: Some("300s"),
+        ..Default::default()
+    };
+    let (rs, tenant, own) = two_settled(&sim, &nats.url, dir.path(), &setup).await;
+    let (tenant, own) = (&tenant, &own);
     let other = rs.iter().find(|r| &r.id != own).unwrap();
     let client = sim_client(&sim, tenant);
     let id = sim.issues(&client, |s| s.ids_with_status("OPEN"))[0].clone();
-    assert!(sim.issues(&client, |s| {
-        let now = s
-            .issues
-            .iter()
-            .find(|i| i.id == id)
-            .unwrap()
-            .severity
-            .clone();
-        s.set_severity(&id, if now == "CRITICAL" { "LOW" } else { "CRITICAL" })
-    }));
+    assert!(sim.issues(&client, |s| s.escalate(&id)).is_some());
     let _ = rustls::crypto::ring::default_provider().install_default();
     let answer = reqwest::Client::new()
         .post(format!(
@@ -1187,36 +1193,14 @@ async fn a_write_back_action_on_any_replica_is_followed_by_the_owner() {
     let nats = nats_server().await;
     let sim = sim(4, 10).await;
     let dir = tempfile::tempdir().unwrap();
-    let expected = all_tenants(&sim);
     let setup = Setup {
         write_back: true,
         poll_interval: Some("300s"),
         ..Default::default()
     };
-    let rs = replicas(&sim, &nats.url, &["r1", "r2"], dir.path(), &setup).await;
-    settled(&rs, &expected, "placement", Duration::from_secs(30)).await;
-    let owner = owners(&rs.iter().collect::<Vec<_>>(), &expected)
-        .await
-        .unwrap();
-    let (tenant, own) = owner.iter().find(|(t, _)| !t.contains("twin")).unwrap();
+    let (rs, tenant, own) = two_settled(&sim, &nats.url, dir.path(), &setup).await;
+    let (tenant, own) = (&tenant, &own);
     let own_replica = rs.iter().find(|r| &r.id == own).unwrap();
-    eventually("the tenant's first poll", Duration::from_secs(30), || {
-        let r = own_replica;
-        let t = tenant.clone();
-        async move {
-            let polled = listed(r)
-                .await
-                .ok_or("no answer")?
-                .iter()
-                .any(|x| x.0 == t && x.2 >= 1);
-            if polled {
-                Ok(())
-            } else {
-                Err("not yet".to_string())
-            }
-        }
-    })
-    .await;
     let other = rs.iter().find(|r| &r.id != own).unwrap();
     let client = sim_client(&sim, tenant);
     let id = sim.issues(&client, |s| s.ids_with_status("OPEN"))[0].clone();
