@@ -143,4 +143,8 @@ pub struct SimulateArgs {
     /// Accept `filterBy.updatedAt` on issuesV2 (unconfirmed for Wiz; refused by default).
     #[arg(long)]
     pub accept_updated_at_filter: bool,
+    /// Vulnerability findings per tenant (default: two per issue), e.g. 1000000 for a large
+    /// tenant's first sweep.
+    #[arg(long)]
+    pub vulnerabilities: Option<usize>,
 }

@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 use crate::config::TenantSpec;
 use crate::wiz::page::{Issue, NodeError, Page, Str};
 
-/// What happened to an issue.
+/// What happened to an issue (`issue.*`), or to an item of another feed (see [`crate::feeds`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum EventKind {
     #[serde(rename = "issue.opened")]
@@ -26,6 +26,24 @@ pub enum EventKind {
     Rejected,
     #[serde(rename = "issue.reopened")]
     Reopened,
+    #[serde(rename = "vulnerability.opened")]
+    VulnerabilityOpened,
+    #[serde(rename = "vulnerability.updated")]
+    VulnerabilityUpdated,
+    #[serde(rename = "vulnerability.resolved")]
+    VulnerabilityResolved,
+    #[serde(rename = "vulnerability.reopened")]
+    VulnerabilityReopened,
+    #[serde(rename = "detection.created")]
+    DetectionCreated,
+    #[serde(rename = "audit.entry")]
+    AuditEntry,
+    #[serde(rename = "configuration_finding.opened")]
+    ConfigurationOpened,
+    #[serde(rename = "configuration_finding.updated")]
+    ConfigurationUpdated,
+    #[serde(rename = "configuration_finding.resolved")]
+    ConfigurationResolved,
 }
 
 impl EventKind {
@@ -36,6 +54,15 @@ impl EventKind {
             EventKind::Resolved => "issue.resolved",
             EventKind::Rejected => "issue.rejected",
             EventKind::Reopened => "issue.reopened",
+            EventKind::VulnerabilityOpened => "vulnerability.opened",
+            EventKind::VulnerabilityUpdated => "vulnerability.updated",
+            EventKind::VulnerabilityResolved => "vulnerability.resolved",
+            EventKind::VulnerabilityReopened => "vulnerability.reopened",
+            EventKind::DetectionCreated => "detection.created",
+            EventKind::AuditEntry => "audit.entry",
+            EventKind::ConfigurationOpened => "configuration_finding.opened",
+            EventKind::ConfigurationUpdated => "configuration_finding.updated",
+            EventKind::ConfigurationResolved => "configuration_finding.resolved",
         }
     }
 
@@ -189,6 +216,7 @@ impl Normalizer {
         w.safe("id", &id);
         w.safe("source", "wiz");
         w.safe("tenant", &self.tenant);
+        w.safe("feed", "issues");
         w.safe("kind", kind.as_str());
         w.str("issue_id", Some(id_str));
         w.safe("severity", severity.as_str());
@@ -272,6 +300,7 @@ impl Normalizer {
         w.safe("id", &id);
         w.safe("source", "wiz");
         w.safe("tenant", &self.tenant);
+        w.safe("feed", "issues");
         w.safe("kind", EventKind::Resolved.as_str());
         w.escaped("issue_id", issue_id);
         w.safe("severity", severity.as_str());
@@ -326,19 +355,19 @@ impl Normalizer {
 /// escape sequences, and strict JSON cannot hold raw quotes, backslashes or control characters, so
 /// they are copied verbatim; only strings serde had to unescape are escaped again. This is most of
 /// the speed of the hot path.
-struct JsonWriter<'o> {
-    out: &'o mut Vec<u8>,
+pub(crate) struct JsonWriter<'o> {
+    pub(crate) out: &'o mut Vec<u8>,
     first: bool,
 }
 
 impl<'o> JsonWriter<'o> {
-    fn new(out: &'o mut Vec<u8>) -> Self {
+    pub(crate) fn new(out: &'o mut Vec<u8>) -> Self {
         out.push(b'{');
         JsonWriter { out, first: true }
     }
 
     /// `,"key":` (keys are constants without characters that need escaping).
-    fn key(&mut self, key: &str) {
+    pub(crate) fn key(&mut self, key: &str) {
         if !self.first {
             self.out.push(b',');
         }
@@ -349,7 +378,7 @@ impl<'o> JsonWriter<'o> {
     }
 
     /// A value known to need no escaping (ids we made, constants, validated tenant ids).
-    fn safe(&mut self, key: &str, value: &str) {
+    pub(crate) fn safe(&mut self, key: &str, value: &str) {
         debug_assert!(!value.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20));
         self.key(key);
         self.out.push(b'"');
@@ -357,12 +386,12 @@ impl<'o> JsonWriter<'o> {
         self.out.push(b'"');
     }
 
-    fn escaped(&mut self, key: &str, value: &str) {
+    pub(crate) fn escaped(&mut self, key: &str, value: &str) {
         self.key(key);
         write_escaped(self.out, value);
     }
 
-    fn str(&mut self, key: &str, value: Option<Str<'_>>) {
+    pub(crate) fn str(&mut self, key: &str, value: Option<Str<'_>>) {
         self.key(key);
         match value {
             Some(v) => write_str(self.out, v),
@@ -370,17 +399,17 @@ impl<'o> JsonWriter<'o> {
         }
     }
 
-    fn raw(&mut self, key: &str, json: &str) {
+    pub(crate) fn raw(&mut self, key: &str, json: &str) {
         self.key(key);
         self.out.extend_from_slice(json.as_bytes());
     }
 
-    fn close(self) {
+    pub(crate) fn close(self) {
         self.out.push(b'}');
     }
 }
 
-fn write_str(out: &mut Vec<u8>, v: Str<'_>) {
+pub(crate) fn write_str(out: &mut Vec<u8>, v: Str<'_>) {
     if v.verbatim {
         out.push(b'"');
         out.extend_from_slice(v.text.as_bytes());
@@ -390,7 +419,7 @@ fn write_str(out: &mut Vec<u8>, v: Str<'_>) {
     }
 }
 
-fn write_escaped(out: &mut Vec<u8>, s: &str) {
+pub(crate) fn write_escaped(out: &mut Vec<u8>, s: &str) {
     serde_json::to_writer(&mut *out, s).expect("writing to a Vec cannot fail");
 }
 
@@ -480,7 +509,7 @@ pub fn event_id(tenant: &str, issue_id: &str, fingerprint: &[u8; 16]) -> String 
 
 /// Appends `id` with anything but `[A-Za-z0-9-_.]` percent-encoded (Wiz ids are UUIDs; this only
 /// guards against odd ones breaking the link).
-fn push_url_safe(out: &mut Vec<u8>, id: &str) {
+pub(crate) fn push_url_safe(out: &mut Vec<u8>, id: &str) {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
     for b in id.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.') {

@@ -102,6 +102,71 @@ pub struct TenantHealth {
     pub hints_looked_up: u64,
     /// Times the hint queue overflowed and a full sweep replaced the lookups.
     pub hint_overflows: u64,
+    /// Per feed, for a tenant that collects more than Issues (empty, and not shown, for an
+    /// Issues-only tenant: its health is the fields above).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub feeds: Vec<FeedHealth>,
+}
+
+/// Where a feed of a tenant is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FeedState {
+    /// Not run yet.
+    Starting,
+    /// Its window is being swept.
+    Polling,
+    /// Its last run succeeded.
+    Idle,
+    /// Its last run failed; it sits out polls until `next_try_at`.
+    Backoff,
+    /// Wiz refused the service account this feed (a permission is missing); tried again at
+    /// `next_try_at`. The tenant's other feeds are not affected.
+    Denied,
+}
+
+/// One feed's health (`feeds[]` of a tenant).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FeedHealth {
+    pub feed: &'static str,
+    pub state: FeedState,
+    #[serde(serialize_with = "opt_rfc3339")]
+    pub last_success_at: Option<SystemTime>,
+    pub last_error: Option<LastError>,
+    /// Events delivered by the feed's last run.
+    pub events_added: u64,
+    /// Events delivered since the process started.
+    pub events_total: u64,
+    /// After a failure: the first poll that runs the feed again.
+    #[serde(serialize_with = "opt_rfc3339")]
+    pub next_try_at: Option<SystemTime>,
+}
+
+impl FeedHealth {
+    pub fn new(feed: &'static str) -> Self {
+        FeedHealth {
+            feed,
+            state: FeedState::Starting,
+            last_success_at: None,
+            last_error: None,
+            events_added: 0,
+            events_total: 0,
+            next_try_at: None,
+        }
+    }
+}
+
+impl TenantHealth {
+    /// The health of `feed`, created when missing.
+    pub fn feed(&mut self, feed: &'static str) -> &mut FeedHealth {
+        match self.feeds.iter().position(|f| f.feed == feed) {
+            Some(i) => &mut self.feeds[i],
+            None => {
+                self.feeds.push(FeedHealth::new(feed));
+                self.feeds.last_mut().expect("just pushed")
+            }
+        }
+    }
 }
 
 impl TenantHealth {
@@ -126,6 +191,7 @@ impl TenantHealth {
             last_hint_to_event_ms: None,
             hints_looked_up: 0,
             hint_overflows: 0,
+            feeds: Vec::new(),
         }
     }
 }

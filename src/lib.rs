@@ -41,6 +41,7 @@ pub mod commands;
 pub mod config;
 pub mod event;
 pub mod faults;
+pub mod feeds;
 pub mod health;
 pub mod hooks;
 pub mod metrics;

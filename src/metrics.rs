@@ -284,7 +284,7 @@ impl Default for Metrics {
         );
         registry.register(
             "errors",
-            "Errors by kind (auth, rate_limited, server, graphql, timeout, transport, client, bad_response, pagination, sink, crash)",
+            "Errors by kind (auth, rate_limited, server, graphql, timeout, transport, client, bad_response, pagination, sink, crash, feed, feed_denied)",
             m.errors.clone(),
         );
         registry.register(
@@ -500,6 +500,14 @@ pub enum Event<'a> {
     IssuesVanished {
         count: u64,
     },
+    /// A feed beyond Issues failed this poll (`denied`: Wiz refused the service account the
+    /// feed); it sits out polls for `retry_in`.
+    FeedFailed {
+        feed: &'static str,
+        denied: bool,
+        error: &'a str,
+        retry_in: Duration,
+    },
     Crashed {
         error: &'a str,
         crashes: u32,
@@ -554,6 +562,13 @@ impl OtelInstruments {
                 .errors
                 .add(1, &kv(&[("tenant", tenant), ("kind", "bad_response")])),
             Event::IssuesVanished { count } => self.vanished.add(*count, &kv(&t)),
+            Event::FeedFailed { denied, .. } => self.errors.add(
+                1,
+                &kv(&[
+                    ("tenant", tenant),
+                    ("kind", if *denied { "feed_denied" } else { "feed" }),
+                ]),
+            ),
             Event::Crashed { .. } | Event::Parked { .. } => self
                 .errors
                 .add(1, &kv(&[("tenant", tenant), ("kind", "crash")])),
@@ -807,6 +822,24 @@ impl Observer {
             Event::NodeSkipped { error } => {
                 tracing::warn!(tenant, error, "skipping an issue node that cannot be read");
                 m.errors.get_or_create(&k("bad_response")).inc();
+            }
+            Event::FeedFailed {
+                feed,
+                denied,
+                error,
+                retry_in,
+            } => {
+                tracing::warn!(
+                    tenant,
+                    feed,
+                    denied,
+                    error,
+                    retry_in_s = retry_in.as_secs(),
+                    "feed failed; its window is tried again later (the tenant's other feeds go on)"
+                );
+                m.errors
+                    .get_or_create(&k(if denied { "feed_denied" } else { "feed" }))
+                    .inc();
             }
             Event::IssuesVanished { count } => {
                 tracing::info!(

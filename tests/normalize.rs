@@ -281,6 +281,7 @@ fn a_vanished_issue_gets_every_contract_field_from_what_was_known() {
         "id",
         "source",
         "tenant",
+        "feed",
         "kind",
         "issue_id",
         "severity",
@@ -330,4 +331,35 @@ fn a_vanished_issue_gets_every_contract_field_from_what_was_known() {
     let salted = salted_event_id("acme", "i-1", &last, &[1; 16]);
     assert_ne!(salted, event_id("acme", "i-1", &last));
     assert_eq!(salted, salted_event_id("acme", "i-1", &last, &[1; 16]));
+}
+
+/// Issues' events are the bytes they were before feeds existed, with `"feed":"issues"` added
+/// after `tenant`: the same ids, the same fields, the same order (the fixture was written by the
+/// code before feeds).
+#[test]
+fn issue_events_keep_their_bytes_with_the_feed_added() {
+    let node = include_str!("fixtures/issue_node.json");
+    let before = include_str!("fixtures/issue_events_before_feeds.jsonl");
+    let mut n = Normalizer::with_console("acme", "https://app.wiz.io");
+    let mut out = Vec::new();
+    n.normalize_json(node, None, OBSERVED, &mut out).unwrap();
+    out.push(b'\n');
+    n.normalize_json(node, Some(EventKind::Updated), OBSERVED, &mut out)
+        .unwrap();
+    out.push(b'\n');
+    n.vanished(
+        "5f1c2a9e-0b7d-4c3e-9a51-2d8f6e4b7c10",
+        &[7u8; 16],
+        Some("HIGH"),
+        OBSERVED,
+        &mut out,
+    );
+    out.push(b'\n');
+    let now = String::from_utf8(out).unwrap();
+    assert_eq!(
+        now.matches("\"tenant\":\"acme\",\"feed\":\"issues\",")
+            .count(),
+        3
+    );
+    assert_eq!(now.replace("\"feed\":\"issues\",", ""), before);
 }

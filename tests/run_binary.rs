@@ -198,6 +198,26 @@ async fn demo_streams_normalized_events_with_no_config_and_exits_zero_on_ctrl_c(
         "{ev}"
     );
     assert_eq!(ev["raw_event"]["id"], ev["issue_id"]);
+    // Detections follow the issues of the same poll.
+    let mut feeds = std::collections::BTreeSet::new();
+    feeds.insert(ev["feed"].as_str().unwrap().to_string());
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while !feeds.contains("detections") {
+            let l = lines.next_line().await.unwrap().expect("a line");
+            let ev: Value = serde_json::from_str(&l).unwrap();
+            if ev["feed"] == "detections" {
+                assert_eq!(ev["kind"], "detection.created");
+                assert_eq!(ev["raw_event"]["id"], ev["detection_id"]);
+            }
+            feeds.insert(ev["feed"].as_str().unwrap().to_string());
+        }
+    })
+    .await
+    .expect("detections within a minute");
+    assert_eq!(
+        feeds.into_iter().collect::<Vec<_>>(),
+        ["detections", "issues"]
+    );
     // Keep reading so the pipe never fills.
     let drain = tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     // The admin API answers for the demo's tenants (on 8686, or a free port it named).

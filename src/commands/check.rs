@@ -9,6 +9,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use crate::config::{load, EnvSource, Settings, TenantSpec};
+use crate::feeds::FeedName;
 use crate::wiz::WizHttp;
 
 /// How many tenants are checked at once.
@@ -53,16 +54,19 @@ pub async fn check_all(settings: &Settings, only: Option<&str>) -> anyhow::Resul
         set.spawn(async move {
             let _permit = gate.acquire_owned().await.expect("semaphore never closed");
             let client = http.tenant(spec.clone());
-            let result = client.check().await;
-            let (ok, line) = match result {
-                Ok(n) => (
-                    true,
-                    format!(
-                        "{}: ok (token exchange and 1-row issues query succeeded; {} issue(s) returned)",
-                        spec.id, n
+            let (ok, line) = if spec.feeds == [FeedName::Issues] {
+                match client.check().await {
+                    Ok(n) => (
+                        true,
+                        format!(
+                            "{}: ok (token exchange and 1-row issues query succeeded; {} issue(s) returned)",
+                            spec.id, n
+                        ),
                     ),
-                ),
-                Err(e) => (false, format!("{}: {e}", spec.id)),
+                    Err(e) => (false, format!("{}: {e}", spec.id)),
+                }
+            } else {
+                feed_lines(&spec, client.check_feeds().await)
             };
             (i, CheckLine { tenant: spec.id.clone(), ok, line })
         });
@@ -73,6 +77,49 @@ pub async fn check_all(settings: &Settings, only: Option<&str>) -> anyhow::Resul
     }
     out.sort_by_key(|(i, _)| *i);
     Ok(out.into_iter().map(|(_, l)| l).collect())
+}
+
+/// The lines of a tenant with several feeds: one `ok` line when every feed passed, else one line
+/// per feed that failed, naming the tenant and the feed.
+fn feed_lines(
+    spec: &TenantSpec,
+    results: Vec<(FeedName, Result<usize, crate::wiz::WizError>)>,
+) -> (bool, String) {
+    let mut failed = Vec::new();
+    let mut passed = Vec::new();
+    for (feed, r) in &results {
+        match r {
+            Ok(n) => passed.push(format!("{feed} {n}")),
+            Err(e) if e.credentials_refused() && results.len() == 1 => {
+                failed.push(format!("{}: {e}", spec.id))
+            }
+            Err(e) => {
+                let hint = match feed.feed() {
+                    Some(f) if e.is_permission_denied() => format!(
+                        "; the service account needs this permission: {} (the tenant's other feeds are not affected)",
+                        f.permission
+                    ),
+                    _ => String::new(),
+                };
+                failed.push(format!("{}: feed {feed}: {e}{hint}", spec.id));
+            }
+        }
+    }
+    if failed.is_empty() && passed.len() == spec.feeds.len() {
+        (
+            true,
+            format!(
+                "{}: ok (token exchange and a 1-row query of every feed succeeded; rows: {})",
+                spec.id,
+                passed.join(", ")
+            ),
+        )
+    } else {
+        if failed.is_empty() {
+            failed.push(format!("{}: not every feed could be checked", spec.id));
+        }
+        (false, failed.join("\n"))
+    }
 }
 
 /// Runs `check` as the command line does; exit code 0 only when every checked tenant passed.

@@ -19,7 +19,7 @@ pub fn demo_config(sim: &Simulator) -> String {
     // A fresh state store each run, so the demo always starts by streaming every open issue.
     let state = std::env::temp_dir().join(format!("wiz-connector-demo-{}", std::process::id()));
     let mut text = format!(
-        "[connector]\npoll_interval = \"5s\"\nstartup_jitter = \"1s\"\nsummary_interval = \"30s\"\nstate_dir = \"{}\"\n\n[sinks.console]\ntype = \"stdout\"\n\n",
+        "[connector]\npoll_interval = \"5s\"\nstartup_jitter = \"1s\"\nsummary_interval = \"30s\"\nfeeds = [\"issues\", \"detections\"]\nstate_dir = \"{}\"\n\n[sinks.console]\ntype = \"stdout\"\n\n",
         state.display()
     );
     let names = ["acme", "globex", "initech", "umbrella", "hooli"];

@@ -11,6 +11,7 @@ pub fn options(args: &SimulateArgs) -> SimulatorOptions {
     let tenants = (0..args.tenants)
         .map(|n| SimTenantSpec {
             token_expires_in: args.token_expires_in,
+            vulnerabilities: args.vulnerabilities,
             ..SimTenantSpec::numbered(n, args.seed, args.issues)
         })
         .collect();

@@ -46,6 +46,7 @@ pub fn needs_restart(a: &TenantSpec, b: &TenantSpec) -> bool {
         || a.console_url != b.console_url
         || a.page_size != b.page_size
         || a.statuses != b.statuses
+        || a.feeds != b.feeds
         || a.request_timeout != b.request_timeout
         || a.max_pages_per_sweep != b.max_pages_per_sweep
         || a.retry != b.retry

@@ -232,6 +232,8 @@ pub struct TenantSpec {
     pub webhook_token: Option<SecretString>,
     /// Write-back is on for this tenant.
     pub write_back: bool,
+    /// The feeds this tenant collects, in the order a poll runs them (Issues first).
+    pub feeds: Vec<crate::feeds::FeedName>,
     /// A separate credential for writes (`None`: the read credential writes).
     pub write_credential: Option<WriteCredential>,
 }
@@ -388,6 +390,7 @@ pub(super) fn resolve(
     if conn.summary_interval.0 < Duration::from_secs(1) {
         c.global("connector.summary_interval", "must be at least 1s");
     }
+    let feeds = parse_feeds(&conn.feeds, |m| c.global("connector.feeds", m));
     if conn.statuses.is_empty() {
         c.global(
             "connector.statuses",
@@ -673,7 +676,7 @@ pub(super) fn resolve(
             );
             continue;
         }
-        if let Some(spec) = resolve_tenant(&mut c, id, t, conn, &statuses, retry, env) {
+        if let Some(spec) = resolve_tenant(&mut c, id, t, conn, &statuses, &feeds, retry, env) {
             tenants.push(spec);
         }
     }
@@ -741,6 +744,7 @@ fn resolve_tenant(
     t: &TenantSection,
     conn: &super::types::ConnectorSection,
     statuses: &[String],
+    feeds: &[crate::feeds::FeedName],
     retry: RetryPolicy,
     env: &EnvSource,
 ) -> Option<TenantSpec> {
@@ -892,6 +896,10 @@ fn resolve_tenant(
         check_timeout(request_timeout, |m| c.tenant(id, "request_timeout", m));
     }
 
+    let feeds = match &t.feeds {
+        Some(list) => parse_feeds(list, |m| c.tenant(id, "feeds", m)),
+        None => feeds.to_vec(),
+    };
     if c.problems.len() != before {
         return None;
     }
@@ -921,7 +929,29 @@ fn resolve_tenant(
         webhook_token,
         write_back: t.write_back,
         write_credential,
+        feeds,
     })
+}
+
+/// Feed names, checked: known, at least one; duplicates dropped; in the order a poll runs them.
+fn parse_feeds(list: &[String], mut problem: impl FnMut(String)) -> Vec<crate::feeds::FeedName> {
+    use crate::feeds::FeedName;
+    let mut out = Vec::new();
+    for name in list {
+        match FeedName::parse(name.trim()) {
+            Some(f) if !out.contains(&f) => out.push(f),
+            Some(_) => {}
+            None => problem(format!(
+                "unknown feed {name:?}; use any of {}",
+                FeedName::ALL.map(FeedName::as_str).join(", ")
+            )),
+        }
+    }
+    if list.is_empty() {
+        problem("must name at least one feed, e.g. [\"issues\", \"detections\"]".into());
+    }
+    out.sort();
+    out
 }
 
 fn resolve_secret(

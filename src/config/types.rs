@@ -70,6 +70,11 @@ pub struct ConnectorSection {
     /// comma-separated string.
     #[serde(deserialize_with = "status_list")]
     pub statuses: Vec<String>,
+    /// The feeds every tenant collects unless it names its own: `issues` (the default),
+    /// `vulnerabilities`, `detections`, `audit`, `cloud_configuration`. A list, or a
+    /// comma-separated string from an environment variable.
+    #[serde(deserialize_with = "status_list")]
+    pub feeds: Vec<String>,
     /// Where the embedded state store lives; created when missing.
     pub state_dir: PathBuf,
     /// How long an orderly shutdown may take before the process exits anyway.
@@ -129,6 +134,7 @@ impl Default for ConnectorSection {
             poll_interval: DurationValue::secs(300),
             page_size: 500,
             statuses: vec!["OPEN".to_string()],
+            feeds: vec!["issues".to_string()],
             state_dir: PathBuf::from("data"),
             shutdown_timeout: DurationValue::secs(30),
             tenants_dir: None,
@@ -283,6 +289,9 @@ pub struct TenantSection {
     pub poll_interval: Option<DurationValue>,
     /// Per-tenant override of `connector.page_size`.
     pub page_size: Option<u32>,
+    /// Per-tenant override of `connector.feeds`.
+    #[serde(default, deserialize_with = "opt_list")]
+    pub feeds: Option<Vec<String>>,
     /// Requests per second for this tenant's credential.
     pub rate_limit: Option<f64>,
     /// Per-tenant override of `connector.request_timeout`.
@@ -305,6 +314,11 @@ pub struct TenantSection {
     pub write_client_secret: Option<SecretString>,
     /// Alternative to `write_client_secret`: a file holding it.
     pub write_client_secret_file: Option<PathBuf>,
+}
+
+/// [`status_list`] for an optional key.
+fn opt_list<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
+    status_list(d).map(Some)
 }
 
 /// Statuses as a TOML list, or as `"OPEN,IN_PROGRESS"` (how an environment variable carries a list).

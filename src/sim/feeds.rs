@@ -129,6 +129,12 @@ impl FeedSets {
     /// detections, twice as many vulnerability findings, as many audit entries and
     /// configuration findings.
     pub fn generate(seed: u64, issues: usize) -> Self {
+        Self::generate_with(seed, issues, None)
+    }
+
+    /// [`FeedSets::generate`], with `vulnerabilities` findings instead of two per issue when
+    /// given (the other feeds keep their sizes).
+    pub fn generate_with(seed: u64, issues: usize, vulnerabilities: Option<usize>) -> Self {
         let mut s = FeedSets {
             detections: Vec::new(),
             vulnerabilities: Vec::new(),
@@ -143,10 +149,20 @@ impl FeedSets {
             if n % 2 == 0 {
                 s.push_detection(t);
             }
-            s.push_vulnerability(t);
-            s.push_vulnerability(t + Duration::from_secs(1));
+            if vulnerabilities.is_none() {
+                s.push_vulnerability(t);
+                s.push_vulnerability(t + Duration::from_secs(1));
+            }
             s.push_audit(t);
             s.push_configuration(t);
+        }
+        if let Some(n) = vulnerabilities {
+            let mut v = epoch();
+            for _ in 0..n {
+                v += Duration::from_millis(10);
+                s.push_vulnerability(v);
+            }
+            t = t.max(v);
         }
         s.last = t;
         s
@@ -288,6 +304,16 @@ pub enum Root {
 }
 
 impl Root {
+    /// The connector's name of the feed (`denied_feeds` uses it).
+    pub fn feed_name(self) -> &'static str {
+        match self {
+            Root::Detections => "detections",
+            Root::Vulnerabilities => "vulnerabilities",
+            Root::Audit => "audit",
+            Root::Configuration => "cloud_configuration",
+        }
+    }
+
     fn field(self) -> &'static str {
         match self {
             Root::Detections => "detections",
@@ -315,6 +341,11 @@ pub fn root(query_text: &str) -> Option<Root> {
 fn range(v: &Value) -> Result<(Option<i64>, Option<i64>), String> {
     let bound = |k: &str| v.get(k).and_then(Value::as_str).map(parse_time).transpose();
     Ok((bound("after")?, bound("before")?))
+}
+
+/// The order of a feed's rows: time, then id.
+fn key<'a>(r: &(i64, &'a str, usize)) -> (i64, &'a str) {
+    (r.0, r.1)
 }
 
 fn within(t: SystemTime, r: (Option<i64>, Option<i64>)) -> bool {
@@ -345,8 +376,8 @@ pub fn answer(root: Root, variables: &Value, sets: &FeedSets) -> Result<Value, (
         .pointer("/orderBy/direction")
         .and_then(Value::as_str)
         == Some("DESC");
-    // (sort key, id, node) of every matching item.
-    let mut rows: Vec<(i64, String, Value)> = match root {
+    // (sort key, id, position) of every matching item; only the page's items become JSON.
+    let mut rows: Vec<(i64, &str, usize)> = match root {
         Root::Detections => {
             let (created, updated) = (time("createdAt")?, time("updatedAt")?);
             // Wiz's default: with a filter but no type, only generated threats.
@@ -361,37 +392,44 @@ pub fn answer(root: Root, variables: &Value, sets: &FeedSets) -> Result<Value, (
             };
             sets.detections
                 .iter()
-                .filter(|d| within(d.created, created) && within(d.updated, updated))
-                .filter(|d| types.iter().any(|t| t == d.detection_type))
-                .map(|d| (micros(d.created), d.id.clone(), json!(d)))
+                .enumerate()
+                .filter(|(_, d)| within(d.created, created) && within(d.updated, updated))
+                .filter(|(_, d)| types.iter().any(|t| t == d.detection_type))
+                .map(|(i, d)| (micros(d.created), d.id.as_str(), i))
                 .collect()
         }
         Root::Vulnerabilities => {
             let updated = time("updatedAt")?;
             sets.vulnerabilities
                 .iter()
-                .filter(|v| within(v.updated, updated))
-                .map(|v| (micros(v.updated), v.id.clone(), json!(v)))
+                .enumerate()
+                .filter(|(_, v)| within(v.updated, updated))
+                .map(|(i, v)| (micros(v.updated), v.id.as_str(), i))
                 .collect()
         }
         Root::Audit => {
             let at = time("timestamp")?;
             sets.audit
                 .iter()
-                .filter(|a| within(a.at, at))
-                .map(|a| (micros(a.at), a.id.clone(), json!(a)))
+                .enumerate()
+                .filter(|(_, a)| within(a.at, at))
+                .map(|(i, a)| (micros(a.at), a.id.as_str(), i))
                 .collect()
         }
         Root::Configuration => {
             let updated = time("updatedAt")?;
             sets.configuration
                 .iter()
-                .filter(|c| within(c.updated, updated))
-                .map(|c| (micros(c.updated), c.id.clone(), json!(c)))
+                .enumerate()
+                .filter(|(_, c)| within(c.updated, updated))
+                .map(|(i, c)| (micros(c.updated), c.id.as_str(), i))
                 .collect()
         }
     };
-    rows.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+    // Generated sets are in time order until churn moves items: sort only then.
+    if !rows.is_sorted_by_key(key) {
+        rows.sort_unstable_by_key(key);
+    }
     if desc {
         rows.reverse();
     }
@@ -399,16 +437,12 @@ pub fn answer(root: Root, variables: &Value, sets: &FeedSets) -> Result<Value, (
         None | Some("") => 0,
         Some(c) => {
             let (k, id) = decode_cursor(c).ok_or_else(|| bad("invalid cursor".into()))?;
-            rows.iter()
-                .position(|(rk, rid, _)| {
-                    let ord = (*rk, rid.as_str()).cmp(&(k, id.as_str()));
-                    if desc {
-                        ord.is_lt()
-                    } else {
-                        ord.is_gt()
-                    }
-                })
-                .unwrap_or(rows.len())
+            let at = (k, id.as_str());
+            if desc {
+                rows.partition_point(|r| key(r) >= at)
+            } else {
+                rows.partition_point(|r| key(r) <= at)
+            }
         }
     };
     let end = (start + first as usize).min(rows.len());
@@ -416,7 +450,15 @@ pub fn answer(root: Root, variables: &Value, sets: &FeedSets) -> Result<Value, (
     let cursor = rows[start..end]
         .last()
         .map(|(k, id, _)| encode_cursor(*k, id));
-    let nodes: Vec<Value> = rows.drain(start..end).map(|(_, _, v)| v).collect();
+    let nodes: Vec<Value> = rows[start..end]
+        .iter()
+        .map(|&(_, _, i)| match root {
+            Root::Detections => json!(sets.detections[i]),
+            Root::Vulnerabilities => json!(sets.vulnerabilities[i]),
+            Root::Audit => json!(sets.audit[i]),
+            Root::Configuration => json!(sets.configuration[i]),
+        })
+        .collect();
     Ok(json!({ root.field(): {
         "nodes": nodes,
         "pageInfo": {"hasNextPage": more, "endCursor": cursor},

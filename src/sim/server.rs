@@ -37,6 +37,12 @@ pub struct SimTenantSpec {
     /// A second service account of the same tenant, `(client_id, client_secret)`, that may
     /// write (write-back's `write_client_id`).
     pub writer: Option<(String, String)>,
+    /// Feeds (by name: `vulnerabilities`, `detections`, `audit`, `cloud_configuration`) this
+    /// service account may not read: their queries answer Wiz's GraphQL "Unauthorized".
+    pub denied_feeds: Vec<String>,
+    /// Vulnerability findings generated at start, instead of two per issue (the large-tenant
+    /// benchmark asks for a million).
+    pub vulnerabilities: Option<usize>,
 }
 
 impl SimTenantSpec {
@@ -53,6 +59,8 @@ impl SimTenantSpec {
             read_issues_scope: true,
             write_issues_scope: true,
             writer: None,
+            denied_feeds: Vec::new(),
+            vulnerabilities: None,
         }
     }
 }
@@ -136,6 +144,10 @@ pub struct SimCounters {
     pub peak_requests_per_second: u64,
     /// Mutations received (`updateIssue`, `createIssueNote`), applied or refused.
     pub mutations: u64,
+    /// Feed queries refused because the tenant's `denied_feeds` names the feed.
+    pub denied_feed_queries: u64,
+    /// Feed queries answered, by feed (`vulnerabilities`, `detections`, ...).
+    pub feed_queries: std::collections::BTreeMap<&'static str, u64>,
 }
 
 pub(super) struct TenantState {
@@ -300,6 +312,15 @@ impl Simulator {
     /// Runs `f` on a tenant's issues (to resolve, reopen, add...). Panics on an unknown client id.
     pub fn issues<R>(&self, client_id: &str, f: impl FnOnce(&mut IssueSet) -> R) -> R {
         self.with(client_id, |t| f(&mut t.issues))
+    }
+
+    /// Runs `f` on a tenant's other feeds (generated on first use, as a query would).
+    pub fn feeds<R>(&self, client_id: &str, f: impl FnOnce(&mut super::feeds::FeedSets) -> R) -> R {
+        self.with(client_id, |t| {
+            let (seed, issues, vulns) = (t.spec.seed, t.spec.issues, t.spec.vulnerabilities);
+            f(t.feeds
+                .get_or_insert_with(|| super::feeds::FeedSets::generate_with(seed, issues, vulns)))
+        })
     }
 
     /// Queues faults for the next GraphQL requests of a tenant, in order.
@@ -536,13 +557,25 @@ async fn graphql_route(
                 .ok()
                 .and_then(|v| v.get("variables").cloned())
                 .unwrap_or_default();
-            let (seed, issues) = (g.spec.seed, g.spec.issues);
-            let sets = g
-                .feeds
-                .get_or_insert_with(|| super::feeds::FeedSets::generate(seed, issues));
-            match super::feeds::answer(root, &variables, sets) {
-                Ok(data) => Json(serde_json::json!({ "data": data })).into_response(),
-                Err((code, message)) => graphql::error_response(&code, &message),
+            let (seed, issues, vulns) = (g.spec.seed, g.spec.issues, g.spec.vulnerabilities);
+            if g.spec.denied_feeds.iter().any(|f| f == root.feed_name()) {
+                g.counters.denied_feed_queries += 1;
+                graphql::error_response(
+                    "UNAUTHORIZED",
+                    &format!(
+                        "Unauthorized: the service account lacks the scope to read {}",
+                        root.feed_name()
+                    ),
+                )
+            } else {
+                *g.counters.feed_queries.entry(root.feed_name()).or_default() += 1;
+                let sets = g.feeds.get_or_insert_with(|| {
+                    super::feeds::FeedSets::generate_with(seed, issues, vulns)
+                });
+                match super::feeds::answer(root, &variables, sets) {
+                    Ok(data) => Json(serde_json::json!({ "data": data })).into_response(),
+                    Err((code, message)) => graphql::error_response(&code, &message),
+                }
             }
         } else if super::mutations::is_mutation(&body) {
             g.counters.mutations += 1;

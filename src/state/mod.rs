@@ -71,6 +71,9 @@ pub struct Checkpoint {
     /// incremental poll; a refusal is asked again after [`UpdatedAtProbe::RETRY_AFTER`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub updated_at_filter: Option<UpdatedAtProbe>,
+    /// A feed other than Issues: its windows (kept under the feed's own state key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub feed: Option<Box<crate::feeds::FeedCheckpoint>>,
 }
 
 /// What the `filterBy.updatedAt` probe found, and when.
@@ -792,6 +795,7 @@ mod tests {
                 position: None,
                 last_full_pages: None,
                 updated_at_filter: None,
+                feed: None,
             };
             s.write_now(
                 "acme",
@@ -896,6 +900,7 @@ mod tests {
                             position: None,
                             last_full_pages: None,
                             updated_at_filter: None,
+                            feed: None,
                         }),
                     }),
                 )

@@ -406,10 +406,20 @@ impl SupervisorState {
             return;
         }
         let store = self.store.clone();
-        let t = tenant.to_string();
+        let keys = self.state_keys(tenant);
         tokio::spawn(async move {
-            store.release(&t).await;
+            for key in keys {
+                store.release(&key).await;
+            }
         });
+    }
+
+    /// The state keys of `tenant` (one per feed; see [`crate::feeds::state_keys`]).
+    fn state_keys(&self, tenant: &str) -> Vec<String> {
+        match self.children.get(tenant) {
+            Some(c) => crate::feeds::state_keys(tenant, &c.spec.feeds),
+            None => vec![tenant.to_string()],
+        }
     }
 
     /// A tenant stopped because another replica took it over (its state write was fenced). Not a
@@ -549,8 +559,14 @@ impl SupervisorState {
             let mut releases = tokio::task::JoinSet::new();
             for id in self.children.keys() {
                 let store = self.store.clone();
-                let t = id.clone();
-                releases.spawn(async move { store.release(&t).await });
+                let keys = self.state_keys(id);
+                releases.spawn(async move {
+                    let mut all = true;
+                    for key in keys {
+                        all &= store.release(&key).await;
+                    }
+                    all
+                });
             }
             let released = tokio::time::timeout(timeout, async {
                 let mut n = 0usize;

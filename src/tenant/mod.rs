@@ -14,11 +14,12 @@
 //! Webhook hints ([`crate::hooks`]) are looked up by id in batches (`hints`): between the pages of
 //! a running sweep, or, when none runs, in a short lookup-only job that moves no checkpoint.
 
+mod feeds;
 mod hints;
 pub mod memory;
 pub mod slot;
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -218,6 +219,16 @@ pub struct TenantActorState {
     claiming_since: Instant,
     /// The hint queue overflowed during a sweep: a full one follows it at once.
     poll_after_sweep: bool,
+    /// Cluster mode: how many of the tenant's state keys are claimed so far.
+    keys_claimed: usize,
+    /// The running poll's remaining feeds (see [`feeds`]).
+    plan: Option<feeds::PollPlan>,
+    /// The feed (other than Issues) being swept.
+    feed_job: Option<feeds::FeedJob>,
+    /// Feeds sitting out polls after a failure.
+    feed_retry: HashMap<crate::feeds::FeedName, feeds::FeedRetry>,
+    /// Writes the events of the feeds beyond Issues.
+    feed_normalizer: crate::feeds::normalize::FeedNormalizer,
 }
 
 pub struct WizTenantActor;
@@ -271,7 +282,7 @@ impl TenantActorState {
                     h.state = TenantState::Backoff;
                 });
                 tracing::error!(tenant = %self.args.spec.id, error = %e, "cannot write the first checkpoint; retrying later");
-                self.arm_timer(myself, FAILED_POLL_FIRST);
+                self.step_done(myself, Some(FAILED_POLL_FIRST));
                 return;
             }
         }
@@ -514,13 +525,21 @@ impl TenantActorState {
                         duration,
                     },
                 );
+                let multi = self.args.spec.feeds.len() > 1;
                 self.args.health.update(self.id(), |h| {
                     h.state = TenantState::Idle;
                     h.last_success_at = Some(now);
                     h.events_added = events;
                     h.polls += 1;
+                    if multi {
+                        let f = h.feed("issues");
+                        f.state = crate::health::FeedState::Idle;
+                        f.last_success_at = Some(now);
+                        f.events_added = events;
+                        f.events_total += events;
+                    }
                 });
-                self.arm_timer(myself, interval);
+                self.step_done(myself, Some(interval));
             }
             Err((FENCED, message)) => self.stop_fenced(myself, &message),
             Err((kind, message)) => {
@@ -551,17 +570,26 @@ impl TenantActorState {
                         retry_in: delay,
                     },
                 );
+                let multi = self.args.spec.feeds.len() > 1;
                 self.args.health.update(self.id(), |h| {
                     h.state = if parked {
                         TenantState::Failed
                     } else {
                         TenantState::Backoff
                     };
-                    h.last_error = Some(LastError { message, at: now });
+                    let error = LastError { message, at: now };
+                    if multi {
+                        let f = h.feed("issues");
+                        f.state = crate::health::FeedState::Backoff;
+                        f.last_error = Some(error.clone());
+                        f.events_added = events;
+                        f.events_total += events;
+                    }
+                    h.last_error = Some(error);
                     h.events_added = events;
                     h.polls += 1;
                 });
-                self.arm_timer(myself, delay);
+                self.step_done(myself, Some(delay));
             }
         }
     }
@@ -589,9 +617,14 @@ impl TenantActorState {
     }
 
     async fn write(&self, w: Write) -> Result<(), (&'static str, String)> {
+        self.write_to(&self.args.spec.id, w).await
+    }
+
+    /// [`Self::write`] under another state key (a feed's).
+    async fn write_to(&self, key: &str, w: Write) -> Result<(), (&'static str, String)> {
         self.args
             .store
-            .write(&self.args.spec.id, w)
+            .write(key, w)
             .await
             .map_err(|e| (if e.fenced { FENCED } else { "state" }, e.to_string()))
     }
@@ -611,7 +644,25 @@ impl TenantActorState {
         }
         let force = self.claiming_since.elapsed() >= self.args.claim_patience;
         let id = self.args.spec.id.clone();
-        match self.args.store.claim(&id, force).await {
+        // One claim per state key (the tenant's, then each feed's), in order; a key already
+        // claimed is not claimed again when a later one has to wait.
+        let keys = crate::feeds::state_keys(&id, &self.args.spec.feeds);
+        let mut result = Ok(ClaimResult::Claimed { moved: false });
+        let mut moved_any = false;
+        while self.keys_claimed < keys.len() {
+            result = self.args.store.claim(&keys[self.keys_claimed], force).await;
+            match &result {
+                Ok(ClaimResult::Claimed { moved }) => {
+                    moved_any |= *moved;
+                    self.keys_claimed += 1;
+                }
+                _ => break,
+            }
+        }
+        if self.keys_claimed == keys.len() {
+            result = Ok(ClaimResult::Claimed { moved: moved_any });
+        }
+        match result {
             Ok(ClaimResult::Claimed { moved }) => {
                 self.claimed = true;
                 tracing::info!(tenant = %id, state_moved = moved, waited_ms = self.claiming_since.elapsed().as_millis() as u64, "tenant taken over by this replica");
@@ -1170,6 +1221,10 @@ impl Actor for WizTenantActor {
         ));
         client.set_waits(Arc::new(slot.clone()));
         let normalizer = Normalizer::new(&args.spec);
+        let feed_normalizer = crate::feeds::normalize::FeedNormalizer::new(
+            &args.spec.id,
+            args.spec.console_url.as_str(),
+        );
         let mut state = TenantActorState {
             client,
             slot,
@@ -1185,6 +1240,11 @@ impl Actor for WizTenantActor {
             claimed: args.store.replicated().is_none(),
             claiming_since: Instant::now(),
             poll_after_sweep: false,
+            keys_claimed: 0,
+            plan: None,
+            feed_job: None,
+            feed_retry: HashMap::new(),
+            feed_normalizer,
             args,
         };
         state.args.hints.attach(Some(myself.clone()));
@@ -1237,36 +1297,35 @@ impl Actor for WizTenantActor {
                     a.poll_after = true;
                     return Ok(());
                 }
-                if state.sweep.is_some() || state.waiting_for_permit {
+                if state.sweep.is_some() || state.waiting_for_permit || state.feed_job.is_some() {
                     tracing::debug!(tenant = %state.id(), "poll requested while one runs; ignored");
                     return Ok(());
                 }
                 if let Some(t) = state.timer.take() {
                     t.abort();
                 }
-                match state.args.slots.try_take() {
-                    Some(held) => Box::pin(state.start_sweep(&myself, held)).await,
-                    None => {
-                        state.waiting_for_permit = true;
-                        let slots = state.args.slots.clone();
-                        let me = myself.clone();
-                        tokio::spawn(async move {
-                            let held = slots.take().await;
-                            let _ = me.send_message(TenantMsg::Permit(held));
-                        });
-                    }
+                // A new poll, or the rest of one a hints-only job interrupted.
+                if state.plan.is_none() {
+                    state.plan = Some(state.new_plan());
                 }
+                state.ask_slot(&myself);
             }
             TenantMsg::Permit(permit) => {
                 state.waiting_for_permit = false;
                 if let Some(a) = state.sweep.as_mut().filter(|a| a.hints_only) {
                     // A hints-only job started while the poll waited: the poll follows it.
                     a.poll_after = true;
-                } else if state.sweep.is_none() {
-                    Box::pin(state.start_sweep(&myself, permit)).await;
+                } else if state.sweep.is_none() && state.feed_job.is_none() {
+                    Box::pin(state.start_step(&myself, permit)).await;
                 }
             }
+            TenantMsg::NextPage if state.feed_job.is_some() => {
+                Box::pin(state.feed_next_page(&myself)).await
+            }
             TenantMsg::NextPage => Box::pin(state.next_page(&myself)).await,
+            TenantMsg::Resend if state.feed_job.is_some() => {
+                Box::pin(state.feed_try_deliver(&myself)).await
+            }
             TenantMsg::Resend => {
                 let span = match &state.sweep {
                     Some(a) => {
@@ -1280,7 +1339,7 @@ impl Actor for WizTenantActor {
                 let interval = spec.poll_interval.0;
                 state.args.spec = spec;
                 // An armed timer fires no later than the new interval allows.
-                if state.sweep.is_none() && !state.waiting_for_permit {
+                if state.sweep.is_none() && !state.waiting_for_permit && state.plan.is_none() {
                     if let Some(due) = state.due {
                         let remaining = due.saturating_duration_since(Instant::now());
                         if remaining > interval {

@@ -16,7 +16,7 @@ use super::auth::{describe_reqwest, fetch_token, retry_after, TokenCache};
 use super::error::{snippet, WizError};
 use super::issues::{query_text, request_body, IssueFilter, IssueOrder};
 use super::limiter::{CredentialLimiter, LimiterRegistry};
-use super::page::{parse_page, Page};
+use super::page::{parse_feed_page, parse_page, FeedPage, Page};
 use crate::config::TenantSpec;
 use crate::metrics::{Event, Observer};
 
@@ -168,8 +168,8 @@ pub struct TenantClient {
     waits: std::sync::OnceLock<Arc<dyn RetryWaits>>,
 }
 
-enum Answer {
-    Page(Page),
+enum Answer<T> {
+    Page(T),
     Unauthorized(String),
 }
 
@@ -195,6 +195,41 @@ impl TenantClient {
             .fetch_page(&filter, IssueOrder::CREATED_ASC, 1, None)
             .await?;
         Ok(page.len())
+    }
+
+    /// `check` for every feed of the tenant: a fresh token exchange, then a 1-row query of each
+    /// feed (Issues as [`TenantClient::check`] asks). Each feed's outcome: the rows it saw, or
+    /// why it failed. A failed token exchange fails every feed with the same error.
+    pub async fn check_feeds(&self) -> Vec<(crate::feeds::FeedName, Result<usize, WizError>)> {
+        use crate::feeds::{FeedName, Window};
+        let mut out = Vec::new();
+        for &feed in &self.spec.feeds {
+            let result = match feed.feed() {
+                None => self.check().await,
+                Some(f) => {
+                    if out.is_empty() {
+                        self.token.lock().await.invalidate();
+                    }
+                    let window = Window {
+                        after: None,
+                        before: humantime::format_rfc3339_micros(std::time::SystemTime::now())
+                            .to_string(),
+                    };
+                    let body = Bytes::from(f.request(&window, 1, None));
+                    self.fetch_feed_page(body, f.root).await.map(|p| p.len())
+                }
+            };
+            let refused = matches!(&result, Err(e) if e.credentials_refused());
+            out.push((feed, result));
+            if refused {
+                // The token exchange failed: every other feed would fail the same way.
+                break;
+            }
+            if feed == FeedName::Issues && out.last().is_some_and(|(_, r)| r.is_err()) {
+                break;
+            }
+        }
+        out
     }
 
     /// Starts a sweep over every page matching `filter`.
@@ -269,6 +304,22 @@ impl TenantClient {
         after: Option<&str>,
     ) -> Result<Page, WizError> {
         let body = Bytes::from(request_body(&self.query, filter, order, first, after));
+        self.fetch_with(body, &parse_page).await
+    }
+
+    /// Fetches one page of another feed: `body` is the whole GraphQL request, and the answer's
+    /// connection is `data.<root>`. Same token, rate limiter and retries as the Issues pages.
+    pub async fn fetch_feed_page(&self, body: Bytes, root: &str) -> Result<FeedPage, WizError> {
+        self.fetch_with(body, &|b| parse_feed_page(b, root)).await
+    }
+
+    /// Sends `body` and parses a 200 answer with `parse`, retrying transient failures within the
+    /// tenant's retry policy.
+    async fn fetch_with<T>(
+        &self,
+        body: Bytes,
+        parse: &(dyn Fn(Bytes) -> Result<T, WizError> + Sync),
+    ) -> Result<T, WizError> {
         let policy = self.spec.retry;
         let backoff = ExponentialBuilder::default()
             .with_min_delay(policy.initial_backoff.0)
@@ -291,7 +342,7 @@ impl TenantClient {
             if attempts.fetch_add(1, Ordering::Relaxed) > 0 {
                 self.stats.retries.fetch_add(1, Ordering::Relaxed);
             }
-            self.attempt(&body).await
+            self.attempt(&body, parse).await
         })
         .retry(backoff)
         .sleep(sleeper)
@@ -331,9 +382,13 @@ impl TenantClient {
 
     /// One attempt: a token (cached, or fetched), the request, and on a 401 with a cached token,
     /// one renewal and one resend.
-    async fn attempt(&self, body: &Bytes) -> Result<Page, WizError> {
+    async fn attempt<T>(
+        &self,
+        body: &Bytes,
+        parse: &(dyn Fn(Bytes) -> Result<T, WizError> + Sync),
+    ) -> Result<T, WizError> {
         let (token, fresh) = self.token(false).await?;
-        match self.send(body, &token).await? {
+        match self.send(body, &token, parse).await? {
             Answer::Page(p) => Ok(p),
             Answer::Unauthorized(snippet) if fresh => Err(WizError::Unauthorized { snippet }),
             Answer::Unauthorized(_) => {
@@ -342,7 +397,7 @@ impl TenantClient {
                     .renewals_after_401
                     .fetch_add(1, Ordering::Relaxed);
                 let (token, _) = self.token(true).await?;
-                match self.send(body, &token).await? {
+                match self.send(body, &token, parse).await? {
                     Answer::Page(p) => Ok(p),
                     Answer::Unauthorized(snippet) => Err(WizError::Unauthorized { snippet }),
                 }
@@ -371,10 +426,15 @@ impl TenantClient {
         Ok((value, true))
     }
 
-    async fn send(&self, body: &Bytes, token: &SecretString) -> Result<Answer, WizError> {
+    async fn send<T>(
+        &self,
+        body: &Bytes,
+        token: &SecretString,
+        parse: &(dyn Fn(Bytes) -> Result<T, WizError> + Sync),
+    ) -> Result<Answer<T>, WizError> {
         let (status, bytes) = self.post(body, token).await?;
         match status {
-            200 => parse_page(bytes).map(Answer::Page),
+            200 => parse(bytes).map(Answer::Page),
             _ => Ok(Answer::Unauthorized(snippet(&bytes))),
         }
     }

@@ -111,6 +111,21 @@ impl WizError {
         )
     }
 
+    /// Wiz refused the query itself to this service account (a scope it lacks): a GraphQL
+    /// `UNAUTHORIZED`/`FORBIDDEN` error (HTTP 200), or a 401 that a fresh token did not cure.
+    pub fn is_permission_denied(&self) -> bool {
+        match self {
+            WizError::GraphQl { code, message } => {
+                matches!(
+                    code.as_str(),
+                    "UNAUTHORIZED" | "FORBIDDEN" | "UNAUTHENTICATED"
+                ) || message.to_ascii_lowercase().contains("unauthorized")
+            }
+            WizError::Unauthorized { .. } => true,
+            _ => false,
+        }
+    }
+
     /// A GraphQL `NOT_FOUND` error: what Wiz may answer when asked for an id it does not have.
     pub fn is_not_found(&self) -> bool {
         matches!(self, WizError::GraphQl { code, .. } if code == "NOT_FOUND")

@@ -445,9 +445,8 @@ impl<'a> Walker<'a> {
 }
 
 /// Where the envelope walk puts what it finds.
-#[derive(Default)]
-struct Found {
-    nodes: Option<Vec<NodeEntry>>,
+struct Found<N> {
+    nodes: Option<Vec<N>>,
     page_info: Option<PageInfo>,
     errors: Vec<GraphQlError>,
 }
@@ -545,7 +544,13 @@ fn string_end(b: &[u8], mut i: usize) -> Option<usize> {
     }
 }
 
-fn walk_nodes(w: &mut Walker<'_>, spans: &Spans) -> Step<Vec<NodeEntry>> {
+/// Walks an array of nodes: `node` reads one (it must consume the value), and each node's bytes
+/// are checked against the size and depth limits. Returns each node's span with what `node` made
+/// of it.
+fn walk_array<'a, N>(
+    w: &mut Walker<'a>,
+    mut node: impl FnMut(&mut Walker<'a>) -> Step<N>,
+) -> Step<Vec<(Range<usize>, N)>> {
     let mut nodes = Vec::new();
     w.expect(b'[')?;
     if w.peek() == Some(b']') {
@@ -554,39 +559,25 @@ fn walk_nodes(w: &mut Walker<'_>, spans: &Spans) -> Step<Vec<NodeEntry>> {
     }
     loop {
         if w.peek() != Some(b'{') {
-            return Err(format!("an issue node is not an object (byte {})", w.pos));
+            return Err(format!("a node is not an object (byte {})", w.pos));
         }
         let start = w.pos;
-        let decoded = match w.value::<IssueView<'_>>() {
-            Ok(v) => Ok(spans.record(v)),
-            Err(reason) => {
-                // Valid JSON of the wrong shape: skip just this node. Invalid JSON: fail the page.
-                w.pos = start;
-                w.skip()?;
-                Err(NodeError {
-                    reason,
-                    snippet: snippet(&w.text.as_bytes()[start..w.pos]),
-                })
-            }
-        };
+        let made = node(w)?;
         let raw = &w.text.as_bytes()[start..w.pos];
         if raw.len() > MAX_NODE_BYTES {
             return Err(format!(
-                "issue node {} at byte {start} is {} bytes, above the limit of {MAX_NODE_BYTES}; the page is refused",
+                "node {} at byte {start} is {} bytes, above the limit of {MAX_NODE_BYTES}; the page is refused",
                 nodes.len(),
                 raw.len()
             ));
         }
         if nests_deeper_than(raw, MAX_NODE_DEPTH) {
             return Err(format!(
-                "issue node {} at byte {start} nests deeper than {MAX_NODE_DEPTH} levels; the page is refused",
+                "node {} at byte {start} nests deeper than {MAX_NODE_DEPTH} levels; the page is refused",
                 nodes.len()
             ));
         }
-        nodes.push(NodeEntry {
-            raw: start..w.pos,
-            decoded,
-        });
+        nodes.push((start..w.pos, made));
         match w.peek() {
             Some(b',') => w.pos += 1,
             Some(b']') => {
@@ -598,8 +589,40 @@ fn walk_nodes(w: &mut Walker<'_>, spans: &Spans) -> Step<Vec<NodeEntry>> {
     }
 }
 
-fn walk(w: &mut Walker<'_>, spans: &Spans) -> Step<Found> {
-    let mut found = Found::default();
+fn walk_nodes(w: &mut Walker<'_>, spans: &Spans) -> Step<Vec<NodeEntry>> {
+    let nodes = walk_array(w, |w| {
+        let start = w.pos;
+        Ok(match w.value::<IssueView<'_>>() {
+            Ok(v) => Ok(spans.record(v)),
+            Err(reason) => {
+                // Valid JSON of the wrong shape: skip just this node. Invalid JSON: fail the page.
+                w.pos = start;
+                w.skip()?;
+                Err(NodeError {
+                    reason,
+                    snippet: snippet(&w.text.as_bytes()[start..w.pos]),
+                })
+            }
+        })
+    })?;
+    Ok(nodes
+        .into_iter()
+        .map(|(raw, decoded)| NodeEntry { raw, decoded })
+        .collect())
+}
+
+/// Walks the envelope `{"errors": [...], "data": {"<root>": {"nodes": [...], "pageInfo": {...}}}}`
+/// where `<root>` is one of `roots`; `nodes` reads the array of nodes.
+fn walk<'a, N>(
+    w: &mut Walker<'a>,
+    roots: &[&str],
+    mut nodes: impl FnMut(&mut Walker<'a>) -> Step<Vec<N>>,
+) -> Step<Found<N>> {
+    let mut found = Found {
+        nodes: None,
+        page_info: None,
+        errors: Vec::new(),
+    };
     w.object(|w, key| match key {
         "errors" => {
             if !w.null() {
@@ -611,24 +634,24 @@ fn walk(w: &mut Walker<'_>, spans: &Spans) -> Step<Found> {
             if w.null() {
                 return Ok(());
             }
-            w.object(|w, key| match key {
-                "issues" | "issuesV2" => {
-                    if w.null() {
-                        return Ok(());
-                    }
-                    w.object(|w, key| match key {
-                        "nodes" => {
-                            found.nodes = Some(walk_nodes(w, spans)?);
-                            Ok(())
-                        }
-                        "pageInfo" => {
-                            found.page_info = Some(w.value()?);
-                            Ok(())
-                        }
-                        _ => w.skip(),
-                    })
+            w.object(|w, key| {
+                if !roots.contains(&key) {
+                    return w.skip();
                 }
-                _ => w.skip(),
+                if w.null() {
+                    return Ok(());
+                }
+                w.object(|w, key| match key {
+                    "nodes" => {
+                        found.nodes = Some(nodes(w)?);
+                        Ok(())
+                    }
+                    "pageInfo" => {
+                        found.page_info = Some(w.value()?);
+                        Ok(())
+                    }
+                    _ => w.skip(),
+                })
             })
         }
         _ => w.skip(),
@@ -639,29 +662,17 @@ fn walk(w: &mut Walker<'_>, spans: &Spans) -> Step<Found> {
     Ok(found)
 }
 
-/// Parses an HTTP 200 answer of the issues query. Any shape other than the expected one is an
-/// error, never a panic: the body may be anything.
-pub fn parse_page(body: Bytes) -> Result<Page, WizError> {
+/// The body as UTF-8 (zero-copy when the `Bytes` owns its buffer alone, as a response body does).
+fn utf8_body(body: Bytes) -> Result<String, WizError> {
     if body.len() > u32::MAX as usize {
         return Err(WizError::BadResponse("response larger than 4 GiB".into()));
     }
-    // Zero-copy when the `Bytes` owns its buffer alone, as a response body does.
-    let body = String::from_utf8(Vec::from(body)).map_err(|e| {
-        WizError::BadResponse(format!("body is not UTF-8: {}", snippet(e.as_bytes())))
-    })?;
-    let spans = Spans {
-        base: body.as_ptr() as usize,
-    };
-    let mut w = Walker {
-        text: &body,
-        pos: 0,
-    };
-    let found = walk(&mut w, &spans).map_err(|e| {
-        WizError::BadResponse(format!(
-            "not a GraphQL answer ({e}): {}",
-            snippet(body.as_bytes())
-        ))
-    })?;
+    String::from_utf8(Vec::from(body))
+        .map_err(|e| WizError::BadResponse(format!("body is not UTF-8: {}", snippet(e.as_bytes()))))
+}
+
+/// The envelope's outcome: Wiz's first error (HTTP 200 with `errors`), or the nodes and page info.
+fn settle<N>(found: Found<N>, body: &str, root: &str) -> Result<(Vec<N>, PageInfo), WizError> {
     if let Some(first) = found.errors.first() {
         let code = first
             .extensions
@@ -674,12 +685,91 @@ pub fn parse_page(body: Bytes) -> Result<Page, WizError> {
         }
         return Err(WizError::GraphQl { code, message });
     }
-    let (Some(nodes), Some(info)) = (found.nodes, found.page_info) else {
-        return Err(WizError::BadResponse(format!(
-            "answer has no data.issues with nodes and pageInfo: {}",
+    match (found.nodes, found.page_info) {
+        (Some(nodes), Some(info)) => Ok((nodes, info)),
+        _ => Err(WizError::BadResponse(format!(
+            "answer has no data.{root} with nodes and pageInfo: {}",
             snippet(body.as_bytes())
-        )));
+        ))),
+    }
+}
+
+/// One page of a feed other than Issues: the body, kept whole, and where each node is. Its
+/// normalizer ([`crate::feeds`]) decodes each node, borrowing from the body.
+pub struct FeedPage {
+    body: String,
+    nodes: Vec<Range<usize>>,
+    pub has_next_page: bool,
+    pub end_cursor: Option<String>,
+}
+
+impl std::fmt::Debug for FeedPage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FeedPage")
+            .field("nodes", &self.nodes.len())
+            .field("bytes", &self.body.len())
+            .field("has_next_page", &self.has_next_page)
+            .finish()
+    }
+}
+
+impl FeedPage {
+    /// Each node's JSON text, exactly as received.
+    pub fn nodes(&self) -> impl ExactSizeIterator<Item = &str> + '_ {
+        self.nodes.iter().map(move |r| &self.body[r.clone()])
+    }
+
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+}
+
+/// Parses an HTTP 200 answer of a feed query whose connection is `data.<root>`. As for Issues, any
+/// other shape is an error, never a panic, and a node above the size or depth limits refuses the
+/// page.
+pub fn parse_feed_page(body: Bytes, root: &str) -> Result<FeedPage, WizError> {
+    let body = utf8_body(body)?;
+    let mut w = Walker {
+        text: &body,
+        pos: 0,
     };
+    let found = walk(&mut w, &[root], |w| walk_array(w, Walker::skip)).map_err(|e| {
+        WizError::BadResponse(format!(
+            "not a GraphQL answer ({e}): {}",
+            snippet(body.as_bytes())
+        ))
+    })?;
+    let (nodes, info) = settle(found, &body, root)?;
+    Ok(FeedPage {
+        nodes: nodes.into_iter().map(|(r, ())| r).collect(),
+        has_next_page: info.has_next_page,
+        end_cursor: info.end_cursor,
+        body,
+    })
+}
+
+/// Parses an HTTP 200 answer of the issues query. Any shape other than the expected one is an
+/// error, never a panic: the body may be anything.
+pub fn parse_page(body: Bytes) -> Result<Page, WizError> {
+    let body = utf8_body(body)?;
+    let spans = Spans {
+        base: body.as_ptr() as usize,
+    };
+    let mut w = Walker {
+        text: &body,
+        pos: 0,
+    };
+    let found = walk(&mut w, &["issues", "issuesV2"], |w| walk_nodes(w, &spans)).map_err(|e| {
+        WizError::BadResponse(format!(
+            "not a GraphQL answer ({e}): {}",
+            snippet(body.as_bytes())
+        ))
+    })?;
+    let (nodes, info) = settle(found, &body, "issues")?;
     Ok(Page {
         body,
         nodes,

@@ -1,0 +1,513 @@
+//! The feeds beyond Issues against the simulator: a first sweep of every feed, changes delivered
+//! once with the right kinds, nothing repeated after a restart, detections in creation order, one
+//! rate limit for all five feeds, and a feed Wiz refuses that does not stop the others.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use common::*;
+use serde_json::Value;
+use wiz_connector::app::{App, AppOptions};
+use wiz_connector::sim::{SimTenantSpec, Simulator, SimulatorOptions};
+
+const ALL_FEEDS: &str =
+    "feeds = [\"issues\", \"vulnerabilities\", \"detections\", \"audit\", \"cloud_configuration\"]";
+
+fn config(sim: &Simulator, out: &std::path::Path, state: &std::path::Path, extra: &str) -> String {
+    let t = &sim.tenants()[0];
+    format!(
+        "[connector]\nstate_dir = \"{}\"\npoll_interval = \"1s\"\nstartup_jitter = \"0s\"\npage_size = 7\n{ALL_FEEDS}\n\
+         [admin]\nlisten = \"127.0.0.1:0\"\n[sinks.out]\ntype = \"file\"\npath = \"{}\"\n{}",
+        state.display(),
+        out.display(),
+        tenant_toml(sim, "t0", t, extra)
+    )
+}
+
+/// Events of `feed` in the file, in order.
+fn of_feed<'a>(lines: &'a [Value], feed: &str) -> Vec<&'a Value> {
+    lines.iter().filter(|l| l["feed"] == feed).collect()
+}
+
+fn kinds(events: &[&Value]) -> HashMap<String, usize> {
+    let mut out = HashMap::new();
+    for e in events {
+        *out.entry(e["kind"].as_str().unwrap().to_string())
+            .or_default() += 1;
+    }
+    out
+}
+
+/// What the simulator holds now: (detections, audit entries, vulnerability findings, open ones,
+/// configuration findings, open ones).
+fn sizes(sim: &Simulator, client: &str) -> (usize, usize, usize, usize, usize, usize) {
+    sim.feeds(client, |f| {
+        (
+            f.detections.len(),
+            f.audit.len(),
+            f.vulnerabilities.len(),
+            f.vulnerabilities
+                .iter()
+                .filter(|v| v.status == "OPEN")
+                .count(),
+            f.configuration.len(),
+            f.configuration
+                .iter()
+                .filter(|c| c.status == "OPEN")
+                .count(),
+        )
+    })
+}
+
+async fn polls_after(app: &App, n: u64) {
+    let p0 = app.health.get("t0").unwrap().polls;
+    wait_for("more polls", Duration::from_secs(30), || {
+        let h = app.health.get("t0").unwrap();
+        if h.polls >= p0 + n && h.state.as_str() == "idle" {
+            Ok(())
+        } else {
+            Err(serde_json::to_string(&h).unwrap())
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_feed_sweeps_then_delivers_each_change_once_and_nothing_after_a_restart() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("wiz_connector=debug")
+        .with_test_writer()
+        .try_init();
+    let sim = sim(1, 30).await;
+    let client = sim.tenants()[0].client_id.clone();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("events.jsonl");
+    let state = state_dir();
+    let body = config(&sim, &out, &state, "");
+    let app = App::start(settings(&body), AppOptions::default())
+        .await
+        .unwrap();
+
+    let (det, aud, vul, vul_open, cfg, cfg_open) = sizes(&sim, &client);
+    let open_issues = open_ids(&sim)["t0"].len();
+    wait_for(
+        "the first sweep of every feed",
+        Duration::from_secs(60),
+        || {
+            let lines = read_lines(&out);
+            let got = [
+                of_feed(&lines, "issues").len(),
+                of_feed(&lines, "detections").len(),
+                of_feed(&lines, "audit").len(),
+                of_feed(&lines, "vulnerabilities").len(),
+                of_feed(&lines, "cloud_configuration").len(),
+            ];
+            let want = [open_issues, det, aud, vul, cfg];
+            if got == want {
+                Ok(())
+            } else {
+                Err(format!("got {got:?}, want {want:?}"))
+            }
+        },
+    )
+    .await;
+    polls_after(&app, 1).await;
+    let first = read_lines(&out);
+    assert_eq!(
+        first.len(),
+        open_issues + det + aud + vul + cfg,
+        "nothing more than the sweep"
+    );
+
+    // Kinds of the first sweep: every item once, by its status.
+    let v = of_feed(&first, "vulnerabilities");
+    assert_eq!(kinds(&v).get("vulnerability.opened"), Some(&vul_open));
+    let c = of_feed(&first, "cloud_configuration");
+    assert_eq!(
+        kinds(&c)
+            .get("configuration_finding.opened")
+            .copied()
+            .unwrap_or(0),
+        cfg_open
+    );
+    assert_eq!(
+        kinds(&c)
+            .get("configuration_finding.resolved")
+            .copied()
+            .unwrap_or(0),
+        cfg - cfg_open
+    );
+    let d = of_feed(&first, "detections");
+    assert!(d.iter().all(|e| e["kind"] == "detection.created"));
+    assert!(
+        d.iter().any(|e| e["detection_type"] == "MATCH_ONLY"),
+        "both detection types are asked for (Wiz's default would drop MATCH_ONLY)"
+    );
+    let created: Vec<&str> = d
+        .iter()
+        .map(|e| e["created_at"].as_str().unwrap())
+        .collect();
+    assert!(
+        created.windows(2).all(|w| w[0] <= w[1]),
+        "detections in creation order"
+    );
+    assert!(of_feed(&first, "audit")
+        .iter()
+        .all(|e| e["kind"] == "audit.entry"));
+    // Every event: the common fields, a unique id, the node verbatim.
+    let ids: HashSet<&str> = first.iter().map(|e| e["id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), first.len(), "event ids are unique");
+    for e in &first {
+        for key in [
+            "id",
+            "source",
+            "tenant",
+            "feed",
+            "kind",
+            "severity",
+            "observed_at",
+            "url",
+            "raw_event",
+        ] {
+            assert!(e.get(key).is_some(), "{key} missing in {e}");
+        }
+        assert_eq!(e["source"], "wiz");
+        assert_eq!(e["tenant"], "t0");
+        assert!(["high", "medium", "low", "info"].contains(&e["severity"].as_str().unwrap()));
+    }
+    // Typed fields, checked against what the simulator holds.
+    let sim_v = sim.feeds(&client, |f| f.vulnerabilities[0].clone());
+    let ev = v
+        .iter()
+        .find(|e| e["finding_id"] == sim_v.id.as_str())
+        .unwrap();
+    assert_eq!(ev["cve"], sim_v.name.as_str());
+    assert_eq!(ev["score"].as_f64(), Some(sim_v.score));
+    assert_eq!(ev["fixed_version"].as_str(), sim_v.fixed_version.as_deref());
+    assert_eq!(ev["asset"]["id"], sim_v.vulnerable_asset["id"]);
+    assert_eq!(ev["raw_event"]["CVSSSeverity"], sim_v.cvss_severity);
+    let sim_d = sim.feeds(&client, |f| f.detections[0].clone());
+    let ed = d
+        .iter()
+        .find(|e| e["detection_id"] == sim_d.id.as_str())
+        .unwrap();
+    assert_eq!(ed["rule"]["name"], sim_d.rule_match["rule"]["name"]);
+    assert_eq!(ed["actor"]["name"], sim_d.primary_actor["name"]);
+    assert_eq!(ed["resource"]["id"], sim_d.primary_resource["id"]);
+    let tactic = &sim_d.rule_match["rule"]["securitySubCategories"][0]["title"];
+    assert_eq!(ed["mitre_tactics"], serde_json::json!([tactic]));
+    match &sim_d.issue {
+        Some(i) => assert!(ed["url"]
+            .as_str()
+            .unwrap()
+            .contains(i["id"].as_str().unwrap())),
+        None => assert!(ed["url"].is_null()),
+    }
+
+    // Changes: each once, with its kind.
+    sim.churn(&client, 4);
+    let (det2, aud2, ..) = sizes(&sim, &client);
+    assert_eq!((det2, aud2), (det + 4, aud + 4));
+    wait_for("the churned items", Duration::from_secs(30), || {
+        let lines = read_lines(&out);
+        let got = (
+            of_feed(&lines, "detections").len(),
+            of_feed(&lines, "audit").len(),
+        );
+        if got == (det2, aud2) {
+            Ok(())
+        } else {
+            Err(format!("{got:?}"))
+        }
+    })
+    .await;
+    polls_after(&app, 2).await;
+    let after = read_lines(&out);
+    let new = &after[first.len()..];
+    let new_refs: Vec<&Value> = new.iter().collect();
+    let nk = kinds(&new_refs);
+    assert_eq!(nk.get("detection.created"), Some(&4));
+    assert_eq!(nk.get("audit.entry"), Some(&4));
+    // Four churn steps changed up to four findings of each stateful feed: one event per change.
+    let v_changes: usize = [
+        "vulnerability.resolved",
+        "vulnerability.reopened",
+        "vulnerability.updated",
+    ]
+    .iter()
+    .map(|k| nk.get(*k).copied().unwrap_or(0))
+    .sum();
+    let c_changes: usize = [
+        "configuration_finding.resolved",
+        "configuration_finding.opened",
+    ]
+    .iter()
+    .map(|k| nk.get(*k).copied().unwrap_or(0))
+    .sum();
+    assert!((1..=4).contains(&v_changes), "{nk:?}");
+    assert!((1..=4).contains(&c_changes), "{nk:?}");
+    let ids: HashSet<&str> = after.iter().map(|e| e["id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), after.len(), "no event twice");
+    let settled = after.len();
+    app.shutdown().await.unwrap();
+
+    // A restart on the same state repeats nothing.
+    let app = App::start(settings(&body), AppOptions::default())
+        .await
+        .unwrap();
+    wait_until(
+        "two polls after the restart",
+        Duration::from_secs(30),
+        || app.health.get("t0").is_some_and(|h| h.polls >= 2),
+    )
+    .await;
+    polls_after(&app, 1).await;
+    assert_eq!(
+        read_lines(&out).len(),
+        settled,
+        "nothing re-emitted after a restart"
+    );
+    let h = app.health.get("t0").unwrap();
+    let feeds: Vec<&str> = h.feeds.iter().map(|f| f.feed).collect();
+    for f in [
+        "issues",
+        "vulnerabilities",
+        "detections",
+        "audit",
+        "cloud_configuration",
+    ] {
+        assert!(feeds.contains(&f), "health has {f}: {feeds:?}");
+    }
+    assert!(h
+        .feeds
+        .iter()
+        .all(|f| f.last_success_at.is_some() && f.last_error.is_none()));
+    app.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_feed_wiz_refuses_does_not_stop_the_others() {
+    let mut t = SimTenantSpec::numbered(0, 42, 20);
+    t.denied_feeds = vec!["vulnerabilities".into()];
+    let sim = sim_with(SimulatorOptions {
+        tenants: vec![t],
+        ..Default::default()
+    })
+    .await;
+    let client = sim.tenants()[0].client_id.clone();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("events.jsonl");
+    let body = config(&sim, &out, &state_dir(), "");
+    let app = App::start(settings(&body), AppOptions::default())
+        .await
+        .unwrap();
+    let (det, aud, _, _, cfg, _) = sizes(&sim, &client);
+    wait_until("the other feeds' sweeps", Duration::from_secs(60), || {
+        let lines = read_lines(&out);
+        of_feed(&lines, "detections").len() == det
+            && of_feed(&lines, "audit").len() == aud
+            && of_feed(&lines, "cloud_configuration").len() == cfg
+    })
+    .await;
+    polls_after(&app, 2).await;
+    let h = app.health.get("t0").unwrap();
+    assert_eq!(h.state.as_str(), "idle", "Issues (and the tenant) are fine");
+    let v = h
+        .feeds
+        .iter()
+        .find(|f| f.feed == "vulnerabilities")
+        .unwrap();
+    let err = &v.last_error.as_ref().unwrap().message;
+    assert_eq!(serde_json::to_value(v.state).unwrap(), "denied");
+    assert!(
+        err.contains("read:vulnerabilities") && err.contains("other feeds keep running"),
+        "{err}"
+    );
+    assert!(v.next_try_at.is_some());
+    assert!(of_feed(&read_lines(&out), "vulnerabilities").is_empty());
+    // It sits out polls: one refused query for several polls, not one per poll.
+    let denied = sim.counters(&client).denied_feed_queries;
+    polls_after(&app, 2).await;
+    assert_eq!(sim.counters(&client).denied_feed_queries, denied);
+    // The admin API shows it per feed.
+    let url = format!("http://{}/tenants/t0", app.admin_addr());
+    let text = reqwest::get(&url).await.unwrap().text().await.unwrap();
+    let body: Value = serde_json::from_str(&text).unwrap();
+    let feed = body["feeds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["feed"] == "vulnerabilities")
+        .unwrap();
+    assert_eq!(feed["state"], "denied");
+    app.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_feeds_share_one_rate_limit() {
+    let sim = sim(1, 80).await;
+    let client = sim.tenants()[0].client_id.clone();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("events.jsonl");
+    let body = config(&sim, &out, &state_dir(), "rate_limit = 4");
+    let app = App::start(settings(&body), AppOptions::default())
+        .await
+        .unwrap();
+    let (det, aud, vul, _, cfg, _) = sizes(&sim, &client);
+    wait_until("every feed's first sweep", Duration::from_secs(120), || {
+        let lines = read_lines(&out);
+        of_feed(&lines, "detections").len() == det
+            && of_feed(&lines, "audit").len() == aud
+            && of_feed(&lines, "vulnerabilities").len() == vul
+            && of_feed(&lines, "cloud_configuration").len() == cfg
+    })
+    .await;
+    let c = sim.counters(&client);
+    // 80 issues, 40 detections, 160 vulnerability findings, 80 audit entries and 80
+    // configuration findings at 7 a page: over 60 requests.
+    assert!(c.graphql_requests > 60, "{}", c.graphql_requests);
+    assert!(c.feed_queries.len() == 4, "{:?}", c.feed_queries);
+    assert!(
+        c.peak_requests_per_second <= 5,
+        "peak {} requests in a second with rate_limit = 4 (one more for arrival jitter at the window's edge)",
+        c.peak_requests_per_second
+    );
+    app.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_tests_every_feed_and_names_the_one_refused() {
+    let mut denied = SimTenantSpec::numbered(1, 42, 5);
+    denied.denied_feeds = vec!["detections".into()];
+    let sim = sim_with(SimulatorOptions {
+        tenants: vec![SimTenantSpec::numbered(0, 42, 5), denied],
+        ..Default::default()
+    })
+    .await;
+    let body = sim_config(&sim, ALL_FEEDS, "");
+    let lines = wiz_connector::commands::check::check_all(&settings(&body), None)
+        .await
+        .unwrap();
+    assert_eq!(lines.len(), 2);
+    assert!(lines[0].ok, "{}", lines[0].line);
+    assert!(
+        lines[0].line.starts_with("t0: ok") && lines[0].line.contains("detections 1"),
+        "{}",
+        lines[0].line
+    );
+    assert!(!lines[1].ok);
+    assert_eq!(
+        lines[1].line.lines().count(),
+        1,
+        "one line per failed feed: {}",
+        lines[1].line
+    );
+    let l = &lines[1].line;
+    assert!(
+        l.starts_with("t1: feed detections: ")
+            && l.contains("Wiz Defend detections")
+            && l.contains("Unauthorized"),
+        "{l}"
+    );
+    // An Issues-only tenant keeps the original line.
+    let body = sim_config(&sim, "", "");
+    let lines = wiz_connector::commands::check::check_all(&settings(&body), Some("t1"))
+        .await
+        .unwrap();
+    assert!(
+        lines[0].ok
+            && lines[0]
+                .line
+                .starts_with("t1: ok (token exchange and 1-row issues query succeeded")
+    );
+}
+
+#[test]
+fn unknown_feeds_are_refused_with_the_key_and_the_choices() {
+    let c = write_config(
+        "[connector]\nfeeds = [\"issues\", \"vulns\"]\n[tenants.a]\nclient_id = \"x\"\nclient_secret = \"y\"\napi_url = \"https://api.us1.app.wiz.io/graphql\"\nfeeds = []\n",
+    );
+    let e = wiz_connector::config::load(
+        &c.path,
+        &wiz_connector::config::EnvSource::Fixed(HashMap::new()),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("connector.feeds") && e.contains("unknown feed \"vulns\""),
+        "{e}"
+    );
+    assert!(
+        e.contains("vulnerabilities, detections, audit, cloud_configuration"),
+        "{e}"
+    );
+    assert!(e.contains("tenant `a`: key `feeds`"), "{e}");
+    assert!(e.contains("must name at least one feed"), "{e}");
+}
+
+/// Cluster mode: every feed's state lives in JetStream and moves with the tenant. A second
+/// replica with an empty local cache takes the tenant over after the first handed it over, and
+/// repeats nothing; a change after that is delivered once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_cluster_mode_every_feed_state_moves_with_the_tenant() {
+    let nats = nats_server().await;
+    let sim = sim(1, 20).await;
+    let client = sim.tenants()[0].client_id.clone();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("events.jsonl");
+    let replica = |id: &str| {
+        let mut body = config(&sim, &out, &state_dir(), "");
+        body.push_str(&format!(
+            "[cluster]\nnats_url = \"{}\"\nreplica_id = \"{id}\"\nheartbeat = \"200ms\"\nfailover_after = \"1s\"\n",
+            nats.url
+        ));
+        body
+    };
+    let app = App::start(settings(&replica("r1")), AppOptions::default())
+        .await
+        .unwrap();
+    let (det, aud, vul, _, cfg, _) = sizes(&sim, &client);
+    let open_issues = open_ids(&sim)["t0"].len();
+    let total = open_issues + det + aud + vul + cfg;
+    wait_until(
+        "r1's first sweep of every feed",
+        Duration::from_secs(60),
+        || read_lines(&out).len() == total,
+    )
+    .await;
+    polls_after(&app, 1).await;
+    assert_eq!(read_lines(&out).len(), total);
+    app.shutdown().await.unwrap();
+
+    let app = App::start(settings(&replica("r2")), AppOptions::default())
+        .await
+        .unwrap();
+    wait_until("r2 polls twice", Duration::from_secs(60), || {
+        app.health.get("t0").is_some_and(|h| h.polls >= 2)
+    })
+    .await;
+    polls_after(&app, 1).await;
+    assert_eq!(
+        read_lines(&out).len(),
+        total,
+        "r2 repeated nothing: the feeds' state came from JetStream"
+    );
+    sim.churn(&client, 2);
+    wait_until(
+        "the churned detections and audit entries",
+        Duration::from_secs(30),
+        || {
+            let lines = read_lines(&out);
+            of_feed(&lines, "detections").len() == det + 2
+                && of_feed(&lines, "audit").len() == aud + 2
+        },
+    )
+    .await;
+    polls_after(&app, 2).await;
+    let lines = read_lines(&out);
+    let ids: HashSet<&str> = lines.iter().map(|e| e["id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), lines.len(), "no event twice");
+    app.shutdown().await.unwrap();
+}
