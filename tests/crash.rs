@@ -16,19 +16,7 @@ const TENANTS: usize = 3;
 const PAGE: usize = 5;
 /// Kills per run; `WIZ_CRASH_KILLS=100` for a soak run.
 fn kills() -> usize {
-    std::env::var("WIZ_CRASH_KILLS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(20)
-}
-
-/// Complete lines only: a kill -9 can tear the last line of a write, which was never acknowledged.
-fn complete_lines(path: &std::path::Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
+    env_count("WIZ_CRASH_KILLS", 20)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

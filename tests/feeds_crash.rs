@@ -15,19 +15,7 @@ use wiz_connector::sim::{SimTenantSpec, SimulatorOptions};
 const PAGE: usize = 5;
 
 fn kills() -> usize {
-    std::env::var("WIZ_FEED_CRASH_KILLS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(12)
-}
-
-/// Complete lines only: a kill -9 can tear the last line of a write, which was never acknowledged.
-fn complete_lines(path: &std::path::Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
+    env_count("WIZ_FEED_CRASH_KILLS", 12)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

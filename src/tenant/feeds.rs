@@ -32,7 +32,7 @@ use crate::feeds::{
 };
 use crate::health::{FeedState, LastError, TenantState};
 use crate::metrics::Event;
-use crate::sink::{deliver, Batch, SinkMsg};
+use crate::sink::Batch;
 use crate::state::{Checkpoint, Commit};
 use crate::wiz::WizError;
 
@@ -477,22 +477,17 @@ impl TenantActorState {
 
     /// Gives the pending page to the sink; on its ack, commits the page and moves on.
     pub(super) async fn feed_try_deliver(&mut self, myself: &ActorRef<TenantMsg>) {
-        let Some(pending) = self.feed_job.as_mut().and_then(|j| j.pending.as_mut()) else {
+        let Some(batch) = self
+            .feed_job
+            .as_ref()
+            .and_then(|j| j.pending.as_ref())
+            .map(|p| p.batch.clone())
+        else {
             return;
         };
-        let sink =
-            ractor::registry::where_is(self.args.sink_name.clone()).map(ActorRef::<SinkMsg>::from);
-        let result = match sink {
-            Some(sink) => {
-                deliver(
-                    &sink,
-                    &self.args.sink_stats,
-                    pending.batch.clone(),
-                    super::ACK_TIMEOUT,
-                )
-                .await
-            }
-            None => Err("the sink is not running".to_string()),
+        let result = self.to_sink(batch).await;
+        let Some(pending) = self.feed_job.as_mut().and_then(|j| j.pending.as_mut()) else {
+            return;
         };
         match result {
             Ok(()) => {
@@ -525,25 +520,8 @@ impl TenantActorState {
             }
             Err(e) => {
                 pending.attempts += 1;
-                let exp = pending.attempts.saturating_sub(1).min(8);
-                let delay = super::RESEND_FIRST
-                    .saturating_mul(1 << exp)
-                    .min(super::RESEND_MAX);
-                self.args.observer.emit(
-                    &self.args.spec.id,
-                    Event::SinkUnavailable {
-                        error: &e,
-                        attempts: pending.attempts,
-                    },
-                );
-                let now = SystemTime::now();
-                self.args.health.update(&self.args.spec.id, |h| {
-                    h.last_error = Some(LastError {
-                        message: format!("sink unavailable: {e}"),
-                        at: now,
-                    })
-                });
-                myself.send_after(delay, || TenantMsg::Resend);
+                let attempts = pending.attempts;
+                self.sink_refused(myself, &e, attempts);
             }
         }
     }

@@ -690,25 +690,20 @@ impl TenantActorState {
 
     /// Sends the pending page to the sink; on the ack, remembers it and moves on.
     async fn try_deliver(&mut self, myself: &ActorRef<TenantMsg>) {
+        let Some(batch) = self
+            .sweep
+            .as_ref()
+            .and_then(|a| a.pending.as_ref())
+            .map(|p| p.batch.clone())
+        else {
+            return;
+        };
+        let result = self.to_sink(batch).await;
         let Some(active) = self.sweep.as_mut() else {
             return;
         };
         let Some(pending) = active.pending.as_mut() else {
             return;
-        };
-        let sink =
-            ractor::registry::where_is(self.args.sink_name.clone()).map(ActorRef::<SinkMsg>::from);
-        let result = match sink {
-            Some(sink) => {
-                deliver(
-                    &sink,
-                    &self.args.sink_stats,
-                    pending.batch.clone(),
-                    ACK_TIMEOUT,
-                )
-                .await
-            }
-            None => Err("the sink is not running".to_string()),
         };
         match result {
             Ok(()) => {
@@ -748,25 +743,40 @@ impl TenantActorState {
             }
             Err(e) => {
                 pending.attempts += 1;
-                let exp = pending.attempts.saturating_sub(1).min(8);
-                let delay = RESEND_FIRST.saturating_mul(1 << exp).min(RESEND_MAX);
-                self.args.observer.emit(
-                    &self.args.spec.id,
-                    Event::SinkUnavailable {
-                        error: &e,
-                        attempts: pending.attempts,
-                    },
-                );
-                let now = SystemTime::now();
-                self.args.health.update(&self.args.spec.id, |h| {
-                    h.last_error = Some(LastError {
-                        message: format!("sink unavailable: {e}"),
-                        at: now,
-                    })
-                });
-                myself.send_after(delay, || TenantMsg::Resend);
+                let attempts = pending.attempts;
+                self.sink_refused(myself, &e, attempts);
             }
         }
+    }
+
+    /// Gives `batch` to the sink actor (looked up by name: it changes after a restart) and waits
+    /// for every sink's ack.
+    async fn to_sink(&self, batch: Arc<Batch>) -> Result<(), String> {
+        let sink =
+            ractor::registry::where_is(self.args.sink_name.clone()).map(ActorRef::<SinkMsg>::from);
+        match sink {
+            Some(sink) => deliver(&sink, &self.args.sink_stats, batch, ACK_TIMEOUT).await,
+            None => Err("the sink is not running".to_string()),
+        }
+    }
+
+    /// The sink did not take the pending page (its `attempts`-th try): reported, and tried again
+    /// after a backoff (200 ms doubling to 5 s) with `Resend`.
+    fn sink_refused(&self, myself: &ActorRef<TenantMsg>, e: &str, attempts: u32) {
+        let exp = attempts.saturating_sub(1).min(8);
+        let delay = RESEND_FIRST.saturating_mul(1 << exp).min(RESEND_MAX);
+        self.args.observer.emit(
+            &self.args.spec.id,
+            Event::SinkUnavailable { error: e, attempts },
+        );
+        let now = SystemTime::now();
+        self.args.health.update(&self.args.spec.id, |h| {
+            h.last_error = Some(LastError {
+                message: format!("sink unavailable: {e}"),
+                at: now,
+            })
+        });
+        myself.send_after(delay, || TenantMsg::Resend);
     }
 
     /// Fetches the next page and hands it to the sink (or finishes the sweep). After the last

@@ -137,6 +137,24 @@ pub fn read_lines(path: &std::path::Path) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// The JSON lines of a file a killed process wrote: complete lines only (a kill -9 can tear the
+/// last line of a write, which was never acknowledged).
+pub fn complete_lines(path: &std::path::Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// A count from the environment variable `var` (kill rounds of the crash tests), else `default`.
+pub fn env_count(var: &str, default: usize) -> usize {
+    std::env::var(var)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 /// Issue ids of `status` per simulated tenant, keyed by tenant id `t<i>`.
 pub fn open_ids(sim: &Simulator) -> HashMap<String, std::collections::HashSet<String>> {
     sim.tenants()
