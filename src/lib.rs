@@ -10,6 +10,8 @@
 //!   limiter per credential (`limiter`), the HTTP client with timeouts and retries (`client`), the
 //!   Issues query (`issues`) and the single-pass decoding of its answer (`page`).
 //! - [`event`]: the normalized event and the normalizer (the hot path).
+//! - [`feeds`]: the feeds beyond Issues as values (query, time field, change rule, normalizer);
+//!   the tenant actor runs them (`tenant::feeds`).
 //! - [`supervisor`]: the root actor: spawns tenants and the sink, applies the restart policy.
 //! - [`tenant`]: the tenant actor (one poll at a time, page by page) and what it remembers.
 //! - [`sink`]: the sink actor and its outputs.

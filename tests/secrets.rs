@@ -118,7 +118,7 @@ async fn validate_and_check_output_never_show_the_secret() {
             &sim,
             "env-one",
             &sim.tenants()[0],
-            "webhook_token = \"${T_HOOK}\"\nwrite_back = true\nwrite_client_id = \"w-1\"\nwrite_client_secret = \"${T_WRITE}\"",
+            "webhook_token = \"${T_HOOK}\"\nwrite_back = true\nwrite_client_id = \"w-1\"\nwrite_client_secret = \"${T_WRITE}\"\nfeeds = [\"issues\", \"vulnerabilities\", \"detections\", \"audit\", \"cloud_configuration\"]",
         )
         .replace(&secret, "${T_SECRET}"),
     );
@@ -149,7 +149,10 @@ async fn validate_and_check_output_never_show_the_secret() {
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(out.status.success(), "{stdout}");
     assert!(stdout.contains("t0: ok"), "{stdout}");
-    assert!(stdout.contains("env-one: ok"), "{stdout}");
+    assert!(
+        stdout.contains("env-one: ok (token exchange and a 1-row query of every feed"),
+        "{stdout}"
+    );
     let text = format!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
     assert_clean("check", &text, &[&secret, HOOK_TOKEN, WRITE_SECRET]);
 }

@@ -26,7 +26,7 @@ use ractor::ActorRef;
 use super::memory::{change, Change, Known};
 use super::{unix_now, TenantActorState, TenantMsg};
 use crate::event::{now_rfc3339, EventKind};
-use crate::feeds::normalize::{decode, micros, once_kind, states_kind};
+use crate::feeds::normalize::{decode, micros, once_kind, states_kind, FeedNormalizer};
 use crate::feeds::{
     ChangeRule, Feed, FeedCheckpoint, FeedName, Recent, RunningWindow, Window, MAX_RECENT,
 };
@@ -245,7 +245,7 @@ impl TenantActorState {
             running: None,
             ..fc.clone()
         }));
-        self.feed_job = Some(FeedJob {
+        self.feed_job = Some(Box::new(FeedJob {
             feed,
             key,
             checkpoint,
@@ -261,7 +261,7 @@ impl TenantActorState {
             recent_ids,
             pending: None,
             span: tracing::info_span!("feed", tenant = %self.args.spec.id, feed = feed.name.as_str()),
-        });
+        }));
         let name = feed.name.as_str();
         self.args.health.update(self.id(), |h| {
             h.feed(name).state = FeedState::Polling;
@@ -391,7 +391,13 @@ impl TenantActorState {
                     (once_kind(name), None)
                 }
             };
-            self.feed_normalizer.write(
+            let normalizer = self.feed_normalizer.get_or_insert_with(|| {
+                Box::new(FeedNormalizer::new(
+                    &self.args.spec.id,
+                    self.args.spec.console_url.as_str(),
+                ))
+            });
+            normalizer.write(
                 name,
                 item,
                 raw,

@@ -13,6 +13,9 @@
 //!
 //! Webhook hints ([`crate::hooks`]) are looked up by id in batches (`hints`): between the pages of
 //! a running sweep, or, when none runs, in a short lookup-only job that moves no checkpoint.
+//!
+//! A poll runs the tenant's feeds one after another (`feeds`): the Issues sweep above, then one
+//! window of each other feed, each step with a sweep slot, all through the same client.
 
 mod feeds;
 mod hints;
@@ -223,12 +226,13 @@ pub struct TenantActorState {
     keys_claimed: usize,
     /// The running poll's remaining feeds (see [`feeds`]).
     plan: Option<feeds::PollPlan>,
-    /// The feed (other than Issues) being swept.
-    feed_job: Option<feeds::FeedJob>,
+    /// The feed (other than Issues) being swept (boxed: an idle tenant pays a pointer).
+    feed_job: Option<Box<feeds::FeedJob>>,
     /// Feeds sitting out polls after a failure.
     feed_retry: HashMap<crate::feeds::FeedName, feeds::FeedRetry>,
-    /// Writes the events of the feeds beyond Issues.
-    feed_normalizer: crate::feeds::normalize::FeedNormalizer,
+    /// Writes the events of the feeds beyond Issues (made at the first feed job: an Issues-only
+    /// tenant never needs one).
+    feed_normalizer: Option<Box<crate::feeds::normalize::FeedNormalizer>>,
 }
 
 pub struct WizTenantActor;
@@ -1231,10 +1235,6 @@ impl Actor for WizTenantActor {
         ));
         client.set_waits(Arc::new(slot.clone()));
         let normalizer = Normalizer::new(&args.spec);
-        let feed_normalizer = crate::feeds::normalize::FeedNormalizer::new(
-            &args.spec.id,
-            args.spec.console_url.as_str(),
-        );
         let mut state = TenantActorState {
             client,
             slot,
@@ -1254,7 +1254,7 @@ impl Actor for WizTenantActor {
             plan: None,
             feed_job: None,
             feed_retry: HashMap::new(),
-            feed_normalizer,
+            feed_normalizer: None,
             args,
         };
         state.args.hints.attach(Some(myself.clone()));
