@@ -61,6 +61,32 @@ fn sizes(sim: &Simulator, client: &str) -> (usize, usize, usize, usize, usize, u
     })
 }
 
+/// The states of every vulnerability (`v/<id>`) and configuration finding (`c/<id>`) the
+/// connector can tell apart: the status, and the other fields its fingerprint covers that churn
+/// moves (the resolution time; the result and update time).
+fn states(sim: &Simulator, client: &str) -> HashMap<String, (String, String)> {
+    sim.feeds(client, |f| {
+        f.vulnerabilities
+            .iter()
+            .map(|v| {
+                (
+                    format!("v/{}", v.id),
+                    (v.status.to_string(), format!("{:?}", v.resolved_at)),
+                )
+            })
+            .chain(f.configuration.iter().map(|c| {
+                (
+                    format!("c/{}", c.id),
+                    (
+                        c.status.to_string(),
+                        format!("{} {}", c.result, c.updated_at),
+                    ),
+                )
+            }))
+            .collect()
+    })
+}
+
 async fn polls_after(app: &App, n: u64) {
     let p0 = app.health.get("t0").unwrap().polls;
     wait_for("more polls", Duration::from_secs(30), || {
@@ -206,20 +232,49 @@ async fn every_feed_sweeps_then_delivers_each_change_once_and_nothing_after_a_re
         None => assert!(ed["url"].is_null()),
     }
 
-    // Changes: each once, with its kind.
+    // Changes: each once, with its kind. The expected events are what changed between the
+    // states the connector can see (the four churn steps land between two polls).
+    let before = states(&sim, &client);
     sim.churn(&client, 4);
+    let now = states(&sim, &client);
+    let mut expected: HashMap<String, &str> = HashMap::new();
+    for (key, (status, rest)) in &now {
+        let Some((old_status, old_rest)) = before.get(key) else {
+            continue;
+        };
+        if (old_status, old_rest) == (status, rest) {
+            continue;
+        }
+        let vuln = key.starts_with("v/");
+        let kind = match (old_status.as_str(), status.as_str(), vuln) {
+            ("OPEN", "RESOLVED", true) => "vulnerability.resolved",
+            ("RESOLVED", "OPEN", true) => "vulnerability.reopened",
+            (_, _, true) => "vulnerability.updated",
+            ("OPEN", "RESOLVED", false) => "configuration_finding.resolved",
+            ("RESOLVED", "OPEN", false) => "configuration_finding.opened",
+            (_, _, false) => "configuration_finding.updated",
+        };
+        expected.insert(key[2..].to_string(), kind);
+    }
+    assert!(!expected.is_empty());
     let (det2, aud2, ..) = sizes(&sim, &client);
     assert_eq!((det2, aud2), (det + 4, aud + 4));
+    let first_len = first.len();
     wait_for("the churned items", Duration::from_secs(30), || {
         let lines = read_lines(&out);
         let got = (
             of_feed(&lines, "detections").len(),
             of_feed(&lines, "audit").len(),
+            lines[first_len..]
+                .iter()
+                .filter(|l| l["feed"] != "issues")
+                .count(),
         );
-        if got == (det2, aud2) {
+        let want = (det2, aud2, 8 + expected.len());
+        if got == want {
             Ok(())
         } else {
-            Err(format!("{got:?}"))
+            Err(format!("{got:?}, want {want:?}"))
         }
     })
     .await;
@@ -230,24 +285,18 @@ async fn every_feed_sweeps_then_delivers_each_change_once_and_nothing_after_a_re
     let nk = kinds(&new_refs);
     assert_eq!(nk.get("detection.created"), Some(&4));
     assert_eq!(nk.get("audit.entry"), Some(&4));
-    // Four churn steps changed up to four findings of each stateful feed: one event per change.
-    let v_changes: usize = [
-        "vulnerability.resolved",
-        "vulnerability.reopened",
-        "vulnerability.updated",
-    ]
-    .iter()
-    .map(|k| nk.get(*k).copied().unwrap_or(0))
-    .sum();
-    let c_changes: usize = [
-        "configuration_finding.resolved",
-        "configuration_finding.opened",
-    ]
-    .iter()
-    .map(|k| nk.get(*k).copied().unwrap_or(0))
-    .sum();
-    assert!((1..=4).contains(&v_changes), "{nk:?}");
-    assert!((1..=4).contains(&c_changes), "{nk:?}");
+    let mut got: HashMap<String, &str> = HashMap::new();
+    for e in new.iter().filter(|e| e["finding_id"].is_string()) {
+        let prev = got.insert(
+            e["finding_id"].as_str().unwrap().to_string(),
+            e["kind"].as_str().unwrap(),
+        );
+        assert!(prev.is_none(), "one event per changed finding: {e}");
+    }
+    assert_eq!(
+        got, expected,
+        "every change once, with its kind, and nothing else"
+    );
     let ids: HashSet<&str> = after.iter().map(|e| e["id"].as_str().unwrap()).collect();
     assert_eq!(ids.len(), after.len(), "no event twice");
     let settled = after.len();
