@@ -560,3 +560,53 @@ async fn in_cluster_mode_every_feed_state_moves_with_the_tenant() {
     assert_eq!(ids.len(), lines.len(), "no event twice");
     app.shutdown().await.unwrap();
 }
+
+/// A window longer than one step (100 pages) yields: the tenant's next poll starts at once with
+/// Issues and continues the window where it stopped; every finding is delivered once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_window_yields_to_issues_polls_and_loses_nothing() {
+    let mut t = SimTenantSpec::numbered(0, 42, 10);
+    t.vulnerabilities = Some(1_500);
+    let sim = sim_with(SimulatorOptions {
+        tenants: vec![t],
+        ..Default::default()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("events.jsonl");
+    let t = &sim.tenants()[0];
+    let body = format!(
+        "[connector]\nstate_dir = \"{}\"\npoll_interval = \"300s\"\nstartup_jitter = \"0s\"\npage_size = 7\nfeeds = [\"issues\", \"vulnerabilities\"]\n\
+         [admin]\nlisten = \"127.0.0.1:0\"\n[sinks.out]\ntype = \"file\"\npath = \"{}\"\n{}",
+        state_dir().display(),
+        out.display(),
+        tenant_toml(&sim, "t0", t, "rate_limit = 100")
+    );
+    let app = App::start(settings(&body), AppOptions::default())
+        .await
+        .unwrap();
+    wait_until("1,500 findings", Duration::from_secs(60), || {
+        of_feed(&read_lines(&out), "vulnerabilities").len() >= 1_500
+    })
+    .await;
+    wait_until("the window done", Duration::from_secs(30), || {
+        app.health.get("t0").is_some_and(|h| {
+            h.feeds
+                .iter()
+                .any(|f| f.feed == "vulnerabilities" && f.last_success_at.is_some())
+        })
+    })
+    .await;
+    let lines = read_lines(&out);
+    let v = of_feed(&lines, "vulnerabilities");
+    let ids: HashSet<&str> = v
+        .iter()
+        .map(|e| e["finding_id"].as_str().unwrap())
+        .collect();
+    assert_eq!((v.len(), ids.len()), (1_500, 1_500), "every finding once");
+    // 215 pages in steps of 100: three steps, each after an Issues poll, though polls are 300 s
+    // apart.
+    let h = app.health.get("t0").unwrap();
+    assert!(h.polls >= 3, "issues polled {} times", h.polls);
+    app.shutdown().await.unwrap();
+}

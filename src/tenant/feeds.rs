@@ -44,6 +44,10 @@ const FEED_BACKOFF_MAX: Duration = Duration::from_secs(3600);
 /// 500 a page. A guard against a cursor that never ends, not a size limit: a tenant's first
 /// vulnerability window may hold millions of findings.
 const MAX_WINDOW_PAGES: u32 = 100_000;
+/// Pages one step of a poll sweeps of a feed's window. A longer window (a first sweep of millions
+/// of findings) yields after this many and continues in a new poll that starts at once, Issues
+/// first: the tenant's issues stay fresh while the window takes its hour.
+const STEP_PAGES: u32 = 100;
 /// Shortest a feed Wiz refused sits out (a missing permission is not granted in seconds).
 const DENIED_BACKOFF_MIN: Duration = Duration::from_secs(600);
 
@@ -56,6 +60,10 @@ pub(super) struct PollPlan {
     /// they make).
     pub ok: u32,
     pub failed: u32,
+    /// A feed stopped its window after `STEP_PAGES` pages: the next poll starts at once.
+    pub yielded: bool,
+    /// The Issues step failed (its `delay` is a backoff, which a yielded feed does not cut).
+    pub issues_failed: bool,
 }
 
 /// When a failed feed runs again.
@@ -73,6 +81,8 @@ pub(super) struct FeedJob {
     window: Window,
     cursor: Option<String>,
     pages: u32,
+    /// Pages this step fetched (see `STEP_PAGES`).
+    step_pages: u32,
     cursors: HashSet<String>,
     /// When the window started (Unix seconds).
     started_unix: u64,
@@ -121,6 +131,8 @@ impl TenantActorState {
             delay: None,
             ok: 0,
             failed: 0,
+            yielded: false,
+            issues_failed: false,
         }
     }
 
@@ -199,7 +211,12 @@ impl TenantActorState {
                 }
             });
         }
-        self.arm_timer(myself, plan.delay.unwrap_or(interval));
+        let delay = if plan.yielded && !plan.issues_failed {
+            Duration::ZERO
+        } else {
+            plan.delay.unwrap_or(interval)
+        };
+        self.arm_timer(myself, delay);
     }
 
     /// Starts a window of `feed`: the one a crash interrupted, or the next one.
@@ -252,6 +269,7 @@ impl TenantActorState {
             window,
             cursor,
             pages,
+            step_pages: 0,
             cursors: HashSet::new(),
             started_unix,
             started: Instant::now(),
@@ -297,6 +315,7 @@ impl TenantActorState {
             return;
         };
         job.pages += 1;
+        job.step_pages += 1;
         let last = if page.has_next_page {
             match page.end_cursor.as_deref() {
                 None | Some("") => {
@@ -474,11 +493,38 @@ impl TenantActorState {
     }
 
     async fn feed_page_done(&mut self, myself: &ActorRef<TenantMsg>, last: bool) {
+        let step_done = self
+            .feed_job
+            .as_ref()
+            .is_some_and(|j| j.step_pages >= STEP_PAGES);
         if last {
             self.feed_finish(myself, Ok(())).await
+        } else if step_done {
+            // The window's position is committed: the next poll continues it.
+            self.feed_yield(myself).await
         } else {
             let _ = myself.send_message(TenantMsg::NextPage);
         }
+    }
+
+    /// Ends this step of a long window; a new poll starts as soon as this one ends.
+    async fn feed_yield(&mut self, myself: &ActorRef<TenantMsg>) {
+        let Some(job) = self.feed_job.take() else {
+            return;
+        };
+        self.slot.release();
+        if self.args.hints.pending() {
+            let _ = myself.send_message(TenantMsg::Hints);
+        }
+        if let Some(p) = self.plan.as_mut() {
+            p.yielded = true;
+        }
+        tracing::debug!(tenant = %self.args.spec.id, feed = %job.feed.name, pages_done = job.pages, "long feed window: continuing after the tenant's next issues poll");
+        let name = job.feed.name.as_str();
+        self.args.health.update(self.id(), |h| {
+            h.feed(name).events_added = job.events;
+        });
+        self.step_done(myself, None);
     }
 
     /// Gives the pending page to the sink; on its ack, commits the page and moves on.

@@ -574,6 +574,9 @@ impl TenantActorState {
                         retry_in: delay,
                     },
                 );
+                if let Some(p) = self.plan.as_mut() {
+                    p.issues_failed = true;
+                }
                 let multi = self.args.spec.feeds.len() > 1;
                 self.args.health.update(self.id(), |h| {
                     h.state = if parked {
