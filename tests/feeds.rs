@@ -610,3 +610,70 @@ async fn a_long_window_yields_to_issues_polls_and_loses_nothing() {
     assert!(h.polls >= 3, "issues polled {} times", h.polls);
     app.shutdown().await.unwrap();
 }
+
+/// A window continued after a restart whose cursor Wiz no longer takes starts over from the same
+/// lower bound: nothing is skipped, and findings already delivered are not delivered again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_cursor_of_a_continued_window_starts_it_over_without_a_gap() {
+    let mut t = SimTenantSpec::numbered(0, 42, 10);
+    t.vulnerabilities = Some(300);
+    let sim = sim_with(SimulatorOptions {
+        tenants: vec![t],
+        ..Default::default()
+    })
+    .await;
+    let client = sim.tenants()[0].client_id.clone();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("events.jsonl");
+    let t = &sim.tenants()[0];
+    let body = format!(
+        "[connector]\nstate_dir = \"{}\"\npoll_interval = \"1s\"\nstartup_jitter = \"0s\"\npage_size = 7\nfeeds = [\"vulnerabilities\"]\n\
+         [admin]\nlisten = \"127.0.0.1:0\"\n[sinks.out]\ntype = \"file\"\npath = \"{}\"\n{}",
+        state_dir().display(),
+        out.display(),
+        tenant_toml(&sim, "t0", t, "rate_limit = 10")
+    );
+    let app = App::start(settings(&body), AppOptions::default())
+        .await
+        .unwrap();
+    wait_until("part of the window", Duration::from_secs(30), || {
+        read_lines(&out).len() >= 50
+    })
+    .await;
+    app.shutdown().await.unwrap();
+    let delivered = read_lines(&out).len();
+    assert!(delivered < 300, "stopped mid-window ({delivered})");
+    // The continued window's first request is refused as a stale cursor would be.
+    sim.push_faults(
+        &client,
+        [wiz_connector::sim::Fault::GraphQlError {
+            code: "BAD_USER_INPUT".into(),
+            message: "invalid cursor".into(),
+        }],
+    );
+    let app = App::start(settings(&body), AppOptions::default())
+        .await
+        .unwrap();
+    wait_until("every finding", Duration::from_secs(60), || {
+        read_lines(&out).len() >= 300
+    })
+    .await;
+    wait_until("the window done", Duration::from_secs(30), || {
+        app.health
+            .get("t0")
+            .is_some_and(|h| h.feeds.iter().any(|f| f.last_success_at.is_some()))
+    })
+    .await;
+    let lines = read_lines(&out);
+    let ids: HashSet<&str> = lines
+        .iter()
+        .map(|e| e["finding_id"].as_str().unwrap())
+        .collect();
+    assert_eq!((lines.len(), ids.len()), (300, 300), "each finding once");
+    // Started over: the pages of the first run were asked again (43 pages make the window; the
+    // refused request is not counted as answered). Continuing would have made 43 in all.
+    let queries = sim.counters(&client).feed_queries["vulnerabilities"];
+    let first_run_pages = (delivered as u64).div_ceil(7);
+    assert!(queries >= 43 + first_run_pages, "{queries} feed queries");
+    app.shutdown().await.unwrap();
+}

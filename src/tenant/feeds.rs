@@ -83,6 +83,8 @@ pub(super) struct FeedJob {
     pages: u32,
     /// Pages this step fetched (see `STEP_PAGES`).
     step_pages: u32,
+    /// The step continues a window from a committed cursor.
+    resumed: bool,
     cursors: HashSet<String>,
     /// When the window started (Unix seconds).
     started_unix: u64,
@@ -257,6 +259,7 @@ impl TenantActorState {
                 (Window { after, before }, None, 0, now)
             }
         };
+        let resumed = cursor.is_some();
         let recent_ids = fc.recent.iter().map(|r| r.id.clone()).collect();
         checkpoint.feed = Some(Box::new(FeedCheckpoint {
             running: None,
@@ -270,6 +273,7 @@ impl TenantActorState {
             cursor,
             pages,
             step_pages: 0,
+            resumed,
             cursors: HashSet::new(),
             started_unix,
             started: Instant::now(),
@@ -620,6 +624,16 @@ impl TenantActorState {
                 });
             }
             Err(e) => {
+                if job.resumed && job.step_pages == 0 {
+                    // A cursor Wiz may no longer take: the next attempt starts a new window
+                    // (from the same lower bound, so nothing is skipped; what the interrupted
+                    // window delivered is dropped as known, or repeated with its event ids).
+                    let fresh = crate::state::Write::Commit(Commit {
+                        checkpoint: Some(job.checkpoint.clone()),
+                        ..Default::default()
+                    });
+                    let _ = self.write_to(&job.key, fresh).await;
+                }
                 let denied = e.is_permission_denied();
                 let retry = self.feed_retry.entry(name).or_default();
                 retry.failures += 1;
