@@ -86,7 +86,10 @@ impl App {
                 )
             })?;
         let config_is_file = settings.config_path.is_file();
-        let (store, store_recovered) = StateStore::open_or_recover(&settings.connector.state_dir)?;
+        let (store, store_recovered) = StateStore::open_or_recover_with(
+            &settings.connector.state_dir,
+            (settings.connector.state_cache_mib as usize) << 20,
+        )?;
         let store = store.with_metrics(observer.metrics().cluster.clone());
         // Cluster mode: NATS holds membership and the authoritative state; the supervisor starts
         // with no tenant and placement gives it its share.

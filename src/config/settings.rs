@@ -61,6 +61,7 @@ pub struct TelemetrySettings {
 #[derive(Debug, Clone, Serialize)]
 pub struct ConnectorSettings {
     pub state_dir: PathBuf,
+    pub state_cache_mib: u64,
     pub shutdown_timeout: DurationValue,
     pub tenants_dir: Option<PathBuf>,
     pub max_concurrent_sweeps: u32,
@@ -365,6 +366,15 @@ pub(super) fn resolve(
         } else if !statuses.contains(&up) {
             statuses.push(up);
         }
+    }
+    if !(16..=65_536).contains(&conn.state_cache_mib) {
+        c.global(
+            "connector.state_cache_mib",
+            format!(
+                "must be between 16 and 65536 (MiB), got {}",
+                conn.state_cache_mib
+            ),
+        );
     }
     if conn.full_sweep_interval.0 < Duration::from_secs(1) {
         c.global("connector.full_sweep_interval", "must be at least 1s");
@@ -690,6 +700,7 @@ pub(super) fn resolve(
         config_path,
         connector: ConnectorSettings {
             state_dir: conn.state_dir.clone(),
+            state_cache_mib: conn.state_cache_mib,
             shutdown_timeout: conn.shutdown_timeout,
             tenants_dir: conn.tenants_dir.clone(),
             max_concurrent_sweeps: conn.max_concurrent_sweeps,

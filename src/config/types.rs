@@ -77,6 +77,9 @@ pub struct ConnectorSection {
     pub feeds: Vec<String>,
     /// Where the embedded state store lives; created when missing.
     pub state_dir: PathBuf,
+    /// Memory the state store may use to cache its pages, in MiB: what bounds the connector's
+    /// memory as the store grows (millions of findings), at the price of disk reads beyond it.
+    pub state_cache_mib: u64,
     /// How long an orderly shutdown may take before the process exits anyway.
     pub shutdown_timeout: DurationValue,
     /// Optional folder of `<tenant-id>.toml` files, one per tenant, so an MSSP adds a customer by
@@ -136,6 +139,7 @@ impl Default for ConnectorSection {
             statuses: vec!["OPEN".to_string()],
             feeds: vec!["issues".to_string()],
             state_dir: PathBuf::from("data"),
+            state_cache_mib: 256,
             shutdown_timeout: DurationValue::secs(30),
             tenants_dir: None,
             request_timeout: DurationValue::secs(60),

@@ -44,6 +44,8 @@ const IN_FLIGHT: TableDefinition<&str, &[u8]> = TableDefinition::new("in_flight"
 const SYNC: TableDefinition<&str, &[u8]> = TableDefinition::new("sync");
 
 const FILE: &str = "state.redb";
+/// The page cache of a store opened without a configured size (`connector.state_cache_mib`).
+pub const DEFAULT_CACHE_BYTES: usize = 256 << 20;
 
 /// Why the database could not be opened.
 enum OpenError {
@@ -279,6 +281,15 @@ impl StateStore {
     /// `state.redb.corrupt-<unix time>` and a fresh store is created; the returned note says so
     /// (every tenant then falls back to a full sweep).
     pub fn open_or_recover(dir: &Path) -> Result<(StateStore, Option<String>), StateError> {
+        Self::open_or_recover_with(dir, DEFAULT_CACHE_BYTES)
+    }
+
+    /// [`StateStore::open_or_recover`] with a page cache of `cache_bytes` (redb's own default is
+    /// 1 GiB, which a store of millions of records would fill).
+    pub fn open_or_recover_with(
+        dir: &Path,
+        cache_bytes: usize,
+    ) -> Result<(StateStore, Option<String>), StateError> {
         let path = dir.join(FILE);
         let fail = |m: String| StateError {
             path: path.display().to_string(),
@@ -296,11 +307,14 @@ impl StateStore {
             if std::fs::metadata(&path).is_ok_and(|m| m.len() == 0) {
                 return Err(OpenError::Damaged("the file is empty (0 bytes)".into()));
             }
-            let db = Database::create(&path).map_err(|e| match e {
-                redb::DatabaseError::DatabaseAlreadyOpen
-                | redb::DatabaseError::LockProtocolMismatch => OpenError::InUse(e.to_string()),
-                e => OpenError::Damaged(e.to_string()),
-            })?;
+            let db = Database::builder()
+                .set_cache_size(cache_bytes)
+                .create(&path)
+                .map_err(|e| match e {
+                    redb::DatabaseError::DatabaseAlreadyOpen
+                    | redb::DatabaseError::LockProtocolMismatch => OpenError::InUse(e.to_string()),
+                    e => OpenError::Damaged(e.to_string()),
+                })?;
             // Touch every table so a damaged tree shows now, not mid-poll.
             let damaged = |e: redb::Error| OpenError::Damaged(e.to_string());
             let w = db.begin_write().map_err(|e| damaged(e.into()))?;

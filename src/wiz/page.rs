@@ -442,6 +442,40 @@ impl<'a> Walker<'a> {
     fn skip(&mut self) -> Step<()> {
         self.value::<IgnoredAny>().map(|_| ())
     }
+
+    /// Moves past the object at the current position without parsing it: brackets are matched
+    /// outside strings, a word at a time inside them. Its syntax is checked when the node is
+    /// decoded (a feed's normalizer parses every node whole before it writes an event), so this
+    /// is the only other pass over a feed's node.
+    fn skip_node(&mut self) -> Step<()> {
+        let b = self.text.as_bytes();
+        let start = self.pos;
+        let mut depth = 0usize;
+        let mut i = start;
+        while i < b.len() {
+            match CLASS[b[i] as usize] {
+                QUOTE => {
+                    i = string_end(b, i + 1).ok_or_else(|| {
+                        format!("unterminated string in the node at byte {start}")
+                    })?;
+                    continue;
+                }
+                OPEN => depth += 1,
+                CLOSE => {
+                    depth = depth
+                        .checked_sub(1)
+                        .ok_or_else(|| format!("unbalanced node at byte {start}"))?;
+                    if depth == 0 {
+                        self.pos = i + 1;
+                        return Ok(());
+                    }
+                }
+                _ => {}
+            }
+            i += 1;
+        }
+        Err(format!("unterminated node at byte {start}"))
+    }
 }
 
 /// Where the envelope walk puts what it finds.
@@ -737,7 +771,7 @@ pub fn parse_feed_page(body: Bytes, root: &str) -> Result<FeedPage, WizError> {
         text: &body,
         pos: 0,
     };
-    let found = walk(&mut w, &[root], |w| walk_array(w, Walker::skip)).map_err(|e| {
+    let found = walk(&mut w, &[root], |w| walk_array(w, Walker::skip_node)).map_err(|e| {
         WizError::BadResponse(format!(
             "not a GraphQL answer ({e}): {}",
             snippet(body.as_bytes())
@@ -887,5 +921,46 @@ mod tests {
             parse_page(Bytes::from_static(b"\xff\xfe")),
             Err(WizError::BadResponse(_))
         ));
+    }
+
+    #[test]
+    fn feed_pages_keep_nodes_verbatim_across_strings_with_brackets_and_escapes() {
+        let body = r#"{"data":{"detections":{"nodes":[{"id":"a","d":"} ] { [ \" \\"},{"id":"b","n":[{"x":[1,2]}]}],"pageInfo":{"hasNextPage":true,"endCursor":"c2"}}}}"#;
+        let page = parse_feed_page(Bytes::from(body), "detections").unwrap();
+        let nodes: Vec<&str> = page.nodes().collect();
+        assert_eq!(
+            nodes,
+            [
+                r#"{"id":"a","d":"} ] { [ \" \\"}"#,
+                r#"{"id":"b","n":[{"x":[1,2]}]}"#
+            ]
+        );
+        assert!(page.has_next_page);
+        assert_eq!(page.end_cursor.as_deref(), Some("c2"));
+        // Another root is not this feed's answer.
+        let e = parse_feed_page(Bytes::from(body), "auditLogEntries").unwrap_err();
+        assert!(e.to_string().contains("no data.auditLogEntries"), "{e}");
+    }
+
+    #[test]
+    fn malformed_feed_pages_are_errors_not_panics() {
+        for body in [
+            r#"{"data":{"detections":{"nodes":[{"id":"a"],"pageInfo":{"hasNextPage":false}}}}"#,
+            r#"{"data":{"detections":{"nodes":[{"id":"a}]}}}"#,
+            r#"{"data":{"detections":{"nodes":[{"id":"a"}"#,
+            r#"{"data":{"detections":{"nodes":[1],"pageInfo":{"hasNextPage":false}}}}"#,
+            r#"{"errors":[{"message":"Unauthorized","extensions":{"code":"UNAUTHORIZED"}}],"data":null}"#,
+        ] {
+            assert!(
+                parse_feed_page(Bytes::from(body), "detections").is_err(),
+                "{body}"
+            );
+        }
+        let e = parse_feed_page(
+            Bytes::from(r#"{"errors":[{"message":"Unauthorized","extensions":{"code":"UNAUTHORIZED"}}],"data":null}"#),
+            "detections",
+        )
+        .unwrap_err();
+        assert!(e.is_permission_denied(), "{e}");
     }
 }
