@@ -1,13 +1,15 @@
 //! The feeds beyond Issues at scale (a bench binary: each scenario runs once). The simulator runs
 //! as a separate process (`wiz-connector simulate`) so its CPU and memory are not the connector's.
 //!
-//! `cargo bench --bench feed_fleet [-- e2e|million]` (both by default; `million` takes about
-//! twelve minutes at the default rate limit). Under `cargo test` it runs nothing.
+//! `cargo bench --bench feed_fleet [-- e2e|million|cache]` (all by default; `million` takes about
+//! fourteen minutes, most of it at the default rate limit). Under `cargo test` it runs nothing.
 //!
 //! - `e2e`: 100 tenants with all five feeds, from nothing to every event in a file sink.
 //! - `million`: one tenant with 1,000,000 vulnerability findings: the first sweep at the default
 //!   rate limit (wall time, peak RSS of the connector process), then the same sweep killed with
 //!   SIGKILL halfway at a faster rate and restarted: pages fetched again and events repeated.
+//! - `cache`: the same first sweep as fast as the simulator answers, with the state store's page
+//!   cache at 256 and 32 MiB: peak RSS of the connector process.
 
 use std::collections::HashMap;
 use std::process::{Command, Stdio};
@@ -119,6 +121,7 @@ async fn million_run(
     base: &str,
     dir: &std::path::Path,
     rate: u32,
+    cache_mib: u64,
     kill_after: Option<u64>,
     target: u64,
 ) -> (f64, u64, u64) {
@@ -127,7 +130,7 @@ async fn million_run(
     std::fs::write(
         &cfg,
         format!(
-            "[connector]\nstate_dir = \"{}\"\npoll_interval = \"24h\"\nstartup_jitter = \"0s\"\nfeeds = [\"vulnerabilities\"]\nrate_limit = {rate}\n[admin]\nlisten = \"127.0.0.1:0\"\n[sinks.archive]\ntype = \"file\"\npath = \"{}\"\n{}",
+            "[connector]\nstate_dir = \"{}\"\npoll_interval = \"24h\"\nstartup_jitter = \"0s\"\nfeeds = [\"vulnerabilities\"]\nrate_limit = {rate}\nstate_cache_mib = {cache_mib}\n[admin]\nlisten = \"127.0.0.1:0\"\n[sinks.archive]\ntype = \"file\"\npath = \"{}\"\nmax_bytes = 100000000000\n{}",
             dir.join("state").display(),
             out.display(),
             tenant_tables(base, 1, "")
@@ -144,12 +147,24 @@ async fn million_run(
     let pid = child.id();
     let started = Instant::now();
     let mut peak = 0;
+    // (when the target was reached, lines then), then 2 s without a new line: the window is done.
+    let mut reached: Option<(f64, u64, Instant)> = None;
     let (wall, n) = loop {
         tokio::time::sleep(Duration::from_millis(200)).await;
         peak = peak.max(peak_rss_kib(pid));
         let n = lines(&out);
-        if kill_after.is_some_and(|k| n >= k) || n >= target {
+        if kill_after.is_some_and(|k| n >= k) {
             break (started.elapsed().as_secs_f64(), n);
+        }
+        match reached {
+            None if n >= target => {
+                reached = Some((started.elapsed().as_secs_f64(), n, Instant::now()))
+            }
+            Some((_, m, _)) if m != n => {
+                reached = reached.map(|(w, _, _)| (w, n, Instant::now()));
+            }
+            Some((w, m, since)) if since.elapsed() >= Duration::from_secs(2) => break (w, m),
+            _ => {}
         }
     };
     let _ = child.kill();
@@ -163,7 +178,7 @@ async fn million() {
     let sim = start_sim_with(1, 10, &["--vulnerabilities", &N.to_string()]);
     // The default rate limit (3 requests per second): 2,000 pages of 500.
     let dir = tempfile::tempdir().unwrap();
-    let (wall, peak, n) = million_run(&sim.base, dir.path(), 3, None, N as u64).await;
+    let (wall, peak, n) = million_run(&sim.base, dir.path(), 3, 256, None, N as u64).await;
     println!(
         "| first sweep, 1,000,000 vulnerability findings | one tenant, `page_size` 500, `rate_limit` 3 (default), file sink | {wall:.0} s ({n} events) | peak RSS {:.1} MiB (connector process) |",
         peak as f64 / 1024.0
@@ -173,10 +188,10 @@ async fn million() {
     let sim = start_sim_with(1, 10, &["--vulnerabilities", &N.to_string()]);
     let dir = tempfile::tempdir().unwrap();
     let (_, _, at_kill) =
-        million_run(&sim.base, dir.path(), 20, Some(N as u64 / 2), N as u64).await;
+        million_run(&sim.base, dir.path(), 20, 256, Some(N as u64 / 2), N as u64).await;
     let queries_at_kill = feed_queries(&sim.base).await;
     let restarted = Instant::now();
-    let (wall2, _, total) = million_run(&sim.base, dir.path(), 20, None, N as u64).await;
+    let (wall2, _, total) = million_run(&sim.base, dir.path(), 20, 256, None, N as u64).await;
     let queries = feed_queries(&sim.base).await;
     println!(
         "| resumption after kill -9 | the same sweep at `rate_limit` 20, SIGKILL after {at_kill} events, then `run` again | finished {wall2:.0} s after the restart ({:.0} s) | {} queries in all for 2,000 pages ({} after the restart), {} events for 1,000,000 findings ({} repeated) |",
@@ -186,6 +201,26 @@ async fn million() {
         total,
         total.saturating_sub(N as u64)
     );
+}
+
+/// The same first sweep at the fastest rate, with the state store's cache at 256 MiB (the default)
+/// and at 32 MiB: what bounds the connector's memory.
+async fn cache() {
+    const N: usize = 1_000_000;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    for mib in [256, 32] {
+        let sim = start_sim_with(1, 10, &["--vulnerabilities", &N.to_string()]);
+        let dir = tempfile::tempdir().unwrap();
+        let (wall, peak, n) = million_run(&sim.base, dir.path(), 100, mib, None, N as u64).await;
+        let db = std::fs::metadata(dir.path().join("state/state.redb"))
+            .map(|m| m.len())
+            .unwrap_or(0);
+        println!(
+            "| first sweep, 1,000,000 vulnerability findings, `state_cache_mib` {mib} | `rate_limit` 100 (the simulator is the limit) | {wall:.0} s ({n} events), store {:.0} MB | peak RSS {:.1} MiB (connector process) |",
+            db as f64 / 1e6,
+            peak as f64 / 1024.0
+        );
+    }
 }
 
 fn main() {
@@ -201,6 +236,9 @@ fn main() {
         }
         if all || args.iter().any(|a| a == "million") {
             million().await;
+        }
+        if all || args.iter().any(|a| a == "cache") {
+            cache().await;
         }
     });
 }
