@@ -8,7 +8,7 @@
 //!   (`load`), and the resolved runtime settings (`settings`).
 //! - [`wiz`]: the Wiz API client: OAuth client credentials and the token cache (`auth`), one rate
 //!   limiter per credential (`limiter`), the HTTP client with timeouts and retries (`client`), the
-//!   Issues query (`issues`) and the single-pass decoding of its answer (`page`).
+//!   Issues query (`issues`) and the single-pass decoding of its answer and of feed pages (`page`).
 //! - [`event`]: the normalized event and the normalizer (the hot path).
 //! - [`feeds`]: the feeds beyond Issues as values (query, time field, change rule, normalizer);
 //!   the tenant actor runs them (`tenant::feeds`).
