@@ -83,6 +83,20 @@ async fn tenants_in_a_retry_after_storm_hold_no_slot_and_the_healthy_ones_delive
         started.elapsed() < Duration::from_secs(30),
         "within one poll interval"
     );
+    // The healthy ones' polls end (their slots go back once the sweep's reconciliation is done,
+    // a moment after the last page reached the sink).
+    wait_until(
+        "the healthy tenants' polls end",
+        Duration::from_secs(20),
+        || {
+            ["t20", "t21"].iter().all(|t| {
+                app.health
+                    .get(t)
+                    .is_some_and(|h| h.polls >= 1 && h.state == TenantState::Idle)
+            })
+        },
+    )
+    .await;
     // The waiting tenants show why and until when, and hold no slot.
     let h = app.health.get("t3").unwrap();
     assert_eq!(h.state, TenantState::Backoff);
