@@ -78,14 +78,29 @@ fn count(html: &str, state: &str) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_page_lists_tenants_worst_first_and_filters_by_state_and_id() {
-    let sim = sim(3, 5).await;
+    // t2 also collects audit entries, which Wiz refuses its service account.
+    let mut t2 = wiz_connector::sim::SimTenantSpec::numbered(2, 42, 5);
+    t2.denied_feeds = vec!["audit".into()];
+    let sim = sim_with(wiz_connector::sim::SimulatorOptions {
+        tenants: vec![
+            wiz_connector::sim::SimTenantSpec::numbered(0, 42, 5),
+            wiz_connector::sim::SimTenantSpec::numbered(1, 42, 5),
+            t2,
+        ],
+        ..Default::default()
+    })
+    .await;
     let dir = tempfile::tempdir().unwrap();
     // t1's secret is wrong: it waits in backoff with the reason.
     let secret = sim.tenants()[1].client_secret.clone();
     let body = format!(
         "{}[sinks.out]\ntype = \"file\"\npath = \"{}\"\n",
         sim_config(&sim, "poll_interval = \"60s\"\nstartup_jitter = \"0s\"", "")
-            .replace(&secret, "not-the-secret-at-all"),
+            .replace(&secret, "not-the-secret-at-all")
+            .replace(
+                "[tenants.t2]\n",
+                "[tenants.t2]\nfeeds = [\"issues\", \"audit\"]\n"
+            ),
         dir.path().join("events.jsonl").display()
     );
     let app = App::start(settings(&body), AppOptions::default())
@@ -96,7 +111,15 @@ async fn the_page_lists_tenants_worst_first_and_filters_by_state_and_id() {
         Duration::from_secs(30),
         || {
             let s = |id: &str| app.health.get(id).map(|h| h.state.as_str());
-            s("t0") == Some("idle") && s("t2") == Some("idle") && s("t1") == Some("backoff")
+            let audit_denied = app.health.get("t2").is_some_and(|h| {
+                h.feeds.iter().any(|f| {
+                    f.feed == "audit" && f.state == wiz_connector::health::FeedState::Denied
+                })
+            });
+            s("t0") == Some("idle")
+                && s("t2") == Some("idle")
+                && s("t1") == Some("backoff")
+                && audit_denied
         },
     )
     .await;
@@ -126,6 +149,14 @@ async fn the_page_lists_tenants_worst_first_and_filters_by_state_and_id() {
     assert!(t1.contains("credentials"), "{t1}");
     let t0 = &html[html.find("data-tenant=\"t0\"").unwrap()..];
     assert!(t0[..t0.find("</tr>").unwrap()].contains(" ago"));
+    // t2 is idle (its issues are fine) and names its refused feed next to its state.
+    let t2 = &html[html.find("data-tenant=\"t2\"").unwrap()..];
+    let t2 = &t2[..t2.find("</tr>").unwrap()];
+    assert!(
+        t2.contains("data-feed=\"audit\"") && t2.contains("audit denied"),
+        "{t2}"
+    );
+    assert!(!t0[..t0.find("</tr>").unwrap()].contains("data-feed"));
 
     let idle = rows(&dom(&format!("{base}?state=idle")).await);
     assert_eq!(
