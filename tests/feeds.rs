@@ -561,12 +561,16 @@ async fn in_cluster_mode_every_feed_state_moves_with_the_tenant() {
     app.shutdown().await.unwrap();
 }
 
-/// A window longer than one step (100 pages) yields: the tenant's next poll starts at once with
-/// Issues and continues the window where it stopped; every finding is delivered once.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_long_window_yields_to_issues_polls_and_loses_nothing() {
+/// A simulator with one tenant of `findings` vulnerability findings, and a configuration for it:
+/// `connector` and `tenant` lines, `page_size` 7, a file sink (the returned path) in the returned
+/// directory.
+async fn findings_tenant(
+    findings: usize,
+    connector: &str,
+    tenant: &str,
+) -> (Simulator, String, tempfile::TempDir, std::path::PathBuf) {
     let mut t = SimTenantSpec::numbered(0, 42, 10);
-    t.vulnerabilities = Some(1_500);
+    t.vulnerabilities = Some(findings);
     let sim = sim_with(SimulatorOptions {
         tenants: vec![t],
         ..Default::default()
@@ -574,14 +578,26 @@ async fn a_long_window_yields_to_issues_polls_and_loses_nothing() {
     .await;
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("events.jsonl");
-    let t = &sim.tenants()[0];
     let body = format!(
-        "[connector]\nstate_dir = \"{}\"\npoll_interval = \"300s\"\nstartup_jitter = \"0s\"\npage_size = 7\nfeeds = [\"issues\", \"vulnerabilities\"]\n\
+        "[connector]\nstate_dir = \"{}\"\nstartup_jitter = \"0s\"\npage_size = 7\n{connector}\n\
          [admin]\nlisten = \"127.0.0.1:0\"\n[sinks.out]\ntype = \"file\"\npath = \"{}\"\n{}",
         state_dir().display(),
         out.display(),
-        tenant_toml(&sim, "t0", t, "rate_limit = 100")
+        tenant_toml(&sim, "t0", &sim.tenants()[0], tenant)
     );
+    (sim, body, dir, out)
+}
+
+/// A window longer than one step (100 pages) yields: the tenant's next poll starts at once with
+/// Issues and continues the window where it stopped; every finding is delivered once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_window_yields_to_issues_polls_and_loses_nothing() {
+    let (_sim, body, _dir, out) = findings_tenant(
+        1_500,
+        "poll_interval = \"300s\"\nfeeds = [\"issues\", \"vulnerabilities\"]",
+        "rate_limit = 100",
+    )
+    .await;
     let app = App::start(settings(&body), AppOptions::default())
         .await
         .unwrap();
@@ -615,24 +631,13 @@ async fn a_long_window_yields_to_issues_polls_and_loses_nothing() {
 /// lower bound: nothing is skipped, and findings already delivered are not delivered again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_cursor_of_a_continued_window_starts_it_over_without_a_gap() {
-    let mut t = SimTenantSpec::numbered(0, 42, 10);
-    t.vulnerabilities = Some(300);
-    let sim = sim_with(SimulatorOptions {
-        tenants: vec![t],
-        ..Default::default()
-    })
+    let (sim, body, _dir, out) = findings_tenant(
+        300,
+        "poll_interval = \"1s\"\nfeeds = [\"vulnerabilities\"]",
+        "rate_limit = 10",
+    )
     .await;
     let client = sim.tenants()[0].client_id.clone();
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("events.jsonl");
-    let t = &sim.tenants()[0];
-    let body = format!(
-        "[connector]\nstate_dir = \"{}\"\npoll_interval = \"1s\"\nstartup_jitter = \"0s\"\npage_size = 7\nfeeds = [\"vulnerabilities\"]\n\
-         [admin]\nlisten = \"127.0.0.1:0\"\n[sinks.out]\ntype = \"file\"\npath = \"{}\"\n{}",
-        state_dir().display(),
-        out.display(),
-        tenant_toml(&sim, "t0", t, "rate_limit = 10")
-    );
     let app = App::start(settings(&body), AppOptions::default())
         .await
         .unwrap();
