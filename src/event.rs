@@ -143,11 +143,7 @@ impl Normalizer {
     pub fn with_console(tenant: &str, console: &str) -> Self {
         Normalizer {
             tenant: tenant.to_string(),
-            console_json: {
-                let quoted = serde_json::to_string(console.trim_end_matches('/'))
-                    .expect("a string serializes");
-                quoted[1..quoted.len() - 1].to_string()
-            },
+            console_json: console_json(console),
             logged_unknown: HashSet::new(),
             unknown_severities: 0,
         }
@@ -269,11 +265,7 @@ impl Normalizer {
     /// `,"url":"<console>/issues#~(issue~'<id>)"`.
     fn write_url(&self, w: &mut JsonWriter<'_>, issue_id: &str) {
         w.key("url");
-        w.out.push(b'"');
-        w.out.extend_from_slice(self.console_json.as_bytes());
-        w.out.extend_from_slice(b"/issues#~(issue~'");
-        push_url_safe(w.out, issue_id);
-        w.out.extend_from_slice(b")\"");
+        write_issue_url(w.out, &self.console_json, issue_id);
     }
 
     /// Writes the event for an issue that vanished: a full sweep no longer found it and Wiz no
@@ -409,6 +401,22 @@ impl<'o> JsonWriter<'o> {
     }
 }
 
+/// A console's base URL (without a trailing `/`) escaped for the inside of a JSON string, once per
+/// tenant: every event's `url` starts with it.
+pub(crate) fn console_json(console: &str) -> String {
+    let quoted = serde_json::to_string(console.trim_end_matches('/')).expect("a string serializes");
+    quoted[1..quoted.len() - 1].to_string()
+}
+
+/// `"<console>/issues#~(issue~'<id>)"`: an issue's page in the Wiz console, as a JSON string.
+pub(crate) fn write_issue_url(out: &mut Vec<u8>, console_json: &str, issue_id: &str) {
+    out.push(b'"');
+    out.extend_from_slice(console_json.as_bytes());
+    out.extend_from_slice(b"/issues#~(issue~'");
+    push_url_safe(out, issue_id);
+    out.extend_from_slice(b")\"");
+}
+
 pub(crate) fn write_str(out: &mut Vec<u8>, v: Str<'_>) {
     if v.verbatim {
         out.push(b'"');
@@ -442,8 +450,15 @@ pub fn fingerprint(
     updated_at: Option<&str>,
     status_changed_at: Option<&str>,
 ) -> [u8; 16] {
+    digest_parts(&[Some(status), severity, updated_at, status_changed_at])
+}
+
+/// A 16-byte digest of `parts`, each length-prefixed (an absent part as length 0, a present one
+/// as its length + 1), so no two lists of parts share an encoding. The fingerprints of issues and
+/// of the other feeds' items.
+pub fn digest_parts(parts: &[Option<&str>]) -> [u8; 16] {
     let mut h = Sha256::new();
-    for part in [Some(status), severity, updated_at, status_changed_at] {
+    for part in parts {
         match part {
             Some(s) => {
                 h.update((s.len() as u64 + 1).to_le_bytes());

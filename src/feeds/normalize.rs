@@ -9,11 +9,11 @@
 use std::borrow::Cow;
 
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
 
 use super::FeedName;
 use crate::event::{
-    event_id, map_severity, push_url_safe, salted_event_id, EventKind, JsonWriter, Severity,
+    console_json, digest_parts, event_id, map_severity, salted_event_id, write_issue_url,
+    EventKind, JsonWriter, Severity,
 };
 use crate::wiz::page::{JStr, NodeError, Str};
 
@@ -325,19 +325,7 @@ impl Item<'_> {
             View::Detection(_) => vec![Some("detection")],
             View::Audit(_) => vec![Some("audit")],
         };
-        let mut h = Sha256::new();
-        for p in parts {
-            match p {
-                Some(s) => {
-                    h.update((s.len() as u64 + 1).to_le_bytes());
-                    h.update(s.as_bytes());
-                }
-                None => h.update(0u64.to_le_bytes()),
-            }
-        }
-        let mut out = [0u8; 16];
-        out.copy_from_slice(&h.finalize()[..16]);
-        out
+        digest_parts(&parts)
     }
 }
 
@@ -361,10 +349,9 @@ pub struct FeedNormalizer {
 
 impl FeedNormalizer {
     pub fn new(tenant: &str, console: &str) -> Self {
-        let quoted = serde_json::to_string(console.trim_end_matches('/')).expect("serializes");
         FeedNormalizer {
             tenant: tenant.to_string(),
-            console_json: quoted[1..quoted.len() - 1].to_string(),
+            console_json: console_json(console),
             unknown_severities: 0,
         }
     }
@@ -494,13 +481,7 @@ impl FeedNormalizer {
         }
         w.key("url");
         match url {
-            Some(issue) => {
-                w.out.push(b'"');
-                w.out.extend_from_slice(self.console_json.as_bytes());
-                w.out.extend_from_slice(b"/issues#~(issue~'");
-                push_url_safe(w.out, issue);
-                w.out.extend_from_slice(b")\"");
-            }
+            Some(issue) => write_issue_url(w.out, &self.console_json, issue),
             None => w.out.extend_from_slice(b"null"),
         }
         w.raw("raw_event", raw);

@@ -511,15 +511,22 @@ impl TenantActorState {
         }
     }
 
-    /// Ends this step of a long window; a new poll starts as soon as this one ends.
-    async fn feed_yield(&mut self, myself: &ActorRef<TenantMsg>) {
-        let Some(job) = self.feed_job.take() else {
-            return;
-        };
+    /// Takes the running feed job off the actor: its sweep slot goes back, and hints that waited
+    /// for it are taken up.
+    fn end_feed_job(&mut self, myself: &ActorRef<TenantMsg>) -> Option<Box<FeedJob>> {
+        let job = self.feed_job.take()?;
         self.slot.release();
         if self.args.hints.pending() {
             let _ = myself.send_message(TenantMsg::Hints);
         }
+        Some(job)
+    }
+
+    /// Ends this step of a long window; a new poll starts as soon as this one ends.
+    async fn feed_yield(&mut self, myself: &ActorRef<TenantMsg>) {
+        let Some(job) = self.end_feed_job(myself) else {
+            return;
+        };
         if let Some(p) = self.plan.as_mut() {
             p.yielded = true;
         }
@@ -586,8 +593,7 @@ impl TenantActorState {
     /// tenant stops here; otherwise the feed fails this time and its window is tried again.
     async fn feed_store_failed(&mut self, myself: &ActorRef<TenantMsg>, (kind, e): (&str, String)) {
         if kind == super::FENCED {
-            self.feed_job = None;
-            self.slot.release();
+            self.end_feed_job(myself);
             return self.stop_fenced(myself, &e);
         }
         let e = WizError::BadResponse(format!("state store: {e}"));
@@ -596,13 +602,9 @@ impl TenantActorState {
 
     /// Ends the feed job: its health, its retry gate, and the plan's next step.
     async fn feed_finish(&mut self, myself: &ActorRef<TenantMsg>, result: Result<(), WizError>) {
-        let Some(job) = self.feed_job.take() else {
+        let Some(job) = self.end_feed_job(myself) else {
             return;
         };
-        self.slot.release();
-        if self.args.hints.pending() {
-            let _ = myself.send_message(TenantMsg::Hints);
-        }
         if matches!(result, Err(WizError::Stopping)) {
             return;
         }
