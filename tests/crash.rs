@@ -8,7 +8,6 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use common::*;
-use rand::Rng;
 use wiz_connector::event::{event_id, fingerprint};
 use wiz_connector::sim::{SimTenantSpec, SimulatorOptions};
 
@@ -41,7 +40,6 @@ async fn kill_9_during_sweeps_leaves_no_gap_and_bounded_replays() {
         out.display()
     );
     let cfg = write_config(&body);
-    let mut rng = rand::rng();
     // (tenant, issue) of every issue removed from the simulator.
     let mut removed: Vec<(String, String)> = Vec::new();
     let kills = kills();
@@ -71,19 +69,8 @@ async fn kill_9_during_sweeps_leaves_no_gap_and_bounded_replays() {
             removed.extend(gone.map(|id| (tenant, id)));
             sim.churn(&t.client_id, 4);
         }
-        let before = complete_lines(&out).len();
-        let mut child = spawn_run(&cfg.path);
-        // Let it get into a sweep, then kill at a random moment (the delay is the chaos, not a
-        // synchronization).
-        wait_until(
-            "the run delivers something",
-            Duration::from_secs(30),
-            || complete_lines(&out).len() > before || round % 4 == 3,
-        )
-        .await;
-        tokio::time::sleep(Duration::from_millis(rng.random_range(0..120))).await;
-        child.start_kill().unwrap();
-        child.wait().await.unwrap();
+        // Let it get into a sweep, then kill at a random moment.
+        run_and_kill(&cfg.path, &out, round, Duration::from_millis(120)).await;
     }
 
     // A last, clean run: a full sweep of every tenant, then SIGTERM.

@@ -9,7 +9,6 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use common::*;
-use rand::Rng;
 use wiz_connector::sim::{SimTenantSpec, SimulatorOptions};
 
 const PAGE: usize = 5;
@@ -39,22 +38,10 @@ async fn kill_9_while_sweeping_every_feed_leaves_no_gap() {
         out.display()
     );
     let cfg = write_config(&body);
-    let mut rng = rand::rng();
     let kills = kills();
     for round in 0..kills {
         sim.churn(&client, 3);
-        let before = complete_lines(&out).len();
-        let mut child = spawn_run(&cfg.path);
-        wait_until(
-            "the run delivers something",
-            Duration::from_secs(30),
-            || complete_lines(&out).len() > before || round % 4 == 3,
-        )
-        .await;
-        // The random delay is the chaos, not a synchronization.
-        tokio::time::sleep(Duration::from_millis(rng.random_range(0..1500))).await;
-        child.start_kill().unwrap();
-        child.wait().await.unwrap();
+        run_and_kill(&cfg.path, &out, round, Duration::from_millis(1500)).await;
     }
 
     // A last, clean run until every feed caught up, then SIGTERM.

@@ -147,6 +147,30 @@ pub fn complete_lines(path: &std::path::Path) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// One round of a kill -9 test: `wiz-connector run` on `config` until it delivered something to
+/// `out` (every fourth round, `round % 4 == 3`, not even that: a kill at start), then SIGKILL
+/// after a random delay below `max_delay`. The delay is the chaos, not a synchronization.
+pub async fn run_and_kill(
+    config: &std::path::Path,
+    out: &std::path::Path,
+    round: usize,
+    max_delay: std::time::Duration,
+) {
+    use rand::Rng;
+    let before = complete_lines(out).len();
+    let mut child = spawn_run(config);
+    wait_until(
+        "the run delivers something",
+        std::time::Duration::from_secs(30),
+        || complete_lines(out).len() > before || round % 4 == 3,
+    )
+    .await;
+    let delay = rand::rng().random_range(0..max_delay.as_millis() as u64);
+    tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+    child.start_kill().unwrap();
+    child.wait().await.unwrap();
+}
+
 /// A count from the environment variable `var` (kill rounds of the crash tests), else `default`.
 pub fn env_count(var: &str, default: usize) -> usize {
     std::env::var(var)
