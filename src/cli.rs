@@ -62,7 +62,8 @@ pub struct ActionArgs {
     pub issue: String,
     /// reject, resolve, reopen, note or set_due_date.
     pub action: String,
-    /// reject: FALSE_POSITIVE, EXCEPTION or WONT_FIX.
+    /// reject: FALSE_POSITIVE, EXCEPTION or WONT_FIX; resolve (a threat): MALICIOUS_THREAT,
+    /// NOT_MALICIOUS_THREAT, SECURITY_TEST_THREAT, PLANNED_ACTION_THREAT or INCONCLUSIVE_THREAT.
     #[arg(long)]
     pub reason: Option<String>,
     /// note: the text (with reject, resolve or reopen: a note to add).

@@ -50,7 +50,14 @@ async fn all(
     root: &str,
     filter: Value,
 ) -> Vec<Value> {
-    let q = format!("query Q($filterBy: Filters, $first: Int, $after: String) {{ {root}(filterBy: $filterBy, first: $first, after: $after) {{ nodes {{ id }} pageInfo {{ hasNextPage endCursor }} }} }}");
+    // The filter's input type, as the simulator's schema (and Wiz) names it.
+    let filters = match root {
+        "detections" => "DetectionFilters",
+        "vulnerabilityFindings" => "VulnerabilityFindingFilters",
+        "auditLogEntries" => "AuditLogEntryFilters",
+        _ => "ConfigurationFindingFilters",
+    };
+    let q = format!("query Q($filterBy: {filters}, $first: Int, $after: String) {{ {root}(filterBy: $filterBy, first: $first, after: $after) {{ nodes {{ id }} pageInfo {{ hasNextPage endCursor }} }} }}");
     let mut after = Value::Null;
     let mut out = Vec::new();
     loop {

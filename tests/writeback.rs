@@ -276,9 +276,42 @@ async fn each_action_sends_its_mutation_is_audited_and_its_change_follows_marked
     });
     assert_eq!(due.as_deref(), Some("2027-01-31T00:00:00Z"));
 
-    // resolve: only a threat detection; the other is refused before anything is sent.
+    // resolve: needs a threat reason, and only a threat detection; both refused before anything
+    // is sent.
     let before = s.mutations(0);
-    let (status, answer) = s.act(SOC, "t0", &other, json!({"action": "resolve"})).await;
+    let (status, answer) = s
+        .act(SOC, "t0", &threat, json!({"action": "resolve"}))
+        .await;
+    assert_eq!(status, 400);
+    assert_eq!(
+        answer["error"],
+        "resolve needs a reason: MALICIOUS_THREAT, NOT_MALICIOUS_THREAT, SECURITY_TEST_THREAT, PLANNED_ACTION_THREAT or INCONCLUSIVE_THREAT",
+        "{answer}"
+    );
+    let (status, answer) = s
+        .act(
+            SOC,
+            "t0",
+            &threat,
+            json!({"action": "resolve", "reason": "FALSE_POSITIVE"}),
+        )
+        .await;
+    assert_eq!(status, 400);
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .contains("is for a reject"),
+        "{answer}"
+    );
+    let (status, answer) = s
+        .act(
+            SOC,
+            "t0",
+            &other,
+            json!({"action": "resolve", "reason": "MALICIOUS_THREAT"}),
+        )
+        .await;
     assert_eq!(status, 400);
     assert!(
         answer["error"]
@@ -289,10 +322,30 @@ async fn each_action_sends_its_mutation_is_audited_and_its_change_follows_marked
     );
     assert_eq!(s.mutations(0), before);
     let (status, answer) = s
-        .act(SOC, "t0", &threat, json!({"action": "resolve"}))
+        .act(
+            SOC,
+            "t0",
+            &threat,
+            json!({"action": "resolve", "reason": "SECURITY_TEST_THREAT"}),
+        )
         .await;
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["status"], "RESOLVED");
+    // The reason and a note (the default one) reached Wiz.
+    let (reason, notes) = s.sim.issues(&s.client(0), |st| {
+        let i = st.issues.iter().find(|i| i.id == threat).unwrap();
+        (
+            i.resolution_reason.clone(),
+            i.notes.iter().map(|n| n.text.clone()).collect::<Vec<_>>(),
+        )
+    });
+    assert_eq!(reason.as_deref(), Some("SECURITY_TEST_THREAT"));
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.starts_with("Resolved through wiz-connector (reason SECURITY_TEST_THREAT)")),
+        "{notes:?}"
+    );
     assert_eq!(
         s.followed_by(&threat, "issue.resolved").await["origin"],
         "connector"

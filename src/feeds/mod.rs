@@ -124,7 +124,7 @@ pub static FEEDS: [Feed; 4] = [
     Feed {
         name: FeedName::Vulnerabilities,
         root: "vulnerabilityFindings",
-        query: "query VulnerabilityFindings($first: Int, $after: String, $filterBy: VulnerabilityFindingFilters) { vulnerabilityFindings(first: $first, after: $after, filterBy: $filterBy) { nodes { id name CVSSSeverity score status vendorSeverity firstDetectedAt lastDetectedAt resolvedAt updatedAt description detailedName version fixedVersion remediation vulnerableAsset { ... on VulnerableAssetBase { id type name region cloudPlatform subscriptionExternalId providerUniqueId } } } pageInfo { hasNextPage endCursor } } }",
+        query: "query VulnerabilityFindings($first: Int, $after: String, $filterBy: VulnerabilityFindingFilters) { vulnerabilityFindings(first: $first, after: $after, filterBy: $filterBy) { nodes { id name CVSSSeverity score status vendorSeverity firstDetectedAt lastDetectedAt resolvedAt portalUrl description detailedName version fixedVersion remediation vulnerableAsset { ... on VulnerableAssetBase { id type name region cloudPlatform subscriptionExternalId providerUniqueId } } } pageInfo { hasNextPage endCursor } } }",
         time_filter: "updatedAt",
         extra_filter: "",
         order: None,
@@ -134,7 +134,7 @@ pub static FEEDS: [Feed; 4] = [
     Feed {
         name: FeedName::Detections,
         root: "detections",
-        query: "query Detections($first: Int, $after: String, $filterBy: DetectionFilters, $orderBy: DetectionOrder) { detections(first: $first, after: $after, filterBy: $filterBy, orderBy: $orderBy) { nodes { id type severity createdAt updatedAt description ruleMatch { rule { id name securitySubCategories { title category { name } } } } primaryActor { id name type } primaryResource { id name type region cloudPlatform } issue { id } } pageInfo { hasNextPage endCursor } } }",
+        query: "query Detections($first: Int, $after: String, $filterBy: DetectionFilters, $orderBy: DetectionOrder) { detections(first: $first, after: $after, filterBy: $filterBy, orderBy: $orderBy) { nodes { id type severity createdAt updatedAt description ruleMatch { rule { id name securitySubCategories { title category { name } } } } primaryActor { id name type } primaryResource { id name type region externalId } cloudAccounts { id name externalId cloudProvider } issue { id } } pageInfo { hasNextPage endCursor } } }",
         time_filter: "createdAt",
         // Without a type filter, any filterBy makes Wiz return GENERATED_THREAT only.
         extra_filter: "\"type\":{\"equals\":[\"GENERATED_THREAT\",\"MATCH_ONLY\"]}",

@@ -42,8 +42,9 @@ pub struct VulnerabilityView<'a> {
     last_detected_at: S<'a>,
     #[serde(borrow, default)]
     resolved_at: S<'a>,
+    /// The finding in the Wiz console (Elastic's vulnerability stream asks for it).
     #[serde(borrow, default)]
-    updated_at: S<'a>,
+    portal_url: S<'a>,
     #[serde(borrow, default)]
     detailed_name: S<'a>,
     #[serde(borrow, default)]
@@ -92,8 +93,19 @@ pub struct DetectionView<'a> {
     primary_actor: Option<AssetView<'a>>,
     #[serde(borrow, default)]
     primary_resource: Option<AssetView<'a>>,
+    /// The cloud accounts involved: the resource's cloud is the first one's `cloudProvider`
+    /// (no public query asks `primaryResource` for its cloud).
+    #[serde(borrow, default)]
+    cloud_accounts: Option<Vec<CloudAccountView<'a>>>,
     #[serde(borrow, default)]
     issue: Option<IdView<'a>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CloudAccountView<'a> {
+    #[serde(borrow, default)]
+    cloud_provider: S<'a>,
 }
 
 #[derive(Deserialize)]
@@ -291,14 +303,14 @@ impl Item<'_> {
         let t = match &self.view {
             View::Detection(d) => txt(&d.created_at),
             View::Audit(a) => txt(&a.timestamp),
-            View::Vulnerability(v) => txt(&v.updated_at).or(txt(&v.last_detected_at)),
+            View::Vulnerability(v) => txt(&v.last_detected_at),
             View::Configuration(c) => txt(&c.updated_at).or(txt(&c.analyzed_at)),
         }?;
         micros(t)
     }
 
     /// Digest of the state that makes a new event. Vulnerabilities: status, severity, score,
-    /// fixed version, resolution and update times. Configuration findings: status, result,
+    /// fixed version, resolution time. Configuration findings: status, result,
     /// severity, update time. `lastDetectedAt` and `analyzedAt` are left out: Wiz moves them on
     /// every scan, and a rescan that finds the same thing is not news. Detections and audit
     /// entries never change: their digest is the feed's alone.
@@ -313,7 +325,9 @@ impl Item<'_> {
                     score.as_deref(),
                     txt(&v.fixed_version),
                     txt(&v.resolved_at),
-                    txt(&v.updated_at),
+                    // Was `updatedAt`, which no public query asks a finding for and which is
+                    // no longer asked; kept as a gap so that stored digests stay comparable.
+                    None,
                 ]
             }
             View::Configuration(c) => vec![
@@ -397,6 +411,7 @@ impl FeedNormalizer {
         w.safe("severity", severity.as_str());
         w.escaped("observed_at", observed_at);
         let mut url = None;
+        let mut vuln_url = None;
         match &item.view {
             View::Vulnerability(v) => {
                 w.str("finding_id", item_id);
@@ -416,7 +431,8 @@ impl FeedNormalizer {
                 w.str("first_detected_at", st(&v.first_detected_at));
                 w.str("last_detected_at", st(&v.last_detected_at));
                 w.str("resolved_at", st(&v.resolved_at));
-                asset(&mut w, "asset", v.vulnerable_asset.as_ref());
+                asset(&mut w, "asset", v.vulnerable_asset.as_ref(), None);
+                vuln_url = st(&v.portal_url);
             }
             View::Detection(d) => {
                 w.str("detection_id", item_id);
@@ -425,8 +441,13 @@ impl FeedNormalizer {
                 w.str("description", st(&d.description));
                 let rule = d.rule_match.as_ref().and_then(|m| m.rule.as_ref());
                 rule_obj(&mut w, rule);
-                asset(&mut w, "actor", d.primary_actor.as_ref());
-                asset(&mut w, "resource", d.primary_resource.as_ref());
+                asset(&mut w, "actor", d.primary_actor.as_ref(), None);
+                let cloud = d
+                    .cloud_accounts
+                    .as_ref()
+                    .and_then(|a| a.first())
+                    .and_then(|a| st(&a.cloud_provider));
+                asset(&mut w, "resource", d.primary_resource.as_ref(), cloud);
                 w.key("mitre_tactics");
                 w.out.push(b'[');
                 let mut first = true;
@@ -476,13 +497,14 @@ impl FeedNormalizer {
                 w.str("updated_at", st(&c.updated_at));
                 w.str("remediation", st(&c.remediation));
                 rule_obj(&mut w, c.rule.as_ref());
-                asset(&mut w, "resource", c.resource.as_ref());
+                asset(&mut w, "resource", c.resource.as_ref(), None);
             }
         }
         w.key("url");
-        match url {
-            Some(issue) => write_issue_url(w.out, &self.console_json, issue),
-            None => w.out.extend_from_slice(b"null"),
+        match (url, vuln_url) {
+            (Some(issue), _) => write_issue_url(w.out, &self.console_json, issue),
+            (None, Some(portal)) => crate::event::write_str(w.out, portal),
+            (None, None) => w.out.extend_from_slice(b"null"),
         }
         w.raw("raw_event", raw);
         w.close();
@@ -502,7 +524,9 @@ fn status_str<'a>(item: &'a Item<'_>) -> Str<'a> {
     plain(item.status())
 }
 
-fn asset(w: &mut JsonWriter<'_>, key: &str, a: Option<&AssetView<'_>>) {
+/// Writes an asset; `cloud` stands in for its `cloudPlatform` where the query asks the cloud
+/// elsewhere (a detection's cloud accounts).
+fn asset(w: &mut JsonWriter<'_>, key: &str, a: Option<&AssetView<'_>>, cloud: Option<Str<'_>>) {
     let Some(a) = a else {
         return w.raw(key, "null");
     };
@@ -515,7 +539,7 @@ fn asset(w: &mut JsonWriter<'_>, key: &str, a: Option<&AssetView<'_>>) {
         o.str("native_type", st(&a.native_type));
     }
     o.str("region", st(&a.region));
-    o.str("cloud_platform", st(&a.cloud_platform));
+    o.str("cloud_platform", st(&a.cloud_platform).or(cloud));
     if a.provider_id.is_some() {
         o.str("provider_id", st(&a.provider_id));
     }

@@ -10,6 +10,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use futures_util::StreamExt;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 
@@ -17,6 +18,11 @@ use super::Hints;
 
 /// Largest body read (CONTRACT: 413 above 1 MiB). A Wiz template body is a few hundred bytes.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// How much of an oversized body is read and dropped before the 413 is sent. A client that is
+/// still writing when the server answers and closes gets a broken pipe instead of the 413; reading
+/// the rest first lets it read the answer. Past this, the connection is closed without reading.
+const DRAIN_MAX_BYTES: u64 = 16 * 1024 * 1024;
 
 /// Longest issue id accepted (Wiz's are UUIDs, 36 characters).
 const MAX_ID_LEN: usize = 128;
@@ -127,11 +133,28 @@ async fn hint(
         )
     };
     if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+        drain(body, declared.unwrap_or(0)).await;
         return too_large();
     }
-    let Ok(bytes) = axum::body::to_bytes(body, MAX_BODY_BYTES).await else {
-        return too_large();
-    };
+    let mut stream = body.into_data_stream();
+    let mut bytes = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        let Ok(chunk) = chunk else {
+            return too_large();
+        };
+        if bytes.len() + chunk.len() > MAX_BODY_BYTES {
+            // Undeclared length (chunked): read the rest before answering, as above.
+            let mut read = (bytes.len() + chunk.len()) as u64;
+            while let Some(Ok(c)) = stream.next().await {
+                read += c.len() as u64;
+                if read > DRAIN_MAX_BYTES {
+                    break;
+                }
+            }
+            return too_large();
+        }
+        bytes.extend_from_slice(&chunk);
+    }
     let id = match issue_id(&bytes) {
         Ok(id) => id,
         Err(message) => {
@@ -147,6 +170,15 @@ async fn hint(
         Json(json!({ "issue_id": id, "result": result })),
     )
         .into_response()
+}
+
+/// Reads and drops an oversized body of `declared` bytes, unless it is too large to bother.
+async fn drain(body: Body, declared: u64) {
+    if declared > DRAIN_MAX_BYTES {
+        return;
+    }
+    let mut stream = body.into_data_stream();
+    while let Some(Ok(_)) = stream.next().await {}
 }
 
 #[cfg(test)]

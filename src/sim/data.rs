@@ -46,6 +46,8 @@ pub enum SourceRule {
     Control {
         id: String,
         name: String,
+        // The connector's query aliases the three descriptions, as every public client does.
+        #[serde(rename = "controlDescription")]
         description: String,
         resolution_recommendation: Option<String>,
         security_sub_categories: Vec<SubCategory>,
@@ -54,6 +56,7 @@ pub enum SourceRule {
     CloudEventRule {
         id: String,
         name: String,
+        #[serde(rename = "cloudEventRuleDescription")]
         description: String,
         source_type: String,
         #[serde(rename = "type")]
@@ -63,6 +66,7 @@ pub enum SourceRule {
     CloudConfigurationRule {
         id: String,
         name: String,
+        #[serde(rename = "cloudConfigurationRuleDescription")]
         description: Option<String>,
         remediation_instructions: Option<String>,
         service_type: String,

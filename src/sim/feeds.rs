@@ -33,6 +33,7 @@ pub struct SimDetection {
     pub rule_match: Value,
     pub primary_actor: Value,
     pub primary_resource: Value,
+    pub cloud_accounts: Value,
     pub issue: Option<Value>,
     #[serde(skip)]
     pub created: SystemTime,
@@ -53,6 +54,8 @@ pub struct SimVulnerability {
     pub first_detected_at: String,
     pub last_detected_at: String,
     pub resolved_at: Option<String>,
+    /// The finding in the (simulated) console.
+    pub portal_url: String,
     pub detailed_name: String,
     pub version: String,
     pub fixed_version: Option<String>,
@@ -184,6 +187,7 @@ impl FeedSets {
             ]}}),
             primary_actor: json!({"id": uuid(r), "name": format!("svc-{}", r.random_range(1..50)), "type": "SERVICE_ACCOUNT"}),
             primary_resource: json!({"id": uuid(r), "name": format!("vm-{}", r.random_range(1..500)), "type": "VIRTUAL_MACHINE", "region": "eu-west-1"}),
+            cloud_accounts: json!([{"id": "sim-account-1", "name": "production", "externalId": "123456789012", "cloudProvider": "AWS"}]),
             issue: generated.then(|| json!({"id": uuid(r)})),
             created: t,
             updated: t,
@@ -200,8 +204,12 @@ impl FeedSets {
             _ => "LOW",
         };
         let fixed = r.random_bool(0.8);
+        let id = uuid(r);
         self.vulnerabilities.push(SimVulnerability {
-            id: uuid(r),
+            portal_url: format!(
+                "https://app.wiz.io/explorer/vulnerability-findings#~(entity~(~'{id}))"
+            ),
+            id,
             name: format!("CVE-20{}-{}", r.random_range(18..26), r.random_range(1000..49999)),
             cvss_severity: severity,
             score,

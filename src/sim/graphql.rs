@@ -86,6 +86,17 @@ pub(super) fn error_response(code: &str, message: &str) -> Response {
     (StatusCode::OK, axum::Json(body)).into_response()
 }
 
+/// Several GraphQL errors of one code, as a GraphQL server refuses a request: HTTP 200 (Wiz's
+/// way), `data: null`.
+pub(super) fn error_list_response(code: &str, messages: &[String]) -> Response {
+    let errors: Vec<_> = messages
+        .iter()
+        .map(|m| serde_json::json!({"message": m, "extensions": {"code": code}}))
+        .collect();
+    let body = serde_json::json!({ "errors": errors, "data": null });
+    (StatusCode::OK, axum::Json(body)).into_response()
+}
+
 pub(super) fn micros(t: SystemTime) -> i64 {
     t.duration_since(UNIX_EPOCH)
         .map(|d| d.as_micros() as i64)

@@ -4,6 +4,8 @@
 //!
 //! - `POST /oauth/token`: client credentials (form body, audience checked), configurable
 //!   `expires_in`.
+//! - Every GraphQL request is parsed and validated against the simulator's SDL of Wiz
+//!   (`wiz.graphql`, `validate`) before it is answered, and refused as a GraphQL server would.
 //! - `POST /graphql`: `issuesV2` (aliased or not), `first` (over 500 → Wiz's error), opaque
 //!   cursors, `filterBy` on status, severity, type, createdAt and statusChangedAt, `orderBy`.
 //! - Fault knobs per tenant (queued or sticky): latency, 429 with or without `Retry-After`, 5xx,
@@ -17,6 +19,7 @@ pub mod feeds;
 mod graphql;
 mod mutations;
 mod server;
+pub mod validate;
 
 pub use data::{IssueSet, SimIssue, SEVERITIES};
 pub use server::{Fault, SimCounters, SimTenantSpec, Simulator, SimulatorOptions};

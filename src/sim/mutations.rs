@@ -14,6 +14,15 @@ use super::graphql::error_response;
 /// Longest note Wiz takes (public integrations cut notes here to avoid errors).
 pub const MAX_NOTE_CHARS: usize = 1400;
 const REASONS: [&str; 3] = ["FALSE_POSITIVE", "EXCEPTION", "WONT_FIX"];
+/// The reasons a threat-detection issue is resolved with by hand. Every public client sends one
+/// with the resolve; the simulator requires it (an assumption: Wiz's own rule is unpublished).
+const THREAT_REASONS: [&str; 5] = [
+    "MALICIOUS_THREAT",
+    "NOT_MALICIOUS_THREAT",
+    "SECURITY_TEST_THREAT",
+    "PLANNED_ACTION_THREAT",
+    "INCONCLUSIVE_THREAT",
+];
 const STATUSES: [&str; 4] = ["OPEN", "IN_PROGRESS", "RESOLVED", "REJECTED"];
 
 #[derive(Deserialize)]
@@ -119,6 +128,17 @@ pub fn answer(body: &str, issues: &mut IssueSet, author: &str, can_write: bool) 
             return error_response(
                 "BAD_USER_INPUT",
                 "Only issues of type THREAT_DETECTION can be resolved manually",
+            );
+        }
+        if s == "RESOLVED"
+            && !patch
+                .resolution_reason
+                .as_deref()
+                .is_some_and(|r| THREAT_REASONS.contains(&r))
+        {
+            return error_response(
+                "BAD_USER_INPUT",
+                "A resolved threat issue needs a resolutionReason: MALICIOUS_THREAT, NOT_MALICIOUS_THREAT, SECURITY_TEST_THREAT, PLANNED_ACTION_THREAT or INCONCLUSIVE_THREAT",
             );
         }
     }

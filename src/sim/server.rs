@@ -146,6 +146,9 @@ pub struct SimCounters {
     pub mutations: u64,
     /// Feed queries refused because the tenant's `denied_feeds` names the feed.
     pub denied_feed_queries: u64,
+    /// Requests refused by GraphQL validation ([`super::validate`]): a query or variables a real
+    /// GraphQL server would refuse. Tests of the connector expect 0.
+    pub invalid_queries: u64,
     /// Feed queries answered, by feed (`vulnerabilities`, `detections`, ...).
     pub feed_queries: std::collections::BTreeMap<&'static str, u64>,
 }
@@ -550,6 +553,12 @@ async fn graphql_route(
         )
             .into_response();
     }
+    // Validated like a GraphQL server: the document against the schema, then the variables.
+    if let Err(refusal) = validate_request(&body) {
+        let mut g = tenant.lock().expect("sim lock");
+        g.counters.invalid_queries += 1;
+        return graphql::error_list_response(refusal.code, &refusal.messages);
+    }
     let answer = {
         let mut g = tenant.lock().expect("sim lock");
         if let Some(root) = super::feeds::root(&body) {
@@ -600,6 +609,25 @@ async fn graphql_route(
         tokio::time::sleep(d).await;
     }
     answer
+}
+
+/// Parses a GraphQL request body and validates it ([`super::validate`]). A body that is not a
+/// GraphQL request at all is refused the same way, with the reason.
+fn validate_request(body: &str) -> Result<(), super::validate::Refusal> {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct GraphQlRequest {
+        query: String,
+        #[serde(default)]
+        variables: serde_json::Value,
+        #[serde(default)]
+        operation_name: Option<String>,
+    }
+    let req: GraphQlRequest = serde_json::from_str(body).map_err(|e| super::validate::Refusal {
+        code: "BAD_REQUEST",
+        messages: vec![format!("POST body is not a GraphQL request: {e}")],
+    })?;
+    super::validate::validator().check(&req.query, &req.variables, req.operation_name.as_deref())
 }
 
 #[derive(Serialize)]

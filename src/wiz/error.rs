@@ -112,9 +112,11 @@ impl WizError {
     }
 
     /// Wiz refused the query itself to this service account (a scope it lacks): a GraphQL
-    /// `UNAUTHORIZED`/`FORBIDDEN` error (HTTP 200), or a 401 that a fresh token did not cure.
+    /// `UNAUTHORIZED`/`FORBIDDEN` error (HTTP 200), a 401 that a fresh token did not cure, or an
+    /// HTTP 403 (what a gateway answers for a missing scope).
     pub fn is_permission_denied(&self) -> bool {
         match self {
+            WizError::Client { status: 403, .. } => true,
             WizError::GraphQl { code, message } => {
                 matches!(
                     code.as_str(),
@@ -243,4 +245,20 @@ pub fn snippet(body: &[u8]) -> String {
         out.push('…');
     }
     out.trim().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_403_is_a_permission_denied_and_other_client_errors_are_not() {
+        let e = |status| WizError::Client {
+            status,
+            snippet: "Forbidden".into(),
+        };
+        assert!(e(403).is_permission_denied());
+        assert!(!e(400).is_permission_denied());
+        assert!(!e(403).is_transient());
+    }
 }

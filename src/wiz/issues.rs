@@ -6,15 +6,18 @@
 
 use serde::Serialize;
 
-/// The fields requested for every Issue node (the set every peer connector requests).
+/// The fields requested for every Issue node (the set every peer connector requests). The three
+/// rule types' `description`s are aliased, as every public client does: GraphQL refuses one
+/// response name with two types (`String!` and `String`) in one selection set.
 pub const ISSUE_FIELDS: &str = "
       id
       sourceRule {
         __typename
-        ... on Control { id name description resolutionRecommendation
+        ... on Control { id name controlDescription: description resolutionRecommendation
           securitySubCategories { title category { name framework { name } } } }
-        ... on CloudEventRule { id name description sourceType type }
-        ... on CloudConfigurationRule { id name description remediationInstructions serviceType }
+        ... on CloudEventRule { id name cloudEventRuleDescription: description sourceType type }
+        ... on CloudConfigurationRule { id name cloudConfigurationRuleDescription: description
+          remediationInstructions serviceType }
       }
       createdAt
       updatedAt
@@ -62,9 +65,34 @@ pub struct IssueFilter {
     /// Not confirmed to exist on `issuesV2`: used only after a probe found Wiz accepts it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub updated_at: Option<TimeRange>,
-    /// Issue ids (a list; GraphQL would also take a single id here).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    /// Issue ids. One id is sent as a single value (the only shape public clients send), several
+    /// as a list (WIZ_API.md: `filterBy.id` takes one id or a list).
+    #[serde(
+        skip_serializing_if = "Vec::is_empty",
+        serialize_with = "one_or_list",
+        deserialize_with = "from_one_or_list"
+    )]
     pub id: Vec<String>,
+}
+
+fn one_or_list<S: serde::Serializer>(ids: &[String], s: S) -> Result<S::Ok, S::Error> {
+    match ids {
+        [one] => s.serialize_str(one),
+        many => many.serialize(s),
+    }
+}
+
+fn from_one_or_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum OneOrList {
+        One(String),
+        List(Vec<String>),
+    }
+    Ok(match serde::Deserialize::deserialize(d)? {
+        OneOrList::One(s) => vec![s],
+        OneOrList::List(v) => v,
+    })
 }
 
 /// `{after, before}` of a time filter, RFC 3339.
@@ -137,6 +165,22 @@ mod tests {
         assert!(q.contains("issues: issuesV2(filterBy: $filterBy, first: $first, after: $after"));
         assert!(q.contains("pageInfo { hasNextPage endCursor }"));
         assert!(q.contains("... on CloudConfigurationRule"));
+    }
+
+    #[test]
+    fn one_id_is_sent_as_a_value_and_several_as_a_list() {
+        let body = |ids: &[&str]| {
+            let f = IssueFilter {
+                id: ids.iter().map(|s| s.to_string()).collect(),
+                ..Default::default()
+            };
+            let v: serde_json::Value =
+                serde_json::from_slice(&request_body("q", &f, IssueOrder::CREATED_ASC, 1, None))
+                    .unwrap();
+            v["variables"]["filterBy"]["id"].clone()
+        };
+        assert_eq!(body(&["a"]), serde_json::json!("a"));
+        assert_eq!(body(&["a", "b"]), serde_json::json!(["a", "b"]));
     }
 
     #[test]

@@ -43,6 +43,17 @@ use crate::wiz::{TenantClient, WizError, WizHttp};
 pub const MAX_NOTE_CHARS: usize = 1400;
 /// The reasons Wiz takes for a manual reject.
 pub const REASONS: [&str; 3] = ["FALSE_POSITIVE", "EXCEPTION", "WONT_FIX"];
+/// The reasons Wiz takes for resolving a threat-detection issue by hand (XSOAR's WizDefend pack;
+/// every public client sends one, with a note).
+pub const THREAT_REASONS: [&str; 5] = [
+    "MALICIOUS_THREAT",
+    "NOT_MALICIOUS_THREAT",
+    "SECURITY_TEST_THREAT",
+    "PLANNED_ACTION_THREAT",
+    "INCONCLUSIVE_THREAT",
+];
+const REJECT_REASONS_TEXT: &str = "FALSE_POSITIVE, EXCEPTION or WONT_FIX";
+const THREAT_REASONS_TEXT: &str = "MALICIOUS_THREAT, NOT_MALICIOUS_THREAT, SECURITY_TEST_THREAT, PLANNED_ACTION_THREAT or INCONCLUSIVE_THREAT";
 /// How long the sinks may take to acknowledge the `action.applied` event.
 const AUDIT_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -54,6 +65,7 @@ pub enum Action {
         note: Option<String>,
     },
     Resolve {
+        reason: String,
         note: Option<String>,
     },
     Reopen {
@@ -81,8 +93,10 @@ impl Action {
     /// The arguments, as the audit event records them.
     fn arguments(&self) -> Value {
         match self {
-            Action::Reject { reason, note } => json!({"reason": reason, "note": note}),
-            Action::Resolve { note } | Action::Reopen { note } => json!({"note": note}),
+            Action::Reject { reason, note } | Action::Resolve { reason, note } => {
+                json!({"reason": reason, "note": note})
+            }
+            Action::Reopen { note } => json!({"note": note}),
             Action::Note { text } => json!({"note": text}),
             Action::SetDueDate { date } => json!({"due_date": date}),
         }
@@ -170,24 +184,41 @@ pub fn check(issue_id: &str, req: ActionRequest) -> Result<Action, String> {
                     reason: r.to_string(),
                     note,
                 }),
-                Some(r) => Err(format!(
-                    "reason {r:?} is not one Wiz takes: use FALSE_POSITIVE, EXCEPTION or WONT_FIX"
+                Some(r) if THREAT_REASONS.contains(&r) => Err(format!(
+                    "reason {r:?} is for resolving a threat; a reject takes {REJECT_REASONS_TEXT}"
                 )),
-                None => Err("reject needs a reason: FALSE_POSITIVE, EXCEPTION or WONT_FIX".into()),
+                Some(r) => Err(format!(
+                    "reason {r:?} is not one Wiz takes for a reject: use {REJECT_REASONS_TEXT}"
+                )),
+                None => Err(format!("reject needs a reason: {REJECT_REASONS_TEXT}")),
             }
         }
-        a @ ("resolve" | "reopen") => {
+        "resolve" => {
+            if req.due_date.is_some() {
+                return unexpected("due_date", "resolve");
+            }
+            match req.reason.as_deref() {
+                Some(r) if THREAT_REASONS.contains(&r) => Ok(Action::Resolve {
+                    reason: r.to_string(),
+                    note,
+                }),
+                Some(r) if REASONS.contains(&r) => Err(format!(
+                    "reason {r:?} is for a reject; resolving a threat takes {THREAT_REASONS_TEXT}"
+                )),
+                Some(r) => Err(format!(
+                    "reason {r:?} is not one Wiz takes for resolving a threat: use {THREAT_REASONS_TEXT}"
+                )),
+                None => Err(format!("resolve needs a reason: {THREAT_REASONS_TEXT}")),
+            }
+        }
+        "reopen" => {
             if req.reason.is_some() {
-                return unexpected("reason", a);
+                return unexpected("reason", "reopen");
             }
             if req.due_date.is_some() {
-                return unexpected("due_date", a);
+                return unexpected("due_date", "reopen");
             }
-            Ok(if a == "resolve" {
-                Action::Resolve { note }
-            } else {
-                Action::Reopen { note }
-            })
+            Ok(Action::Reopen { note })
         }
         "note" => {
             if req.reason.is_some() {
@@ -355,8 +386,14 @@ fn holds(action: &Action, issue_id: &str, issue: &Value) -> bool {
     }
 }
 
+/// The note a reject or resolve sends when the caller gave none: Wiz's console shows who closed
+/// the issue and why, and every public client sends one.
+fn default_note(action: &str, reason: &str) -> String {
+    format!("{action} through wiz-connector (reason {reason})")
+}
+
 /// The mutation request for `action`.
-fn mutation(action: &Action, issue_id: &str) -> Value {
+pub fn mutation(action: &Action, issue_id: &str) -> Value {
     let with_marker = |n: &str| format!("{n}{}", note_marker(issue_id, n));
     let update = |patch: Value| {
         json!({
@@ -375,8 +412,18 @@ fn mutation(action: &Action, issue_id: &str) -> Value {
         p
     };
     match action {
-        Action::Reject { reason, note } => update(status_patch("REJECTED", Some(reason), note)),
-        Action::Resolve { note } => update(status_patch("RESOLVED", None, note)),
+        Action::Reject { reason, note } => {
+            let note = note
+                .clone()
+                .or_else(|| Some(default_note("Rejected", reason)));
+            update(status_patch("REJECTED", Some(reason), &note))
+        }
+        Action::Resolve { reason, note } => {
+            let note = note
+                .clone()
+                .or_else(|| Some(default_note("Resolved", reason)));
+            update(status_patch("RESOLVED", Some(reason), &note))
+        }
         Action::Reopen { note } => update(status_patch("OPEN", None, note)),
         Action::SetDueDate { date } => update(json!({"dueAt": format!("{date}T00:00:00Z")})),
         Action::Note { text } => json!({
@@ -392,7 +439,13 @@ fn wiz_refused(e: &WizError) -> Response {
     let hint = if message.contains("Unauthorized") || matches!(e, WizError::Unauthorized { .. }) {
         Some("grant write:issues to the service account (or name one that has it in write_client_id)")
     } else if message.contains("resolutionReason") || message.contains("reason") {
-        Some("use FALSE_POSITIVE, EXCEPTION or WONT_FIX")
+        Some(
+            if message.contains("THREAT") || message.to_ascii_lowercase().contains("resolved") {
+                "resolving a threat takes MALICIOUS_THREAT, NOT_MALICIOUS_THREAT, SECURITY_TEST_THREAT, PLANNED_ACTION_THREAT or INCONCLUSIVE_THREAT"
+            } else {
+                "a reject takes FALSE_POSITIVE, EXCEPTION or WONT_FIX"
+            },
+        )
     } else {
         None
     };
@@ -657,6 +710,54 @@ mod tests {
         assert_eq!(room, 1370, "the limit the docs give");
         assert!(check(id, req("note", None, Some(&"y".repeat(room)), None)).is_ok());
         assert!(check(id, req("note", None, Some(&"y".repeat(room + 1)), None)).is_err());
+    }
+
+    #[test]
+    fn resolve_takes_a_threat_reason_and_closing_actions_always_send_a_note() {
+        let id = "i-1";
+        for r in THREAT_REASONS {
+            assert_eq!(
+                check(id, req("resolve", Some(r), None, None)),
+                Ok(Action::Resolve {
+                    reason: r.into(),
+                    note: None
+                })
+            );
+        }
+        let e = check(id, req("resolve", None, None, None)).unwrap_err();
+        assert!(
+            e.contains("resolve needs a reason: MALICIOUS_THREAT"),
+            "{e}"
+        );
+        let e = check(id, req("resolve", Some("WONT_FIX"), None, None)).unwrap_err();
+        assert!(e.contains("is for a reject"), "{e}");
+        let e = check(id, req("reject", Some("MALICIOUS_THREAT"), None, None)).unwrap_err();
+        assert!(e.contains("is for resolving a threat"), "{e}");
+        let m = mutation(
+            &Action::Resolve {
+                reason: "SECURITY_TEST_THREAT".into(),
+                note: None,
+            },
+            id,
+        );
+        let patch = &m["variables"]["patch"];
+        assert_eq!(patch["status"], "RESOLVED");
+        assert_eq!(patch["resolutionReason"], "SECURITY_TEST_THREAT");
+        assert!(patch["note"]
+            .as_str()
+            .unwrap()
+            .starts_with("Resolved through wiz-connector (reason SECURITY_TEST_THREAT)"));
+        let m = mutation(
+            &Action::Reject {
+                reason: "EXCEPTION".into(),
+                note: None,
+            },
+            id,
+        );
+        assert!(m["variables"]["patch"]["note"]
+            .as_str()
+            .unwrap()
+            .starts_with("Rejected through wiz-connector (reason EXCEPTION)"));
     }
 
     #[test]
