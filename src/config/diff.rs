@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use secrecy::ExposeSecret;
 
-use super::settings::{Settings, SinkKind, SinkSpec, TenantSpec};
+use super::settings::{Settings, SinkSpec, TenantSpec};
 
 /// The difference between the running configuration and a new one.
 #[derive(Debug, Default, Clone)]
@@ -61,21 +61,13 @@ fn tunables_changed(a: &TenantSpec, b: &TenantSpec) -> bool {
         || a.incremental_overlap != b.incremental_overlap
 }
 
-/// The credential of an http sink, for an explicit comparison (serialized specs redact it).
-fn sink_secret(s: &SinkSpec) -> Option<&str> {
-    match &s.kind {
-        SinkKind::Http { auth_value, .. } => auth_value.as_ref().map(|v| v.expose_secret()),
-        _ => None,
-    }
-}
-
 /// True when both sink lists are the same, secrets included.
 fn same_sinks(a: &[SinkSpec], b: &[SinkSpec]) -> bool {
     let shown = |s: &[SinkSpec]| serde_json::to_string(s).unwrap_or_default();
     shown(a) == shown(b)
         && a.iter()
             .zip(b)
-            .all(|(x, y)| sink_secret(x) == sink_secret(y))
+            .all(|(x, y)| x.kind.secrets() == y.kind.secrets())
 }
 
 /// Compares the running settings with new ones.

@@ -11,20 +11,21 @@ mod duration;
 mod error;
 mod hooks;
 mod load;
+mod redact;
 mod settings;
 mod types;
 
+pub use crate::sink::SinkSection;
 pub use cluster::{host_name, ClusterSection, ClusterSettings};
 pub use diff::{diff, needs_restart, ConfigDiff};
 pub use duration::DurationValue;
 pub use error::{ConfigError, Problem};
 pub use hooks::{HooksSection, HooksSettings, DEFAULT_HINT_QUEUE_LIMIT};
 pub use load::{load, load_str, EnvSource, DEFAULT_CONFIG_PATH};
+pub use redact::{redact, redact_opt};
 pub use settings::{
     AdminSettings, AdminToken, Cloud, ConnectorSettings, Permission, RestartPolicy, RetryPolicy,
     SecretSource, Settings, SinkKind, SinkSpec, TelemetrySettings, TenantSpec, WriteCredential,
     VALID_STATUSES,
 };
-pub use types::{
-    AdminSection, ConfigFile, ConnectorSection, SinkSection, TelemetrySection, TenantSection,
-};
+pub use types::{AdminSection, ConfigFile, ConnectorSection, TelemetrySection, TenantSection};

@@ -12,8 +12,10 @@ use url::Url;
 
 use super::error::{ConfigError, Problem};
 use super::load::{EnvSource, Origins};
-use super::types::{ConfigFile, SinkSection, TenantSection};
+use super::redact::{redact, redact_opt};
+use super::types::{ConfigFile, TenantSection};
 use super::DurationValue;
+pub use crate::sink::{SinkKind, SinkSpec};
 
 /// The Issue statuses Wiz knows.
 pub const VALID_STATUSES: [&str; 4] = ["OPEN", "IN_PROGRESS", "RESOLVED", "REJECTED"];
@@ -26,9 +28,6 @@ pub const MAX_RATE_LIMIT: f64 = 100.0;
 
 /// Shortest poll interval accepted.
 pub const MIN_POLL_INTERVAL: Duration = Duration::from_secs(1);
-
-/// Default size at which a file sink rotates.
-pub const DEFAULT_FILE_MAX_BYTES: u64 = 100 * 1024 * 1024;
 
 /// The whole resolved configuration.
 #[derive(Debug, Clone, Serialize)]
@@ -124,43 +123,6 @@ pub struct WriteCredential {
     pub client_secret: SecretString,
 }
 
-/// One output, by name.
-#[derive(Debug, Clone, Serialize)]
-pub struct SinkSpec {
-    pub name: String,
-    #[serde(flatten)]
-    pub kind: SinkKind,
-}
-
-/// What a sink writes to.
-#[derive(Debug, Clone, Serialize)]
-#[serde(tag = "type", rename_all = "lowercase")]
-pub enum SinkKind {
-    Stdout,
-    File {
-        path: PathBuf,
-        max_bytes: u64,
-    },
-    Nats {
-        url: String,
-        subject_prefix: String,
-        stream: String,
-        duplicate_window: DurationValue,
-    },
-    Http {
-        url: Url,
-        /// One JSON array per batch instead of newline-delimited JSON.
-        json_array: bool,
-        gzip: bool,
-        auth_header: String,
-        #[serde(serialize_with = "redact_opt")]
-        auth_value: Option<SecretString>,
-        timeout: DurationValue,
-        tls_verify: bool,
-        max_retries: u32,
-    },
-}
-
 /// Which Wiz cloud a tenant lives in; decides console links and default token host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -252,14 +214,33 @@ impl TenantSpec {
     }
 }
 
-fn redact<S: Serializer>(_: &SecretString, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str("[REDACTED]")
+/// How a sink type's `resolve` reports problems and reads secrets: through the checker, with
+/// keys under `sinks.<name>`.
+struct SinkProblems<'c, 'o> {
+    c: &'c mut Checker<'o>,
+    env: &'c EnvSource,
+    name: &'c str,
 }
 
-fn redact_opt<S: Serializer>(v: &Option<SecretString>, s: S) -> Result<S::Ok, S::Error> {
-    match v {
-        Some(_) => s.serialize_str("[REDACTED]"),
-        None => s.serialize_none(),
+impl crate::sink::SinkChecks for SinkProblems<'_, '_> {
+    fn error(&mut self, key: &str, message: String) {
+        self.c
+            .global(&format!("sinks.{}.{key}", self.name), message);
+    }
+
+    fn secret(
+        &mut self,
+        value: Option<&SecretString>,
+        file: Option<&PathBuf>,
+        keys: (&'static str, &'static str),
+    ) -> Option<SecretString> {
+        match secret_value(value, file, keys, self.env) {
+            Ok(v) => v.map(|(s, _)| s),
+            Err((k, m)) => {
+                self.error(k, m);
+                None
+            }
+        }
     }
 }
 
@@ -542,133 +523,17 @@ pub(super) fn resolve(
                 "sink names use only a-z, 0-9, '_' and '-' (1 to 64 characters)",
             );
         }
-        let kind = match s {
-            SinkSection::Stdout {} => SinkKind::Stdout,
-            SinkSection::Nats {
-                url,
-                subject_prefix,
-                stream,
-                duplicate_window,
-            } => {
-                let key = |k: &str| format!("sinks.{name}.{k}");
-                if !url.starts_with("nats://") && !url.starts_with("tls://") {
-                    c.global(
-                        &key("url"),
-                        format!("{url:?} is not a nats:// (or tls://) URL"),
-                    );
-                }
-                let prefix = subject_prefix
-                    .clone()
-                    .unwrap_or_else(|| "wiz.issues".into());
-                if prefix.is_empty() || prefix.contains(['*', '>', ' ']) || prefix.ends_with('.') {
-                    c.global(
-                        &key("subject_prefix"),
-                        format!("{prefix:?} is not a subject prefix such as \"wiz.issues\""),
-                    );
-                }
-                let stream = stream.clone().unwrap_or_else(|| "WIZ_ISSUES".into());
-                if stream.is_empty() || stream.contains(['.', '*', '>', ' ', '/', '\\']) {
-                    c.global(
-                        &key("stream"),
-                        format!("{stream:?} is not a stream name (no dots, wildcards or spaces)"),
-                    );
-                }
-                SinkKind::Nats {
-                    url: url.clone(),
-                    subject_prefix: prefix,
-                    stream,
-                    duplicate_window: duplicate_window.unwrap_or(DurationValue::secs(120)),
-                }
-            }
-            SinkSection::Http {
-                url,
-                format,
-                gzip,
-                auth_header,
-                auth_value,
-                auth_value_file,
-                timeout,
-                tls_verify,
-                max_retries,
-            } => {
-                let key = |k: &str| format!("sinks.{name}.{k}");
-                let parsed = match Url::parse(url.trim()) {
-                    Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => {
-                        Some(u)
-                    }
-                    _ => {
-                        c.global(&key("url"), format!("{url:?} is not an http(s) URL"));
-                        None
-                    }
-                };
-                let json_array = match format.as_deref().unwrap_or("ndjson") {
-                    "ndjson" => false,
-                    "json_array" => true,
-                    other => {
-                        c.global(
-                            &key("format"),
-                            format!("unknown format {other:?}; use \"ndjson\" or \"json_array\""),
-                        );
-                        false
-                    }
-                };
-                let auth = match secret_value(
-                    auth_value.as_ref(),
-                    auth_value_file.as_ref(),
-                    ("auth_value", "auth_value_file"),
-                    env,
-                ) {
-                    Ok(v) => v.map(|(s, _)| s),
-                    Err((k, m)) => {
-                        c.global(&key(k), m);
-                        None
-                    }
-                };
-                let header = auth_header
-                    .clone()
-                    .unwrap_or_else(|| "Authorization".into());
-                if reqwest::header::HeaderName::from_bytes(header.as_bytes()).is_err() {
-                    c.global(
-                        &key("auth_header"),
-                        format!("{header:?} is not a valid header name"),
-                    );
-                }
-                let timeout = timeout.unwrap_or(DurationValue::secs(30));
-                if timeout.0.is_zero() {
-                    c.global(&key("timeout"), "must be greater than zero");
-                }
-                match parsed {
-                    Some(url) => SinkKind::Http {
-                        url,
-                        json_array,
-                        gzip: gzip.unwrap_or(true),
-                        auth_header: header,
-                        auth_value: auth,
-                        timeout,
-                        tls_verify: tls_verify.unwrap_or(true),
-                        max_retries: max_retries.unwrap_or(5),
-                    },
-                    None => SinkKind::Stdout,
-                }
-            }
-            SinkSection::File { path, max_bytes } => {
-                if path.as_os_str().is_empty() {
-                    c.global(&format!("sinks.{name}.path"), "must not be empty");
-                }
-                let max_bytes = max_bytes.unwrap_or(DEFAULT_FILE_MAX_BYTES);
-                if max_bytes < 4096 {
-                    c.global(&format!("sinks.{name}.max_bytes"), "must be at least 4096");
-                }
-                SinkKind::File {
-                    path: path.clone(),
-                    max_bytes,
-                }
-            }
+        let mut checks = SinkProblems {
+            c: &mut c,
+            env,
+            name,
         };
-        sinks.push(SinkSpec {
-            name: name.clone(),
-            kind,
-        });
+        if let Some(kind) = s.resolve(name, &mut checks) {
+            sinks.push(SinkSpec {
+                name: name.clone(),
+                kind,
+            });
+        }
     }
 
     let retry = RetryPolicy {

@@ -19,7 +19,7 @@ pub struct ConfigFile {
     /// The admin HTTP API.
     pub admin: AdminSection,
     /// Named outputs; every event goes to all of them.
-    pub sinks: BTreeMap<String, SinkSection>,
+    pub sinks: BTreeMap<String, crate::sink::SinkSection>,
     /// One table per Wiz tenant; the key is the tenant id.
     pub tenants: BTreeMap<String, TenantSection>,
     /// Trace export.
@@ -207,68 +207,6 @@ impl Default for AdminSection {
             listen: "127.0.0.1:8686".to_string(),
         }
     }
-}
-
-/// `[sinks.<name>]`: one output.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
-pub enum SinkSection {
-    /// JSON lines on standard output.
-    Stdout {},
-    /// Batches of events POSTed to a webhook (a SIEM's ingest endpoint, say).
-    Http {
-        /// Where to POST.
-        url: String,
-        /// `ndjson` (one event per line, the default) or `json_array`.
-        #[serde(default)]
-        format: Option<String>,
-        /// Compress request bodies with gzip (default true).
-        #[serde(default)]
-        gzip: Option<bool>,
-        /// Header that carries the credential (default `Authorization`).
-        #[serde(default)]
-        auth_header: Option<String>,
-        /// Its value, a literal or `${ENV_VAR}` (e.g. `"Bearer ${SIEM_TOKEN}"` is not expanded:
-        /// put the whole value in the variable).
-        #[serde(default)]
-        auth_value: Option<SecretString>,
-        /// Alternative to `auth_value`: a file holding it.
-        #[serde(default)]
-        auth_value_file: Option<PathBuf>,
-        /// Per-request timeout (default 30 s).
-        #[serde(default)]
-        timeout: Option<DurationValue>,
-        /// Verify the server's TLS certificate (default true; turning it off is logged).
-        #[serde(default)]
-        tls_verify: Option<bool>,
-        /// Retries of one batch after 429, 5xx or a timeout before the tenant holds the page and
-        /// tries again later (default 5).
-        #[serde(default)]
-        max_retries: Option<u32>,
-    },
-    /// Each event published to NATS JetStream on `<subject_prefix>.<tenant>`, with
-    /// `Nats-Msg-Id` = the event id so the stream drops replays.
-    Nats {
-        /// Server URL, e.g. `nats://127.0.0.1:4222`.
-        url: String,
-        /// Subject prefix (default `wiz.issues`).
-        #[serde(default)]
-        subject_prefix: Option<String>,
-        /// Stream created (or checked) at start (default `WIZ_ISSUES`).
-        #[serde(default)]
-        stream: Option<String>,
-        /// How long the stream remembers message ids to drop duplicates (default 2 minutes).
-        #[serde(default)]
-        duplicate_window: Option<DurationValue>,
-    },
-    /// JSON lines appended to a file.
-    File {
-        /// The file; created when missing, never truncated.
-        path: PathBuf,
-        /// Rotate when the file would grow past this many bytes (default 100 MiB).
-        #[serde(default)]
-        max_bytes: Option<u64>,
-    },
 }
 
 /// `[tenants.<id>]` or `tenants_dir/<id>.toml`.

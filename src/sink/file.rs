@@ -7,7 +7,9 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::Batch;
+use serde::{Deserialize, Serialize};
+
+use super::{Batch, SinkChecks, SinkType};
 
 pub struct FileOutput {
     path: PathBuf,
@@ -61,6 +63,59 @@ fn rotated_name(path: &Path) -> PathBuf {
             return candidate;
         }
         n += 1;
+    }
+}
+
+/// Default size at which a file sink rotates.
+pub const DEFAULT_MAX_BYTES: u64 = 100 * 1024 * 1024;
+
+/// `type = "file"`.
+pub struct FileSink;
+
+/// `[sinks.<name>]` of type `file`: JSON lines appended to a file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Section {
+    /// The file; created when missing, never truncated.
+    pub path: PathBuf,
+    /// Rotate when the file would grow past this many bytes (default 100 MiB).
+    #[serde(default)]
+    pub max_bytes: Option<u64>,
+}
+
+/// Resolved `file` settings.
+#[derive(Debug, Clone, Serialize)]
+pub struct Spec {
+    pub path: PathBuf,
+    pub max_bytes: u64,
+}
+
+impl SinkType for FileSink {
+    type Section = Section;
+    type Spec = Spec;
+    type Output = FileOutput;
+
+    fn resolve(_: &str, s: &Section, checks: &mut dyn SinkChecks) -> Option<Spec> {
+        if s.path.as_os_str().is_empty() {
+            checks.error("path", "must not be empty".into());
+        }
+        let max_bytes = s.max_bytes.unwrap_or(DEFAULT_MAX_BYTES);
+        if max_bytes < 4096 {
+            checks.error("max_bytes", "must be at least 4096".into());
+        }
+        Some(Spec {
+            path: s.path.clone(),
+            max_bytes,
+        })
+    }
+
+    async fn open(name: &str, spec: &Spec) -> Result<FileOutput, String> {
+        FileOutput::open(spec.path.clone(), spec.max_bytes)
+            .map_err(|e| format!("sink `{name}`: cannot open {}: {e}", spec.path.display()))
+    }
+
+    async fn write(out: &mut FileOutput, batch: Arc<Batch>) -> Result<(), String> {
+        out.write(batch).await
     }
 }
 

@@ -12,8 +12,12 @@ use rand::Rng;
 use secrecy::{ExposeSecret, SecretString};
 use url::Url;
 
-use super::Batch;
-use crate::config::SinkSpec;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use super::{Batch, SinkChecks, SinkType};
+use crate::config::DurationValue;
 use crate::wiz::auth::retry_after;
 use crate::wiz::error::snippet;
 
@@ -38,9 +42,131 @@ enum Attempt {
     Fail(String),
 }
 
+/// `type = "http"`.
+pub struct HttpSink;
+
+/// `[sinks.<name>]` of type `http`: batches of events POSTed to a webhook (a SIEM's ingest
+/// endpoint, say).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Section {
+    /// Where to POST.
+    pub url: String,
+    /// `ndjson` (one event per line, the default) or `json_array`.
+    #[serde(default)]
+    pub format: Option<String>,
+    /// Compress request bodies with gzip (default true).
+    #[serde(default)]
+    pub gzip: Option<bool>,
+    /// Header that carries the credential (default `Authorization`).
+    #[serde(default)]
+    pub auth_header: Option<String>,
+    /// Its value, a literal or `${ENV_VAR}` (e.g. `"Bearer ${SIEM_TOKEN}"` is not expanded:
+    /// put the whole value in the variable).
+    #[serde(default)]
+    pub auth_value: Option<SecretString>,
+    /// Alternative to `auth_value`: a file holding it.
+    #[serde(default)]
+    pub auth_value_file: Option<PathBuf>,
+    /// Per-request timeout (default 30 s).
+    #[serde(default)]
+    pub timeout: Option<DurationValue>,
+    /// Verify the server's TLS certificate (default true; turning it off is logged).
+    #[serde(default)]
+    pub tls_verify: Option<bool>,
+    /// Retries of one batch after 429, 5xx or a timeout before the tenant holds the page and
+    /// tries again later (default 5).
+    #[serde(default)]
+    pub max_retries: Option<u32>,
+}
+
+/// Resolved `http` settings.
+#[derive(Debug, Clone, Serialize)]
+pub struct Spec {
+    pub url: Url,
+    /// One JSON array per batch instead of newline-delimited JSON.
+    pub json_array: bool,
+    pub gzip: bool,
+    pub auth_header: String,
+    #[serde(serialize_with = "crate::config::redact_opt")]
+    pub auth_value: Option<SecretString>,
+    pub timeout: DurationValue,
+    pub tls_verify: bool,
+    pub max_retries: u32,
+}
+
+impl SinkType for HttpSink {
+    type Section = Section;
+    type Spec = Spec;
+    type Output = HttpOutput;
+
+    fn resolve(_: &str, s: &Section, checks: &mut dyn SinkChecks) -> Option<Spec> {
+        let url = &s.url;
+        let parsed = match Url::parse(url.trim()) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => Some(u),
+            _ => {
+                checks.error("url", format!("{url:?} is not an http(s) URL"));
+                None
+            }
+        };
+        let json_array = match s.format.as_deref().unwrap_or("ndjson") {
+            "ndjson" => false,
+            "json_array" => true,
+            other => {
+                checks.error(
+                    "format",
+                    format!("unknown format {other:?}; use \"ndjson\" or \"json_array\""),
+                );
+                false
+            }
+        };
+        let auth = checks.secret(
+            s.auth_value.as_ref(),
+            s.auth_value_file.as_ref(),
+            ("auth_value", "auth_value_file"),
+        );
+        let header = s
+            .auth_header
+            .clone()
+            .unwrap_or_else(|| "Authorization".into());
+        if reqwest::header::HeaderName::from_bytes(header.as_bytes()).is_err() {
+            checks.error(
+                "auth_header",
+                format!("{header:?} is not a valid header name"),
+            );
+        }
+        let timeout = s.timeout.unwrap_or(DurationValue::secs(30));
+        if timeout.0.is_zero() {
+            checks.error("timeout", "must be greater than zero".into());
+        }
+        Some(Spec {
+            url: parsed?,
+            json_array,
+            gzip: s.gzip.unwrap_or(true),
+            auth_header: header,
+            auth_value: auth,
+            timeout,
+            tls_verify: s.tls_verify.unwrap_or(true),
+            max_retries: s.max_retries.unwrap_or(5),
+        })
+    }
+
+    fn secrets(spec: &Spec) -> Vec<&str> {
+        spec.auth_value.iter().map(|v| v.expose_secret()).collect()
+    }
+
+    async fn open(name: &str, spec: &Spec) -> Result<HttpOutput, String> {
+        HttpOutput::open(name, spec)
+    }
+
+    async fn write(out: &mut HttpOutput, batch: Arc<Batch>) -> Result<(), String> {
+        out.write(batch).await
+    }
+}
+
 impl HttpOutput {
-    pub fn open(spec: &SinkSpec) -> Result<HttpOutput, String> {
-        let crate::config::SinkKind::Http {
+    pub fn open(name: &str, spec: &Spec) -> Result<HttpOutput, String> {
+        let Spec {
             url,
             json_array,
             gzip,
@@ -49,13 +175,10 @@ impl HttpOutput {
             timeout,
             tls_verify,
             max_retries,
-        } = &spec.kind
-        else {
-            return Err("not an http sink".into());
-        };
+        } = spec;
         crate::wiz::install_crypto_provider();
         if !tls_verify {
-            tracing::warn!(sink = %spec.name, url = %url, "TLS certificate verification is OFF for this sink (tls_verify = false)");
+            tracing::warn!(sink = %name, url = %url, "TLS certificate verification is OFF for this sink (tls_verify = false)");
         }
         let client = reqwest::Client::builder()
             .user_agent(concat!("wiz-connector/", env!("CARGO_PKG_VERSION")))
@@ -63,11 +186,11 @@ impl HttpOutput {
             .connect_timeout(timeout.0.min(Duration::from_secs(10)))
             .tls_danger_accept_invalid_certs(!tls_verify)
             .build()
-            .map_err(|e| format!("sink `{}`: cannot build the HTTP client: {e}", spec.name))?;
+            .map_err(|e| format!("sink `{}`: cannot build the HTTP client: {e}", name))?;
         let auth = match auth_value {
             Some(v) => Some((
                 reqwest::header::HeaderName::from_bytes(auth_header.as_bytes())
-                    .map_err(|e| format!("sink `{}`: auth_header: {e}", spec.name))?,
+                    .map_err(|e| format!("sink `{}`: auth_header: {e}", name))?,
                 Arc::new(v.clone()),
             )),
             None => None,

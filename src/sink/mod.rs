@@ -1,20 +1,31 @@
 //! The sink actor and its outputs. Tenants send one page (a [`Batch`]) and wait for the ack before
 //! they fetch the next, so the bound on memory is in the protocol (ractor mailboxes are
 //! unbounded). The sink acks only after every output has the batch durably.
+//!
+//! **A sink type is one file plus one line.** Each `sink/<type>.rs` owns everything about its
+//! type: the `[sinks.<name>]` section as users write it (`Section`), its checks and defaults and
+//! the resolved settings (`Spec`, whose `Serialize` redacts secrets, shown by `validate`), the
+//! secrets a reload compares, and how it opens and writes. It says so by implementing
+//! [`SinkType`]. The line in [`sink_types!`] below registers it: the `type = "..."` name, the
+//! variant and the implementing type. `config` knows sinks only through the enums that macro
+//! makes ([`SinkSection`], [`SinkKind`]) and the [`SinkChecks`] it hands to `resolve`.
 
 mod file;
 mod http;
 mod nats;
 mod stdout;
 
+use std::fmt::Debug;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use secrecy::SecretString;
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use tracing::Instrument;
 
-use crate::config::{SinkKind, SinkSpec};
 use crate::faults::FaultInjection;
 pub use file::FileOutput;
 pub use http::HttpOutput;
@@ -46,37 +57,141 @@ pub struct SinkStats {
     pub max_in_flight: AtomicUsize,
 }
 
-/// One output.
-pub enum Output {
-    Stdout(StdoutOutput),
-    File(FileOutput),
-    Http(HttpOutput),
-    Nats(NatsOutput),
+/// What `config` lends a sink type while it resolves a section: where problems go (each names
+/// `sinks.<name>.<key>` and the file it came from) and how secrets are read (a literal,
+/// `${ENV_VAR}` or a `*_file`).
+pub trait SinkChecks {
+    /// Records a problem with `sinks.<name>.<key>`.
+    fn error(&mut self, key: &str, message: String);
+    /// Reads a secret given as `keys.0` (literal or `${ENV}`) or `keys.1` (a file); a problem
+    /// (both given, an unset variable, an unreadable file) is recorded and gives `None`.
+    fn secret(
+        &mut self,
+        value: Option<&SecretString>,
+        file: Option<&PathBuf>,
+        keys: (&'static str, &'static str),
+    ) -> Option<SecretString>;
 }
 
-impl Output {
-    /// Opens the output described by `spec`.
-    pub async fn open(spec: &SinkSpec) -> Result<Output, String> {
-        Ok(match &spec.kind {
-            SinkKind::Stdout => Output::Stdout(StdoutOutput),
-            SinkKind::Http { .. } => Output::Http(HttpOutput::open(spec)?),
-            SinkKind::Nats { .. } => Output::Nats(NatsOutput::open(spec).await?),
-            SinkKind::File { path, max_bytes } => {
-                Output::File(FileOutput::open(path.clone(), *max_bytes).map_err(|e| {
-                    format!("sink `{}`: cannot open {}: {e}", spec.name, path.display())
-                })?)
-            }
-        })
+/// One sink type: its configuration section, its resolved settings, and its output.
+pub trait SinkType {
+    /// `[sinks.<name>]` as users write it, without `type` (unknown keys are errors).
+    type Section: DeserializeOwned + Debug + Clone;
+    /// The resolved settings. `Serialize` is what `validate` prints: secrets redacted.
+    type Spec: Serialize + Debug + Clone + Send + Sync;
+    /// The open output.
+    type Output: Send;
+
+    /// Checks `section` and applies defaults; every problem goes to `checks`. `None` when the
+    /// section cannot make a sink (the problems say why).
+    fn resolve(
+        name: &str,
+        section: &Self::Section,
+        checks: &mut dyn SinkChecks,
+    ) -> Option<Self::Spec>;
+
+    /// The secrets in `spec`, compared on reload: a rotated secret reopens the sink although the
+    /// printed (redacted) settings look the same.
+    fn secrets(_spec: &Self::Spec) -> Vec<&str> {
+        Vec::new()
     }
 
-    async fn write(&mut self, batch: &Arc<Batch>) -> Result<(), String> {
-        match self {
-            Output::Stdout(o) => o.write(batch.clone()).await,
-            Output::File(o) => o.write(batch.clone()).await,
-            Output::Http(o) => o.write(batch.clone()).await,
-            Output::Nats(o) => o.write(batch.clone()).await,
+    /// Opens the output (connects, creates, checks); the error names the sink and says what to do.
+    fn open(
+        name: &str,
+        spec: &Self::Spec,
+    ) -> impl std::future::Future<Output = Result<Self::Output, String>> + Send;
+
+    /// Writes one batch durably, or says why not (the tenant keeps the page and retries).
+    fn write(
+        out: &mut Self::Output,
+        batch: Arc<Batch>,
+    ) -> impl std::future::Future<Output = Result<(), String>> + Send;
+}
+
+/// The registry: one line per sink type, `"<type name>" => Variant(module::Type)`. It makes the
+/// section enum `config` deserializes, the resolved enum, and the output enum, with their
+/// dispatch.
+macro_rules! sink_types {
+    ($($name:literal => $variant:ident($ty:ty)),+ $(,)?) => {
+        /// `[sinks.<name>]`: one output, by `type`.
+        #[derive(Debug, Clone, Deserialize)]
+        #[serde(tag = "type")]
+        pub enum SinkSection {
+            $(#[serde(rename = $name)] $variant(<$ty as SinkType>::Section),)+
         }
-    }
+
+        /// A sink's resolved settings, by type.
+        #[derive(Debug, Clone, Serialize)]
+        #[serde(tag = "type")]
+        pub enum SinkKind {
+            $(#[serde(rename = $name)] $variant(<$ty as SinkType>::Spec),)+
+        }
+
+        /// One open output.
+        pub enum Output {
+            $($variant(<$ty as SinkType>::Output),)+
+        }
+
+        impl SinkSection {
+            /// Checks the section of sink `name` and resolves it.
+            pub fn resolve(&self, name: &str, checks: &mut dyn SinkChecks) -> Option<SinkKind> {
+                match self {
+                    $(SinkSection::$variant(s) => {
+                        <$ty as SinkType>::resolve(name, s, checks).map(SinkKind::$variant)
+                    })+
+                }
+            }
+        }
+
+        impl SinkKind {
+            /// The `type` name.
+            pub fn type_name(&self) -> &'static str {
+                match self {
+                    $(SinkKind::$variant(_) => $name,)+
+                }
+            }
+
+            /// The secrets of these settings (compared on reload).
+            pub fn secrets(&self) -> Vec<&str> {
+                match self {
+                    $(SinkKind::$variant(s) => <$ty as SinkType>::secrets(s),)+
+                }
+            }
+        }
+
+        impl Output {
+            /// Opens the output described by `spec`.
+            pub async fn open(spec: &SinkSpec) -> Result<Output, String> {
+                match &spec.kind {
+                    $(SinkKind::$variant(s) => {
+                        <$ty as SinkType>::open(&spec.name, s).await.map(Output::$variant)
+                    })+
+                }
+            }
+
+            async fn write(&mut self, batch: &Arc<Batch>) -> Result<(), String> {
+                match self {
+                    $(Output::$variant(o) => <$ty as SinkType>::write(o, batch.clone()).await,)+
+                }
+            }
+        }
+    };
+}
+
+sink_types! {
+    "stdout" => Stdout(stdout::StdoutSink),
+    "file" => File(file::FileSink),
+    "http" => Http(http::HttpSink),
+    "nats" => Nats(nats::NatsSink),
+}
+
+/// One output, by name, resolved.
+#[derive(Debug, Clone, Serialize)]
+pub struct SinkSpec {
+    pub name: String,
+    #[serde(flatten)]
+    pub kind: SinkKind,
 }
 
 /// Arguments of the sink actor.

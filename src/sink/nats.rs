@@ -8,8 +8,10 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 
-use super::Batch;
-use crate::config::{SinkKind, SinkSpec};
+use serde::{Deserialize, Serialize};
+
+use super::{Batch, SinkChecks, SinkType};
+use crate::config::DurationValue;
 use crate::event::event_id_of;
 
 pub struct NatsOutput {
@@ -20,18 +22,88 @@ pub struct NatsOutput {
 /// How long a connection attempt at start may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// `type = "nats"`.
+pub struct NatsSink;
+
+/// `[sinks.<name>]` of type `nats`: each event published to NATS JetStream on
+/// `<subject_prefix>.<tenant>`, with `Nats-Msg-Id` = the event id so the stream drops replays.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Section {
+    /// Server URL, e.g. `nats://127.0.0.1:4222`.
+    pub url: String,
+    /// Subject prefix (default `wiz.issues`).
+    #[serde(default)]
+    pub subject_prefix: Option<String>,
+    /// Stream created (or checked) at start (default `WIZ_ISSUES`).
+    #[serde(default)]
+    pub stream: Option<String>,
+    /// How long the stream remembers message ids to drop duplicates (default 2 minutes).
+    #[serde(default)]
+    pub duplicate_window: Option<DurationValue>,
+}
+
+/// Resolved `nats` settings.
+#[derive(Debug, Clone, Serialize)]
+pub struct Spec {
+    pub url: String,
+    pub subject_prefix: String,
+    pub stream: String,
+    pub duplicate_window: DurationValue,
+}
+
+impl SinkType for NatsSink {
+    type Section = Section;
+    type Spec = Spec;
+    type Output = NatsOutput;
+
+    fn resolve(_: &str, s: &Section, checks: &mut dyn SinkChecks) -> Option<Spec> {
+        let url = &s.url;
+        if !url.starts_with("nats://") && !url.starts_with("tls://") {
+            checks.error("url", format!("{url:?} is not a nats:// (or tls://) URL"));
+        }
+        let prefix = s
+            .subject_prefix
+            .clone()
+            .unwrap_or_else(|| "wiz.issues".into());
+        if prefix.is_empty() || prefix.contains(['*', '>', ' ']) || prefix.ends_with('.') {
+            checks.error(
+                "subject_prefix",
+                format!("{prefix:?} is not a subject prefix such as \"wiz.issues\""),
+            );
+        }
+        let stream = s.stream.clone().unwrap_or_else(|| "WIZ_ISSUES".into());
+        if stream.is_empty() || stream.contains(['.', '*', '>', ' ', '/', '\\']) {
+            checks.error(
+                "stream",
+                format!("{stream:?} is not a stream name (no dots, wildcards or spaces)"),
+            );
+        }
+        Some(Spec {
+            url: url.clone(),
+            subject_prefix: prefix,
+            stream,
+            duplicate_window: s.duplicate_window.unwrap_or(DurationValue::secs(120)),
+        })
+    }
+
+    async fn open(name: &str, spec: &Spec) -> Result<NatsOutput, String> {
+        NatsOutput::open(name, spec).await
+    }
+
+    async fn write(out: &mut NatsOutput, batch: Arc<Batch>) -> Result<(), String> {
+        out.write(batch).await
+    }
+}
+
 impl NatsOutput {
-    pub async fn open(spec: &SinkSpec) -> Result<NatsOutput, String> {
-        let SinkKind::Nats {
+    pub async fn open(name: &str, spec: &Spec) -> Result<NatsOutput, String> {
+        let Spec {
             url,
             subject_prefix,
             stream,
             duplicate_window,
-        } = &spec.kind
-        else {
-            return Err("not a nats sink".into());
-        };
-        let name = &spec.name;
+        } = spec;
         let client = tokio::time::timeout(CONNECT_TIMEOUT, async_nats::connect(url.as_str()))
             .await
             .map_err(|_| {

@@ -3,7 +3,39 @@
 use std::io::Write;
 use std::sync::Arc;
 
-use super::Batch;
+use serde::{Deserialize, Serialize};
+
+use super::{Batch, SinkChecks, SinkType};
+
+/// `type = "stdout"`.
+pub struct StdoutSink;
+
+/// `[sinks.<name>]` of type `stdout`: no settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Section {}
+
+/// Resolved: nothing to resolve.
+#[derive(Debug, Clone, Serialize)]
+pub struct Spec {}
+
+impl SinkType for StdoutSink {
+    type Section = Section;
+    type Spec = Spec;
+    type Output = StdoutOutput;
+
+    fn resolve(_: &str, _: &Section, _: &mut dyn SinkChecks) -> Option<Spec> {
+        Some(Spec {})
+    }
+
+    async fn open(_: &str, _: &Spec) -> Result<StdoutOutput, String> {
+        Ok(StdoutOutput)
+    }
+
+    async fn write(out: &mut StdoutOutput, batch: Arc<Batch>) -> Result<(), String> {
+        out.write(batch).await
+    }
+}
 
 pub struct StdoutOutput;
 
