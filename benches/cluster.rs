@@ -8,10 +8,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use wiz_connector::change::Known;
 use wiz_connector::config::{ClusterSettings, DurationValue};
 use wiz_connector::sim::SimTenantSpec;
 use wiz_connector::state::{Commit, StateStore, Write};
-use wiz_connector::tenant::memory::Known;
 
 #[path = "support/mod.rs"]
 mod support;

@@ -10,6 +10,9 @@
 //!   limiter per credential (`limiter`), the HTTP client with timeouts and retries (`client`), the
 //!   Issues query (`issues`) and the single-pass decoding of its answer and of feed pages (`page`).
 //! - [`event`]: the normalized event and the normalizer (the hot path).
+//! - [`change`]: what is remembered of an item (its fingerprint, kind, status) and the change rule
+//!   that turns a new observation into an event kind, or none; the tenant applies it, the state
+//!   store keeps what it remembers.
 //! - [`feeds`]: the feeds beyond Issues as values (query, time field, change rule, normalizer);
 //!   the tenant actor runs them (`tenant::feeds`).
 //! - [`supervisor`]: the root actor: spawns tenants and the sink, applies the restart policy.
@@ -37,6 +40,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod change;
 pub mod cli;
 pub mod cluster;
 pub mod commands;

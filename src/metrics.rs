@@ -696,16 +696,16 @@ impl Observer {
             .build();
     }
 
-    /// Logs and counts a reload's outcome.
-    pub fn reload(&self, trigger: &str, outcome: Result<&crate::reload::ReloadSummary, &str>) {
+    /// Logs and counts a reload's outcome: what it changed, or why it was refused.
+    pub fn reload(&self, trigger: &str, outcome: Result<ReloadCounts<'_>, &str>) {
         let result = match outcome {
             Ok(s) => {
                 tracing::info!(
                     trigger,
-                    added = s.added.len(),
-                    removed = s.removed.len(),
-                    restarted = s.restarted.len(),
-                    updated = s.updated.len(),
+                    added = s.added,
+                    removed = s.removed,
+                    restarted = s.restarted,
+                    updated = s.updated,
                     sinks_changed = s.sinks_changed,
                     needs_restart = ?s.needs_restart,
                     "configuration reloaded"
@@ -883,6 +883,19 @@ impl Observer {
             }
         }
     }
+}
+
+/// What an applied reload changed, as the log line and metrics report it (counts, so metrics
+/// need not know the reloader's types).
+#[derive(Debug, Clone, Copy)]
+pub struct ReloadCounts<'a> {
+    pub added: usize,
+    pub removed: usize,
+    pub restarted: usize,
+    pub updated: usize,
+    pub sinks_changed: bool,
+    /// Keys that changed but take effect only after a process restart.
+    pub needs_restart: &'a [String],
 }
 
 #[cfg(test)]

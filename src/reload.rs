@@ -30,6 +30,20 @@ pub struct ReloadSummary {
     pub needs_restart: Vec<String>,
 }
 
+impl ReloadSummary {
+    /// The counts the log line and metrics report.
+    pub fn counts(&self) -> crate::metrics::ReloadCounts<'_> {
+        crate::metrics::ReloadCounts {
+            added: self.added.len(),
+            removed: self.removed.len(),
+            restarted: self.restarted.len(),
+            updated: self.updated.len(),
+            sinks_changed: self.sinks_changed,
+            needs_restart: &self.needs_restart,
+        }
+    }
+}
+
 struct Inner {
     path: PathBuf,
     env: EnvSource,
@@ -307,7 +321,7 @@ impl Reloader {
         if placed.is_some() {
             current.placed = placed;
         }
-        self.inner.observer.reload(trigger, Ok(&summary));
+        self.inner.observer.reload(trigger, Ok(summary.counts()));
         Ok(summary)
     }
 

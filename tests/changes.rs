@@ -428,9 +428,9 @@ async fn an_issue_first_seen_unwatched_is_opened_when_it_reaches_a_watched_statu
 /// the mark).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_opening_a_crash_kept_from_the_store_is_still_reported_when_it_vanishes() {
+    use wiz_connector::change::Known;
     use wiz_connector::event::issue_fingerprint;
     use wiz_connector::state::{StateStore, Write};
-    use wiz_connector::tenant::memory::Known;
     let sim = sim(1, 30).await;
     let (_dir, state, out) = scratch();
     let cfg = body(&sim, &state, &out, "1h");

@@ -34,31 +34,87 @@ impl ConfigDiff {
     }
 }
 
+/// What a change of a tenant's settings takes to apply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum TenantChange {
+    /// Nothing the tenant actor holds changed (or what changed is read live elsewhere).
+    None,
+    /// The actor takes the new spec in place (its schedule and rate limit).
+    InPlace,
+    /// The actor talks to Wiz differently: it is restarted with the new spec.
+    Restart,
+}
+
+/// Classes every field of [`TenantSpec`]. The destructuring names every field without `..`, so a
+/// new field fails to compile here until it is classed: restart, in place, or ignored (with why).
+pub fn classify(a: &TenantSpec, b: &TenantSpec) -> TenantChange {
+    let TenantSpec {
+        // The key the two specs were matched by.
+        id: _,
+        // Where it was defined: shown, not used.
+        origin: _,
+        client_id,
+        // Compared explicitly below (`same_secret`): secrets have no `PartialEq`.
+        client_secret: _,
+        // Where the secret came from: shown, follows the secret.
+        secret_source: _,
+        api_url,
+        auth_url,
+        audience,
+        // Derived from `api_url`, which restarts.
+        cloud: _,
+        console_url,
+        poll_interval,
+        page_size,
+        statuses,
+        rate_limit,
+        request_timeout,
+        max_pages_per_sweep,
+        retry,
+        allow_insecure_endpoints,
+        full_sweep_interval,
+        full_sweep_max_pages,
+        incremental_overlap,
+        // Read live by the webhook receiver.
+        webhook_token: _,
+        // Read live by write-back, which keeps its own clients.
+        write_back: _,
+        feeds,
+        // Read live by write-back (its client cache compares it).
+        write_credential: _,
+    } = a;
+    let restart = *client_id != b.client_id
+        || !a.same_secret(b)
+        || *api_url != b.api_url
+        || *auth_url != b.auth_url
+        || *audience != b.audience
+        || *console_url != b.console_url
+        || *page_size != b.page_size
+        || *statuses != b.statuses
+        || *feeds != b.feeds
+        || *request_timeout != b.request_timeout
+        || *max_pages_per_sweep != b.max_pages_per_sweep
+        || *retry != b.retry
+        || *allow_insecure_endpoints != b.allow_insecure_endpoints;
+    let in_place = *poll_interval != b.poll_interval
+        || *rate_limit != b.rate_limit
+        || *full_sweep_interval != b.full_sweep_interval
+        || *full_sweep_max_pages != b.full_sweep_max_pages
+        || *incremental_overlap != b.incremental_overlap;
+    if restart {
+        TenantChange::Restart
+    } else if in_place {
+        TenantChange::InPlace
+    } else {
+        TenantChange::None
+    }
+}
+
 /// True when `a` and `b` talk to Wiz differently: another credential (secret compared
 /// explicitly), endpoint, audience, or query. Poll interval and rate limit are not in it: they
 /// change in place.
 pub fn needs_restart(a: &TenantSpec, b: &TenantSpec) -> bool {
-    a.client_id != b.client_id
-        || !a.same_secret(b)
-        || a.api_url != b.api_url
-        || a.auth_url != b.auth_url
-        || a.audience != b.audience
-        || a.console_url != b.console_url
-        || a.page_size != b.page_size
-        || a.statuses != b.statuses
-        || a.feeds != b.feeds
-        || a.request_timeout != b.request_timeout
-        || a.max_pages_per_sweep != b.max_pages_per_sweep
-        || a.retry != b.retry
-        || a.allow_insecure_endpoints != b.allow_insecure_endpoints
-}
-
-fn tunables_changed(a: &TenantSpec, b: &TenantSpec) -> bool {
-    a.poll_interval != b.poll_interval
-        || a.rate_limit != b.rate_limit
-        || a.full_sweep_interval != b.full_sweep_interval
-        || a.full_sweep_max_pages != b.full_sweep_max_pages
-        || a.incremental_overlap != b.incremental_overlap
+    classify(a, b) == TenantChange::Restart
 }
 
 /// True when both sink lists are the same, secrets included.
@@ -80,9 +136,11 @@ pub fn diff(old: &Settings, new: &Settings) -> ConfigDiff {
     for (id, t) in &after {
         match before.get(id) {
             None => d.added.push(Arc::new((*t).clone())),
-            Some(o) if needs_restart(o, t) => d.restarted.push(Arc::new((*t).clone())),
-            Some(o) if tunables_changed(o, t) => d.updated.push(Arc::new((*t).clone())),
-            Some(_) => {}
+            Some(o) => match classify(o, t) {
+                TenantChange::Restart => d.restarted.push(Arc::new((*t).clone())),
+                TenantChange::InPlace => d.updated.push(Arc::new((*t).clone())),
+                TenantChange::None => {}
+            },
         }
     }
     d.removed = before

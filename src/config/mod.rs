@@ -13,11 +13,12 @@ mod hooks;
 mod load;
 mod redact;
 mod settings;
+mod source;
 mod types;
 
 pub use crate::sink::SinkSection;
 pub use cluster::{host_name, ClusterSection, ClusterSettings};
-pub use diff::{diff, needs_restart, ConfigDiff};
+pub use diff::{classify, diff, needs_restart, ConfigDiff, TenantChange};
 pub use duration::DurationValue;
 pub use error::{ConfigError, Problem};
 pub use hooks::{HooksSection, HooksSettings, DEFAULT_HINT_QUEUE_LIMIT};

@@ -11,8 +11,8 @@ use serde::{Serialize, Serializer};
 use url::Url;
 
 use super::error::{ConfigError, Problem};
-use super::load::{EnvSource, Origins};
 use super::redact::{redact, redact_opt};
+use super::source::{EnvSource, Origins};
 use super::types::{ConfigFile, TenantSection};
 use super::DurationValue;
 pub use crate::sink::{SinkKind, SinkSpec};

@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
 use super::data::{IssueSet, SimIssue, SEVERITIES};
-use super::server::Fault;
+use super::fault::Fault;
 
 /// Wiz's maximum page size.
 const MAX_FIRST: i64 = 500;

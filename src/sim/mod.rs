@@ -15,6 +15,7 @@
 //!   /_sim/tenants/{client_id}/churn?steps=N`: the same knobs over HTTP.
 
 pub mod data;
+mod fault;
 pub mod feeds;
 mod graphql;
 mod mutations;
@@ -22,4 +23,5 @@ mod server;
 pub mod validate;
 
 pub use data::{IssueSet, SimIssue, SEVERITIES};
-pub use server::{Fault, SimCounters, SimTenantSpec, Simulator, SimulatorOptions};
+pub use fault::Fault;
+pub use server::{SimCounters, SimTenantSpec, Simulator, SimulatorOptions};

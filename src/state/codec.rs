@@ -16,7 +16,7 @@
 use std::collections::BTreeMap;
 
 use super::{Checkpoint, Commit, Write};
-use crate::tenant::memory::{Known, VANISHED};
+use crate::change::{Known, VANISHED};
 
 const STATUSES: [&str; 5] = ["OPEN", "IN_PROGRESS", "RESOLVED", "REJECTED", VANISHED];
 const SEVERITIES: [&str; 5] = ["CRITICAL", "HIGH", "MEDIUM", "LOW", "INFORMATIONAL"];

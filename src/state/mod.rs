@@ -22,8 +22,8 @@ use redb::{Database, ReadableDatabase, TableDefinition};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use crate::change::Known;
 use crate::metrics::ClusterMetrics;
-use crate::tenant::memory::Known;
 use codec::TenantImage;
 use jetstream::{Claim, ClaimLoad, PublishFailure, Replicated, WriteOutcome};
 

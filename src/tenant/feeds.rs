@@ -23,8 +23,8 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 use ractor::ActorRef;
 
-use super::memory::{change, Change, Known};
 use super::{unix_now, TenantActorState, TenantMsg};
+use crate::change::{change, Change, Known};
 use crate::event::{now_rfc3339, EventKind};
 use crate::feeds::normalize::{decode, micros, once_kind, states_kind, FeedNormalizer};
 use crate::feeds::{

@@ -19,7 +19,6 @@
 
 mod feeds;
 mod hints;
-pub mod memory;
 pub mod slot;
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -32,6 +31,7 @@ use slot::{Held, Slots, StopSignal, TenantSlot};
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
+use crate::change::{change, Change, Known, VANISHED};
 use crate::config::TenantSpec;
 use crate::event::{issue_fingerprint, now_rfc3339, EventKind, Normalizer};
 use crate::faults::FaultInjection;
@@ -44,7 +44,6 @@ use crate::state::{
 use crate::wiz::page::{Issue, Page};
 use crate::wiz::TimeRange;
 use crate::wiz::{IssueFilter, IssueOrder, Sweep, TenantClient, WizHttp};
-use memory::{change, Change, Known, VANISHED};
 
 /// Longest wait for the sink's ack before the page is sent again.
 const ACK_TIMEOUT: Duration = Duration::from_secs(120);
