@@ -118,7 +118,12 @@ impl App {
             .hooks
             .as_ref()
             .map_or(crate::config::DEFAULT_HINT_QUEUE_LIMIT, |h| h.queue_limit);
-        let hints = Hints::new(queue_limit, forwarder, observer.metrics().hooks.clone());
+        // Hints and write-back own their metrics; they join the one registry here.
+        let hint_metrics = crate::hooks::HookMetrics::default();
+        observer.metrics().register(|r| hint_metrics.register(r));
+        let action_metrics = crate::writeback::ActionMetrics::default();
+        observer.metrics().register(|r| action_metrics.register(r));
+        let hints = Hints::new(queue_limit, forwarder, hint_metrics);
         hints.set_tokens(&settings.tenants);
         let hooks_listener = match &settings.hooks {
             Some(h) => Some(crate::hooks::bind(h.listen).await.map_err(|e| {
@@ -195,7 +200,7 @@ impl App {
                     hints.clone(),
                     supervisor.clone(),
                     sink_stats.clone(),
-                    observer.metrics().actions.clone(),
+                    action_metrics,
                 )),
                 observer: observer.clone(),
                 reloader: reloader.clone(),

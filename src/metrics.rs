@@ -1,5 +1,5 @@
 //! Typed internal events: every notable thing a tenant, the client or the supervisor does is one
-//! [`Event`], and [`Observer::emit`] both logs it (one line, with `tenant=<id>`) and counts it in
+//! [`Observation`], and [`Observer::emit`] both logs it (one line, with `tenant=<id>`) and counts it in
 //! the Prometheus registry. Logs and metrics come from the same place, so they cannot disagree.
 
 use std::sync::Arc;
@@ -50,9 +50,10 @@ fn poll_histogram() -> Histogram {
     ])
 }
 
-/// The registry and every metric in it.
+/// The registry and every metric in it. The registry takes more from the modules that own their
+/// metrics ([`Metrics::register`]): `app` wires them, so this module imports none of them.
 pub struct Metrics {
-    registry: Registry,
+    registry: std::sync::Mutex<Registry>,
     events: Family<KindLabels, Counter>,
     polls: Family<ResultLabels, Counter>,
     errors: Family<KindLabels, Counter>,
@@ -73,10 +74,6 @@ pub struct Metrics {
     pub cluster: ClusterMetrics,
     /// Sweep slots (fleet-wide).
     pub slots: SlotMetrics,
-    /// Webhook hints (fleet-wide).
-    pub hooks: crate::hooks::HookMetrics,
-    /// Write-back actions (fleet-wide).
-    pub actions: crate::writeback::ActionMetrics,
     /// Per tenant: the age of the newest change delivered, at its delivery.
     change_age: Family<TenantLabels, Gauge<f64, AtomicU64>>,
     /// Per tenant that takes hints: the last hint-to-event time.
@@ -252,16 +249,12 @@ impl Default for Metrics {
             vanished: Family::default(),
             cluster: ClusterMetrics::new(),
             slots: SlotMetrics::default(),
-            hooks: crate::hooks::HookMetrics::default(),
-            actions: crate::writeback::ActionMetrics::default(),
             change_age: Family::default(),
             hint_latency: Family::default(),
-            registry: Registry::default(),
+            registry: std::sync::Mutex::new(Registry::default()),
         };
         m.cluster.register(&mut registry);
         m.slots.register(&mut registry);
-        m.hooks.register(&mut registry);
-        m.actions.register(&mut registry);
         registry.register(
             "change_age_seconds",
             "Freshness: how old the newest change among the tenant's last delivered events was when the sinks took it",
@@ -337,11 +330,20 @@ impl Default for Metrics {
             "Configuration reloads, by result (success, failure)",
             m.reloads.clone(),
         );
-        Metrics { registry, ..m }
+        Metrics {
+            registry: std::sync::Mutex::new(registry),
+            ..m
+        }
     }
 }
 
 impl Metrics {
+    /// Lets a module register the metrics it owns (webhook hints, write-back), under the
+    /// registry's `wiz_connector_` prefix.
+    pub fn register(&self, f: impl FnOnce(&mut Registry)) {
+        f(&mut self.registry.lock().expect("metrics registry lock"));
+    }
+
     /// Keeps a poll-duration histogram per tenant besides the fleet-wide one
     /// (`telemetry.per_tenant_histograms`).
     pub fn set_per_tenant_histograms(&self, on: bool) {
@@ -397,8 +399,11 @@ impl Metrics {
             }
         }
         let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &self.registry)
-            .expect("writing to a String cannot fail");
+        prometheus_client::encoding::text::encode(
+            &mut out,
+            &self.registry.lock().expect("metrics registry lock"),
+        )
+        .expect("writing to a String cannot fail");
         out
     }
 
@@ -464,7 +469,7 @@ const ERROR_KINDS: [&str; 11] = [
 
 /// Something that happened to a tenant.
 #[derive(Debug)]
-pub enum Event<'a> {
+pub enum Observation<'a> {
     PollSucceeded {
         events_added: u64,
         duration: Duration,
@@ -523,10 +528,10 @@ pub enum Event<'a> {
 
 impl OtelInstruments {
     /// The OpenTelemetry side of [`Observer::emit`]: the same counters, the same labels.
-    fn record(&self, tenant: &str, event: &Event<'_>, per_tenant: bool) {
+    fn record(&self, tenant: &str, event: &Observation<'_>, per_tenant: bool) {
         let t = [("tenant", tenant)];
         match event {
-            Event::PollSucceeded { duration, .. } => {
+            Observation::PollSucceeded { duration, .. } => {
                 self.polls
                     .add(1, &kv(&[("tenant", tenant), ("result", "success")]));
                 self.poll_duration.record(
@@ -534,7 +539,7 @@ impl OtelInstruments {
                     &kv(if per_tenant { &t } else { &[] }),
                 );
             }
-            Event::PollFailed { kind, duration, .. } => {
+            Observation::PollFailed { kind, duration, .. } => {
                 self.polls
                     .add(1, &kv(&[("tenant", tenant), ("result", "failure")]));
                 self.errors
@@ -544,35 +549,35 @@ impl OtelInstruments {
                     &kv(if per_tenant { &t } else { &[] }),
                 );
             }
-            Event::EventsDelivered { kind, count } => {
+            Observation::EventsDelivered { kind, count } => {
                 self.events
                     .add(*count, &kv(&[("tenant", tenant), ("kind", kind.as_str())]));
             }
-            Event::RequestRetried { kind, .. } => {
+            Observation::RequestRetried { kind, .. } => {
                 self.retries.add(1, &kv(&t));
                 self.errors
                     .add(1, &kv(&[("tenant", tenant), ("kind", kind)]));
             }
-            Event::TokenObtained { renewal: true, .. } => self.token_renewals.add(1, &kv(&t)),
-            Event::TokenObtained { .. } => {}
-            Event::SinkUnavailable { .. } => self
+            Observation::TokenObtained { renewal: true, .. } => self.token_renewals.add(1, &kv(&t)),
+            Observation::TokenObtained { .. } => {}
+            Observation::SinkUnavailable { .. } => self
                 .errors
                 .add(1, &kv(&[("tenant", tenant), ("kind", "sink")])),
-            Event::NodeSkipped { .. } => self
+            Observation::NodeSkipped { .. } => self
                 .errors
                 .add(1, &kv(&[("tenant", tenant), ("kind", "bad_response")])),
-            Event::IssuesVanished { count } => self.vanished.add(*count, &kv(&t)),
-            Event::FeedFailed { denied, .. } => self.errors.add(
+            Observation::IssuesVanished { count } => self.vanished.add(*count, &kv(&t)),
+            Observation::FeedFailed { denied, .. } => self.errors.add(
                 1,
                 &kv(&[
                     ("tenant", tenant),
                     ("kind", if *denied { "feed_denied" } else { "feed" }),
                 ]),
             ),
-            Event::Crashed { .. } | Event::Parked { .. } => self
+            Observation::Crashed { .. } | Observation::Parked { .. } => self
                 .errors
                 .add(1, &kv(&[("tenant", tenant), ("kind", "crash")])),
-            Event::Restarted => self.restarts.add(1, &kv(&t)),
+            Observation::Restarted => self.restarts.add(1, &kv(&t)),
         }
     }
 }
@@ -625,7 +630,7 @@ impl OtelInstruments {
     }
 }
 
-/// Logs and counts [`Event`]s, in the Prometheus registry and, when OTLP export is on, in
+/// Logs and counts [`Observation`]s, in the Prometheus registry and, when OTLP export is on, in
 /// OpenTelemetry instruments. Cheap to clone.
 #[derive(Clone)]
 pub struct Observer {
@@ -728,7 +733,7 @@ impl Observer {
         }
     }
 
-    pub fn emit(&self, tenant: &str, event: Event<'_>) {
+    pub fn emit(&self, tenant: &str, event: Observation<'_>) {
         if let Some(o) = &self.otel {
             o.record(tenant, &event, self.metrics.per_tenant());
         }
@@ -745,7 +750,7 @@ impl Observer {
             result: result.to_string(),
         };
         match event {
-            Event::PollSucceeded {
+            Observation::PollSucceeded {
                 events_added,
                 duration,
             } => {
@@ -762,7 +767,7 @@ impl Observer {
                     .unwrap_or_default();
                 m.last_success.get_or_create(&t()).set(now.as_secs_f64());
             }
-            Event::PollFailed {
+            Observation::PollFailed {
                 kind,
                 error,
                 duration,
@@ -779,11 +784,11 @@ impl Observer {
                 m.errors.get_or_create(&k(kind)).inc();
                 m.observe_poll(tenant, duration);
             }
-            Event::EventsDelivered { kind, count } => {
+            Observation::EventsDelivered { kind, count } => {
                 tracing::debug!(tenant, kind = kind.as_str(), count, "events delivered");
                 m.events.get_or_create(&k(kind.as_str())).inc_by(count);
             }
-            Event::RequestRetried {
+            Observation::RequestRetried {
                 kind,
                 error,
                 retry_in,
@@ -798,7 +803,7 @@ impl Observer {
                 m.retries.get_or_create(&t()).inc();
                 m.errors.get_or_create(&k(kind)).inc();
             }
-            Event::TokenObtained { renewal, after_401 } => {
+            Observation::TokenObtained { renewal, after_401 } => {
                 if after_401 {
                     tracing::info!(tenant, "wiz answered 401; obtained a new token");
                 } else {
@@ -808,7 +813,7 @@ impl Observer {
                     m.token_renewals.get_or_create(&t()).inc();
                 }
             }
-            Event::SinkUnavailable { error, attempts } => {
+            Observation::SinkUnavailable { error, attempts } => {
                 if attempts == 1 || attempts.is_multiple_of(10) {
                     tracing::warn!(
                         tenant,
@@ -819,11 +824,11 @@ impl Observer {
                 }
                 m.errors.get_or_create(&k("sink")).inc();
             }
-            Event::NodeSkipped { error } => {
+            Observation::NodeSkipped { error } => {
                 tracing::warn!(tenant, error, "skipping an issue node that cannot be read");
                 m.errors.get_or_create(&k("bad_response")).inc();
             }
-            Event::FeedFailed {
+            Observation::FeedFailed {
                 feed,
                 denied,
                 error,
@@ -841,7 +846,7 @@ impl Observer {
                     .get_or_create(&k(if denied { "feed_denied" } else { "feed" }))
                     .inc();
             }
-            Event::IssuesVanished { count } => {
+            Observation::IssuesVanished { count } => {
                 tracing::info!(
                     tenant,
                     count,
@@ -849,7 +854,7 @@ impl Observer {
                 );
                 m.vanished.get_or_create(&t()).inc_by(count);
             }
-            Event::Crashed {
+            Observation::Crashed {
                 error,
                 crashes,
                 restart_in,
@@ -863,7 +868,7 @@ impl Observer {
                 );
                 m.errors.get_or_create(&k("crash")).inc();
             }
-            Event::Parked {
+            Observation::Parked {
                 error,
                 crashes,
                 retry_in,
@@ -877,7 +882,7 @@ impl Observer {
                 );
                 m.errors.get_or_create(&k("crash")).inc();
             }
-            Event::Restarted => {
+            Observation::Restarted => {
                 tracing::info!(tenant, "tenant restarted");
                 m.restarts.get_or_create(&t()).inc();
             }

@@ -78,7 +78,7 @@ pub fn serve(listener: TcpListener, state: AdminState) -> std::io::Result<AdminS
         .route("/summary", get(summary))
         .route(
             "/tenants/{id}/issues/{issue_id}/actions",
-            post(crate::writeback::action_route),
+            post(actions_route),
         )
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     let app = Router::new()
@@ -130,6 +130,16 @@ fn presented(req: &Request) -> Vec<u8> {
 pub struct Caller {
     pub name: String,
     pub permission: Permission,
+}
+
+/// `POST /tenants/{id}/issues/{issue_id}/actions`: write-back; `crate::writeback` does the work.
+async fn actions_route(
+    State(st): State<AdminState>,
+    Path((tenant, issue_id)): Path<(String, String)>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    body: axum::body::Bytes,
+) -> Response {
+    crate::writeback::act(st.actions.clone(), &tenant, &issue_id, &caller.name, body).await
 }
 
 async fn require_token(State(st): State<AdminState>, mut req: Request, next: Next) -> Response {

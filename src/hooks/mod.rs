@@ -25,12 +25,11 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
-use ractor::ActorRef;
+use ractor::ActorId;
 use secrecy::ExposeSecret;
 use sha2::{Digest, Sha256};
 
 use crate::config::TenantSpec;
-use crate::tenant::TenantMsg;
 
 pub use receiver::{bind, serve, valid_issue_id, HooksServer, MAX_BODY_BYTES};
 
@@ -57,13 +56,17 @@ struct Queued {
     overflowed: bool,
 }
 
+/// Tells a tenant actor that hinted ids arrived.
+pub type Waker = Box<dyn Fn() + Send + Sync>;
+
 /// One tenant's hinted issue ids, waiting for lookup.
 pub struct HintQueue {
     queued: Mutex<Queued>,
     limit: usize,
     /// The running tenant actor, told when ids arrive (none while it is being restarted: the
-    /// new actor looks at the queue when it starts).
-    waker: Mutex<Option<ActorRef<TenantMsg>>>,
+    /// new actor looks at the queue when it starts): its id and how to wake it. A callback, so
+    /// this module does not know the tenant's messages.
+    waker: Mutex<Option<(ActorId, Waker)>>,
     /// Issues the connector changed itself (write-back), and when: their next event is marked
     /// `"origin": "connector"` (the echo guard of a SOAR that mirrors both ways).
     written: Mutex<HashMap<String, Instant>>,
@@ -148,22 +151,22 @@ impl HintQueue {
         self.len() == 0
     }
 
-    /// The tenant actor that takes this queue's ids.
-    pub fn attach(&self, actor: Option<ActorRef<TenantMsg>>) {
-        *self.waker.lock().expect("hint waker lock") = actor;
+    /// The tenant actor `actor` takes this queue's ids; `wake` tells it that some arrived.
+    pub fn attach(&self, actor: ActorId, wake: Waker) {
+        *self.waker.lock().expect("hint waker lock") = Some((actor, wake));
     }
 
     /// `actor` stopped: it takes no more ids (a successor that already attached stays).
-    pub fn detach(&self, actor: &ActorRef<TenantMsg>) {
+    pub fn detach(&self, actor: ActorId) {
         let mut w = self.waker.lock().expect("hint waker lock");
-        if w.as_ref().is_some_and(|a| a.get_id() == actor.get_id()) {
+        if w.as_ref().is_some_and(|(a, _)| *a == actor) {
             *w = None;
         }
     }
 
     fn wake(&self) {
-        if let Some(a) = self.waker.lock().expect("hint waker lock").as_ref() {
-            let _ = a.send_message(TenantMsg::Hints);
+        if let Some((_, wake)) = self.waker.lock().expect("hint waker lock").as_ref() {
+            wake();
         }
     }
 }

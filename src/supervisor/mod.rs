@@ -26,7 +26,7 @@ use crate::config::{ConfigDiff, RestartPolicy, Settings, SinkSpec, TenantSpec};
 use crate::faults::FaultInjection;
 use crate::health::{HealthMap, LastError, TenantState};
 use crate::hooks::Hints;
-use crate::metrics::{Event, Observer};
+use crate::metrics::{Observation, Observer};
 use crate::sink::{SinkActor, SinkArgs, SinkMsg, SinkStats};
 use crate::state::StateStore;
 use crate::tenant::slot::{Slots, StopSignal};
@@ -230,6 +230,7 @@ impl SupervisorState {
             claim_patience: self.claim_patience,
             failed_cooldown: self.policy.failed_cooldown.0,
             hints: self.hints.queue(id),
+            hint_metrics: self.hints.metrics().clone(),
         };
         Some(args)
     }
@@ -292,7 +293,7 @@ impl SupervisorState {
             let cooldown = self.policy.failed_cooldown.0;
             self.observer.emit(
                 id,
-                Event::Parked {
+                Observation::Parked {
                     error: &message,
                     crashes,
                     retry_in: cooldown,
@@ -313,7 +314,7 @@ impl SupervisorState {
             let delay = restart_delay(&self.policy, crashes, rand::rng().random_range(0.5..=1.0));
             self.observer.emit(
                 id,
-                Event::Crashed {
+                Observation::Crashed {
                     error: &message,
                     crashes,
                     restart_in: delay,
@@ -708,7 +709,7 @@ impl Actor for ConnectorSupervisor {
                     .is_some_and(|c| c.generation == generation && c.actor.is_none());
                 if current {
                     state.health.update(&tenant, |h| h.restarts += 1);
-                    state.observer.emit(&tenant, Event::Restarted);
+                    state.observer.emit(&tenant, Observation::Restarted);
                     state.spawn_tenant(&myself, &tenant, Duration::ZERO).await;
                 }
             }

@@ -31,7 +31,7 @@ use crate::feeds::{
     ChangeRule, Feed, FeedCheckpoint, FeedName, Recent, RunningWindow, Window, MAX_RECENT,
 };
 use crate::health::{FeedState, LastError, TenantState};
-use crate::metrics::Event;
+use crate::metrics::Observation;
 use crate::sink::Batch;
 use crate::state::{Checkpoint, Commit};
 use crate::wiz::WizError;
@@ -371,7 +371,7 @@ impl TenantActorState {
                 Err(e) => {
                     self.args.observer.emit(
                         &self.args.spec.id,
-                        Event::NodeSkipped {
+                        Observation::NodeSkipped {
                             error: &format!("{name}: {e}"),
                         },
                     );
@@ -560,9 +560,10 @@ impl TenantActorState {
                 job.events += events;
                 let feed = job.feed.name.as_str();
                 for (kind, count) in pending.kinds.drain(..) {
-                    self.args
-                        .observer
-                        .emit(&self.args.spec.id, Event::EventsDelivered { kind, count });
+                    self.args.observer.emit(
+                        &self.args.spec.id,
+                        Observation::EventsDelivered { kind, count },
+                    );
                 }
                 self.args.health.update(&self.args.spec.id, |h| {
                     h.events_total += events;
@@ -660,7 +661,7 @@ impl TenantActorState {
                 };
                 self.args.observer.emit(
                     &self.args.spec.id,
-                    Event::FeedFailed {
+                    Observation::FeedFailed {
                         feed: name.as_str(),
                         denied,
                         error: &message,

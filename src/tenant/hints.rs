@@ -104,7 +104,7 @@ impl TenantActorState {
             }
             None => return,
         };
-        let metrics = self.args.observer.metrics().hooks.clone();
+        let metrics = self.args.hint_metrics.clone();
         let pages = match self.client.lookup(&ids).instrument(span.clone()).await {
             Ok(p) => p,
             Err(WizError::Stopping) => {
@@ -173,7 +173,7 @@ impl TenantActorState {
     /// Records, for a page the sinks acknowledged, the hint-to-event latencies and the age of
     /// its newest change.
     pub(super) fn delivered_freshness(&self, hinted: &[Instant], newest: Option<SystemTime>) {
-        let metrics = &self.args.observer.metrics().hooks;
+        let metrics = &self.args.hint_metrics;
         for at in hinted {
             metrics.delivered(at.elapsed());
         }

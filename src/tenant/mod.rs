@@ -36,7 +36,7 @@ use crate::config::TenantSpec;
 use crate::event::{issue_fingerprint, now_rfc3339, EventKind, Normalizer};
 use crate::faults::FaultInjection;
 use crate::health::{HealthMap, LastError, TenantState};
-use crate::metrics::{Event, Observer};
+use crate::metrics::{Observation, Observer};
 use crate::sink::{deliver, Batch, SinkMsg, SinkStats};
 use crate::state::{
     Checkpoint, ClaimResult, Commit, StateStore, SweepPosition, UpdatedAtProbe, Write,
@@ -111,6 +111,8 @@ pub struct TenantArgs {
     pub failed_cooldown: Duration,
     /// Issue ids webhook hints named, waiting for lookup (kept across restarts of the actor).
     pub hints: Arc<crate::hooks::HintQueue>,
+    /// The fleet-wide hint metrics (lookups by result).
+    pub hint_metrics: crate::hooks::HookMetrics,
 }
 
 /// A page delivered to the sink but not yet acknowledged.
@@ -523,7 +525,7 @@ impl TenantActorState {
                 self.refusals = 0;
                 self.args.observer.emit(
                     &self.args.spec.id,
-                    Event::PollSucceeded {
+                    Observation::PollSucceeded {
                         events_added: events,
                         duration,
                     },
@@ -566,7 +568,7 @@ impl TenantActorState {
                 };
                 self.args.observer.emit(
                     &self.args.spec.id,
-                    Event::PollFailed {
+                    Observation::PollFailed {
                         kind,
                         error: &message,
                         duration,
@@ -718,14 +720,15 @@ impl TenantActorState {
                 let events = pending.batch.events as u64;
                 self.delivered_freshness(&pending.ledger.hinted, pending.ledger.newest_change);
                 for (kind, count) in pending.ledger.kinds {
-                    self.args
-                        .observer
-                        .emit(&self.args.spec.id, Event::EventsDelivered { kind, count });
+                    self.args.observer.emit(
+                        &self.args.spec.id,
+                        Observation::EventsDelivered { kind, count },
+                    );
                 }
                 if pending.ledger.vanished > 0 {
                     self.args.observer.emit(
                         &self.args.spec.id,
-                        Event::IssuesVanished {
+                        Observation::IssuesVanished {
                             count: pending.ledger.vanished,
                         },
                     );
@@ -773,7 +776,7 @@ impl TenantActorState {
         let delay = RESEND_FIRST.saturating_mul(1 << exp).min(RESEND_MAX);
         self.args.observer.emit(
             &self.args.spec.id,
-            Event::SinkUnavailable { error: e, attempts },
+            Observation::SinkUnavailable { error: e, attempts },
         );
         let now = SystemTime::now();
         self.args.health.update(&self.args.spec.id, |h| {
@@ -1065,7 +1068,7 @@ impl TenantActorState {
                         out.unreadable += 1;
                         self.args.observer.emit(
                             &self.args.spec.id,
-                            Event::NodeSkipped {
+                            Observation::NodeSkipped {
                                 error: &e.to_string(),
                             },
                         );
@@ -1259,7 +1262,13 @@ impl Actor for WizTenantActor {
             feed_normalizer: None,
             args,
         };
-        state.args.hints.attach(Some(myself.clone()));
+        let me = myself.clone();
+        state.args.hints.attach(
+            myself.get_id(),
+            Box::new(move || {
+                let _ = me.send_message(TenantMsg::Hints);
+            }),
+        );
         if state.claimed {
             let first = state.args.first_poll_in;
             state.arm_timer(&myself, first);
@@ -1280,7 +1289,7 @@ impl Actor for WizTenantActor {
         if let Some(t) = state.timer.take() {
             t.abort();
         }
-        state.args.hints.detach(&myself);
+        state.args.hints.detach(myself.get_id());
         Ok(())
     }
 

@@ -18,7 +18,7 @@ use super::issues::{query_text, request_body, IssueFilter, IssueOrder};
 use super::limiter::{CredentialLimiter, LimiterRegistry};
 use super::page::{parse_feed_page, parse_page, FeedPage, Page};
 use crate::config::TenantSpec;
-use crate::metrics::{Event, Observer};
+use crate::metrics::{Observation, Observer};
 
 /// How a tenant waits between two attempts of a request. The tenant actor provides it so that a
 /// wait gives its sweep slot back (a tenant in a long `Retry-After` must not hold one of the
@@ -359,7 +359,7 @@ impl TenantClient {
             }
             self.observer.emit(
                 &self.spec.id,
-                Event::RequestRetried {
+                Observation::RequestRetried {
                     kind: e.kind().as_str(),
                     error: &e.to_string(),
                     retry_in: delay,
@@ -416,7 +416,7 @@ impl TenantClient {
         let before = self.stats.tokens.fetch_add(1, Ordering::Relaxed);
         self.observer.emit(
             &self.spec.id,
-            Event::TokenObtained {
+            Observation::TokenObtained {
                 renewal: before > 0,
                 after_401,
             },

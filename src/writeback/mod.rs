@@ -17,10 +17,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::{Extension, Json};
+use axum::Json;
 use dashmap::DashMap;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -31,7 +30,6 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-use crate::admin::{AdminState, Caller};
 use crate::config::TenantSpec;
 use crate::hooks::Hints;
 use crate::reload::Reloader;
@@ -456,14 +454,16 @@ fn wiz_refused(e: &WizError) -> Response {
     answer(StatusCode::BAD_GATEWAY, body)
 }
 
-/// `POST /tenants/{id}/issues/{issue_id}/actions`.
-pub async fn action_route(
-    State(st): State<AdminState>,
-    Path((tenant, issue_id)): Path<(String, String)>,
-    Extension(caller): Extension<Caller>,
+/// Carries out one action request (the body of `POST /tenants/{id}/issues/{issue_id}/actions`,
+/// whose route is in `admin`) for `requested_by` (the admin token's name), and answers it.
+pub async fn act(
+    acts: Arc<Actions>,
+    tenant: &str,
+    issue_id: &str,
+    requested_by: &str,
     body: Bytes,
 ) -> Response {
-    let acts = st.actions.clone();
+    let (tenant, issue_id) = (tenant.to_string(), issue_id.to_string());
     let req: ActionRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => {
@@ -519,7 +519,7 @@ pub async fn action_route(
     let status_now = issue["status"].as_str().unwrap_or("").to_string();
     if holds(&action, &issue_id, &issue) {
         acts.metrics.count(name, "already");
-        tracing::info!(tenant = %tenant, issue_id = %issue_id, action = name, requested_by = %caller.name, "write-back: already in effect; nothing sent");
+        tracing::info!(tenant = %tenant, issue_id = %issue_id, action = name, requested_by = %requested_by, "write-back: already in effect; nothing sent");
         return answer(
             StatusCode::OK,
             json!({"issue_id": issue_id, "status": status_now, "applied": false, "action": name}),
@@ -568,14 +568,14 @@ pub async fn action_route(
         .unwrap_or(status_now.as_str())
         .to_string();
     acts.metrics.count(name, "applied");
-    tracing::info!(tenant = %tenant, issue_id = %issue_id, action = name, requested_by = %caller.name, status = %status_after, "write-back: action applied");
+    tracing::info!(tenant = %tenant, issue_id = %issue_id, action = name, requested_by = %requested_by, status = %status_after, "write-back: action applied");
     // The issue's resulting change: looked up now by its owner, marked as the connector's own.
     acts.hints.deliver_from_connector(&tenant, &issue_id).await;
     let audit = audit_event(
         &spec,
         &issue_id,
         &action,
-        &caller.name,
+        requested_by,
         &wiz_answer,
         &status_after,
     );
