@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use wiz_connector::app::{App, AppOptions};
 use wiz_connector::config::{load_str, EnvSource};
-use wiz_connector::sim::feeds::FeedSets;
+use wiz_connector::sim::feed_data::FeedSets;
 use wiz_connector::sim::{IssueSet, SimTenantSpec};
 
 #[path = "support/mod.rs"]

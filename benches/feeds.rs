@@ -6,7 +6,7 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use wiz_connector::event::EventKind;
 use wiz_connector::feeds::normalize::{decode, once_kind, states_kind, FeedNormalizer};
 use wiz_connector::feeds::{ChangeRule, FeedName};
-use wiz_connector::sim::feeds::FeedSets;
+use wiz_connector::sim::feed_data::FeedSets;
 use wiz_connector::wiz::page::parse_feed_page;
 
 const ITEMS: usize = 500;

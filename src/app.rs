@@ -14,7 +14,7 @@ use crate::cluster::ClusterView;
 use crate::config::{EnvSource, Settings};
 use crate::faults::FaultInjection;
 use crate::health::HealthMap;
-use crate::hooks::Hints;
+use crate::hints::Hints;
 use crate::metrics::Observer;
 use crate::reload::Reloader;
 use crate::sink::SinkStats;
@@ -54,7 +54,7 @@ pub struct App {
     /// Cluster mode: what `/cluster` shows.
     cluster_view: Option<Arc<ClusterView>>,
     /// The webhook receiver (`[hooks]`); stops when dropped.
-    hooks: Option<crate::hooks::HooksServer>,
+    hooks: Option<crate::hints::HooksServer>,
     /// Cluster mode with `[hooks]`: queues hints other replicas forwarded.
     forwarded: Option<JoinHandle<()>>,
 }
@@ -113,20 +113,20 @@ impl App {
         let forwarder = cluster
             .as_ref()
             .zip(settings.cluster.as_ref())
-            .map(|(c, s)| crate::hooks::Forwarder::new(c.client.clone(), &s.members_bucket));
+            .map(|(c, s)| crate::hints::Forwarder::new(c.client.clone(), &s.members_bucket));
         let queue_limit = settings
             .hooks
             .as_ref()
             .map_or(crate::config::DEFAULT_HINT_QUEUE_LIMIT, |h| h.queue_limit);
         // Hints and write-back own their metrics; they join the one registry here.
-        let hint_metrics = crate::hooks::HookMetrics::default();
+        let hint_metrics = crate::hints::HookMetrics::default();
         observer.metrics().register(|r| hint_metrics.register(r));
         let action_metrics = crate::writeback::ActionMetrics::default();
         observer.metrics().register(|r| action_metrics.register(r));
         let hints = Hints::new(queue_limit, forwarder, hint_metrics);
         hints.set_tokens(&settings.tenants);
         let hooks_listener = match &settings.hooks {
-            Some(h) => Some(crate::hooks::bind(h.listen).await.map_err(|e| {
+            Some(h) => Some(crate::hints::bind(h.listen).await.map_err(|e| {
                 anyhow::anyhow!(
                     "cannot serve the webhook receiver on {}: {e} (key hooks.listen; choose a free address)",
                     h.listen
@@ -196,7 +196,7 @@ impl App {
                 tokens: admin_tokens,
                 actions: Arc::new(crate::writeback::Actions::new(
                     http_for_actions,
-                    reloader.clone(),
+                    reloader.live(),
                     hints.clone(),
                     supervisor.clone(),
                     sink_stats.clone(),
@@ -210,7 +210,7 @@ impl App {
         tracing::info!(addr = %admin.addr, "admin API listening");
         let hooks = match hooks_listener {
             Some(l) => {
-                let server = crate::hooks::serve(l, hints.clone())?;
+                let server = crate::hints::serve(l, hints.clone())?;
                 tracing::info!(addr = %server.addr, "webhook receiver listening");
                 Some(server)
             }

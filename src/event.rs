@@ -332,7 +332,7 @@ impl Normalizer {
     ) -> Result<EventMeta, NodeError> {
         let page = Page::single(node).map_err(|e| NodeError {
             reason: e.to_string(),
-            snippet: crate::wiz::error::snippet(node.as_bytes()),
+            snippet: crate::net::snippet(node.as_bytes()),
         })?;
         let issue = page
             .issues()

@@ -24,7 +24,7 @@
 //! - [`metrics`]: typed internal events that are both logged and counted (Prometheus).
 //! - [`cluster`]: cluster mode: membership in a JetStream KV bucket (`membership`) and placement
 //!   of tenants over the live replicas (`placement`), fed to the supervisor as reload diffs.
-//! - [`hooks`]: webhook hints: the receiver Wiz automation rules call, and the per-tenant queues
+//! - [`hints`]: webhook hints: the receiver Wiz automation rules call, and the per-tenant queues
 //!   of hinted issue ids the tenants look up.
 //! - [`writeback`]: write-back actions on Wiz issues (opt-in per tenant), their checks and audit.
 //! - [`admin`]: the admin HTTP API (health per tenant, polls on demand).
@@ -33,6 +33,8 @@
 //! - [`faults`]: connector-side fault injection for tests and drills.
 //! - [`sim`]: the Wiz simulator, served by `wiz-connector simulate` and `demo`, used by every test.
 //! - [`commands`]: one module per subcommand; [`cli`] holds the clap types.
+//! - [`net`]: HTTP helpers every outbound client shares (TLS provider, `Retry-After`, error
+//!   texts, snippets of answers).
 //! - [`telemetry`]: logging setup.
 //! - [`serve`]: serving an axum router in the background (admin API, simulator).
 //!
@@ -49,8 +51,9 @@ pub mod event;
 pub mod faults;
 pub mod feeds;
 pub mod health;
-pub mod hooks;
+pub mod hints;
 pub mod metrics;
+pub mod net;
 pub mod reload;
 pub mod serve;
 pub mod sim;

@@ -14,7 +14,7 @@ use serde::Serialize;
 
 use crate::cluster::placement;
 use crate::config::{diff, load, ConfigDiff, EnvSource, Settings};
-use crate::hooks::Hints;
+use crate::hints::Hints;
 use crate::metrics::Observer;
 use crate::supervisor::SupervisorMsg;
 
@@ -48,6 +48,8 @@ struct Inner {
     path: PathBuf,
     env: EnvSource,
     current: tokio::sync::Mutex<Desired>,
+    /// Publishes each applied configuration to the read-only readers.
+    live: crate::config::LivePublisher,
     supervisor: ActorRef<SupervisorMsg>,
     observer: Observer,
     /// Takes every configured tenant's webhook token after each reload.
@@ -58,7 +60,7 @@ struct Inner {
 /// tenants placement gives this replica. A reload changes the first, placement the second; both
 /// reach the supervisor as the same add/remove diff.
 struct Desired {
-    settings: Settings,
+    settings: Arc<Settings>,
     placed: Option<Placed>,
     /// The last placement's summary (kept so the membership loop reads it without recomputing).
     outcome: PlaceOutcome,
@@ -185,10 +187,13 @@ impl Reloader {
             replica,
             ..Default::default()
         });
+        let settings = Arc::new(settings);
+        let (live, _) = crate::config::live(settings.clone());
         Reloader {
             inner: Arc::new(Inner {
                 path: settings.config_path.clone(),
                 env,
+                live,
                 current: tokio::sync::Mutex::new(Desired {
                     outcome: PlaceOutcome {
                         configured: settings.tenants.len(),
@@ -243,16 +248,9 @@ impl Reloader {
         Ok(outcome)
     }
 
-    /// Tenant `id` as the current configuration defines it (every configured tenant, whichever
-    /// replica owns it).
-    pub async fn tenant(&self, id: &str) -> Option<Arc<crate::config::TenantSpec>> {
-        let current = self.inner.current.lock().await;
-        // The tenants are in id order (see `Settings::tenants`).
-        let tenants = &current.settings.tenants;
-        tenants
-            .binary_search_by(|t| t.id.as_str().cmp(id))
-            .ok()
-            .map(|i| Arc::new(tenants[i].clone()))
+    /// The running configuration, read-only: never waits for a reload in progress.
+    pub fn live(&self) -> crate::config::LiveConfig {
+        self.inner.live.subscribe()
     }
 
     /// The last placement's summary, brought up to date with reloads since.
@@ -317,7 +315,8 @@ impl Reloader {
         // Tokens of every configured tenant (a hint reaching a replica that does not own the
         // tenant is checked here and forwarded): a rotated token applies at once.
         self.inner.hints.set_tokens(&new.tenants);
-        current.settings = new;
+        current.settings = Arc::new(new);
+        self.inner.live.publish(current.settings.clone());
         if placed.is_some() {
             current.placed = placed;
         }

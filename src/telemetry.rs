@@ -80,7 +80,7 @@ pub fn enable_otlp(
     let Some(t) = TELEMETRY.get() else {
         anyhow::bail!("telemetry is not initialized");
     };
-    crate::wiz::install_crypto_provider();
+    crate::net::install_crypto_provider();
     let base = endpoint.as_str().trim_end_matches('/');
     let url = format!("{base}/v1/traces");
     let resource = opentelemetry_sdk::Resource::builder()

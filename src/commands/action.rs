@@ -6,7 +6,7 @@ use std::time::Duration;
 use crate::cli::ActionArgs;
 
 pub async fn run(args: ActionArgs) -> anyhow::Result<u8> {
-    crate::wiz::client::install_crypto_provider();
+    crate::net::install_crypto_provider();
     let path = format!("/tenants/{}/issues/{}/actions", args.tenant, args.issue);
     let body = serde_json::json!({
         "action": args.action,

@@ -139,7 +139,7 @@ async fn get(
     if !(200..300).contains(&status) {
         bail!(
             "the admin API answered HTTP {status} for {path}: {}",
-            crate::wiz::error::snippet(&body)
+            crate::net::snippet(&body)
         );
     }
     serde_json::from_slice(&body)
@@ -147,7 +147,7 @@ async fn get(
 }
 
 pub async fn run(args: StatusArgs) -> anyhow::Result<u8> {
-    crate::wiz::client::install_crypto_provider();
+    crate::net::install_crypto_provider();
     let client = reqwest::Client::new();
     let summary = get(&client, &args, "/summary").await?;
     let mut path = format!("/tenants?order=worst&limit={}", args.limit);

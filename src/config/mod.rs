@@ -10,6 +10,7 @@ mod diff;
 mod duration;
 mod error;
 mod hooks;
+mod live;
 mod load;
 mod redact;
 mod settings;
@@ -22,6 +23,7 @@ pub use diff::{classify, diff, needs_restart, ConfigDiff, TenantChange};
 pub use duration::DurationValue;
 pub use error::{ConfigError, Problem};
 pub use hooks::{HooksSection, HooksSettings, DEFAULT_HINT_QUEUE_LIMIT};
+pub use live::{live, LiveConfig, LivePublisher};
 pub use load::{load, load_str, EnvSource, DEFAULT_CONFIG_PATH};
 pub use redact::{redact, redact_opt};
 pub use settings::{

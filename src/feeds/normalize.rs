@@ -212,7 +212,7 @@ pub struct Item<'a> {
 fn not_understood(node: &str, e: impl std::fmt::Display) -> NodeError {
     NodeError {
         reason: e.to_string(),
-        snippet: crate::wiz::error::snippet(node.as_bytes()),
+        snippet: crate::net::snippet(node.as_bytes()),
     }
 }
 

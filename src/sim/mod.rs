@@ -16,7 +16,7 @@
 
 pub mod data;
 mod fault;
-pub mod feeds;
+pub mod feed_data;
 mod graphql;
 mod mutations;
 mod server;

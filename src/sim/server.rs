@@ -131,7 +131,7 @@ pub(super) struct TenantState {
     pub spec: SimTenantSpec,
     pub issues: IssueSet,
     /// The other feeds, generated when first asked for.
-    pub feeds: Option<super::feeds::FeedSets>,
+    pub feeds: Option<super::feed_data::FeedSets>,
     faults: VecDeque<Fault>,
     sticky: Option<Fault>,
     counters: SimCounters,
@@ -292,11 +292,16 @@ impl Simulator {
     }
 
     /// Runs `f` on a tenant's other feeds (generated on first use, as a query would).
-    pub fn feeds<R>(&self, client_id: &str, f: impl FnOnce(&mut super::feeds::FeedSets) -> R) -> R {
+    pub fn feeds<R>(
+        &self,
+        client_id: &str,
+        f: impl FnOnce(&mut super::feed_data::FeedSets) -> R,
+    ) -> R {
         self.with(client_id, |t| {
             let (seed, issues, vulns) = (t.spec.seed, t.spec.issues, t.spec.vulnerabilities);
-            f(t.feeds
-                .get_or_insert_with(|| super::feeds::FeedSets::generate_with(seed, issues, vulns)))
+            f(t.feeds.get_or_insert_with(|| {
+                super::feed_data::FeedSets::generate_with(seed, issues, vulns)
+            }))
         })
     }
 
@@ -535,7 +540,7 @@ async fn graphql_route(
     }
     let answer = {
         let mut g = tenant.lock().expect("sim lock");
-        if let Some(root) = super::feeds::root(&body) {
+        if let Some(root) = super::feed_data::root(&body) {
             let variables = serde_json::from_str::<serde_json::Value>(&body)
                 .ok()
                 .and_then(|v| v.get("variables").cloned())
@@ -553,9 +558,9 @@ async fn graphql_route(
             } else {
                 *g.counters.feed_queries.entry(root.feed_name()).or_default() += 1;
                 let sets = g.feeds.get_or_insert_with(|| {
-                    super::feeds::FeedSets::generate_with(seed, issues, vulns)
+                    super::feed_data::FeedSets::generate_with(seed, issues, vulns)
                 });
-                match super::feeds::answer(root, &variables, sets) {
+                match super::feed_data::answer(root, &variables, sets) {
                     Ok(data) => Json(serde_json::json!({ "data": data })).into_response(),
                     Err((code, message)) => graphql::error_response(&code, &message),
                 }

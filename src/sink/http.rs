@@ -18,8 +18,8 @@ use serde::{Deserialize, Serialize};
 
 use super::{Batch, SinkChecks, SinkType};
 use crate::config::DurationValue;
-use crate::wiz::auth::retry_after;
-use crate::wiz::error::snippet;
+use crate::net::retry_after;
+use crate::net::snippet;
 
 /// Longest `Retry-After` honoured from a webhook.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
@@ -176,7 +176,7 @@ impl HttpOutput {
             tls_verify,
             max_retries,
         } = spec;
-        crate::wiz::install_crypto_provider();
+        crate::net::install_crypto_provider();
         if !tls_verify {
             tracing::warn!(sink = %name, url = %url, "TLS certificate verification is OFF for this sink (tls_verify = false)");
         }
@@ -260,7 +260,7 @@ impl HttpOutput {
                 if e.is_timeout() {
                     "timed out".to_string()
                 } else {
-                    crate::wiz::auth::describe_reqwest(&e)
+                    crate::net::describe_reqwest(&e)
                 },
                 None,
             ),

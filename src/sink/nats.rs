@@ -148,7 +148,7 @@ impl NatsOutput {
             let id = event_id_of(line).ok_or_else(|| {
                 format!(
                     "an event that does not start with its id: {}",
-                    crate::wiz::error::snippet(line)
+                    crate::net::snippet(line)
                 )
             })?;
             let mut headers = async_nats::HeaderMap::new();

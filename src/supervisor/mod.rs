@@ -25,7 +25,7 @@ use rand::Rng;
 use crate::config::{ConfigDiff, RestartPolicy, Settings, SinkSpec, TenantSpec};
 use crate::faults::FaultInjection;
 use crate::health::{HealthMap, LastError, TenantState};
-use crate::hooks::Hints;
+use crate::hints::Hints;
 use crate::metrics::{Observation, Observer};
 use crate::sink::{SinkActor, SinkArgs, SinkMsg, SinkStats};
 use crate::state::StateStore;

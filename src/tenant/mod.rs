@@ -11,7 +11,7 @@
 //! see are looked up by id, a batch per message, and those Wiz no longer returns are reported as
 //! vanished (see [`crate::event::Normalizer::vanished`]).
 //!
-//! Webhook hints ([`crate::hooks`]) are looked up by id in batches (`hints`): between the pages of
+//! Webhook hints ([`crate::hints`]) are looked up by id in batches (`hints`): between the pages of
 //! a running sweep, or, when none runs, in a short lookup-only job that moves no checkpoint.
 //!
 //! A poll runs the tenant's feeds one after another (`feeds`): the Issues sweep above, then one
@@ -110,9 +110,9 @@ pub struct TenantArgs {
     /// How long a tenant whose credentials keep being refused stays parked.
     pub failed_cooldown: Duration,
     /// Issue ids webhook hints named, waiting for lookup (kept across restarts of the actor).
-    pub hints: Arc<crate::hooks::HintQueue>,
+    pub hints: Arc<crate::hints::HintQueue>,
     /// The fleet-wide hint metrics (lookups by result).
-    pub hint_metrics: crate::hooks::HookMetrics,
+    pub hint_metrics: crate::hints::HookMetrics,
 }
 
 /// A page delivered to the sink but not yet acknowledged.

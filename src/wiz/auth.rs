@@ -1,5 +1,6 @@
 //! OAuth 2 client credentials against the Wiz token endpoint, and the per-tenant token cache.
 
+pub use crate::net::{describe_reqwest, retry_after};
 use std::time::{Duration, Instant};
 
 use secrecy::{ExposeSecret, SecretString};
@@ -63,13 +64,6 @@ struct TokenAnswer {
     message: Option<String>,
     error: Option<String>,
     error_description: Option<String>,
-}
-
-/// Parses a `Retry-After` header given in seconds (the HTTP-date form is rare on APIs and ignored).
-pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
-    let v = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?;
-    let secs: f64 = v.trim().parse().ok()?;
-    (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs.min(3600.0)))
 }
 
 /// Exchanges the tenant's client credentials for a token.
@@ -206,24 +200,6 @@ pub fn redact_token_text(text: &str, secret: &str) -> String {
         }
     }
     out
-}
-
-pub fn describe_reqwest(e: &reqwest::Error) -> String {
-    use std::error::Error as _;
-    let mut msg = if e.is_timeout() {
-        "timed out".to_string()
-    } else if e.is_connect() {
-        "connection failed".to_string()
-    } else {
-        e.to_string()
-    };
-    let mut src = e.source();
-    while let Some(s) = src {
-        msg.push_str(": ");
-        msg.push_str(&s.to_string());
-        src = s.source();
-    }
-    msg
 }
 
 #[cfg(test)]

@@ -64,10 +64,7 @@ impl backon::Sleeper for WaitSleeper {
 /// Longest `Retry-After` honoured; a longer one is cut to this.
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
 
-/// Installs rustls's ring provider as the process default (once; later calls find it there).
-pub fn install_crypto_provider() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-}
+pub use crate::net::install_crypto_provider;
 
 /// What every tenant shares: the connection pool, the limiters, the query text.
 #[derive(Clone)]
@@ -197,39 +194,10 @@ impl TenantClient {
         Ok(page.len())
     }
 
-    /// `check` for every feed of the tenant: a fresh token exchange, then a 1-row query of each
-    /// feed (Issues as [`TenantClient::check`] asks). Each feed's outcome: the rows it saw, or
-    /// why it failed. A failed token exchange fails every feed with the same error.
-    pub async fn check_feeds(&self) -> Vec<(crate::feeds::FeedName, Result<usize, WizError>)> {
-        use crate::feeds::{FeedName, Window};
-        let mut out = Vec::new();
-        for &feed in &self.spec.feeds {
-            let result = match feed.feed() {
-                None => self.check().await,
-                Some(f) => {
-                    if out.is_empty() {
-                        self.token.lock().await.invalidate();
-                    }
-                    let window = Window {
-                        after: None,
-                        before: humantime::format_rfc3339_micros(std::time::SystemTime::now())
-                            .to_string(),
-                    };
-                    let body = Bytes::from(f.request(&window, 1, None));
-                    self.fetch_feed_page(body, f.root).await.map(|p| p.len())
-                }
-            };
-            let refused = matches!(&result, Err(e) if e.credentials_refused());
-            out.push((feed, result));
-            if refused {
-                // The token exchange failed: every other feed would fail the same way.
-                break;
-            }
-            if feed == FeedName::Issues && out.last().is_some_and(|(_, r)| r.is_err()) {
-                break;
-            }
-        }
-        out
+    /// Drops the cached token: the next request exchanges the credentials again (`check`
+    /// tests the exchange itself).
+    pub async fn invalidate_token(&self) {
+        self.token.lock().await.invalidate();
     }
 
     /// Starts a sweep over every page matching `filter`.

@@ -227,25 +227,7 @@ impl WizError {
     }
 }
 
-/// The first `max` characters of a response body, on one line, for error messages. Bodies can be
-/// HTML or anything else; they are shown, never parsed further.
-pub fn snippet(body: &[u8]) -> String {
-    const MAX: usize = 200;
-    let text = String::from_utf8_lossy(&body[..body.len().min(MAX * 4)]);
-    let mut out: String = text
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .take(MAX)
-        .collect();
-    let trimmed = out.trim().len();
-    if trimmed == 0 {
-        return "(empty body)".to_string();
-    }
-    if text.chars().count() > MAX || body.len() > MAX * 4 {
-        out.push('…');
-    }
-    out.trim().to_string()
-}
+pub use crate::net::snippet;
 
 #[cfg(test)]
 mod tests {

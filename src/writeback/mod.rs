@@ -30,9 +30,9 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
+use crate::config::LiveConfig;
 use crate::config::TenantSpec;
-use crate::hooks::Hints;
-use crate::reload::Reloader;
+use crate::hints::Hints;
 use crate::sink::{deliver, Batch, SinkStats};
 use crate::supervisor::SupervisorMsg;
 use crate::wiz::{TenantClient, WizError, WizHttp};
@@ -150,7 +150,7 @@ fn valid_date(d: &str) -> bool {
 
 /// Checks a request; the error says what is wrong and how to fix it.
 pub fn check(issue_id: &str, req: ActionRequest) -> Result<Action, String> {
-    if !crate::hooks::valid_issue_id(issue_id) {
+    if !crate::hints::valid_issue_id(issue_id) {
         return Err(format!(
             "{issue_id:?} is not a Wiz issue id (letters, digits, '-', '_', ':', '.'; at most 128)"
         ));
@@ -287,7 +287,8 @@ impl ActionMetrics {
 /// What the actions endpoint works with.
 pub struct Actions {
     pub http: WizHttp,
-    pub reloader: Reloader,
+    /// The running configuration: the tenant's spec is read from it per action.
+    pub config: LiveConfig,
     pub hints: Hints,
     pub supervisor: ractor::ActorRef<SupervisorMsg>,
     pub sink_stats: Arc<SinkStats>,
@@ -299,7 +300,7 @@ pub struct Actions {
 impl Actions {
     pub fn new(
         http: WizHttp,
-        reloader: Reloader,
+        config: LiveConfig,
         hints: Hints,
         supervisor: ractor::ActorRef<SupervisorMsg>,
         sink_stats: Arc<SinkStats>,
@@ -307,7 +308,7 @@ impl Actions {
     ) -> Self {
         Actions {
             http,
-            reloader,
+            config,
             hints,
             supervisor,
             sink_stats,
@@ -474,7 +475,7 @@ pub async fn act(
             );
         }
     };
-    let Some(spec) = acts.reloader.tenant(&tenant).await else {
+    let Some(spec) = acts.config.tenant(&tenant) else {
         return refused(StatusCode::NOT_FOUND, format!("no tenant `{tenant}`"));
     };
     if !spec.write_back {
