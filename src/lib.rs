@@ -14,20 +14,24 @@
 //!   that turns a new observation into an event kind, or none; the tenant applies it, the state
 //!   store keeps what it remembers.
 //! - [`feeds`]: the feeds beyond Issues as values (query, time field, change rule, normalizer);
-//!   the tenant actor runs them (`tenant::feeds`).
+//!   the tenant actor runs them (`tenant::feed_job`).
 //! - [`supervisor`]: the root actor: spawns tenants and the sink, applies the restart policy.
-//! - [`tenant`]: the tenant actor (one poll at a time, page by page) and what it remembers.
+//! - [`tenant`]: the tenant actor (one poll at a time, page by page), one file per concern:
+//!   the poll plan and timer (`schedule`), the Issues engine (`issues`), a feed window
+//!   (`feed_job`), hint lookups (`hints`), one delivery flow for all (`delivery`), cluster
+//!   takeover (`claim`), sweep slots (`slot`).
 //! - [`sink`]: the sink actor and its outputs.
 //! - [`state`]: the state store: checkpoints and known issues in the embedded redb, and in cluster
 //!   mode in JetStream (`jetstream`, records in `codec`) with the redb as its cache.
 //! - [`health`]: the per-tenant health records.
-//! - [`metrics`]: typed internal events that are both logged and counted (Prometheus).
+//! - [`metrics`]: typed observations that are both logged and counted (Prometheus); a leaf:
+//!   modules with metrics of their own register them into its registry.
 //! - [`cluster`]: cluster mode: membership in a JetStream KV bucket (`membership`) and placement
 //!   of tenants over the live replicas (`placement`), fed to the supervisor as reload diffs.
 //! - [`hints`]: webhook hints: the receiver Wiz automation rules call, and the per-tenant queues
 //!   of hinted issue ids the tenants look up.
 //! - [`writeback`]: write-back actions on Wiz issues (opt-in per tenant), their checks and audit.
-//! - [`admin`]: the admin HTTP API (health per tenant, polls on demand).
+//! - [`admin`]: the admin HTTP API (health per tenant, polls on demand, write-back's route).
 //! - [`app`]: wiring and ordered shutdown.
 //! - [`reload`]: reconfiguration without restart (SIGHUP, `POST /reload`, file watcher).
 //! - [`faults`]: connector-side fault injection for tests and drills.

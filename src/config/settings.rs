@@ -299,25 +299,13 @@ pub(super) fn resolve(
     };
     let conn = &file.connector;
 
-    if !(1..=500).contains(&conn.page_size) {
-        c.global(
-            "connector.page_size",
-            format!(
-                "must be between 1 and 500 (Wiz's maximum), got {}",
-                conn.page_size
-            ),
-        );
-    }
-    if conn.poll_interval.0 < MIN_POLL_INTERVAL {
-        c.global("connector.poll_interval", "must be at least 1s");
-    }
+    PAGE_SIZE.check_global(&mut c, conn.page_size);
+    POLL_INTERVAL.check_global(&mut c, conn.poll_interval);
     if conn.shutdown_timeout.0.is_zero() {
         c.global("connector.shutdown_timeout", "must be greater than zero");
     }
-    check_timeout(conn.request_timeout, |m| {
-        c.global("connector.request_timeout", m)
-    });
-    check_rate(conn.rate_limit, |m| c.global("connector.rate_limit", m));
+    REQUEST_TIMEOUT.check_global(&mut c, conn.request_timeout);
+    RATE_LIMIT.check_global(&mut c, conn.rate_limit);
     if conn.max_pages_per_sweep == 0 {
         c.global("connector.max_pages_per_sweep", "must be at least 1");
     }
@@ -597,21 +585,85 @@ pub(super) fn resolve(
     })
 }
 
-fn check_timeout(t: DurationValue, mut report: impl FnMut(String)) {
-    if t.0 < Duration::from_secs(1) || t.0 > MAX_REQUEST_TIMEOUT {
-        report(format!(
-            "must be between 1s and 115s (Wiz's gateway limit), got {t}"
-        ));
+/// A key set in `[connector]` that a tenant may override: one rule checks both, the global
+/// value as `connector.<key>` and a tenant's own as `tenants.<id>.<key>` (same text), so the
+/// two can never disagree.
+struct Overridable<T> {
+    key: &'static str,
+    /// `Err(why)` for a value the key does not take.
+    rule: fn(T) -> Result<(), String>,
+}
+
+impl<T: Copy> Overridable<T> {
+    fn check_global(&self, c: &mut Checker<'_>, value: T) {
+        if let Err(m) = (self.rule)(value) {
+            c.global(&format!("connector.{}", self.key), m);
+        }
+    }
+
+    /// The tenant's value: its own (checked), or the global one (checked once, globally).
+    fn resolve(&self, c: &mut Checker<'_>, id: &str, global: T, own: Option<T>) -> T {
+        match own {
+            Some(v) => {
+                if let Err(m) = (self.rule)(v) {
+                    c.tenant(id, self.key, m);
+                }
+                v
+            }
+            None => global,
+        }
     }
 }
 
-fn check_rate(r: f64, mut report: impl FnMut(String)) {
-    if !(r.is_finite() && r > 0.0 && r <= MAX_RATE_LIMIT) {
-        report(format!(
-            "must be a number of requests per second above 0 and at most {MAX_RATE_LIMIT}, got {r}"
-        ));
-    }
-}
+const PAGE_SIZE: Overridable<u32> = Overridable {
+    key: "page_size",
+    rule: |n| {
+        if (1..=500).contains(&n) {
+            Ok(())
+        } else {
+            Err(format!(
+                "must be between 1 and 500 (Wiz's maximum), got {n}"
+            ))
+        }
+    },
+};
+
+const POLL_INTERVAL: Overridable<DurationValue> = Overridable {
+    key: "poll_interval",
+    rule: |d| {
+        if d.0 < MIN_POLL_INTERVAL {
+            Err("must be at least 1s".into())
+        } else {
+            Ok(())
+        }
+    },
+};
+
+const REQUEST_TIMEOUT: Overridable<DurationValue> = Overridable {
+    key: "request_timeout",
+    rule: |t| {
+        if t.0 < Duration::from_secs(1) || t.0 > MAX_REQUEST_TIMEOUT {
+            Err(format!(
+                "must be between 1s and 115s (Wiz's gateway limit), got {t}"
+            ))
+        } else {
+            Ok(())
+        }
+    },
+};
+
+const RATE_LIMIT: Overridable<f64> = Overridable {
+    key: "rate_limit",
+    rule: |r| {
+        if r.is_finite() && r > 0.0 && r <= MAX_RATE_LIMIT {
+            Ok(())
+        } else {
+            Err(format!(
+                "must be a number of requests per second above 0 and at most {MAX_RATE_LIMIT}, got {r}"
+            ))
+        }
+    },
+};
 
 #[allow(clippy::too_many_arguments)]
 fn resolve_tenant(
@@ -751,26 +803,10 @@ fn resolve_tenant(
         ),
     };
 
-    let poll_interval = t.poll_interval.unwrap_or(conn.poll_interval);
-    if t.poll_interval.is_some() && poll_interval.0 < MIN_POLL_INTERVAL {
-        c.tenant(id, "poll_interval", "must be at least 1s");
-    }
-    let page_size = t.page_size.unwrap_or(conn.page_size);
-    if t.page_size.is_some() && !(1..=500).contains(&page_size) {
-        c.tenant(
-            id,
-            "page_size",
-            format!("must be between 1 and 500 (Wiz's maximum), got {page_size}"),
-        );
-    }
-    let rate_limit = t.rate_limit.unwrap_or(conn.rate_limit);
-    if t.rate_limit.is_some() {
-        check_rate(rate_limit, |m| c.tenant(id, "rate_limit", m));
-    }
-    let request_timeout = t.request_timeout.unwrap_or(conn.request_timeout);
-    if t.request_timeout.is_some() {
-        check_timeout(request_timeout, |m| c.tenant(id, "request_timeout", m));
-    }
+    let poll_interval = POLL_INTERVAL.resolve(c, id, conn.poll_interval, t.poll_interval);
+    let page_size = PAGE_SIZE.resolve(c, id, conn.page_size, t.page_size);
+    let rate_limit = RATE_LIMIT.resolve(c, id, conn.rate_limit, t.rate_limit);
+    let request_timeout = REQUEST_TIMEOUT.resolve(c, id, conn.request_timeout, t.request_timeout);
 
     let feeds = match &t.feeds {
         Some(list) => parse_feeds(list, |m| c.tenant(id, "feeds", m)),

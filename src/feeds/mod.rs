@@ -3,7 +3,7 @@
 //! value ([`Feed`]): its GraphQL query, the time field its windows filter on (the cursor rule),
 //! its change rule ([`ChangeRule`]) and its normalizer ([`normalize`]). The tenant actor runs
 //! them one after another within one poll, through the tenant's one client, so under one token
-//! and one rate limiter (see `tenant::feeds`).
+//! and one rate limiter (see `tenant::feed_job` and `tenant::schedule`).
 //!
 //! Issues keeps its own engine (`tenant`), because it does more than the others: full sweeps with
 //! reconciliation, the `updatedAt` probe, webhook hints and write-back. Its events are the same

@@ -12,7 +12,8 @@ use std::time::{Instant, SystemTime};
 use ractor::ActorRef;
 use tracing::Instrument;
 
-use super::{ActiveSweep, TenantActorState, TenantMsg};
+use super::issues::ActiveSweep;
+use super::{TenantActorState, TenantMsg};
 use crate::event::now_rfc3339;
 use crate::health::TenantState;
 use crate::state::Checkpoint;
@@ -58,7 +59,7 @@ impl TenantActorState {
     }
 
     /// Starts a hints-only job.
-    fn begin_hints(&mut self, myself: &ActorRef<TenantMsg>) {
+    pub(super) fn begin_hints(&mut self, myself: &ActorRef<TenantMsg>) {
         let state_before = self
             .args
             .health
@@ -79,7 +80,6 @@ impl TenantActorState {
             started: Instant::now(),
             events: 0,
             observed_at: now_rfc3339(),
-            pending: None,
             seen: Default::default(),
             reconcile: None,
             hints_only: true,

@@ -1,0 +1,734 @@
+//! The feeds beyond Issues in the tenant actor. A poll runs the tenant's feeds one after another
+//! (a [`PollPlan`]): Issues first, with its own engine, then each other feed as a [`FeedJob`].
+//! Every step takes a sweep slot, and every request goes through the tenant's one client, so
+//! one token and one rate limiter: a tenant never asks faster than its credential allows,
+//! whatever feeds it runs.
+//!
+//! A feed job sweeps one window of the feed's time field: from `incremental_overlap` before the
+//! end of the last completed window (from the beginning, the first time) to a bound frozen when
+//! the window starts. It pages through it by cursor, and each page is delivered and acknowledged
+//! before its commit records the feed's position (window, cursor) with the page's item states.
+//! So a crash continues the same window from the next page, repeating at most the page in
+//! flight, with the same event ids; and an item whose time falls in the overlap of two windows,
+//! or that Wiz indexed late, is seen again and dropped: by its recorded state (`States` feeds),
+//! or by its id among the recent ones (`Once` feeds).
+//!
+//! A feed that fails (a permission Wiz refuses, an error that outlasted the retries) records its
+//! error in its own health and sits out polls for a while; the tenant's other feeds run as usual.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use bytes::Bytes;
+use ractor::ActorRef;
+
+use super::delivery::{Ledger, Pending};
+use super::slot::Held;
+use super::{unix_now, TenantActorState, TenantMsg};
+use crate::change::{change, Change, Known};
+use crate::event::{now_rfc3339, EventKind};
+use crate::feeds::normalize::{decode, micros, once_kind, states_kind, FeedNormalizer, Item};
+use crate::feeds::{
+    ChangeRule, Feed, FeedCheckpoint, FeedName, Recent, RunningWindow, Window, MAX_RECENT,
+};
+use crate::health::{FeedState, LastError};
+use crate::metrics::Observation;
+use crate::sink::Batch;
+use crate::state::{Checkpoint, Commit};
+use crate::wiz::page::NodeError;
+use crate::wiz::WizError;
+
+/// A running window older than this starts over instead of continuing.
+const RUNNING_MAX_AGE: u64 = 24 * 3600;
+/// Pages one window may take (at least; `max_pages_per_sweep` when larger): 50,000,000 items at
+/// 500 a page. A guard against a cursor that never ends, not a size limit: a tenant's first
+/// vulnerability window may hold millions of findings.
+const MAX_WINDOW_PAGES: u32 = 100_000;
+/// Pages one step of a poll sweeps of a feed's window. A longer window (a first sweep of millions
+/// of findings) yields after this many and continues in a new poll that starts at once, Issues
+/// first: the tenant's issues stay fresh while the window takes its hour.
+const STEP_PAGES: u32 = 100;
+
+/// One window of one feed being swept.
+pub(super) struct FeedJob {
+    feed: &'static Feed,
+    key: String,
+    checkpoint: Checkpoint,
+    window: Window,
+    cursor: Option<String>,
+    pages: u32,
+    /// Pages this step fetched (see `STEP_PAGES`).
+    step_pages: u32,
+    /// The step continues a window from a committed cursor.
+    resumed: bool,
+    cursors: HashSet<String>,
+    /// When the window started (Unix seconds).
+    started_unix: u64,
+    started: Instant,
+    events: u64,
+    observed_at: String,
+    /// `Once` feeds: ids delivered earlier in this window or in the last one's overlap.
+    recent: Vec<Recent>,
+    recent_ids: HashSet<String>,
+    span: tracing::Span,
+}
+
+/// The events one page of a window makes, and the item states its commit remembers.
+pub(super) struct BuiltPage {
+    /// JSON lines, one per event.
+    pub lines: Vec<u8>,
+    pub events: usize,
+    pub kinds: Vec<(EventKind, u64)>,
+    pub remember: Vec<(String, Known)>,
+}
+
+impl FeedJob {
+    /// The feed this job sweeps.
+    pub(super) fn feed_name(&self) -> FeedName {
+        self.feed.name
+    }
+
+    /// Counts a fetched page and takes its cursor: whether the page ends the window, or the
+    /// error a missing or repeated cursor is (a sweep that would never end).
+    fn advance(&mut self, has_next: bool, end_cursor: Option<&str>) -> Result<bool, WizError> {
+        self.pages += 1;
+        self.step_pages += 1;
+        if !has_next {
+            return Ok(true);
+        }
+        match end_cursor {
+            None | Some("") => Err(WizError::CursorMissing { page: self.pages }),
+            Some(c) if !self.cursors.insert(c.to_string()) => {
+                Err(WizError::CursorRepeated { page: self.pages })
+            }
+            Some(c) => {
+                self.cursor = Some(c.to_string());
+                Ok(false)
+            }
+        }
+    }
+
+    /// The lower bound of the window's overlap with the next one, in microseconds.
+    fn overlap_from(&self, overlap: std::time::Duration) -> Option<i64> {
+        micros(&self.window.before).map(|b| b - overlap.as_micros() as i64)
+    }
+
+    /// Builds the events of a page's readable items (`decoded`, with `known`, the recorded
+    /// states of a `States` feed's items in the same order) into `lines`: a `States` item whose
+    /// state changed, a `Once` item not delivered before in this window or the last one's
+    /// overlap (remembered here, when it falls in this window's overlap). Pure but for the
+    /// job's recent ids.
+    fn build_page(
+        &mut self,
+        decoded: &[(&str, Result<Item<'_>, NodeError>)],
+        known: Vec<Option<Known>>,
+        overlap: std::time::Duration,
+        normalizer: &mut FeedNormalizer,
+        mut lines: Vec<u8>,
+    ) -> BuiltPage {
+        let (feed, name) = (self.feed, self.feed.name);
+        let overlap_from = self.overlap_from(overlap);
+        let mut known = known.into_iter();
+        let mut out = BuiltPage {
+            lines: Vec::new(),
+            events: 0,
+            kinds: Vec::new(),
+            remember: Vec::new(),
+        };
+        for (raw, item) in decoded {
+            let Ok(item) = item else {
+                continue;
+            };
+            let fp = item.fingerprint();
+            let (kind, salt) = match feed.rule {
+                ChangeRule::States => {
+                    let old = known.next().flatten();
+                    let status = item.status();
+                    let open = !matches!(status, "RESOLVED" | "REJECTED");
+                    let kind = match change(old.as_ref(), status, &fp, open) {
+                        Change::Emit(k) => states_kind(name, k),
+                        Change::Remember | Change::Unchanged => continue,
+                    };
+                    out.remember.push((
+                        item.id.0.to_string(),
+                        Known {
+                            fingerprint: fp,
+                            status: status.to_string(),
+                            severity: item.severity_raw().map(str::to_string),
+                            silent: false,
+                        },
+                    ));
+                    (kind, old.map(|o| o.fingerprint))
+                }
+                ChangeRule::Once => {
+                    if self.recent_ids.contains(&*item.id.0) {
+                        continue;
+                    }
+                    let at = item.time_micros();
+                    if at.is_none_or(|t| overlap_from.is_none_or(|from| t >= from)) {
+                        self.recent_ids.insert(item.id.0.to_string());
+                        self.recent.push(Recent {
+                            id: item.id.0.to_string(),
+                            at: at.unwrap_or(0),
+                        });
+                    }
+                    (once_kind(name), None)
+                }
+            };
+            normalizer.write(
+                name,
+                item,
+                raw,
+                kind,
+                &fp,
+                salt.as_ref(),
+                &self.observed_at,
+                &mut lines,
+            );
+            lines.push(b'\n');
+            out.events += 1;
+            match out.kinds.iter_mut().find(|(k, _)| *k == kind) {
+                Some((_, n)) => *n += 1,
+                None => out.kinds.push((kind, 1)),
+            }
+        }
+        out.lines = lines;
+        out
+    }
+
+    /// The checkpoint after a page: the window done (`last`: its end becomes the next window's
+    /// start, and the recent ids within its overlap are kept, at most [`MAX_RECENT`]), or the
+    /// window running with the next page's cursor.
+    fn position(&self, last: bool, overlap: std::time::Duration) -> Checkpoint {
+        let mut cp = self.checkpoint.clone();
+        let fc = cp.feed.get_or_insert_with(Default::default);
+        if last {
+            fc.done_until = Some(self.window.before.clone());
+            fc.running = None;
+            let from = self.overlap_from(overlap).unwrap_or(i64::MIN);
+            let mut keep: Vec<Recent> = self
+                .recent
+                .iter()
+                .filter(|r| r.at == 0 || r.at >= from)
+                .cloned()
+                .collect();
+            if keep.len() > MAX_RECENT {
+                keep.drain(..keep.len() - MAX_RECENT);
+            }
+            fc.recent = keep;
+        } else {
+            fc.running = Some(RunningWindow {
+                window: self.window.clone(),
+                cursor: self.cursor.clone(),
+                pages: self.pages,
+                started: self.started_unix,
+            });
+            fc.recent = self.recent.clone();
+        }
+        cp
+    }
+}
+
+impl TenantActorState {
+    /// Starts a window of `feed`: the one a crash interrupted, or the next one.
+    pub(super) async fn start_feed(
+        &mut self,
+        myself: &ActorRef<TenantMsg>,
+        feed: &'static Feed,
+        permit: Held,
+    ) {
+        let key = feed.name.state_key(&self.args.spec.id);
+        let mut checkpoint = match self.args.store.checkpoint(&key) {
+            Ok(c) => c.unwrap_or_default(),
+            Err(e) => {
+                tracing::error!(tenant = %self.args.spec.id, feed = %feed.name, error = %e, "cannot read the feed's checkpoint; starting from the beginning");
+                Checkpoint::default()
+            }
+        };
+        let fc = checkpoint.feed.take().map(|b| *b).unwrap_or_default();
+        let now = unix_now();
+        let (window, cursor, pages, started_unix) = match fc
+            .running
+            .clone()
+            .filter(|r| now.saturating_sub(r.started) < RUNNING_MAX_AGE)
+        {
+            Some(r) => {
+                tracing::info!(tenant = %self.args.spec.id, feed = %feed.name, pages_done = r.pages, "continuing the interrupted window");
+                (r.window, r.cursor, r.pages, r.started)
+            }
+            None => {
+                let overlap = self.args.spec.incremental_overlap.0;
+                let after = fc
+                    .done_until
+                    .as_deref()
+                    .and_then(|t| humantime::parse_rfc3339_weak(t).ok())
+                    .map(|t| t.checked_sub(overlap).unwrap_or(t))
+                    .map(|t| humantime::format_rfc3339_micros(t).to_string());
+                let before = humantime::format_rfc3339_micros(SystemTime::now()).to_string();
+                (Window { after, before }, None, 0, now)
+            }
+        };
+        let resumed = cursor.is_some();
+        let recent_ids = fc.recent.iter().map(|r| r.id.clone()).collect();
+        checkpoint.feed = Some(Box::new(FeedCheckpoint {
+            running: None,
+            ..fc.clone()
+        }));
+        self.feed_job = Some(Box::new(FeedJob {
+            feed,
+            key,
+            checkpoint,
+            window,
+            cursor,
+            pages,
+            step_pages: 0,
+            resumed,
+            cursors: HashSet::new(),
+            started_unix,
+            started: Instant::now(),
+            events: 0,
+            observed_at: now_rfc3339(),
+            recent: fc.recent,
+            recent_ids,
+            span: tracing::info_span!("feed", tenant = %self.args.spec.id, feed = feed.name.as_str()),
+        }));
+        let name = feed.name.as_str();
+        self.args.health.update(self.id(), |h| {
+            h.feed(name).state = FeedState::Polling;
+        });
+        self.slot.hold(permit);
+        let _ = myself.send_message(TenantMsg::NextPage);
+    }
+
+    /// Fetches the job's next page, builds its events and hands them to the sink.
+    pub(super) async fn feed_next_page(&mut self, myself: &ActorRef<TenantMsg>) {
+        let Some(job) = self.feed_job.as_mut() else {
+            return;
+        };
+        let max = self.args.spec.max_pages_per_sweep.max(MAX_WINDOW_PAGES);
+        if job.pages >= max {
+            let e = WizError::TooManyPages { max };
+            return self.feed_finish(myself, Err(e)).await;
+        }
+        let body = Bytes::from(job.feed.request(
+            &job.window,
+            self.args.spec.page_size,
+            job.cursor.as_deref(),
+        ));
+        let root = job.feed.root;
+        let span = tracing::info_span!(parent: &job.span, "page", tenant = %self.args.spec.id, page = job.pages + 1);
+        let fetched =
+            tracing::Instrument::instrument(self.client.fetch_feed_page(body, root), span).await;
+        let page = match fetched {
+            Ok(p) => p,
+            Err(e) => return self.feed_finish(myself, Err(e)).await,
+        };
+        let Some(job) = self.feed_job.as_mut() else {
+            return;
+        };
+        let last = match job.advance(page.has_next_page, page.end_cursor.as_deref()) {
+            Ok(last) => last,
+            Err(e) => return self.feed_finish(myself, Err(e)).await,
+        };
+        let name = job.feed.name;
+        let decoded: Vec<_> = page.nodes().map(|n| (n, decode(name, n))).collect();
+        // The item states this page knows, for a `States` feed (one read).
+        let known = if job.feed.rule == ChangeRule::States {
+            let ids: Vec<&str> = decoded
+                .iter()
+                .filter_map(|(_, d)| d.as_ref().ok().map(|i| &*i.id.0))
+                .collect();
+            match self.args.store.known(&job.key, &ids) {
+                Ok(k) => k,
+                Err(e) => {
+                    let e = WizError::BadResponse(format!("state store: {e}"));
+                    return self.feed_finish(myself, Err(e)).await;
+                }
+            }
+        } else {
+            Vec::new()
+        };
+        for (_, item) in &decoded {
+            if let Err(e) = item {
+                self.args.observer.emit(
+                    &self.args.spec.id,
+                    Observation::NodeSkipped {
+                        error: &format!("{name}: {e}"),
+                    },
+                );
+            }
+        }
+        let normalizer = self.feed_normalizer.get_or_insert_with(|| {
+            Box::new(FeedNormalizer::new(
+                &self.args.spec.id,
+                self.args.spec.console_url.as_str(),
+            ))
+        });
+        let mut lines = std::mem::take(&mut self.buf);
+        lines.clear();
+        let overlap = self.args.spec.incremental_overlap.0;
+        let built = job.build_page(&decoded, known, overlap, normalizer, lines);
+        let position = job.position(last, overlap);
+        self.feed_hand_over(myself, built, position, last).await
+    }
+
+    /// Gives a built page to the sink with what its ack commits (its item states, the window's
+    /// position); a page without events is committed at once.
+    async fn feed_hand_over(
+        &mut self,
+        myself: &ActorRef<TenantMsg>,
+        built: BuiltPage,
+        position: Checkpoint,
+        last: bool,
+    ) {
+        let Some(job) = self.feed_job.as_ref() else {
+            return;
+        };
+        if built.events == 0 {
+            self.buf = built.lines;
+            let commit = Commit {
+                remember: built.remember,
+                settle: Vec::new(),
+                checkpoint: Some(position),
+            };
+            let key = job.key.clone();
+            if let Err(e) = self
+                .write_to(&key, crate::state::Write::Commit(commit))
+                .await
+            {
+                return self.feed_store_failed(myself, e).await;
+            }
+            return self.feed_page_done(myself, last).await;
+        }
+        self.pending = Some(Box::new(Pending {
+            batch: Arc::new(Batch {
+                tenant: Arc::from(self.args.spec.id.as_str()),
+                lines: built.lines,
+                events: built.events,
+            }),
+            ledger: Ledger {
+                remember: built.remember,
+                checkpoint: Some(position),
+                kinds: built.kinds,
+                last,
+                ..Default::default()
+            },
+            attempts: 0,
+        }));
+        self.try_deliver(myself).await;
+    }
+
+    pub(super) async fn feed_page_done(&mut self, myself: &ActorRef<TenantMsg>, last: bool) {
+        let step_done = self
+            .feed_job
+            .as_ref()
+            .is_some_and(|j| j.step_pages >= STEP_PAGES);
+        if last {
+            self.feed_finish(myself, Ok(())).await
+        } else if step_done {
+            // The window's position is committed: the next poll continues it.
+            self.feed_yield(myself).await
+        } else {
+            let _ = myself.send_message(TenantMsg::NextPage);
+        }
+    }
+
+    /// Takes the running feed job off the actor: its sweep slot goes back, and hints that waited
+    /// for it are taken up.
+    pub(super) fn end_feed_job(&mut self, myself: &ActorRef<TenantMsg>) -> Option<Box<FeedJob>> {
+        let job = self.feed_job.take()?;
+        self.pending = None;
+        self.slot.release();
+        if self.args.hints.pending() {
+            let _ = myself.send_message(TenantMsg::Hints);
+        }
+        Some(job)
+    }
+
+    /// Ends this step of a long window; a new poll starts as soon as this one ends.
+    pub(super) async fn feed_yield(&mut self, myself: &ActorRef<TenantMsg>) {
+        let Some(job) = self.end_feed_job(myself) else {
+            return;
+        };
+        if let Some(p) = self.plan.as_mut() {
+            p.yielded = true;
+        }
+        tracing::debug!(tenant = %self.args.spec.id, feed = %job.feed.name, pages_done = job.pages, "long feed window: continuing after the tenant's next issues poll");
+        let name = job.feed.name.as_str();
+        self.args.health.update(self.id(), |h| {
+            h.feed(name).events_added = job.events;
+        });
+        self.step_done(myself, None);
+    }
+
+    /// The sink took a page of the running window: its item states and the window's position
+    /// are committed, then the job goes on (or ends with the window, or yields).
+    pub(super) async fn feed_page_acked(&mut self, myself: &ActorRef<TenantMsg>, pending: Pending) {
+        let Some(job) = self.feed_job.as_mut() else {
+            return;
+        };
+        job.events += pending.batch.events as u64;
+        let key = job.key.clone();
+        let commit = Commit {
+            remember: pending.ledger.remember,
+            settle: Vec::new(),
+            checkpoint: pending.ledger.checkpoint,
+        };
+        if let Err(e) = self
+            .write_to(&key, crate::state::Write::Commit(commit))
+            .await
+        {
+            return self.feed_store_failed(myself, e).await;
+        }
+        if let Ok(b) = Arc::try_unwrap(pending.batch) {
+            self.buf = b.lines;
+        }
+        self.feed_page_done(myself, pending.ledger.last).await;
+    }
+
+    /// A state write of the feed failed: fenced (another replica owns the tenant now), the
+    /// tenant stops here; otherwise the feed fails this time and its window is tried again.
+    pub(super) async fn feed_store_failed(
+        &mut self,
+        myself: &ActorRef<TenantMsg>,
+        (kind, e): (&str, String),
+    ) {
+        if kind == super::FENCED {
+            self.end_feed_job(myself);
+            return self.stop_fenced(myself, &e);
+        }
+        let e = WizError::BadResponse(format!("state store: {e}"));
+        self.feed_finish(myself, Err(e)).await
+    }
+
+    /// Ends the feed job: its health, its retry gate, and the plan's next step.
+    pub(super) async fn feed_finish(
+        &mut self,
+        myself: &ActorRef<TenantMsg>,
+        result: Result<(), WizError>,
+    ) {
+        let Some(job) = self.end_feed_job(myself) else {
+            return;
+        };
+        if matches!(result, Err(WizError::Stopping)) {
+            return;
+        }
+        let name = job.feed.name;
+        let now = SystemTime::now();
+        match result {
+            Ok(()) => {
+                self.feed_retry.remove(&name);
+                if let Some(p) = self.plan.as_mut() {
+                    p.ok += 1;
+                }
+                tracing::info!(tenant = %self.args.spec.id, feed = %name, events = job.events, pages = job.pages, duration_ms = job.started.elapsed().as_millis() as u64, "feed window delivered");
+                self.args.health.update(self.id(), |h| {
+                    let f = h.feed(name.as_str());
+                    f.state = FeedState::Idle;
+                    f.last_success_at = Some(now);
+                    f.events_added = job.events;
+                    f.next_try_at = None;
+                });
+            }
+            Err(e) => self.feed_failed(&job, e, now).await,
+        }
+        self.step_done(myself, None);
+    }
+
+    /// A feed's window failed: a resumed window that fetched nothing starts over next time, the
+    /// feed sits out polls (longer when Wiz refused it), and its health and the tenant's last
+    /// error say why.
+    async fn feed_failed(&mut self, job: &FeedJob, e: WizError, now: SystemTime) {
+        let name = job.feed.name;
+        if job.resumed && job.step_pages == 0 {
+            // A cursor Wiz may no longer take: the next attempt starts a new window
+            // (from the same lower bound, so nothing is skipped; what the interrupted
+            // window delivered is dropped as known, or repeated with its event ids).
+            let fresh = crate::state::Write::Commit(Commit {
+                checkpoint: Some(job.checkpoint.clone()),
+                ..Default::default()
+            });
+            let _ = self.write_to(&job.key, fresh).await;
+        }
+        let denied = e.is_permission_denied();
+        let retry = self.feed_retry.entry(name).or_default();
+        retry.failures += 1;
+        let failures = retry.failures;
+        let wait = self.feed_sits_out(failures, denied);
+        if let Some(r) = self.feed_retry.get_mut(&name) {
+            r.not_before = Some(Instant::now() + wait);
+        }
+        if let Some(p) = self.plan.as_mut() {
+            p.failed += 1;
+        }
+        let message = if denied {
+            format!(
+                "feed {name}: Wiz refused it ({e}); the service account needs this permission: {}. The tenant's other feeds keep running",
+                job.feed.permission
+            )
+        } else {
+            format!("feed {name}: {e}")
+        };
+        self.args.observer.emit(
+            &self.args.spec.id,
+            Observation::FeedFailed {
+                feed: name.as_str(),
+                denied,
+                error: &message,
+                retry_in: wait,
+            },
+        );
+        let error = LastError {
+            message: message.clone(),
+            at: now,
+        };
+        self.args.health.update(self.id(), |h| {
+            let f = h.feed(name.as_str());
+            f.state = if denied {
+                FeedState::Denied
+            } else {
+                FeedState::Backoff
+            };
+            f.last_error = Some(error.clone());
+            f.events_added = job.events;
+            f.next_try_at = Some(now + wait);
+            h.last_error = Some(error);
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    const BEFORE: &str = "2027-01-15T08:00:00Z";
+
+    fn job(feed: FeedName) -> FeedJob {
+        FeedJob {
+            feed: feed.feed().unwrap(),
+            key: format!("t:{}", feed.as_str()),
+            checkpoint: Checkpoint::default(),
+            window: Window {
+                after: Some("2027-01-15T07:00:00Z".into()),
+                before: BEFORE.into(),
+            },
+            cursor: None,
+            pages: 0,
+            step_pages: 0,
+            resumed: false,
+            cursors: HashSet::new(),
+            started_unix: 1_800_000_000,
+            started: Instant::now(),
+            events: 0,
+            observed_at: "2027-01-15T08:00:05Z".into(),
+            recent: Vec::new(),
+            recent_ids: HashSet::new(),
+            span: tracing::Span::none(),
+        }
+    }
+
+    fn build(j: &mut FeedJob, nodes: &[String], known: Vec<Option<Known>>) -> BuiltPage {
+        let decoded: Vec<_> = nodes
+            .iter()
+            .map(|n| (n.as_str(), decode(j.feed.name, n)))
+            .collect();
+        let mut normalizer = FeedNormalizer::new("t", "https://app.wiz.io");
+        j.build_page(
+            &decoded,
+            known,
+            Duration::from_secs(300),
+            &mut normalizer,
+            Vec::new(),
+        )
+    }
+
+    #[test]
+    fn a_cursor_that_is_missing_or_comes_back_stops_the_window() {
+        let mut j = job(FeedName::Audit);
+        assert!(!j.advance(true, Some("c1")).unwrap());
+        assert_eq!(j.cursor.as_deref(), Some("c1"));
+        assert!(matches!(
+            j.advance(true, Some("c1")),
+            Err(WizError::CursorRepeated { page: 2 })
+        ));
+        assert!(matches!(
+            j.advance(true, None),
+            Err(WizError::CursorMissing { page: 3 })
+        ));
+        assert!(j.advance(false, None).unwrap());
+        assert_eq!((j.pages, j.step_pages), (4, 4));
+    }
+
+    #[test]
+    fn a_once_feed_delivers_each_item_once_and_keeps_the_ids_of_its_overlap() {
+        let mut j = job(FeedName::Detections);
+        j.recent_ids.insert("d-seen".into());
+        let node = |id: &str, at: &str| {
+            format!(
+                r#"{{"id":"{id}","type":"GENERATED_THREAT","severity":"HIGH","createdAt":"{at}"}}"#
+            )
+        };
+        let nodes = [
+            node("d-seen", "2027-01-15T07:58:00Z"),
+            node("d-early", "2027-01-15T07:10:00Z"),
+            node("d-late", "2027-01-15T07:58:00Z"),
+        ];
+        let page = build(&mut j, &nodes, Vec::new());
+        assert_eq!(page.events, 2);
+        assert_eq!(page.kinds, vec![(EventKind::DetectionCreated, 2)]);
+        assert!(page.remember.is_empty());
+        let text = String::from_utf8(page.lines).unwrap();
+        assert_eq!(text.lines().count(), 2);
+        assert!(
+            text.contains("\"d-early\"") && text.contains("\"d-late\""),
+            "{text}"
+        );
+        assert!(!text.contains("\"d-seen\""));
+        // Only the item within the window's last 5 minutes is kept for the next window.
+        let recent: Vec<&str> = j.recent.iter().map(|r| r.id.as_str()).collect();
+        assert_eq!(recent, ["d-late"]);
+        let done = j.position(true, Duration::from_secs(300)).feed.unwrap();
+        assert_eq!(done.done_until.as_deref(), Some(BEFORE));
+        assert!(done.running.is_none());
+        assert_eq!(done.recent.len(), 1);
+    }
+
+    #[test]
+    fn a_states_feed_delivers_changes_only_and_a_running_window_keeps_its_cursor() {
+        let mut j = job(FeedName::Vulnerabilities);
+        let node = |id: &str, status: &str| {
+            format!(
+                r#"{{"id":"{id}","name":"CVE-2026-1","CVSSSeverity":"HIGH","score":7.5,"status":"{status}","firstDetectedAt":"2027-01-01T00:00:00Z","lastDetectedAt":"2027-01-15T07:30:00Z"}}"#
+            )
+        };
+        let nodes = [node("v1", "OPEN"), node("v2", "OPEN")];
+        // v2 is known in the state it has now.
+        let v2 = decode(FeedName::Vulnerabilities, &nodes[1]).unwrap();
+        let known = vec![
+            None,
+            Some(Known {
+                fingerprint: v2.fingerprint(),
+                status: "OPEN".into(),
+                severity: Some("HIGH".into()),
+                silent: false,
+            }),
+        ];
+        let page = build(&mut j, &nodes, known);
+        assert_eq!(page.events, 1);
+        assert_eq!(page.kinds, vec![(EventKind::VulnerabilityOpened, 1)]);
+        assert_eq!(page.remember.len(), 1);
+        assert_eq!(page.remember[0].0, "v1");
+        j.advance(true, Some("c9")).unwrap();
+        let running = j
+            .position(false, Duration::from_secs(300))
+            .feed
+            .unwrap()
+            .running
+            .unwrap();
+        assert_eq!(running.cursor.as_deref(), Some("c9"));
+        assert_eq!(running.pages, 1);
+        assert_eq!(running.window.before, BEFORE);
+    }
+}
