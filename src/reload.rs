@@ -97,6 +97,7 @@ fn view(settings: &Settings, placed: Option<&Placed>) -> Settings {
         connector: settings.connector.clone(),
         admin: settings.admin.clone(),
         sinks: settings.sinks.clone(),
+        routing: settings.routing.clone(),
         tenants: settings
             .tenants
             .iter()

@@ -7,6 +7,14 @@ use secrecy::ExposeSecret;
 
 use super::settings::{Settings, SinkSpec, TenantSpec};
 
+/// Everything the sink actor is built from: the outputs and, with routes, each tenant's
+/// destinations.
+#[derive(Debug, Clone)]
+pub struct SinkSet {
+    pub specs: Vec<SinkSpec>,
+    pub routing: Option<Arc<crate::sink::routing::Routing>>,
+}
+
 /// The difference between the running configuration and a new one.
 #[derive(Debug, Default, Clone)]
 pub struct ConfigDiff {
@@ -18,8 +26,8 @@ pub struct ConfigDiff {
     pub restarted: Vec<Arc<TenantSpec>>,
     /// Tenants where only the poll interval or rate limit changed: updated in place.
     pub updated: Vec<Arc<TenantSpec>>,
-    /// The new sinks, when they changed.
-    pub sinks: Option<Vec<SinkSpec>>,
+    /// The new sinks and routes, when either changed.
+    pub sinks: Option<SinkSet>,
     /// Changes that need a process restart to take effect (reported, not applied).
     pub needs_restart: Vec<String>,
 }
@@ -148,8 +156,11 @@ pub fn diff(old: &Settings, new: &Settings) -> ConfigDiff {
         .filter(|id| !after.contains_key(*id))
         .map(|s| s.to_string())
         .collect();
-    if !same_sinks(&old.sinks, &new.sinks) {
-        d.sinks = Some(new.sinks.clone());
+    if !same_sinks(&old.sinks, &new.sinks) || old.routing != new.routing {
+        d.sinks = Some(SinkSet {
+            specs: new.sinks.clone(),
+            routing: new.routing.clone(),
+        });
     }
     let (a, b) = (&old.connector, &new.connector);
     let mut restart_only = |what: &str, changed: bool| {

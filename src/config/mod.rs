@@ -13,13 +13,14 @@ mod hooks;
 mod live;
 mod load;
 mod redact;
+pub mod routes;
 mod settings;
 mod source;
 mod types;
 
 pub use crate::sink::SinkSection;
 pub use cluster::{host_name, ClusterSection, ClusterSettings};
-pub use diff::{classify, diff, needs_restart, ConfigDiff, TenantChange};
+pub use diff::{classify, diff, needs_restart, ConfigDiff, SinkSet, TenantChange};
 pub use duration::DurationValue;
 pub use error::{ConfigError, Problem};
 pub use hooks::{HooksSection, HooksSettings, DEFAULT_HINT_QUEUE_LIMIT};
@@ -31,4 +32,7 @@ pub use settings::{
     SecretSource, Settings, SinkKind, SinkSpec, TelemetrySettings, TenantSpec, WriteCredential,
     VALID_STATUSES,
 };
-pub use types::{AdminSection, ConfigFile, ConnectorSection, TelemetrySection, TenantSection};
+pub use types::{
+    AdminSection, ConfigFile, ConnectorSection, RouteSection, TelemetrySection, TenantSection,
+    TenantSinks,
+};

@@ -4,6 +4,7 @@
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
@@ -37,6 +38,10 @@ pub struct Settings {
     pub connector: ConnectorSettings,
     pub admin: AdminSettings,
     pub sinks: Vec<SinkSpec>,
+    /// Routes resolved into each tenant's destinations; `None`: no routes and no tenant
+    /// `sinks`, so every sink receives every event.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub routing: Option<Arc<crate::sink::routing::Routing>>,
     /// In id order.
     pub tenants: Vec<TenantSpec>,
     pub telemetry: TelemetrySettings,
@@ -220,12 +225,17 @@ struct SinkProblems<'c, 'o> {
     c: &'c mut Checker<'o>,
     env: &'c EnvSource,
     name: &'c str,
+    /// The tenant whose own file defines the sink (its problems name that file).
+    owner: Option<&'c str>,
 }
 
 impl crate::sink::SinkChecks for SinkProblems<'_, '_> {
     fn error(&mut self, key: &str, message: String) {
-        self.c
-            .global(&format!("sinks.{}.{key}", self.name), message);
+        let key = format!("sinks.{}.{key}", self.name);
+        match self.owner {
+            Some(id) => self.c.tenant(id, &key, message),
+            None => self.c.global(&key, message),
+        }
     }
 
     fn secret(
@@ -515,12 +525,56 @@ pub(super) fn resolve(
             c: &mut c,
             env,
             name,
+            owner: None,
         };
         if let Some(kind) = s.resolve(name, &mut checks) {
             sinks.push(SinkSpec {
                 name: name.clone(),
+                owner: None,
                 kind,
             });
+        }
+    }
+    // Sinks defined in a tenant's own file: that tenant's alone. Names are unique across the
+    // configuration, so a route or another tenant naming one is told whose it is.
+    for (id, t) in &file.tenants {
+        let Some(super::types::TenantSinks::Own(own)) = &t.sinks else {
+            continue;
+        };
+        for (name, section) in own {
+            let key = format!("sinks.{name}");
+            if !valid_id(name) {
+                c.tenant(
+                    id,
+                    &key,
+                    "sink names use only a-z, 0-9, '_' and '-' (1 to 64 characters)",
+                );
+            }
+            if let Some(other) = sinks.iter().find(|x: &&SinkSpec| &x.name == name) {
+                let whose = match &other.owner {
+                    Some(o) => format!("in tenant `{o}`'s file"),
+                    None => "in [sinks]".to_string(),
+                };
+                c.tenant(
+                    id,
+                    &key,
+                    format!("a sink named `{name}` is already defined {whose}: sink names are unique across the configuration"),
+                );
+                continue;
+            }
+            let mut checks = SinkProblems {
+                c: &mut c,
+                env,
+                name,
+                owner: Some(id),
+            };
+            if let Some(kind) = section.resolve(name, &mut checks) {
+                sinks.push(SinkSpec {
+                    name: name.clone(),
+                    owner: Some(id.clone()),
+                    kind,
+                });
+            }
         }
     }
 
@@ -543,6 +597,30 @@ pub(super) fn resolve(
             tenants.push(spec);
         }
     }
+
+    // Routes: resolved once into each tenant's destinations; sink templates checked against the
+    // tenants whose events reach them.
+    let ids: Vec<&str> = file
+        .tenants
+        .keys()
+        .map(String::as_str)
+        .filter(|id| valid_id(id))
+        .collect();
+    let mut route_problem = |at: super::routes::At<'_>, message: String| match at {
+        super::routes::At::Global(key) => c.global(&key, message),
+        super::routes::At::Tenant(id, key) => c.tenant(id, &key, message),
+    };
+    let routing = if super::routes::routed(file) {
+        Some(Arc::new(super::routes::resolve(
+            file,
+            &sinks,
+            &ids,
+            &mut route_problem,
+        )))
+    } else {
+        super::routes::labels_only(file, &ids).map(Arc::new)
+    };
+    super::routes::check_templates(file, &sinks, routing.as_deref(), &ids, &mut route_problem);
 
     if !c.problems.is_empty() {
         return Err(ConfigError {
@@ -573,6 +651,7 @@ pub(super) fn resolve(
             tokens,
         },
         sinks,
+        routing,
         tenants,
         telemetry: TelemetrySettings {
             otlp_endpoint,

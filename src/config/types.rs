@@ -18,8 +18,11 @@ pub struct ConfigFile {
     pub connector: ConnectorSection,
     /// The admin HTTP API.
     pub admin: AdminSection,
-    /// Named outputs; every event goes to all of them.
+    /// Named outputs. Without routes and tenant `sinks`, every event goes to all of them.
     pub sinks: BTreeMap<String, crate::sink::SinkSection>,
+    /// Shared destinations for a subset of the fleet (by tenant id or glob, labels, feeds and
+    /// severity).
+    pub routes: BTreeMap<String, RouteSection>,
     /// One table per Wiz tenant; the key is the tenant id.
     pub tenants: BTreeMap<String, TenantSection>,
     /// Trace export.
@@ -250,12 +253,89 @@ pub struct TenantSection {
     /// API (the service account then needs write access to issues). Off by default.
     #[serde(default)]
     pub write_back: bool,
+    /// Free-form string labels (`customer = "acme"`), matched by routes and filled into sink
+    /// templates (`{label.customer}`).
+    #[serde(default)]
+    pub labels: Option<BTreeMap<String, String>>,
+    /// This tenant's own destinations: a list of sink names (in the main file), or, in the
+    /// tenant's own file in `tenants_dir`, `[sinks.<name>]` tables: sinks of this tenant alone.
+    #[serde(default)]
+    pub sinks: Option<TenantSinks>,
     /// A separate service account for writes; without it the read credential writes.
     pub write_client_id: Option<String>,
     /// Its secret (literal or `${ENV_VAR}`).
     pub write_client_secret: Option<SecretString>,
     /// Alternative to `write_client_secret`: a file holding it.
     pub write_client_secret_file: Option<PathBuf>,
+}
+
+/// `[routes.<name>]`: a shared destination for a subset of the fleet. A tenant is routed when
+/// it matches `tenants` (when given) and every label in `labels` (when given).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteSection {
+    /// The sinks this route sends to (shared sinks, not a tenant's own).
+    #[serde(deserialize_with = "status_list")]
+    pub sinks: Vec<String>,
+    /// Tenant ids or globs (`*` any run of characters, `?` one character).
+    #[serde(default, deserialize_with = "opt_list")]
+    pub tenants: Option<Vec<String>>,
+    /// Labels a tenant must all have, with these values.
+    #[serde(default)]
+    pub labels: Option<BTreeMap<String, String>>,
+    /// The feeds it takes (default: all).
+    #[serde(default, deserialize_with = "opt_list")]
+    pub feeds: Option<Vec<String>>,
+    /// The lowest normalized severity it takes: `info`, `low`, `medium` or `high`.
+    #[serde(default)]
+    pub min_severity: Option<String>,
+}
+
+/// `tenants.<id>.sinks`: names of sinks (a list, or `"a,b"` from an environment variable), or
+/// the `[sinks.<name>]` tables of a tenant's own file.
+#[derive(Debug, Clone)]
+pub enum TenantSinks {
+    Names(Vec<String>),
+    Own(BTreeMap<String, crate::sink::SinkSection>),
+}
+
+impl<'de> Deserialize<'de> for TenantSinks {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = TenantSinks;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str(
+                    "a list of sink names, or [sinks.<name>] tables in the tenant's own file",
+                )
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<TenantSinks, E> {
+                Ok(TenantSinks::Names(
+                    s.split(',')
+                        .map(|p| p.trim().to_string())
+                        .filter(|p| !p.is_empty())
+                        .collect(),
+                ))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                a: A,
+            ) -> Result<TenantSinks, A::Error> {
+                Vec::<String>::deserialize(serde::de::value::SeqAccessDeserializer::new(a))
+                    .map(TenantSinks::Names)
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                a: A,
+            ) -> Result<TenantSinks, A::Error> {
+                BTreeMap::<String, crate::sink::SinkSection>::deserialize(
+                    serde::de::value::MapAccessDeserializer::new(a),
+                )
+                .map(TenantSinks::Own)
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// [`status_list`] for an optional key.

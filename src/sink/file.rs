@@ -109,6 +109,25 @@ impl SinkType for FileSink {
         })
     }
 
+    fn templates(spec: &Spec) -> Vec<(&'static str, &str)> {
+        let path = spec.path.to_str().unwrap_or("");
+        if path.contains('{') {
+            vec![("path", path)]
+        } else {
+            Vec::new()
+        }
+    }
+
+    fn instantiate(spec: &Spec, fill: &dyn Fn(&str) -> String) -> Result<Spec, String> {
+        Ok(match spec.path.to_str() {
+            Some(p) if p.contains('{') => Spec {
+                path: PathBuf::from(fill(p)),
+                max_bytes: spec.max_bytes,
+            },
+            _ => spec.clone(),
+        })
+    }
+
     async fn open(name: &str, spec: &Spec) -> Result<FileOutput, String> {
         FileOutput::open(spec.path.clone(), spec.max_bytes)
             .map_err(|e| format!("sink `{name}`: cannot open {}: {e}", spec.path.display()))
@@ -190,6 +209,7 @@ mod tests {
 
     fn batch(text: &str) -> Arc<Batch> {
         Arc::new(Batch {
+            feed: "issues",
             tenant: Arc::from("t"),
             lines: text.as_bytes().to_vec(),
             events: text.lines().count(),

@@ -83,7 +83,12 @@ pub struct Section {
 /// Resolved `http` settings.
 #[derive(Debug, Clone, Serialize)]
 pub struct Spec {
+    /// Where to POST (with placeholders filled, for an instance of a templated sink).
     pub url: Url,
+    /// The URL as written, when it holds placeholders (`{tenant}`, `{feed}`, `{label.<key>}`):
+    /// each distinct filled URL is its own output.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url_template: Option<String>,
     /// One JSON array per batch instead of newline-delimited JSON.
     pub json_array: bool,
     pub gzip: bool,
@@ -102,7 +107,15 @@ impl SinkType for HttpSink {
 
     fn resolve(_: &str, s: &Section, checks: &mut dyn SinkChecks) -> Option<Spec> {
         let url = &s.url;
-        let parsed = match Url::parse(url.trim()) {
+        // A templated URL is checked with every placeholder filled with a plain word.
+        let template = url.contains('{').then(|| url.trim().to_string());
+        let probe = match &template {
+            Some(t) => crate::sink::routing::render(t, "tenant", "feed", &Default::default())
+                .replace("{label.", "{")
+                .replace(['{', '}'], ""),
+            None => url.trim().to_string(),
+        };
+        let parsed = match Url::parse(&probe) {
             Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => Some(u),
             _ => {
                 checks.error("url", format!("{url:?} is not an http(s) URL"));
@@ -141,6 +154,7 @@ impl SinkType for HttpSink {
         }
         Some(Spec {
             url: parsed?,
+            url_template: template,
             json_array,
             gzip: s.gzip.unwrap_or(true),
             auth_header: header,
@@ -153,6 +167,28 @@ impl SinkType for HttpSink {
 
     fn secrets(spec: &Spec) -> Vec<&str> {
         spec.auth_value.iter().map(|v| v.expose_secret()).collect()
+    }
+
+    fn templates(spec: &Spec) -> Vec<(&'static str, &str)> {
+        spec.url_template
+            .as_deref()
+            .map(|t| vec![("url", t)])
+            .unwrap_or_default()
+    }
+
+    fn instantiate(spec: &Spec, fill: &dyn Fn(&str) -> String) -> Result<Spec, String> {
+        let Some(t) = &spec.url_template else {
+            return Ok(spec.clone());
+        };
+        let filled = fill(t);
+        let url = Url::parse(&filled).map_err(|e| {
+            format!("url {t:?} filled as {filled:?} is not a URL ({e}); check the tenant's labels")
+        })?;
+        Ok(Spec {
+            url,
+            url_template: None,
+            ..spec.clone()
+        })
     }
 
     async fn open(name: &str, spec: &Spec) -> Result<HttpOutput, String> {
@@ -168,6 +204,8 @@ impl HttpOutput {
     pub fn open(name: &str, spec: &Spec) -> Result<HttpOutput, String> {
         let Spec {
             url,
+            // Filled by `instantiate` before an output opens.
+            url_template: _,
             json_array,
             gzip,
             auth_header,

@@ -13,8 +13,10 @@
 mod file;
 mod http;
 mod nats;
+pub mod routing;
 mod stdout;
 
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Debug;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -32,10 +34,13 @@ pub use http::HttpOutput;
 pub use nats::NatsOutput;
 pub use stdout::StdoutOutput;
 
-/// One page of events from one tenant: JSON lines, each ending in `\n`.
+/// One page of events from one tenant and one feed: JSON lines, each ending in `\n`.
 #[derive(Debug)]
 pub struct Batch {
     pub tenant: Arc<str>,
+    /// The feed of every event in it (`issues` for Issues pages, hint lookups and write-back's
+    /// audit events): routes that take some feeds only decide per batch.
+    pub feed: &'static str,
     pub lines: Vec<u8>,
     pub events: usize,
 }
@@ -94,6 +99,20 @@ pub trait SinkType {
     /// printed (redacted) settings look the same.
     fn secrets(_spec: &Self::Spec) -> Vec<&str> {
         Vec::new()
+    }
+
+    /// The settings that may hold placeholders (`{tenant}`, `{feed}`, `{label.<key>}`), by key.
+    fn templates(_spec: &Self::Spec) -> Vec<(&'static str, &str)> {
+        Vec::new()
+    }
+
+    /// `spec` with its templated settings filled by `fill` (one output per distinct result), or
+    /// why the filled settings are not usable (the batch then fails; it never goes elsewhere).
+    fn instantiate(
+        spec: &Self::Spec,
+        _fill: &dyn Fn(&str) -> String,
+    ) -> Result<Self::Spec, String> {
+        Ok(spec.clone())
     }
 
     /// Opens the output (connects, creates, checks); the error names the sink and says what to do.
@@ -158,6 +177,20 @@ macro_rules! sink_types {
                     $(SinkKind::$variant(s) => <$ty as SinkType>::secrets(s),)+
                 }
             }
+
+            /// The settings that may hold placeholders, by key.
+            pub fn templates(&self) -> Vec<(&'static str, &str)> {
+                match self {
+                    $(SinkKind::$variant(s) => <$ty as SinkType>::templates(s),)+
+                }
+            }
+
+            /// These settings with their placeholders filled.
+            pub fn instantiate(&self, fill: &dyn Fn(&str) -> String) -> Result<SinkKind, String> {
+                match self {
+                    $(SinkKind::$variant(s) => <$ty as SinkType>::instantiate(s, fill).map(SinkKind::$variant),)+
+                }
+            }
         }
 
         impl Output {
@@ -190,6 +223,9 @@ sink_types! {
 #[derive(Debug, Clone, Serialize)]
 pub struct SinkSpec {
     pub name: String,
+    /// The tenant whose own file defines this sink: it takes that tenant's events alone.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
     #[serde(flatten)]
     pub kind: SinkKind,
 }
@@ -197,18 +233,30 @@ pub struct SinkSpec {
 /// Arguments of the sink actor.
 pub struct SinkArgs {
     pub specs: Vec<SinkSpec>,
+    /// Each tenant's destinations; `None` (or `every_sink`): every sink takes every event.
+    pub routing: Option<Arc<routing::Routing>>,
     pub stats: Arc<SinkStats>,
     pub faults: FaultInjection,
 }
 
+/// One configured sink and its open outputs: one, or with templated settings, one per distinct
+/// filled value (opened at first use).
+struct SinkSlot {
+    spec: SinkSpec,
+    templated: bool,
+    outputs: HashMap<String, Output>,
+}
+
 pub struct SinkState {
-    names: Vec<String>,
-    outputs: Vec<Output>,
+    sinks: Vec<SinkSlot>,
+    /// Index into `sinks` by name.
+    index: HashMap<String, usize>,
+    routing: Option<Arc<routing::Routing>>,
     stats: Arc<SinkStats>,
     faults: FaultInjection,
 }
 
-/// Writes every batch to every output, in order.
+/// Writes every batch to each of its tenant's destinations, in order.
 pub struct SinkActor;
 
 impl Actor for SinkActor {
@@ -221,13 +269,28 @@ impl Actor for SinkActor {
         _myself: ActorRef<SinkMsg>,
         args: SinkArgs,
     ) -> Result<SinkState, ActorProcessingErr> {
-        let mut outputs = Vec::new();
-        for spec in &args.specs {
-            outputs.push(Output::open(spec).await?);
+        let mut sinks = Vec::new();
+        for spec in args.specs {
+            let templated = !spec.kind.templates().is_empty();
+            let mut outputs = HashMap::new();
+            if !templated {
+                // Opened now: a sink that cannot start fails the start with its reason.
+                outputs.insert(String::new(), Output::open(&spec).await?);
+            }
+            sinks.push(SinkSlot {
+                spec,
+                templated,
+                outputs,
+            });
         }
         Ok(SinkState {
-            names: args.specs.iter().map(|s| s.name.clone()).collect(),
-            outputs,
+            index: sinks
+                .iter()
+                .enumerate()
+                .map(|(i, s)| (s.spec.name.clone(), i))
+                .collect(),
+            sinks,
+            routing: args.routing,
             stats: args.stats,
             faults: args.faults,
         })
@@ -255,35 +318,111 @@ impl Actor for SinkActor {
     }
 }
 
-/// Writes one batch to every output, in order; the first failure fails the batch.
+/// Where one batch goes: each sink it reaches, with the batch itself or the part a severity
+/// filter keeps. Decided by a lookup of the batch's tenant, never by event content beyond the
+/// normalized severity.
+fn targets(state: &SinkState, batch: &Arc<Batch>) -> Vec<(usize, Arc<Batch>)> {
+    let routes = state
+        .routing
+        .as_ref()
+        .filter(|r| !r.every_sink)
+        .map(|r| r.tenants.get(&*batch.tenant));
+    match routes {
+        None => (0..state.sinks.len()).map(|i| (i, batch.clone())).collect(),
+        Some(None) => Vec::new(),
+        Some(Some(t)) => t
+            .destinations
+            .iter()
+            .filter(|d| d.takes_feed(batch.feed))
+            .filter_map(|d| {
+                let i = *state.index.get(&d.sink)?;
+                match d.select(&batch.lines) {
+                    None => Some((i, batch.clone())),
+                    Some((_, 0)) => None,
+                    Some((lines, events)) => Some((
+                        i,
+                        Arc::new(Batch {
+                            tenant: batch.tenant.clone(),
+                            feed: batch.feed,
+                            lines,
+                            events,
+                        }),
+                    )),
+                }
+            })
+            .collect(),
+    }
+}
+
+/// Writes one batch to every sink it reaches, in order; the first failure fails the batch.
 async fn write_all(state: &mut SinkState, batch: &Arc<Batch>) -> Result<(), String> {
     if let Some(delay) = state.faults.sink_delay() {
         tokio::time::sleep(delay).await;
     }
     state.faults.maybe_panic_sink();
-    let mut result = match state.faults.sink_failure() {
-        Some(e) => Err(e),
-        None => Ok(()),
-    };
-    for (name, out) in state.names.iter().zip(state.outputs.iter_mut()) {
-        if result.is_err() {
-            break;
-        }
-        if let Err(e) = out.write(batch).await {
+    if let Some(e) = state.faults.sink_failure() {
+        return Err(e);
+    }
+    let empty = BTreeMap::new();
+    let labels = state
+        .routing
+        .as_ref()
+        .and_then(|r| r.tenants.get(&*batch.tenant))
+        .map_or(&empty, |t| &t.labels)
+        .clone();
+    for (i, part) in targets(state, batch) {
+        let slot = &mut state.sinks[i];
+        let name = slot.spec.name.clone();
+        let result = slot.write(&part, &labels).await;
+        if let Err(e) = result {
             state.stats.errors.fetch_add(1, Ordering::Relaxed);
             tracing::error!(sink = %name, tenant = %batch.tenant, error = %e, "sink write failed; the tenant keeps the page and retries");
-            result = Err(format!("sink `{name}`: {e}"));
-            break;
+            return Err(format!("sink `{name}`: {e}"));
         }
     }
-    if result.is_ok() {
-        state.stats.batches.fetch_add(1, Ordering::Relaxed);
-        state
-            .stats
-            .events
-            .fetch_add(batch.events as u64, Ordering::Relaxed);
+    state.stats.batches.fetch_add(1, Ordering::Relaxed);
+    state
+        .stats
+        .events
+        .fetch_add(batch.events as u64, Ordering::Relaxed);
+    Ok(())
+}
+
+impl SinkSlot {
+    /// Writes `batch` to the output its tenant and feed fill the templates with (opened on
+    /// first use), or to the one output of an untemplated sink.
+    async fn write(
+        &mut self,
+        batch: &Arc<Batch>,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<(), String> {
+        let key = if self.templated {
+            self.spec
+                .kind
+                .templates()
+                .iter()
+                .map(|(_, t)| routing::render(t, &batch.tenant, batch.feed, labels))
+                .collect::<Vec<_>>()
+                .join("\u{1f}")
+        } else {
+            String::new()
+        };
+        if !self.outputs.contains_key(&key) {
+            let fill = |t: &str| routing::render(t, &batch.tenant, batch.feed, labels);
+            let spec = SinkSpec {
+                name: self.spec.name.clone(),
+                owner: self.spec.owner.clone(),
+                kind: self.spec.kind.instantiate(&fill)?,
+            };
+            let out = Output::open(&spec).await?;
+            self.outputs.insert(key.clone(), out);
+        }
+        self.outputs
+            .get_mut(&key)
+            .expect("inserted above")
+            .write(batch)
+            .await
     }
-    result
 }
 
 /// Sends a batch to `sink` and waits for the ack. Counts the batch as in flight meanwhile.

@@ -111,6 +111,8 @@ pub struct SupervisorState {
     startup_jitter: Duration,
     shutdown_timeout: Duration,
     sink_specs: Vec<SinkSpec>,
+    /// Each tenant's destinations (`None`: every sink takes every tenant).
+    sink_routing: Option<Arc<crate::sink::routing::Routing>>,
     sink: Option<ActorRef<SinkMsg>>,
     sink_crashes: u32,
     /// The sink is being replaced by a reload: start the new one when the old has stopped.
@@ -159,6 +161,7 @@ impl SupervisorState {
             SinkActor,
             SinkArgs {
                 specs: self.sink_specs.clone(),
+                routing: self.sink_routing.clone(),
                 stats: self.sink_stats.clone(),
                 faults: self.faults.clone(),
             },
@@ -520,7 +523,8 @@ impl SupervisorState {
         }
         self.spawn_tenants(myself, added).await;
         if let Some(sinks) = diff.sinks {
-            self.sink_specs = sinks;
+            self.sink_specs = sinks.specs;
+            self.sink_routing = sinks.routing;
             match &self.sink {
                 Some(s) => {
                     self.sink_replacing = true;
@@ -638,6 +642,7 @@ impl Actor for ConnectorSupervisor {
             startup_jitter: c.startup_jitter.0,
             shutdown_timeout: c.shutdown_timeout.0,
             sink_specs: args.settings.sinks.clone(),
+            sink_routing: args.settings.routing.clone(),
             sink: None,
             sink_crashes: 0,
             sink_replacing: false,

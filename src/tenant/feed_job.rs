@@ -404,6 +404,7 @@ impl TenantActorState {
         self.pending = Some(Box::new(Pending {
             batch: Arc::new(Batch {
                 tenant: Arc::from(self.args.spec.id.as_str()),
+                feed: job.feed.name.as_str(),
                 lines: built.lines,
                 events: built.events,
             }),

@@ -820,6 +820,7 @@ impl TenantActorState {
         self.pending = Some(Box::new(Pending {
             batch: Arc::new(Batch {
                 tenant: Arc::from(self.args.spec.id.as_str()),
+                feed: "issues",
                 lines: outbox.lines,
                 events: outbox.events,
             }),

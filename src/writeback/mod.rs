@@ -650,6 +650,7 @@ async fn emit(acts: &Actions, tenant: &str, line: Vec<u8>) -> Result<(), String>
         })
         .ok_or_else(|| "the sink is not running".to_string())?;
     let batch = Arc::new(Batch {
+        feed: "issues",
         tenant: Arc::from(tenant),
         lines: line,
         events: 1,
