@@ -116,59 +116,7 @@ pub(super) fn resolve(
             Some(None) => Ok(()),
         }
     };
-    let mut routes = Vec::new();
-    for (name, section) in &file.routes {
-        let key = |k: &str| format!("routes.{name}.{k}");
-        if section.sinks.is_empty() {
-            problem(
-                At::Global(key("sinks")),
-                "must name at least one sink".into(),
-            );
-        }
-        for s in &section.sinks {
-            if let Err(m) = shared(s) {
-                problem(At::Global(key("sinks")), m);
-            }
-        }
-        let feeds = section.feeds.as_ref().map(|list| {
-            let mut out = Vec::new();
-            for f in list {
-                match FeedName::parse(f.trim()) {
-                    Some(f) => out.push(f.as_str().to_string()),
-                    None => problem(
-                        At::Global(key("feeds")),
-                        format!(
-                            "unknown feed {f:?}; use any of {}",
-                            FeedName::ALL.map(FeedName::as_str).join(", ")
-                        ),
-                    ),
-                }
-            }
-            out
-        });
-        let min_severity = section.min_severity.as_deref().and_then(|s| {
-            let found = SEVERITIES.iter().position(|x| x.eq_ignore_ascii_case(s.trim()));
-            if found.is_none() {
-                problem(
-                    At::Global(key("min_severity")),
-                    format!("unknown severity {s:?}; use info, low, medium or high (the normalized ladder: Wiz's CRITICAL is high)"),
-                );
-            }
-            found
-        });
-        if section.tenants.as_ref().is_some_and(|t| t.is_empty()) {
-            problem(
-                At::Global(key("tenants")),
-                "is empty: leave it out to match every tenant, or name ids or globs".into(),
-            );
-        }
-        routes.push(Route {
-            name,
-            section,
-            feeds,
-            min_severity,
-        });
-    }
+    let routes = check_routes(file, &shared, problem);
 
     let mut routing = Routing::default();
     for &id in tenants {
@@ -236,6 +184,68 @@ pub(super) fn resolve(
         );
     }
     routing
+}
+
+/// Checks every route once: its sinks (shared ones), feeds, severity and tenant list.
+fn check_routes<'a>(
+    file: &'a ConfigFile,
+    shared: &dyn Fn(&str) -> Result<(), String>,
+    problem: &mut dyn FnMut(At<'_>, String),
+) -> Vec<Route<'a>> {
+    let mut routes = Vec::new();
+    for (name, section) in &file.routes {
+        let key = |k: &str| format!("routes.{name}.{k}");
+        if section.sinks.is_empty() {
+            problem(
+                At::Global(key("sinks")),
+                "must name at least one sink".into(),
+            );
+        }
+        for s in &section.sinks {
+            if let Err(m) = shared(s) {
+                problem(At::Global(key("sinks")), m);
+            }
+        }
+        let feeds = section.feeds.as_ref().map(|list| {
+            let mut out = Vec::new();
+            for f in list {
+                match FeedName::parse(f.trim()) {
+                    Some(f) => out.push(f.as_str().to_string()),
+                    None => problem(
+                        At::Global(key("feeds")),
+                        format!(
+                            "unknown feed {f:?}; use any of {}",
+                            FeedName::ALL.map(FeedName::as_str).join(", ")
+                        ),
+                    ),
+                }
+            }
+            out
+        });
+        let min_severity = section.min_severity.as_deref().and_then(|s| {
+            let found = SEVERITIES.iter().position(|x| x.eq_ignore_ascii_case(s.trim()));
+            if found.is_none() {
+                problem(
+                    At::Global(key("min_severity")),
+                    format!("unknown severity {s:?}; use info, low, medium or high (the normalized ladder: Wiz's CRITICAL is high)"),
+                );
+            }
+            found
+        });
+        if section.tenants.as_ref().is_some_and(|t| t.is_empty()) {
+            problem(
+                At::Global(key("tenants")),
+                "is empty: leave it out to match every tenant, or name ids or globs".into(),
+            );
+        }
+        routes.push(Route {
+            name,
+            section,
+            feeds,
+            min_severity,
+        });
+    }
+    routes
 }
 
 /// Checks the placeholders of every sink's templated settings, and that each tenant whose

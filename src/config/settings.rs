@@ -309,13 +309,94 @@ pub(super) fn resolve(
     };
     let conn = &file.connector;
 
-    PAGE_SIZE.check_global(&mut c, conn.page_size);
-    POLL_INTERVAL.check_global(&mut c, conn.poll_interval);
+    let (statuses, feeds) = check_connector(&mut c, conn);
+    let (listen, tokens) = resolve_admin(&mut c, file, env);
+    let otlp_endpoint = resolve_telemetry(&mut c, file);
+    let cluster = file.cluster.as_ref().and_then(|section| {
+        super::cluster::resolve_cluster(section, |key, message| c.global(key, message))
+    });
+    let hooks = file.hooks.as_ref().and_then(|section| {
+        super::hooks::resolve_hooks(section, |key, message| c.global(key, message))
+    });
+
+    let sinks = resolve_sinks(&mut c, file, env);
+
+    let retry = RetryPolicy {
+        max_retries: conn.max_retries,
+        initial_backoff: conn.retry_initial_backoff,
+        max_backoff: conn.retry_max_backoff,
+    };
+    let mut tenants = Vec::with_capacity(file.tenants.len());
+    for (id, t) in &file.tenants {
+        if !valid_id(id) {
+            c.tenant(
+                id,
+                "(tenant id)",
+                "tenant ids use only a-z, 0-9, '_' and '-' (1 to 64 characters)",
+            );
+            continue;
+        }
+        if let Some(spec) = resolve_tenant(&mut c, id, t, conn, &statuses, &feeds, retry, env) {
+            tenants.push(spec);
+        }
+    }
+
+    let routing = resolve_routing(&mut c, file, &sinks);
+
+    if !c.problems.is_empty() {
+        return Err(ConfigError {
+            problems: c.problems,
+        });
+    }
+    Ok(Settings {
+        config_path,
+        connector: ConnectorSettings {
+            state_dir: conn.state_dir.clone(),
+            state_cache_mib: conn.state_cache_mib,
+            shutdown_timeout: conn.shutdown_timeout,
+            tenants_dir: conn.tenants_dir.clone(),
+            max_concurrent_sweeps: conn.max_concurrent_sweeps,
+            startup_jitter: conn.startup_jitter,
+            restart: RestartPolicy {
+                intensity: conn.restart_intensity,
+                period: conn.restart_period,
+                backoff_initial: conn.restart_backoff_initial,
+                backoff_max: conn.restart_backoff_max,
+                failed_cooldown: conn.failed_cooldown,
+            },
+            summary_interval: conn.summary_interval,
+            watch_interval: conn.watch_interval,
+        },
+        admin: AdminSettings {
+            listen: listen.expect("checked above"),
+            tokens,
+        },
+        sinks,
+        routing,
+        tenants,
+        telemetry: TelemetrySettings {
+            otlp_endpoint,
+            service_name: file.telemetry.service_name.trim().to_string(),
+            metrics_interval: file.telemetry.metrics_interval,
+            per_tenant_histograms: file.telemetry.per_tenant_histograms,
+        },
+        cluster,
+        hooks,
+    })
+}
+
+/// Checks `[connector]`: every key with a rule of its own, the watched statuses and the feeds.
+fn check_connector(
+    c: &mut Checker<'_>,
+    conn: &super::types::ConnectorSection,
+) -> (Vec<String>, Vec<crate::feeds::FeedName>) {
+    PAGE_SIZE.check_global(c, conn.page_size);
+    POLL_INTERVAL.check_global(c, conn.poll_interval);
     if conn.shutdown_timeout.0.is_zero() {
         c.global("connector.shutdown_timeout", "must be greater than zero");
     }
-    REQUEST_TIMEOUT.check_global(&mut c, conn.request_timeout);
-    RATE_LIMIT.check_global(&mut c, conn.rate_limit);
+    REQUEST_TIMEOUT.check_global(c, conn.request_timeout);
+    RATE_LIMIT.check_global(c, conn.rate_limit);
     if conn.max_pages_per_sweep == 0 {
         c.global("connector.max_pages_per_sweep", "must be at least 1");
     }
@@ -386,7 +467,15 @@ pub(super) fn resolve(
             "must name at least one status, e.g. [\"OPEN\"]",
         );
     }
+    (statuses, feeds)
+}
 
+/// `[admin]`: the listen address and the named tokens (a token is required off loopback).
+fn resolve_admin(
+    c: &mut Checker<'_>,
+    file: &ConfigFile,
+    env: &EnvSource,
+) -> (Option<SocketAddr>, Vec<AdminToken>) {
     let listen = match file.admin.listen.parse::<SocketAddr>() {
         Ok(a) => Some(a),
         Err(_) => {
@@ -485,7 +574,11 @@ pub(super) fn resolve(
             );
         }
     }
+    (listen, tokens)
+}
 
+/// `[telemetry]`: the collector's URL, when export is on.
+fn resolve_telemetry(c: &mut Checker<'_>, file: &ConfigFile) -> Option<Url> {
     let otlp_endpoint = match &file.telemetry.otlp_endpoint {
         None => None,
         Some(raw) => match Url::parse(raw.trim()) {
@@ -505,14 +598,11 @@ pub(super) fn resolve(
     if file.telemetry.service_name.trim().is_empty() {
         c.global("telemetry.service_name", "must not be empty");
     }
+    otlp_endpoint
+}
 
-    let cluster = file.cluster.as_ref().and_then(|section| {
-        super::cluster::resolve_cluster(section, |key, message| c.global(key, message))
-    });
-    let hooks = file.hooks.as_ref().and_then(|section| {
-        super::hooks::resolve_hooks(section, |key, message| c.global(key, message))
-    });
-
+/// `[sinks.*]` and the sinks of tenants' own files, each resolved by its type.
+fn resolve_sinks(c: &mut Checker<'_>, file: &ConfigFile, env: &EnvSource) -> Vec<SinkSpec> {
     let mut sinks = Vec::new();
     for (name, s) in &file.sinks {
         if !valid_id(name) {
@@ -522,7 +612,7 @@ pub(super) fn resolve(
             );
         }
         let mut checks = SinkProblems {
-            c: &mut c,
+            c,
             env,
             name,
             owner: None,
@@ -563,7 +653,7 @@ pub(super) fn resolve(
                 continue;
             }
             let mut checks = SinkProblems {
-                c: &mut c,
+                c,
                 env,
                 name,
                 owner: Some(id),
@@ -577,27 +667,16 @@ pub(super) fn resolve(
             }
         }
     }
+    sinks
+}
 
-    let retry = RetryPolicy {
-        max_retries: conn.max_retries,
-        initial_backoff: conn.retry_initial_backoff,
-        max_backoff: conn.retry_max_backoff,
-    };
-    let mut tenants = Vec::with_capacity(file.tenants.len());
-    for (id, t) in &file.tenants {
-        if !valid_id(id) {
-            c.tenant(
-                id,
-                "(tenant id)",
-                "tenant ids use only a-z, 0-9, '_' and '-' (1 to 64 characters)",
-            );
-            continue;
-        }
-        if let Some(spec) = resolve_tenant(&mut c, id, t, conn, &statuses, &feeds, retry, env) {
-            tenants.push(spec);
-        }
-    }
-
+/// Routes, resolved once into each tenant's destinations; sink templates checked against the
+/// tenants whose events reach them. `None`: no routes, no tenant `sinks` and no labels.
+fn resolve_routing(
+    c: &mut Checker<'_>,
+    file: &ConfigFile,
+    sinks: &[SinkSpec],
+) -> Option<Arc<crate::sink::routing::Routing>> {
     // Routes: resolved once into each tenant's destinations; sink templates checked against the
     // tenants whose events reach them.
     let ids: Vec<&str> = file
@@ -613,55 +692,15 @@ pub(super) fn resolve(
     let routing = if super::routes::routed(file) {
         Some(Arc::new(super::routes::resolve(
             file,
-            &sinks,
+            sinks,
             &ids,
             &mut route_problem,
         )))
     } else {
         super::routes::labels_only(file, &ids).map(Arc::new)
     };
-    super::routes::check_templates(file, &sinks, routing.as_deref(), &ids, &mut route_problem);
-
-    if !c.problems.is_empty() {
-        return Err(ConfigError {
-            problems: c.problems,
-        });
-    }
-    Ok(Settings {
-        config_path,
-        connector: ConnectorSettings {
-            state_dir: conn.state_dir.clone(),
-            state_cache_mib: conn.state_cache_mib,
-            shutdown_timeout: conn.shutdown_timeout,
-            tenants_dir: conn.tenants_dir.clone(),
-            max_concurrent_sweeps: conn.max_concurrent_sweeps,
-            startup_jitter: conn.startup_jitter,
-            restart: RestartPolicy {
-                intensity: conn.restart_intensity,
-                period: conn.restart_period,
-                backoff_initial: conn.restart_backoff_initial,
-                backoff_max: conn.restart_backoff_max,
-                failed_cooldown: conn.failed_cooldown,
-            },
-            summary_interval: conn.summary_interval,
-            watch_interval: conn.watch_interval,
-        },
-        admin: AdminSettings {
-            listen: listen.expect("checked above"),
-            tokens,
-        },
-        sinks,
-        routing,
-        tenants,
-        telemetry: TelemetrySettings {
-            otlp_endpoint,
-            service_name: file.telemetry.service_name.trim().to_string(),
-            metrics_interval: file.telemetry.metrics_interval,
-            per_tenant_histograms: file.telemetry.per_tenant_histograms,
-        },
-        cluster,
-        hooks,
-    })
+    super::routes::check_templates(file, sinks, routing.as_deref(), &ids, &mut route_problem);
+    routing
 }
 
 /// A key set in `[connector]` that a tenant may override: one rule checks both, the global
