@@ -123,6 +123,9 @@ impl App {
         observer.metrics().register(|r| hint_metrics.register(r));
         let action_metrics = crate::writeback::ActionMetrics::default();
         observer.metrics().register(|r| action_metrics.register(r));
+        observer
+            .metrics()
+            .register(|r| sink_stats.metrics.register(r));
         let hints = Hints::new(queue_limit, forwarder, hint_metrics);
         hints.set_tokens(&settings.tenants);
         let hooks_listener = match &settings.hooks {
@@ -204,6 +207,7 @@ impl App {
                 )),
                 observer: observer.clone(),
                 reloader: reloader.clone(),
+                sink_stats: sink_stats.clone(),
                 cluster: cluster_view.clone(),
             },
         )?;

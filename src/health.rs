@@ -98,6 +98,9 @@ pub struct TenantHealth {
     /// The time from a webhook hint's arrival to the sinks' ack of the event it led to, for the
     /// last page that held such events (the slowest of them), in milliseconds.
     pub last_hint_to_event_ms: Option<u64>,
+    /// The sink that refused the tenant's page in flight (the tenant holds the page and resends
+    /// it); `None` once a page got through.
+    pub held_by_sink: Option<String>,
     /// Issue ids webhook hints named that were looked up (since the process started).
     pub hints_looked_up: u64,
     /// Times the hint queue overflowed and a full sweep replaced the lookups.
@@ -189,6 +192,7 @@ impl TenantHealth {
             last_poll_lag_ms: None,
             last_change_age_ms: None,
             last_hint_to_event_ms: None,
+            held_by_sink: None,
             hints_looked_up: 0,
             hint_overflows: 0,
             feeds: Vec::new(),

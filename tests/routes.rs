@@ -38,7 +38,7 @@ async fn sixty_tenants_of_twelve_customers_reach_exactly_their_destinations() {
     let gold = |c: usize| c.is_multiple_of(3);
     // Shared sinks: one per customer, and the SOC's file, reached by a route on a label.
     let mut body = format!(
-        "[connector]\nstate_dir = \"{}\"\ntenants_dir = \"{}\"\npoll_interval = \"1h\"\n[admin]\nlisten = \"127.0.0.1:0\"\n",
+        "[connector]\nstate_dir = \"{}\"\ntenants_dir = \"{}\"\npoll_interval = \"1h\"\nstartup_jitter = \"0s\"\n[admin]\nlisten = \"127.0.0.1:0\"\n",
         state_dir().display(),
         tenants_dir.display()
     );
@@ -154,7 +154,7 @@ async fn a_templated_path_gives_each_customer_and_feed_its_own_file() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
     let mut body = format!(
-        "[connector]\nstate_dir = \"{}\"\npoll_interval = \"1h\"\nfeeds = [\"issues\", \"audit\"]\n[admin]\nlisten = \"127.0.0.1:0\"\n[sinks.per_customer]\ntype = \"file\"\npath = \"{}/{{label.customer}}/{{feed}}.jsonl\"\n",
+        "[connector]\nstate_dir = \"{}\"\npoll_interval = \"1h\"\nstartup_jitter = \"0s\"\nfeeds = [\"issues\", \"audit\"]\n[admin]\nlisten = \"127.0.0.1:0\"\n[sinks.per_customer]\ntype = \"file\"\npath = \"{}/{{label.customer}}/{{feed}}.jsonl\"\n",
         state_dir().display(),
         out.display()
     );
@@ -225,7 +225,7 @@ async fn a_route_takes_only_its_feeds_and_severities() {
     let dir = tempfile::tempdir().unwrap();
     let body = format!(
         "{}[sinks.all]\ntype = \"file\"\npath = \"{}\"\n[sinks.high]\ntype = \"file\"\npath = \"{}\"\n[routes.everything]\nsinks = [\"all\"]\n[routes.urgent]\nsinks = [\"high\"]\nfeeds = [\"issues\"]\nmin_severity = \"high\"\n",
-        sim_config(&sim, "poll_interval = \"1h\"\nfeeds = [\"issues\", \"audit\"]", ""),
+        sim_config(&sim, "poll_interval = \"1h\"\nstartup_jitter = \"0s\"\nfeeds = [\"issues\", \"audit\"]", ""),
         dir.path().join("all.jsonl").display(),
         dir.path().join("high.jsonl").display()
     );
@@ -390,7 +390,7 @@ async fn a_templated_url_posts_each_customers_events_to_its_own_path() {
 
     let sim = sim(2, 5).await;
     let mut body = format!(
-        "[connector]\nstate_dir = \"{}\"\npoll_interval = \"1h\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[sinks.siem]\ntype = \"http\"\nurl = \"http://{addr}/ingest/{{label.customer}}\"\ngzip = false\n",
+        "[connector]\nstate_dir = \"{}\"\npoll_interval = \"1h\"\nstartup_jitter = \"0s\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[sinks.siem]\ntype = \"http\"\nurl = \"http://{addr}/ingest/{{label.customer}}\"\ngzip = false\n",
         state_dir().display()
     );
     for (i, t) in sim.tenants().iter().enumerate() {
@@ -422,5 +422,102 @@ async fn a_templated_url_posts_each_customers_events_to_its_own_path() {
             "{customer}"
         );
     }
+    app.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_sinks_shows_each_sinks_state_and_the_sink_holding_a_tenant_back() {
+    // A SIEM that refuses everything with 503.
+    let app503 = axum::Router::new().route(
+        "/ingest",
+        axum::routing::post(|| async { axum::http::StatusCode::SERVICE_UNAVAILABLE }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app503).await.unwrap() });
+
+    let sim = sim(2, 4).await;
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("archive.jsonl");
+    let mut body = format!(
+        "[connector]\nstate_dir = \"{}\"\npoll_interval = \"1h\"\nstartup_jitter = \"0s\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[sinks.archive]\ntype = \"file\"\npath = \"{}\"\n[sinks.siem]\ntype = \"http\"\nurl = \"http://{addr}/ingest\"\nmax_retries = 0\n",
+        state_dir().display(),
+        archive.display()
+    );
+    let tenants = sim.tenants();
+    body.push_str(&tenant_toml(
+        &sim,
+        "t0",
+        &tenants[0],
+        "sinks = [\"archive\"]",
+    ));
+    body.push_str(&tenant_toml(&sim, "t1", &tenants[1], "sinks = [\"siem\"]"));
+    let app = App::start(settings(&body), AppOptions::default())
+        .await
+        .unwrap();
+    let base = format!("http://{}", app.admin_addr());
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let http = reqwest::Client::new();
+    let open = open_ids(&sim);
+    wait_until(
+        "t0's events in the archive",
+        Duration::from_secs(60),
+        || read_lines(&archive).len() == open["t0"].len(),
+    )
+    .await;
+    wait_until("t1 held back by the SIEM", Duration::from_secs(60), || {
+        app.health
+            .get("t1")
+            .is_some_and(|h| h.held_by_sink.as_deref() == Some("siem"))
+    })
+    .await;
+    let get = |path: String| {
+        let http = http.clone();
+        async move {
+            let bytes = http.get(path).send().await.unwrap().bytes().await.unwrap();
+            serde_json::from_slice::<serde_json::Value>(&bytes).unwrap()
+        }
+    };
+    let sinks = get(format!("{base}/sinks")).await;
+    let by_name: BTreeMap<String, serde_json::Value> = sinks
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["name"].as_str().unwrap().to_string(), s.clone()))
+        .collect();
+    let archive_s = &by_name["archive"];
+    assert_eq!(archive_s["type"], "file");
+    assert_eq!(archive_s["state"], "up");
+    assert_eq!(archive_s["tenants"], serde_json::json!(["t0"]));
+    assert_eq!(archive_s["delivered_events"], open["t0"].len());
+    let siem = &by_name["siem"];
+    assert_eq!(siem["type"], "http");
+    assert!(
+        siem["state"] == "retrying" || siem["state"] == "down",
+        "{siem}"
+    );
+    assert!(siem["failed_batches"].as_u64().unwrap() >= 1, "{siem}");
+    assert!(
+        siem["last_error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("503"),
+        "{siem}"
+    );
+    assert_eq!(siem["tenants"], serde_json::json!(["t1"]));
+    assert_eq!(siem["backlog_events"], 0);
+    // The tenant's health names the sink; t0 is not held back.
+    let t1 = get(format!("{base}/tenants/t1")).await;
+    assert_eq!(t1["held_by_sink"], "siem");
+    assert!(app.health.get("t0").unwrap().held_by_sink.is_none());
+    let metrics = app.observer_metrics_text();
+    assert!(
+        metrics.contains("wiz_connector_sink_up{sink=\"siem\"} 0"),
+        "{metrics}"
+    );
+    assert!(metrics.contains(&format!(
+        "wiz_connector_sink_delivered_events_total{{sink=\"archive\"}} {}",
+        open["t0"].len()
+    )));
     app.shutdown().await.unwrap();
 }

@@ -22,7 +22,7 @@ use axum::{Json, Router};
 use ractor::ActorRef;
 use secrecy::ExposeSecret;
 use serde::Deserialize;
-use serde_json::json;
+use serde_json::{json, Value};
 use tokio::net::TcpListener;
 
 use crate::config::{AdminToken, Permission};
@@ -45,6 +45,8 @@ pub struct AdminState {
     pub reloader: Reloader,
     /// Cluster mode: the membership loop's view.
     pub cluster: Option<Arc<crate::cluster::ClusterView>>,
+    /// The sinks' counters and states (`GET /sinks`).
+    pub sink_stats: Arc<crate::sink::SinkStats>,
 }
 
 /// A running admin server; dropping it stops the server.
@@ -76,6 +78,7 @@ pub fn serve(listener: TcpListener, state: AdminState) -> std::io::Result<AdminS
         .route("/reload", post(reload))
         .route("/cluster", get(cluster))
         .route("/summary", get(summary))
+        .route("/sinks", get(list_sinks))
         .route(
             "/tenants/{id}/issues/{issue_id}/actions",
             post(actions_route),
@@ -130,6 +133,46 @@ fn presented(req: &Request) -> Vec<u8> {
 pub struct Caller {
     pub name: String,
     pub permission: Permission,
+}
+
+/// `GET /sinks`: each configured sink's name, type, state, last error, backlog and the tenants
+/// it serves (`"all"` without routes).
+async fn list_sinks(State(st): State<AdminState>) -> Json<Value> {
+    let config = st.reloader.live().current();
+    let statuses = st.sink_stats.statuses();
+    let routing = config.routing.as_ref().filter(|r| !r.every_sink);
+    let sinks: Vec<Value> = config
+        .sinks
+        .iter()
+        .map(|spec| {
+            let status = statuses.get(&spec.name).cloned().unwrap_or_default();
+            let tenants = match routing {
+                Some(r) => json!(r
+                    .tenants
+                    .iter()
+                    .filter(|(_, t)| t.destinations.iter().any(|d| d.sink == spec.name))
+                    .map(|(id, _)| id.as_str())
+                    .collect::<Vec<_>>()),
+                None => json!("all"),
+            };
+            json!({
+                "name": spec.name,
+                "type": spec.kind.type_name(),
+                "owner": spec.owner,
+                "state": status.state,
+                "last_error": status.last_error,
+                "failures_in_a_row": status.failures_in_a_row,
+                "delivered_events": status.delivered_events,
+                "failed_batches": status.failed_batches,
+                // No durable backlog yet (issue 20's next part): a refused page waits in its
+                // tenant, which resends it.
+                "backlog_events": 0,
+                "backlog_bytes": 0,
+                "tenants": tenants,
+            })
+        })
+        .collect();
+    Json(Value::Array(sinks))
 }
 
 /// `POST /tenants/{id}/issues/{issue_id}/actions`: write-back; `crate::writeback` does the work.

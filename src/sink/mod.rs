@@ -60,6 +60,124 @@ pub struct SinkStats {
     /// Batches received but not yet acknowledged, and the most there ever were.
     pub in_flight: AtomicUsize,
     pub max_in_flight: AtomicUsize,
+    /// Each sink's state, by name (`GET /sinks`).
+    pub sinks: std::sync::Mutex<BTreeMap<String, SinkStatus>>,
+    /// Per-sink metrics (one series per sink, none per tenant and sink).
+    pub metrics: SinkMetrics,
+}
+
+/// Consecutive failed batches after which a sink is `down` rather than `retrying`.
+pub const DOWN_AFTER_FAILURES: u32 = 5;
+
+/// Where a sink stands.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SinkHealth {
+    /// Its last write succeeded (or none was tried yet).
+    #[default]
+    Up,
+    /// Its last write failed; the tenants that reach it resend their pages.
+    Retrying,
+    /// [`DOWN_AFTER_FAILURES`] writes or more failed in a row.
+    Down,
+}
+
+/// One sink's state, as `GET /sinks` shows it.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SinkStatus {
+    pub state: SinkHealth,
+    pub last_error: Option<crate::health::LastError>,
+    /// Batches that failed in a row (0 once one succeeds).
+    pub failures_in_a_row: u32,
+    /// Events written since the process started.
+    pub delivered_events: u64,
+    /// Batches that failed since the process started.
+    pub failed_batches: u64,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+struct SinkLabels {
+    sink: String,
+}
+
+/// Fleet-wide metrics per sink, registered by `app` into the one registry.
+#[derive(Clone, Debug, Default)]
+pub struct SinkMetrics {
+    delivered: prometheus_client::metrics::family::Family<
+        SinkLabels,
+        prometheus_client::metrics::counter::Counter,
+    >,
+    failed: prometheus_client::metrics::family::Family<
+        SinkLabels,
+        prometheus_client::metrics::counter::Counter,
+    >,
+    up: prometheus_client::metrics::family::Family<
+        SinkLabels,
+        prometheus_client::metrics::gauge::Gauge,
+    >,
+}
+
+impl SinkMetrics {
+    pub fn register(&self, registry: &mut prometheus_client::registry::Registry) {
+        registry.register(
+            "sink_delivered_events",
+            "Events written to each sink",
+            self.delivered.clone(),
+        );
+        registry.register(
+            "sink_failed_batches",
+            "Batches a sink failed to take (the tenants keep them and resend)",
+            self.failed.clone(),
+        );
+        registry.register(
+            "sink_up",
+            "1 when the sink's last write succeeded, 0 when it failed",
+            self.up.clone(),
+        );
+    }
+}
+
+impl SinkStats {
+    /// Records a write to sink `name`: `events` taken, or the error.
+    fn record(&self, name: &str, result: Result<usize, &str>) {
+        let l = SinkLabels {
+            sink: name.to_string(),
+        };
+        let mut sinks = self.sinks.lock().expect("sink status lock");
+        let s = sinks.entry(name.to_string()).or_default();
+        match result {
+            Ok(events) => {
+                s.state = SinkHealth::Up;
+                s.failures_in_a_row = 0;
+                s.delivered_events += events as u64;
+                self.metrics
+                    .delivered
+                    .get_or_create(&l)
+                    .inc_by(events as u64);
+                self.metrics.up.get_or_create(&l).set(1);
+            }
+            Err(e) => {
+                s.failures_in_a_row += 1;
+                s.failed_batches += 1;
+                s.state = if s.failures_in_a_row >= DOWN_AFTER_FAILURES {
+                    SinkHealth::Down
+                } else {
+                    SinkHealth::Retrying
+                };
+                s.last_error = Some(crate::health::LastError {
+                    message: e.to_string(),
+                    at: std::time::SystemTime::now(),
+                });
+                self.metrics.failed.get_or_create(&l).inc();
+                self.metrics.up.get_or_create(&l).set(0);
+            }
+        }
+    }
+
+    /// Each sink's state, by name.
+    pub fn statuses(&self) -> BTreeMap<String, SinkStatus> {
+        self.sinks.lock().expect("sink status lock").clone()
+    }
 }
 
 /// What `config` lends a sink type while it resolves a section: where problems go (each names
@@ -269,6 +387,14 @@ impl Actor for SinkActor {
         _myself: ActorRef<SinkMsg>,
         args: SinkArgs,
     ) -> Result<SinkState, ActorProcessingErr> {
+        {
+            // Every configured sink is listed from the start; removed ones are forgotten.
+            let mut board = args.stats.sinks.lock().expect("sink status lock");
+            board.retain(|name, _| args.specs.iter().any(|s| &s.name == name));
+            for s in &args.specs {
+                board.entry(s.name.clone()).or_default();
+            }
+        }
         let mut sinks = Vec::new();
         for spec in args.specs {
             let templated = !spec.kind.templates().is_empty();
@@ -374,6 +500,10 @@ async fn write_all(state: &mut SinkState, batch: &Arc<Batch>) -> Result<(), Stri
         let slot = &mut state.sinks[i];
         let name = slot.spec.name.clone();
         let result = slot.write(&part, &labels).await;
+        state.stats.record(
+            &name,
+            result.as_ref().map(|_| part.events).map_err(String::as_str),
+        );
         if let Err(e) = result {
             state.stats.errors.fetch_add(1, Ordering::Relaxed);
             tracing::error!(sink = %name, tenant = %batch.tenant, error = %e, "sink write failed; the tenant keeps the page and retries");

@@ -116,6 +116,7 @@ impl TenantActorState {
         }
         let feed = self.feed_job.as_ref().map(|j| j.feed_name().as_str());
         self.args.health.update(&self.args.spec.id, |h| {
+            h.held_by_sink = None;
             h.events_total += events;
             if let Some(f) = feed {
                 h.feed(f).events_total += events;
@@ -150,11 +151,17 @@ impl TenantActorState {
             Observation::SinkUnavailable { error: e, attempts },
         );
         let now = SystemTime::now();
+        // Sink errors read "sink `<name>`: ...": the sink that holds the tenant back.
+        let held_by = e
+            .strip_prefix("sink `")
+            .and_then(|r| r.split_once('`'))
+            .map(|(name, _)| name.to_string());
         self.args.health.update(&self.args.spec.id, |h| {
             h.last_error = Some(LastError {
                 message: format!("sink unavailable: {e}"),
                 at: now,
-            })
+            });
+            h.held_by_sink = held_by;
         });
         myself.send_after(delay, || TenantMsg::Resend);
     }
