@@ -465,6 +465,11 @@ async fn get_sinks_shows_each_sinks_state_and_the_sink_holding_a_tenant_back() {
         || read_lines(&archive).len() == open["t0"].len(),
     )
     .await;
+    // The poll ends after the sink acknowledged its last page, which is after the sink counted it.
+    wait_until("t0's poll ended", Duration::from_secs(30), || {
+        app.health.get("t0").is_some_and(|h| h.polls >= 1)
+    })
+    .await;
     wait_until("t1 held back by the SIEM", Duration::from_secs(60), || {
         app.health
             .get("t1")
@@ -519,5 +524,84 @@ async fn get_sinks_shows_each_sinks_state_and_the_sink_holding_a_tenant_back() {
         "wiz_connector_sink_delivered_events_total{{sink=\"archive\"}} {}",
         open["t0"].len()
     )));
+    app.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_adding_a_route_sends_new_changes_there_without_restarting_tenants() {
+    let sim = sim(3, 10).await;
+    let dir = tempfile::tempdir().unwrap();
+    let all = dir.path().join("all.jsonl");
+    let soc = dir.path().join("soc.jsonl");
+    let base = format!(
+        "{}[sinks.all]\ntype = \"file\"\npath = \"{}\"\n[sinks.soc]\ntype = \"file\"\npath = \"{}\"\n[routes.everything]\nsinks = [\"all\"]\n",
+        sim_config(&sim, "poll_interval = \"1s\"\nstartup_jitter = \"0s\"", ""),
+        all.display(),
+        soc.display()
+    );
+    let cfg = write_config(&base);
+    let settings = load(&cfg.path, &EnvSource::Fixed(HashMap::new())).unwrap();
+    let app = App::start(settings, AppOptions::default()).await.unwrap();
+    let open = open_ids(&sim);
+    let first: usize = open.values().map(|s| s.len()).sum();
+    wait_until("the first sweeps", Duration::from_secs(60), || {
+        read_lines(&all).len() == first
+    })
+    .await;
+    // The SOC now takes t1's events.
+    std::fs::write(
+        &cfg.path,
+        format!("{base}[routes.t1_to_soc]\nsinks = [\"soc\"]\ntenants = [\"t1\"]\n"),
+    )
+    .unwrap();
+    let summary = app.reloader().reload("test").await.unwrap();
+    assert!(summary.sinks_changed);
+    assert!(summary.restarted.is_empty() && summary.added.is_empty());
+    // A change on every tenant: only t1's reaches the SOC, every one reaches the archive.
+    let before = read_lines(&all).len();
+    for t in sim.tenants() {
+        sim.churn(&t.client_id, 3);
+    }
+    wait_until("t1's changes at the SOC", Duration::from_secs(60), || {
+        !read_lines(&soc).is_empty() && read_lines(&all).len() > before
+    })
+    .await;
+    wait_until(
+        "every tenant polled after the churn",
+        Duration::from_secs(30),
+        || {
+            (0..3).all(|i| {
+                app.health
+                    .get(&format!("t{i}"))
+                    .is_some_and(|h| h.polls >= 3)
+            })
+        },
+    )
+    .await;
+    let soc_events = read_lines(&soc);
+    assert!(
+        soc_events.iter().all(|e| e["tenant"] == "t1"),
+        "{soc_events:?}"
+    );
+    let archived: BTreeSet<String> = read_lines(&all)
+        .iter()
+        .filter(|e| e["tenant"] == "t1")
+        .map(|e| e["id"].as_str().unwrap().to_string())
+        .collect();
+    for e in &soc_events {
+        assert!(
+            archived.contains(e["id"].as_str().unwrap()),
+            "the archive has {e}"
+        );
+    }
+    for (i, t) in sim.tenants().iter().enumerate() {
+        let h = app.health.get(&format!("t{i}")).unwrap();
+        assert_eq!(h.restarts, 0, "t{i}");
+        assert_eq!(
+            sim.counters(&t.client_id).tokens_issued,
+            1,
+            "t{i} kept its token"
+        );
+    }
     app.shutdown().await.unwrap();
 }
