@@ -515,6 +515,15 @@ async fn get_sinks_shows_each_sinks_state_and_the_sink_holding_a_tenant_back() {
     let t1 = get(format!("{base}/tenants/t1")).await;
     assert_eq!(t1["held_by_sink"], "siem");
     assert!(app.health.get("t0").unwrap().held_by_sink.is_none());
+    // `wiz-connector status` names it next to the tenant's state.
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_wiz-connector"))
+        .args(["status", "--admin", &base])
+        .output()
+        .await
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    let t1_line = table.lines().find(|l| l.starts_with("t1 ")).unwrap_or_default();
+    assert!(t1_line.contains("(held by sink siem)"), "{table}");
     let metrics = app.observer_metrics_text();
     assert!(
         metrics.contains("wiz_connector_sink_up{sink=\"siem\"} 0"),

@@ -72,7 +72,14 @@ pub fn render(
         .iter()
         .map(|t| Row {
             id: t["id"].as_str().unwrap_or("?").to_string(),
-            state: t["state"].as_str().unwrap_or("?").to_string(),
+            state: match t["held_by_sink"].as_str() {
+                // The sink that refuses the tenant's page in flight.
+                Some(sink) => format!(
+                    "{} (held by sink {sink})",
+                    t["state"].as_str().unwrap_or("?")
+                ),
+                None => t["state"].as_str().unwrap_or("?").to_string(),
+            },
             owner: t["owner"].as_str().unwrap_or("").to_string(),
             last_success: age(&t["last_success_at"], now),
             events: t["events_total"].to_string(),
