@@ -143,6 +143,9 @@ pub struct FeedHealth {
     /// After a failure: the first poll that runs the feed again.
     #[serde(serialize_with = "opt_rfc3339")]
     pub next_try_at: Option<SystemTime>,
+    /// While the feed's first window runs with `connector.initial_lookback`: where it starts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_window_after: Option<String>,
 }
 
 impl FeedHealth {
@@ -154,6 +157,7 @@ impl FeedHealth {
             last_error: None,
             events_added: 0,
             events_total: 0,
+            first_window_after: None,
             next_try_at: None,
         }
     }

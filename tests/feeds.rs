@@ -682,3 +682,93 @@ async fn a_refused_cursor_of_a_continued_window_starts_it_over_without_a_gap() {
     assert!(queries >= 43 + first_run_pages, "{queries} feed queries");
     app.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_window_reaches_back_only_as_far_as_the_feeds_lookback() {
+    // 40 audit entries and 20 detections from 2025, then three new ones of each today.
+    let sim = sim(1, 40).await;
+    let client = sim.tenants()[0].client_id.clone();
+    // The feeds are generated at first use; churn then adds to them.
+    sim.feeds(&client, |_| ());
+    sim.churn(&client, 3);
+    let (old_audit, old_det) = sim.feeds(&client, |f| (f.audit.len(), f.detections.len()));
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("events.jsonl");
+    let t = &sim.tenants()[0];
+    let body = format!(
+        "[connector]\nstate_dir = \"{}\"\npoll_interval = \"1s\"\nstartup_jitter = \"0s\"\nfeeds = [\"issues\", \"audit\", \"detections\"]\ninitial_lookback = {{ audit = \"1d\" }}\n[admin]\nlisten = \"127.0.0.1:0\"\n[sinks.out]\ntype = \"file\"\npath = \"{}\"\n{}",
+        state_dir().display(),
+        out.display(),
+        tenant_toml(&sim, "t0", t, "")
+    );
+    let app = App::start(settings(&body), AppOptions::default())
+        .await
+        .unwrap();
+    wait_until("two polls of every feed", Duration::from_secs(60), || {
+        app.health.get("t0").is_some_and(|h| {
+            h.polls >= 2
+                && h.feeds
+                    .iter()
+                    .filter(|f| f.feed != "issues")
+                    .all(|f| f.last_success_at.is_some())
+        })
+    })
+    .await;
+    let lines = read_lines(&out);
+    // Audit: only the entries of the last day (the churned ones); detections: everything.
+    let today = sim.feeds(&client, |f| {
+        f.audit
+            .iter()
+            .rev()
+            .take(3)
+            .map(|a| a.id.clone())
+            .collect::<std::collections::BTreeSet<_>>()
+    });
+    let audit: std::collections::BTreeSet<String> = of_feed(&lines, "audit")
+        .iter()
+        .map(|e| e["entry_id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(audit, today, "of {old_audit} audit entries");
+    assert_eq!(of_feed(&lines, "detections").len(), old_det);
+    // The lookback is shown while the first window runs, and gone once it completed.
+    let h = app.health.get("t0").unwrap();
+    assert!(
+        h.feeds.iter().all(|f| f.first_window_after.is_none()),
+        "{h:?}"
+    );
+    // Later windows follow on from the first: a new entry arrives once.
+    sim.churn(&client, 1);
+    let newest = sim.feeds(&client, |f| f.audit.last().unwrap().id.clone());
+    wait_until("the new entry", Duration::from_secs(30), || {
+        of_feed(&read_lines(&out), "audit")
+            .iter()
+            .any(|e| e["entry_id"] == newest.as_str())
+    })
+    .await;
+    app.shutdown().await.unwrap();
+}
+
+#[test]
+fn a_lookback_for_issues_or_an_unknown_feed_is_refused() {
+    let c = write_config(
+        "[connector]\ninitial_lookback = { issues = \"1d\", findings = \"2d\", audit = \"10s\" }\n[sinks.o]\ntype = \"stdout\"\n",
+    );
+    let e = wiz_connector::config::load(
+        &c.path,
+        &wiz_connector::config::EnvSource::Fixed(HashMap::new()),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("connector.initial_lookback.issues") && e.contains("Issues has no first window"),
+        "{e}"
+    );
+    assert!(
+        e.contains("connector.initial_lookback.findings") && e.contains("unknown feed"),
+        "{e}"
+    );
+    assert!(
+        e.contains("connector.initial_lookback.audit") && e.contains("at least 1m"),
+        "{e}"
+    );
+}

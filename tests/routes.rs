@@ -522,7 +522,10 @@ async fn get_sinks_shows_each_sinks_state_and_the_sink_holding_a_tenant_back() {
         .await
         .unwrap();
     let table = String::from_utf8_lossy(&out.stdout);
-    let t1_line = table.lines().find(|l| l.starts_with("t1 ")).unwrap_or_default();
+    let t1_line = table
+        .lines()
+        .find(|l| l.starts_with("t1 "))
+        .unwrap_or_default();
     assert!(t1_line.contains("(held by sink siem)"), "{table}");
     let metrics = app.observer_metrics_text();
     assert!(

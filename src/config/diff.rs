@@ -83,6 +83,8 @@ pub fn classify(a: &TenantSpec, b: &TenantSpec) -> TenantChange {
         full_sweep_interval,
         full_sweep_max_pages,
         incremental_overlap,
+        // Read when a feed's first window starts: the new value applies from then on.
+        initial_lookback: _,
         // Read live by the webhook receiver.
         webhook_token: _,
         // Read live by write-back, which keeps its own clients.

@@ -194,6 +194,8 @@ pub struct TenantSpec {
     /// Sweep fully on every poll while the last full sweep took at most this many pages.
     pub full_sweep_max_pages: u32,
     pub incremental_overlap: DurationValue,
+    /// How far back each feed's first window reaches (feeds not listed: no bound).
+    pub initial_lookback: Vec<(crate::feeds::FeedName, DurationValue)>,
     /// The bearer token of this tenant's webhook hints; `None`: hints for it are refused.
     /// Changing it needs no restart of the tenant (the receiver reads it from the configuration).
     #[serde(serialize_with = "redact_opt")]
@@ -466,6 +468,23 @@ fn check_connector(
             "connector.statuses",
             "must name at least one status, e.g. [\"OPEN\"]",
         );
+    }
+    for (feed, d) in &conn.initial_lookback {
+        let key = format!("connector.initial_lookback.{feed}");
+        match crate::feeds::FeedName::parse(feed) {
+            Some(crate::feeds::FeedName::Issues) => c.global(
+                &key,
+                "Issues has no first window: its first poll is a full sweep of the watched statuses",
+            ),
+            Some(_) if d.0 < Duration::from_secs(60) => c.global(&key, "must be at least 1m"),
+            Some(_) => {}
+            None => c.global(
+                &key,
+                format!(
+                    "unknown feed {feed:?}; use vulnerabilities, detections, audit or cloud_configuration"
+                ),
+            ),
+        }
     }
     (statuses, feeds)
 }
@@ -956,6 +975,7 @@ fn resolve_tenant(
         full_sweep_interval: conn.full_sweep_interval,
         full_sweep_max_pages: conn.full_sweep_max_pages,
         incremental_overlap: conn.incremental_overlap,
+        initial_lookback: initial_lookback(conn),
         webhook_token,
         write_back: t.write_back,
         write_credential,
@@ -1104,4 +1124,14 @@ pub fn check_endpoint(raw: &str, insecure: bool) -> Result<Url, String> {
         ));
     }
     Ok(url)
+}
+
+/// `connector.initial_lookback`, checked (in `check_connector`) and resolved.
+fn initial_lookback(
+    conn: &super::types::ConnectorSection,
+) -> Vec<(crate::feeds::FeedName, DurationValue)> {
+    conn.initial_lookback
+        .iter()
+        .filter_map(|(f, d)| Some((crate::feeds::FeedName::parse(f)?, *d)))
+        .collect()
 }

@@ -132,6 +132,9 @@ pub struct ConnectorSection {
     /// Incremental polls ask for `statusChangedAt` after the high-water mark minus this, so a
     /// change written late on Wiz's side is not missed.
     pub incremental_overlap: DurationValue,
+    /// How far back a feed's first window reaches, by feed (`{ detections = "2d" }`); a feed not
+    /// listed reads everything Wiz keeps.
+    pub initial_lookback: BTreeMap<String, DurationValue>,
 }
 
 impl Default for ConnectorSection {
@@ -163,6 +166,7 @@ impl Default for ConnectorSection {
             full_sweep_interval: DurationValue::secs(24 * 3600),
             full_sweep_max_pages: 20,
             incremental_overlap: DurationValue::secs(600),
+            initial_lookback: BTreeMap::new(),
         }
     }
 }

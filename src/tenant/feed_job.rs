@@ -259,16 +259,24 @@ impl TenantActorState {
             }
             None => {
                 let overlap = self.args.spec.incremental_overlap.0;
-                let after = fc
-                    .done_until
-                    .as_deref()
-                    .and_then(|t| humantime::parse_rfc3339_weak(t).ok())
-                    .map(|t| t.checked_sub(overlap).unwrap_or(t))
-                    .map(|t| humantime::format_rfc3339_micros(t).to_string());
+                let after = match fc.done_until.as_deref() {
+                    Some(done) => humantime::parse_rfc3339_weak(done)
+                        .ok()
+                        .map(|t| t.checked_sub(overlap).unwrap_or(t)),
+                    // The first window: bounded by the feed's lookback, when one is set.
+                    None => self.first_window_after(feed.name),
+                }
+                .map(|t| humantime::format_rfc3339_micros(t).to_string());
                 let before = humantime::format_rfc3339_micros(SystemTime::now()).to_string();
                 (Window { after, before }, None, 0, now)
             }
         };
+        // Shown in health while the first window runs, when a lookback bounds it.
+        let first = fc
+            .done_until
+            .is_none()
+            .then(|| window.after.clone())
+            .flatten();
         let resumed = cursor.is_some();
         let recent_ids = fc.recent.iter().map(|r| r.id.clone()).collect();
         checkpoint.feed = Some(Box::new(FeedCheckpoint {
@@ -295,10 +303,24 @@ impl TenantActorState {
         }));
         let name = feed.name.as_str();
         self.args.health.update(self.id(), |h| {
-            h.feed(name).state = FeedState::Polling;
+            let f = h.feed(name);
+            f.state = FeedState::Polling;
+            f.first_window_after = first;
         });
         self.slot.hold(permit);
         let _ = myself.send_message(TenantMsg::NextPage);
+    }
+
+    /// The lower bound of `feed`'s first window: `connector.initial_lookback` before now, or
+    /// none (everything Wiz keeps).
+    fn first_window_after(&self, feed: FeedName) -> Option<SystemTime> {
+        let (_, lookback) = self
+            .args
+            .spec
+            .initial_lookback
+            .iter()
+            .find(|(f, _)| *f == feed)?;
+        SystemTime::now().checked_sub(lookback.0)
     }
 
     /// Fetches the job's next page, builds its events and hands them to the sink.
@@ -530,6 +552,7 @@ impl TenantActorState {
                     f.last_success_at = Some(now);
                     f.events_added = job.events;
                     f.next_try_at = None;
+                    f.first_window_after = None;
                 });
             }
             Err(e) => self.feed_failed(&job, e, now).await,
