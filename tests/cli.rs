@@ -85,6 +85,11 @@ async fn check_prints_one_line_per_tenant_and_fails_when_one_fails() {
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(lines.len(), 2, "{stdout}");
     assert!(lines[0].starts_with("t0: ok"), "{stdout}");
+    // The updatedAt probe's answer (the simulator does not take it by default).
+    assert!(
+        lines[0].ends_with("; filterBy.updatedAt not taken: incremental polls use statusChangedAt (small tenants sweep fully)"),
+        "{stdout}"
+    );
     assert!(
         lines[1].starts_with("t1: could not authenticate to wiz"),
         "{stdout}"
@@ -124,4 +129,27 @@ async fn an_invalid_config_exits_non_zero_and_names_file_tenant_and_key() {
         .await
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("key `page_size`"));
+}
+
+#[tokio::test]
+async fn check_reports_when_wiz_takes_the_updated_at_filter() {
+    let sim = common::sim_with(wiz_connector::sim::SimulatorOptions {
+        tenants: vec![wiz_connector::sim::SimTenantSpec::numbered(0, 42, 5)],
+        accept_updated_at_filter: true,
+        ..Default::default()
+    })
+    .await;
+    let settings = common::settings(&common::sim_config(&sim, "", ""));
+    let lines = wiz_connector::commands::check::check_all(&settings, None)
+        .await
+        .unwrap();
+    assert_eq!(lines.len(), 1);
+    assert!(lines[0].ok, "{}", lines[0].line);
+    assert!(
+        lines[0]
+            .line
+            .ends_with("; filterBy.updatedAt taken: incremental polls see every edit"),
+        "{}",
+        lines[0].line
+    );
 }

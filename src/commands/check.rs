@@ -46,6 +46,29 @@ pub async fn check_feeds(client: &TenantClient) -> Vec<(FeedName, Result<usize, 
     out
 }
 
+/// The `updatedAt` probe that incremental polls make (README "How it talks to Wiz"), made once
+/// here so an operator sees the answer: whether Wiz takes `filterBy.updatedAt` on issues.
+pub async fn probe_updated_at(client: &TenantClient) -> String {
+    let since = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    let filter = crate::wiz::IssueFilter {
+        updated_at: Some(crate::wiz::TimeRange {
+            after: Some(humantime::format_rfc3339_micros(since).to_string()),
+            before: None,
+        }),
+        ..Default::default()
+    };
+    match client
+        .fetch_page(&filter, crate::wiz::IssueOrder::CREATED_ASC, 1, None)
+        .await
+    {
+        Ok(_) => "filterBy.updatedAt taken: incremental polls see every edit".to_string(),
+        Err(e) if e.rejects_field("updatedAt") => {
+            "filterBy.updatedAt not taken: incremental polls use statusChangedAt (small tenants sweep fully)".to_string()
+        }
+        Err(e) => format!("filterBy.updatedAt not probed: {e}"),
+    }
+}
+
 /// How many tenants are checked at once.
 const CONCURRENCY: usize = 16;
 
@@ -88,7 +111,7 @@ pub async fn check_all(settings: &Settings, only: Option<&str>) -> anyhow::Resul
         set.spawn(async move {
             let _permit = gate.acquire_owned().await.expect("semaphore never closed");
             let client = http.tenant(spec.clone());
-            let (ok, line) = if spec.feeds == [FeedName::Issues] {
+            let (ok, mut line) = if spec.feeds == [FeedName::Issues] {
                 match client.check().await {
                     Ok(n) => (
                         true,
@@ -102,6 +125,9 @@ pub async fn check_all(settings: &Settings, only: Option<&str>) -> anyhow::Resul
             } else {
                 feed_lines(&spec, check_feeds(&client).await)
             };
+            if ok && spec.feeds.contains(&FeedName::Issues) {
+                line.push_str(&format!("; {}", probe_updated_at(&client).await));
+            }
             (i, CheckLine { tenant: spec.id.clone(), ok, line })
         });
     }

@@ -54,6 +54,15 @@ pub fn settings(body: &str) -> Settings {
     load(&c.path, &EnvSource::Fixed(HashMap::new())).unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// The error that loading `body` gives (panics when it loads).
+pub fn config_error(body: &str) -> String {
+    let c = write_config(body);
+    match load(&c.path, &EnvSource::Fixed(HashMap::new())) {
+        Ok(_) => panic!("the configuration loaded:\n{body}"),
+        Err(e) => e.to_string(),
+    }
+}
+
 /// The spec of tenant `id` from a config `body`.
 pub fn spec(body: &str, id: &str) -> Arc<TenantSpec> {
     let s = settings(body);
