@@ -84,3 +84,61 @@ async fn an_unreachable_server_is_a_clear_start_error() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_templated_subject_prefix_gives_each_customer_its_own_subjects() {
+    use futures_util::TryStreamExt;
+    let nats = nats_server().await;
+    let sim = sim(2, 6).await;
+    let mut body = format!(
+        "[connector]\nstate_dir = \"{}\"\npoll_interval = \"1h\"\nstartup_jitter = \"0s\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[sinks.bus]\ntype = \"nats\"\nurl = \"{}\"\nsubject_prefix = \"wiz.{{label.customer}}\"\nstream = \"WIZ_BY_CUSTOMER\"\n",
+        state_dir().display(),
+        nats.url
+    );
+    for (i, t) in sim.tenants().iter().enumerate() {
+        let customer = ["acme", "initech"][i];
+        body.push_str(&tenant_toml(
+            &sim,
+            &format!("t{i}"),
+            t,
+            &format!("labels = {{ customer = \"{customer}\" }}"),
+        ));
+    }
+    let app = App::start(settings(&body), AppOptions::default())
+        .await
+        .unwrap();
+    wait_until("every tenant polled", Duration::from_secs(30), || {
+        app.health.all().iter().all(|h| h.polls >= 1)
+    })
+    .await;
+    let open = open_ids(&sim);
+    let client = async_nats::connect(nats.url.as_str()).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let mut stream = js.get_stream("WIZ_BY_CUSTOMER").await.unwrap();
+    let info = stream.info().await.unwrap();
+    assert_eq!(info.config.subjects, vec!["wiz.*.>".to_string()]);
+    for (customer, tenant) in [("acme", "t0"), ("initech", "t1")] {
+        let subject = format!("wiz.{customer}.{tenant}");
+        let n = stream
+            .info_with_subjects(subject.clone())
+            .await
+            .unwrap()
+            .try_next()
+            .await
+            .unwrap()
+            .map_or(0, |(_, n)| n);
+        assert_eq!(n as usize, open[tenant].len(), "{subject}");
+    }
+    app.shutdown().await.unwrap();
+}
+
+#[test]
+fn a_placeholder_inside_a_subject_token_is_refused() {
+    let e = config_error(
+        "[sinks.bus]\ntype = \"nats\"\nurl = \"nats://127.0.0.1:4222\"\nsubject_prefix = \"wiz-{tenant}\"\n",
+    );
+    assert!(
+        e.contains("sinks.bus.subject_prefix") && e.contains("a placeholder must be a whole token"),
+        "{e}"
+    );
+}

@@ -47,9 +47,43 @@ pub struct Section {
 #[derive(Debug, Clone, Serialize)]
 pub struct Spec {
     pub url: String,
+    /// Events go to `<subject_prefix>.<tenant>`. With placeholders, as written; an open output
+    /// has it filled.
     pub subject_prefix: String,
     pub stream: String,
     pub duplicate_window: DurationValue,
+    /// What the stream captures: `<subject_prefix>.>`, each placeholder token a `*`.
+    #[serde(skip)]
+    pub stream_subjects: String,
+    /// The prefix holds placeholders (`{tenant}`, `{feed}`, `{label.<key>}`), each a whole token.
+    #[serde(skip)]
+    pub templated: bool,
+}
+
+/// The tokens of a prefix: split at dots outside placeholders (`{label.customer}` is one).
+fn tokens(prefix: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let (mut depth, mut start) = (0usize, 0usize);
+    for (i, c) in prefix.char_indices() {
+        match c {
+            '{' => depth += 1,
+            '}' => depth = depth.saturating_sub(1),
+            '.' if depth == 0 => {
+                out.push(&prefix[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    out.push(&prefix[start..]);
+    out
+}
+
+/// A subject prefix: tokens between dots, none empty, no wildcards or spaces.
+fn valid_prefix(prefix: &str) -> bool {
+    !prefix.is_empty()
+        && !prefix.contains(['*', '>', ' '])
+        && prefix.split('.').all(|t| !t.is_empty())
 }
 
 impl SinkType for NatsSink {
@@ -66,12 +100,32 @@ impl SinkType for NatsSink {
             .subject_prefix
             .clone()
             .unwrap_or_else(|| "wiz.issues".into());
-        if prefix.is_empty() || prefix.contains(['*', '>', ' ']) || prefix.ends_with('.') {
+        if !valid_prefix(&prefix) {
             checks.error(
                 "subject_prefix",
                 format!("{prefix:?} is not a subject prefix such as \"wiz.issues\""),
             );
         }
+        // A placeholder must be a whole token: the stream then captures every filled prefix
+        // with a `*` in its place.
+        let templated = prefix.contains('{');
+        let tokens: Vec<&str> = tokens(&prefix)
+            .into_iter()
+            .map(|t| {
+                if !t.contains('{') {
+                    t
+                } else if t.starts_with('{') && t.ends_with('}') && t.matches('{').count() == 1 {
+                    "*"
+                } else {
+                    checks.error(
+                        "subject_prefix",
+                        format!("{prefix:?}: a placeholder must be a whole token between dots, such as \"wiz.{{label.customer}}\""),
+                    );
+                    t
+                }
+            })
+            .collect();
+        let stream_subjects = format!("{}.>", tokens.join("."));
         let stream = s.stream.clone().unwrap_or_else(|| "WIZ_ISSUES".into());
         if stream.is_empty() || stream.contains(['.', '*', '>', ' ', '/', '\\']) {
             checks.error(
@@ -84,6 +138,37 @@ impl SinkType for NatsSink {
             subject_prefix: prefix,
             stream,
             duplicate_window: s.duplicate_window.unwrap_or(DurationValue::secs(120)),
+            stream_subjects,
+            templated,
+        })
+    }
+
+    fn templates(spec: &Spec) -> Vec<(&'static str, &str)> {
+        if spec.templated {
+            vec![("subject_prefix", spec.subject_prefix.as_str())]
+        } else {
+            Vec::new()
+        }
+    }
+
+    fn instantiate(spec: &Spec, fill: &dyn Fn(&str) -> String) -> Result<Spec, String> {
+        if !spec.templated {
+            return Ok(spec.clone());
+        }
+        let filled = fill(&spec.subject_prefix);
+        // A filled placeholder stays one token: a label value with a dot would make subjects of
+        // two customers meet.
+        let same_shape = filled.split('.').count() == tokens(&spec.subject_prefix).len();
+        if !valid_prefix(&filled) || filled.contains(['{', '}']) || !same_shape {
+            return Err(format!(
+                "subject_prefix {:?} filled as {filled:?} is not a subject prefix (a label value holds a dot, a space or a wildcard?); check the tenant's labels",
+                spec.subject_prefix
+            ));
+        }
+        Ok(Spec {
+            subject_prefix: filled,
+            templated: false,
+            ..spec.clone()
         })
     }
 
@@ -103,6 +188,8 @@ impl NatsOutput {
             subject_prefix,
             stream,
             duplicate_window,
+            stream_subjects: _,
+            templated: _,
         } = spec;
         let client = tokio::time::timeout(CONNECT_TIMEOUT, async_nats::connect(url.as_str()))
             .await
@@ -114,7 +201,7 @@ impl NatsOutput {
             })?
             .map_err(|e| format!("sink `{name}`: cannot connect to NATS at {url}: {e}"))?;
         let js = jetstream::new(client);
-        let subjects = format!("{subject_prefix}.>");
+        let subjects = spec.stream_subjects.clone();
         let mut s = js
             .get_or_create_stream(jetstream::stream::Config {
                 name: stream.clone(),
