@@ -5,7 +5,8 @@
 //!
 //! ## Layout
 //! - [`config`]: the configuration file as users write it (`types`), how it is layered and checked
-//!   (`load`), and the resolved runtime settings (`settings`).
+//!   (`load`), the resolved runtime settings (`settings`), routes (`routes`), what a reload
+//!   changes (`diff`) and the read-only running configuration (`live`).
 //! - [`wiz`]: the Wiz API client: OAuth client credentials and the token cache (`auth`), one rate
 //!   limiter per credential (`limiter`), the HTTP client with timeouts and retries (`client`), the
 //!   Issues query (`issues`) and the single-pass decoding of its answer and of feed pages (`page`).
@@ -20,7 +21,8 @@
 //!   the poll plan and timer (`schedule`), the Issues engine (`issues`), a feed window
 //!   (`feed_job`), hint lookups (`hints`), one delivery flow for all (`delivery`), cluster
 //!   takeover (`claim`), sweep slots (`slot`).
-//! - [`sink`]: the sink actor and its outputs.
+//! - [`sink`]: the sink actor and its outputs, one file per sink type (registered in
+//!   `sink_types!`), and the resolved routes it applies (`routing`).
 //! - [`state`]: the state store: checkpoints and known issues in the embedded redb, and in cluster
 //!   mode in JetStream (`jetstream`, records in `codec`) with the redb as its cache.
 //! - [`health`]: the per-tenant health records.
