@@ -82,11 +82,24 @@ pub enum SinkHealth {
     Down,
 }
 
+/// A sink's last error and when it happened (the sink module's own type: `health` knows
+/// `config`, which knows sinks, so sinks do not import `health`).
+#[derive(Debug, Clone, Serialize)]
+pub struct SinkError {
+    pub message: String,
+    #[serde(serialize_with = "rfc3339")]
+    pub at: std::time::SystemTime,
+}
+
+fn rfc3339<S: serde::Serializer>(t: &std::time::SystemTime, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&humantime::format_rfc3339_millis(*t))
+}
+
 /// One sink's state, as `GET /sinks` shows it.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct SinkStatus {
     pub state: SinkHealth,
-    pub last_error: Option<crate::health::LastError>,
+    pub last_error: Option<SinkError>,
     /// Batches that failed in a row (0 once one succeeds).
     pub failures_in_a_row: u32,
     /// Events written since the process started.
@@ -164,7 +177,7 @@ impl SinkStats {
                 } else {
                     SinkHealth::Retrying
                 };
-                s.last_error = Some(crate::health::LastError {
+                s.last_error = Some(SinkError {
                     message: e.to_string(),
                     at: std::time::SystemTime::now(),
                 });
