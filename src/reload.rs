@@ -189,7 +189,7 @@ impl Reloader {
             ..Default::default()
         });
         let settings = Arc::new(settings);
-        let (live, _) = crate::config::live(settings.clone());
+        let live = crate::config::live(settings.clone());
         Reloader {
             inner: Arc::new(Inner {
                 path: settings.config_path.clone(),

@@ -95,15 +95,7 @@ async fn a_templated_subject_prefix_gives_each_customer_its_own_subjects() {
         state_dir().display(),
         nats.url
     );
-    for (i, t) in sim.tenants().iter().enumerate() {
-        let customer = ["acme", "initech"][i];
-        body.push_str(&tenant_toml(
-            &sim,
-            &format!("t{i}"),
-            t,
-            &format!("labels = {{ customer = \"{customer}\" }}"),
-        ));
-    }
+    body.push_str(&customer_tenants(&sim, &["acme", "initech"]));
     let app = App::start(settings(&body), AppOptions::default())
         .await
         .unwrap();

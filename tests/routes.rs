@@ -158,15 +158,7 @@ async fn a_templated_path_gives_each_customer_and_feed_its_own_file() {
         state_dir().display(),
         out.display()
     );
-    for (i, t) in sim.tenants().iter().enumerate() {
-        let customer = ["acme", "initech"][i];
-        body.push_str(&tenant_toml(
-            &sim,
-            &format!("t{i}"),
-            t,
-            &format!("labels = {{ customer = \"{customer}\" }}"),
-        ));
-    }
+    body.push_str(&customer_tenants(&sim, &["acme", "initech"]));
     let settings = settings(&body);
     assert!(settings.routing.as_ref().is_some_and(|r| r.every_sink));
     let app = App::start(settings, AppOptions::default()).await.unwrap();
@@ -393,15 +385,7 @@ async fn a_templated_url_posts_each_customers_events_to_its_own_path() {
         "[connector]\nstate_dir = \"{}\"\npoll_interval = \"1h\"\nstartup_jitter = \"0s\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[sinks.siem]\ntype = \"http\"\nurl = \"http://{addr}/ingest/{{label.customer}}\"\ngzip = false\n",
         state_dir().display()
     );
-    for (i, t) in sim.tenants().iter().enumerate() {
-        let customer = ["acme", "initech"][i];
-        body.push_str(&tenant_toml(
-            &sim,
-            &format!("t{i}"),
-            t,
-            &format!("labels = {{ customer = \"{customer}\" }}"),
-        ));
-    }
+    body.push_str(&customer_tenants(&sim, &["acme", "initech"]));
     let app = App::start(settings(&body), AppOptions::default())
         .await
         .unwrap();

@@ -19,10 +19,11 @@ pub struct LivePublisher {
     tx: watch::Sender<Arc<Settings>>,
 }
 
-/// A channel that starts with `settings`.
-pub fn live(settings: Arc<Settings>) -> (LivePublisher, LiveConfig) {
-    let (tx, rx) = watch::channel(settings);
-    (LivePublisher { tx }, LiveConfig { rx })
+/// A channel that starts with `settings`; readers come from [`LivePublisher::subscribe`].
+pub fn live(settings: Arc<Settings>) -> LivePublisher {
+    LivePublisher {
+        tx: watch::Sender::new(settings),
+    }
 }
 
 impl LivePublisher {

@@ -502,17 +502,18 @@ async fn write_all(state: &mut SinkState, batch: &Arc<Batch>) -> Result<(), Stri
     if let Some(e) = state.faults.sink_failure() {
         return Err(e);
     }
-    let empty = BTreeMap::new();
-    let labels = state
+    // The tenant's routes (shared, not copied per batch): their labels fill sink templates.
+    let routes = state
         .routing
         .as_ref()
         .and_then(|r| r.tenants.get(&*batch.tenant))
-        .map_or(&empty, |t| &t.labels)
-        .clone();
+        .cloned();
+    let empty = BTreeMap::new();
+    let labels = routes.as_ref().map_or(&empty, |t| &t.labels);
     for (i, part) in targets(state, batch) {
         let slot = &mut state.sinks[i];
         let name = slot.spec.name.clone();
-        let result = slot.write(&part, &labels).await;
+        let result = slot.write(&part, labels).await;
         state.stats.record(
             &name,
             result.as_ref().map(|_| part.events).map_err(String::as_str),

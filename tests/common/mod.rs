@@ -31,6 +31,24 @@ pub fn tenant_toml(sim: &Simulator, id: &str, t: &SimTenantSpec, extra: &str) ->
     format!("{}{extra}\n", sim.tenant_table(id, t))
 }
 
+/// `[tenants.t<i>]` tables for the simulator's tenants, tenant `t<i>` labelled
+/// `customer = customers[i]`.
+pub fn customer_tenants(sim: &Simulator, customers: &[&str]) -> String {
+    sim.tenants()
+        .iter()
+        .zip(customers)
+        .enumerate()
+        .map(|(i, (t, c))| {
+            tenant_toml(
+                sim,
+                &format!("t{i}"),
+                t,
+                &format!("labels = {{ customer = \"{c}\" }}"),
+            )
+        })
+        .collect()
+}
+
 /// Fast retries so failure tests take milliseconds, not minutes.
 pub const FAST_RETRIES: &str =
     "retry_initial_backoff = \"10ms\"\nretry_max_backoff = \"40ms\"\nmax_retries = 4\n";
