@@ -2,8 +2,8 @@
 //! and takes tens of seconds). The simulator runs as a separate process (`wiz-connector simulate`)
 //! so its CPU is not counted against the connector.
 //!
-//! `cargo bench --bench fleet [-- idle|e2e|quiet|lag]` (all by default). Under `cargo test` it
-//! runs nothing.
+//! `cargo bench --bench fleet [-- idle|e2e|routed|quiet|lag|reconcile]` (all by default). Under
+//! `cargo test` it runs nothing.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -436,6 +436,104 @@ async fn e2e_with(tenants: usize, issues: usize, nats: Option<String>, cluster: 
     app.shutdown().await.unwrap();
 }
 
+/// Issue 20's routed fleet: 1,000 tenants × 100 issues, each routed to one of 100 private file
+/// sinks (`tenants.<id>.sinks`), next to the same fleet into one file; and the resolved routes'
+/// memory at 100,000 tenants.
+async fn routed() {
+    const TENANTS: usize = 1_000;
+    const ISSUES: usize = 100;
+    const SINKS: usize = 100;
+    e2e_with(TENANTS, ISSUES, None, false).await;
+    let expected: u64 = (0..TENANTS)
+        .map(|n| {
+            let spec = SimTenantSpec::numbered(n, SEED, ISSUES);
+            IssueSet::generate(spec.seed, ISSUES)
+                .ids_with_status("OPEN")
+                .len() as u64
+        })
+        .sum();
+    let sim = start_sim(TENANTS, ISSUES);
+    let dir = tempfile::tempdir().unwrap();
+    let text = routed_config(&sim.base, TENANTS, SINKS, dir.path());
+    let settings = load_str("bench", &text, &EnvSource::Fixed(HashMap::new())).unwrap();
+    let cpu0 = cpu_seconds();
+    let started = Instant::now();
+    let app = App::start(settings, AppOptions::default()).await.unwrap();
+    while app
+        .sink_stats
+        .events
+        .load(std::sync::atomic::Ordering::Relaxed)
+        < expected
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let wall = started.elapsed().as_secs_f64();
+    let cpu = cpu_seconds() - cpu0;
+    let files = std::fs::read_dir(dir.path()).unwrap().count();
+    println!(
+        "| end to end, routed | {TENANTS} tenants, {expected} events, each tenant routed to one of {SINKS} private file sinks ({files} files) | {:.1} s | {:.0} events/s, {:.2} CPU s per 10,000 events |",
+        wall,
+        expected as f64 / wall,
+        cpu / expected as f64 * 10_000.0
+    );
+    app.shutdown().await.unwrap();
+
+    // The resolved routes at 100,000 tenants: the settings' RSS with routes (each tenant's
+    // `sinks`, a label, 100 sinks) less the same tenants and labels without routes.
+    const FLEET: usize = 100_000;
+    let plain = routed_config("http://127.0.0.1:9", FLEET, 0, dir.path());
+    let with_routes = routed_config("http://127.0.0.1:9", FLEET, SINKS, dir.path());
+    let rss0 = rss_kib();
+    let a = load_str("bench", &plain, &EnvSource::Fixed(HashMap::new())).unwrap();
+    let rss1 = rss_kib();
+    let b = load_str("bench", &with_routes, &EnvSource::Fixed(HashMap::new())).unwrap();
+    let rss2 = rss_kib();
+    let routes = b.routing.as_ref().map_or(0, |r| r.tenants.len());
+    println!(
+        "| resolved routes | {FLEET} tenants, {routes} with destinations, {SINKS} sinks | settings without routes {} KiB, with routes {} KiB | routes cost {:.0} bytes per tenant |",
+        rss1 - rss0,
+        rss2 - rss1,
+        (rss2 as f64 - 2.0 * rss1 as f64 + rss0 as f64) * 1024.0 / FLEET as f64
+    );
+    drop((a, b));
+}
+
+/// `tenants` tenants labelled with their customer (`c<n % 100>`); with `sinks` > 0, that many
+/// file sinks in `dir` and each tenant's `sinks` naming its customer's.
+fn routed_config(base: &str, tenants: usize, sinks: usize, dir: &std::path::Path) -> String {
+    let state = tempfile::tempdir().unwrap().keep();
+    let mut text = format!(
+        "[connector]\nstate_dir = \"{}\"\npoll_interval = \"1h\"\nstartup_jitter = \"0s\"\nmax_concurrent_sweeps = 64\n[admin]\nlisten = \"127.0.0.1:0\"\n",
+        state.display()
+    );
+    if sinks == 0 {
+        text.push_str(&format!(
+            "[sinks.all]\ntype = \"file\"\npath = \"{}/all.jsonl\"\n",
+            dir.display()
+        ));
+    }
+    for k in 0..sinks {
+        text.push_str(&format!(
+            "[sinks.cust{k}]\ntype = \"file\"\npath = \"{}/cust{k}.jsonl\"\n",
+            dir.display()
+        ));
+    }
+    for n in 0..tenants {
+        let t = SimTenantSpec::numbered(n, SEED, 0);
+        let k = n % 100;
+        let route = if sinks > 0 {
+            format!("sinks = [\"cust{}\"]\n", n % sinks)
+        } else {
+            String::new()
+        };
+        text.push_str(&format!(
+            "[tenants.t{n}]\nclient_id = \"{}\"\nclient_secret = \"{}\"\napi_url = \"{base}/graphql\"\nauth_url = \"{base}/oauth/token\"\nallow_insecure_endpoints = true\nlabels = {{ customer = \"c{k}\" }}\n{route}",
+            t.client_id, t.client_secret
+        ));
+    }
+    text
+}
+
 fn main() {
     let Some(args) = bench_args() else {
         return;
@@ -449,6 +547,9 @@ fn main() {
         }
         if all || args.iter().any(|a| a == "e2e") {
             e2e().await;
+        }
+        if all || args.iter().any(|a| a == "routed") {
+            routed().await;
         }
         if all || args.iter().any(|a| a == "quiet") {
             quiet().await;

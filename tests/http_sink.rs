@@ -1,6 +1,7 @@
 //! The `http` sink against a local webhook that flaps: 5xx, 429 with Retry-After, a slow answer
-//! past the timeout, connections reset mid-request; every event arrives. A 400 holds the tenant
-//! back and is reported. Batches as JSON arrays without gzip; TLS verified unless turned off.
+//! past the timeout, connections reset mid-request; every event arrives. A refused batch waits
+//! in the sink's backlog and is reported on the sink; without a backlog a 400 holds the tenant
+//! back and is reported on it. Batches as JSON arrays without gzip; TLS verified unless turned off.
 
 mod common;
 
@@ -218,12 +219,12 @@ async fn a_flapping_webhook_still_gets_every_event() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_400_holds_the_tenant_back_and_is_reported() {
+async fn without_a_backlog_a_400_holds_the_tenant_back_and_is_reported() {
     let sim = sim(1, 20).await;
     let hook = Arc::new(Hook::default());
     hook.script.lock().unwrap().extend([Answer::Status(400); 3]);
     let addr = webhook(hook.clone()).await;
-    let s = settings(&config(&sim, addr));
+    let s = settings(&format!("{}backlog_max_bytes = 0\n", config(&sim, addr)));
     let shown = format!("{s:?} {}", serde_json::to_string(&s).unwrap());
     assert!(!shown.contains("siem-key-3f9a") && shown.contains("[REDACTED]"));
     let app = App::start(s, AppOptions::default()).await.unwrap();
@@ -374,19 +375,26 @@ async fn tls_is_verified_unless_turned_off_explicitly() {
             addr.port()
         )
     };
-    // Verification on (the default): the self-signed certificate is refused, loudly, and the
-    // tenant holds its page.
+    // Verification on (the default): the self-signed certificate is refused, loudly, on the
+    // sink, and the pages wait in its backlog.
     let app = App::start(settings(&https("")), AppOptions::default())
         .await
         .unwrap();
-    wait_until("the certificate refused", Duration::from_secs(30), || {
-        app.health
-            .get("t0")
-            .and_then(|h| h.last_error)
-            .is_some_and(|e| e.message.contains("sink unavailable"))
-    })
+    let open = open_ids(&sim)["t0"].len() as u64;
+    wait_until(
+        "the refused pages in the backlog",
+        Duration::from_secs(30),
+        || {
+            let s = &app.sink_stats.statuses()["siem"];
+            s.backlog_events == open && s.last_error.is_some()
+        },
+    )
     .await;
-    let message = app.health.get("t0").unwrap().last_error.unwrap().message;
+    let message = app.sink_stats.statuses()["siem"]
+        .last_error
+        .clone()
+        .unwrap()
+        .message;
     assert!(
         message.to_lowercase().contains("certificate"),
         "the error names the certificate: {message}"

@@ -424,7 +424,7 @@ async fn get_sinks_shows_each_sinks_state_and_the_sink_holding_a_tenant_back() {
     let dir = tempfile::tempdir().unwrap();
     let archive = dir.path().join("archive.jsonl");
     let mut body = format!(
-        "[connector]\nstate_dir = \"{}\"\npoll_interval = \"1h\"\nstartup_jitter = \"0s\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[sinks.archive]\ntype = \"file\"\npath = \"{}\"\n[sinks.siem]\ntype = \"http\"\nurl = \"http://{addr}/ingest\"\nmax_retries = 0\n",
+        "[connector]\nstate_dir = \"{}\"\npoll_interval = \"1h\"\npage_size = 1\nstartup_jitter = \"0s\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[sinks.archive]\ntype = \"file\"\npath = \"{}\"\n[sinks.siem]\ntype = \"http\"\nurl = \"http://{addr}/ingest\"\nmax_retries = 0\nbacklog_max_bytes = 1\n",
         state_dir().display(),
         archive.display()
     );
@@ -494,7 +494,10 @@ async fn get_sinks_shows_each_sinks_state_and_the_sink_holding_a_tenant_back() {
         "{siem}"
     );
     assert_eq!(siem["tenants"], serde_json::json!(["t1"]));
-    assert_eq!(siem["backlog_events"], 0);
+    // Its first page waits in its backlog, which is then past its bound: t1 holds.
+    assert!(siem["backlog_events"].as_u64().unwrap() >= 1, "{siem}");
+    assert!(siem["backlog_bytes"].as_u64().unwrap() >= 1, "{siem}");
+    assert_eq!(siem["backlog_max_bytes"], 1);
     // The tenant's health names the sink; t0 is not held back.
     let t1 = get(format!("{base}/tenants/t1")).await;
     assert_eq!(t1["held_by_sink"], "siem");
@@ -523,8 +526,36 @@ async fn get_sinks_shows_each_sinks_state_and_the_sink_holding_a_tenant_back() {
     app.shutdown().await.unwrap();
 }
 
+/// The issues a consumer of `events` holds as current for `tenant`: those whose latest
+/// (non-baseline) event says open or in progress.
+fn current_ids(events: &[serde_json::Value], tenant: &str) -> BTreeSet<String> {
+    let mut last: BTreeMap<String, String> = BTreeMap::new();
+    for e in events
+        .iter()
+        .filter(|e| e["tenant"] == tenant && e["baseline"] != true)
+    {
+        last.insert(
+            e["issue_id"].as_str().unwrap().to_string(),
+            e["status"].as_str().unwrap_or_default().to_string(),
+        );
+    }
+    last.into_iter()
+        .filter(|(_, s)| s == "OPEN" || s == "IN_PROGRESS")
+        .map(|(id, _)| id)
+        .collect()
+}
+
+/// The issue ids of the baseline events in `events`.
+fn baseline_ids(events: &[serde_json::Value]) -> Vec<String> {
+    events
+        .iter()
+        .filter(|e| e["baseline"] == true)
+        .map(|e| e["issue_id"].as_str().unwrap().to_string())
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_reload_adding_a_route_sends_new_changes_there_without_restarting_tenants() {
+async fn a_reload_adding_a_route_sends_a_baseline_then_changes_without_restarting_tenants() {
     let sim = sim(3, 10).await;
     let dir = tempfile::tempdir().unwrap();
     let all = dir.path().join("all.jsonl");
@@ -544,7 +575,11 @@ async fn a_reload_adding_a_route_sends_new_changes_there_without_restarting_tena
         read_lines(&all).len() == first
     })
     .await;
-    // The SOC now takes t1's events.
+    assert!(
+        baseline_ids(&read_lines(&all)).is_empty(),
+        "a destination there from the start gets the first sweep, not a baseline"
+    );
+    // The SOC now takes t1's events: it first gets t1's current issues, as a baseline.
     std::fs::write(
         &cfg.path,
         format!("{base}[routes.t1_to_soc]\nsinks = [\"soc\"]\ntenants = [\"t1\"]\n"),
@@ -553,13 +588,30 @@ async fn a_reload_adding_a_route_sends_new_changes_there_without_restarting_tena
     let summary = app.reloader().reload("test").await.unwrap();
     assert!(summary.sinks_changed);
     assert!(summary.restarted.is_empty() && summary.added.is_empty());
-    // A change on every tenant: only t1's reaches the SOC, every one reaches the archive.
+    let clients: Vec<String> = sim.tenants().iter().map(|t| t.client_id.clone()).collect();
+    let current = current_ids(&read_lines(&all), "t1");
+    wait_until("t1's baseline at the SOC", Duration::from_secs(60), || {
+        read_lines(&soc).len() >= current.len()
+    })
+    .await;
+    let baseline = read_lines(&soc);
+    assert_eq!(baseline.len(), current.len());
+    assert_eq!(
+        baseline_ids(&baseline).into_iter().collect::<BTreeSet<_>>(),
+        current
+    );
+    assert!(baseline
+        .iter()
+        .all(|e| e["tenant"] == "t1" && e["kind"] == "issue.opened"));
+    // A baseline goes to the new destination only.
+    assert!(baseline_ids(&read_lines(&all)).is_empty());
+    // Then changes: only t1's reach the SOC, every one reaches the archive.
     let before = read_lines(&all).len();
-    for t in sim.tenants() {
-        sim.churn(&t.client_id, 3);
+    for c in &clients {
+        sim.churn(c, 3);
     }
     wait_until("t1's changes at the SOC", Duration::from_secs(60), || {
-        !read_lines(&soc).is_empty() && read_lines(&all).len() > before
+        read_lines(&soc).len() > baseline.len() && read_lines(&all).len() > before
     })
     .await;
     wait_until(
@@ -569,7 +621,7 @@ async fn a_reload_adding_a_route_sends_new_changes_there_without_restarting_tena
             (0..3).all(|i| {
                 app.health
                     .get(&format!("t{i}"))
-                    .is_some_and(|h| h.polls >= 3)
+                    .is_some_and(|h| h.polls >= 4)
             })
         },
     )
@@ -584,20 +636,71 @@ async fn a_reload_adding_a_route_sends_new_changes_there_without_restarting_tena
         .filter(|e| e["tenant"] == "t1")
         .map(|e| e["id"].as_str().unwrap().to_string())
         .collect();
-    for e in &soc_events {
+    let changes = &soc_events[baseline.len()..];
+    assert!(baseline_ids(changes).is_empty(), "the baseline came first");
+    for e in changes {
         assert!(
             archived.contains(e["id"].as_str().unwrap()),
             "the archive has {e}"
         );
     }
-    for (i, t) in sim.tenants().iter().enumerate() {
+    for (i, c) in clients.iter().enumerate() {
         let h = app.health.get(&format!("t{i}")).unwrap();
         assert_eq!(h.restarts, 0, "t{i}");
-        assert_eq!(
-            sim.counters(&t.client_id).tokens_issued,
-            1,
-            "t{i} kept its token"
-        );
+        assert_eq!(sim.counters(c).tokens_issued, 1, "t{i} kept its token");
     }
+    // On demand, again: POST /tenants/t1/baseline?sink=soc.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let http = reqwest::Client::new();
+    let admin = format!("http://{}", app.admin_addr());
+    let post = |path: &str| {
+        let (http, url) = (http.clone(), format!("{admin}{path}"));
+        async move {
+            let r = http.post(url).send().await.unwrap();
+            let status = r.status().as_u16();
+            let body = r.bytes().await.unwrap();
+            (
+                status,
+                serde_json::from_slice::<serde_json::Value>(&body).unwrap(),
+            )
+        }
+    };
+    let (status, body) = post("/tenants/t1/baseline?sink=all").await;
+    assert_eq!(status, 202, "{body}");
+    let (status, body) = post("/tenants/t1/baseline?sink=nope").await;
+    assert_eq!(status, 400);
+    assert_eq!(
+        body["error"],
+        "sink `nope` does not take tenant `t1`'s events; its destinations are: all, soc"
+    );
+    let (status, _) = post("/tenants/t9/baseline?sink=all").await;
+    assert_eq!(status, 404);
+    let (status, body) = post("/tenants/t1/baseline").await;
+    assert_eq!(status, 400, "{body}");
+    let current = current_ids(&read_lines(&all), "t1");
+    wait_until(
+        "the baseline again, at the archive",
+        Duration::from_secs(60),
+        || baseline_ids(&read_lines(&all)).len() >= current.len(),
+    )
+    .await;
+    let again = baseline_ids(&read_lines(&all));
+    assert_eq!(again.into_iter().collect::<BTreeSet<_>>(), current);
+    assert_eq!(
+        baseline_ids(&read_lines(&soc)).len(),
+        baseline.len(),
+        "only the sink asked for"
+    );
+    app.shutdown().await.unwrap();
+    // Restarted with the same state: every destination has been served; no baseline again.
+    let settings = load(&cfg.path, &EnvSource::Fixed(HashMap::new())).unwrap();
+    let (soc_before, all_before) = (read_lines(&soc).len(), read_lines(&all).len());
+    let app = App::start(settings, AppOptions::default()).await.unwrap();
+    wait_until("a poll after the restart", Duration::from_secs(30), || {
+        app.health.get("t1").is_some_and(|h| h.polls >= 1)
+    })
+    .await;
+    assert_eq!(read_lines(&soc).len(), soc_before);
+    assert_eq!(read_lines(&all).len(), all_before);
     app.shutdown().await.unwrap();
 }

@@ -29,7 +29,7 @@ use crate::config::{AdminToken, Permission};
 use crate::health::{HealthMap, TenantState};
 use crate::metrics::Observer;
 use crate::reload::Reloader;
-use crate::supervisor::SupervisorMsg;
+use crate::supervisor::{BaselineRefused, SupervisorMsg};
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -74,6 +74,7 @@ pub fn serve(listener: TcpListener, state: AdminState) -> std::io::Result<AdminS
         .route("/tenants", get(list_tenants))
         .route("/tenants/{id}", get(one_tenant))
         .route("/tenants/{id}/poll", post(poll_tenant))
+        .route("/tenants/{id}/baseline", post(baseline_tenant))
         .route("/metrics", get(metrics))
         .route("/reload", post(reload))
         .route("/cluster", get(cluster))
@@ -164,10 +165,9 @@ async fn list_sinks(State(st): State<AdminState>) -> Json<Value> {
                 "failures_in_a_row": status.failures_in_a_row,
                 "delivered_events": status.delivered_events,
                 "failed_batches": status.failed_batches,
-                // No durable backlog yet (issue 20's next part): a refused page waits in its
-                // tenant, which resends it.
-                "backlog_events": 0,
-                "backlog_bytes": 0,
+                "backlog_events": status.backlog_events,
+                "backlog_bytes": status.backlog_bytes,
+                "backlog_max_bytes": spec.backlog_max_bytes,
                 "tenants": tenants,
             })
         })
@@ -433,6 +433,64 @@ async fn one_tenant(State(st): State<AdminState>, Path(id): Path<String>) -> Res
 struct PollQuery {
     /// `true`: a full sweep of the watched statuses instead of an incremental poll.
     full: Option<bool>,
+}
+
+#[derive(Deserialize)]
+struct BaselineQuery {
+    /// The destination to send the baseline to.
+    sink: Option<String>,
+}
+
+/// `POST /tenants/{id}/baseline?sink=NAME`: sends the tenant's current items to one of its
+/// destinations again (at a poll started now).
+async fn baseline_tenant(
+    State(st): State<AdminState>,
+    Path(id): Path<String>,
+    Query(q): Query<BaselineQuery>,
+) -> Response {
+    let Some(sink) = q.sink.filter(|s| !s.is_empty()) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "name the destination: POST /tenants/{id}/baseline?sink=NAME".to_string(),
+        );
+    };
+    let (asked, named) = (id.clone(), sink.clone());
+    let reply = st
+        .supervisor
+        .call(
+            |r| SupervisorMsg::Baseline(asked, named, r),
+            Some(Duration::from_secs(5)),
+        )
+        .await;
+    match reply {
+        Ok(ractor::rpc::CallResult::Success(Ok(()))) => (
+            StatusCode::ACCEPTED,
+            Json(json!({"tenant": id, "sink": sink, "baseline": "requested"})),
+        )
+            .into_response(),
+        Ok(ractor::rpc::CallResult::Success(Err(refused))) => {
+            match refused {
+                BaselineRefused::UnknownTenant => {
+                    error(StatusCode::NOT_FOUND, format!("no tenant `{id}`"))
+                }
+                BaselineRefused::NotRouted(d) => error(
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                    "sink `{sink}` does not take tenant `{id}`'s events; its destinations are: {}",
+                    if d.is_empty() { "none".to_string() } else { d.join(", ") }
+                ),
+                ),
+                BaselineRefused::NotRunning => error(
+                    StatusCode::CONFLICT,
+                    format!("tenant `{id}` is not running; it cannot send a baseline now"),
+                ),
+            }
+        }
+        _ => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the connector is not answering; try again".to_string(),
+        ),
+    }
 }
 
 async fn poll_tenant(

@@ -636,13 +636,7 @@ fn resolve_sinks(c: &mut Checker<'_>, file: &ConfigFile, env: &EnvSource) -> Vec
             name,
             owner: None,
         };
-        if let Some(kind) = s.resolve(name, &mut checks) {
-            sinks.push(SinkSpec {
-                name: name.clone(),
-                owner: None,
-                kind,
-            });
-        }
+        sinks.extend(s.resolve(name, None, &mut checks));
     }
     // Sinks defined in a tenant's own file: that tenant's alone. Names are unique across the
     // configuration, so a route or another tenant naming one is told whose it is.
@@ -677,13 +671,7 @@ fn resolve_sinks(c: &mut Checker<'_>, file: &ConfigFile, env: &EnvSource) -> Vec
                 name,
                 owner: Some(id),
             };
-            if let Some(kind) = section.resolve(name, &mut checks) {
-                sinks.push(SinkSpec {
-                    name: name.clone(),
-                    owner: Some(id.clone()),
-                    kind,
-                });
-            }
+            sinks.extend(section.resolve(name, Some(id), &mut checks));
         }
     }
     sinks

@@ -213,6 +213,7 @@ mod tests {
             tenant: Arc::from("t"),
             lines: text.as_bytes().to_vec(),
             events: text.lines().count(),
+            only: None,
         })
     }
 

@@ -1,34 +1,44 @@
-//! The sink actor and its outputs. Tenants send one page (a [`Batch`]) and wait for the ack before
-//! they fetch the next, so the bound on memory is in the protocol (ractor mailboxes are
-//! unbounded). The sink acks only after every output has the batch durably.
+//! Sinks: where events go. Tenants send one page (a [`Batch`]) to the sink actor and wait for
+//! its ack before they fetch the next, so the bound on memory is in the protocol (ractor
+//! mailboxes are unbounded).
+//!
+//! - [`actor`]: the sink actor, a router. It looks up the batch's tenant in the resolved routes,
+//!   gives each destination its part, and acks once every destination has it durably: written,
+//!   or kept in that destination's backlog.
+//! - [`worker`]: one task per configured sink, owning its outputs. While the sink takes writes
+//!   it writes directly; a write it refuses goes to the sink's backlog, which the worker then
+//!   drains in order (new parts queue behind it) until it is empty again.
+//! - [`backlog`]: the durable queue on disk (segment files).
+//! - [`routing`]: each tenant's destinations, resolved once per configuration.
 //!
 //! **A sink type is one file plus one line.** Each `sink/<type>.rs` owns everything about its
 //! type: the `[sinks.<name>]` section as users write it (`Section`), its checks and defaults and
 //! the resolved settings (`Spec`, whose `Serialize` redacts secrets, shown by `validate`), the
 //! secrets a reload compares, and how it opens and writes. It says so by implementing
 //! [`SinkType`]. The line in [`sink_types!`] below registers it: the `type = "..."` name, the
-//! variant and the implementing type. `config` knows sinks only through the enums that macro
-//! makes ([`SinkSection`], [`SinkKind`]) and the [`SinkChecks`] it hands to `resolve`.
+//! variant and the implementing type. `config` knows sinks only through the types that macro
+//! makes ([`SinkSection`], [`SinkKind`]) and the [`SinkChecks`] it hands to `resolve`. The keys
+//! every type takes (`backlog_max_bytes`) are read once, in [`Common`], not by each type.
 
+mod actor;
+pub mod backlog;
 mod file;
 mod http;
 mod nats;
 pub mod routing;
 mod stdout;
+mod worker;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::sync::Arc;
-use std::time::Duration;
 
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use secrecy::SecretString;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
-use tracing::Instrument;
 
-use crate::faults::FaultInjection;
+pub use actor::{deliver, Backlogs, SinkActor, SinkArgs, SinkMsg};
 pub use file::FileOutput;
 pub use http::HttpOutput;
 pub use nats::NatsOutput;
@@ -43,12 +53,34 @@ pub struct Batch {
     pub feed: &'static str,
     pub lines: Vec<u8>,
     pub events: usize,
+    /// A baseline's page: only these of the tenant's destinations take it (`None`: all of them).
+    pub only: Option<Arc<[String]>>,
 }
 
-/// What the sink actor does.
-pub enum SinkMsg {
-    /// Write a batch to every output; the reply comes once all have it durably.
-    Deliver(Arc<Batch>, RpcReplyPort<Result<(), String>>),
+/// Why the sink did not take a page (the tenant keeps it and sends it again).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}{message}", sink.as_deref().map(|s| format!("sink `{s}`: ")).unwrap_or_default())]
+pub struct SinkRefusal {
+    /// The sink that refused, when one did (not when the sink actor itself is unavailable): the
+    /// tenant's health names it.
+    pub sink: Option<String>,
+    pub message: String,
+}
+
+impl SinkRefusal {
+    fn of(sink: &str, message: impl Into<String>) -> SinkRefusal {
+        SinkRefusal {
+            sink: Some(sink.to_string()),
+            message: message.into(),
+        }
+    }
+
+    fn general(message: impl Into<String>) -> SinkRefusal {
+        SinkRefusal {
+            sink: None,
+            message: message.into(),
+        }
+    }
 }
 
 /// Counters of the sink, shared with whoever wants to read them.
@@ -106,6 +138,9 @@ pub struct SinkStatus {
     pub delivered_events: u64,
     /// Batches that failed since the process started.
     pub failed_batches: u64,
+    /// What waits in its backlog (events, and bytes on disk).
+    pub backlog_events: u64,
+    pub backlog_bytes: u64,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
@@ -128,6 +163,14 @@ pub struct SinkMetrics {
         SinkLabels,
         prometheus_client::metrics::gauge::Gauge,
     >,
+    backlog_events: prometheus_client::metrics::family::Family<
+        SinkLabels,
+        prometheus_client::metrics::gauge::Gauge,
+    >,
+    backlog_bytes: prometheus_client::metrics::family::Family<
+        SinkLabels,
+        prometheus_client::metrics::gauge::Gauge,
+    >,
 }
 
 impl SinkMetrics {
@@ -146,6 +189,16 @@ impl SinkMetrics {
             "sink_up",
             "1 when the sink's last write succeeded, 0 when it failed",
             self.up.clone(),
+        );
+        registry.register(
+            "sink_backlog_events",
+            "Events waiting in each sink's durable backlog",
+            self.backlog_events.clone(),
+        );
+        registry.register(
+            "sink_backlog_bytes",
+            "Bytes on disk in each sink's durable backlog",
+            self.backlog_bytes.clone(),
         );
     }
 }
@@ -185,6 +238,25 @@ impl SinkStats {
                 self.metrics.up.get_or_create(&l).set(0);
             }
         }
+    }
+
+    /// Records what waits in sink `name`'s backlog.
+    fn set_backlog(&self, name: &str, depth: backlog::Depth) {
+        let l = SinkLabels {
+            sink: name.to_string(),
+        };
+        let mut sinks = self.sinks.lock().expect("sink status lock");
+        let s = sinks.entry(name.to_string()).or_default();
+        s.backlog_events = depth.events;
+        s.backlog_bytes = depth.bytes;
+        self.metrics
+            .backlog_events
+            .get_or_create(&l)
+            .set(depth.events as i64);
+        self.metrics
+            .backlog_bytes
+            .get_or_create(&l)
+            .set(depth.bytes as i64);
     }
 
     /// Each sink's state, by name.
@@ -264,10 +336,10 @@ pub trait SinkType {
 /// dispatch.
 macro_rules! sink_types {
     ($($name:literal => $variant:ident($ty:ty)),+ $(,)?) => {
-        /// `[sinks.<name>]`: one output, by `type`.
+        /// The type's own keys of `[sinks.<name>]`, by `type`.
         #[derive(Debug, Clone, Deserialize)]
         #[serde(tag = "type")]
-        pub enum SinkSection {
+        pub enum TypeSection {
             $(#[serde(rename = $name)] $variant(<$ty as SinkType>::Section),)+
         }
 
@@ -283,11 +355,11 @@ macro_rules! sink_types {
             $($variant(<$ty as SinkType>::Output),)+
         }
 
-        impl SinkSection {
-            /// Checks the section of sink `name` and resolves it.
-            pub fn resolve(&self, name: &str, checks: &mut dyn SinkChecks) -> Option<SinkKind> {
+        impl TypeSection {
+            /// Checks the type's keys of sink `name` and resolves them.
+            fn resolve(&self, name: &str, checks: &mut dyn SinkChecks) -> Option<SinkKind> {
                 match self {
-                    $(SinkSection::$variant(s) => {
+                    $(TypeSection::$variant(s) => {
                         <$ty as SinkType>::resolve(name, s, checks).map(SinkKind::$variant)
                     })+
                 }
@@ -350,6 +422,71 @@ sink_types! {
     "nats" => Nats(nats::NatsSink),
 }
 
+/// The default bound of a sink's backlog (`backlog_max_bytes`).
+pub const DEFAULT_BACKLOG_MAX_BYTES: u64 = 256 << 20;
+
+/// The keys every sink type takes, read once here rather than by each type.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Common {
+    /// The most bytes its durable backlog may hold before the tenants routed to it hold their
+    /// pages (0: no backlog, a refused page waits in its tenant). Default 256 MiB.
+    pub backlog_max_bytes: Option<u64>,
+}
+
+impl Common {
+    const KEYS: [&'static str; 1] = ["backlog_max_bytes"];
+}
+
+/// `[sinks.<name>]`: the keys every type takes, and the type's own.
+#[derive(Debug, Clone)]
+pub struct SinkSection {
+    pub common: Common,
+    pub kind: TypeSection,
+}
+
+impl<'de> Deserialize<'de> for SinkSection {
+    /// The shared keys are taken out, then the rest is read by `type` (serde's tagged enums
+    /// buffer the table anyway, so nothing is lost in the error messages).
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let mut table = serde_json::Map::<String, serde_json::Value>::deserialize(d)?;
+        let mut shared = serde_json::Map::new();
+        for key in Common::KEYS {
+            if let Some(v) = table.remove(key) {
+                shared.insert(key.to_string(), v);
+            }
+        }
+        let common =
+            serde_json::from_value(serde_json::Value::Object(shared)).map_err(D::Error::custom)?;
+        let kind =
+            serde_json::from_value(serde_json::Value::Object(table)).map_err(D::Error::custom)?;
+        Ok(SinkSection { common, kind })
+    }
+}
+
+impl SinkSection {
+    /// Checks the section of sink `name` (defined in tenant `owner`'s file, or shared) and
+    /// resolves it.
+    pub fn resolve(
+        &self,
+        name: &str,
+        owner: Option<&str>,
+        checks: &mut dyn SinkChecks,
+    ) -> Option<SinkSpec> {
+        let kind = self.kind.resolve(name, checks)?;
+        Some(SinkSpec {
+            name: name.to_string(),
+            owner: owner.map(str::to_string),
+            backlog_max_bytes: self
+                .common
+                .backlog_max_bytes
+                .unwrap_or(DEFAULT_BACKLOG_MAX_BYTES),
+            kind,
+        })
+    }
+}
+
 /// One output, by name, resolved.
 #[derive(Debug, Clone, Serialize)]
 pub struct SinkSpec {
@@ -357,240 +494,8 @@ pub struct SinkSpec {
     /// The tenant whose own file defines this sink: it takes that tenant's events alone.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub owner: Option<String>,
+    /// The bound of its durable backlog, in bytes (0: none).
+    pub backlog_max_bytes: u64,
     #[serde(flatten)]
     pub kind: SinkKind,
-}
-
-/// Arguments of the sink actor.
-pub struct SinkArgs {
-    pub specs: Vec<SinkSpec>,
-    /// Each tenant's destinations; `None` (or `every_sink`): every sink takes every event.
-    pub routing: Option<Arc<routing::Routing>>,
-    pub stats: Arc<SinkStats>,
-    pub faults: FaultInjection,
-}
-
-/// One configured sink and its open outputs: one, or with templated settings, one per distinct
-/// filled value (opened at first use).
-struct SinkSlot {
-    spec: SinkSpec,
-    templated: bool,
-    outputs: HashMap<String, Output>,
-}
-
-pub struct SinkState {
-    sinks: Vec<SinkSlot>,
-    /// Index into `sinks` by name.
-    index: HashMap<String, usize>,
-    routing: Option<Arc<routing::Routing>>,
-    stats: Arc<SinkStats>,
-    faults: FaultInjection,
-}
-
-/// Writes every batch to each of its tenant's destinations, in order.
-pub struct SinkActor;
-
-impl Actor for SinkActor {
-    type Msg = SinkMsg;
-    type State = SinkState;
-    type Arguments = SinkArgs;
-
-    async fn pre_start(
-        &self,
-        _myself: ActorRef<SinkMsg>,
-        args: SinkArgs,
-    ) -> Result<SinkState, ActorProcessingErr> {
-        {
-            // Every configured sink is listed from the start; removed ones are forgotten.
-            let mut board = args.stats.sinks.lock().expect("sink status lock");
-            board.retain(|name, _| args.specs.iter().any(|s| &s.name == name));
-            for s in &args.specs {
-                board.entry(s.name.clone()).or_default();
-            }
-        }
-        let mut sinks = Vec::new();
-        for spec in args.specs {
-            let templated = !spec.kind.templates().is_empty();
-            let mut outputs = HashMap::new();
-            if !templated {
-                // Opened now: a sink that cannot start fails the start with its reason.
-                outputs.insert(String::new(), Output::open(&spec).await?);
-            }
-            sinks.push(SinkSlot {
-                spec,
-                templated,
-                outputs,
-            });
-        }
-        Ok(SinkState {
-            index: sinks
-                .iter()
-                .enumerate()
-                .map(|(i, s)| (s.spec.name.clone(), i))
-                .collect(),
-            sinks,
-            routing: args.routing,
-            stats: args.stats,
-            faults: args.faults,
-        })
-    }
-
-    async fn handle(
-        &self,
-        _myself: ActorRef<SinkMsg>,
-        msg: SinkMsg,
-        state: &mut SinkState,
-    ) -> Result<(), ActorProcessingErr> {
-        match msg {
-            SinkMsg::Deliver(batch, reply) => {
-                let span = tracing::info_span!(
-                    "sink_write",
-                    tenant = %batch.tenant,
-                    events = batch.events,
-                    bytes = batch.lines.len()
-                );
-                let result = write_all(state, &batch).instrument(span).await;
-                let _ = reply.send(result);
-            }
-        }
-        Ok(())
-    }
-}
-
-/// Where one batch goes: each sink it reaches, with the batch itself or the part a severity
-/// filter keeps. Decided by a lookup of the batch's tenant, never by event content beyond the
-/// normalized severity.
-fn targets(state: &SinkState, batch: &Arc<Batch>) -> Vec<(usize, Arc<Batch>)> {
-    let routes = state
-        .routing
-        .as_ref()
-        .filter(|r| !r.every_sink)
-        .map(|r| r.tenants.get(&*batch.tenant));
-    match routes {
-        None => (0..state.sinks.len()).map(|i| (i, batch.clone())).collect(),
-        Some(None) => Vec::new(),
-        Some(Some(t)) => t
-            .destinations
-            .iter()
-            .filter(|d| d.takes_feed(batch.feed))
-            .filter_map(|d| {
-                let i = *state.index.get(&d.sink)?;
-                match d.select(&batch.lines) {
-                    None => Some((i, batch.clone())),
-                    Some((_, 0)) => None,
-                    Some((lines, events)) => Some((
-                        i,
-                        Arc::new(Batch {
-                            tenant: batch.tenant.clone(),
-                            feed: batch.feed,
-                            lines,
-                            events,
-                        }),
-                    )),
-                }
-            })
-            .collect(),
-    }
-}
-
-/// Writes one batch to every sink it reaches, in order; the first failure fails the batch.
-async fn write_all(state: &mut SinkState, batch: &Arc<Batch>) -> Result<(), String> {
-    if let Some(delay) = state.faults.sink_delay() {
-        tokio::time::sleep(delay).await;
-    }
-    state.faults.maybe_panic_sink();
-    if let Some(e) = state.faults.sink_failure() {
-        return Err(e);
-    }
-    // The tenant's routes (shared, not copied per batch): their labels fill sink templates.
-    let routes = state
-        .routing
-        .as_ref()
-        .and_then(|r| r.tenants.get(&*batch.tenant))
-        .cloned();
-    let empty = BTreeMap::new();
-    let labels = routes.as_ref().map_or(&empty, |t| &t.labels);
-    for (i, part) in targets(state, batch) {
-        let slot = &mut state.sinks[i];
-        let name = slot.spec.name.clone();
-        let result = slot.write(&part, labels).await;
-        state.stats.record(
-            &name,
-            result.as_ref().map(|_| part.events).map_err(String::as_str),
-        );
-        if let Err(e) = result {
-            state.stats.errors.fetch_add(1, Ordering::Relaxed);
-            tracing::error!(sink = %name, tenant = %batch.tenant, error = %e, "sink write failed; the tenant keeps the page and retries");
-            return Err(format!("sink `{name}`: {e}"));
-        }
-    }
-    state.stats.batches.fetch_add(1, Ordering::Relaxed);
-    state
-        .stats
-        .events
-        .fetch_add(batch.events as u64, Ordering::Relaxed);
-    Ok(())
-}
-
-impl SinkSlot {
-    /// Writes `batch` to the output its tenant and feed fill the templates with (opened on
-    /// first use), or to the one output of an untemplated sink.
-    async fn write(
-        &mut self,
-        batch: &Arc<Batch>,
-        labels: &BTreeMap<String, String>,
-    ) -> Result<(), String> {
-        let key = if self.templated {
-            self.spec
-                .kind
-                .templates()
-                .iter()
-                .map(|(_, t)| routing::render(t, &batch.tenant, batch.feed, labels))
-                .collect::<Vec<_>>()
-                .join("\u{1f}")
-        } else {
-            String::new()
-        };
-        if !self.outputs.contains_key(&key) {
-            let fill = |t: &str| routing::render(t, &batch.tenant, batch.feed, labels);
-            let spec = SinkSpec {
-                name: self.spec.name.clone(),
-                owner: self.spec.owner.clone(),
-                kind: self.spec.kind.instantiate(&fill)?,
-            };
-            let out = Output::open(&spec).await?;
-            self.outputs.insert(key.clone(), out);
-        }
-        self.outputs
-            .get_mut(&key)
-            .expect("inserted above")
-            .write(batch)
-            .await
-    }
-}
-
-/// Sends a batch to `sink` and waits for the ack. Counts the batch as in flight meanwhile.
-pub async fn deliver(
-    sink: &ActorRef<SinkMsg>,
-    stats: &SinkStats,
-    batch: Arc<Batch>,
-    timeout: Duration,
-) -> Result<(), String> {
-    let now = stats.in_flight.fetch_add(1, Ordering::AcqRel) + 1;
-    stats.max_in_flight.fetch_max(now, Ordering::AcqRel);
-    let res = sink
-        .call(|reply| SinkMsg::Deliver(batch, reply), Some(timeout))
-        .await;
-    stats.in_flight.fetch_sub(1, Ordering::AcqRel);
-    match res {
-        Ok(ractor::rpc::CallResult::Success(r)) => r,
-        Ok(ractor::rpc::CallResult::Timeout) => Err(format!(
-            "the sink did not acknowledge within {}s",
-            timeout.as_secs()
-        )),
-        Ok(ractor::rpc::CallResult::SenderError) => {
-            Err("the sink stopped before acknowledging".into())
-        }
-        Err(e) => Err(format!("the sink is not running ({e})")),
-    }
 }

@@ -99,6 +99,26 @@ impl Destination {
     }
 }
 
+/// The sinks that take `tenant`'s events (before a route's feed and severity filters): its
+/// destinations under routes, else every sink. Sorted, each once.
+pub fn sinks_for(
+    routing: Option<&Routing>,
+    sinks: &[super::SinkSpec],
+    tenant: &str,
+) -> Arc<[String]> {
+    let mut names: Vec<String> = match routing.filter(|r| !r.every_sink) {
+        Some(r) => r
+            .tenants
+            .get(tenant)
+            .map(|t| t.destinations.iter().map(|d| d.sink.clone()).collect())
+            .unwrap_or_default(),
+        None => sinks.iter().map(|s| s.name.clone()).collect(),
+    };
+    names.sort();
+    names.dedup();
+    names.into()
+}
+
 /// The normalized severity of an event line: its first `"severity":"..."` member, which the
 /// normalizers write before `raw_event` (whose own `severity` is Wiz's). `None`: the event has
 /// none (an `action.applied` audit event), and a severity filter does not take it.

@@ -313,6 +313,7 @@ mod tests {
             position: None,
             last_full_pages: None,
             updated_at_filter: None,
+            baselined: None,
             feed: None,
         };
         img.apply(&encode_write(&Write::Commit(Commit {

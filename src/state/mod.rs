@@ -73,6 +73,12 @@ pub struct Checkpoint {
     /// incremental poll; a refusal is asked again after [`UpdatedAtProbe::RETRY_AFTER`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub updated_at_filter: Option<UpdatedAtProbe>,
+    /// The destinations (sink names) that have had this tenant's baseline (every current item)
+    /// or took its events from its first sweep on: a destination routed to the tenant that is
+    /// not here gets a baseline first. `None` in a checkpoint written before baselines existed
+    /// (its destinations then count as served).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baselined: Option<std::collections::BTreeSet<String>>,
     /// A feed other than Issues: its windows (kept under the feed's own state key).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub feed: Option<Box<crate::feeds::FeedCheckpoint>>,
@@ -809,6 +815,7 @@ mod tests {
                 position: None,
                 last_full_pages: None,
                 updated_at_filter: None,
+                baselined: None,
                 feed: None,
             };
             s.write_now(
@@ -914,6 +921,7 @@ mod tests {
                             position: None,
                             last_full_pages: None,
                             updated_at_filter: None,
+                            baselined: None,
                             feed: None,
                         }),
                     }),

@@ -27,7 +27,7 @@ use crate::faults::FaultInjection;
 use crate::health::{HealthMap, LastError, TenantState};
 use crate::hints::Hints;
 use crate::metrics::{Observation, Observer};
-use crate::sink::{SinkActor, SinkArgs, SinkMsg, SinkStats};
+use crate::sink::{Backlogs, SinkActor, SinkArgs, SinkMsg, SinkStats};
 use crate::state::StateStore;
 use crate::tenant::slot::{Slots, StopSignal};
 use crate::tenant::{TenantArgs, TenantMsg, WizTenantActor};
@@ -43,6 +43,9 @@ pub enum SupervisorMsg {
     /// Ask a tenant to poll now (`full`: a full sweep); replies false for an unknown or not
     /// running tenant.
     PollNow(String, bool, RpcReplyPort<bool>),
+    /// Send tenant `.0`'s baseline to its destination `.1` again; replies why not (an unknown or
+    /// stopped tenant, a sink that does not take its events).
+    Baseline(String, String, RpcReplyPort<Result<(), BaselineRefused>>),
     /// Stop every tenant (each finishes its page in flight), then the sink; reply when done.
     Shutdown(RpcReplyPort<()>),
     /// Apply a reload's difference; replies once every change has been started.
@@ -51,6 +54,15 @@ pub enum SupervisorMsg {
     Respawn(String),
     /// The running sink actor (write-back delivers its audit events through it).
     Sink(RpcReplyPort<Option<ActorRef<SinkMsg>>>),
+}
+
+/// Why a baseline cannot be sent on request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BaselineRefused {
+    UnknownTenant,
+    NotRunning,
+    /// The sink does not take the tenant's events; its destinations are listed.
+    NotRouted(Vec<String>),
 }
 
 /// What the supervisor is started with.
@@ -115,6 +127,10 @@ pub struct SupervisorState {
     sink_routing: Option<Arc<crate::sink::routing::Routing>>,
     sink: Option<ActorRef<SinkMsg>>,
     sink_crashes: u32,
+    /// The sinks' durable backlogs (`state_dir/backlog`), kept across sink restarts.
+    backlogs: Backlogs,
+    /// Tenants whose destinations a reload changed, told once the new sink actor runs.
+    destinations_changed: Vec<String>,
     /// The sink is being replaced by a reload: start the new one when the old has stopped.
     sink_replacing: bool,
     children: BTreeMap<String, Child>,
@@ -163,6 +179,7 @@ impl SupervisorState {
                 specs: self.sink_specs.clone(),
                 routing: self.sink_routing.clone(),
                 stats: self.sink_stats.clone(),
+                backlogs: self.backlogs.clone(),
                 faults: self.faults.clone(),
             },
             myself.get_cell(),
@@ -171,6 +188,11 @@ impl SupervisorState {
         .map_err(|e| format!("cannot start the sink: {e}"))?;
         self.sink = Some(sink);
         Ok(())
+    }
+
+    /// The sinks that take tenant `id`'s events now.
+    fn destinations(&self, id: &str) -> Arc<[String]> {
+        crate::sink::routing::sinks_for(self.sink_routing.as_deref(), &self.sink_specs, id)
     }
 
     async fn spawn_tenant(
@@ -234,6 +256,11 @@ impl SupervisorState {
             failed_cooldown: self.policy.failed_cooldown.0,
             hints: self.hints.queue(id),
             hint_metrics: self.hints.metrics().clone(),
+            destinations: crate::sink::routing::sinks_for(
+                self.sink_routing.as_deref(),
+                &self.sink_specs,
+                id,
+            ),
         };
         Some(args)
     }
@@ -521,10 +548,28 @@ impl SupervisorState {
             self.children.insert(id.clone(), Child::new(spec.clone()));
             added.push((id, self.first_poll_delay(&spec)));
         }
+        let sinks = diff.sinks;
+        if let Some(sinks) = &sinks {
+            // Tenants whose destinations changed learn them (a new one gets a baseline); the
+            // others are not disturbed. Set before the new tenants start, so they start with
+            // theirs.
+            let before: HashMap<String, Arc<[String]>> = self
+                .children
+                .keys()
+                .map(|id| (id.clone(), self.destinations(id)))
+                .collect();
+            self.sink_specs = sinks.specs.clone();
+            self.sink_routing = sinks.routing.clone();
+            // Told once the new sink actor runs (a baseline sent before would meet the old
+            // routes).
+            self.destinations_changed = before
+                .into_iter()
+                .filter(|(id, old)| self.destinations(id) != *old)
+                .map(|(id, _)| id)
+                .collect();
+        }
         self.spawn_tenants(myself, added).await;
-        if let Some(sinks) = diff.sinks {
-            self.sink_specs = sinks.specs;
-            self.sink_routing = sinks.routing;
+        if sinks.is_some() {
             match &self.sink {
                 Some(s) => {
                     self.sink_replacing = true;
@@ -645,6 +690,8 @@ impl Actor for ConnectorSupervisor {
             sink_routing: args.settings.routing.clone(),
             sink: None,
             sink_crashes: 0,
+            backlogs: Backlogs::new(args.settings.connector.state_dir.join("backlog")),
+            destinations_changed: Vec::new(),
             sink_replacing: false,
             children,
             by_actor: HashMap::new(),
@@ -726,6 +773,13 @@ impl Actor for ConnectorSupervisor {
                         myself.send_after(Duration::from_secs(1), || SupervisorMsg::RestartSink);
                     } else {
                         tracing::info!("sink restarted");
+                        for id in std::mem::take(&mut state.destinations_changed) {
+                            let now = state.destinations(&id);
+                            if let Some(a) = state.children.get(&id).and_then(|c| c.actor.as_ref())
+                            {
+                                let _ = a.send_message(TenantMsg::Destinations(now));
+                            }
+                        }
                     }
                 }
             }
@@ -741,6 +795,26 @@ impl Actor for ConnectorSupervisor {
                     .and_then(|c| c.actor.as_ref())
                     .is_some_and(|a| a.send_message(msg).is_ok());
                 let _ = reply.send(sent);
+            }
+            SupervisorMsg::Baseline(tenant, sink, reply) => {
+                let answer = match state.children.get(&tenant) {
+                    None => Err(BaselineRefused::UnknownTenant),
+                    Some(child) => {
+                        let destinations = state.destinations(&tenant);
+                        if !destinations.contains(&sink) {
+                            Err(BaselineRefused::NotRouted(destinations.to_vec()))
+                        } else if child
+                            .actor
+                            .as_ref()
+                            .is_some_and(|a| a.send_message(TenantMsg::Baseline(sink)).is_ok())
+                        {
+                            Ok(())
+                        } else {
+                            Err(BaselineRefused::NotRunning)
+                        }
+                    }
+                };
+                let _ = reply.send(answer);
             }
             SupervisorMsg::Apply(diff, reply) => {
                 state.apply(&myself, diff).await;

@@ -14,7 +14,7 @@ use crate::change::Known;
 use crate::event::EventKind;
 use crate::health::LastError;
 use crate::metrics::Observation;
-use crate::sink::{deliver, Batch, SinkMsg};
+use crate::sink::{deliver, Batch, SinkMsg, SinkRefusal};
 use crate::state::Checkpoint;
 
 /// Longest wait for the sink's ack before the page is sent again.
@@ -123,7 +123,9 @@ impl TenantActorState {
             }
         });
         // Only now, after every sink has the page, is it remembered.
-        if self.feed_job.is_some() {
+        if self.baseline.is_some() {
+            self.baseline_page_acked(myself, pending)
+        } else if self.feed_job.is_some() {
             self.feed_page_acked(myself, pending).await
         } else {
             self.issues_page_acked(myself, pending).await
@@ -132,18 +134,27 @@ impl TenantActorState {
 
     /// Gives `batch` to the sink actor (looked up by name: it changes after a restart) and waits
     /// for every sink's ack.
-    pub(super) async fn to_sink(&self, batch: Arc<Batch>) -> Result<(), String> {
+    pub(super) async fn to_sink(&self, batch: Arc<Batch>) -> Result<(), SinkRefusal> {
         let sink =
             ractor::registry::where_is(self.args.sink_name.clone()).map(ActorRef::<SinkMsg>::from);
         match sink {
             Some(sink) => deliver(&sink, &self.args.sink_stats, batch, ACK_TIMEOUT).await,
-            None => Err("the sink is not running".to_string()),
+            None => Err(SinkRefusal {
+                sink: None,
+                message: "the sink is not running".to_string(),
+            }),
         }
     }
 
     /// The sink did not take the pending page (its `attempts`-th try): reported, and tried again
     /// after a backoff (200 ms doubling to 5 s) with `Resend`.
-    pub(super) fn sink_refused(&self, myself: &ActorRef<TenantMsg>, e: &str, attempts: u32) {
+    pub(super) fn sink_refused(
+        &self,
+        myself: &ActorRef<TenantMsg>,
+        refusal: &SinkRefusal,
+        attempts: u32,
+    ) {
+        let e = &refusal.to_string();
         let exp = attempts.saturating_sub(1).min(8);
         let delay = RESEND_FIRST.saturating_mul(1 << exp).min(RESEND_MAX);
         self.args.observer.emit(
@@ -151,11 +162,7 @@ impl TenantActorState {
             Observation::SinkUnavailable { error: e, attempts },
         );
         let now = SystemTime::now();
-        // Sink errors read "sink `<name>`: ...": the sink that holds the tenant back.
-        let held_by = e
-            .strip_prefix("sink `")
-            .and_then(|r| r.split_once('`'))
-            .map(|(name, _)| name.to_string());
+        let held_by = refusal.sink.clone();
         self.args.health.update(&self.args.spec.id, |h| {
             h.last_error = Some(LastError {
                 message: format!("sink unavailable: {e}"),

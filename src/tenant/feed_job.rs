@@ -429,6 +429,7 @@ impl TenantActorState {
                 feed: job.feed.name.as_str(),
                 lines: built.lines,
                 events: built.events,
+                only: None,
             }),
             ledger: Ledger {
                 remember: built.remember,

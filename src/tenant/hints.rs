@@ -51,7 +51,11 @@ impl TenantActorState {
             }
             return;
         }
-        if self.sweep.is_some() || self.feed_job.is_some() || !self.args.hints.pending() {
+        if self.sweep.is_some()
+            || self.feed_job.is_some()
+            || self.baseline.is_some()
+            || !self.args.hints.pending()
+        {
             // The running sweep (or job) takes them between its pages.
             return;
         }

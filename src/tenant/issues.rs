@@ -79,6 +79,13 @@ impl TenantActorState {
                 Checkpoint::default()
             }
         };
+        // Destinations routed here since the checkpoint was written get a baseline first (a
+        // fresh tenant's destinations count as served: its first sweep gives them everything).
+        let due = super::baseline::due(
+            &self.args.destinations,
+            &mut checkpoint,
+            &self.baseline_asked,
+        );
         if checkpoint.high_water.is_none() {
             if let Err((kind, e)) = self.first_high_water(&mut checkpoint).await {
                 drop(permit);
@@ -97,6 +104,9 @@ impl TenantActorState {
                 self.step_done(myself, Some(super::schedule::FAILED_POLL_FIRST));
                 return;
             }
+        }
+        if !due.is_empty() && !std::mem::take(&mut self.baseline_skip) {
+            return self.start_baseline(myself, permit, checkpoint, due).await;
         }
         let spec = &self.args.spec;
         let now_unix = unix_now();
@@ -823,6 +833,7 @@ impl TenantActorState {
                 feed: "issues",
                 lines: outbox.lines,
                 events: outbox.events,
+                only: None,
             }),
             ledger: outbox.ledger,
             attempts: 0,

@@ -16,6 +16,7 @@
 //! - `claim`: cluster mode's takeover of the tenant's state keys.
 //! - `slot`: sweep slots and retry waits.
 
+mod baseline;
 mod claim;
 mod delivery;
 mod feed_job;
@@ -65,6 +66,12 @@ pub enum TenantMsg {
     Claim,
     /// Webhook hints are waiting in the tenant's queue (or it overflowed).
     Hints,
+    /// The sinks that take this tenant's events changed (a reload): a new one gets a baseline,
+    /// at a poll started now.
+    Destinations(Arc<[String]>),
+    /// Send the baseline to this destination again (an operator's request), at a poll started
+    /// now.
+    Baseline(String),
 }
 
 /// The error kind of a state write refused by fencing (cluster mode).
@@ -101,6 +108,8 @@ pub struct TenantArgs {
     pub hints: Arc<crate::hints::HintQueue>,
     /// The fleet-wide hint metrics (lookups by result).
     pub hint_metrics: crate::hints::HookMetrics,
+    /// The sinks that take this tenant's events (see [`baseline`]).
+    pub destinations: Arc<[String]>,
 }
 
 pub struct TenantActorState {
@@ -143,6 +152,12 @@ pub struct TenantActorState {
     /// Writes the events of the feeds beyond Issues (made at the first feed job: an Issues-only
     /// tenant never needs one).
     feed_normalizer: Option<Box<crate::feeds::normalize::FeedNormalizer>>,
+    /// The baseline being sent (boxed: an idle tenant pays a pointer).
+    baseline: Option<Box<baseline::BaselineJob>>,
+    /// Destinations an operator asked a baseline for.
+    baseline_asked: std::collections::BTreeSet<String>,
+    /// The baseline failed during this poll: its sweep goes on without it.
+    baseline_skip: bool,
 }
 
 pub struct WizTenantActor;
@@ -226,6 +241,9 @@ impl Actor for WizTenantActor {
             feed_job: None,
             feed_retry: HashMap::new(),
             feed_normalizer: None,
+            baseline: None,
+            baseline_asked: Default::default(),
+            baseline_skip: false,
             args,
         };
         let me = myself.clone();
@@ -284,7 +302,11 @@ impl Actor for WizTenantActor {
                     a.poll_after = true;
                     return Ok(());
                 }
-                if state.sweep.is_some() || state.waiting_for_permit || state.feed_job.is_some() {
+                if state.sweep.is_some()
+                    || state.waiting_for_permit
+                    || state.feed_job.is_some()
+                    || state.baseline.is_some()
+                {
                     tracing::debug!(tenant = %state.id(), "poll requested while one runs; ignored");
                     return Ok(());
                 }
@@ -302,12 +324,18 @@ impl Actor for WizTenantActor {
                 if let Some(a) = state.sweep.as_mut().filter(|a| a.hints_only) {
                     // A hints-only job started while the poll waited: the poll follows it.
                     a.poll_after = true;
-                } else if state.sweep.is_none() && state.feed_job.is_none() {
+                } else if state.sweep.is_none()
+                    && state.feed_job.is_none()
+                    && state.baseline.is_none()
+                {
                     Box::pin(state.start_step(&myself, permit)).await;
                 }
             }
             TenantMsg::NextPage if state.feed_job.is_some() => {
                 Box::pin(state.feed_next_page(&myself)).await
+            }
+            TenantMsg::NextPage if state.baseline.is_some() => {
+                Box::pin(state.baseline_next(&myself)).await
             }
             TenantMsg::NextPage => Box::pin(state.next_page(&myself)).await,
             TenantMsg::Resend => {
@@ -320,6 +348,15 @@ impl Actor for WizTenantActor {
                 Box::pin(state.try_deliver(&myself).instrument(span)).await
             }
             TenantMsg::Update(spec) => state.update_spec(&myself, spec),
+            TenantMsg::Destinations(d) => {
+                state.args.destinations = d;
+                Box::pin(state.baseline_rerouted(&myself)).await;
+                let _ = myself.send_message(TenantMsg::Poll);
+            }
+            TenantMsg::Baseline(sink) => {
+                state.baseline_asked.insert(sink);
+                let _ = myself.send_message(TenantMsg::Poll);
+            }
         }
         Ok(())
     }

@@ -654,8 +654,11 @@ async fn emit(acts: &Actions, tenant: &str, line: Vec<u8>) -> Result<(), String>
         tenant: Arc::from(tenant),
         lines: line,
         events: 1,
+        only: None,
     });
-    deliver(&sink, &acts.sink_stats, batch, AUDIT_TIMEOUT).await
+    deliver(&sink, &acts.sink_stats, batch, AUDIT_TIMEOUT)
+        .await
+        .map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
