@@ -478,24 +478,62 @@ async fn routed() {
     );
     app.shutdown().await.unwrap();
 
-    // The resolved routes at 100,000 tenants: the settings' RSS with routes (each tenant's
-    // `sinks`, a label, 100 sinks) less the same tenants and labels without routes.
+    // The resolved routes at 100,000 tenants: the live heap of the settings with routes (each
+    // tenant's `sinks`, a label, 100 sinks) less that of the same tenants and labels without.
     const FLEET: usize = 100_000;
     let plain = routed_config("http://127.0.0.1:9", FLEET, 0, dir.path());
     let with_routes = routed_config("http://127.0.0.1:9", FLEET, SINKS, dir.path());
-    let rss0 = rss_kib();
-    let a = load_str("bench", &plain, &EnvSource::Fixed(HashMap::new())).unwrap();
-    let rss1 = rss_kib();
-    let b = load_str("bench", &with_routes, &EnvSource::Fixed(HashMap::new())).unwrap();
-    let rss2 = rss_kib();
-    let routes = b.routing.as_ref().map_or(0, |r| r.tenants.len());
+    let a = held_bytes(|| load_str("bench", &plain, &EnvSource::Fixed(HashMap::new())).unwrap());
+    let b = held_bytes(|| {
+        load_str("bench", &with_routes, &EnvSource::Fixed(HashMap::new())).unwrap()
+    });
+    let routing = held_bytes(|| {
+        let s = load_str("bench", &with_routes, &EnvSource::Fixed(HashMap::new())).unwrap();
+        s.routing.clone()
+    });
     println!(
-        "| resolved routes | {FLEET} tenants, {routes} with destinations, {SINKS} sinks | settings without routes {} KiB, with routes {} KiB | routes cost {:.0} bytes per tenant |",
-        rss1 - rss0,
-        rss2 - rss1,
-        (rss2 as f64 - 2.0 * rss1 as f64 + rss0 as f64) * 1024.0 / FLEET as f64
+        "| resolved routes | {FLEET} tenants, each routed to one of {SINKS} sinks, one label each | settings {:.1} MB without routes, {:.1} MB with | the routing table alone {:.1} MB, {:.0} bytes per tenant |",
+        a as f64 / 1e6,
+        b as f64 / 1e6,
+        routing as f64 / 1e6,
+        routing as f64 / FLEET as f64
     );
-    drop((a, b));
+}
+
+/// Counts the bytes allocated and not yet freed, for [`held_bytes`].
+struct Counting;
+
+static LIVE: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+
+unsafe impl std::alloc::GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        LIVE.fetch_add(layout.size() as i64, std::sync::atomic::Ordering::Relaxed);
+        unsafe { std::alloc::System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        LIVE.fetch_sub(layout.size() as i64, std::sync::atomic::Ordering::Relaxed);
+        unsafe { std::alloc::System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static ALLOC: Counting = Counting;
+
+/// The heap bytes that what `make` returns holds. Loading a configuration frees its parsed
+/// tree on another thread, so the count is read once it has settled.
+fn held_bytes<T>(make: impl FnOnce() -> T) -> i64 {
+    let settled = || loop {
+        let a = LIVE.load(std::sync::atomic::Ordering::Relaxed);
+        std::thread::sleep(Duration::from_millis(300));
+        if LIVE.load(std::sync::atomic::Ordering::Relaxed) == a {
+            return a;
+        }
+    };
+    let before = settled();
+    let value = make();
+    let held = settled() - before;
+    drop(value);
+    held
 }
 
 /// `tenants` tenants labelled with their customer (`c<n % 100>`); with `sinks` > 0, that many
