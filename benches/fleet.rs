@@ -484,9 +484,8 @@ async fn routed() {
     let plain = routed_config("http://127.0.0.1:9", FLEET, 0, dir.path());
     let with_routes = routed_config("http://127.0.0.1:9", FLEET, SINKS, dir.path());
     let a = held_bytes(|| load_str("bench", &plain, &EnvSource::Fixed(HashMap::new())).unwrap());
-    let b = held_bytes(|| {
-        load_str("bench", &with_routes, &EnvSource::Fixed(HashMap::new())).unwrap()
-    });
+    let b =
+        held_bytes(|| load_str("bench", &with_routes, &EnvSource::Fixed(HashMap::new())).unwrap());
     let routing = held_bytes(|| {
         let s = load_str("bench", &with_routes, &EnvSource::Fixed(HashMap::new())).unwrap();
         s.routing.clone()

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use super::types::{ConfigFile, RouteSection, TenantSinks};
 use crate::feeds::FeedName;
 use crate::sink::routing::{
-    placeholders, Destination, Placeholder, Routing, TenantRoutes, SEVERITIES,
+    placeholders, Destination, Interner, Placeholder, Routing, TenantRoutes, SEVERITIES,
 };
 use crate::sink::SinkSpec;
 
@@ -29,13 +29,14 @@ pub(super) fn routed(file: &ConfigFile) -> bool {
 /// Without routes: every sink takes every event; the tenants' labels are kept for sink
 /// templates (`None` when no tenant has labels).
 pub(super) fn labels_only(file: &ConfigFile, tenants: &[&str]) -> Option<Routing> {
+    let mut shared = Interner::default();
     let tenants: BTreeMap<String, Arc<TenantRoutes>> = tenants
         .iter()
         .filter_map(|id| {
             let labels = file.tenants.get(*id)?.labels.clone()?;
             Some((
                 id.to_string(),
-                Arc::new(TenantRoutes {
+                shared.share(TenantRoutes {
                     destinations: Vec::new(),
                     labels,
                 }),
@@ -119,6 +120,7 @@ pub(super) fn resolve(
     let routes = check_routes(file, &shared, problem);
 
     let mut routing = Routing::default();
+    let mut interner = Interner::default();
     for &id in tenants {
         let Some(t) = file.tenants.get(id) else {
             continue;
@@ -177,7 +179,7 @@ pub(super) fn resolve(
         }
         routing.tenants.insert(
             id.to_string(),
-            Arc::new(TenantRoutes {
+            interner.share(TenantRoutes {
                 destinations: dest,
                 labels,
             }),

@@ -26,8 +26,9 @@ pub struct Routing {
     pub tenants: BTreeMap<String, Arc<TenantRoutes>>,
 }
 
-/// One tenant's destinations and the values its sink templates are filled with.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+/// One tenant's destinations and the values its sink templates are filled with. Tenants with
+/// the same destinations and labels share one (see [`Interner`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize)]
 pub struct TenantRoutes {
     pub destinations: Vec<Destination>,
     /// The tenant's labels (`{label.<key>}`).
@@ -35,7 +36,7 @@ pub struct TenantRoutes {
 }
 
 /// A sink this tenant's events go to, and what of them.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 pub struct Destination {
     /// The sink's name.
     pub sink: String,
@@ -47,6 +48,22 @@ pub struct Destination {
     /// The lowest severity it takes (an index into [`SEVERITIES`], shown by name); `None`: all.
     #[serde(serialize_with = "severity_name")]
     pub min_severity: Option<usize>,
+}
+
+/// Hands out one shared copy of each distinct [`TenantRoutes`]: a fleet's tenants mostly share
+/// their customer's routes, so 100,000 tenants hold a few hundred tables, not 100,000.
+#[derive(Default)]
+pub struct Interner(std::collections::HashSet<Arc<TenantRoutes>>);
+
+impl Interner {
+    pub fn share(&mut self, routes: TenantRoutes) -> Arc<TenantRoutes> {
+        if let Some(shared) = self.0.get(&routes) {
+            return shared.clone();
+        }
+        let shared = Arc::new(routes);
+        self.0.insert(shared.clone());
+        shared
+    }
 }
 
 fn severity_name<S: serde::Serializer>(v: &Option<usize>, s: S) -> Result<S::Ok, S::Error> {
