@@ -377,14 +377,7 @@ async fn sim_requests(base: &str, n: usize) -> u64 {
 /// End to end into a file sink, or into NATS JetStream when `nats` is a server URL; with
 /// `cluster`, as the only replica of a cluster on that server (state in JetStream).
 async fn e2e_with(tenants: usize, issues: usize, nats: Option<String>, cluster: bool) {
-    let expected: u64 = (0..tenants)
-        .map(|n| {
-            let spec = SimTenantSpec::numbered(n, SEED, issues);
-            IssueSet::generate(spec.seed, issues)
-                .ids_with_status("OPEN")
-                .len() as u64
-        })
-        .sum();
+    let expected = open_issues(tenants, issues);
     let sim = start_sim(tenants, issues);
     let dir = tempfile::tempdir().unwrap();
     let settings = fleet_config(
@@ -402,19 +395,7 @@ async fn e2e_with(tenants: usize, issues: usize, nats: Option<String>, cluster: 
             Some(url) => format!("[sinks.bus]\ntype = \"nats\"\nurl = \"{url}\"\n"),
         },
     );
-    let cpu0 = cpu_seconds();
-    let started = Instant::now();
-    let app = App::start(settings, AppOptions::default()).await.unwrap();
-    while app
-        .sink_stats
-        .events
-        .load(std::sync::atomic::Ordering::Relaxed)
-        < expected
-    {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let wall = started.elapsed().as_secs_f64();
-    let cpu = cpu_seconds() - cpu0;
+    let (app, wall, cpu) = run_until_delivered(settings, expected).await;
     let target = match &nats {
         None => {
             let bytes = std::fs::metadata(dir.path().join("events.jsonl"))
@@ -436,26 +417,22 @@ async fn e2e_with(tenants: usize, issues: usize, nats: Option<String>, cluster: 
     app.shutdown().await.unwrap();
 }
 
-/// Issue 20's routed fleet: 1,000 tenants × 100 issues, each routed to one of 100 private file
-/// sinks (`tenants.<id>.sinks`), next to the same fleet into one file; and the resolved routes'
-/// memory at 100,000 tenants.
-async fn routed() {
-    const TENANTS: usize = 1_000;
-    const ISSUES: usize = 100;
-    const SINKS: usize = 100;
-    e2e_with(TENANTS, ISSUES, None, false).await;
-    let expected: u64 = (0..TENANTS)
+/// The open issues of `tenants` simulated tenants of `issues` each: the events of their first
+/// sweeps.
+fn open_issues(tenants: usize, issues: usize) -> u64 {
+    (0..tenants)
         .map(|n| {
-            let spec = SimTenantSpec::numbered(n, SEED, ISSUES);
-            IssueSet::generate(spec.seed, ISSUES)
+            let spec = SimTenantSpec::numbered(n, SEED, issues);
+            IssueSet::generate(spec.seed, issues)
                 .ids_with_status("OPEN")
                 .len() as u64
         })
-        .sum();
-    let sim = start_sim(TENANTS, ISSUES);
-    let dir = tempfile::tempdir().unwrap();
-    let text = routed_config(&sim.base, TENANTS, SINKS, dir.path());
-    let settings = load_str("bench", &text, &EnvSource::Fixed(HashMap::new())).unwrap();
+        .sum()
+}
+
+/// Starts the connector and waits until its sinks took `expected` events: the running app, the
+/// wall time and the CPU seconds it took.
+async fn run_until_delivered(settings: Settings, expected: u64) -> (App, f64, f64) {
     let cpu0 = cpu_seconds();
     let started = Instant::now();
     let app = App::start(settings, AppOptions::default()).await.unwrap();
@@ -467,8 +444,23 @@ async fn routed() {
     {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let wall = started.elapsed().as_secs_f64();
-    let cpu = cpu_seconds() - cpu0;
+    (app, started.elapsed().as_secs_f64(), cpu_seconds() - cpu0)
+}
+
+/// Issue 20's routed fleet: 1,000 tenants × 100 issues, each routed to one of 100 private file
+/// sinks (`tenants.<id>.sinks`), next to the same fleet into one file; and the resolved routes'
+/// memory at 100,000 tenants.
+async fn routed() {
+    const TENANTS: usize = 1_000;
+    const ISSUES: usize = 100;
+    const SINKS: usize = 100;
+    e2e_with(TENANTS, ISSUES, None, false).await;
+    let expected = open_issues(TENANTS, ISSUES);
+    let sim = start_sim(TENANTS, ISSUES);
+    let dir = tempfile::tempdir().unwrap();
+    let text = routed_config(&sim.base, TENANTS, SINKS, dir.path());
+    let settings = load_str("bench", &text, &EnvSource::Fixed(HashMap::new())).unwrap();
+    let (app, wall, cpu) = run_until_delivered(settings, expected).await;
     let files = std::fs::read_dir(dir.path()).unwrap().count();
     println!(
         "| end to end, routed | {TENANTS} tenants, {expected} events, each tenant routed to one of {SINKS} private file sinks ({files} files) | {:.1} s | {:.0} events/s, {:.2} CPU s per 10,000 events |",

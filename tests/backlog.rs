@@ -99,6 +99,24 @@ fn config(
     )
 }
 
+/// A running connector for `sim` with the SIEM down (see [`config`]): the app, the SIEM, and the
+/// archive's path in the returned directory.
+async fn start_with_siem_down(
+    sim: &wiz_connector::sim::Simulator,
+    connector: &str,
+    siem_extra: &str,
+) -> (App, Arc<Siem>, std::path::PathBuf, tempfile::TempDir) {
+    let (siem, addr) = siem().await;
+    siem.down.store(true, Ordering::SeqCst);
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("archive.jsonl");
+    let body = config(sim, connector, &archive, addr, siem_extra);
+    let app = App::start(settings(&body), AppOptions::default())
+        .await
+        .unwrap();
+    (app, siem, archive, dir)
+}
+
 fn no_repeats(ids: &[String]) -> bool {
     ids.iter().collect::<HashSet<_>>().len() == ids.len()
 }
@@ -106,20 +124,12 @@ fn no_repeats(ids: &[String]) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_destination_holds_back_only_its_share_which_arrives_in_order_when_it_returns() {
     let sim = sim(2, 30).await;
-    let (siem, addr) = siem().await;
-    siem.down.store(true, Ordering::SeqCst);
-    let dir = tempfile::tempdir().unwrap();
-    let archive = dir.path().join("archive.jsonl");
-    let body = config(
+    let (app, siem, archive, _dir) = start_with_siem_down(
         &sim,
         "poll_interval = \"1s\"\npage_size = 5\nstartup_jitter = \"0s\"\nwatch_interval = \"0s\"",
-        &archive,
-        addr,
         "",
-    );
-    let app = App::start(settings(&body), AppOptions::default())
-        .await
-        .unwrap();
+    )
+    .await;
     let open = open_ids(&sim);
     wait_until(
         "both tenants' issues in the archive while the SIEM is down",
@@ -206,20 +216,12 @@ async fn a_dead_destination_holds_back_only_its_share_which_arrives_in_order_whe
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn past_the_bound_the_tenant_holds_repeats_nothing_and_loses_nothing() {
     let sim = sim(2, 20).await;
-    let (siem, addr) = siem().await;
-    siem.down.store(true, Ordering::SeqCst);
-    let dir = tempfile::tempdir().unwrap();
-    let archive = dir.path().join("archive.jsonl");
-    let body = config(
+    let (app, siem, archive, _dir) = start_with_siem_down(
         &sim,
         "poll_interval = \"1h\"\npage_size = 5\nstartup_jitter = \"0s\"",
-        &archive,
-        addr,
         "backlog_max_bytes = 1000",
-    );
-    let app = App::start(settings(&body), AppOptions::default())
-        .await
-        .unwrap();
+    )
+    .await;
     let open = open_ids(&sim);
     wait_until(
         "t1 held by the full backlog",
@@ -269,20 +271,8 @@ async fn past_the_bound_the_tenant_holds_repeats_nothing_and_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sink_that_keeps_refusing_is_down_on_the_sink_not_on_its_tenants() {
     let sim = sim(2, 10).await;
-    let (siem, addr) = siem().await;
-    siem.down.store(true, Ordering::SeqCst);
-    let dir = tempfile::tempdir().unwrap();
-    let archive = dir.path().join("archive.jsonl");
-    let body = config(
-        &sim,
-        "poll_interval = \"1h\"\nstartup_jitter = \"0s\"",
-        &archive,
-        addr,
-        "",
-    );
-    let app = App::start(settings(&body), AppOptions::default())
-        .await
-        .unwrap();
+    let (app, siem, archive, _dir) =
+        start_with_siem_down(&sim, "poll_interval = \"1h\"\nstartup_jitter = \"0s\"", "").await;
     wait_until("the sink down", Duration::from_secs(60), || {
         app.sink_stats.statuses()["siem"].state == wiz_connector::sink::SinkHealth::Down
     })
@@ -293,9 +283,11 @@ async fn a_sink_that_keeps_refusing_is_down_on_the_sink_not_on_its_tenants() {
         status.last_error.unwrap().message.contains("503"),
         "the sink names the answer"
     );
-    // The tenant itself is fine: nothing about the SIEM in its health.
+    // The tenant itself is fine: nothing about the SIEM in its health, and its events are in
+    // the archive.
     let t1 = app.health.get("t1").unwrap();
     assert!(t1.last_error.is_none() && t1.held_by_sink.is_none());
+    assert_eq!(archived(&archive, "t1").len(), open_ids(&sim)["t1"].len());
     siem.down.store(false, Ordering::SeqCst);
     let open = open_ids(&sim);
     wait_until("delivered once up", Duration::from_secs(60), || {
@@ -376,7 +368,7 @@ async fn the_backlog_survives_kill_9_during_the_outage_and_during_the_drain() {
     assert!(segments >= 1, "the backlog is on disk");
     assert!(siem.received.lock().unwrap().is_empty());
     // Run 2: the SIEM is back but slow; kill -9 in the middle of the drain.
-    siem.delay_ms.store(150, Ordering::SeqCst);
+    siem.delay_ms.store(300, Ordering::SeqCst);
     siem.down.store(false, Ordering::SeqCst);
     let mut child = spawn_run(&cfg.path);
     wait_until(
