@@ -74,8 +74,8 @@ pub struct Section {
     /// Verify the server's TLS certificate (default true; turning it off is logged).
     #[serde(default)]
     pub tls_verify: Option<bool>,
-    /// Retries of one batch after 429, 5xx or a timeout before the tenant holds the page and
-    /// tries again later (default 5).
+    /// Retries of one batch after 429, 5xx or a timeout before the batch fails (it then waits in
+    /// the sink's backlog, or in its tenant without one) (default 5).
     #[serde(default)]
     pub max_retries: Option<u32>,
 }
@@ -333,7 +333,7 @@ impl HttpOutput {
                 Attempt::Fail(m) => {
                     self.refused += 1;
                     return Err(format!(
-                        "{m} (not retried; the tenant holds the page and sends it again later)"
+                        "{m} (not retried now; the batch is sent again later)"
                     ));
                 }
                 Attempt::Retry(m, ra) => {

@@ -324,7 +324,8 @@ pub trait SinkType {
         spec: &Self::Spec,
     ) -> impl std::future::Future<Output = Result<Self::Output, String>> + Send;
 
-    /// Writes one batch durably, or says why not (the tenant keeps the page and retries).
+    /// Writes one batch durably, or says why not (the batch then waits in the sink's backlog, or
+    /// in its tenant without one).
     fn write(
         out: &mut Self::Output,
         batch: Arc<Batch>,

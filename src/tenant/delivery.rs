@@ -2,7 +2,8 @@
 //! hint lookup, a feed window), and one flow for it. The page goes to the sink actor; the tenant
 //! waits for the ack of every sink; only then is what the page settles written (its states, its
 //! position), by the job that built it. A page the sink does not take is kept and sent again
-//! after a backoff, so a sink that is down is backpressure, never loss.
+//! after a backoff, so a sink that is down (with its backlog full, or without one) is
+//! backpressure, never loss.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
