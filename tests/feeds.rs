@@ -760,3 +760,88 @@ fn a_lookback_for_issues_or_an_unknown_feed_is_refused() {
         "{e}"
     );
 }
+
+/// A destination routed to the tenant by a reload gets a baseline of every feed with states:
+/// the open issues and the open vulnerability findings, each once, marked `"baseline": true`,
+/// though the feed's window takes three steps; nothing of the detections; and the destination
+/// that had them from the start gets nothing again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newly_routed_destination_gets_the_open_findings_as_a_baseline() {
+    let (sim, body, dir, out) = findings_tenant(
+        1_500,
+        "poll_interval = \"300s\"\nfeeds = [\"issues\", \"vulnerabilities\", \"detections\"]",
+        "rate_limit = 100",
+    )
+    .await;
+    let cfg = write_config(&body);
+    let load = || {
+        wiz_connector::config::load(
+            &cfg.path,
+            &wiz_connector::config::EnvSource::Fixed(HashMap::new()),
+        )
+        .unwrap()
+    };
+    let app = App::start(load(), AppOptions::default()).await.unwrap();
+    wait_until("the first windows done", Duration::from_secs(90), || {
+        app.health.get("t0").is_some_and(|h| {
+            ["vulnerabilities", "detections"].iter().all(|name| {
+                h.feeds
+                    .iter()
+                    .any(|f| f.feed == *name && f.last_success_at.is_some())
+            })
+        })
+    })
+    .await;
+    let before = read_lines(&out).len();
+    let open_findings = sim.feeds(&sim.tenants()[0].client_id, |f| {
+        f.vulnerabilities
+            .iter()
+            .filter(|v| v.status == "OPEN")
+            .map(|v| v.id.to_string())
+            .collect::<HashSet<_>>()
+    });
+    let open_issues = open_ids(&sim)["t0"].clone();
+    // The SOC is routed to t0 (and `out` stays routed, so it is not new).
+    let soc = dir.path().join("soc.jsonl");
+    std::fs::write(
+        &cfg.path,
+        format!(
+            "{body}[sinks.soc]\ntype = \"file\"\npath = \"{}\"\n[routes.all]\nsinks = [\"out\"]\n[routes.soc]\nsinks = [\"soc\"]\n",
+            soc.display()
+        ),
+    )
+    .unwrap();
+    app.reloader().reload("test").await.unwrap();
+    wait_until("the baseline at the SOC", Duration::from_secs(90), || {
+        read_lines(&soc).len() >= open_issues.len() + open_findings.len()
+    })
+    .await;
+    wait_until("the baseline recorded", Duration::from_secs(30), || {
+        app.health
+            .get("t0")
+            .is_some_and(|h| h.state.as_str() == "idle")
+    })
+    .await;
+    let got = read_lines(&soc);
+    let others = got.iter().filter(|e| e["baseline"] != true).count();
+    assert_eq!(others, 0, "only the baseline");
+    let vulns = of_feed(&got, "vulnerabilities");
+    let ids: HashSet<String> = vulns
+        .iter()
+        .map(|e| e["finding_id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(vulns.len(), open_findings.len(), "each open finding once");
+    assert_eq!(ids, open_findings);
+    assert_eq!(
+        kinds(&vulns),
+        HashMap::from([("vulnerability.opened".to_string(), vulns.len())])
+    );
+    let issues: HashSet<String> = of_feed(&got, "issues")
+        .iter()
+        .map(|e| e["issue_id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(issues, open_issues);
+    assert!(of_feed(&got, "detections").is_empty());
+    assert_eq!(read_lines(&out).len(), before, "nothing again to `out`");
+    app.shutdown().await.unwrap();
+}

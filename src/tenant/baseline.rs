@@ -1,9 +1,12 @@
 //! A baseline: a destination newly routed to the tenant (at start or by a reload), or one an
-//! operator names (`POST /tenants/{id}/baseline?sink=`), first receives every issue the
-//! tenant's state holds as current (open or in progress), each marked `"baseline": true` with
-//! the kind it was first reported with; then changes as usual.
+//! operator names (`POST /tenants/{id}/baseline?sink=`), first receives every item the tenant's
+//! state holds as current (open issues, open findings of the vulnerabilities and
+//! cloud_configuration feeds), each marked `"baseline": true` with the kind it was first
+//! reported with; then changes as usual. Each feed keeps its own record of the destinations it
+//! served (its checkpoint's `baselined`). A feed's baseline is a window of the whole feed that
+//! sends only the items recorded as open (see `feed_job`); the Issues baseline is below.
 //!
-//! It runs at the start of an Issues step, before the sweep, holding the same sweep slot: the
+//! The Issues baseline runs at the start of an Issues step, before the sweep, holding the same sweep slot: the
 //! ids come from the state store, their current nodes from Wiz by id (a page's worth per
 //! lookup), and each page goes to the baseline's destinations only. It changes no state but the
 //! checkpoint's list of destinations served (`Checkpoint::baselined`), written once the last
@@ -19,6 +22,7 @@ use super::delivery::{Ledger, Outbox, Pending};
 use super::slot::Held;
 use super::{TenantActorState, TenantMsg, FENCED};
 use crate::event::{issue_fingerprint, now_rfc3339, EventKind};
+use crate::feeds::{ChangeRule, FeedName};
 use crate::health::LastError;
 use crate::sink::Batch;
 use crate::state::{Checkpoint, Commit};
@@ -58,7 +62,29 @@ pub fn due(
         .collect()
 }
 
+/// Whether a feed's items go into a baseline: Issues and the feeds whose items have a state
+/// (findings); not detections or audit entries, which happened once.
+pub fn has_baseline(feed: FeedName) -> bool {
+    feed == FeedName::Issues || feed.feed().is_some_and(|f| f.rule == ChangeRule::States)
+}
+
 impl TenantActorState {
+    /// The destinations an operator asked `feed`'s baseline for.
+    pub(super) fn asked_for(&self, feed: FeedName) -> BTreeSet<String> {
+        self.baseline_asked
+            .iter()
+            .filter(|(f, _)| *f == feed)
+            .map(|(_, s)| s.clone())
+            .collect()
+    }
+
+    /// `feed`'s baseline went out to `sinks`: their requests are done.
+    pub(super) fn baseline_served(&mut self, feed: FeedName, sinks: &[String]) {
+        for s in sinks {
+            self.baseline_asked.remove(&(feed, s.clone()));
+        }
+    }
+
     /// Starts the baseline for `sinks` (at the start of an Issues step).
     pub(super) async fn start_baseline(
         &mut self,
@@ -213,9 +239,7 @@ impl TenantActorState {
         let mut checkpoint = job.checkpoint;
         let served = checkpoint.baselined.get_or_insert_with(BTreeSet::new);
         served.extend(job.sinks.iter().cloned());
-        for s in job.sinks.iter() {
-            self.baseline_asked.remove(s);
-        }
+        self.baseline_served(FeedName::Issues, &job.sinks);
         // Written as a checkpoint of its own; the sweep reads it back.
         let written = self
             .commit(Commit {

@@ -26,7 +26,7 @@ use ractor::ActorRef;
 use super::delivery::{Ledger, Pending};
 use super::slot::Held;
 use super::{unix_now, TenantActorState, TenantMsg};
-use crate::change::{change, Change, Known};
+use crate::change::{change, Change, Known, VANISHED};
 use crate::event::{now_rfc3339, EventKind};
 use crate::feeds::normalize::{decode, micros, once_kind, states_kind, FeedNormalizer, Item};
 use crate::feeds::{
@@ -72,6 +72,20 @@ pub(super) struct FeedJob {
     recent: Vec<Recent>,
     recent_ids: HashSet<String>,
     span: tracing::Span,
+    /// A baseline job (see `tenant::baseline`): its destinations. It sweeps the whole feed and
+    /// sends only the items recorded as open, to these only, and commits nothing but, at its
+    /// end, the destinations served.
+    baseline: Option<Arc<[String]>>,
+}
+
+/// Where a feed's baseline that yielded goes on (kept in memory: after a restart the baseline
+/// starts over; it is recorded as done only at its end).
+pub(super) struct BaselineStash {
+    feed: FeedName,
+    sinks: Arc<[String]>,
+    window: Window,
+    cursor: Option<String>,
+    pages: u32,
 }
 
 /// The events one page of a window makes, and the item states its commit remembers.
@@ -197,6 +211,59 @@ impl FeedJob {
         out
     }
 
+    /// Builds a baseline page: each readable item that is open in Wiz and recorded as open (and
+    /// reported) in the state, as the kind of a first sight, marked `"baseline": true`. Remembers
+    /// nothing.
+    fn build_baseline_page(
+        &self,
+        decoded: &[(&str, Result<Item<'_>, NodeError>)],
+        known: Vec<Option<Known>>,
+        normalizer: &mut FeedNormalizer,
+        mut lines: Vec<u8>,
+    ) -> BuiltPage {
+        let name = self.feed.name;
+        let kind = states_kind(name, EventKind::Opened);
+        let open = |status: &str| !matches!(status, "RESOLVED" | "REJECTED" | VANISHED);
+        let mut events = 0;
+        let mut known = known.into_iter();
+        for (raw, item) in decoded {
+            let Ok(item) = item else {
+                continue;
+            };
+            let recorded = known.next().flatten();
+            if !recorded.is_some_and(|k| !k.silent && open(&k.status)) || !open(item.status()) {
+                continue;
+            }
+            let fp = item.fingerprint();
+            normalizer.write(
+                name,
+                item,
+                raw,
+                kind,
+                &fp,
+                None,
+                &self.observed_at,
+                &mut lines,
+            );
+            if lines.last() == Some(&b'}') {
+                lines.pop();
+                lines.extend_from_slice(b",\"baseline\":true}");
+            }
+            lines.push(b'\n');
+            events += 1;
+        }
+        BuiltPage {
+            lines,
+            events,
+            kinds: if events > 0 {
+                vec![(kind, events as u64)]
+            } else {
+                Vec::new()
+            },
+            remember: Vec::new(),
+        }
+    }
+
     /// The checkpoint after a page: the window done (`last`: its end becomes the next window's
     /// start, and the recent ids within its overlap are kept, at most [`MAX_RECENT`]), or the
     /// window running with the next page's cursor.
@@ -246,6 +313,16 @@ impl TenantActorState {
                 Checkpoint::default()
             }
         };
+        if super::baseline::has_baseline(feed.name) {
+            let due = super::baseline::due(
+                &self.args.destinations,
+                &mut checkpoint,
+                &self.asked_for(feed.name),
+            );
+            if !due.is_empty() && !self.feed_baseline_skip.remove(&feed.name) {
+                return self.start_feed_baseline(myself, feed, permit, checkpoint, due);
+            }
+        }
         let fc = checkpoint.feed.take().map(|b| *b).unwrap_or_default();
         let now = unix_now();
         let (window, cursor, pages, started_unix) = match fc
@@ -300,6 +377,7 @@ impl TenantActorState {
             recent: fc.recent,
             recent_ids,
             span: tracing::info_span!("feed", tenant = %self.args.spec.id, feed = feed.name.as_str()),
+            baseline: None,
         }));
         let name = feed.name.as_str();
         self.args.health.update(self.id(), |h| {
@@ -309,6 +387,100 @@ impl TenantActorState {
         });
         self.slot.hold(permit);
         let _ = myself.send_message(TenantMsg::NextPage);
+    }
+
+    /// Starts (or continues, after a yield) `feed`'s baseline for `sinks`: the whole feed, up
+    /// to now, in pages, sending the items recorded as open.
+    fn start_feed_baseline(
+        &mut self,
+        myself: &ActorRef<TenantMsg>,
+        feed: &'static Feed,
+        permit: Held,
+        checkpoint: Checkpoint,
+        sinks: Vec<String>,
+    ) {
+        let sinks: Arc<[String]> = sinks.into();
+        let stash = self
+            .feed_baseline_stash
+            .take()
+            .filter(|s| s.feed == feed.name && s.sinks == sinks);
+        let (window, cursor, pages) = match stash {
+            Some(s) => (s.window, s.cursor, s.pages),
+            None => {
+                tracing::info!(tenant = %self.args.spec.id, feed = %feed.name, sinks = ?sinks, "sending the feed's open findings to newly routed destinations (a baseline)");
+                let before = humantime::format_rfc3339_micros(SystemTime::now()).to_string();
+                (
+                    Window {
+                        after: None,
+                        before,
+                    },
+                    None,
+                    0,
+                )
+            }
+        };
+        self.feed_job = Some(Box::new(FeedJob {
+            feed,
+            key: feed.name.state_key(&self.args.spec.id),
+            checkpoint,
+            window,
+            resumed: cursor.is_some(),
+            cursor,
+            pages,
+            step_pages: 0,
+            cursors: HashSet::new(),
+            started_unix: unix_now(),
+            started: Instant::now(),
+            events: 0,
+            observed_at: now_rfc3339(),
+            recent: Vec::new(),
+            recent_ids: HashSet::new(),
+            span: tracing::info_span!("feed_baseline", tenant = %self.args.spec.id, feed = feed.name.as_str()),
+            baseline: Some(sinks),
+        }));
+        self.slot.hold(permit);
+        let _ = myself.send_message(TenantMsg::NextPage);
+    }
+
+    /// A feed's baseline swept the whole feed: the destinations are recorded as served (in the
+    /// feed's checkpoint, read when the baseline started: the feed's own window does not run
+    /// meanwhile), and a new poll runs the feed's window at once.
+    async fn feed_baseline_done(&mut self, myself: &ActorRef<TenantMsg>) {
+        let Some(job) = self.end_feed_job(myself) else {
+            return;
+        };
+        let sinks = job
+            .baseline
+            .clone()
+            .unwrap_or_else(|| Arc::from(Vec::new()));
+        let mut checkpoint = job.checkpoint.clone();
+        checkpoint
+            .baselined
+            .get_or_insert_with(Default::default)
+            .extend(sinks.iter().cloned());
+        let written = self
+            .write_to(
+                &job.key,
+                crate::state::Write::Commit(Commit {
+                    checkpoint: Some(checkpoint),
+                    ..Default::default()
+                }),
+            )
+            .await;
+        match written {
+            Err((kind, e)) if kind == super::FENCED => return self.stop_fenced(myself, &e),
+            Err((_, e)) => {
+                tracing::error!(tenant = %self.args.spec.id, feed = %job.feed.name, error = %e, "a feed's baseline was delivered but cannot be recorded; it runs again");
+            }
+            Ok(()) => {
+                self.baseline_served(job.feed.name, &sinks);
+                tracing::info!(tenant = %self.args.spec.id, feed = %job.feed.name, sinks = ?sinks, events = job.events, pages = job.pages, "baseline delivered");
+            }
+        }
+        if let Some(p) = self.plan.as_mut() {
+            p.yielded = true;
+        }
+        self.step_done(myself, None);
     }
 
     /// The lower bound of `feed`'s first window: `connector.initial_lookback` before now, or
@@ -390,9 +562,14 @@ impl TenantActorState {
         let mut lines = std::mem::take(&mut self.buf);
         lines.clear();
         let overlap = self.args.spec.incremental_overlap.0;
+        if job.baseline.is_some() {
+            let built = job.build_baseline_page(&decoded, known, normalizer, lines);
+            return self.feed_hand_over(myself, built, None, last).await;
+        }
         let built = job.build_page(&decoded, known, overlap, normalizer, lines);
         let position = job.position(last, overlap);
-        self.feed_hand_over(myself, built, position, last).await
+        self.feed_hand_over(myself, built, Some(position), last)
+            .await
     }
 
     /// Gives a built page to the sink with what its ack commits (its item states, the window's
@@ -401,7 +578,7 @@ impl TenantActorState {
         &mut self,
         myself: &ActorRef<TenantMsg>,
         built: BuiltPage,
-        position: Checkpoint,
+        position: Option<Checkpoint>,
         last: bool,
     ) {
         let Some(job) = self.feed_job.as_ref() else {
@@ -412,14 +589,16 @@ impl TenantActorState {
             let commit = Commit {
                 remember: built.remember,
                 settle: Vec::new(),
-                checkpoint: Some(position),
+                checkpoint: position,
             };
             let key = job.key.clone();
-            if let Err(e) = self
-                .write_to(&key, crate::state::Write::Commit(commit))
-                .await
-            {
-                return self.feed_store_failed(myself, e).await;
+            if !commit.is_empty() {
+                if let Err(e) = self
+                    .write_to(&key, crate::state::Write::Commit(commit))
+                    .await
+                {
+                    return self.feed_store_failed(myself, e).await;
+                }
             }
             return self.feed_page_done(myself, last).await;
         }
@@ -429,11 +608,11 @@ impl TenantActorState {
                 feed: job.feed.name.as_str(),
                 lines: built.lines,
                 events: built.events,
-                only: None,
+                only: job.baseline.clone(),
             }),
             ledger: Ledger {
                 remember: built.remember,
-                checkpoint: Some(position),
+                checkpoint: position,
                 kinds: built.kinds,
                 last,
                 ..Default::default()
@@ -448,8 +627,13 @@ impl TenantActorState {
             .feed_job
             .as_ref()
             .is_some_and(|j| j.step_pages >= STEP_PAGES);
-        if last {
+        let baseline = self.feed_job.as_ref().is_some_and(|j| j.baseline.is_some());
+        if last && baseline {
+            self.feed_baseline_done(myself).await
+        } else if last {
             self.feed_finish(myself, Ok(())).await
+        } else if step_done && baseline {
+            self.feed_baseline_yield(myself).await
         } else if step_done {
             // The window's position is committed: the next poll continues it.
             self.feed_yield(myself).await
@@ -486,6 +670,27 @@ impl TenantActorState {
         self.step_done(myself, None);
     }
 
+    /// A long baseline ends this step; where it stands is kept in memory and the next poll
+    /// (started at once) goes on from there.
+    async fn feed_baseline_yield(&mut self, myself: &ActorRef<TenantMsg>) {
+        let Some(job) = self.end_feed_job(myself) else {
+            return;
+        };
+        if let Some(sinks) = job.baseline.clone() {
+            self.feed_baseline_stash = Some(Box::new(BaselineStash {
+                feed: job.feed.name,
+                sinks,
+                window: job.window.clone(),
+                cursor: job.cursor.clone(),
+                pages: job.pages,
+            }));
+        }
+        if let Some(p) = self.plan.as_mut() {
+            p.yielded = true;
+        }
+        self.step_done(myself, None);
+    }
+
     /// The sink took a page of the running window: its item states and the window's position
     /// are committed, then the job goes on (or ends with the window, or yields).
     pub(super) async fn feed_page_acked(&mut self, myself: &ActorRef<TenantMsg>, pending: Pending) {
@@ -499,11 +704,13 @@ impl TenantActorState {
             settle: Vec::new(),
             checkpoint: pending.ledger.checkpoint,
         };
-        if let Err(e) = self
-            .write_to(&key, crate::state::Write::Commit(commit))
-            .await
-        {
-            return self.feed_store_failed(myself, e).await;
+        if !commit.is_empty() {
+            if let Err(e) = self
+                .write_to(&key, crate::state::Write::Commit(commit))
+                .await
+            {
+                return self.feed_store_failed(myself, e).await;
+            }
         }
         if let Ok(b) = Arc::try_unwrap(pending.batch) {
             self.buf = b.lines;
@@ -540,6 +747,24 @@ impl TenantActorState {
         }
         let name = job.feed.name;
         let now = SystemTime::now();
+        if let (Some(_), Err(e)) = (&job.baseline, &result) {
+            // The baseline failed: reported; the feed's window runs at the next poll without
+            // it, and the baseline is tried again at the poll after.
+            tracing::error!(tenant = %self.args.spec.id, feed = %name, error = %e, "the feed's baseline failed; it is tried again");
+            let error = LastError {
+                message: format!("feed {name}: baseline: {e}"),
+                at: now,
+            };
+            self.args.health.update(self.id(), |h| {
+                h.feed(name.as_str()).last_error = Some(error.clone());
+                h.last_error = Some(error);
+            });
+            self.feed_baseline_skip.insert(name);
+            if let Some(p) = self.plan.as_mut() {
+                p.yielded = true;
+            }
+            return self.step_done(myself, None);
+        }
         match result {
             Ok(()) => {
                 self.feed_retry.remove(&name);
@@ -651,6 +876,7 @@ mod tests {
             recent: Vec::new(),
             recent_ids: HashSet::new(),
             span: tracing::Span::none(),
+            baseline: None,
         }
     }
 

@@ -84,7 +84,7 @@ impl TenantActorState {
         let due = super::baseline::due(
             &self.args.destinations,
             &mut checkpoint,
-            &self.baseline_asked,
+            &self.asked_for(crate::feeds::FeedName::Issues),
         );
         if checkpoint.high_water.is_none() {
             if let Err((kind, e)) = self.first_high_water(&mut checkpoint).await {

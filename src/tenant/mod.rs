@@ -154,8 +154,13 @@ pub struct TenantActorState {
     feed_normalizer: Option<Box<crate::feeds::normalize::FeedNormalizer>>,
     /// The baseline being sent (boxed: an idle tenant pays a pointer).
     baseline: Option<Box<baseline::BaselineJob>>,
-    /// Destinations an operator asked a baseline for.
-    baseline_asked: std::collections::BTreeSet<String>,
+    /// Destinations an operator asked a baseline for, by feed (Issues and each feed with item
+    /// states), until that feed's baseline went out.
+    baseline_asked: std::collections::BTreeSet<(crate::feeds::FeedName, String)>,
+    /// A feed's baseline that yielded between polls (a long window): where it goes on.
+    feed_baseline_stash: Option<Box<feed_job::BaselineStash>>,
+    /// Feeds whose baseline failed this poll: their window runs without it.
+    feed_baseline_skip: std::collections::BTreeSet<crate::feeds::FeedName>,
     /// The baseline failed during this poll: its sweep goes on without it.
     baseline_skip: bool,
 }
@@ -243,6 +248,8 @@ impl Actor for WizTenantActor {
             feed_normalizer: None,
             baseline: None,
             baseline_asked: Default::default(),
+            feed_baseline_stash: None,
+            feed_baseline_skip: Default::default(),
             baseline_skip: false,
             args,
         };
@@ -354,7 +361,11 @@ impl Actor for WizTenantActor {
                 let _ = myself.send_message(TenantMsg::Poll);
             }
             TenantMsg::Baseline(sink) => {
-                state.baseline_asked.insert(sink);
+                for feed in state.args.spec.feeds.clone() {
+                    if baseline::has_baseline(feed) {
+                        state.baseline_asked.insert((feed, sink.clone()));
+                    }
+                }
                 let _ = myself.send_message(TenantMsg::Poll);
             }
         }
