@@ -358,7 +358,7 @@ impl Backlog {
     pub fn peek(&mut self) -> Result<Option<Record>, BacklogError> {
         loop {
             let Some(seg) = self.segments.front() else {
-                return Ok(None);
+                return Ok(self.exhausted());
             };
             let path = seg.path.clone();
             let seg_len = seg.len;
@@ -368,7 +368,7 @@ impl Backlog {
             };
             if *offset >= seg_len {
                 if last {
-                    return Ok(None);
+                    return Ok(self.exhausted());
                 }
                 self.drop_front()?;
                 continue;
@@ -398,6 +398,14 @@ impl Backlog {
                 }
             }
         }
+    }
+
+    /// Nothing readable is left: the counts say so too (records skipped as damaged were still
+    /// counted), so the sink goes back to writing directly.
+    fn exhausted(&mut self) -> Option<Record> {
+        self.depth = Depth::default();
+        self.tenants.clear();
+        None
     }
 
     /// Marks `rec` (the record [`Backlog::peek`] gave) delivered: `head` moves past it, and a
@@ -610,5 +618,20 @@ mod tests {
             first.with_extension("damaged").exists(),
             "a copy kept aside"
         );
+        // Damage inside the segment being read: the rest of it is skipped, and once nothing
+        // readable is left the counts say empty (the sink writes directly again).
+        let mut b = b;
+        let second = b.segments.front().unwrap().path.clone();
+        let r = b.peek().unwrap().unwrap();
+        b.pop(&r).unwrap();
+        let mut bytes = fs::read(&second).unwrap();
+        let at = r.disk_bytes() as usize + HEADER + 20;
+        bytes[at] ^= 0xff;
+        fs::write(&second, bytes).unwrap();
+        assert_eq!(b.depth().records, 1);
+        assert!(b.peek().unwrap().is_none());
+        assert_eq!(b.damaged, 2);
+        assert!(b.is_empty());
+        assert_eq!(b.depth(), Depth::default());
     }
 }
