@@ -156,22 +156,26 @@ fn nested(depth: usize) -> String {
 proptest! {
     #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
 
-    /// Whatever the nesting of a node, either the page is refused or every event line parses
-    /// with serde_json's default limits (128 levels), the strictest of the common parsers.
+    /// Whatever the nesting of a node, the page is read: a node past the depth limit is skipped
+    /// as unreadable (saying so), and every event line made parses with serde_json's default
+    /// limits (128 levels), the strictest of the common parsers.
     #[test]
     fn every_delivered_line_parses_with_default_parser_limits(depth in 0usize..400) {
         let node = node_with(&nested(depth));
-        match parse_page(Bytes::from(page_of(&node))) {
-            Err(e) => {
-                prop_assert!(depth + 1 > wiz_connector::wiz::page::MAX_NODE_DEPTH, "refused at depth {depth}: {e}");
-                prop_assert!(e.to_string().contains("nests deeper than 64 levels"), "{e}");
-            }
-            Ok(page) => {
-                let mut n = Normalizer::with_console("t", "https://app.wiz.io");
-                let mut out = Vec::new();
-                for issue in page.issues() {
+        let page = parse_page(Bytes::from(page_of(&node)));
+        prop_assert!(page.is_ok(), "depth {depth}: {:?}", page.err());
+        let page = page.unwrap();
+        let mut n = Normalizer::with_console("t", "https://app.wiz.io");
+        let mut out = Vec::new();
+        for issue in page.issues() {
+            match issue {
+                Err(e) => {
+                    prop_assert!(depth + 1 > wiz_connector::wiz::page::MAX_NODE_DEPTH, "skipped at depth {depth}: {}", e.reason);
+                    prop_assert!(e.reason.contains("nests deeper than 64 levels; it is skipped") || e.reason.contains("cannot be read"), "{}", e.reason);
+                }
+                Ok(issue) => {
                     out.clear();
-                    n.normalize(&issue.unwrap(), None, "2026-01-01T00:00:00Z", &mut out);
+                    n.normalize(&issue, None, "2026-01-01T00:00:00Z", &mut out);
                     let parsed: Result<serde_json::Value, _> = serde_json::from_slice(&out);
                     prop_assert!(parsed.is_ok(), "depth {depth}: {:?}", parsed.err());
                 }
@@ -181,17 +185,19 @@ proptest! {
 }
 
 #[tokio::test]
-async fn a_node_nested_100000_deep_refuses_its_page_and_the_next_poll_recovers() {
+async fn a_node_nested_100000_deep_is_skipped_and_reported_and_its_tenant_goes_on() {
     use std::time::Duration;
     use wiz_connector::app::{App, AppOptions};
     let sim = common::sim(1, 5).await;
+    // The deep node between two readable ones: a page of three.
     let deep = node_with(&nested(100_000));
-    sim.push_faults(
-        "sim-client-0000",
-        [Fault::Garbage {
-            body: String::from_utf8(page_of(&deep)).unwrap(),
-        }],
+    let fine = |id: &str| node_with("1").replace("0b6e2c3a-5f1d-4e7a-9c2b-1d3e4f5a6b7c", id);
+    let body = format!(
+        r#"{{"data":{{"issues":{{"nodes":[{},{deep},{}],"pageInfo":{{"hasNextPage":false,"endCursor":null}}}}}}}}"#,
+        fine("11111111-5f1d-4e7a-9c2b-1d3e4f5a6b7c"),
+        fine("22222222-5f1d-4e7a-9c2b-1d3e4f5a6b7c")
     );
+    sim.push_faults("sim-client-0000", [Fault::Garbage { body }]);
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("events.jsonl");
     let body = format!(
@@ -206,29 +212,34 @@ async fn a_node_nested_100000_deep_refuses_its_page_and_the_next_poll_recovers()
     let app = App::start(common::settings(&body), AppOptions::default())
         .await
         .unwrap();
-    common::wait_until("the refused poll", Duration::from_secs(20), || {
-        app.health.get("t0").is_some_and(|h| h.polls >= 1)
-    })
+    common::wait_until(
+        "the poll with the deep node",
+        Duration::from_secs(20),
+        || app.health.get("t0").is_some_and(|h| h.polls >= 1),
+    )
     .await;
-    let h = app.health.get("t0").unwrap();
-    let err = h.last_error.expect("the refusal is reported").message;
-    assert!(
-        err.contains("nests deeper than 64 levels; the page is refused"),
-        "{err}"
+    // The page's two readable issues are delivered; the deep one is skipped and counted.
+    let got: Vec<String> = common::read_lines(&out)
+        .iter()
+        .map(|e| e["issue_id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        got,
+        [
+            "11111111-5f1d-4e7a-9c2b-1d3e4f5a6b7c",
+            "22222222-5f1d-4e7a-9c2b-1d3e4f5a6b7c"
+        ]
     );
+    let metrics = app.observer_metrics_text();
     assert!(
-        err.len() < 2000,
-        "the deep node is not copied into the error"
+        metrics.contains("wiz_connector_errors_total{tenant=\"t0\",kind=\"bad_response\"} 1"),
+        "{metrics}"
     );
-    assert!(
-        common::read_lines(&out).is_empty(),
-        "nothing of the page delivered"
-    );
-    // The next poll (the fault was for one answer) delivers the tenant's real issues.
+    // The tenant goes on: the next poll (the fault was for one answer) delivers its real issues.
     assert!(app.poll_now("t0").await);
     let open = common::open_ids(&sim)["t0"].len();
     common::wait_until("the next poll", Duration::from_secs(20), || {
-        common::read_lines(&out).len() == open
+        common::read_lines(&out).len() == open + 2
     })
     .await;
     app.shutdown().await.unwrap();

@@ -526,7 +526,14 @@ impl TenantActorState {
             Err(e) => return self.feed_finish(myself, Err(e)).await,
         };
         let name = job.feed.name;
-        let decoded: Vec<_> = page.nodes().map(|n| (n, decode(name, n))).collect();
+        // A node past the size or depth limit is not decoded: it is reported and skipped.
+        let decoded: Vec<_> = page
+            .checked_nodes()
+            .map(|(n, unreadable)| match unreadable {
+                Some(e) => (n, Err(e)),
+                None => (n, decode(name, n)),
+            })
+            .collect();
         // The item states this page knows, for a `States` feed (one read).
         let known = if job.feed.rule == ChangeRule::States {
             let ids: Vec<&str> = decoded

@@ -487,8 +487,8 @@ struct Found<N> {
 
 /// Deepest nesting of objects and arrays accepted in one issue node. Wiz's nodes nest about 6
 /// levels; an event adds one level around the node, and common parsers refuse deeper documents
-/// (serde_json at 128 by default), so a deeper node is refused with its page instead of being
-/// delivered as a line consumers cannot read.
+/// (serde_json at 128 by default), so a deeper node is skipped as unreadable (reported, counted)
+/// instead of being delivered as a line consumers cannot read. The rest of its page goes on.
 pub const MAX_NODE_DEPTH: usize = 64;
 /// Largest issue node accepted (Wiz's are a few KiB).
 pub const MAX_NODE_BYTES: usize = 1024 * 1024;
@@ -580,10 +580,14 @@ fn string_end(b: &[u8], mut i: usize) -> Option<usize> {
 
 /// Walks an array of nodes: `node` reads one (it must consume the value), and each node's bytes
 /// are checked against the size and depth limits. Returns each node's span with what `node` made
-/// of it.
+/// of it, or, for a node that breaks a limit or that `node` could not read (nested past the
+/// parser's own limit), what `unreadable` makes of the reason: one bad node is skipped and
+/// reported, never the page. Only bytes that are not JSON at all (a node whose end cannot be
+/// found) refuse the page.
 fn walk_array<'a, N>(
     w: &mut Walker<'a>,
     mut node: impl FnMut(&mut Walker<'a>) -> Step<N>,
+    unreadable: impl Fn(String, &[u8]) -> N,
 ) -> Step<Vec<(Range<usize>, N)>> {
     let mut nodes = Vec::new();
     w.expect(b'[')?;
@@ -596,21 +600,41 @@ fn walk_array<'a, N>(
             return Err(format!("a node is not an object (byte {})", w.pos));
         }
         let start = w.pos;
-        let made = node(w)?;
+        let made = match node(w) {
+            Ok(made) => Some(made),
+            Err(e) => {
+                // Its end is found without recursion (a node may nest 100,000 deep); if it has
+                // none, the bytes are not JSON and the page is refused.
+                w.pos = start;
+                w.skip_node().map_err(|_| e.clone())?;
+                let raw = &w.text.as_bytes()[start..w.pos];
+                Some(unreadable(
+                    format!("node {} at byte {start} cannot be read: {e}", nodes.len()),
+                    raw,
+                ))
+            }
+        };
         let raw = &w.text.as_bytes()[start..w.pos];
-        if raw.len() > MAX_NODE_BYTES {
-            return Err(format!(
-                "node {} at byte {start} is {} bytes, above the limit of {MAX_NODE_BYTES}; the page is refused",
-                nodes.len(),
-                raw.len()
-            ));
-        }
-        if nests_deeper_than(raw, MAX_NODE_DEPTH) {
-            return Err(format!(
-                "node {} at byte {start} nests deeper than {MAX_NODE_DEPTH} levels; the page is refused",
-                nodes.len()
-            ));
-        }
+        let made = if raw.len() > MAX_NODE_BYTES {
+            unreadable(
+                format!(
+                    "node {} at byte {start} is {} bytes, above the limit of {MAX_NODE_BYTES}; it is skipped",
+                    nodes.len(),
+                    raw.len()
+                ),
+                raw,
+            )
+        } else if nests_deeper_than(raw, MAX_NODE_DEPTH) {
+            unreadable(
+                format!(
+                    "node {} at byte {start} nests deeper than {MAX_NODE_DEPTH} levels; it is skipped",
+                    nodes.len()
+                ),
+                raw,
+            )
+        } else {
+            made.expect("set above")
+        };
         nodes.push((start..w.pos, made));
         match w.peek() {
             Some(b',') => w.pos += 1,
@@ -624,21 +648,31 @@ fn walk_array<'a, N>(
 }
 
 fn walk_nodes(w: &mut Walker<'_>, spans: &Spans) -> Step<Vec<NodeEntry>> {
-    let nodes = walk_array(w, |w| {
-        let start = w.pos;
-        Ok(match w.value::<IssueView<'_>>() {
-            Ok(v) => Ok(spans.record(v)),
-            Err(reason) => {
-                // Valid JSON of the wrong shape: skip just this node. Invalid JSON: fail the page.
-                w.pos = start;
-                w.skip()?;
-                Err(NodeError {
-                    reason,
-                    snippet: snippet(&w.text.as_bytes()[start..w.pos]),
-                })
-            }
+    let unreadable = |reason: String, raw: &[u8]| {
+        Err(NodeError {
+            reason,
+            snippet: snippet(raw),
         })
-    })?;
+    };
+    let nodes = walk_array(
+        w,
+        |w| {
+            let start = w.pos;
+            Ok(match w.value::<IssueView<'_>>() {
+                Ok(v) => Ok(spans.record(v)),
+                Err(reason) => {
+                    // Valid JSON of the wrong shape: skip just this node. Invalid JSON: fail the page.
+                    w.pos = start;
+                    w.skip()?;
+                    Err(NodeError {
+                        reason,
+                        snippet: snippet(&w.text.as_bytes()[start..w.pos]),
+                    })
+                }
+            })
+        },
+        unreadable,
+    )?;
     Ok(nodes
         .into_iter()
         .map(|(raw, decoded)| NodeEntry { raw, decoded })
@@ -733,6 +767,8 @@ fn settle<N>(found: Found<N>, body: &str, root: &str) -> Result<(Vec<N>, PageInf
 pub struct FeedPage {
     body: String,
     nodes: Vec<Range<usize>>,
+    /// Nodes that break the size or depth limit, by index, with why.
+    unreadable: Vec<(usize, String)>,
     pub has_next_page: bool,
     pub end_cursor: Option<String>,
 }
@@ -753,6 +789,22 @@ impl FeedPage {
         self.nodes.iter().map(move |r| &self.body[r.clone()])
     }
 
+    /// Each node with why it cannot be read, if it breaks the size or depth limit (it is then
+    /// not to be decoded: it is reported and skipped).
+    pub fn checked_nodes(&self) -> impl Iterator<Item = (&str, Option<NodeError>)> + '_ {
+        self.nodes().enumerate().map(move |(i, raw)| {
+            let why = self
+                .unreadable
+                .iter()
+                .find(|(at, _)| *at == i)
+                .map(|(_, reason)| NodeError {
+                    reason: reason.clone(),
+                    snippet: snippet(raw.as_bytes()),
+                });
+            (raw, why)
+        })
+    }
+
     pub fn len(&self) -> usize {
         self.nodes.len()
     }
@@ -763,23 +815,36 @@ impl FeedPage {
 }
 
 /// Parses an HTTP 200 answer of a feed query whose connection is `data.<root>`. As for Issues, any
-/// other shape is an error, never a panic, and a node above the size or depth limits refuses the
-/// page.
+/// other shape is an error, never a panic; a node above the size or depth limits is kept aside as
+/// unreadable (see [`FeedPage::checked_nodes`]), and the page goes on.
 pub fn parse_feed_page(body: Bytes, root: &str) -> Result<FeedPage, WizError> {
     let body = utf8_body(body)?;
     let mut w = Walker {
         text: &body,
         pos: 0,
     };
-    let found = walk(&mut w, &[root], |w| walk_array(w, Walker::skip_node)).map_err(|e| {
+    let found = walk(&mut w, &[root], |w| {
+        walk_array(
+            w,
+            |w| w.skip_node().map(|()| None),
+            |reason, _| Some(reason),
+        )
+    })
+    .map_err(|e| {
         WizError::BadResponse(format!(
             "not a GraphQL answer ({e}): {}",
             snippet(body.as_bytes())
         ))
     })?;
     let (nodes, info) = settle(found, &body, root)?;
+    let unreadable = nodes
+        .iter()
+        .enumerate()
+        .filter_map(|(i, (_, reason))| Some((i, reason.clone()?)))
+        .collect();
     Ok(FeedPage {
-        nodes: nodes.into_iter().map(|(r, ())| r).collect(),
+        nodes: nodes.into_iter().map(|(r, _)| r).collect(),
+        unreadable,
         has_next_page: info.has_next_page,
         end_cursor: info.end_cursor,
         body,
@@ -940,6 +1005,57 @@ mod tests {
         // Another root is not this feed's answer.
         let e = parse_feed_page(Bytes::from(body), "auditLogEntries").unwrap_err();
         assert!(e.to_string().contains("no data.auditLogEntries"), "{e}");
+    }
+
+    #[test]
+    fn a_node_past_a_limit_is_set_aside_and_the_rest_of_its_page_read() {
+        let big = format!(r#"{{"id":"big","blob":"{}"}}"#, "x".repeat(MAX_NODE_BYTES));
+        let deep = format!(
+            r#"{{"id":"deep","n":{}1{}}}"#,
+            "[".repeat(100_000),
+            "]".repeat(100_000)
+        );
+        let body = format!(
+            r#"{{"data":{{"detections":{{"nodes":[{{"id":"a"}},{big},{deep},{{"id":"b"}}],"pageInfo":{{"hasNextPage":false}}}}}}}}"#
+        );
+        let page = parse_feed_page(Bytes::from(body), "detections").unwrap();
+        let checked: Vec<(usize, Option<String>)> = page
+            .checked_nodes()
+            .map(|(raw, e)| (raw.len(), e.map(|e| e.reason)))
+            .collect();
+        assert_eq!(checked.len(), 4);
+        assert_eq!(checked[0], (10, None));
+        assert_eq!(checked[3], (10, None));
+        let reason = |i: usize| checked[i].1.clone().unwrap_or_default();
+        assert!(reason(1).contains("above the limit of 1048576; it is skipped"));
+        assert!(reason(2).contains("nests deeper than 64 levels; it is skipped"));
+        // The same in an Issues page: the node reads as unreadable, its neighbours as issues.
+        let issue = |id: &str| {
+            format!(
+                r#"{{"id":"{id}","status":"OPEN","severity":"HIGH","type":"THREAT_DETECTION","createdAt":"2026-01-01T00:00:00Z"}}"#
+            )
+        };
+        let body = format!(
+            r#"{{"data":{{"issues":{{"nodes":[{},{deep},{}],"pageInfo":{{"hasNextPage":false,"endCursor":null}}}}}}}}"#,
+            issue("i1"),
+            issue("i2")
+        );
+        let page = parse_page(Bytes::from(body)).unwrap();
+        let read: Vec<Result<String, String>> = page
+            .issues()
+            .map(|i| i.map(|i| i.id().to_string()).map_err(|e| e.reason.clone()))
+            .collect();
+        assert_eq!(read[0], Ok("i1".to_string()));
+        assert_eq!(read[2], Ok("i2".to_string()));
+        let skipped = read[1].clone().unwrap_err();
+        assert!(
+            skipped.contains("cannot be read") || skipped.contains("nests deeper"),
+            "{skipped}"
+        );
+        assert!(
+            skipped.len() < 500,
+            "the node is not copied into the reason"
+        );
     }
 
     #[test]
