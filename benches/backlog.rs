@@ -47,7 +47,7 @@ fn main() {
     let mut drained = 0u64;
     while let Some(r) = b.peek().expect("peek") {
         drained += r.events as u64;
-        b.pop(&r).expect("pop");
+        b.pop(r.receipt()).expect("pop");
     }
     let drain = start.elapsed();
     assert_eq!(drained as f64, events);

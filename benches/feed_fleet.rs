@@ -15,7 +15,6 @@ use std::collections::HashMap;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use wiz_connector::app::{App, AppOptions};
 use wiz_connector::config::{load_str, EnvSource};
 use wiz_connector::sim::feed_data::FeedSets;
 use wiz_connector::sim::{IssueSet, SimTenantSpec};
@@ -64,19 +63,7 @@ async fn e2e() {
         tenant_tables(&sim.base, TENANTS, "")
     );
     let settings = load_str("bench", &text, &EnvSource::Fixed(HashMap::new())).unwrap();
-    let cpu0 = cpu_of(std::process::id());
-    let started = Instant::now();
-    let app = App::start(settings, AppOptions::default()).await.unwrap();
-    while app
-        .sink_stats
-        .events
-        .load(std::sync::atomic::Ordering::Relaxed)
-        < expected
-    {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let wall = started.elapsed().as_secs_f64();
-    let cpu = cpu_of(std::process::id()) - cpu0;
+    let (app, wall, cpu) = run_until_delivered(settings, expected).await;
     let bytes = std::fs::metadata(dir.path().join("events.jsonl"))
         .unwrap()
         .len();

@@ -430,23 +430,6 @@ fn open_issues(tenants: usize, issues: usize) -> u64 {
         .sum()
 }
 
-/// Starts the connector and waits until its sinks took `expected` events: the running app, the
-/// wall time and the CPU seconds it took.
-async fn run_until_delivered(settings: Settings, expected: u64) -> (App, f64, f64) {
-    let cpu0 = cpu_seconds();
-    let started = Instant::now();
-    let app = App::start(settings, AppOptions::default()).await.unwrap();
-    while app
-        .sink_stats
-        .events
-        .load(std::sync::atomic::Ordering::Relaxed)
-        < expected
-    {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    (app, started.elapsed().as_secs_f64(), cpu_seconds() - cpu0)
-}
-
 /// Issue 20's routed fleet: 1,000 tenants × 100 issues, each routed to one of 100 private file
 /// sinks (`tenants.<id>.sinks`), next to the same fleet into one file; and the resolved routes'
 /// memory at 100,000 tenants.

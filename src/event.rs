@@ -408,6 +408,16 @@ pub(crate) fn console_json(console: &str) -> String {
     quoted[1..quoted.len() - 1].to_string()
 }
 
+/// Adds `member` (`"key":value`) to the end of the event just written at the end of `out`.
+pub(crate) fn add_member(out: &mut Vec<u8>, member: &[u8]) {
+    if out.last() == Some(&b'}') {
+        out.pop();
+        out.push(b',');
+        out.extend_from_slice(member);
+        out.push(b'}');
+    }
+}
+
 /// `"<console>/issues#~(issue~'<id>)"`: an issue's page in the Wiz console, as a JSON string.
 pub(crate) fn write_issue_url(out: &mut Vec<u8>, console_json: &str, issue_id: &str) {
     out.push(b'"');

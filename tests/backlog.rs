@@ -8,7 +8,7 @@ mod common;
 
 use std::collections::HashSet;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -17,12 +17,12 @@ use axum::http::StatusCode;
 use common::*;
 use wiz_connector::app::{App, AppOptions};
 
-/// A SIEM behind an http endpoint that refuses with 503 while `down`, and answers each request
-/// after `delay_ms`.
+/// A SIEM behind an http endpoint that refuses with 503 while `down`, and once it has accepted
+/// `accept_limit` requests.
 #[derive(Default)]
 struct Siem {
     down: AtomicBool,
-    delay_ms: AtomicU64,
+    accept_limit: AtomicU32,
     refused: AtomicU32,
     /// Every event accepted, in arrival order.
     received: Mutex<Vec<serde_json::Value>>,
@@ -41,18 +41,19 @@ impl Siem {
 }
 
 async fn siem() -> (Arc<Siem>, std::net::SocketAddr) {
-    let siem = Arc::new(Siem::default());
+    let siem = Arc::new(Siem {
+        accept_limit: AtomicU32::new(u32::MAX),
+        ..Default::default()
+    });
     let state = siem.clone();
     let app = axum::Router::new().route(
         "/ingest",
         axum::routing::post(move |body: Bytes| {
             let siem = state.clone();
             async move {
-                let delay = siem.delay_ms.load(Ordering::SeqCst);
-                if delay > 0 {
-                    tokio::time::sleep(Duration::from_millis(delay)).await;
-                }
-                if siem.down.load(Ordering::SeqCst) {
+                let full = siem.requests_ok.load(Ordering::SeqCst)
+                    >= siem.accept_limit.load(Ordering::SeqCst);
+                if siem.down.load(Ordering::SeqCst) || full {
                     siem.refused.fetch_add(1, Ordering::SeqCst);
                     return StatusCode::SERVICE_UNAVAILABLE;
                 }
@@ -372,14 +373,19 @@ async fn the_backlog_survives_kill_9_during_the_outage_and_during_the_drain() {
         .count();
     assert!(segments >= 1, "the backlog is on disk");
     assert!(siem.received.lock().unwrap().is_empty());
-    // Run 2: the SIEM is back but slow; kill -9 in the middle of the drain.
-    siem.delay_ms.store(300, Ordering::SeqCst);
+    // Run 2: the SIEM is back but takes two batches only, then refuses again: kill -9 in the
+    // middle of the drain, once the third batch was refused.
+    siem.accept_limit.store(2, Ordering::SeqCst);
     siem.down.store(false, Ordering::SeqCst);
+    let refused = siem.refused.load(Ordering::SeqCst);
     let mut child = spawn_run(&cfg.path);
     wait_until(
-        "part of the backlog drained",
+        "two batches drained, the third refused",
         Duration::from_secs(60),
-        || siem.requests_ok.load(Ordering::SeqCst) >= 2,
+        || {
+            siem.requests_ok.load(Ordering::SeqCst) == 2
+                && siem.refused.load(Ordering::SeqCst) > refused
+        },
     )
     .await;
     child.start_kill().unwrap();
@@ -387,7 +393,7 @@ async fn the_backlog_survives_kill_9_during_the_outage_and_during_the_drain() {
     let partial = siem.ids().len();
     assert!(partial < open["t1"].len(), "killed before the end");
     // Run 3: the rest arrives; at most the page in flight at the kill comes twice.
-    siem.delay_ms.store(0, Ordering::SeqCst);
+    siem.accept_limit.store(u32::MAX, Ordering::SeqCst);
     let mut child = spawn_run(&cfg.path);
     let sent = archived(&archive, "t1");
     wait_until("the whole share delivered", Duration::from_secs(60), || {

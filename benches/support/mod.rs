@@ -152,3 +152,26 @@ pub fn runtime() -> tokio::runtime::Runtime {
         .build()
         .unwrap()
 }
+
+/// Starts the connector and waits until its sinks took `expected` events: the running app, the
+/// wall time and the CPU seconds of this process meanwhile.
+pub async fn run_until_delivered(
+    settings: wiz_connector::config::Settings,
+    expected: u64,
+) -> (wiz_connector::app::App, f64, f64) {
+    let cpu0 = cpu_of(std::process::id());
+    let started = Instant::now();
+    let app = wiz_connector::app::App::start(settings, Default::default())
+        .await
+        .unwrap();
+    while app
+        .sink_stats
+        .events
+        .load(std::sync::atomic::Ordering::Relaxed)
+        < expected
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let wall = started.elapsed().as_secs_f64();
+    (app, wall, cpu_of(std::process::id()) - cpu0)
+}

@@ -17,7 +17,8 @@ use tracing::Instrument;
 
 use super::backlog::Backlog;
 use super::routing::Routing;
-use super::worker::{Job, SinkSlot, Taken, Worker, WorkerHandle};
+use super::routing::TenantRoutes;
+use super::worker::{Job, SinkSlot, Worker, WorkerHandle};
 use super::{Batch, Output, SinkRefusal, SinkSpec, SinkStats};
 use crate::faults::FaultInjection;
 
@@ -174,13 +175,14 @@ impl Actor for SinkActor {
 
 /// Where one batch goes: each sink it reaches, with the batch itself or the part a severity
 /// filter keeps. Decided by a lookup of the batch's tenant, never by event content beyond the
-/// normalized severity.
-fn targets(state: &SinkState, batch: &Arc<Batch>) -> Vec<(usize, Arc<Batch>)> {
-    let routes = state
-        .routing
-        .as_ref()
-        .filter(|r| !r.every_sink)
-        .map(|r| r.tenants.get(&*batch.tenant));
+/// normalized severity. `routes`: the tenant's (looked up once per batch by the caller).
+fn targets(
+    state: &SinkState,
+    batch: &Arc<Batch>,
+    routes: Option<&TenantRoutes>,
+) -> Vec<(usize, Arc<Batch>)> {
+    let routed = state.routing.as_ref().is_some_and(|r| !r.every_sink);
+    let routes = routed.then_some(routes);
     let named = |name: &str| {
         batch
             .only
@@ -235,7 +237,13 @@ fn route(state: &mut SinkState, batch: Arc<Batch>, reply: RpcReplyPort<Result<()
         let _ = reply.send(Err(SinkRefusal::general(e)));
         return;
     }
-    let targets = targets(state, &batch);
+    // The tenant's routes, looked up once: they choose the destinations and fill templates.
+    let routes = state
+        .routing
+        .as_ref()
+        .and_then(|r| r.tenants.get(&*batch.tenant))
+        .cloned();
+    let targets = targets(state, &batch, routes.as_deref());
     if targets.is_empty() && batch.only.is_some() {
         // A baseline for destinations these routes do not give the tenant (yet: the actor with
         // a reload's routes is starting). The tenant sends it again; if a reload removed them,
@@ -262,11 +270,6 @@ fn route(state: &mut SinkState, batch: Arc<Batch>, reply: RpcReplyPort<Result<()
             return;
         }
     }
-    let routes = state
-        .routing
-        .as_ref()
-        .and_then(|r| r.tenants.get(&*batch.tenant))
-        .cloned();
     let mut answers = Vec::with_capacity(targets.len());
     for (i, part) in targets {
         let s = &state.sinks[i];
@@ -293,7 +296,7 @@ fn route(state: &mut SinkState, batch: Arc<Batch>, reply: RpcReplyPort<Result<()
                 let answer = rx
                     .await
                     .unwrap_or_else(|_| Err("it stopped before answering".to_string()));
-                if let (Err(e), Ok(())) = (answer.map(|_: Taken| ()), &result) {
+                if let (Err(e), Ok(())) = (answer, &result) {
                     result = Err(SinkRefusal::of(&name, e));
                 }
             }

@@ -24,7 +24,7 @@
 //! space back by deleting whole files, without compaction. The numbers are in
 //! docs/benchmarks.md.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -54,6 +54,15 @@ pub struct Record {
 }
 
 impl Record {
+    /// What [`Backlog::pop`] needs to mark it delivered (the lines may have gone to the sink).
+    pub fn receipt(&self) -> Receipt {
+        Receipt {
+            seq: self.seq,
+            bytes: self.disk_bytes(),
+            events: self.events,
+        }
+    }
+
     /// Its size on disk, header included.
     pub fn disk_bytes(&self) -> u64 {
         (HEADER + 8 + 4 + 2 + self.tenant.len() + 1 + self.feed.len() + 2 + self.key.len()) as u64
@@ -106,6 +115,15 @@ impl Record {
     }
 }
 
+/// A delivered record, as [`Backlog::pop`] takes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Receipt {
+    pub seq: u64,
+    /// Its size on disk.
+    pub bytes: u64,
+    pub events: u32,
+}
+
 /// Why a backlog could not take or give a record.
 #[derive(Debug, thiserror::Error)]
 pub enum BacklogError {
@@ -148,8 +166,6 @@ pub struct Backlog {
     head: u64,
     next: u64,
     depth: Depth,
-    /// Events waiting, by tenant (a tenant's share of the backlog).
-    tenants: HashMap<Arc<str>, u64>,
     /// Records found damaged (not torn by a crash) when the queue was opened.
     pub damaged: u64,
 }
@@ -194,7 +210,6 @@ impl Backlog {
             head,
             next: head,
             depth: Depth::default(),
-            tenants: HashMap::new(),
             damaged: 0,
         };
         let count = firsts.len();
@@ -277,7 +292,6 @@ impl Backlog {
         self.depth.events += rec.events as u64;
         self.depth.bytes += size;
         self.depth.records += 1;
-        *self.tenants.entry(rec.tenant.clone()).or_default() += rec.events as u64;
     }
 
     /// What it holds.
@@ -287,11 +301,6 @@ impl Backlog {
 
     pub fn is_empty(&self) -> bool {
         self.depth.records == 0
-    }
-
-    /// Events waiting for `tenant`.
-    pub fn tenant_events(&self, tenant: &str) -> u64 {
-        self.tenants.get(tenant).copied().unwrap_or(0)
     }
 
     /// Appends one batch and syncs it to disk; its sequence number is returned. On an error
@@ -404,31 +413,23 @@ impl Backlog {
     /// counted), so the sink goes back to writing directly.
     fn exhausted(&mut self) -> Option<Record> {
         self.depth = Depth::default();
-        self.tenants.clear();
         None
     }
 
-    /// Marks `rec` (the record [`Backlog::peek`] gave) delivered: `head` moves past it, and a
-    /// segment with nothing left is deleted.
-    pub fn pop(&mut self, rec: &Record) -> Result<(), BacklogError> {
+    /// Marks the record [`Backlog::peek`] gave delivered (by its [`Receipt`]): `head` moves
+    /// past it, and a segment with nothing left is deleted.
+    pub fn pop(&mut self, rec: Receipt) -> Result<(), BacklogError> {
         if rec.seq < self.head {
             // Already delivered (a second drainer for a moment, after a sink restart).
             return Ok(());
         }
-        let size = rec.disk_bytes();
         if let Some((_, offset)) = self.reader.as_mut() {
-            *offset += size;
+            *offset += rec.bytes;
         }
         self.head = rec.seq + 1;
         self.depth.events -= (rec.events as u64).min(self.depth.events);
-        self.depth.bytes -= size.min(self.depth.bytes);
+        self.depth.bytes -= rec.bytes.min(self.depth.bytes);
         self.depth.records = self.depth.records.saturating_sub(1);
-        if let Some(n) = self.tenants.get_mut(&rec.tenant) {
-            *n = n.saturating_sub(rec.events as u64);
-            if *n == 0 {
-                self.tenants.remove(&rec.tenant);
-            }
-        }
         let head_path = self.dir.join("head");
         let tmp = self.dir.join("head.tmp");
         fs::write(&tmp, self.head.to_string())
@@ -498,7 +499,7 @@ mod tests {
         let mut got = Vec::new();
         while let Some(r) = b.peek().unwrap() {
             got.push((r.tenant.to_string(), r.events));
-            b.pop(&r).unwrap();
+            b.pop(r.receipt()).unwrap();
         }
         got
     }
@@ -512,16 +513,14 @@ mod tests {
         push(&mut b, "b", 2);
         push(&mut b, "a", 1);
         assert_eq!(b.depth().events, 6);
-        assert_eq!(b.tenant_events("a"), 4);
         // Deliver one, then "crash" (drop) and reopen.
         let first = b.peek().unwrap().unwrap();
         assert_eq!((first.seq, first.events), (0, 3));
-        b.pop(&first).unwrap();
+        b.pop(first.receipt()).unwrap();
         drop(b);
         let mut b = Backlog::open(dir.path()).unwrap();
         assert_eq!(b.depth().events, 3);
         assert_eq!(b.depth().records, 2);
-        assert_eq!(b.tenant_events("a"), 1);
         assert_eq!(drain(&mut b), [("b".into(), 2), ("a".into(), 1)]);
         assert!(b.is_empty());
         assert_eq!(b.depth(), Depth::default());
@@ -583,14 +582,14 @@ mod tests {
         for _ in 0..4 {
             let r = b.peek().unwrap().unwrap();
             assert_eq!(r.key, "k");
-            b.pop(&r).unwrap();
+            b.pop(r.receipt()).unwrap();
         }
         assert_eq!(files(dir.path()), 2, "the first two segments are gone");
         drop(b);
         let mut b = Backlog::open(dir.path()).unwrap();
         let seqs: Vec<u32> = std::iter::from_fn(|| {
             let r = b.peek().unwrap()?;
-            b.pop(&r).unwrap();
+            b.pop(r.receipt()).unwrap();
             Some(r.events)
         })
         .collect();
@@ -623,7 +622,7 @@ mod tests {
         let mut b = b;
         let second = b.segments.front().unwrap().path.clone();
         let r = b.peek().unwrap().unwrap();
-        b.pop(&r).unwrap();
+        b.pop(r.receipt()).unwrap();
         let mut bytes = fs::read(&second).unwrap();
         let at = r.disk_bytes() as usize + HEADER + 20;
         bytes[at] ^= 0xff;

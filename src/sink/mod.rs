@@ -148,29 +148,25 @@ struct SinkLabels {
     sink: String,
 }
 
+/// A counter with one series per sink.
+type PerSinkCounter = prometheus_client::metrics::family::Family<
+    SinkLabels,
+    prometheus_client::metrics::counter::Counter,
+>;
+/// A gauge with one series per sink.
+type PerSinkGauge = prometheus_client::metrics::family::Family<
+    SinkLabels,
+    prometheus_client::metrics::gauge::Gauge,
+>;
+
 /// Fleet-wide metrics per sink, registered by `app` into the one registry.
 #[derive(Clone, Debug, Default)]
 pub struct SinkMetrics {
-    delivered: prometheus_client::metrics::family::Family<
-        SinkLabels,
-        prometheus_client::metrics::counter::Counter,
-    >,
-    failed: prometheus_client::metrics::family::Family<
-        SinkLabels,
-        prometheus_client::metrics::counter::Counter,
-    >,
-    up: prometheus_client::metrics::family::Family<
-        SinkLabels,
-        prometheus_client::metrics::gauge::Gauge,
-    >,
-    backlog_events: prometheus_client::metrics::family::Family<
-        SinkLabels,
-        prometheus_client::metrics::gauge::Gauge,
-    >,
-    backlog_bytes: prometheus_client::metrics::family::Family<
-        SinkLabels,
-        prometheus_client::metrics::gauge::Gauge,
-    >,
+    delivered: PerSinkCounter,
+    failed: PerSinkCounter,
+    up: PerSinkGauge,
+    backlog_events: PerSinkGauge,
+    backlog_bytes: PerSinkGauge,
 }
 
 impl SinkMetrics {

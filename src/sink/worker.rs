@@ -18,7 +18,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use super::backlog::{Backlog, BacklogError, Record};
+use super::backlog::{Backlog, BacklogError, Depth, Record};
 use super::routing::{self, Routing, TenantRoutes};
 use super::{Batch, Output, SinkSpec, SinkStats};
 
@@ -34,16 +34,8 @@ pub(super) struct Job {
     pub part: Arc<Batch>,
     /// The tenant's routes: their labels fill the sink's templates.
     pub routes: Option<Arc<TenantRoutes>>,
-    pub reply: oneshot::Sender<Result<Taken, String>>,
-}
-
-/// How a sink took a part.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Taken {
-    /// The destination has it.
-    Written,
-    /// Its backlog has it, on disk.
-    Backlogged,
+    /// `Ok` once the destination, or the sink's backlog on disk, has the part.
+    pub reply: oneshot::Sender<Result<(), String>>,
 }
 
 /// What the router reads of a worker: its backlog's size and bound.
@@ -194,36 +186,35 @@ impl Worker {
                     continue;
                 }
             };
-            let Some(result) = self.attempt(&mut rx, Some(&rec), delay).await else {
+            let (receipt, tenant) = (rec.receipt(), rec.tenant.clone());
+            let Some(result) = self.attempt(&mut rx, Some(rec), delay).await else {
                 return;
             };
             self.stats.record(
                 &self.name,
                 result
                     .as_ref()
-                    .map(|_| rec.events as usize)
+                    .map(|_| receipt.events as usize)
                     .map_err(String::as_str),
             );
             match result {
                 Ok(()) => {
                     failures = 0;
-                    let (popped, depth) = {
-                        let rec = rec.clone();
-                        with_backlog(&self.backlog, move |b| b.pop(&rec)).await
-                    };
+                    let (popped, depth) =
+                        with_backlog(&self.backlog, move |b| b.pop(receipt)).await;
                     self.publish(depth);
                     match popped {
                         Ok(()) => {
-                            tracing::info!(sink = %self.name, tenant = %rec.tenant, events = rec.events, "a batch from the backlog delivered")
+                            tracing::info!(sink = %self.name, tenant = %tenant, events = receipt.events, "a batch from the backlog delivered")
                         }
                         Err(e) => {
-                            tracing::error!(sink = %self.name, tenant = %rec.tenant, error = %e, "a batch from the backlog delivered, but the backlog cannot record it: it will be sent again")
+                            tracing::error!(sink = %self.name, tenant = %tenant, error = %e, "a batch from the backlog delivered, but the backlog cannot record it: it will be sent again")
                         }
                     }
                 }
                 Err(e) => {
                     failures += 1;
-                    tracing::warn!(sink = %self.name, tenant = %rec.tenant, error = %e, attempts = failures, "the sink still refuses the head of its backlog; trying again");
+                    tracing::warn!(sink = %self.name, tenant = %tenant, error = %e, attempts = failures, "the sink still refuses the head of its backlog; trying again");
                 }
             }
         }
@@ -246,7 +237,7 @@ impl Worker {
             result.as_ref().map(|_| part.events).map_err(String::as_str),
         );
         let answer = match result {
-            Ok(()) => Ok(Taken::Written),
+            Ok(()) => Ok(()),
             Err(e) if self.gauge.max == 0 => {
                 tracing::error!(sink = %self.name, tenant = %part.tenant, error = %e, "sink write failed; the tenant keeps the page and retries");
                 Err(e)
@@ -255,8 +246,7 @@ impl Worker {
                 tracing::warn!(sink = %self.name, tenant = %part.tenant, error = %e, "sink write failed; the batch waits in the sink's backlog");
                 let (kept, depth) = append(&self.backlog, part.clone(), key).await;
                 self.publish(depth);
-                kept.map(|()| Taken::Backlogged)
-                    .map_err(|be| format!("{e}; and its backlog: {be}"))
+                kept.map_err(|be| format!("{e}; and its backlog: {be}"))
             }
         };
         let _ = reply.send(answer);
@@ -267,7 +257,7 @@ impl Worker {
     async fn attempt(
         &mut self,
         rx: &mut mpsc::UnboundedReceiver<Job>,
-        rec: Option<&Record>,
+        rec: Option<Record>,
         delay: Duration,
     ) -> Option<Result<(), String>> {
         let Worker {
@@ -282,14 +272,15 @@ impl Worker {
         let write = async {
             tokio::time::sleep(delay).await;
             let Some(rec) = rec else { return Ok(()) };
+            let feed = feed_name(&rec.feed);
+            let values = filled_values(templates, &rec, routing.as_deref(), feed);
             let batch = Arc::new(Batch {
-                tenant: rec.tenant.clone(),
-                feed: feed_name(&rec.feed),
-                lines: rec.lines.clone(),
+                tenant: rec.tenant,
+                feed,
+                lines: rec.lines,
                 events: rec.events as usize,
                 only: None,
             });
-            let values = filled_values(templates, rec, routing.as_deref(), batch.feed);
             let fill = |t: &str| {
                 templates
                     .iter()
@@ -310,7 +301,7 @@ impl Worker {
                     if let Err(e) = &kept {
                         tracing::error!(sink = %name, tenant = %job.part.tenant, error = %e, "cannot keep the batch in the sink's backlog; the tenant holds it");
                     }
-                    let _ = job.reply.send(kept.map(|()| Taken::Backlogged).map_err(|e| e.to_string()));
+                    let _ = job.reply.send(kept.map_err(|e| e.to_string()));
                 }
             }
         }
@@ -320,8 +311,6 @@ impl Worker {
         publish(&self.name, &self.gauge, &self.stats, depth);
     }
 }
-
-use super::backlog::Depth;
 
 /// Shows the backlog's depth to the router, `GET /sinks` and the metrics.
 fn publish(name: &str, gauge: &Gauge, stats: &SinkStats, depth: Depth) {

@@ -21,11 +21,14 @@ use ractor::ActorRef;
 use super::delivery::{Ledger, Outbox, Pending};
 use super::slot::Held;
 use super::{TenantActorState, TenantMsg, FENCED};
-use crate::event::{issue_fingerprint, now_rfc3339, EventKind};
+use crate::event::{add_member, issue_fingerprint, now_rfc3339, EventKind};
 use crate::feeds::{ChangeRule, FeedName};
 use crate::health::LastError;
 use crate::sink::Batch;
 use crate::state::{Checkpoint, Commit};
+
+/// The member that marks a baseline's events.
+pub(super) const BASELINE: &[u8] = b"\"baseline\":true";
 
 /// The statuses of a current item.
 const CURRENT: [&str; 2] = ["OPEN", "IN_PROGRESS"];
@@ -158,10 +161,7 @@ impl TenantActorState {
                     &observed_at,
                     &mut out.lines,
                 );
-                if out.lines.last() == Some(&b'}') {
-                    out.lines.pop();
-                    out.lines.extend_from_slice(b",\"baseline\":true}");
-                }
+                add_member(&mut out.lines, BASELINE);
                 out.lines.push(b'\n');
                 out.count(kind);
             }
@@ -171,13 +171,7 @@ impl TenantActorState {
             return;
         }
         self.pending = Some(Box::new(Pending {
-            batch: Arc::new(Batch {
-                tenant: Arc::from(self.args.spec.id.as_str()),
-                feed: "issues",
-                lines: out.lines,
-                events: out.events,
-                only: Some(sinks),
-            }),
+            batch: self.batch("issues", out.lines, out.events, Some(sinks)),
             ledger: Ledger {
                 kinds: out.ledger.kinds,
                 ..Default::default()

@@ -81,6 +81,24 @@ impl Outbox {
 }
 
 impl TenantActorState {
+    /// A page of this tenant's events of `feed` for the sink (`only`: a baseline's
+    /// destinations).
+    pub(super) fn batch(
+        &self,
+        feed: &'static str,
+        lines: Vec<u8>,
+        events: usize,
+        only: Option<Arc<[String]>>,
+    ) -> Arc<Batch> {
+        Arc::new(Batch {
+            tenant: Arc::from(self.args.spec.id.as_str()),
+            feed,
+            lines,
+            events,
+            only,
+        })
+    }
+
     /// Gives the pending page to the sink; on the ack, counts it and lets the job that built it
     /// settle it (its states and position); without one, tries again after a backoff.
     pub(super) async fn try_deliver(&mut self, myself: &ActorRef<TenantMsg>) {

@@ -23,18 +23,18 @@ use std::time::{Instant, SystemTime};
 use bytes::Bytes;
 use ractor::ActorRef;
 
+use super::baseline::BASELINE;
 use super::delivery::{Ledger, Pending};
 use super::slot::Held;
 use super::{unix_now, TenantActorState, TenantMsg};
 use crate::change::{change, Change, Known, VANISHED};
-use crate::event::{now_rfc3339, EventKind};
+use crate::event::{add_member, now_rfc3339, EventKind};
 use crate::feeds::normalize::{decode, micros, once_kind, states_kind, FeedNormalizer, Item};
 use crate::feeds::{
     ChangeRule, Feed, FeedCheckpoint, FeedName, Recent, RunningWindow, Window, MAX_RECENT,
 };
 use crate::health::{FeedState, LastError};
 use crate::metrics::Observation;
-use crate::sink::Batch;
 use crate::state::{Checkpoint, Commit};
 use crate::wiz::page::NodeError;
 use crate::wiz::WizError;
@@ -245,10 +245,7 @@ impl FeedJob {
                 &self.observed_at,
                 &mut lines,
             );
-            if lines.last() == Some(&b'}') {
-                lines.pop();
-                lines.extend_from_slice(b",\"baseline\":true}");
-            }
+            add_member(&mut lines, BASELINE);
             lines.push(b'\n');
             events += 1;
         }
@@ -610,13 +607,12 @@ impl TenantActorState {
             return self.feed_page_done(myself, last).await;
         }
         self.pending = Some(Box::new(Pending {
-            batch: Arc::new(Batch {
-                tenant: Arc::from(self.args.spec.id.as_str()),
-                feed: job.feed.name.as_str(),
-                lines: built.lines,
-                events: built.events,
-                only: job.baseline.clone(),
-            }),
+            batch: self.batch(
+                job.feed.name.as_str(),
+                built.lines,
+                built.events,
+                job.baseline.clone(),
+            ),
             ledger: Ledger {
                 remember: built.remember,
                 checkpoint: position,

@@ -7,7 +7,6 @@
 //! decided by [`plan_sweep`], a pure function.
 
 use std::collections::{HashSet, VecDeque};
-use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use ractor::ActorRef;
@@ -17,10 +16,9 @@ use super::delivery::{Ledger, Outbox, Pending};
 use super::slot::Held;
 use super::{unix_now, TenantActorState, TenantMsg, FENCED};
 use crate::change::{change, Change, Known, VANISHED};
-use crate::event::{issue_fingerprint, now_rfc3339, EventKind};
+use crate::event::{add_member, issue_fingerprint, now_rfc3339, EventKind};
 use crate::health::{LastError, TenantState};
 use crate::metrics::Observation;
-use crate::sink::Batch;
 use crate::state::{Checkpoint, Commit, SweepPosition, UpdatedAtProbe, Write};
 use crate::wiz::page::{Issue, Page};
 use crate::wiz::TimeRange;
@@ -762,11 +760,10 @@ impl TenantActorState {
             observed_at,
             &mut out.lines,
         );
-        if self.args.hints.take_written(issue.id()) && out.lines.last() == Some(&b'}') {
+        if self.args.hints.take_written(issue.id()) {
             // The connector made this change itself (write-back): say so, so a SOAR that
             // mirrors both ways does not echo it back.
-            out.lines.pop();
-            out.lines.extend_from_slice(b",\"origin\":\"connector\"}");
+            add_member(&mut out.lines, b"\"origin\":\"connector\"");
         }
         out.lines.push(b'\n');
         out.count(kind);
@@ -828,13 +825,7 @@ impl TenantActorState {
             return;
         }
         self.pending = Some(Box::new(Pending {
-            batch: Arc::new(Batch {
-                tenant: Arc::from(self.args.spec.id.as_str()),
-                feed: "issues",
-                lines: outbox.lines,
-                events: outbox.events,
-                only: None,
-            }),
+            batch: self.batch("issues", outbox.lines, outbox.events, None),
             ledger: outbox.ledger,
             attempts: 0,
         }));

@@ -601,17 +601,14 @@ fn walk_array<'a, N>(
         }
         let start = w.pos;
         let made = match node(w) {
-            Ok(made) => Some(made),
+            Ok(made) => made,
             Err(e) => {
                 // Its end is found without recursion (a node may nest 100,000 deep); if it has
                 // none, the bytes are not JSON and the page is refused.
                 w.pos = start;
                 w.skip_node().map_err(|_| e.clone())?;
-                let raw = &w.text.as_bytes()[start..w.pos];
-                Some(unreadable(
-                    format!("node {} at byte {start} cannot be read: {e}", nodes.len()),
-                    raw,
-                ))
+                let reason = format!("node {} at byte {start} cannot be read: {e}", nodes.len());
+                unreadable(reason, &w.text.as_bytes()[start..w.pos])
             }
         };
         let raw = &w.text.as_bytes()[start..w.pos];
@@ -633,7 +630,7 @@ fn walk_array<'a, N>(
                 raw,
             )
         } else {
-            made.expect("set above")
+            made
         };
         nodes.push((start..w.pos, made));
         match w.peek() {
