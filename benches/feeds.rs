@@ -6,6 +6,7 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use wiz_connector::event::EventKind;
 use wiz_connector::feeds::normalize::{decode, once_kind, states_kind, FeedNormalizer};
 use wiz_connector::feeds::{ChangeRule, FeedName};
+use wiz_connector::format::{Format, FormatSet, Lines};
 use wiz_connector::sim::feed_data::FeedSets;
 use wiz_connector::wiz::page::parse_feed_page;
 
@@ -60,37 +61,40 @@ fn bench(c: &mut Criterion) {
         let bytes = page(feed, &sets);
         let f = feed.feed().unwrap();
         let mut n = FeedNormalizer::new("bench-tenant", "https://app.wiz.io");
-        let mut out = Vec::with_capacity(bytes.len() * 2);
-        g.bench_with_input(
-            BenchmarkId::new("normalize", feed.as_str()),
-            &bytes,
-            |b, bytes| {
-                b.iter(|| {
-                    out.clear();
-                    let page = parse_feed_page(Bytes::copy_from_slice(bytes), f.root).unwrap();
-                    for raw in page.nodes() {
-                        let item = decode(feed, raw).unwrap();
-                        let fp = item.fingerprint();
-                        let kind = match f.rule {
-                            ChangeRule::States => states_kind(feed, EventKind::Opened),
-                            ChangeRule::Once => once_kind(feed),
-                        };
-                        n.write(
-                            feed,
-                            &item,
-                            raw,
-                            kind,
-                            &fp,
-                            None,
-                            "2026-11-30T10:00:00.000Z",
-                            &mut out,
-                        );
-                        out.push(b'\n');
-                    }
-                    out.len()
-                })
-            },
-        );
+        // Native alone, then native with each other format: the difference is that format's cost.
+        for format in Format::ALL {
+            let mut out = Lines::new(FormatSet::default().with(format));
+            g.bench_with_input(
+                BenchmarkId::new(format!("normalize/{}", format.as_str()), feed.as_str()),
+                &bytes,
+                |b, bytes| {
+                    b.iter(|| {
+                        out.reset(out.formats);
+                        let page = parse_feed_page(Bytes::copy_from_slice(bytes), f.root).unwrap();
+                        for raw in page.nodes() {
+                            let item = decode(feed, raw).unwrap();
+                            let fp = item.fingerprint();
+                            let kind = match f.rule {
+                                ChangeRule::States => states_kind(feed, EventKind::Opened),
+                                ChangeRule::Once => once_kind(feed),
+                            };
+                            n.write(
+                                feed,
+                                &item,
+                                raw,
+                                kind,
+                                &fp,
+                                None,
+                                "2026-11-30T10:00:00.000Z",
+                                &mut out,
+                            );
+                            out.end_event();
+                        }
+                        out.native.len() + out.ocsf.len() + out.ecs.len()
+                    })
+                },
+            );
+        }
     }
     g.finish();
 }

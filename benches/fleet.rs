@@ -2,7 +2,7 @@
 //! and takes tens of seconds). The simulator runs as a separate process (`wiz-connector simulate`)
 //! so its CPU is not counted against the connector.
 //!
-//! `cargo bench --bench fleet [-- idle|e2e|routed|quiet|lag|reconcile]` (all by default). Under
+//! `cargo bench --bench fleet [-- idle|e2e|formats|hec|routed|quiet|lag|reconcile]` (all by default). Under
 //! `cargo test` it runs nothing.
 
 use std::collections::HashMap;
@@ -377,6 +377,54 @@ async fn sim_requests(base: &str, n: usize) -> u64 {
 /// End to end into a file sink, or into NATS JetStream when `nats` is a server URL; with
 /// `cluster`, as the only replica of a cluster on that server (state in JetStream).
 async fn e2e_with(tenants: usize, issues: usize, nats: Option<String>, cluster: bool) {
+    e2e_in(tenants, issues, nats, cluster, "native").await
+}
+
+/// Issue 22's row: end to end into the Splunk HEC simulator (run by `simulate --hec` in the
+/// simulator's process, so its parsing is not counted), with and without indexer
+/// acknowledgement, next to a file sink.
+async fn hec() {
+    const TENANTS: usize = 100;
+    const ISSUES: usize = 1_000;
+    for ack in [false, true] {
+        let expected = open_issues(TENANTS, ISSUES);
+        let hec_port = free_port();
+        let hec_addr = format!("127.0.0.1:{hec_port}");
+        let mut extra = vec!["--hec", hec_addr.as_str()];
+        if ack {
+            extra.push("--hec-ack");
+        }
+        let sim = start_sim_with(TENANTS, ISSUES, &extra);
+        wait_for_port(hec_port, "hec simulator");
+        let settings = fleet_config(
+            &sim.base,
+            TENANTS,
+            "poll_interval = \"1h\"\nstartup_jitter = \"0s\"\nmax_concurrent_sweeps = 64",
+            &format!(
+                "[sinks.splunk]\ntype = \"splunk_hec\"\nurl = \"http://{hec_addr}\"\ntoken = \"00000000-0000-4000-8000-000000000001\"\nack = {ack}\n"
+            ),
+        );
+        let (app, wall, cpu) = run_until_delivered(settings, expected).await;
+        println!(
+            "| end to end into Splunk HEC{} | {TENANTS} tenants, {expected} events, gzip, 1 MiB requests | {:.1} s | {:.0} events/s, {:.2} CPU s per 10,000 events |",
+            if ack { ", indexer acknowledgement" } else { "" },
+            wall,
+            expected as f64 / wall,
+            cpu / expected as f64 * 10_000.0
+        );
+        app.shutdown().await.unwrap();
+    }
+}
+
+/// Issue 21's row: end to end into a file sink in each output format.
+async fn formats() {
+    for format in ["native", "ocsf", "ecs"] {
+        e2e_in(100, 1_000, None, false, format).await;
+    }
+}
+
+/// [`e2e_with`], the file sink writing `format`.
+async fn e2e_in(tenants: usize, issues: usize, nats: Option<String>, cluster: bool, format: &str) {
     let expected = open_issues(tenants, issues);
     let sim = start_sim(tenants, issues);
     let dir = tempfile::tempdir().unwrap();
@@ -386,7 +434,7 @@ async fn e2e_with(tenants: usize, issues: usize, nats: Option<String>, cluster: 
         "poll_interval = \"1h\"\nstartup_jitter = \"0s\"\nmax_concurrent_sweeps = 64",
         &match &nats {
             None => format!(
-                "[sinks.archive]\ntype = \"file\"\npath = \"{}\"\n",
+                "[sinks.archive]\ntype = \"file\"\npath = \"{}\"\nformat = \"{format}\"\n",
                 dir.path().join("events.jsonl").display()
             ),
             Some(url) if cluster => format!(
@@ -398,10 +446,15 @@ async fn e2e_with(tenants: usize, issues: usize, nats: Option<String>, cluster: 
     let (app, wall, cpu) = run_until_delivered(settings, expected).await;
     let target = match &nats {
         None => {
-            let bytes = std::fs::metadata(dir.path().join("events.jsonl"))
+            // Every file of the sink: it rotates past `max_bytes` (100 MiB by default).
+            let bytes: u64 = std::fs::read_dir(dir.path())
                 .unwrap()
-                .len();
-            format!("({:.0} MB) into a file sink", bytes as f64 / 1e6)
+                .map(|e| e.unwrap().metadata().unwrap().len())
+                .sum();
+            format!(
+                "({:.0} MB) into a file sink, format `{format}`",
+                bytes as f64 / 1e6
+            )
         }
         Some(_) if cluster => {
             "into NATS JetStream, cluster mode (state in JetStream too)".to_string()
@@ -559,6 +612,12 @@ fn main() {
         }
         if all || args.iter().any(|a| a == "e2e") {
             e2e().await;
+        }
+        if all || args.iter().any(|a| a == "hec") {
+            hec().await;
+        }
+        if all || args.iter().any(|a| a == "formats") {
+            formats().await;
         }
         if all || args.iter().any(|a| a == "routed") {
             routed().await;

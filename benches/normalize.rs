@@ -7,7 +7,8 @@
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use serde::Deserialize;
-use wiz_connector::event::Normalizer;
+use wiz_connector::event::{issue_fingerprint, Normalizer};
+use wiz_connector::format::{Format, FormatSet, Lines};
 use wiz_connector::sim::IssueSet;
 use wiz_connector::wiz::page::JStr;
 use wiz_connector::wiz::parse_page;
@@ -133,6 +134,29 @@ fn bench(c: &mut Criterion) {
             std::hint::black_box(out.len())
         })
     });
+    // Native with each other format: the difference from `normalize` is that format's cost.
+    for format in [Format::Ocsf, Format::Ecs] {
+        group.bench_with_input(
+            BenchmarkId::new(format!("normalize+{}", format.as_str()), issues),
+            &body,
+            |b, body| {
+                let mut n = Normalizer::with_console("bench", "https://app.wiz.io");
+                let mut out = Lines::new(FormatSet::default().with(format));
+                b.iter(|| {
+                    out.reset(out.formats);
+                    let page = parse_page(body.clone()).unwrap();
+                    let observed = "2026-11-24T00:00:00.000Z";
+                    for issue in page.issues() {
+                        let issue = issue.unwrap();
+                        let fp = issue_fingerprint(&issue);
+                        n.normalize_with(&issue, None, &fp, None, observed, &mut out);
+                        out.end_event();
+                    }
+                    std::hint::black_box(out.native.len() + out.ocsf.len() + out.ecs.len())
+                })
+            },
+        );
+    }
     group.bench_with_input(
         BenchmarkId::new("baseline_deserialize", issues),
         &raw,

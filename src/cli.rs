@@ -148,4 +148,11 @@ pub struct SimulateArgs {
     /// tenant's first sweep.
     #[arg(long)]
     pub vulnerabilities: Option<usize>,
+    /// Also serve a Splunk HTTP Event Collector simulator on this address (for a `splunk_hec`
+    /// sink; its token and a sink snippet are printed).
+    #[arg(long)]
+    pub hec: Option<SocketAddr>,
+    /// The HEC simulator acknowledges (indexer acknowledgement on; use `ack = true`).
+    #[arg(long)]
+    pub hec_ack: bool,
 }

@@ -10,11 +10,16 @@
 //! - [`wiz`]: the Wiz API client: OAuth client credentials and the token cache (`auth`), one rate
 //!   limiter per credential (`limiter`), the HTTP client with timeouts and retries (`client`), the
 //!   Issues query (`issues`) and the single-pass decoding of its answer and of feed pages (`page`).
-//! - [`event`]: the normalized event and the normalizer (the hot path).
+//! - [`event`]: the normalized event and the Issues normalizer (the hot path); its leaves `kind`
+//!   (what happened, the severity ladder) and `id` (event ids and fingerprints).
+//! - [`format`]: the output formats chosen per sink: `native`, `ocsf` (OCSF 1.8.0) and `ecs`,
+//!   written by the normalizers from the one decoding of each node, line for line.
+//! - [`json`]: writing JSON field by field (a leaf the normalizers and format writers share).
 //! - [`change`]: what is remembered of an item (its fingerprint, kind, status) and the change rule
 //!   that turns a new observation into an event kind, or none; the tenant applies it, the state
 //!   store keeps what it remembers.
-//! - [`feeds`]: the feeds beyond Issues as values (query, time field, change rule, normalizer);
+//! - [`feeds`]: the feeds beyond Issues as values (query, time field, change rule), their nodes'
+//!   decoded views (`view`) and their native normalizer (`normalize`);
 //!   the tenant actor runs them (`tenant::feed_job`).
 //! - [`supervisor`]: the root actor: spawns tenants and the sink, applies the restart policy.
 //! - [`tenant`]: the tenant actor (one poll at a time, page by page), one file per concern:
@@ -56,8 +61,10 @@ pub mod config;
 pub mod event;
 pub mod faults;
 pub mod feeds;
+pub mod format;
 pub mod health;
 pub mod hints;
+pub mod json;
 pub mod metrics;
 pub mod net;
 pub mod reload;

@@ -75,6 +75,69 @@ async fn simulate_serves_tenants_that_check_accepts() {
 }
 
 #[tokio::test]
+async fn simulate_with_hec_prints_a_sink_that_validates_and_a_hec_that_takes_events() {
+    let hec_port = common::free_port();
+    let mut child = Command::new(BIN)
+        .args([
+            "simulate",
+            "--listen",
+            "127.0.0.1:0",
+            "--tenants",
+            "1",
+            "--issues",
+            "5",
+        ])
+        .args([
+            "--churn-every",
+            "0s",
+            "--hec",
+            &format!("127.0.0.1:{hec_port}"),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut snippet = String::new();
+    let read = async {
+        while let Some(l) = lines.next_line().await.unwrap() {
+            snippet.push_str(&l);
+            snippet.push('\n');
+            if l.starts_with("ack = ") {
+                break;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), read)
+        .await
+        .expect("simulator printed its tenants and the sink");
+    assert!(snippet.contains("type = \"splunk_hec\""), "{snippet}");
+    let cfg = common::write_config(&snippet);
+    let (code, stdout, stderr) = run(&["validate"], &cfg.path).await;
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    // The printed token is the one the HEC simulator takes.
+    let token = snippet
+        .lines()
+        .find_map(|l| l.strip_prefix("token = \""))
+        .and_then(|t| t.strip_suffix('"'))
+        .unwrap()
+        .to_string();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let answer = reqwest::Client::new()
+        .post(format!(
+            "http://127.0.0.1:{hec_port}/services/collector/event"
+        ))
+        .header("authorization", format!("Splunk {token}"))
+        .body(r#"{"event": {"hello": "splunk"}}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status().as_u16(), 200);
+    child.kill().await.unwrap();
+}
+
+#[tokio::test]
 async fn check_prints_one_line_per_tenant_and_fails_when_one_fails() {
     let sim = common::sim(2, 5).await;
     let mut body = common::sim_config(&sim, common::FAST_RETRIES, "");

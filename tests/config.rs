@@ -500,3 +500,81 @@ fn the_cluster_section_is_checked_and_resolved() {
     );
     assert!(r.unwrap_err().to_string().contains("bogus"));
 }
+
+#[test]
+fn a_sink_format_is_native_ocsf_or_ecs_and_an_http_body_keeps_its_old_key() {
+    let tenant = good_tenant("acme");
+    let s = common::settings(&format!(
+        "[sinks.a]\ntype = \"file\"\npath = \"a.jsonl\"\nformat = \"ocsf\"\n[sinks.b]\ntype = \"stdout\"\nformat = \"ecs\"\n[sinks.c]\ntype = \"stdout\"\n[sinks.d]\ntype = \"http\"\nurl = \"https://siem.example/in\"\nformat = \"json_array\"\n[sinks.e]\ntype = \"http\"\nurl = \"https://siem.example/in\"\nformat = \"ecs\"\nbody = \"json_array\"\n{tenant}"
+    ));
+    let format = |name: &str| {
+        let spec = s.sinks.iter().find(|x| x.name == name).unwrap();
+        serde_json::to_value(spec).unwrap()
+    };
+    assert_eq!(format("a")["format"], "ocsf");
+    assert_eq!(format("b")["format"], "ecs");
+    assert_eq!(format("c")["format"], "native");
+    // `format = "json_array"` on an http sink is the body it always meant; the schema stays
+    // native.
+    assert_eq!(format("d")["format"], "native");
+    assert_eq!(format("d")["json_array"], true);
+    assert_eq!(format("e")["format"], "ecs");
+    assert_eq!(format("e")["json_array"], true);
+
+    let (r, _) = load_str(
+        &format!("[sinks.a]\ntype = \"stdout\"\nformat = \"cef\"\n{tenant}"),
+        &env(&[]),
+    );
+    let err = r.expect_err("an unknown format is refused").to_string();
+    assert!(
+        err.contains("sinks.a")
+            && err.contains("unknown format \"cef\"; use \"native\", \"ocsf\" or \"ecs\""),
+        "{err}"
+    );
+    let (r, _) = load_str(
+        &format!("[sinks.a]\ntype = \"http\"\nurl = \"https://siem.example/in\"\nbody = \"xml\"\n{tenant}"),
+        &env(&[]),
+    );
+    let err = r.expect_err("an unknown body is refused").to_string();
+    assert!(
+        err.contains("sinks.a.body") && err.contains("\"xml\""),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_splunk_hec_sink_is_checked_and_its_token_redacted() {
+    let tenant = good_tenant("acme");
+    // The index may hold placeholders, checked like any sink template.
+    let labelled = format!("{tenant}labels = {{ customer = \"acme\" }}\n");
+    let s = common::settings(&format!(
+        "[sinks.splunk]\ntype = \"splunk_hec\"\nurl = \"https://splunk.example:8088\"\ntoken = \"hec-secret-1\"\nindex = \"wiz_{{label.customer}}\"\nack = true\n{labelled}"
+    ));
+    let spec = serde_json::to_value(&s.sinks[0]).unwrap();
+    assert_eq!(spec["type"], "splunk_hec");
+    assert_eq!(spec["sourcetype"], "wiz:{feed}");
+    assert_eq!(spec["source"], "wiz-connector");
+    assert_eq!(spec["gzip"], true);
+    assert_eq!(spec["ack"], true);
+    assert_eq!(spec["max_batch_bytes"], 1048576);
+    assert!(!spec.to_string().contains("hec-secret-1"), "{spec}");
+    for (body, want) in [
+        ("url = \"splunk:8088\"\ntoken = \"t\"\n", "sinks.splunk.url"),
+        ("url = \"https://s:8088\"\n", "sinks.splunk.token"),
+        (
+            "url = \"https://s:8088\"\ntoken = \"t\"\nmax_batch_bytes = 10\n",
+            "sinks.splunk.max_batch_bytes",
+        ),
+        (
+            "url = \"https://s:8088\"\ntoken = \"t\"\nack_timeout = \"0s\"\n",
+            "sinks.splunk.ack_timeout",
+        ),
+    ] {
+        let (r, _) = load_str(
+            &format!("[sinks.splunk]\ntype = \"splunk_hec\"\n{body}{tenant}"),
+            &env(&[]),
+        );
+        let err = r.expect_err(body).to_string();
+        assert!(err.contains(want), "{want} in {err}");
+    }
+}

@@ -45,7 +45,7 @@ async fn kill_9_while_sweeping_every_feed_leaves_no_gap() {
     }
 
     // A last, clean run until every feed caught up, then SIGTERM.
-    let mut child = spawn_run(&cfg.path);
+    let mut child = spawn_run_started(&cfg.path, &sim, &client).await;
     let (detections, audit, vulns, configs) = sim.feeds(&client, |f| {
         (
             f.detections

@@ -6,6 +6,7 @@ mod common;
 use common::*;
 use serde_json::{json, Value};
 use wiz_connector::event::{map_severity, EventKind, Normalizer, Severity};
+use wiz_connector::format::Lines;
 use wiz_connector::wiz::{IssueFilter, IssueOrder, WizHttp};
 
 const OBSERVED: &str = "2026-11-24T10:00:00.000Z";
@@ -272,8 +273,9 @@ fn a_vanished_issue_gets_every_contract_field_from_what_was_known() {
     use wiz_connector::event::{event_id, event_id_of, salted_event_id, vanished_fingerprint};
     let mut n = Normalizer::with_console("acme", "https://app.wiz.us");
     let last = [7u8; 16];
-    let mut out = Vec::new();
-    let meta = n.vanished("i-\"9\"", &last, Some("CRITICAL"), OBSERVED, &mut out);
+    let mut lines = Lines::default();
+    let meta = n.vanished("i-\"9\"", &last, Some("CRITICAL"), OBSERVED, &mut lines);
+    let mut out = lines.native;
     let ev: Value = serde_json::from_slice(&out).expect("valid JSON");
     let mut fields: Vec<&str> = ev.as_object().unwrap().keys().map(String::as_str).collect();
     fields.sort_unstable();
@@ -323,8 +325,9 @@ fn a_vanished_issue_gets_every_contract_field_from_what_was_known() {
     assert_ne!(id, event_id("acme", "i-\"9\"", &last));
     assert_eq!(meta.fingerprint, vanished_fingerprint(&last));
     // Unknown severity (records from before it was kept): info, as for any unknown severity.
-    out.clear();
-    n.vanished("i-1", &last, None, OBSERVED, &mut out);
+    let mut lines = Lines::default();
+    n.vanished("i-1", &last, None, OBSERVED, &mut lines);
+    out = lines.native;
     let ev: Value = serde_json::from_slice(&out).unwrap();
     assert_eq!(ev["severity"], "info");
     // A salted id differs from the plain one and is stable.
@@ -347,14 +350,19 @@ fn issue_events_keep_their_bytes_with_the_feed_added() {
     n.normalize_json(node, Some(EventKind::Updated), OBSERVED, &mut out)
         .unwrap();
     out.push(b'\n');
+    let mut lines = Lines {
+        native: out,
+        ..Default::default()
+    };
     n.vanished(
         "5f1c2a9e-0b7d-4c3e-9a51-2d8f6e4b7c10",
         &[7u8; 16],
         Some("HIGH"),
         OBSERVED,
-        &mut out,
+        &mut lines,
     );
-    out.push(b'\n');
+    lines.end_event();
+    let out = lines.native;
     let now = String::from_utf8(out).unwrap();
     assert_eq!(
         now.matches("\"tenant\":\"acme\",\"feed\":\"issues\",")

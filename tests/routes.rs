@@ -216,10 +216,11 @@ async fn a_route_takes_only_its_feeds_and_severities() {
     let sim = sim(1, 40).await;
     let dir = tempfile::tempdir().unwrap();
     let body = format!(
-        "{}[sinks.all]\ntype = \"file\"\npath = \"{}\"\n[sinks.high]\ntype = \"file\"\npath = \"{}\"\n[routes.everything]\nsinks = [\"all\"]\n[routes.urgent]\nsinks = [\"high\"]\nfeeds = [\"issues\"]\nmin_severity = \"high\"\n",
+        "{}[sinks.all]\ntype = \"file\"\npath = \"{}\"\n[sinks.high]\ntype = \"file\"\npath = \"{}\"\n[routes.everything]\nsinks = [\"all\"]\n[routes.urgent]\nsinks = [\"high\", \"high_ocsf\"]\nfeeds = [\"issues\"]\nmin_severity = \"high\"\n[sinks.high_ocsf]\ntype = \"file\"\npath = \"{}\"\nformat = \"ocsf\"\n",
         sim_config(&sim, "poll_interval = \"1h\"\nstartup_jitter = \"0s\"\nfeeds = [\"issues\", \"audit\"]", ""),
         dir.path().join("all.jsonl").display(),
-        dir.path().join("high.jsonl").display()
+        dir.path().join("high.jsonl").display(),
+        dir.path().join("high_ocsf.jsonl").display()
     );
     let app = App::start(settings(&body), AppOptions::default())
         .await
@@ -247,6 +248,15 @@ async fn a_route_takes_only_its_feeds_and_severities() {
         .map(|e| e["id"].as_str().unwrap().to_string())
         .collect();
     assert_eq!(high, want);
+    // The same filter on an OCSF sink keeps the same events (decided on the native line, the
+    // OCSF line of each kept).
+    let ocsf: Vec<serde_json::Value> = read_lines(&dir.path().join("high_ocsf.jsonl"));
+    let ocsf_ids: BTreeSet<String> = ocsf
+        .iter()
+        .map(|e| e["metadata"]["uid"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ocsf_ids, want);
+    assert!(ocsf.iter().all(|e| e["severity_id"].as_i64() >= Some(4)));
     app.shutdown().await.unwrap();
 }
 
@@ -498,6 +508,7 @@ async fn get_sinks_shows_each_sinks_state_and_the_sink_holding_a_tenant_back() {
     assert!(siem["backlog_events"].as_u64().unwrap() >= 1, "{siem}");
     assert!(siem["backlog_bytes"].as_u64().unwrap() >= 1, "{siem}");
     assert_eq!(siem["backlog_max_bytes"], 1);
+    assert_eq!(siem["format"], "native");
     // The tenant's health names the sink; t0 is not held back.
     let t1 = get(format!("{base}/tenants/t1")).await;
     assert_eq!(t1["held_by_sink"], "siem");

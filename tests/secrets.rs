@@ -122,6 +122,7 @@ async fn validate_and_check_output_never_show_the_secret() {
         )
         .replace(&secret, "${T_SECRET}"),
     );
+    body.push_str("[sinks.splunk]\ntype = \"splunk_hec\"\nurl = \"https://splunk.example:8088\"\ntoken = \"${T_HEC}\"\n");
     let cfg = write_config(&body);
     // `wiz-connector <command> --config <cfg>` at trace level, with the secret in the environment.
     let run = |command: &'static str| {
@@ -131,6 +132,7 @@ async fn validate_and_check_output_never_show_the_secret() {
             .env("T_SECRET", &secret)
             .env("T_HOOK", HOOK_TOKEN)
             .env("T_WRITE", WRITE_SECRET)
+            .env("T_HEC", "hec-token-in-validate-0077")
             .env("RUST_LOG", "trace")
             .output()
     };
@@ -143,7 +145,17 @@ async fn validate_and_check_output_never_show_the_secret() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(text.contains("[REDACTED] (from ${T_SECRET})"), "{text}");
-    assert_clean("validate", &text, &[&secret, HOOK_TOKEN, WRITE_SECRET]);
+    assert_clean(
+        "validate",
+        &text,
+        &[
+            &secret,
+            HOOK_TOKEN,
+            WRITE_SECRET,
+            "hec-token-in-validate-0077",
+        ],
+    );
+    assert!(text.contains("splunk_hec"), "the HEC sink is shown: {text}");
 
     let out = run("check").await.unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
@@ -165,6 +177,18 @@ async fn run_at_trace_level_through_a_secret_rotation_leaks_nothing() {
     let old_secret = sim.tenants()[0].client_secret.clone();
     let other_secret = sim.tenants()[1].client_secret.clone();
     const ADMIN_TOKEN: &str = "admin-token-never-logged-7c1e";
+    // A HEC sink too, with acknowledgement: its token goes in a header of every request.
+    const HEC_TOKEN: &str = "5e1f0c2a-hec-token-never-logged-0042";
+    let hec = wiz_connector::sim::hec::HecSimulator::start(
+        "127.0.0.1:0".parse().unwrap(),
+        wiz_connector::sim::hec::HecOptions {
+            tokens: vec![HEC_TOKEN.into()],
+            ack: true,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let events = dir.path().join("events.jsonl");
     let secret_file = dir.path().join("t0.secret");
@@ -183,8 +207,9 @@ async fn run_at_trace_level_through_a_secret_rotation_leaks_nothing() {
         "[admin]\n",
         &format!("[admin]\ntoken = \"{ADMIN_TOKEN}\"\n"),
     ) + &format!(
-        "webhook_token = \"{HOOK_TOKEN}\"\n[hooks]\nlisten = \"127.0.0.1:{hooks_port}\"\n[sinks.out]\ntype = \"file\"\npath = \"{}\"\n",
-        events.display()
+        "webhook_token = \"{HOOK_TOKEN}\"\n[hooks]\nlisten = \"127.0.0.1:{hooks_port}\"\n[sinks.out]\ntype = \"file\"\npath = \"{}\"\n[sinks.splunk]\ntype = \"splunk_hec\"\nurl = \"{}\"\ntoken = \"{HEC_TOKEN}\"\nack = true\n",
+        events.display(),
+        hec.base()
     );
     let cfg = write_config(&body);
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_wiz-connector"))
@@ -207,6 +232,10 @@ async fn run_at_trace_level_through_a_secret_rotation_leaks_nothing() {
     wait_until("events from both tenants", Duration::from_secs(30), || {
         let lines = std::fs::read_to_string(&events).unwrap_or_default();
         lines.contains("\"tenant\":\"t0\"") && lines.contains("\"tenant\":\"t1\"")
+    })
+    .await;
+    wait_until("events at Splunk", Duration::from_secs(30), || {
+        hec.counters().ack_queries >= 1 && !hec.events().is_empty()
     })
     .await;
     // Hints for t1 (the last tenant table, so the token above is its): a right and a wrong token.
@@ -266,6 +295,7 @@ async fn run_at_trace_level_through_a_secret_rotation_leaks_nothing() {
             ADMIN_TOKEN,
             HOOK_TOKEN,
             "hook-token-wrong-guess-0000",
+            HEC_TOKEN,
         ],
     );
 }

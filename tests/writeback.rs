@@ -4,6 +4,8 @@
 //! read-only service account and a lost answer are all handled without a second mutation.
 
 mod common;
+#[path = "support/ocsf.rs"]
+mod ocsf;
 
 use std::time::Duration;
 
@@ -48,9 +50,11 @@ async fn setup() -> Setup {
          [admin]\nlisten = \"127.0.0.1:0\"\n\
          [admin.tokens.soc]\ntoken = \"{SOC}\"\npermission = \"write\"\n\
          [admin.tokens.dashboard]\ntoken = \"{DASH}\"\n\
-         [sinks.out]\ntype = \"file\"\npath = \"{}\"\n",
+         [sinks.out]\ntype = \"file\"\npath = \"{}\"\n\
+         [sinks.lake]\ntype = \"file\"\npath = \"{}\"\nformat = \"ocsf\"\n",
         dir.path().join("state").display(),
-        out.display()
+        out.display(),
+        dir.path().join("lake.jsonl").display()
     );
     body.push_str(&tenant_toml(
         &sim,
@@ -186,6 +190,13 @@ async fn each_action_sends_its_mutation_is_audited_and_its_change_follows_marked
         json!({"issue_id": other, "status": "REJECTED", "applied": true, "action": "reject"})
     );
     let audit = s.followed_by(&other, "action.applied").await;
+    // It starts with its id, as every event does (the nats sink reads it from there).
+    let text = std::fs::read_to_string(&s.out).unwrap();
+    let line = text.lines().find(|l| l.contains("action.applied")).unwrap();
+    assert_eq!(
+        wiz_connector::event::event_id_of(line.as_bytes()),
+        audit["id"].as_str()
+    );
     assert_eq!(audit["requested_by"], "soc");
     assert_eq!(audit["action"], "reject");
     assert_eq!(audit["arguments"]["reason"], "FALSE_POSITIVE");
@@ -197,6 +208,37 @@ async fn each_action_sends_its_mutation_is_audited_and_its_change_follows_marked
     let change = s.followed_by(&other, "issue.rejected").await;
     assert_eq!(change["origin"], "connector");
     assert_eq!(change["status"], "REJECTED");
+    // The same two events in OCSF: the action as an API Activity by the connector, the change
+    // with its origin among the unmapped fields.
+    let lake_path = s.out.with_file_name("lake.jsonl");
+    wait_until("the change in OCSF too", Duration::from_secs(5), || {
+        read_lines(&lake_path)
+            .iter()
+            .any(|e| e["metadata"]["uid"] == change["id"])
+    })
+    .await;
+    let lake = read_lines(&lake_path);
+    let by_uid = |id: &Value| {
+        lake.iter()
+            .find(|e| e["metadata"]["uid"] == *id)
+            .unwrap_or_else(|| panic!("{id} in OCSF"))
+            .clone()
+    };
+    let action = by_uid(&audit["id"]);
+    assert_eq!(action["class_uid"], 6003);
+    assert_eq!(action["api"]["operation"], "reject");
+    assert_eq!(action["actor"]["user"]["name"], "soc");
+    assert_eq!(action["unmapped"]["issue_id"], other.as_str());
+    assert_eq!(action["unmapped"]["kind"], "action.applied");
+    let rejected = by_uid(&change["id"]);
+    assert_eq!(rejected["status_id"], 3, "Suppressed");
+    assert_eq!(rejected["activity_id"], 3, "Close");
+    assert_eq!(rejected["unmapped"]["origin"], "connector");
+    let schema = ocsf::Schema::bundled();
+    for e in [&action, &rejected] {
+        let r = schema.validate(e);
+        assert!(r.errors.is_empty() && r.undefined.is_empty(), "{r:?}\n{e}");
+    }
     assert_eq!(s.mutations(0), 1);
     // A repeat: already rejected, nothing sent.
     let (status, answer) = s

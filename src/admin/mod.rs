@@ -159,6 +159,7 @@ async fn list_sinks(State(st): State<AdminState>) -> Json<Value> {
             json!({
                 "name": spec.name,
                 "type": spec.kind.type_name(),
+                "format": spec.format,
                 "owner": spec.owner,
                 "state": status.state,
                 "last_error": status.last_error,

@@ -1,5 +1,6 @@
-//! `wiz-connector simulate`: the Wiz simulator alone, for trying a pipeline without a Wiz tenant.
-//! Prints a configuration snippet for its tenants, then serves until Ctrl-C.
+//! `wiz-connector simulate`: the Wiz simulator alone (and, with `--hec`, a Splunk HEC simulator
+//! beside it), for trying a pipeline without a Wiz tenant. Prints a configuration snippet for its
+//! tenants (and the HEC sink), then serves until Ctrl-C.
 
 use std::time::Duration;
 
@@ -53,6 +54,29 @@ pub async fn run(args: SimulateArgs) -> anyhow::Result<u8> {
     );
     println!("# wiz simulator on {}: paste these tenants into a config (simulated credentials, not secrets)\n", sim.base_url());
     print!("{}", config_snippet(&sim));
+    let _hec = match args.hec {
+        None => None,
+        Some(addr) => {
+            let opts = crate::sim::hec::HecOptions {
+                ack: args.hec_ack,
+                ..Default::default()
+            };
+            let token = opts.tokens[0].clone();
+            let hec = crate::sim::hec::HecSimulator::start(addr, opts)
+                .await
+                .map_err(|e| {
+                    anyhow::anyhow!("cannot listen on {addr}: {e} (choose another with --hec)")
+                })?;
+            tracing::info!(addr = %addr, ack = args.hec_ack, "splunk hec simulator listening");
+            println!(
+                "# splunk hec simulator on {}: a sink for it (a simulated token, not a secret)\n[sinks.splunk]\ntype = \"splunk_hec\"\nurl = \"{}\"\ntoken = \"{token}\"\nack = {}\n",
+                hec.base(),
+                hec.base(),
+                args.hec_ack
+            );
+            Some(hec)
+        }
+    };
     tokio::signal::ctrl_c().await?;
     tracing::info!("simulator stopped");
     Ok(0)

@@ -14,6 +14,7 @@
 //! items change (vulnerabilities, configuration findings) the last state of every item.
 
 pub mod normalize;
+pub mod view;
 
 use serde::{Deserialize, Serialize};
 

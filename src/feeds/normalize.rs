@@ -8,349 +8,15 @@
 
 use std::borrow::Cow;
 
-use serde::Deserialize;
-
+pub use super::view::{decode, micros, Item, View};
+use super::view::{st, txt};
+use super::view::{AssetView, RuleView};
 use super::FeedName;
-use crate::event::{
-    console_json, digest_parts, event_id, map_severity, salted_event_id, write_issue_url,
-    EventKind, JsonWriter, Severity,
-};
-use crate::wiz::page::{JStr, NodeError, Str};
-
-type S<'a> = Option<JStr<'a>>;
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct VulnerabilityView<'a> {
-    #[serde(borrow)]
-    id: JStr<'a>,
-    #[serde(borrow, default)]
-    name: S<'a>,
-    #[serde(borrow, default, rename = "CVSSSeverity")]
-    cvss_severity: S<'a>,
-    #[serde(borrow, default)]
-    vendor_severity: S<'a>,
-    #[serde(borrow, default)]
-    severity: S<'a>,
-    #[serde(default)]
-    score: Option<f64>,
-    #[serde(borrow, default)]
-    status: S<'a>,
-    #[serde(borrow, default)]
-    first_detected_at: S<'a>,
-    #[serde(borrow, default)]
-    last_detected_at: S<'a>,
-    #[serde(borrow, default)]
-    resolved_at: S<'a>,
-    /// The finding in the Wiz console (Elastic's vulnerability stream asks for it).
-    #[serde(borrow, default)]
-    portal_url: S<'a>,
-    #[serde(borrow, default)]
-    detailed_name: S<'a>,
-    #[serde(borrow, default)]
-    version: S<'a>,
-    #[serde(borrow, default)]
-    fixed_version: S<'a>,
-    #[serde(borrow, default)]
-    vulnerable_asset: Option<AssetView<'a>>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct AssetView<'a> {
-    #[serde(borrow, default)]
-    id: S<'a>,
-    #[serde(borrow, default)]
-    name: S<'a>,
-    #[serde(borrow, default, rename = "type")]
-    asset_type: S<'a>,
-    #[serde(borrow, default)]
-    native_type: S<'a>,
-    #[serde(borrow, default)]
-    region: S<'a>,
-    #[serde(borrow, default)]
-    cloud_platform: S<'a>,
-    #[serde(borrow, default)]
-    provider_id: S<'a>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct DetectionView<'a> {
-    #[serde(borrow)]
-    id: JStr<'a>,
-    #[serde(borrow, default, rename = "type")]
-    detection_type: S<'a>,
-    #[serde(borrow, default)]
-    severity: S<'a>,
-    #[serde(borrow, default)]
-    created_at: S<'a>,
-    #[serde(borrow, default)]
-    description: S<'a>,
-    #[serde(borrow, default)]
-    rule_match: Option<RuleMatchView<'a>>,
-    #[serde(borrow, default)]
-    primary_actor: Option<AssetView<'a>>,
-    #[serde(borrow, default)]
-    primary_resource: Option<AssetView<'a>>,
-    /// The cloud accounts involved: the resource's cloud is the first one's `cloudProvider`
-    /// (no public query asks `primaryResource` for its cloud).
-    #[serde(borrow, default)]
-    cloud_accounts: Option<Vec<CloudAccountView<'a>>>,
-    #[serde(borrow, default)]
-    issue: Option<IdView<'a>>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct CloudAccountView<'a> {
-    #[serde(borrow, default)]
-    cloud_provider: S<'a>,
-}
-
-#[derive(Deserialize)]
-pub struct RuleMatchView<'a> {
-    #[serde(borrow, default)]
-    rule: Option<RuleView<'a>>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct RuleView<'a> {
-    #[serde(borrow, default)]
-    id: S<'a>,
-    #[serde(borrow, default)]
-    short_id: S<'a>,
-    #[serde(borrow, default)]
-    name: S<'a>,
-    #[serde(borrow, default)]
-    security_sub_categories: Option<Vec<SubCategoryView<'a>>>,
-}
-
-#[derive(Deserialize)]
-pub struct SubCategoryView<'a> {
-    #[serde(borrow, default)]
-    title: S<'a>,
-    #[serde(borrow, default)]
-    category: Option<NameView<'a>>,
-}
-
-#[derive(Deserialize)]
-pub struct NameView<'a> {
-    #[serde(borrow, default)]
-    name: S<'a>,
-}
-
-#[derive(Deserialize)]
-pub struct IdView<'a> {
-    #[serde(borrow, default)]
-    id: S<'a>,
-    #[serde(borrow, default)]
-    name: S<'a>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct AuditView<'a> {
-    #[serde(borrow)]
-    id: JStr<'a>,
-    #[serde(borrow, default)]
-    action: S<'a>,
-    #[serde(borrow, default)]
-    request_id: S<'a>,
-    #[serde(borrow, default)]
-    status: S<'a>,
-    #[serde(borrow, default)]
-    timestamp: S<'a>,
-    #[serde(borrow, default)]
-    user_agent: S<'a>,
-    #[serde(borrow, default, rename = "sourceIP")]
-    source_ip: S<'a>,
-    #[serde(borrow, default)]
-    user: Option<IdView<'a>>,
-    #[serde(borrow, default)]
-    service_account: Option<IdView<'a>>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ConfigurationView<'a> {
-    #[serde(borrow)]
-    id: JStr<'a>,
-    #[serde(borrow, default)]
-    analyzed_at: S<'a>,
-    #[serde(borrow, default)]
-    updated_at: S<'a>,
-    #[serde(borrow, default)]
-    severity: S<'a>,
-    #[serde(borrow, default)]
-    result: S<'a>,
-    #[serde(borrow, default)]
-    status: S<'a>,
-    #[serde(borrow, default)]
-    remediation: S<'a>,
-    #[serde(borrow, default)]
-    resource: Option<AssetView<'a>>,
-    #[serde(borrow, default)]
-    rule: Option<RuleView<'a>>,
-}
-
-/// The fields of a node a feed models.
-pub enum View<'a> {
-    Vulnerability(Box<VulnerabilityView<'a>>),
-    Detection(Box<DetectionView<'a>>),
-    Audit(Box<AuditView<'a>>),
-    Configuration(Box<ConfigurationView<'a>>),
-}
-
-/// A node of a feed, decoded.
-pub struct Item<'a> {
-    pub id: JStr<'a>,
-    pub view: View<'a>,
-}
-
-fn not_understood(node: &str, e: impl std::fmt::Display) -> NodeError {
-    NodeError {
-        reason: e.to_string(),
-        snippet: crate::net::snippet(node.as_bytes()),
-    }
-}
-
-/// Decodes one node of `feed` (not Issues). A node without an `id`, or with a field of the wrong
-/// type, is an error for that node alone.
-pub fn decode(feed: FeedName, node: &str) -> Result<Item<'_>, NodeError> {
-    fn parse<'a, T: Deserialize<'a>>(node: &'a str) -> Result<Box<T>, NodeError> {
-        serde_json::from_str(node).map_err(|e| not_understood(node, e))
-    }
-    Ok(match feed {
-        FeedName::Vulnerabilities => {
-            let mut v: Box<VulnerabilityView<'_>> = parse(node)?;
-            Item {
-                id: take(&mut v.id),
-                view: View::Vulnerability(v),
-            }
-        }
-        FeedName::Detections => {
-            let mut v: Box<DetectionView<'_>> = parse(node)?;
-            Item {
-                id: take(&mut v.id),
-                view: View::Detection(v),
-            }
-        }
-        FeedName::Audit => {
-            let mut v: Box<AuditView<'_>> = parse(node)?;
-            Item {
-                id: take(&mut v.id),
-                view: View::Audit(v),
-            }
-        }
-        FeedName::CloudConfiguration => {
-            let mut v: Box<ConfigurationView<'_>> = parse(node)?;
-            Item {
-                id: take(&mut v.id),
-                view: View::Configuration(v),
-            }
-        }
-        FeedName::Issues => return Err(not_understood(node, "issues have their own normalizer")),
-    })
-}
-
-fn take<'a>(id: &mut JStr<'a>) -> JStr<'a> {
-    JStr(std::mem::replace(&mut id.0, Cow::Borrowed("")))
-}
-
-fn st<'a>(j: &'a S<'_>) -> Option<Str<'a>> {
-    j.as_ref().map(|j| Str {
-        text: &j.0,
-        verbatim: matches!(j.0, Cow::Borrowed(_)),
-    })
-}
-
-fn txt<'a>(j: &'a S<'_>) -> Option<&'a str> {
-    j.as_ref().map(|j| &*j.0)
-}
-
-impl Item<'_> {
-    /// The status a `States` feed keeps: Wiz's `status`, or for a configuration finding without
-    /// one, its `result` (`FAIL` is open, `PASS` resolved).
-    pub fn status(&self) -> &str {
-        match &self.view {
-            View::Vulnerability(v) => txt(&v.status).unwrap_or("OPEN"),
-            View::Configuration(c) => match (txt(&c.status), txt(&c.result)) {
-                (Some(s), _) => s,
-                (None, Some("PASS")) => "RESOLVED",
-                (None, Some("FAIL")) | (None, None) => "OPEN",
-                (None, Some(r)) => r,
-            },
-            View::Detection(_) | View::Audit(_) => "OPEN",
-        }
-    }
-
-    /// Wiz's severity, verbatim, when the node has one.
-    pub fn severity_raw(&self) -> Option<&str> {
-        match &self.view {
-            View::Vulnerability(v) => txt(&v.cvss_severity)
-                .or(txt(&v.vendor_severity))
-                .or(txt(&v.severity)),
-            View::Detection(d) => txt(&d.severity),
-            View::Audit(_) => None,
-            View::Configuration(c) => txt(&c.severity),
-        }
-    }
-
-    /// The time a `Once` feed's windows are on (`createdAt`, `timestamp`), in microseconds.
-    pub fn time_micros(&self) -> Option<i64> {
-        let t = match &self.view {
-            View::Detection(d) => txt(&d.created_at),
-            View::Audit(a) => txt(&a.timestamp),
-            View::Vulnerability(v) => txt(&v.last_detected_at),
-            View::Configuration(c) => txt(&c.updated_at).or(txt(&c.analyzed_at)),
-        }?;
-        micros(t)
-    }
-
-    /// Digest of the state that makes a new event. Vulnerabilities: status, severity, score,
-    /// fixed version, resolution time. Configuration findings: status, result,
-    /// severity, update time. `lastDetectedAt` and `analyzedAt` are left out: Wiz moves them on
-    /// every scan, and a rescan that finds the same thing is not news. Detections and audit
-    /// entries never change: their digest is the feed's alone.
-    pub fn fingerprint(&self) -> [u8; 16] {
-        let score;
-        let parts: Vec<Option<&str>> = match &self.view {
-            View::Vulnerability(v) => {
-                score = v.score.map(|s| s.to_string());
-                vec![
-                    Some(self.status()),
-                    self.severity_raw(),
-                    score.as_deref(),
-                    txt(&v.fixed_version),
-                    txt(&v.resolved_at),
-                    // Was `updatedAt`, which no public query asks a finding for and which is
-                    // no longer asked; kept as a gap so that stored digests stay comparable.
-                    None,
-                ]
-            }
-            View::Configuration(c) => vec![
-                Some(self.status()),
-                txt(&c.result),
-                txt(&c.severity),
-                txt(&c.updated_at),
-            ],
-            View::Detection(_) => vec![Some("detection")],
-            View::Audit(_) => vec![Some("audit")],
-        };
-        digest_parts(&parts)
-    }
-}
-
-/// RFC 3339 text to microseconds since the epoch.
-pub fn micros(t: &str) -> Option<i64> {
-    let t = humantime::parse_rfc3339_weak(t.trim_end_matches('Z'))
-        .or_else(|_| humantime::parse_rfc3339(t))
-        .ok()?;
-    let d = t.duration_since(std::time::UNIX_EPOCH).ok()?;
-    Some(d.as_micros() as i64)
-}
+use crate::event::id::{event_id, salted_event_id};
+use crate::event::kind::{map_severity, EventKind, Severity};
+use crate::format::{ecs, ocsf, Format, Lines};
+use crate::json::{console_json, write_issue_url, write_str, JsonWriter};
+use crate::wiz::page::Str;
 
 /// Writes feed events for one tenant.
 pub struct FeedNormalizer {
@@ -384,8 +50,9 @@ impl FeedNormalizer {
         fingerprint: &[u8; 16],
         salt: Option<&[u8; 16]>,
         observed_at: &str,
-        out: &mut Vec<u8>,
+        lines: &mut Lines,
     ) -> String {
+        let out = &mut lines.native;
         let scoped = format!("{}/{}", feed.as_str(), &*item.id.0);
         let id = match salt {
             None => event_id(&self.tenant, &scoped, fingerprint),
@@ -466,7 +133,7 @@ impl FeedNormalizer {
                             w.out.push(b',');
                         }
                         first = false;
-                        crate::event::write_str(w.out, title);
+                        write_str(w.out, title);
                     }
                 }
                 w.out.push(b']');
@@ -503,11 +170,24 @@ impl FeedNormalizer {
         w.key("url");
         match (url, vuln_url) {
             (Some(issue), _) => write_issue_url(w.out, &self.console_json, issue),
-            (None, Some(portal)) => crate::event::write_str(w.out, portal),
+            (None, Some(portal)) => write_str(w.out, portal),
             (None, None) => w.out.extend_from_slice(b"null"),
         }
         w.raw("raw_event", raw);
         w.close();
+        let ctx = ocsf::Ctx {
+            id: &id,
+            tenant: &self.tenant,
+            kind,
+            observed_at,
+            console_json: &self.console_json,
+        };
+        if lines.formats.has(Format::Ocsf) {
+            ocsf::feed_item(&ctx, feed, item, raw, &mut lines.ocsf);
+        }
+        if lines.formats.has(Format::Ecs) {
+            ecs::feed_item(&ctx, feed, item, raw, &mut lines.ecs);
+        }
         id
     }
 }

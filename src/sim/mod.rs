@@ -13,11 +13,15 @@
 //! - Counters per tenant: requests, tokens issued, peak requests per second.
 //! - `GET /_sim/tenants`, `POST /_sim/tenants/{client_id}/faults`, `POST
 //!   /_sim/tenants/{client_id}/churn?steps=N`: the same knobs over HTTP.
+//!
+//! Beside it, the simulators of the destinations the SIEM sinks write to, as faithful to their
+//! vendors' documentation: Splunk's HTTP Event Collector ([`hec`]).
 
 pub mod data;
 mod fault;
 pub mod feed_data;
 mod graphql;
+pub mod hec;
 mod mutations;
 mod server;
 pub mod validate;

@@ -17,10 +17,11 @@ use tracing::Instrument;
 
 use super::backlog::Backlog;
 use super::routing::Routing;
-use super::routing::TenantRoutes;
+use super::routing::{Destination, TenantRoutes};
 use super::worker::{Job, SinkSlot, Worker, WorkerHandle};
 use super::{Batch, Output, SinkRefusal, SinkSpec, SinkStats};
 use crate::faults::FaultInjection;
+use crate::format::Format;
 
 /// What the sink actor does.
 pub enum SinkMsg {
@@ -84,6 +85,8 @@ pub struct SinkArgs {
 /// One configured sink, seen from the router.
 struct Route {
     name: String,
+    /// The schema it takes: the router gives it the batch's lines in this format.
+    format: Format,
     worker: WorkerHandle,
 }
 
@@ -126,13 +129,18 @@ impl Actor for SinkActor {
             }
             let backlog = args.backlogs.get(&spec.name).await?;
             let name = spec.name.clone();
+            let format = spec.format;
             let worker = Worker::spawn(
                 SinkSlot { spec, outputs },
                 backlog,
                 args.stats.clone(),
                 args.routing.clone(),
             );
-            sinks.push(Route { name, worker });
+            sinks.push(Route {
+                name,
+                format,
+                worker,
+            });
         }
         Ok(SinkState {
             index: sinks
@@ -173,9 +181,14 @@ impl Actor for SinkActor {
     }
 }
 
-/// Where one batch goes: each sink it reaches, with the batch itself or the part a severity
-/// filter keeps. Decided by a lookup of the batch's tenant, never by event content beyond the
-/// normalized severity. `routes`: the tenant's (looked up once per batch by the caller).
+/// Where one batch goes: each sink it reaches, with the lines of the sink's format, all of
+/// them or the part a severity filter keeps. Decided by a lookup of the batch's tenant, never by
+/// event content beyond the normalized severity. `routes`: the tenant's (looked up once per
+/// batch by the caller).
+///
+/// A page built before its tenant learned that a destination takes another format (a reload
+/// added the destination or changed its format a moment ago) lacks that format's lines: it skips
+/// that destination, which gets the tenant's open findings from the baseline that follows.
 fn targets(
     state: &SinkState,
     batch: &Arc<Batch>,
@@ -189,33 +202,37 @@ fn targets(
             .as_ref()
             .is_none_or(|o| o.iter().any(|n| n == name))
     };
+    let part = |i: usize, d: Option<&Destination>| -> Option<(usize, Arc<Batch>)> {
+        let format = state.sinks[i].format;
+        let Some(lines) = batch.lines_in(format) else {
+            tracing::info!(
+                tenant = %batch.tenant,
+                sink = %state.sinks[i].name,
+                format = format.as_str(),
+                events = batch.events,
+                "a page built before the tenant knew this sink's format skips it; the sink gets a baseline"
+            );
+            return None;
+        };
+        let selected = d.and_then(|d| d.select(&batch.lines, lines));
+        match (selected, format) {
+            (None, Format::Native) => Some((i, batch.clone())),
+            (None, _) => Some((i, Arc::new(batch.with_lines(lines.to_vec(), batch.events)))),
+            (Some((_, 0)), _) => None,
+            (Some((lines, events)), _) => Some((i, Arc::new(batch.with_lines(lines, events)))),
+        }
+    };
     match routes {
         None => (0..state.sinks.len())
             .filter(|i| named(&state.sinks[*i].name))
-            .map(|i| (i, batch.clone()))
+            .filter_map(|i| part(i, None))
             .collect(),
         Some(None) => Vec::new(),
         Some(Some(t)) => t
             .destinations
             .iter()
             .filter(|d| d.takes_feed(batch.feed) && named(&d.sink))
-            .filter_map(|d| {
-                let i = *state.index.get(&d.sink)?;
-                match d.select(&batch.lines) {
-                    None => Some((i, batch.clone())),
-                    Some((_, 0)) => None,
-                    Some((lines, events)) => Some((
-                        i,
-                        Arc::new(Batch {
-                            tenant: batch.tenant.clone(),
-                            feed: batch.feed,
-                            lines,
-                            events,
-                            only: None,
-                        }),
-                    )),
-                }
-            })
+            .filter_map(|d| part(*state.index.get(&d.sink)?, Some(d)))
             .collect(),
     }
 }

@@ -212,6 +212,7 @@ mod tests {
             feed: "issues",
             tenant: Arc::from("t"),
             lines: text.as_bytes().to_vec(),
+            formatted: Default::default(),
             events: text.lines().count(),
             only: None,
         })

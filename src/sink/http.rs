@@ -8,7 +8,6 @@ use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rand::Rng;
 use secrecy::{ExposeSecret, SecretString};
 use url::Url;
 
@@ -16,13 +15,11 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use super::retry::{with_retries, GaveUp, Try};
 use super::{Batch, SinkChecks, SinkType};
 use crate::config::DurationValue;
 use crate::net::retry_after;
 use crate::net::snippet;
-
-/// Longest `Retry-After` honoured from a webhook.
-const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
 
 pub struct HttpOutput {
     client: reqwest::Client,
@@ -35,13 +32,6 @@ pub struct HttpOutput {
     pub refused: u64,
 }
 
-/// How an attempt ended: delivered, or why not and whether another may succeed.
-enum Attempt {
-    Delivered,
-    Retry(String, Option<Duration>),
-    Fail(String),
-}
-
 /// `type = "http"`.
 pub struct HttpSink;
 
@@ -52,9 +42,11 @@ pub struct HttpSink;
 pub struct Section {
     /// Where to POST.
     pub url: String,
-    /// `ndjson` (one event per line, the default) or `json_array`.
+    /// The request body: `ndjson` (one event per line, the default) or `json_array`. (Older
+    /// configurations call it `format`, which now names the events' schema; `format = "ndjson"`
+    /// or `"json_array"` on an http sink is still read as `body`.)
     #[serde(default)]
-    pub format: Option<String>,
+    pub body: Option<String>,
     /// Compress request bodies with gzip (default true).
     #[serde(default)]
     pub gzip: Option<bool>,
@@ -122,13 +114,13 @@ impl SinkType for HttpSink {
                 None
             }
         };
-        let json_array = match s.format.as_deref().unwrap_or("ndjson") {
+        let json_array = match s.body.as_deref().unwrap_or("ndjson") {
             "ndjson" => false,
             "json_array" => true,
             other => {
                 checks.error(
-                    "format",
-                    format!("unknown format {other:?}; use \"ndjson\" or \"json_array\""),
+                    "body",
+                    format!("unknown body {other:?}; use \"ndjson\" or \"json_array\""),
                 );
                 false
             }
@@ -274,7 +266,7 @@ impl HttpOutput {
             .map_err(|e| format!("gzip failed: {e}"))
     }
 
-    async fn attempt(&self, body: Vec<u8>) -> Attempt {
+    async fn attempt(&self, body: Vec<u8>) -> Try<()> {
         let mut req = self
             .client
             .post(self.url.clone())
@@ -294,7 +286,7 @@ impl HttpOutput {
             req = req.header(name.clone(), value.expose_secret());
         }
         match req.send().await {
-            Err(e) => Attempt::Retry(
+            Err(e) => Try::Again(
                 if e.is_timeout() {
                     "timed out".to_string()
                 } else {
@@ -306,14 +298,14 @@ impl HttpOutput {
                 let status = resp.status();
                 let ra = retry_after(resp.headers());
                 if status.is_success() {
-                    return Attempt::Delivered;
+                    return Try::Done(());
                 }
                 let text = resp.bytes().await.map(|b| snippet(&b)).unwrap_or_default();
                 let msg = format!("HTTP {} from {}: {text}", status.as_u16(), self.url);
                 if status.as_u16() == 429 || status.is_server_error() {
-                    Attempt::Retry(msg, ra)
+                    Try::Again(msg, ra)
                 } else {
-                    Attempt::Fail(msg)
+                    Try::Stop(msg)
                 }
             }
         }
@@ -322,37 +314,17 @@ impl HttpOutput {
     /// Delivers one batch, retrying transient failures.
     pub async fn write(&mut self, batch: Arc<Batch>) -> Result<(), String> {
         let body = self.body(&batch)?;
-        let mut delay = Duration::from_millis(200);
-        let mut last = String::new();
-        for attempt in 0..=self.max_retries {
-            if attempt > 0 {
-                tokio::time::sleep(delay).await;
+        let target = self.url.to_string();
+        let result = with_retries(&target, self.max_retries, || self.attempt(body.clone())).await;
+        match result {
+            Ok(()) => Ok(()),
+            Err(GaveUp::Stopped(m)) => {
+                self.refused += 1;
+                Err(format!(
+                    "{m} (not retried now; the batch is sent again later)"
+                ))
             }
-            match self.attempt(body.clone()).await {
-                Attempt::Delivered => return Ok(()),
-                Attempt::Fail(m) => {
-                    self.refused += 1;
-                    return Err(format!(
-                        "{m} (not retried now; the batch is sent again later)"
-                    ));
-                }
-                Attempt::Retry(m, ra) => {
-                    let backoff = delay
-                        .saturating_mul(2)
-                        .min(Duration::from_secs(30))
-                        .mul_f64(rand::rng().random_range(0.5..=1.0));
-                    delay = match ra {
-                        Some(ra) => ra.min(MAX_RETRY_AFTER).max(backoff),
-                        None => backoff,
-                    };
-                    tracing::warn!(url = %self.url, error = %m, attempt, "webhook delivery failed; retrying");
-                    last = m;
-                }
-            }
+            Err(GaveUp::Exhausted(m)) => Err(m),
         }
-        Err(format!(
-            "gave up after {} attempts: {last}",
-            self.max_retries + 1
-        ))
     }
 }

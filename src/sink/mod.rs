@@ -18,14 +18,16 @@
 //! [`SinkType`]. The line in [`sink_types!`] below registers it: the `type = "..."` name, the
 //! variant and the implementing type. `config` knows sinks only through the types that macro
 //! makes ([`SinkSection`], [`SinkKind`]) and the [`SinkChecks`] it hands to `resolve`. The keys
-//! every type takes (`backlog_max_bytes`) are read once, in [`Common`], not by each type.
+//! every type takes (`backlog_max_bytes`, `format`) are read once, in [`Common`], not by each type.
 
 mod actor;
 pub mod backlog;
 mod file;
 mod http;
 mod nats;
+mod retry;
 pub mod routing;
+mod splunk_hec;
 mod stdout;
 mod worker;
 
@@ -36,6 +38,8 @@ use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::sync::Arc;
 
 use secrecy::SecretString;
+
+use crate::format::{Format, Formatted};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 pub use actor::{deliver, Backlogs, SinkActor, SinkArgs, SinkMsg};
@@ -51,10 +55,36 @@ pub struct Batch {
     /// The feed of every event in it (`issues` for Issues pages, hint lookups and write-back's
     /// audit events): routes that take some feeds only decide per batch.
     pub feed: &'static str,
+    /// The events in the `native` format.
     pub lines: Vec<u8>,
+    /// The same events in the other formats the tenant's destinations take, line for line.
+    pub formatted: Formatted,
     pub events: usize,
     /// A baseline's page: only these of the tenant's destinations take it (`None`: all of them).
     pub only: Option<Arc<[String]>>,
+}
+
+impl Batch {
+    /// A batch of the same tenant and feed holding `lines` (in one format) alone.
+    pub fn with_lines(&self, lines: Vec<u8>, events: usize) -> Batch {
+        Batch {
+            tenant: self.tenant.clone(),
+            feed: self.feed,
+            lines,
+            formatted: Formatted::default(),
+            events,
+            only: None,
+        }
+    }
+
+    /// The events in `format`; `None` when the page was built without it (its tenant did not
+    /// know yet that a destination takes it).
+    pub fn lines_in(&self, format: Format) -> Option<&[u8]> {
+        match format {
+            Format::Native => Some(&self.lines),
+            other => self.formatted.get(other),
+        }
+    }
 }
 
 /// Why the sink did not take a page (the tenant keeps it and sends it again).
@@ -417,6 +447,7 @@ sink_types! {
     "file" => File(file::FileSink),
     "http" => Http(http::HttpSink),
     "nats" => Nats(nats::NatsSink),
+    "splunk_hec" => SplunkHec(splunk_hec::HecSink),
 }
 
 /// The default bound of a sink's backlog (`backlog_max_bytes`).
@@ -429,10 +460,12 @@ pub struct Common {
     /// The most bytes its durable backlog may hold before the tenants routed to it hold their
     /// pages (0: no backlog, a refused page waits in its tenant). Default 256 MiB.
     pub backlog_max_bytes: Option<u64>,
+    /// The schema of its events: `native` (the default), `ocsf` or `ecs`.
+    pub format: Option<Format>,
 }
 
 impl Common {
-    const KEYS: [&'static str; 1] = ["backlog_max_bytes"];
+    const KEYS: [&'static str; 2] = ["backlog_max_bytes", "format"];
 }
 
 /// `[sinks.<name>]`: the keys every type takes, and the type's own.
@@ -448,6 +481,29 @@ impl<'de> Deserialize<'de> for SinkSection {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         use serde::de::Error;
         let mut table = serde_json::Map::<String, serde_json::Value>::deserialize(d)?;
+        // Before `format` named the output schema, an http sink's `format` named its body
+        // (`ndjson` or `json_array`, now `body`): those values still mean that.
+        let http = table.get("type").and_then(|t| t.as_str()) == Some("http");
+        let old_body = table
+            .get("format")
+            .and_then(|f| f.as_str())
+            .is_some_and(|f| matches!(f, "ndjson" | "json_array"));
+        if http && old_body && !table.contains_key("body") {
+            let v = table.remove("format").expect("checked");
+            table.insert("body".to_string(), v);
+        }
+        if let Some(f) = table.get("format") {
+            if f.as_str().is_none_or(|f| Format::parse(f).is_none()) {
+                return Err(D::Error::custom(format!(
+                    "format: unknown format {f}; use \"native\", \"ocsf\" or \"ecs\"{}",
+                    if http {
+                        " (an http sink's body is `body`: \"ndjson\" or \"json_array\")"
+                    } else {
+                        ""
+                    }
+                )));
+            }
+        }
         let mut shared = serde_json::Map::new();
         for key in Common::KEYS {
             if let Some(v) = table.remove(key) {
@@ -479,6 +535,7 @@ impl SinkSection {
                 .common
                 .backlog_max_bytes
                 .unwrap_or(DEFAULT_BACKLOG_MAX_BYTES),
+            format: self.common.format.unwrap_or_default(),
             kind,
         })
     }
@@ -493,6 +550,8 @@ pub struct SinkSpec {
     pub owner: Option<String>,
     /// The bound of its durable backlog, in bytes (0: none).
     pub backlog_max_bytes: u64,
+    /// The schema its events are written in.
+    pub format: Format,
     #[serde(flatten)]
     pub kind: SinkKind,
 }

@@ -101,19 +101,32 @@ impl Destination {
             .is_none_or(|f| f.iter().any(|x| x == feed))
     }
 
-    /// The lines of `lines` (JSON events, one per line) it takes; `None`: all of them (no copy).
-    pub fn select(&self, lines: &[u8]) -> Option<(Vec<u8>, usize)> {
+    /// The lines of `lines` it takes, decided on `native` (the same events, one per line, in
+    /// the native format): `lines` is the batch in the sink's format, line `n` the same event
+    /// as line `n` of `native`. `None`: all of them (no copy).
+    pub fn select(&self, native: &[u8], lines: &[u8]) -> Option<(Vec<u8>, usize)> {
         let min = self.min_severity?;
         let mut out = Vec::with_capacity(lines.len());
         let mut n = 0;
-        for line in lines.split_inclusive(|b| *b == b'\n') {
-            if severity_of(line).is_some_and(|s| s >= min) {
+        let events = lines.split_inclusive(|b| *b == b'\n');
+        for (judged, line) in native.split_inclusive(|b| *b == b'\n').zip(events) {
+            if severity_of(judged).is_some_and(|s| s >= min) {
                 out.extend_from_slice(line);
                 n += 1;
             }
         }
         Some((out, n))
     }
+}
+
+/// The formats the sinks named `destinations` take.
+pub fn formats_of(sinks: &[super::SinkSpec], destinations: &[String]) -> crate::format::FormatSet {
+    crate::format::FormatSet::of(
+        sinks
+            .iter()
+            .filter(|s| destinations.contains(&s.name))
+            .map(|s| s.format),
+    )
 }
 
 /// The sinks that take `tenant`'s events (before a route's feed and severity filters): its
@@ -255,14 +268,14 @@ mod tests {
             min_severity: Some(3),
         };
         let lines = b"{\"id\":\"a\",\"severity\":\"high\",\"raw_event\":{\"severity\":\"LOW\"}}\n{\"id\":\"b\",\"severity\":\"low\",\"raw_event\":{\"severity\":\"CRITICAL\"}}\n{\"id\":\"c\",\"kind\":\"action.applied\"}\n";
-        let (out, n) = d.select(lines).unwrap();
+        let (out, n) = d.select(lines, lines).unwrap();
         assert_eq!(n, 1);
         assert!(out.starts_with(b"{\"id\":\"a\"") && out.ends_with(b"\n"));
         let all = Destination {
             min_severity: None,
             ..d.clone()
         };
-        assert!(all.select(lines).is_none());
+        assert!(all.select(lines, lines).is_none());
         let mut narrow = Destination {
             feeds: Some(vec!["issues".into()]),
             ..d

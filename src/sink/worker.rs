@@ -278,6 +278,7 @@ impl Worker {
                 tenant: rec.tenant,
                 feed,
                 lines: rec.lines,
+                formatted: Default::default(),
                 events: rec.events as usize,
                 only: None,
             });
@@ -443,6 +444,7 @@ mod tests {
             tenant: "t1".into(),
             feed: "audit",
             lines: Vec::new(),
+            formatted: Default::default(),
             events: 0,
             only: None,
         };

@@ -129,8 +129,12 @@ pub struct SupervisorState {
     sink_crashes: u32,
     /// The sinks' durable backlogs (`state_dir/backlog`), kept across sink restarts.
     backlogs: Backlogs,
-    /// Tenants whose destinations a reload changed, told once the new sink actor runs.
+    /// Tenants whose destinations (or their formats) a reload changed, told once the new sink
+    /// actor runs.
     destinations_changed: Vec<String>,
+    /// Sinks whose `format` a reload changed: their tenants get a baseline in the new format
+    /// (pages built before they learned it skip that sink; see `sink::actor`).
+    reformatted: Vec<String>,
     /// The sink is being replaced by a reload: start the new one when the old has stopped.
     sink_replacing: bool,
     children: BTreeMap<String, Child>,
@@ -195,6 +199,11 @@ impl SupervisorState {
         crate::sink::routing::sinks_for(self.sink_routing.as_deref(), &self.sink_specs, id)
     }
 
+    /// The formats `destinations` take.
+    fn formats(&self, destinations: &[String]) -> crate::format::FormatSet {
+        crate::sink::routing::formats_of(&self.sink_specs, destinations)
+    }
+
     async fn spawn_tenant(
         &mut self,
         myself: &ActorRef<SupervisorMsg>,
@@ -238,6 +247,7 @@ impl SupervisorState {
 
     /// The arguments of tenant `id`'s next actor (`None` for an unknown tenant).
     fn tenant_args(&mut self, id: &str, first_poll_in: Duration) -> Option<TenantArgs> {
+        let destinations = self.destinations(id);
         let child = self.children.get_mut(id)?;
         child.stop = Arc::default();
         let args = TenantArgs {
@@ -256,11 +266,8 @@ impl SupervisorState {
             failed_cooldown: self.policy.failed_cooldown.0,
             hints: self.hints.queue(id),
             hint_metrics: self.hints.metrics().clone(),
-            destinations: crate::sink::routing::sinks_for(
-                self.sink_routing.as_deref(),
-                &self.sink_specs,
-                id,
-            ),
+            destinations: destinations.clone(),
+            formats: self.formats(&destinations),
         };
         Some(args)
     }
@@ -553,18 +560,38 @@ impl SupervisorState {
             // Tenants whose destinations changed learn them (a new one gets a baseline); the
             // others are not disturbed. Set before the new tenants start, so they start with
             // theirs.
-            let before: HashMap<String, Arc<[String]>> = self
+            let before: HashMap<String, (Arc<[String]>, crate::format::FormatSet)> = self
                 .children
                 .keys()
-                .map(|id| (id.clone(), self.destinations(id)))
+                .map(|id| {
+                    let d = self.destinations(id);
+                    let f = self.formats(&d);
+                    (id.clone(), (d, f))
+                })
+                .collect();
+            let old_formats: HashMap<String, crate::format::Format> = self
+                .sink_specs
+                .iter()
+                .map(|s| (s.name.clone(), s.format))
                 .collect();
             self.sink_specs = sinks.specs.clone();
             self.sink_routing = sinks.routing.clone();
+            self.reformatted = self
+                .sink_specs
+                .iter()
+                .filter(|s| old_formats.get(&s.name).is_some_and(|f| *f != s.format))
+                .map(|s| s.name.clone())
+                .collect();
             // Told once the new sink actor runs (a baseline sent before would meet the old
             // routes).
             self.destinations_changed = before
                 .into_iter()
-                .filter(|(id, old)| self.destinations(id) != *old)
+                .filter(|(id, (old, old_f))| {
+                    let now = self.destinations(id);
+                    now != *old
+                        || self.formats(&now) != *old_f
+                        || self.reformatted.iter().any(|s| now.contains(s))
+                })
                 .map(|(id, _)| id)
                 .collect();
         }
@@ -692,6 +719,7 @@ impl Actor for ConnectorSupervisor {
             sink_crashes: 0,
             backlogs: Backlogs::new(args.settings.connector.state_dir.join("backlog")),
             destinations_changed: Vec::new(),
+            reformatted: Vec::new(),
             sink_replacing: false,
             children,
             by_actor: HashMap::new(),
@@ -773,11 +801,17 @@ impl Actor for ConnectorSupervisor {
                         myself.send_after(Duration::from_secs(1), || SupervisorMsg::RestartSink);
                     } else {
                         tracing::info!("sink restarted");
+                        let reformatted = std::mem::take(&mut state.reformatted);
                         for id in std::mem::take(&mut state.destinations_changed) {
                             let now = state.destinations(&id);
+                            let formats = state.formats(&now);
                             if let Some(a) = state.children.get(&id).and_then(|c| c.actor.as_ref())
                             {
-                                let _ = a.send_message(TenantMsg::Destinations(now));
+                                let _ =
+                                    a.send_message(TenantMsg::Destinations(now.clone(), formats));
+                                for sink in reformatted.iter().filter(|s| now.contains(*s)) {
+                                    let _ = a.send_message(TenantMsg::Baseline(sink.clone()));
+                                }
                             }
                         }
                     }

@@ -21,14 +21,12 @@ use ractor::ActorRef;
 use super::delivery::{Ledger, Outbox, Pending};
 use super::slot::Held;
 use super::{TenantActorState, TenantMsg, FENCED};
-use crate::event::{add_member, issue_fingerprint, now_rfc3339, EventKind};
+use crate::event::{issue_fingerprint, now_rfc3339, EventKind};
 use crate::feeds::{ChangeRule, FeedName};
+use crate::format::{Lines, Mark};
 use crate::health::LastError;
 use crate::sink::Batch;
 use crate::state::{Checkpoint, Commit};
-
-/// The member that marks a baseline's events.
-pub(super) const BASELINE: &[u8] = b"\"baseline\":true";
 
 /// The statuses of a current item.
 const CURRENT: [&str; 2] = ["OPEN", "IN_PROGRESS"];
@@ -143,7 +141,10 @@ impl TenantActorState {
                     .await;
             }
         };
-        let mut out = Outbox::default();
+        let mut out = Outbox {
+            lines: Lines::new(self.args.formats),
+            ..Default::default()
+        };
         for page in &pages {
             // An unreadable node is reported by the sweeps; a baseline sends what it can read.
             for issue in page.issues().filter_map(Result::ok) {
@@ -161,8 +162,8 @@ impl TenantActorState {
                     &observed_at,
                     &mut out.lines,
                 );
-                add_member(&mut out.lines, BASELINE);
-                out.lines.push(b'\n');
+                out.lines.mark(Mark::Baseline);
+                out.lines.end_event();
                 out.count(kind);
             }
         }
@@ -210,6 +211,7 @@ impl TenantActorState {
                 tenant: p.batch.tenant.clone(),
                 feed: p.batch.feed,
                 lines: p.batch.lines.clone(),
+                formatted: p.batch.formatted.clone(),
                 events: p.batch.events,
                 only: Some(only),
             });

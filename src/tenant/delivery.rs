@@ -13,6 +13,7 @@ use ractor::ActorRef;
 use super::{TenantActorState, TenantMsg};
 use crate::change::Known;
 use crate::event::EventKind;
+use crate::format::Lines;
 use crate::health::LastError;
 use crate::metrics::Observation;
 use crate::sink::{deliver, Batch, SinkMsg, SinkRefusal};
@@ -64,7 +65,7 @@ pub(super) struct Ledger {
 /// The events of one page being built, and their ledger.
 #[derive(Default)]
 pub(super) struct Outbox {
-    pub lines: Vec<u8>,
+    pub lines: Lines,
     pub events: usize,
     pub ledger: Ledger,
 }
@@ -86,14 +87,16 @@ impl TenantActorState {
     pub(super) fn batch(
         &self,
         feed: &'static str,
-        lines: Vec<u8>,
+        lines: Lines,
         events: usize,
         only: Option<Arc<[String]>>,
     ) -> Arc<Batch> {
+        let (lines, formatted) = lines.split();
         Arc::new(Batch {
             tenant: Arc::from(self.args.spec.id.as_str()),
             feed,
             lines,
+            formatted,
             events,
             only,
         })

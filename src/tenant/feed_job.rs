@@ -16,23 +16,23 @@
 //! A feed that fails (a permission Wiz refuses, an error that outlasted the retries) records its
 //! error in its own health and sits out polls for a while; the tenant's other feeds run as usual.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
 use ractor::ActorRef;
 
-use super::baseline::BASELINE;
 use super::delivery::{Ledger, Pending};
 use super::slot::Held;
 use super::{unix_now, TenantActorState, TenantMsg};
 use crate::change::{change, Change, Known, VANISHED};
-use crate::event::{add_member, now_rfc3339, EventKind};
+use crate::event::{now_rfc3339, EventKind};
 use crate::feeds::normalize::{decode, micros, once_kind, states_kind, FeedNormalizer, Item};
 use crate::feeds::{
     ChangeRule, Feed, FeedCheckpoint, FeedName, Recent, RunningWindow, Window, MAX_RECENT,
 };
+use crate::format::{Lines, Mark};
 use crate::health::{FeedState, LastError};
 use crate::metrics::Observation;
 use crate::state::{Checkpoint, Commit};
@@ -90,11 +90,14 @@ pub(super) struct BaselineStash {
 
 /// The events one page of a window makes, and the item states its commit remembers.
 pub(super) struct BuiltPage {
-    /// JSON lines, one per event.
-    pub lines: Vec<u8>,
+    /// JSON lines, one per event, in each format the tenant's destinations take.
+    pub lines: Lines,
     pub events: usize,
     pub kinds: Vec<(EventKind, u64)>,
     pub remember: Vec<(String, Known)>,
+    /// In-flight marks the commit after the ack settles: the page's changed items (marked
+    /// before the page goes out, see [`FeedJob::build_page`]) and stale marks it saw.
+    pub settle: Vec<String>,
 }
 
 impl FeedJob {
@@ -133,22 +136,31 @@ impl FeedJob {
     /// state changed, a `Once` item not delivered before in this window or the last one's
     /// overlap (remembered here, when it falls in this window's overlap). Pure but for the
     /// job's recent ids.
+    ///
+    /// `marks`: the `States` feed's in-flight marks, the states of pages that went to the sink
+    /// and were never committed (the process died between the two). A consumer may hold such a
+    /// state although the store does not: an item found in its recorded state but marked in
+    /// another (resolved, then found open again) is reported as a change from the marked state,
+    /// which the recorded state alone would call unchanged. The changed items' new states are
+    /// the page's own marks (`remember`, written as marks before delivery).
     fn build_page(
         &mut self,
         decoded: &[(&str, Result<Item<'_>, NodeError>)],
         known: Vec<Option<Known>>,
+        marks: &HashMap<String, Known>,
         overlap: std::time::Duration,
         normalizer: &mut FeedNormalizer,
-        mut lines: Vec<u8>,
+        mut lines: Lines,
     ) -> BuiltPage {
         let (feed, name) = (self.feed, self.feed.name);
         let overlap_from = self.overlap_from(overlap);
         let mut known = known.into_iter();
         let mut out = BuiltPage {
-            lines: Vec::new(),
+            lines: Lines::default(),
             events: 0,
             kinds: Vec::new(),
             remember: Vec::new(),
+            settle: Vec::new(),
         };
         for (raw, item) in decoded {
             let Ok(item) = item else {
@@ -160,10 +172,25 @@ impl FeedJob {
                     let old = known.next().flatten();
                     let status = item.status();
                     let open = !matches!(status, "RESOLVED" | "REJECTED");
-                    let kind = match change(old.as_ref(), status, &fp, open) {
-                        Change::Emit(k) => states_kind(name, k),
-                        Change::Remember | Change::Unchanged => continue,
+                    let mark = marks.get(&*item.id.0);
+                    let (kind, from) = match change(old.as_ref(), status, &fp, open) {
+                        Change::Emit(k) => (k, old.map(|o| o.fingerprint)),
+                        Change::Remember | Change::Unchanged => {
+                            let unsure = mark.filter(|m| m.fingerprint != fp);
+                            match unsure.map(|m| (m, change(Some(m), status, &fp, open))) {
+                                Some((m, Change::Emit(k))) => (k, Some(m.fingerprint)),
+                                _ => {
+                                    if mark.is_some() {
+                                        // Delivered and recorded after all: the mark is stale.
+                                        out.settle.push(item.id.0.to_string());
+                                    }
+                                    continue;
+                                }
+                            }
+                        }
                     };
+                    let kind = states_kind(name, kind);
+                    out.settle.push(item.id.0.to_string());
                     out.remember.push((
                         item.id.0.to_string(),
                         Known {
@@ -173,7 +200,7 @@ impl FeedJob {
                             silent: false,
                         },
                     ));
-                    (kind, old.map(|o| o.fingerprint))
+                    (kind, from)
                 }
                 ChangeRule::Once => {
                     if self.recent_ids.contains(&*item.id.0) {
@@ -200,7 +227,7 @@ impl FeedJob {
                 &self.observed_at,
                 &mut lines,
             );
-            lines.push(b'\n');
+            lines.end_event();
             out.events += 1;
             match out.kinds.iter_mut().find(|(k, _)| *k == kind) {
                 Some((_, n)) => *n += 1,
@@ -219,7 +246,7 @@ impl FeedJob {
         decoded: &[(&str, Result<Item<'_>, NodeError>)],
         known: Vec<Option<Known>>,
         normalizer: &mut FeedNormalizer,
-        mut lines: Vec<u8>,
+        mut lines: Lines,
     ) -> BuiltPage {
         let name = self.feed.name;
         let kind = states_kind(name, EventKind::Opened);
@@ -245,8 +272,8 @@ impl FeedJob {
                 &self.observed_at,
                 &mut lines,
             );
-            add_member(&mut lines, BASELINE);
-            lines.push(b'\n');
+            lines.mark(Mark::Baseline);
+            lines.end_event();
             events += 1;
         }
         BuiltPage {
@@ -258,6 +285,7 @@ impl FeedJob {
                 Vec::new()
             },
             remember: Vec::new(),
+            settle: Vec::new(),
         }
     }
 
@@ -531,21 +559,26 @@ impl TenantActorState {
                 None => (n, decode(name, n)),
             })
             .collect();
-        // The item states this page knows, for a `States` feed (one read).
-        let known = if job.feed.rule == ChangeRule::States {
+        // The item states this page knows, and the feed's in-flight marks, for a `States` feed
+        // (two reads; marks are few: only pages a crash cut between delivery and commit).
+        let (known, marks) = if job.feed.rule == ChangeRule::States {
             let ids: Vec<&str> = decoded
                 .iter()
                 .filter_map(|(_, d)| d.as_ref().ok().map(|i| &*i.id.0))
                 .collect();
-            match self.args.store.known(&job.key, &ids) {
-                Ok(k) => k,
+            let read = self.args.store.known(&job.key, &ids).and_then(|k| {
+                let marks = self.args.store.in_flight(&job.key)?;
+                Ok((k, marks.into_iter().collect::<HashMap<_, _>>()))
+            });
+            match read {
+                Ok(r) => r,
                 Err(e) => {
                     let e = WizError::BadResponse(format!("state store: {e}"));
                     return self.feed_finish(myself, Err(e)).await;
                 }
             }
         } else {
-            Vec::new()
+            (Vec::new(), HashMap::new())
         };
         for (_, item) in &decoded {
             if let Err(e) = item {
@@ -564,13 +597,13 @@ impl TenantActorState {
             ))
         });
         let mut lines = std::mem::take(&mut self.buf);
-        lines.clear();
+        lines.reset(self.args.formats);
         let overlap = self.args.spec.incremental_overlap.0;
         if job.baseline.is_some() {
             let built = job.build_baseline_page(&decoded, known, normalizer, lines);
             return self.feed_hand_over(myself, built, None, last).await;
         }
-        let built = job.build_page(&decoded, known, overlap, normalizer, lines);
+        let built = job.build_page(&decoded, known, &marks, overlap, normalizer, lines);
         let position = job.position(last, overlap);
         self.feed_hand_over(myself, built, Some(position), last)
             .await
@@ -592,7 +625,7 @@ impl TenantActorState {
             self.buf = built.lines;
             let commit = Commit {
                 remember: built.remember,
-                settle: Vec::new(),
+                settle: built.settle,
                 checkpoint: position,
             };
             let key = job.key.clone();
@@ -606,6 +639,19 @@ impl TenantActorState {
             }
             return self.feed_page_done(myself, last).await;
         }
+        if !built.remember.is_empty() {
+            // The new states are marked in flight before a consumer can see them: if the
+            // process dies before the commit, the next sight of each item knows what a consumer
+            // may hold (see `build_page`).
+            let key = job.key.clone();
+            let marks = crate::state::Write::Mark(built.remember.clone());
+            if let Err(e) = self.write_to(&key, marks).await {
+                return self.feed_store_failed(myself, e).await;
+            }
+        }
+        let Some(job) = self.feed_job.as_ref() else {
+            return;
+        };
         self.pending = Some(Box::new(Pending {
             batch: self.batch(
                 job.feed.name.as_str(),
@@ -615,6 +661,7 @@ impl TenantActorState {
             ),
             ledger: Ledger {
                 remember: built.remember,
+                settle: built.settle,
                 checkpoint: position,
                 kinds: built.kinds,
                 last,
@@ -704,7 +751,7 @@ impl TenantActorState {
         let key = job.key.clone();
         let commit = Commit {
             remember: pending.ledger.remember,
-            settle: Vec::new(),
+            settle: pending.ledger.settle,
             checkpoint: pending.ledger.checkpoint,
         };
         if !commit.is_empty() {
@@ -716,7 +763,7 @@ impl TenantActorState {
             }
         }
         if let Ok(b) = Arc::try_unwrap(pending.batch) {
-            self.buf = b.lines;
+            self.buf.native = b.lines;
         }
         self.feed_page_done(myself, pending.ledger.last).await;
     }
@@ -892,9 +939,10 @@ mod tests {
         j.build_page(
             &decoded,
             known,
+            &HashMap::new(),
             Duration::from_secs(300),
             &mut normalizer,
-            Vec::new(),
+            Lines::default(),
         )
     }
 
@@ -933,7 +981,7 @@ mod tests {
         assert_eq!(page.events, 2);
         assert_eq!(page.kinds, vec![(EventKind::DetectionCreated, 2)]);
         assert!(page.remember.is_empty());
-        let text = String::from_utf8(page.lines).unwrap();
+        let text = String::from_utf8(page.lines.native).unwrap();
         assert_eq!(text.lines().count(), 2);
         assert!(
             text.contains("\"d-early\"") && text.contains("\"d-late\""),
@@ -947,6 +995,56 @@ mod tests {
         assert_eq!(done.done_until.as_deref(), Some(BEFORE));
         assert!(done.running.is_none());
         assert_eq!(done.recent.len(), 1);
+    }
+
+    #[test]
+    fn a_state_delivered_but_never_committed_is_not_mistaken_for_the_recorded_one() {
+        let node = |status: &str, resolved: &str| {
+            format!(
+                r#"{{"id":"v1","name":"CVE-2026-1","CVSSSeverity":"HIGH","score":7.5,"status":"{status}","fixedVersion":"1.1","resolvedAt":{resolved},"lastDetectedAt":"2027-01-15T07:30:00Z"}}"#
+            )
+        };
+        let open = node("OPEN", "null");
+        let resolved = node("RESOLVED", "\"2027-01-15T07:40:00Z\"");
+        let state = |n: &str, status: &str| {
+            let item = decode(FeedName::Vulnerabilities, n).unwrap();
+            Known {
+                fingerprint: item.fingerprint(),
+                status: status.into(),
+                severity: Some("HIGH".into()),
+                silent: false,
+            }
+        };
+        let build_with = |marks: &HashMap<String, Known>| {
+            let mut j = job(FeedName::Vulnerabilities);
+            let decoded = vec![(open.as_str(), decode(FeedName::Vulnerabilities, &open))];
+            let mut normalizer = FeedNormalizer::new("t", "https://app.wiz.io");
+            j.build_page(
+                &decoded,
+                vec![Some(state(&open, "OPEN"))],
+                marks,
+                Duration::from_secs(300),
+                &mut normalizer,
+                Lines::default(),
+            )
+        };
+        // Recorded open, found open, nothing in flight: no news.
+        let quiet = build_with(&HashMap::new());
+        assert_eq!(quiet.events, 0);
+        assert!(quiet.settle.is_empty());
+        // Recorded open, but `resolved` went to the sink and the process died before the commit;
+        // found open again: the consumer may think it resolved, so it is reported reopened.
+        let marks = HashMap::from([("v1".to_string(), state(&resolved, "RESOLVED"))]);
+        let page = build_with(&marks);
+        assert_eq!(page.kinds, vec![(EventKind::VulnerabilityReopened, 1)]);
+        assert_eq!(page.remember[0].1.status, "OPEN");
+        assert_eq!(page.settle, ["v1"]);
+        // A mark of the state it is in now is stale (it was delivered and recorded): settled,
+        // nothing sent.
+        let marks = HashMap::from([("v1".to_string(), state(&open, "OPEN"))]);
+        let stale = build_with(&marks);
+        assert_eq!(stale.events, 0);
+        assert_eq!(stale.settle, ["v1"]);
     }
 
     #[test]

@@ -16,7 +16,8 @@ use super::delivery::{Ledger, Outbox, Pending};
 use super::slot::Held;
 use super::{unix_now, TenantActorState, TenantMsg, FENCED};
 use crate::change::{change, Change, Known, VANISHED};
-use crate::event::{add_member, issue_fingerprint, now_rfc3339, EventKind};
+use crate::event::{issue_fingerprint, now_rfc3339, EventKind};
+use crate::format::Mark;
 use crate::health::{LastError, TenantState};
 use crate::metrics::Observation;
 use crate::state::{Checkpoint, Commit, SweepPosition, UpdatedAtProbe, Write};
@@ -651,7 +652,7 @@ impl TenantActorState {
                     observed_at,
                     &mut outbox.lines,
                 );
-                outbox.lines.push(b'\n');
+                outbox.lines.end_event();
                 outbox.count(meta.kind);
                 outbox.ledger.vanished += 1;
                 outbox.ledger.remember.push((
@@ -684,7 +685,7 @@ impl TenantActorState {
             ids: Vec::new(),
             unreadable: 0,
         };
-        out.outbox.lines.clear();
+        out.outbox.lines.reset(self.args.formats);
         for page in pages {
             let ids: Vec<&str> = page
                 .issues()
@@ -763,9 +764,9 @@ impl TenantActorState {
         if self.args.hints.take_written(issue.id()) {
             // The connector made this change itself (write-back): say so, so a SOAR that
             // mirrors both ways does not echo it back.
-            add_member(&mut out.lines, b"\"origin\":\"connector\"");
+            out.lines.mark(Mark::Origin);
         }
-        out.lines.push(b'\n');
+        out.lines.end_event();
         out.count(kind);
         let changed = [&issue.record.updated_at, &issue.record.status_changed_at]
             .into_iter()

@@ -68,7 +68,7 @@ pub enum TenantMsg {
     Hints,
     /// The sinks that take this tenant's events changed (a reload): a new one gets a baseline,
     /// at a poll started now.
-    Destinations(Arc<[String]>),
+    Destinations(Arc<[String]>, crate::format::FormatSet),
     /// Send the baseline to this destination again (an operator's request), at a poll started
     /// now.
     Baseline(String),
@@ -110,6 +110,9 @@ pub struct TenantArgs {
     pub hint_metrics: crate::hints::HookMetrics,
     /// The sinks that take this tenant's events (see [`baseline`]).
     pub destinations: Arc<[String]>,
+    /// The formats those sinks take: each page is written in all of them (see
+    /// [`crate::format`]).
+    pub formats: crate::format::FormatSet,
 }
 
 pub struct TenantActorState {
@@ -133,7 +136,7 @@ pub struct TenantActorState {
     /// Polls in a row that failed because the credentials were refused.
     refusals: u32,
     /// Reused output buffer.
-    buf: Vec<u8>,
+    buf: crate::format::Lines,
     /// The tenant is this replica's to poll (always, without cluster mode); until then polls
     /// are ignored and claims retried.
     claimed: bool,
@@ -237,7 +240,7 @@ impl Actor for WizTenantActor {
             force_full: false,
             consecutive_failures: 0,
             refusals: 0,
-            buf: Vec::new(),
+            buf: Default::default(),
             claimed: args.store.replicated().is_none(),
             claiming_since: Instant::now(),
             poll_after_sweep: false,
@@ -355,8 +358,9 @@ impl Actor for WizTenantActor {
                 Box::pin(state.try_deliver(&myself).instrument(span)).await
             }
             TenantMsg::Update(spec) => state.update_spec(&myself, spec),
-            TenantMsg::Destinations(d) => {
+            TenantMsg::Destinations(d, formats) => {
                 state.args.destinations = d;
+                state.args.formats = formats;
                 Box::pin(state.baseline_rerouted(&myself)).await;
                 let _ = myself.send_message(TenantMsg::Poll);
             }

@@ -37,6 +37,19 @@ pub struct IssueRecord {
     pub status_changed_at: Option<Text>,
     /// `sourceRule.name`.
     pub title: Option<Text>,
+    /// `sourceRule.id`.
+    pub rule_id: Option<Text>,
+    /// The rule's description (each rule type's `description`, aliased in the query), as the
+    /// response wrote it, escapes kept ([`RawText`]): for copying into events only.
+    pub description: Option<Text>,
+    /// How to fix it: a control's `resolutionRecommendation` or a configuration rule's
+    /// `remediationInstructions`, escapes kept like `description`.
+    pub remediation: Option<Text>,
+    pub resolved_at: Option<Text>,
+    pub due_at: Option<Text>,
+    /// Where a control's `securitySubCategories` array is in the body (read by
+    /// [`Issue::frameworks`] only when a format needs them).
+    pub sub_categories: Option<Range<u32>>,
     /// From `entitySnapshot`.
     pub resource: Option<Box<ResourceRecord>>,
     /// `projects[].name`.
@@ -140,6 +153,24 @@ impl<'p> Issue<'p> {
     pub fn severity(&self) -> Option<&'p str> {
         self.opt(&self.record.severity).map(|s| s.text)
     }
+
+    /// The compliance frameworks of a control's security sub-categories, each once, in order.
+    /// Read from the array's span when a format asks (the native event does not carry them);
+    /// an array that does not have the expected shape gives none.
+    pub fn frameworks(&self) -> Vec<Cow<'p, str>> {
+        let Some(span) = &self.record.sub_categories else {
+            return Vec::new();
+        };
+        let text = &self.body[span.start as usize..span.end as usize];
+        let subs: Vec<SubCategoryView<'p>> = serde_json::from_str(text).unwrap_or_default();
+        let mut names: Vec<Cow<'p, str>> = Vec::new();
+        for name in subs.into_iter().filter_map(|s| s.category?.framework?.name) {
+            if !names.iter().any(|n| *n == *name) {
+                names.push(name.0);
+            }
+        }
+        names
+    }
 }
 
 impl Page {
@@ -242,8 +273,12 @@ struct IssueView<'a> {
     updated_at: Option<JStr<'a>>,
     #[serde(borrow, default, rename = "statusChangedAt")]
     status_changed_at: Option<JStr<'a>>,
+    #[serde(borrow, default, rename = "resolvedAt")]
+    resolved_at: Option<JStr<'a>>,
+    #[serde(borrow, default, rename = "dueAt")]
+    due_at: Option<JStr<'a>>,
     #[serde(borrow, default, rename = "sourceRule")]
-    source_rule: Option<NamedView<'a>>,
+    source_rule: Option<RuleView<'a>>,
     #[serde(borrow, default, rename = "entitySnapshot")]
     entity: Option<EntityView<'a>>,
     #[serde(borrow, default)]
@@ -254,6 +289,83 @@ struct IssueView<'a> {
 struct NamedView<'a> {
     #[serde(borrow, default)]
     name: Option<JStr<'a>>,
+}
+
+/// `sourceRule`: a Control, a CloudEventRule or a CloudConfigurationRule, with each type's
+/// `description` under its own alias (see `wiz::issues`). The long texts only the OCSF and ECS
+/// formats copy are kept raw ([`RawText`]), and the sub-categories as a span, so the native
+/// path neither unescapes nor allocates for them.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RuleView<'a> {
+    #[serde(borrow, default)]
+    id: Option<JStr<'a>>,
+    #[serde(borrow, default)]
+    name: Option<JStr<'a>>,
+    #[serde(borrow, default)]
+    control_description: RawText<'a>,
+    #[serde(borrow, default)]
+    cloud_event_rule_description: RawText<'a>,
+    #[serde(borrow, default)]
+    cloud_configuration_rule_description: RawText<'a>,
+    #[serde(borrow, default)]
+    resolution_recommendation: RawText<'a>,
+    #[serde(borrow, default)]
+    remediation_instructions: RawText<'a>,
+    #[serde(borrow, default)]
+    security_sub_categories: Option<&'a serde_json::value::RawValue>,
+}
+
+/// A JSON string exactly as the response wrote it, escapes kept, for a field the connector only
+/// copies into events (a JSON string's inside is valid inside another): reading it unescapes and
+/// allocates nothing. Any other value (null, a number, an object) reads as absent.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RawText<'a>(pub Option<&'a str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for RawText<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = <&'a serde_json::value::RawValue>::deserialize(d)?;
+        let t = raw.get();
+        Ok(RawText(
+            t.strip_prefix('"')
+                .and_then(|t| t.strip_suffix('"'))
+                .filter(|_| t.len() >= 2),
+        ))
+    }
+}
+
+impl<'a> RawText<'a> {
+    /// The string's inside, to be written verbatim (see [`Str::verbatim`]).
+    pub fn str(&self) -> Option<Str<'a>> {
+        self.0.map(|text| Str {
+            text,
+            verbatim: true,
+        })
+    }
+
+    fn or(self, other: RawText<'a>) -> RawText<'a> {
+        if self.0.is_some() {
+            self
+        } else {
+            other
+        }
+    }
+
+    fn jstr(self) -> Option<JStr<'a>> {
+        self.0.map(|t| JStr(Cow::Borrowed(t)))
+    }
+}
+
+#[derive(Deserialize)]
+struct SubCategoryView<'a> {
+    #[serde(borrow, default)]
+    category: Option<CategoryView<'a>>,
+}
+
+#[derive(Deserialize)]
+struct CategoryView<'a> {
+    #[serde(borrow, default)]
+    framework: Option<NamedView<'a>>,
 }
 
 #[derive(Deserialize)]
@@ -300,8 +412,9 @@ impl Spans {
         j.map(|j| self.text(j))
     }
 
-    fn record(&self, v: IssueView<'_>) -> IssueRecord {
-        IssueRecord {
+    fn record(&self, mut v: IssueView<'_>) -> IssueRecord {
+        let rule = v.source_rule.take();
+        let mut record = IssueRecord {
             id: self.text(v.id),
             status: self.text(v.status),
             severity: self.opt(v.severity),
@@ -309,7 +422,13 @@ impl Spans {
             created_at: self.opt(v.created_at),
             updated_at: self.opt(v.updated_at),
             status_changed_at: self.opt(v.status_changed_at),
-            title: v.source_rule.and_then(|r| self.opt(r.name)),
+            resolved_at: self.opt(v.resolved_at),
+            due_at: self.opt(v.due_at),
+            title: None,
+            rule_id: None,
+            description: None,
+            remediation: None,
+            sub_categories: None,
             resource: v.entity.map(|e| {
                 Box::new(ResourceRecord {
                     id: self.opt(e.id),
@@ -330,7 +449,27 @@ impl Spans {
                 .into_iter()
                 .filter_map(|p| self.opt(p.name))
                 .collect(),
+        };
+        if let Some(r) = rule {
+            record.title = self.opt(r.name);
+            record.rule_id = self.opt(r.id);
+            record.description = self.opt(
+                r.control_description
+                    .or(r.cloud_configuration_rule_description)
+                    .or(r.cloud_event_rule_description)
+                    .jstr(),
+            );
+            record.remediation = self.opt(
+                r.resolution_recommendation
+                    .or(r.remediation_instructions)
+                    .jstr(),
+            );
+            record.sub_categories = r.security_sub_categories.map(|raw| {
+                let start = (raw.get().as_ptr() as usize - self.base) as u32;
+                start..start + raw.get().len() as u32
+            });
         }
+        record
     }
 }
 

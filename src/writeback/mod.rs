@@ -617,8 +617,10 @@ fn audit_event(
         "{}/issues#~(issue~'{issue_id})",
         spec.console_url.as_str().trim_end_matches('/')
     );
-    let mut line = serde_json::to_vec(&json!({
-        "id": id,
+    // serde_json's maps are sorted; every event starts with its id (sinks read it from the
+    // line's start, see `event::id::event_id_of`), so the id is written first by hand.
+    let mut line = format!("{{\"id\":\"{id}\",").into_bytes();
+    let rest = serde_json::to_vec(&json!({
         "source": "wiz",
         "tenant": spec.id,
         "kind": "action.applied",
@@ -633,6 +635,7 @@ fn audit_event(
         "origin": "connector",
     }))
     .expect("json");
+    line.extend_from_slice(&rest[1..]);
     line.push(b'\n');
     line
 }
@@ -649,10 +652,27 @@ async fn emit(acts: &Actions, tenant: &str, line: Vec<u8>) -> Result<(), String>
             _ => None,
         })
         .ok_or_else(|| "the sink is not running".to_string())?;
+    // Rare and small: written in every format, whichever the tenant's destinations take.
+    let formatted = match serde_json::from_slice::<Value>(&line) {
+        Ok(native) => {
+            let mut ocsf = Vec::new();
+            crate::format::ocsf::action(&native, &mut ocsf);
+            ocsf.push(b'\n');
+            let mut ecs = Vec::new();
+            crate::format::ecs::action(&native, &mut ecs);
+            ecs.push(b'\n');
+            crate::format::Formatted {
+                ocsf: Some(ocsf),
+                ecs: Some(ecs),
+            }
+        }
+        Err(_) => Default::default(),
+    };
     let batch = Arc::new(Batch {
         feed: "issues",
         tenant: Arc::from(tenant),
         lines: line,
+        formatted,
         events: 1,
         only: None,
     });

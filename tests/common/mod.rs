@@ -223,15 +223,45 @@ pub fn open_ids(sim: &Simulator) -> HashMap<String, std::collections::HashSet<St
 }
 
 /// `wiz-connector run --config <config>` as a child process (killed when dropped).
+///
+/// With `WIZ_TEST_RUN_LOG=<file>`, its log is appended to that file (to debug a test).
 pub fn spawn_run(config: &std::path::Path) -> tokio::process::Child {
+    let log = || match std::env::var("WIZ_TEST_RUN_LOG") {
+        Ok(path) => std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map(std::process::Stdio::from)
+            .unwrap_or_else(|_| std::process::Stdio::null()),
+        Err(_) => std::process::Stdio::null(),
+    };
     tokio::process::Command::new(env!("CARGO_BIN_EXE_wiz-connector"))
         .args(["run", "--config"])
         .arg(config)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stdout(log())
+        .stderr(log())
         .kill_on_drop(true)
         .spawn()
         .unwrap()
+}
+
+/// [`spawn_run`], returned once the run has asked `sim` for a token for `client` (it is up, its
+/// signal handlers installed): a test that signals it right away, because what it waits for was
+/// already there, must not kill it before it listens.
+pub async fn spawn_run_started(
+    config: &std::path::Path,
+    sim: &wiz_connector::sim::Simulator,
+    client: &str,
+) -> tokio::process::Child {
+    let before = sim.counters(client).tokens_issued;
+    let child = spawn_run(config);
+    wait_until(
+        "the run started",
+        std::time::Duration::from_secs(30),
+        || sim.counters(client).tokens_issued > before,
+    )
+    .await;
+    child
 }
 
 /// Sends `sig` (e.g. `-TERM`) to a child process.
