@@ -103,3 +103,112 @@ pub fn push_url_safe(out: &mut Vec<u8>, id: &str) {
         }
     }
 }
+
+/// The raw value of member `key` at the top level of the JSON object `line` (never one inside a
+/// nested value), found without parsing the rest; `None` when it is absent or `line` is not an
+/// object. For a sink that needs one member of an event it otherwise passes through as is.
+pub fn top_level<'a>(line: &'a [u8], key: &str) -> Option<&'a [u8]> {
+    let ws = |i: &mut usize| {
+        while line.get(*i).is_some_and(|b| b.is_ascii_whitespace()) {
+            *i += 1;
+        }
+    };
+    let mut i = 0;
+    ws(&mut i);
+    if line.get(i) != Some(&b'{') {
+        return None;
+    }
+    i += 1;
+    loop {
+        ws(&mut i);
+        if line.get(i) != Some(&b'"') {
+            return None;
+        }
+        let name_end = string_end(line, i)?;
+        let name = &line[i + 1..name_end - 1];
+        i = name_end;
+        ws(&mut i);
+        if line.get(i) != Some(&b':') {
+            return None;
+        }
+        i += 1;
+        ws(&mut i);
+        let start = i;
+        i = value_end(line, i)?;
+        if name == key.as_bytes() {
+            return Some(&line[start..i]);
+        }
+        ws(&mut i);
+        match line.get(i) {
+            Some(b',') => i += 1,
+            _ => return None,
+        }
+    }
+}
+
+/// The index after the string starting at `line[start]` (a `"`).
+fn string_end(line: &[u8], start: usize) -> Option<usize> {
+    let mut i = start + 1;
+    while let Some(&b) = line.get(i) {
+        match b {
+            b'\\' => i += 2,
+            b'"' => return Some(i + 1),
+            _ => i += 1,
+        }
+    }
+    None
+}
+
+/// The index after the value starting at `line[start]`.
+fn value_end(line: &[u8], start: usize) -> Option<usize> {
+    match *line.get(start)? {
+        b'"' => string_end(line, start),
+        b'{' | b'[' => {
+            let mut depth = 0usize;
+            let mut i = start;
+            while let Some(&b) = line.get(i) {
+                match b {
+                    b'"' => {
+                        i = string_end(line, i)?;
+                        continue;
+                    }
+                    b'{' | b'[' => depth += 1,
+                    b'}' | b']' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            return Some(i + 1);
+                        }
+                    }
+                    _ => {}
+                }
+                i += 1;
+            }
+            None
+        }
+        _ => {
+            let len = line[start..]
+                .iter()
+                .position(|b| matches!(b, b',' | b'}' | b']') || b.is_ascii_whitespace())
+                .unwrap_or(line.len() - start);
+            (len > 0).then_some(start + len)
+        }
+    }
+}
+
+#[cfg(test)]
+mod top_level_tests {
+    use super::top_level;
+
+    #[test]
+    fn finds_a_member_at_the_top_level_only() {
+        let line = br#"{"a":{"time":1,"b":"x\"time\":2"},"list":[{"time":3}],"s":"}","time":1733300000123, "n": null}"#;
+        assert_eq!(top_level(line, "time"), Some(&b"1733300000123"[..]));
+        assert_eq!(top_level(line, "s"), Some(&br#""}""#[..]));
+        assert_eq!(top_level(line, "list"), Some(&br#"[{"time":3}]"#[..]));
+        assert_eq!(top_level(line, "n"), Some(&b"null"[..]));
+        assert_eq!(top_level(line, "b"), None);
+        assert_eq!(top_level(b"[1]", "time"), None);
+        assert_eq!(top_level(br#"{"time":"#, "time"), None);
+        assert_eq!(top_level(br#"{"a":"unterminated}"#, "time"), None);
+    }
+}

@@ -203,6 +203,21 @@ fn insert_at_tail(out: &mut Vec<u8>, depth: usize, member: &[u8]) {
     out.splice(at..at, insert);
 }
 
+/// The time to index an event at where a destination requires one (an Elasticsearch data
+/// stream's `@timestamp`) and the event has none: a native event's `observed_at` (an RFC 3339
+/// string), an OCSF event's `time` (epoch milliseconds, which Elasticsearch's date fields take).
+/// `None` for an ECS event (it has `@timestamp`) or a line without either. Read from the line's
+/// top level without parsing it.
+pub fn index_time(line: &[u8]) -> Option<&[u8]> {
+    if line.starts_with(b"{\"event\":") || line.starts_with(b"{\"@timestamp\":") {
+        return None;
+    }
+    if line.starts_with(b"{\"metadata\":") {
+        return crate::json::top_level(line, "time");
+    }
+    crate::json::top_level(line, "observed_at")
+}
+
 /// RFC 3339 text to milliseconds since the epoch (OCSF's `timestamp_t`).
 pub fn millis(t: &str) -> Option<i64> {
     crate::feeds::view::micros(t).map(|m| m.div_euclid(1000))

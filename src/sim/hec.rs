@@ -22,7 +22,6 @@
 //! - `GET /services/collector/health`: 200 code 17 (healthy), or 503 code 9 while busy.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::Read;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -278,33 +277,20 @@ async fn event_route(
         Ok(c) => c,
         Err(r) => return refuse(r),
     };
-    let gzip = headers
-        .get("content-encoding")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.eq_ignore_ascii_case("gzip"));
     let max = s.opts.max_content_length;
-    let data = if gzip {
-        let mut out = Vec::new();
-        let read = flate2::read::GzDecoder::new(&body[..])
-            .take(max as u64 + 1)
-            .read_to_end(&mut out);
-        if read.is_err() {
-            return answer(StatusCode::BAD_REQUEST, 6, "Invalid data format");
+    let data = match super::body::read(&headers, &body, max) {
+        Ok(d) => d,
+        Err(super::body::BodyError::Invalid) => {
+            return answer(StatusCode::BAD_REQUEST, 6, "Invalid data format")
         }
-        out
-    } else {
-        body.to_vec()
+        Err(super::body::BodyError::TooLarge(n)) => {
+            return (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("Content-Length of {n} too large (maximum is {max})"),
+            )
+                .into_response()
+        }
     };
-    if data.len() > max {
-        return (
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!(
-                "Content-Length of {} too large (maximum is {max})",
-                data.len()
-            ),
-        )
-            .into_response();
-    }
     if data.iter().all(u8::is_ascii_whitespace) {
         return answer(StatusCode::BAD_REQUEST, 5, "No data");
     }

@@ -15,9 +15,13 @@
 //!   /_sim/tenants/{client_id}/churn?steps=N`: the same knobs over HTTP.
 //!
 //! Beside it, the simulators of the destinations the SIEM sinks write to, as faithful to their
-//! vendors' documentation: Splunk's HTTP Event Collector ([`hec`]).
+//! vendors' documentation: Splunk's HTTP Event Collector ([`hec`]), Elasticsearch's bulk API
+//! ([`elastic`]) and Azure Monitor's Logs Ingestion API with its Entra token endpoint
+//! ([`sentinel`]).
 
+mod body;
 pub mod data;
+pub mod elastic;
 mod fault;
 pub mod feed_data;
 mod graphql;

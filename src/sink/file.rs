@@ -133,8 +133,8 @@ impl SinkType for FileSink {
             .map_err(|e| format!("sink `{name}`: cannot open {}: {e}", spec.path.display()))
     }
 
-    async fn write(out: &mut FileOutput, batch: Arc<Batch>) -> Result<(), String> {
-        out.write(batch).await
+    async fn write(out: &mut FileOutput, batch: Arc<Batch>) -> Result<super::Written, String> {
+        out.write(batch).await.map(Into::into)
     }
 }
 

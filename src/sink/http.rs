@@ -187,8 +187,8 @@ impl SinkType for HttpSink {
         HttpOutput::open(name, spec)
     }
 
-    async fn write(out: &mut HttpOutput, batch: Arc<Batch>) -> Result<(), String> {
-        out.write(batch).await
+    async fn write(out: &mut HttpOutput, batch: Arc<Batch>) -> Result<super::Written, String> {
+        out.write(batch).await.map(Into::into)
     }
 }
 

@@ -22,9 +22,11 @@
 
 mod actor;
 pub mod backlog;
+mod elasticsearch;
 mod file;
 mod http;
 mod nats;
+mod pack;
 mod retry;
 pub mod routing;
 mod splunk_hec;
@@ -168,6 +170,10 @@ pub struct SinkStatus {
     pub delivered_events: u64,
     /// Batches that failed since the process started.
     pub failed_batches: u64,
+    /// Events it refused for good since the process started (see [`Written`]), and the last
+    /// such refusal.
+    pub rejected_events: u64,
+    pub last_rejection: Option<SinkError>,
     /// What waits in its backlog (events, and bytes on disk).
     pub backlog_events: u64,
     pub backlog_bytes: u64,
@@ -194,6 +200,7 @@ type PerSinkGauge = prometheus_client::metrics::family::Family<
 pub struct SinkMetrics {
     delivered: PerSinkCounter,
     failed: PerSinkCounter,
+    rejected: PerSinkCounter,
     up: PerSinkGauge,
     backlog_events: PerSinkGauge,
     backlog_bytes: PerSinkGauge,
@@ -210,6 +217,11 @@ impl SinkMetrics {
             "sink_failed_batches",
             "Batches a sink failed to take (the tenants keep them and resend)",
             self.failed.clone(),
+        );
+        registry.register(
+            "sink_rejected_events",
+            "Events a sink refused for good (reported in the log with their ids, not sent again)",
+            self.rejected.clone(),
         );
         registry.register(
             "sink_up",
@@ -230,15 +242,32 @@ impl SinkMetrics {
 }
 
 impl SinkStats {
-    /// Records a write to sink `name`: `events` taken, or the error.
-    fn record(&self, name: &str, result: Result<usize, &str>) {
+    /// Records a write of a page of `tenant` to sink `name`: its `events` taken (some perhaps
+    /// refused for good, each then logged), or the error.
+    fn record(&self, name: &str, tenant: &str, result: Result<(usize, &Written), &str>) {
         let l = SinkLabels {
             sink: name.to_string(),
         };
         let mut sinks = self.sinks.lock().expect("sink status lock");
         let s = sinks.entry(name.to_string()).or_default();
         match result {
-            Ok(events) => {
+            Ok((events, written)) => {
+                let rejected = written.rejected.len();
+                let events = events.saturating_sub(rejected);
+                for r in &written.rejected {
+                    tracing::error!(sink = %name, tenant = %tenant, event_id = %r.id, reason = %r.reason, "the sink refused an event for good; it is not sent again");
+                }
+                if let Some(last) = written.rejected.last() {
+                    s.rejected_events += rejected as u64;
+                    s.last_rejection = Some(SinkError {
+                        message: format!("event {}: {}", last.id, last.reason),
+                        at: std::time::SystemTime::now(),
+                    });
+                    self.metrics
+                        .rejected
+                        .get_or_create(&l)
+                        .inc_by(rejected as u64);
+                }
                 s.state = SinkHealth::Up;
                 s.failures_in_a_row = 0;
                 s.delivered_events += events as u64;
@@ -355,7 +384,31 @@ pub trait SinkType {
     fn write(
         out: &mut Self::Output,
         batch: Arc<Batch>,
-    ) -> impl std::future::Future<Output = Result<(), String>> + Send;
+    ) -> impl std::future::Future<Output = Result<Written, String>> + Send;
+}
+
+/// What a destination did with a page it took.
+#[derive(Debug, Default)]
+pub struct Written {
+    /// Events it refused for good (a document its mapping cannot take, an event over its size
+    /// limit): each is reported and counted, and not sent again, while the rest of the page is
+    /// delivered. A refusal that another try could fix fails the page instead.
+    pub rejected: Vec<Rejected>,
+}
+
+/// One event a destination refused for good.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejected {
+    /// The event's id.
+    pub id: String,
+    /// Why, in the destination's words and what to do.
+    pub reason: String,
+}
+
+impl From<()> for Written {
+    fn from(_: ()) -> Written {
+        Written::default()
+    }
 }
 
 /// The registry: one line per sink type, `"<type name>" => Variant(module::Type)`. It makes the
@@ -433,7 +486,7 @@ macro_rules! sink_types {
                 }
             }
 
-            async fn write(&mut self, batch: &Arc<Batch>) -> Result<(), String> {
+            async fn write(&mut self, batch: &Arc<Batch>) -> Result<Written, String> {
                 match self {
                     $(Output::$variant(o) => <$ty as SinkType>::write(o, batch.clone()).await,)+
                 }
@@ -448,6 +501,7 @@ sink_types! {
     "http" => Http(http::HttpSink),
     "nats" => Nats(nats::NatsSink),
     "splunk_hec" => SplunkHec(splunk_hec::HecSink),
+    "elasticsearch" => Elasticsearch(elasticsearch::ElasticSink),
 }
 
 /// The default bound of a sink's backlog (`backlog_max_bytes`).

@@ -176,8 +176,8 @@ impl SinkType for NatsSink {
         NatsOutput::open(name, spec).await
     }
 
-    async fn write(out: &mut NatsOutput, batch: Arc<Batch>) -> Result<(), String> {
-        out.write(batch).await
+    async fn write(out: &mut NatsOutput, batch: Arc<Batch>) -> Result<super::Written, String> {
+        out.write(batch).await.map(Into::into)
     }
 }
 

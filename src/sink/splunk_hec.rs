@@ -22,6 +22,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use url::Url;
 
+use super::pack::{events, pack, Oversized};
 use super::retry::{with_retries, GaveUp, Try};
 use super::{Batch, SinkChecks, SinkType};
 use crate::config::DurationValue;
@@ -195,8 +196,8 @@ impl SinkType for HecSink {
         HecOutput::open(name, spec)
     }
 
-    async fn write(out: &mut HecOutput, batch: Arc<Batch>) -> Result<(), String> {
-        out.write(&batch).await
+    async fn write(out: &mut HecOutput, batch: Arc<Batch>) -> Result<super::Written, String> {
+        out.write(&batch).await.map(Into::into)
     }
 }
 
@@ -276,25 +277,31 @@ impl HecOutput {
             .duration_since(SystemTime::UNIX_EPOCH)
             .unwrap_or_default();
         let time = format!("{}.{:03}", now.as_secs(), now.subsec_millis());
-        let mut out: Vec<Vec<u8>> = Vec::new();
-        let mut current = Vec::new();
-        for line in batch.lines.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-            let size = line.len() + self.meta.len() + time.len() + 20;
-            if !current.is_empty() && current.len() + size > self.max_batch_bytes {
-                out.push(std::mem::take(&mut current));
+        // `{"time":<time>,<meta>"event":<event>}`
+        let frame = time.len() + self.meta.len() + 18;
+        pack(
+            events(&batch.lines),
+            self.max_batch_bytes,
+            0,
+            |e| e.len() + frame,
+            Oversized::Alone,
+        )
+        .requests
+        .into_iter()
+        .map(|events| {
+            let mut body = Vec::with_capacity(events.iter().map(|e| e.len() + frame).sum());
+            for event in events {
+                body.extend_from_slice(b"{\"time\":");
+                body.extend_from_slice(time.as_bytes());
+                body.push(b',');
+                body.extend_from_slice(&self.meta);
+                body.extend_from_slice(b"\"event\":");
+                body.extend_from_slice(event);
+                body.push(b'}');
             }
-            current.extend_from_slice(b"{\"time\":");
-            current.extend_from_slice(time.as_bytes());
-            current.push(b',');
-            current.extend_from_slice(&self.meta);
-            current.extend_from_slice(b"\"event\":");
-            current.extend_from_slice(line);
-            current.push(b'}');
-        }
-        if !current.is_empty() {
-            out.push(current);
-        }
-        out
+            body
+        })
+        .collect()
     }
 
     /// Delivers one page: every request accepted, and acknowledged when `ack` is on.

@@ -32,8 +32,8 @@ impl SinkType for StdoutSink {
         Ok(StdoutOutput)
     }
 
-    async fn write(out: &mut StdoutOutput, batch: Arc<Batch>) -> Result<(), String> {
-        out.write(batch).await
+    async fn write(out: &mut StdoutOutput, batch: Arc<Batch>) -> Result<super::Written, String> {
+        out.write(batch).await.map(Into::into)
     }
 }
 

@@ -20,7 +20,7 @@ use tokio::task::JoinHandle;
 
 use super::backlog::{Backlog, BacklogError, Depth, Record};
 use super::routing::{self, Routing, TenantRoutes};
-use super::{Batch, Output, SinkSpec, SinkStats};
+use super::{Batch, Output, SinkSpec, SinkStats, Written};
 
 /// First and longest wait between attempts to drain a backlog whose destination refuses.
 const DRAIN_FIRST: Duration = Duration::from_millis(250);
@@ -86,7 +86,7 @@ impl SinkSlot {
         key: &str,
         fill: &(dyn Fn(&str) -> String + Sync),
         batch: &Arc<Batch>,
-    ) -> Result<(), String> {
+    ) -> Result<Written, String> {
         if !self.outputs.contains_key(key) {
             let spec = SinkSpec {
                 kind: self.spec.kind.instantiate(fill)?,
@@ -192,13 +192,14 @@ impl Worker {
             };
             self.stats.record(
                 &self.name,
+                &tenant,
                 result
                     .as_ref()
-                    .map(|_| receipt.events as usize)
+                    .map(|w| (receipt.events as usize, w))
                     .map_err(String::as_str),
             );
             match result {
-                Ok(()) => {
+                Ok(_) => {
                     failures = 0;
                     let (popped, depth) =
                         with_backlog(&self.backlog, move |b| b.pop(receipt)).await;
@@ -234,10 +235,14 @@ impl Worker {
         let result = self.slot.write(&key, &fill, &part).await;
         self.stats.record(
             &self.name,
-            result.as_ref().map(|_| part.events).map_err(String::as_str),
+            &part.tenant,
+            result
+                .as_ref()
+                .map(|w| (part.events, w))
+                .map_err(String::as_str),
         );
         let answer = match result {
-            Ok(()) => Ok(()),
+            Ok(_) => Ok(()),
             Err(e) if self.gauge.max == 0 => {
                 tracing::error!(sink = %self.name, tenant = %part.tenant, error = %e, "sink write failed; the tenant keeps the page and retries");
                 Err(e)
@@ -259,7 +264,7 @@ impl Worker {
         rx: &mut mpsc::UnboundedReceiver<Job>,
         rec: Option<Record>,
         delay: Duration,
-    ) -> Option<Result<(), String>> {
+    ) -> Option<Result<Written, String>> {
         let Worker {
             name,
             slot,
@@ -271,7 +276,9 @@ impl Worker {
         } = self;
         let write = async {
             tokio::time::sleep(delay).await;
-            let Some(rec) = rec else { return Ok(()) };
+            let Some(rec) = rec else {
+                return Ok(Written::default());
+            };
             let feed = feed_name(&rec.feed);
             let values = filled_values(templates, &rec, routing.as_deref(), feed);
             let batch = Arc::new(Batch {
