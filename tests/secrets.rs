@@ -123,6 +123,9 @@ async fn validate_and_check_output_never_show_the_secret() {
         .replace(&secret, "${T_SECRET}"),
     );
     body.push_str("[sinks.splunk]\ntype = \"splunk_hec\"\nurl = \"https://splunk.example:8088\"\ntoken = \"${T_HEC}\"\n");
+    body.push_str("[sinks.elastic]\ntype = \"elasticsearch\"\nurl = \"https://es.example:9200\"\napi_key = \"${T_ES}\"\n");
+    body.push_str("[sinks.elastic_basic]\ntype = \"elasticsearch\"\nurl = \"https://es.example:9200\"\nusername = \"wiz\"\npassword = \"${T_ESPW}\"\n");
+    body.push_str("[sinks.sentinel]\ntype = \"sentinel\"\ntenant_id = \"t-1\"\nclient_id = \"c-1\"\nclient_secret = \"${T_AZ}\"\nendpoint = \"https://dce.example\"\ndcr_id = \"dcr-1\"\nstream = \"Custom-Wiz_CL\"\n");
     let cfg = write_config(&body);
     // `wiz-connector <command> --config <cfg>` at trace level, with the secret in the environment.
     let run = |command: &'static str| {
@@ -133,6 +136,9 @@ async fn validate_and_check_output_never_show_the_secret() {
             .env("T_HOOK", HOOK_TOKEN)
             .env("T_WRITE", WRITE_SECRET)
             .env("T_HEC", "hec-token-in-validate-0077")
+            .env("T_ES", "es-api-key-in-validate-0078")
+            .env("T_ESPW", "es-password-in-validate-0079")
+            .env("T_AZ", "entra-secret-in-validate-0080")
             .env("RUST_LOG", "trace")
             .output()
     };
@@ -153,9 +159,16 @@ async fn validate_and_check_output_never_show_the_secret() {
             HOOK_TOKEN,
             WRITE_SECRET,
             "hec-token-in-validate-0077",
+            "es-api-key-in-validate-0078",
+            "es-password-in-validate-0079",
+            "entra-secret-in-validate-0080",
         ],
     );
     assert!(text.contains("splunk_hec"), "the HEC sink is shown: {text}");
+    assert!(
+        text.contains("elasticsearch") && text.contains("sentinel"),
+        "the SIEM sinks are shown: {text}"
+    );
 
     let out = run("check").await.unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
@@ -189,6 +202,31 @@ async fn run_at_trace_level_through_a_secret_rotation_leaks_nothing() {
     )
     .await
     .unwrap();
+    // Elasticsearch with an API key, and Sentinel with an Entra secret (whose tokens are
+    // secrets too).
+    const ES_KEY: &str = "ZXMta2V5LW5ldmVyLWxvZ2dlZDowMDQz";
+    let es = wiz_connector::sim::elastic::ElasticSimulator::start(
+        "127.0.0.1:0".parse().unwrap(),
+        wiz_connector::sim::elastic::ElasticOptions {
+            api_keys: vec![ES_KEY.into()],
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    const AZ_SECRET: &str = "entra~secret~never~logged~0044";
+    let az = wiz_connector::sim::sentinel::SentinelSimulator::start(
+        "127.0.0.1:0".parse().unwrap(),
+        wiz_connector::sim::sentinel::SentinelOptions {
+            apps: vec![(
+                wiz_connector::sim::sentinel::CLIENT_ID.into(),
+                AZ_SECRET.into(),
+            )],
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let events = dir.path().join("events.jsonl");
     let secret_file = dir.path().join("t0.secret");
@@ -207,9 +245,15 @@ async fn run_at_trace_level_through_a_secret_rotation_leaks_nothing() {
         "[admin]\n",
         &format!("[admin]\ntoken = \"{ADMIN_TOKEN}\"\n"),
     ) + &format!(
-        "webhook_token = \"{HOOK_TOKEN}\"\n[hooks]\nlisten = \"127.0.0.1:{hooks_port}\"\n[sinks.out]\ntype = \"file\"\npath = \"{}\"\n[sinks.splunk]\ntype = \"splunk_hec\"\nurl = \"{}\"\ntoken = \"{HEC_TOKEN}\"\nack = true\n",
+        "webhook_token = \"{HOOK_TOKEN}\"\n[hooks]\nlisten = \"127.0.0.1:{hooks_port}\"\n[sinks.out]\ntype = \"file\"\npath = \"{}\"\n[sinks.splunk]\ntype = \"splunk_hec\"\nurl = \"{}\"\ntoken = \"{HEC_TOKEN}\"\nack = true\n[sinks.elastic]\ntype = \"elasticsearch\"\nurl = \"{}\"\napi_key = \"{ES_KEY}\"\n[sinks.sentinel]\ntype = \"sentinel\"\ntenant_id = \"{}\"\nclient_id = \"{}\"\nclient_secret = \"{AZ_SECRET}\"\nauthority = \"{}\"\nendpoint = \"{}\"\ndcr_id = \"{}\"\nstream = \"Custom-WizIssues_CL\"\n",
         events.display(),
-        hec.base()
+        hec.base(),
+        es.base(),
+        wiz_connector::sim::sentinel::TENANT_ID,
+        wiz_connector::sim::sentinel::CLIENT_ID,
+        az.base(),
+        az.base(),
+        wiz_connector::sim::sentinel::DCR_ID,
     );
     let cfg = write_config(&body);
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_wiz-connector"))
@@ -237,6 +281,12 @@ async fn run_at_trace_level_through_a_secret_rotation_leaks_nothing() {
     wait_until("events at Splunk", Duration::from_secs(30), || {
         hec.counters().ack_queries >= 1 && !hec.events().is_empty()
     })
+    .await;
+    wait_until(
+        "events at Elasticsearch and Sentinel",
+        Duration::from_secs(30),
+        || !es.docs().is_empty() && !az.records().is_empty(),
+    )
     .await;
     // Hints for t1 (the last tenant table, so the token above is its): a right and a wrong token.
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -296,6 +346,13 @@ async fn run_at_trace_level_through_a_secret_rotation_leaks_nothing() {
             HOOK_TOKEN,
             "hook-token-wrong-guess-0000",
             HEC_TOKEN,
+            ES_KEY,
+            AZ_SECRET,
         ],
     );
+    let tokens = az.issued_tokens();
+    assert!(!tokens.is_empty());
+    for t in &tokens {
+        assert_clean("run logs", &logs, &[t]);
+    }
 }

@@ -27,6 +27,7 @@ pub mod feed_data;
 mod graphql;
 pub mod hec;
 mod mutations;
+pub mod sentinel;
 mod server;
 pub mod validate;
 

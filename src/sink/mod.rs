@@ -29,6 +29,7 @@ mod nats;
 mod pack;
 mod retry;
 pub mod routing;
+mod sentinel;
 mod splunk_hec;
 mod stdout;
 mod worker;
@@ -48,6 +49,7 @@ pub use actor::{deliver, Backlogs, SinkActor, SinkArgs, SinkMsg};
 pub use file::FileOutput;
 pub use http::HttpOutput;
 pub use nats::NatsOutput;
+pub use sentinel::SCOPE as SENTINEL_SCOPE;
 pub use stdout::StdoutOutput;
 
 /// One page of events from one tenant and one feed: JSON lines, each ending in `\n`.
@@ -502,6 +504,7 @@ sink_types! {
     "nats" => Nats(nats::NatsSink),
     "splunk_hec" => SplunkHec(splunk_hec::HecSink),
     "elasticsearch" => Elasticsearch(elasticsearch::ElasticSink),
+    "sentinel" => Sentinel(sentinel::SentinelSink),
 }
 
 /// The default bound of a sink's backlog (`backlog_max_bytes`).
