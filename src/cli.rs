@@ -36,8 +36,12 @@ pub enum Command {
         #[command(flatten)]
         config: ConfigArg,
         /// Check only this tenant.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "sinks")]
         tenant: Option<String>,
+        /// Check the sinks instead of the tenants: each opened as `run` opens it, then one
+        /// harmless round trip (a token, the index or stream); nothing is delivered.
+        #[arg(long)]
+        sinks: bool,
     },
     /// Load and validate the configuration; print it resolved, secrets redacted.
     Validate {

@@ -23,9 +23,16 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Run { config } => commands::run::run(&config.path).await,
             Command::Demo => commands::demo::run().await,
-            Command::Check { config, tenant } => {
-                commands::check::run(&config.path, tenant.as_deref()).await
-            }
+            Command::Check {
+                config,
+                tenant,
+                sinks: false,
+            } => commands::check::run(&config.path, tenant.as_deref()).await,
+            Command::Check {
+                config,
+                sinks: true,
+                ..
+            } => commands::check::run_sinks(&config.path).await,
             Command::Validate { config } => commands::validate::run(&config.path),
             Command::Simulate(args) => commands::simulate::run(args).await,
             Command::Status(args) => commands::status::run(args).await,

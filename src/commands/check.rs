@@ -1,5 +1,8 @@
 //! `wiz-connector check`: the seed's "Test connection" for each tenant: a fresh token exchange,
 //! then a 1-row issues query. One line per tenant, `<id>: ok` or `<id>: <error>`.
+//!
+//! `check --sinks`: each sink opened as `run` opens it, then one harmless round trip (see
+//! `SinkType::check`). One line per sink, `sink <name> (<type>): ok (...)` or the error.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -198,6 +201,118 @@ pub async fn run(path: &Path, only: Option<&str>) -> anyhow::Result<u8> {
     }
     if failed > 0 {
         eprintln!("{failed} of {} tenant(s) failed the check", lines.len());
+        Ok(1)
+    } else {
+        Ok(0)
+    }
+}
+
+/// Checks every configured sink: opened as `run` opens it (templated settings filled for a
+/// tenant that reaches it, feed `issues`), then one round trip that delivers nothing. One line
+/// per sink, in name order.
+pub async fn check_sinks(settings: &Settings) -> Vec<CheckLine> {
+    let mut set = JoinSet::new();
+    for (i, spec) in settings.sinks.iter().cloned().enumerate() {
+        let tenant = sample_tenant(settings, &spec);
+        set.spawn(async move {
+            let labels = tenant.1;
+            let tenant = tenant.0;
+            let templated = !spec.kind.templates().is_empty();
+            let fill = |t: &str| crate::sink::routing::render(t, &tenant, "issues", &labels);
+            let result = async {
+                let kind = spec.kind.instantiate(&fill)?;
+                let filled = crate::sink::SinkSpec {
+                    kind,
+                    ..spec.clone()
+                };
+                let mut out = crate::sink::Output::open(&filled).await?;
+                out.check().await
+            }
+            .await;
+            let name = format!("sink {} ({})", spec.name, spec.kind.type_name());
+            let filled = if templated {
+                format!(", settings filled for tenant {tenant}, feed issues")
+            } else {
+                String::new()
+            };
+            let (ok, line) = match result {
+                Ok(what) => (true, format!("{name}: ok ({what}{filled})")),
+                Err(e) => (false, format!("{name}: {e}")),
+            };
+            (
+                i,
+                CheckLine {
+                    tenant: spec.name.clone(),
+                    ok,
+                    line,
+                },
+            )
+        });
+    }
+    let mut out = Vec::new();
+    while let Some(r) = set.join_next().await {
+        match r {
+            Ok(x) => out.push(x),
+            Err(e) => out.push((
+                usize::MAX,
+                CheckLine {
+                    tenant: String::new(),
+                    ok: false,
+                    line: format!("a sink check failed: {e}"),
+                },
+            )),
+        }
+    }
+    out.sort_by_key(|(i, _)| *i);
+    out.into_iter().map(|(_, l)| l).collect()
+}
+
+/// A tenant whose events reach `sink` (its owner, else the first routed there, else the first
+/// tenant), and its labels: what a templated sink's settings are filled with.
+fn sample_tenant(
+    settings: &Settings,
+    sink: &crate::sink::SinkSpec,
+) -> (String, std::collections::BTreeMap<String, String>) {
+    let routed = settings.routing.as_ref().and_then(|r| {
+        let by = |id: &str| {
+            r.tenants
+                .get(id)
+                .map(|t| (id.to_string(), t.labels.clone()))
+        };
+        sink.owner.as_deref().and_then(by).or_else(|| {
+            r.tenants
+                .iter()
+                .find(|(_, t)| r.every_sink || t.destinations.iter().any(|d| d.sink == sink.name))
+                .map(|(id, t)| (id.clone(), t.labels.clone()))
+        })
+    });
+    routed.unwrap_or_else(|| {
+        (
+            sink.owner
+                .clone()
+                .or_else(|| settings.tenants.first().map(|t| t.id.clone()))
+                .unwrap_or_else(|| "check".into()),
+            Default::default(),
+        )
+    })
+}
+
+/// Runs `check --sinks` as the command line does; exit code 0 only when every sink passed.
+pub async fn run_sinks(path: &Path) -> anyhow::Result<u8> {
+    let settings = load(path, &EnvSource::Process)?;
+    if settings.sinks.is_empty() {
+        bail!(
+            "{} defines no sinks; add a [sinks.<name>] table",
+            path.display()
+        );
+    }
+    let lines = check_sinks(&settings).await;
+    let failed = lines.iter().filter(|l| !l.ok).count();
+    for l in &lines {
+        println!("{}", l.line);
+    }
+    if failed > 0 {
+        eprintln!("{failed} of {} sink(s) failed the check", lines.len());
         Ok(1)
     } else {
         Ok(0)

@@ -237,6 +237,10 @@ impl SinkType for ElasticSink {
         ElasticOutput::open(name, spec)
     }
 
+    async fn check(out: &mut ElasticOutput) -> Result<String, String> {
+        out.check().await
+    }
+
     async fn write(out: &mut ElasticOutput, batch: Arc<Batch>) -> Result<Written, String> {
         out.write(&batch).await
     }
@@ -443,6 +447,73 @@ impl ElasticOutput {
             .requests
             .into();
         }
+    }
+
+    /// `check --sinks`: who the credentials are (`_security/_authenticate`), then whether the
+    /// data stream is there (`_data_stream/<index>`). Nothing is written.
+    pub async fn check(&self) -> Result<String, String> {
+        let get = |path: &str| {
+            let url = self.bulk_url.join(path).expect("a relative path");
+            self.authorize(self.client.get(url))
+        };
+        let describe = |status: u16, body: &[u8]| {
+            serde_json::from_slice::<ErrorAnswer>(body)
+                .map(|a| a.error.describe())
+                .unwrap_or_else(|_| format!("HTTP {status}: {}", snippet(body)))
+        };
+        let reach = |e: reqwest::Error| {
+            format!(
+                "cannot reach Elasticsearch at {}: {}",
+                self.bulk_url,
+                crate::net::describe_reqwest(&e)
+            )
+        };
+        let resp = get("_security/_authenticate").send().await.map_err(reach)?;
+        let status = resp.status().as_u16();
+        let body = resp.bytes().await.unwrap_or_default();
+        let user = match status {
+            200 => serde_json::from_slice::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v["username"].as_str().map(str::to_string))
+                .unwrap_or_else(|| "?".into()),
+            401 => {
+                return Err(format!(
+                    "Elasticsearch refused the credentials: {}: check the sink's api_key (or username and password)",
+                    describe(status, &body)
+                ))
+            }
+            _ => {
+                return Err(format!(
+                    "Elasticsearch could not say who the credentials are: {}",
+                    describe(status, &body)
+                ))
+            }
+        };
+        let resp = get(&format!("_data_stream/{}", self.index))
+            .send()
+            .await
+            .map_err(reach)?;
+        let status = resp.status().as_u16();
+        let body = resp.bytes().await.unwrap_or_default();
+        let stream = match status {
+            200 => format!("data stream `{}` exists", self.index),
+            404 => format!(
+                "`{}` is no data stream yet: the first write creates it when an index template matches it (Elasticsearch's built-in `logs` template matches logs-*-*)",
+                self.index
+            ),
+            403 => format!(
+                "the credentials may not look at `{}` (fine for a write-only key)",
+                self.index
+            ),
+            _ => {
+                return Err(format!(
+                    "Elasticsearch cannot say whether `{}` exists: {}",
+                    self.index,
+                    describe(status, &body)
+                ))
+            }
+        };
+        Ok(format!("credentials accepted (user {user}); {stream}"))
     }
 
     /// Sends one bulk request (retrying whole-request busy and transient failures).

@@ -133,6 +133,10 @@ impl SinkType for FileSink {
             .map_err(|e| format!("sink `{name}`: cannot open {}: {e}", spec.path.display()))
     }
 
+    async fn check(out: &mut FileOutput) -> Result<String, String> {
+        Ok(format!("{} open for appending", out.path.display()))
+    }
+
     async fn write(out: &mut FileOutput, batch: Arc<Batch>) -> Result<super::Written, String> {
         out.write(batch).await.map(Into::into)
     }

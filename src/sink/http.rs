@@ -187,6 +187,10 @@ impl SinkType for HttpSink {
         HttpOutput::open(name, spec)
     }
 
+    async fn check(out: &mut HttpOutput) -> Result<String, String> {
+        out.check().await
+    }
+
     async fn write(out: &mut HttpOutput, batch: Arc<Batch>) -> Result<super::Written, String> {
         out.write(batch).await.map(Into::into)
     }
@@ -308,6 +312,32 @@ impl HttpOutput {
                     Try::Stop(msg)
                 }
             }
+        }
+    }
+
+    /// `check --sinks`: a `HEAD` of the URL with the credential (a webhook has no harmless
+    /// method of its own; nothing is delivered). Any answer but 401, 403 or a 5xx counts as
+    /// reachable.
+    pub async fn check(&self) -> Result<String, String> {
+        let mut req = self.client.head(self.url.clone());
+        if let Some((name, value)) = &self.auth {
+            req = req.header(name.clone(), value.expose_secret());
+        }
+        let resp = req.send().await.map_err(|e| {
+            format!(
+                "cannot reach {}: {}",
+                self.url,
+                crate::net::describe_reqwest(&e)
+            )
+        })?;
+        let status = resp.status().as_u16();
+        match status {
+            401 | 403 => Err(format!(
+                "HTTP {status} from {}: the credential was refused: check auth_value",
+                self.url
+            )),
+            500..=599 => Err(format!("HTTP {status} from {}: the server fails", self.url)),
+            _ => Ok(format!("reachable (HEAD answered {status}; no event sent)")),
         }
     }
 

@@ -381,6 +381,14 @@ pub trait SinkType {
         spec: &Self::Spec,
     ) -> impl std::future::Future<Output = Result<Self::Output, String>> + Send;
 
+    /// One harmless round trip with the destination (`check --sinks`): what it proved, or the
+    /// problem, in the same words a failed write would use. Nothing is delivered.
+    fn check(
+        _out: &mut Self::Output,
+    ) -> impl std::future::Future<Output = Result<String, String>> + Send {
+        async { Ok("opened".to_string()) }
+    }
+
     /// Writes one batch durably, or says why not (the batch then waits in the sink's backlog, or
     /// in its tenant without one).
     fn write(
@@ -485,6 +493,13 @@ macro_rules! sink_types {
                     $(SinkKind::$variant(s) => {
                         <$ty as SinkType>::open(&spec.name, s).await.map(Output::$variant)
                     })+
+                }
+            }
+
+            /// One harmless round trip with the destination (`check --sinks`).
+            pub async fn check(&mut self) -> Result<String, String> {
+                match self {
+                    $(Output::$variant(o) => <$ty as SinkType>::check(o).await,)+
                 }
             }
 

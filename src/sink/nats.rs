@@ -176,6 +176,13 @@ impl SinkType for NatsSink {
         NatsOutput::open(name, spec).await
     }
 
+    async fn check(out: &mut NatsOutput) -> Result<String, String> {
+        Ok(format!(
+            "connected; its JetStream stream captures {}.<tenant>",
+            out.prefix
+        ))
+    }
+
     async fn write(out: &mut NatsOutput, batch: Arc<Batch>) -> Result<super::Written, String> {
         out.write(batch).await.map(Into::into)
     }

@@ -228,6 +228,10 @@ impl SinkType for SentinelSink {
         SentinelOutput::open(name, spec)
     }
 
+    async fn check(out: &mut SentinelOutput) -> Result<String, String> {
+        out.check().await
+    }
+
     async fn write(out: &mut SentinelOutput, batch: Arc<Batch>) -> Result<Written, String> {
         out.write(&batch).await
     }
@@ -332,6 +336,18 @@ impl SentinelOutput {
             }
         }
         Ok(written)
+    }
+
+    /// `check --sinks`: a token, then an upload of an empty array, which the API checks (the
+    /// rule, the stream, the app's role on it) and ingests nothing from.
+    pub async fn check(&self) -> Result<String, String> {
+        match self.send(&[]).await? {
+            Sent::Done => Ok(format!(
+                "token issued; {} accepts uploads",
+                self.upload_url.path()
+            )),
+            Sent::TooLarge => Err("an empty upload was refused as too large".into()),
+        }
     }
 
     async fn send(&self, request: &[&[u8]]) -> Result<Sent, String> {

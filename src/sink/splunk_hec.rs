@@ -196,6 +196,10 @@ impl SinkType for HecSink {
         HecOutput::open(name, spec)
     }
 
+    async fn check(out: &mut HecOutput) -> Result<String, String> {
+        out.check().await
+    }
+
     async fn write(out: &mut HecOutput, batch: Arc<Batch>) -> Result<super::Written, String> {
         out.write(&batch).await.map(Into::into)
     }
@@ -354,6 +358,46 @@ impl HecOutput {
             }
         }
         Ok(())
+    }
+
+    /// `check --sinks`: an event request with no events. HEC checks the token (and the channel)
+    /// before it finds the body empty, so "No data" (code 5) proves the token; nothing is
+    /// indexed. The index is checked only by a real event.
+    pub async fn check(&self) -> Result<String, String> {
+        let resp = self
+            .request(&self.event_url)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .send()
+            .await
+            .map_err(|e| {
+                format!(
+                    "cannot reach HEC at {}: {}",
+                    self.event_url,
+                    crate::net::describe_reqwest(&e)
+                )
+            })?;
+        let status = resp.status().as_u16();
+        let body = resp.bytes().await.unwrap_or_default();
+        match serde_json::from_slice::<HecAnswer>(&body) {
+            Ok(a) if a.code == Some(5) || a.code == Some(0) => Ok(format!(
+                "token accepted{} (the index is checked by the first event)",
+                if self.ack {
+                    ", with indexer acknowledgement"
+                } else {
+                    ""
+                }
+            )),
+            Ok(a) => Err(format!(
+                "HEC at {} refused: {}",
+                self.event_url,
+                meaning(&a)
+            )),
+            Err(_) => Err(format!(
+                "HEC at {} answered HTTP {status}: {}: is this a HEC endpoint?",
+                self.event_url,
+                snippet(&body)
+            )),
+        }
     }
 
     /// Sends one request, retrying busy and transient failures; the ack id when `ack` is on.

@@ -32,6 +32,10 @@ impl SinkType for StdoutSink {
         Ok(StdoutOutput)
     }
 
+    async fn check(_: &mut StdoutOutput) -> Result<String, String> {
+        Ok("writes to standard output".into())
+    }
+
     async fn write(out: &mut StdoutOutput, batch: Arc<Batch>) -> Result<super::Written, String> {
         out.write(batch).await.map(Into::into)
     }
