@@ -30,7 +30,7 @@ pub enum Command {
         config: ConfigArg,
     },
     /// The embedded default: the built-in Wiz simulator, a few tenants, events on stdout.
-    Demo,
+    Demo(DemoArgs),
     /// The "Test connection" flow: token exchange, then a 1-row issues query, per tenant.
     Check {
         #[command(flatten)]
@@ -159,4 +159,32 @@ pub struct SimulateArgs {
     /// The HEC simulator acknowledges (indexer acknowledgement on; use `ack = true`).
     #[arg(long)]
     pub hec_ack: bool,
+    /// Also serve an Elasticsearch bulk API simulator on this address (for an `elasticsearch`
+    /// sink; its API key and a sink snippet are printed).
+    #[arg(long)]
+    pub elastic: Option<SocketAddr>,
+    /// Also serve an Entra token endpoint and Logs Ingestion API simulator on this address (for
+    /// a `sentinel` sink; its app, rule and a sink snippet are printed).
+    #[arg(long)]
+    pub sentinel: Option<SocketAddr>,
+}
+
+/// `demo`'s options.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DemoArgs {
+    /// Also deliver into a simulated SIEM on loopback (its simulator runs in the demo; how many
+    /// events it took is printed every few seconds on standard error).
+    #[arg(long, value_enum)]
+    pub siem: Option<Siem>,
+}
+
+/// A SIEM `demo` can deliver into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Siem {
+    /// Splunk's HTTP Event Collector, with indexer acknowledgement.
+    Splunk,
+    /// Elasticsearch's bulk API, into data streams, in ECS.
+    Elasticsearch,
+    /// Microsoft Sentinel's Logs Ingestion API, in OCSF.
+    Sentinel,
 }

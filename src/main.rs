@@ -22,7 +22,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Run { config } => commands::run::run(&config.path).await,
-            Command::Demo => commands::demo::run().await,
+            Command::Demo(args) => commands::demo::run(args).await,
             Command::Check {
                 config,
                 tenant,

@@ -216,3 +216,68 @@ async fn check_reports_when_wiz_takes_the_updated_at_filter() {
         lines[0].line
     );
 }
+
+#[tokio::test]
+async fn simulate_with_every_siem_prints_sinks_that_check_sinks_passes() {
+    let ports = [
+        common::free_port(),
+        common::free_port(),
+        common::free_port(),
+    ];
+    let addr = |p: u16| format!("127.0.0.1:{p}");
+    let mut child = Command::new(BIN)
+        .args([
+            "simulate",
+            "--listen",
+            "127.0.0.1:0",
+            "--tenants",
+            "1",
+            "--issues",
+            "5",
+            "--churn-every",
+            "0s",
+        ])
+        .args(["--hec", &addr(ports[0]), "--hec-ack"])
+        .args(["--elastic", &addr(ports[1])])
+        .args(["--sentinel", &addr(ports[2])])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut snippet = String::new();
+    let read = async {
+        while let Some(l) = lines.next_line().await.unwrap() {
+            snippet.push_str(&l);
+            snippet.push('\n');
+            // The Sentinel table is printed last and ends with its format.
+            if snippet.contains("[sinks.sentinel]") && l.starts_with("format = ") {
+                break;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), read)
+        .await
+        .expect("simulator printed its tenants and the sinks");
+    let cfg = common::write_config(&snippet);
+    let (code, stdout, stderr) = run(&["check", "--sinks"], &cfg.path).await;
+    assert_eq!(code, 0, "{snippet}{stdout}{stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "{stdout}");
+    assert!(
+        lines[0].starts_with("sink elastic (elasticsearch): ok ("),
+        "{stdout}"
+    );
+    assert!(
+        lines[1].starts_with("sink sentinel (sentinel): ok ("),
+        "{stdout}"
+    );
+    assert!(
+        lines[2].starts_with(
+            "sink splunk (splunk_hec): ok (token accepted, with indexer acknowledgement"
+        ),
+        "{stdout}"
+    );
+    child.kill().await.unwrap();
+}

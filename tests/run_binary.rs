@@ -339,3 +339,37 @@ async fn sigterm_ends_the_process_within_5s_with_hundreds_of_tenants_waiting_out
     // (shutdown_timeout, 30 s here, is not what bounds it).
     assert!(took < Duration::from_secs(5), "SIGTERM took {took:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_with_a_siem_delivers_into_its_simulator() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(BIN)
+        .args(["demo", "--siem", "elasticsearch"])
+        .current_dir(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut errs = BufReader::new(child.stderr.take().unwrap()).lines();
+    // The demo says every few seconds what the simulated Elasticsearch took.
+    let report = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(l) = errs.next_line().await.unwrap() {
+            if l.starts_with("elasticsearch simulator at ") && !l.contains(": 0 documents") {
+                return l;
+            }
+        }
+        panic!("the demo never reported documents in Elasticsearch");
+    })
+    .await
+    .expect("a report within a minute");
+    let docs: usize = report
+        .split(": ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{report}"));
+    assert!(docs > 0, "{report}");
+    assert!(report.contains("logs-wiz.issues-default"), "{report}");
+    child.kill().await.unwrap();
+}

@@ -54,30 +54,60 @@ pub async fn run(args: SimulateArgs) -> anyhow::Result<u8> {
     );
     println!("# wiz simulator on {}: paste these tenants into a config (simulated credentials, not secrets)\n", sim.base_url());
     print!("{}", config_snippet(&sim));
-    let _hec = match args.hec {
-        None => None,
-        Some(addr) => {
-            let opts = crate::sim::hec::HecOptions {
-                ack: args.hec_ack,
-                ..Default::default()
-            };
-            let token = opts.tokens[0].clone();
-            let hec = crate::sim::hec::HecSimulator::start(addr, opts)
-                .await
-                .map_err(|e| {
-                    anyhow::anyhow!("cannot listen on {addr}: {e} (choose another with --hec)")
-                })?;
-            tracing::info!(addr = %addr, ack = args.hec_ack, "splunk hec simulator listening");
-            println!(
-                "# splunk hec simulator on {}: a sink for it (a simulated token, not a secret)\n[sinks.splunk]\ntype = \"splunk_hec\"\nurl = \"{}\"\ntoken = \"{token}\"\nack = {}\n",
-                hec.base(),
-                hec.base(),
-                args.hec_ack
-            );
-            Some(hec)
-        }
-    };
+    let _siems = start_siems(&args).await?;
     tokio::signal::ctrl_c().await?;
     tracing::info!("simulator stopped");
     Ok(0)
+}
+
+/// The SIEM simulators asked for, started, each with a sink snippet printed; kept running
+/// until the returned value is dropped.
+async fn start_siems(args: &SimulateArgs) -> anyhow::Result<Vec<Box<dyn std::any::Any>>> {
+    let listen_error = |addr: std::net::SocketAddr, flag: &str, e: std::io::Error| {
+        anyhow::anyhow!("cannot listen on {addr}: {e} (choose another with {flag})")
+    };
+    let mut running: Vec<Box<dyn std::any::Any>> = Vec::new();
+    if let Some(addr) = args.hec {
+        let hec = crate::sim::hec::HecSimulator::start(
+            addr,
+            crate::sim::hec::HecOptions {
+                ack: args.hec_ack,
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| listen_error(addr, "--hec", e))?;
+        tracing::info!(addr = %addr, ack = args.hec_ack, "splunk hec simulator listening");
+        println!(
+            "# splunk hec simulator on {}: a sink for it (a simulated token, not a secret)\n{}",
+            hec.base(),
+            crate::sim::hec::sink_snippet("splunk", &hec, args.hec_ack)
+        );
+        running.push(Box::new(hec));
+    }
+    if let Some(addr) = args.elastic {
+        let es = crate::sim::elastic::ElasticSimulator::start(addr, Default::default())
+            .await
+            .map_err(|e| listen_error(addr, "--elastic", e))?;
+        tracing::info!(addr = %addr, "elasticsearch simulator listening");
+        println!(
+            "# elasticsearch simulator on {}: a sink for it (a simulated API key, not a secret)\n{}",
+            es.base(),
+            crate::sim::elastic::sink_snippet("elastic", &es)
+        );
+        running.push(Box::new(es));
+    }
+    if let Some(addr) = args.sentinel {
+        let az = crate::sim::sentinel::SentinelSimulator::start(addr, Default::default())
+            .await
+            .map_err(|e| listen_error(addr, "--sentinel", e))?;
+        tracing::info!(addr = %addr, "sentinel simulator listening");
+        println!(
+            "# sentinel (entra + logs ingestion) simulator on {}: a sink for it (a simulated app secret, not a secret)\n{}",
+            az.base(),
+            crate::sim::sentinel::sink_snippet("sentinel", &az)
+        );
+        running.push(Box::new(az));
+    }
+    Ok(running)
 }

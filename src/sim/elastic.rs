@@ -181,6 +181,15 @@ impl ElasticSimulator {
     }
 }
 
+/// A `[sinks.<name>]` table for an `elasticsearch` sink writing to `es` (its default API key).
+pub fn sink_snippet(name: &str, es: &ElasticSimulator) -> String {
+    let key = ElasticOptions::default().api_keys[0].clone();
+    format!(
+        "[sinks.{name}]\ntype = \"elasticsearch\"\nurl = \"{}\"\napi_key = \"{key}\"\nformat = \"ecs\"\n",
+        es.base()
+    )
+}
+
 fn error(status: StatusCode, kind: &str, reason: &str) -> Response {
     let err = json!({"type": kind, "reason": reason});
     let mut resp = (

@@ -203,6 +203,15 @@ impl HecSimulator {
     }
 }
 
+/// A `[sinks.<name>]` table for a `splunk_hec` sink writing to `hec` (its default token).
+pub fn sink_snippet(name: &str, hec: &HecSimulator, ack: bool) -> String {
+    let token = HecOptions::default().tokens[0].clone();
+    format!(
+        "[sinks.{name}]\ntype = \"splunk_hec\"\nurl = \"{}\"\ntoken = \"{token}\"\nack = {ack}\n",
+        hec.base()
+    )
+}
+
 fn answer(status: StatusCode, code: u32, text: &str) -> Response {
     (status, Json(json!({"text": text, "code": code}))).into_response()
 }

@@ -201,6 +201,14 @@ impl SentinelSimulator {
     }
 }
 
+/// A `[sinks.<name>]` table for a `sentinel` sink writing to `az` (its default app and rule).
+pub fn sink_snippet(name: &str, az: &SentinelSimulator) -> String {
+    format!(
+        "[sinks.{name}]\ntype = \"sentinel\"\ntenant_id = \"{TENANT_ID}\"\nclient_id = \"{CLIENT_ID}\"\nclient_secret = \"{CLIENT_SECRET}\"\nauthority = \"{b}\"\nendpoint = \"{b}\"\ndcr_id = \"{DCR_ID}\"\nstream = \"Custom-WizIssues_CL\"\nformat = \"ocsf\"\n",
+        b = az.base()
+    )
+}
+
 fn token_error(status: StatusCode, error: &str, code: u32, text: &str) -> Response {
     let trace = format!("{:032x}", rand::rng().random::<u128>());
     (
