@@ -2,7 +2,7 @@
 //! and takes tens of seconds). The simulator runs as a separate process (`wiz-connector simulate`)
 //! so its CPU is not counted against the connector.
 //!
-//! `cargo bench --bench fleet [-- idle|e2e|formats|hec|routed|quiet|lag|reconcile]` (all by default). Under
+//! `cargo bench --bench fleet [-- idle|e2e|formats|hec|siem|routed|quiet|lag|reconcile]` (all by default). Under
 //! `cargo test` it runs nothing.
 
 use std::collections::HashMap;
@@ -416,6 +416,45 @@ async fn hec() {
     }
 }
 
+/// Issue 22's rows for Elasticsearch and Sentinel: end to end into their simulators (run by
+/// `simulate --elastic` / `--sentinel` in the simulator's process), as `hec` does.
+async fn siems() {
+    const TENANTS: usize = 100;
+    const ISSUES: usize = 1_000;
+    use wiz_connector::sim::sentinel::{CLIENT_ID, CLIENT_SECRET, DCR_ID, TENANT_ID};
+    let es_key = wiz_connector::sim::elastic::ElasticOptions::default().api_keys[0].clone();
+    for (flag, label, format) in [
+        ("--elastic", "Elasticsearch bulk, native", "native"),
+        ("--elastic", "Elasticsearch bulk, ECS", "ecs"),
+        ("--sentinel", "Sentinel Logs Ingestion, OCSF", "ocsf"),
+    ] {
+        let expected = open_issues(TENANTS, ISSUES);
+        let port = free_port();
+        let addr = format!("127.0.0.1:{port}");
+        let sim = start_sim_with(TENANTS, ISSUES, &[flag, addr.as_str()]);
+        wait_for_port(port, "siem simulator");
+        let sink = if flag == "--elastic" {
+            format!("[sinks.siem]\ntype = \"elasticsearch\"\nurl = \"http://{addr}\"\napi_key = \"{es_key}\"\nformat = \"{format}\"\n")
+        } else {
+            format!("[sinks.siem]\ntype = \"sentinel\"\ntenant_id = \"{TENANT_ID}\"\nclient_id = \"{CLIENT_ID}\"\nclient_secret = \"{CLIENT_SECRET}\"\nauthority = \"http://{addr}\"\nendpoint = \"http://{addr}\"\ndcr_id = \"{DCR_ID}\"\nstream = \"Custom-WizIssues_CL\"\nformat = \"{format}\"\n")
+        };
+        let settings = fleet_config(
+            &sim.base,
+            TENANTS,
+            "poll_interval = \"1h\"\nstartup_jitter = \"0s\"\nmax_concurrent_sweeps = 64",
+            &sink,
+        );
+        let (app, wall, cpu) = run_until_delivered(settings, expected).await;
+        println!(
+            "| end to end into {label} | {TENANTS} tenants, {expected} events, gzip, default request size | {:.1} s | {:.0} events/s, {:.2} CPU s per 10,000 events |",
+            wall,
+            expected as f64 / wall,
+            cpu / expected as f64 * 10_000.0
+        );
+        app.shutdown().await.unwrap();
+    }
+}
+
 /// Issue 21's row: end to end into a file sink in each output format.
 async fn formats() {
     for format in ["native", "ocsf", "ecs"] {
@@ -615,6 +654,9 @@ fn main() {
         }
         if all || args.iter().any(|a| a == "hec") {
             hec().await;
+        }
+        if all || args.iter().any(|a| a == "siem") {
+            siems().await;
         }
         if all || args.iter().any(|a| a == "formats") {
             formats().await;

@@ -166,6 +166,8 @@ async fn list_sinks(State(st): State<AdminState>) -> Json<Value> {
                 "failures_in_a_row": status.failures_in_a_row,
                 "delivered_events": status.delivered_events,
                 "failed_batches": status.failed_batches,
+                "rejected_events": status.rejected_events,
+                "last_rejection": status.last_rejection,
                 "backlog_events": status.backlog_events,
                 "backlog_bytes": status.backlog_bytes,
                 "backlog_max_bytes": spec.backlog_max_bytes,

@@ -15,7 +15,6 @@
 //! error.
 
 use std::collections::{HashMap, VecDeque};
-use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,6 +26,7 @@ use url::Url;
 
 use super::pack::{events, pack, Oversized};
 use super::retry::{with_retries, GaveUp, Try};
+use super::web::base_url;
 use super::{Batch, Rejected, SinkChecks, SinkType, Written};
 use crate::config::DurationValue;
 use crate::net::{retry_after, snippet};
@@ -113,19 +113,7 @@ impl SinkType for ElasticSink {
     type Output = ElasticOutput;
 
     fn resolve(_: &str, s: &Section, checks: &mut dyn SinkChecks) -> Option<Spec> {
-        let url = match Url::parse(s.url.trim()) {
-            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => Some(u),
-            _ => {
-                checks.error(
-                    "url",
-                    format!(
-                        "{:?} is not an http(s) URL (the cluster, e.g. \"https://es.example:9200\")",
-                        s.url
-                    ),
-                );
-                None
-            }
-        };
+        let url = base_url(checks, "url", &s.url, "https://es.example:9200");
         let key_given = s.api_key.is_some() || s.api_key_file.is_some();
         let basic_given = s.username.is_some() || s.password.is_some() || s.password_file.is_some();
         let auth = match (key_given, basic_given) {
@@ -313,17 +301,7 @@ enum ItemEnd {
 
 impl ElasticOutput {
     pub fn open(name: &str, spec: &Spec) -> Result<ElasticOutput, String> {
-        crate::net::install_crypto_provider();
-        if !spec.tls_verify {
-            tracing::warn!(sink = %name, url = %spec.url, "TLS certificate verification is OFF for this sink (tls_verify = false)");
-        }
-        let client = reqwest::Client::builder()
-            .user_agent(concat!("wiz-connector/", env!("CARGO_PKG_VERSION")))
-            .timeout(spec.timeout.0)
-            .connect_timeout(spec.timeout.0.min(Duration::from_secs(10)))
-            .tls_danger_accept_invalid_certs(!spec.tls_verify)
-            .build()
-            .map_err(|e| format!("sink `{name}`: cannot build the HTTP client: {e}"))?;
+        let client = super::web::client(name, &spec.url, spec.timeout.0, spec.tls_verify)?;
         let bulk_url = spec
             .url
             .join("_bulk")
@@ -523,10 +501,7 @@ impl ElasticOutput {
             self.append(&mut body, event);
         }
         let payload = if self.gzip {
-            let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-            enc.write_all(&body)
-                .and_then(|_| enc.finish())
-                .map_err(|e| format!("gzip failed: {e}"))?
+            super::web::gzip(&body)?
         } else {
             body
         };

@@ -4,9 +4,7 @@
 //! jitter, honouring `Retry-After`; any other answer fails the batch at once. A failed batch is
 //! never dropped: the tenant holds it and sends it again later.
 
-use std::io::Write;
 use std::sync::Arc;
-use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
 use url::Url;
@@ -210,17 +208,7 @@ impl HttpOutput {
             tls_verify,
             max_retries,
         } = spec;
-        crate::net::install_crypto_provider();
-        if !tls_verify {
-            tracing::warn!(sink = %name, url = %url, "TLS certificate verification is OFF for this sink (tls_verify = false)");
-        }
-        let client = reqwest::Client::builder()
-            .user_agent(concat!("wiz-connector/", env!("CARGO_PKG_VERSION")))
-            .timeout(timeout.0)
-            .connect_timeout(timeout.0.min(Duration::from_secs(10)))
-            .tls_danger_accept_invalid_certs(!tls_verify)
-            .build()
-            .map_err(|e| format!("sink `{}`: cannot build the HTTP client: {e}", name))?;
+        let client = super::web::client(name, url, timeout.0, *tls_verify)?;
         let auth = match auth_value {
             Some(v) => Some((
                 reqwest::header::HeaderName::from_bytes(auth_header.as_bytes())
@@ -264,10 +252,7 @@ impl HttpOutput {
         if !self.gzip {
             return Ok(raw);
         }
-        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        enc.write_all(&raw)
-            .and_then(|_| enc.finish())
-            .map_err(|e| format!("gzip failed: {e}"))
+        super::web::gzip(&raw)
     }
 
     async fn attempt(&self, body: Vec<u8>) -> Try<()> {

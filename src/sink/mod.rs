@@ -32,6 +32,7 @@ pub mod routing;
 mod sentinel;
 mod splunk_hec;
 mod stdout;
+mod web;
 mod worker;
 
 use std::collections::BTreeMap;

@@ -11,7 +11,6 @@
 //! the API gives one; 401 once with a new token; the other refusals (the stream, the DCR, the
 //! role) fail the page with what to do, and it waits in the sink's backlog.
 
-use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -23,6 +22,7 @@ use url::Url;
 
 use super::pack::{events, pack, Oversized};
 use super::retry::{with_retries, GaveUp, Try};
+use super::web::base_url;
 use super::{Batch, Rejected, SinkChecks, SinkType, Written};
 use crate::config::DurationValue;
 use crate::net::{retry_after, snippet};
@@ -101,32 +101,19 @@ const API_VERSION: &str = "2023-01-01";
 /// A token is renewed this long before it expires.
 const RENEW_BEFORE: Duration = Duration::from_secs(300);
 
-fn http_url(checks: &mut dyn SinkChecks, key: &str, value: &str, example: &str) -> Option<Url> {
-    match Url::parse(value.trim()) {
-        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => Some(u),
-        _ => {
-            checks.error(
-                key,
-                format!("{value:?} is not an http(s) URL (e.g. {example:?})"),
-            );
-            None
-        }
-    }
-}
-
 impl SinkType for SentinelSink {
     type Section = Section;
     type Spec = Spec;
     type Output = SentinelOutput;
 
     fn resolve(_: &str, s: &Section, checks: &mut dyn SinkChecks) -> Option<Spec> {
-        let endpoint = http_url(
+        let endpoint = base_url(
             checks,
             "endpoint",
             &s.endpoint,
             "https://my-dce.eastus-1.ingest.monitor.azure.com",
         );
-        let authority = http_url(
+        let authority = base_url(
             checks,
             "authority",
             s.authority
@@ -265,17 +252,7 @@ enum Sent {
 
 impl SentinelOutput {
     pub fn open(name: &str, spec: &Spec) -> Result<SentinelOutput, String> {
-        crate::net::install_crypto_provider();
-        if !spec.tls_verify {
-            tracing::warn!(sink = %name, url = %spec.endpoint, "TLS certificate verification is OFF for this sink (tls_verify = false)");
-        }
-        let client = reqwest::Client::builder()
-            .user_agent(concat!("wiz-connector/", env!("CARGO_PKG_VERSION")))
-            .timeout(spec.timeout.0)
-            .connect_timeout(spec.timeout.0.min(Duration::from_secs(10)))
-            .tls_danger_accept_invalid_certs(!spec.tls_verify)
-            .build()
-            .map_err(|e| format!("sink `{name}`: cannot build the HTTP client: {e}"))?;
+        let client = super::web::client(name, &spec.endpoint, spec.timeout.0, spec.tls_verify)?;
         let mut token_url = spec.authority.clone();
         token_url
             .path_segments_mut()
@@ -361,10 +338,7 @@ impl SentinelOutput {
         }
         body.push(b']');
         let payload = if self.gzip {
-            let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-            enc.write_all(&body)
-                .and_then(|_| enc.finish())
-                .map_err(|e| format!("gzip failed: {e}"))?
+            super::web::gzip(&body)?
         } else {
             body
         };

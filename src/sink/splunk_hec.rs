@@ -12,7 +12,6 @@
 //! that fails waits in the sink's backlog (see `worker`), so nothing is lost while Splunk
 //! refuses.
 
-use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -24,6 +23,7 @@ use url::Url;
 
 use super::pack::{events, pack, Oversized};
 use super::retry::{with_retries, GaveUp, Try};
+use super::web::base_url;
 use super::{Batch, SinkChecks, SinkType};
 use crate::config::DurationValue;
 use crate::net::{retry_after, snippet};
@@ -107,19 +107,7 @@ impl SinkType for HecSink {
     type Output = HecOutput;
 
     fn resolve(_: &str, s: &Section, checks: &mut dyn SinkChecks) -> Option<Spec> {
-        let url = match Url::parse(s.url.trim()) {
-            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => Some(u),
-            _ => {
-                checks.error(
-                    "url",
-                    format!(
-                        "{:?} is not an http(s) URL (the HEC base, e.g. \"https://splunk.example:8088\")",
-                        s.url
-                    ),
-                );
-                None
-            }
-        };
+        let url = base_url(checks, "url", &s.url, "https://splunk.example:8088");
         let token = checks.secret(
             s.token.as_ref(),
             s.token_file.as_ref(),
@@ -224,17 +212,7 @@ pub struct HecOutput {
 
 impl HecOutput {
     pub fn open(name: &str, spec: &Spec) -> Result<HecOutput, String> {
-        crate::net::install_crypto_provider();
-        if !spec.tls_verify {
-            tracing::warn!(sink = %name, url = %spec.url, "TLS certificate verification is OFF for this sink (tls_verify = false)");
-        }
-        let client = reqwest::Client::builder()
-            .user_agent(concat!("wiz-connector/", env!("CARGO_PKG_VERSION")))
-            .timeout(spec.timeout.0)
-            .connect_timeout(spec.timeout.0.min(Duration::from_secs(10)))
-            .tls_danger_accept_invalid_certs(!spec.tls_verify)
-            .build()
-            .map_err(|e| format!("sink `{name}`: cannot build the HTTP client: {e}"))?;
+        let client = super::web::client(name, &spec.url, spec.timeout.0, spec.tls_verify)?;
         let join = |path: &str| {
             spec.url
                 .join(path)
@@ -403,10 +381,7 @@ impl HecOutput {
     /// Sends one request, retrying busy and transient failures; the ack id when `ack` is on.
     async fn send(&self, body: &[u8]) -> Result<Option<u64>, String> {
         let payload = if self.gzip {
-            let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-            enc.write_all(body)
-                .and_then(|_| enc.finish())
-                .map_err(|e| format!("gzip failed: {e}"))?
+            super::web::gzip(body)?
         } else {
             body.to_vec()
         };
