@@ -281,3 +281,23 @@ async fn simulate_with_every_siem_prints_sinks_that_check_sinks_passes() {
     );
     child.kill().await.unwrap();
 }
+
+#[tokio::test]
+async fn validate_warns_about_clustered_streams_on_old_nats() {
+    let sim = common::sim(1, 3).await;
+    let body = common::sim_config(&sim, "", "")
+        + "[cluster]\nnats_url = \"nats://127.0.0.1:4222\"\nreplica_id = \"r1\"\nreplicas = 3\n";
+    let cfg = common::write_config(&body);
+    let (code, _, stderr) = run(&["validate"], &cfg.path).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains("warning: cluster.replicas = 3")
+            && stderr.contains("nats-server 2.9.x (nats-server issues 4320 and 5644)"),
+        "{stderr}"
+    );
+    // One replica: no warning.
+    let cfg = common::write_config(&body.replace("replicas = 3", "replicas = 1"));
+    let (code, _, stderr) = run(&["validate"], &cfg.path).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert!(!stderr.contains("warning: cluster.replicas"), "{stderr}");
+}

@@ -49,6 +49,8 @@ struct Setup {
     poll_interval: Option<&'static str>,
     /// Every tenant has `write_back = true`.
     write_back: bool,
+    /// Another `startup_jitter` than 0 s.
+    startup_jitter: Option<&'static str>,
 }
 
 const HOOK_TOKEN: &str = "cluster-hook-token-0123456789";
@@ -82,11 +84,12 @@ fn config_with(
         tenant_extra.push_str("\nwrite_back = true");
     }
     let mut body = format!(
-        "[connector]\nstate_dir = \"{}\"\npoll_interval = \"{}\"\nstartup_jitter = \"0s\"\npage_size = {PAGE}\nfull_sweep_interval = \"2s\"\nincremental_overlap = \"1s\"\nwatch_interval = \"0s\"\nshutdown_timeout = \"10s\"\n\
+        "[connector]\nstate_dir = \"{}\"\npoll_interval = \"{}\"\nstartup_jitter = \"{}\"\npage_size = {PAGE}\nfull_sweep_interval = \"2s\"\nincremental_overlap = \"1s\"\nwatch_interval = \"0s\"\nshutdown_timeout = \"10s\"\n\
          [admin]\nlisten = \"{admin}\"\n{cluster}{hooks}\
          [sinks.out]\ntype = \"file\"\npath = \"{}\"\n",
         setup.state_dir.clone().unwrap_or_else(state_dir).display(),
         setup.poll_interval.unwrap_or("1s"),
+        setup.startup_jitter.unwrap_or("0s"),
         out.display()
     );
     let tenants = sim.tenants();
@@ -173,6 +176,7 @@ async fn replica_with(
     let setup = Setup {
         state_dir: Some(state.clone()),
         poll_interval: setup.poll_interval,
+        startup_jitter: setup.startup_jitter,
         ..*setup
     };
     let cfg = write_config(&config_with(sim, nats, id, "127.0.0.1:0", &out, &setup));
@@ -1251,5 +1255,47 @@ async fn a_write_back_action_on_any_replica_is_followed_by_the_owner() {
             .status
             .clone()),
         "REJECTED"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replicas_first_polls_are_spread_over_startup_jitter() {
+    // Issue 23: tenants a replica gets at its first placement poll as a single node's would,
+    // spread over `startup_jitter` (8 s here), not all within the 2 s that moved tenants take.
+    let nats = nats_server().await;
+    let sim = sim(20, 3).await;
+    let dir = tempfile::tempdir().unwrap();
+    let setup = Setup {
+        only: Some(20),
+        poll_interval: Some("60s"),
+        startup_jitter: Some("8s"),
+        ..Default::default()
+    };
+    let _r = replica_with(&sim, &nats.url, "r1", dir.path(), &setup).await;
+    // When each tenant first asked for a token (the start of its first poll), seen every 20 ms.
+    let clients: Vec<String> = sim.tenants().iter().map(|t| t.client_id.clone()).collect();
+    let mut first: HashMap<String, Instant> = HashMap::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while first.len() < clients.len() {
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {} tenants polled",
+            first.len(),
+            clients.len()
+        );
+        for c in &clients {
+            if !first.contains_key(c) && sim.counters(c).token_requests > 0 {
+                first.insert(c.clone(), Instant::now());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let earliest = first.values().min().unwrap();
+    let latest = first.values().max().unwrap();
+    // 20 first polls uniform over 8 s all fall within 2.5 s with a chance of about 1 in 10^9.
+    assert!(
+        latest.duration_since(*earliest) > Duration::from_millis(2500),
+        "first polls within {:?}",
+        latest.duration_since(*earliest)
     );
 }

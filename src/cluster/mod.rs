@@ -57,6 +57,10 @@ pub async fn connect(s: &ClusterSettings) -> Result<Connected, String> {
         )
     })?
     .map_err(|e| format!("cluster.nats_url: cannot connect to NATS at {url}: {e}"))?;
+    let version = client.server_info().version;
+    if let Some(warning) = nats_version_warning(&version, s.replicas) {
+        tracing::warn!(nats_version = %version, replicas = s.replicas, "{warning}");
+    }
     let js = async_nats::jetstream::new(client.clone());
     let kv = membership::open_bucket(&js, s).await?;
     let live = Arc::new(LiveSet::default());
@@ -74,6 +78,27 @@ pub async fn connect(s: &ClusterSettings) -> Result<Connected, String> {
         kv,
         replicated: Arc::new(replicated),
         live,
+    })
+}
+
+/// Why `replicas` > 1 is unsafe on nats-server `version`, if it is. The expected-last-subject-
+/// sequence check of a publish is what fences a tenant's state to its owner; on a clustered
+/// stream, 2.9.x did not serialize it (nats-server issue 4320: two concurrent writes with the
+/// same expectation could both be accepted; tested broken on 2.9.15 to 2.9.20, fixed by PR 4319),
+/// and the check of a first write (expected sequence 0) was not applied on clustered streams
+/// until August 2024 (issue 5644, PR 5794). A single server (`replicas` 1) enforces both. A
+/// version that cannot be read gives no warning.
+pub fn nats_version_warning(version: &str, replicas: usize) -> Option<String> {
+    if replicas <= 1 {
+        return None;
+    }
+    let mut parts = version.trim_start_matches('v').split(['.', '-']);
+    let major: u32 = parts.next()?.parse().ok()?;
+    let minor: u32 = parts.next()?.parse().ok()?;
+    ((major, minor) < (2, 10)).then(|| {
+        format!(
+            "cluster.replicas = {replicas} on nats-server {version}: clustered streams of 2.9.x do not reliably enforce the expected-sequence checks that fence each tenant's state to its owner (nats-server issues 4320 and 5644), so two replicas could both write a tenant's state during a failover; upgrade NATS to a current 2.10 or later, or use replicas = 1"
+        )
     })
 }
 
@@ -161,4 +186,26 @@ pub fn tenants_per_member<'a>(
         *out.entry(owner.clone()).or_default() += 1;
     }
     out
+}
+
+#[cfg(test)]
+mod version_tests {
+    use super::nats_version_warning;
+
+    #[test]
+    fn clustered_streams_on_nats_2_9_are_warned_about() {
+        let w = nats_version_warning("2.9.25", 3).unwrap();
+        assert!(
+            w.contains("cluster.replicas = 3 on nats-server 2.9.25"),
+            "{w}"
+        );
+        assert!(w.contains("4320"), "{w}");
+        assert!(nats_version_warning("v2.9.15", 2).is_some());
+        assert!(nats_version_warning("2.8.4", 3).is_some());
+        // A single replica, a newer server, or a version that cannot be read: nothing.
+        assert_eq!(nats_version_warning("2.9.25", 1), None);
+        assert_eq!(nats_version_warning("2.10.22", 3), None);
+        assert_eq!(nats_version_warning("2.11.0-beta.1", 3), None);
+        assert_eq!(nats_version_warning("unknown", 3), None);
+    }
 }

@@ -151,12 +151,37 @@ pub struct SupervisorState {
     /// Cluster mode: how long a new owner waits for a live holder's release (see
     /// [`TenantArgs::claim_patience`]).
     claim_patience: Duration,
-    /// Cluster mode: tenants placed here after the start poll within this (not within
-    /// `startup_jitter`): a tenant that moved should not wait long for its next poll.
+    /// Cluster mode: the shortest window the first polls of tenants moved here are spread over
+    /// (see [`placement_window`]).
     moved_jitter: Option<Duration>,
     /// Set once the tenants configured at start were spawned.
     started: bool,
     hints: Hints,
+}
+
+/// Tenants moved here by a failover whose first polls may start per second (see
+/// [`placement_window`]).
+const MOVED_PER_SECOND: f64 = 100.0;
+
+/// The window the first polls of `added` tenants are spread over. At start, and in cluster mode
+/// at this replica's first placement (it owned nothing before: a start, a join, a rejoin), the
+/// whole `startup_jitter`, as for a single node. Tenants added later in cluster mode were moved
+/// here (a failover, a handover, a member that joined or left): they should poll soon, since
+/// their last poll elsewhere may be a while ago, but not all at once: `moved_min` at least,
+/// longer as more move (`MOVED_PER_SECOND`), never longer than `startup_jitter`. Without cluster
+/// mode (`moved_min` is `None`) a tenant added by a reload takes `startup_jitter` too.
+fn placement_window(
+    startup_jitter: Duration,
+    moved_min: Option<Duration>,
+    first_placement: bool,
+    added: usize,
+) -> Duration {
+    match moved_min {
+        Some(min) if !first_placement => Duration::from_secs_f64(added as f64 / MOVED_PER_SECOND)
+            .max(min)
+            .min(startup_jitter),
+        _ => startup_jitter,
+    }
 }
 
 /// Tenant actors started together at most (see `spawn_tenants`).
@@ -295,15 +320,22 @@ impl SupervisorState {
         }
     }
 
-    /// A new tenant's first poll: a random delay below `startup_jitter` and below its interval,
-    /// so a large fleet does not hit the token endpoints at once.
-    fn first_poll_delay(&self, spec: &TenantSpec) -> Duration {
-        let jitter = match self.moved_jitter {
-            Some(j) if self.started => self.startup_jitter.min(j),
-            _ => self.startup_jitter,
-        };
-        let window = jitter.min(spec.poll_interval.0);
-        window.mul_f64(rand::rng().random_range(0.0..1.0))
+    /// A new tenant's first poll: a random delay within `window` (see [`placement_window`]) and
+    /// below its interval, so a large fleet does not hit the token endpoints at once.
+    fn first_poll_delay(spec: &TenantSpec, window: Duration) -> Duration {
+        window
+            .min(spec.poll_interval.0)
+            .mul_f64(rand::rng().random_range(0.0..1.0))
+    }
+
+    /// The window the first polls of `added` new tenants are spread over.
+    fn added_window(&self, added: usize) -> Duration {
+        placement_window(
+            self.startup_jitter,
+            self.moved_jitter,
+            !self.started || self.children.is_empty(),
+            added,
+        )
     }
 
     /// Applies the restart policy to a tenant whose actor died unexpectedly.
@@ -540,6 +572,7 @@ impl SupervisorState {
             }
         }
         let mut added = Vec::new();
+        let window = self.added_window(diff.added.len());
         for spec in diff.added {
             let id = spec.id.clone();
             if let Some(c) = self.children.get_mut(&id) {
@@ -553,7 +586,7 @@ impl SupervisorState {
             }
             self.health.ensure(&id);
             self.children.insert(id.clone(), Child::new(spec.clone()));
-            added.push((id, self.first_poll_delay(&spec)));
+            added.push((id, SupervisorState::first_poll_delay(&spec, window)));
         }
         let sinks = diff.sinks;
         if let Some(sinks) = &sinks {
@@ -756,10 +789,16 @@ impl Actor for ConnectorSupervisor {
         myself: ActorRef<SupervisorMsg>,
         state: &mut SupervisorState,
     ) -> Result<(), ActorProcessingErr> {
+        let window = state.added_window(state.children.len());
         let tenants: Vec<(String, Duration)> = state
             .children
             .iter()
-            .map(|(id, c)| (id.clone(), state.first_poll_delay(&c.spec)))
+            .map(|(id, c)| {
+                (
+                    id.clone(),
+                    SupervisorState::first_poll_delay(&c.spec, window),
+                )
+            })
             .collect();
         state.spawn_tenants(&myself, tenants).await;
         state.ready.store(true, Ordering::Release);
@@ -890,5 +929,34 @@ impl Actor for ConnectorSupervisor {
             _ => {}
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::placement_window;
+    use std::time::Duration;
+
+    const S: fn(u64) -> Duration = Duration::from_secs;
+
+    #[test]
+    fn first_polls_spread_over_startup_jitter_at_start_and_at_a_first_placement() {
+        // A single node, at start and for tenants a reload adds.
+        assert_eq!(placement_window(S(30), None, true, 100_000), S(30));
+        assert_eq!(placement_window(S(30), None, false, 3), S(30));
+        // Cluster mode: the first placement of a replica is its start.
+        assert_eq!(placement_window(S(30), Some(S(2)), true, 100_000), S(30));
+    }
+
+    #[test]
+    fn moved_tenants_poll_soon_but_not_all_at_once() {
+        // A few moved: the shortest window.
+        assert_eq!(placement_window(S(30), Some(S(2)), false, 10), S(2));
+        // A failover of 1,000 tenants: 10 s, 100 first polls a second.
+        assert_eq!(placement_window(S(30), Some(S(2)), false, 1_000), S(10));
+        // 100,000: bounded by startup_jitter.
+        assert_eq!(placement_window(S(30), Some(S(2)), false, 100_000), S(30));
+        // startup_jitter = 0 means at once, moved or not.
+        assert_eq!(placement_window(S(0), Some(S(2)), false, 1_000), S(0));
     }
 }
