@@ -108,6 +108,49 @@ pub fn push_url_safe(out: &mut Vec<u8>, id: &str) {
 /// nested value), found without parsing the rest; `None` when it is absent or `line` is not an
 /// object. For a sink that needs one member of an event it otherwise passes through as is.
 pub fn top_level<'a>(line: &'a [u8], key: &str) -> Option<&'a [u8]> {
+    let mut found = None;
+    members(line, |name, value| {
+        if name == key.as_bytes() {
+            found = Some(value);
+            return true;
+        }
+        false
+    });
+    found
+}
+
+/// The raw value of the first of `keys` (in that order of preference) at the top level of
+/// `line`, read in one pass.
+pub fn top_level_first<'a>(line: &'a [u8], keys: &[&str]) -> Option<&'a [u8]> {
+    let mut best: Option<(usize, &'a [u8])> = None;
+    members(line, |name, value| {
+        if let Some(rank) = keys.iter().position(|k| k.as_bytes() == name) {
+            if best.is_none_or(|(b, _)| rank < b) {
+                best = Some((rank, value));
+            }
+            return rank == 0;
+        }
+        false
+    });
+    best.map(|(_, v)| v)
+}
+
+/// The raw text of a JSON string value, unescaped (`None` when it is not a string).
+pub fn string_value(raw: &[u8]) -> Option<std::borrow::Cow<'_, str>> {
+    let inner = raw.strip_prefix(b"\"")?.strip_suffix(b"\"")?;
+    if !inner.contains(&b'\\') {
+        return std::str::from_utf8(inner)
+            .ok()
+            .map(std::borrow::Cow::Borrowed);
+    }
+    serde_json::from_slice::<String>(raw)
+        .ok()
+        .map(std::borrow::Cow::Owned)
+}
+
+/// Calls `visit(name, raw value)` for each top-level member of the object `line`, in order,
+/// until it returns true or the object ends (or turns out not to be one).
+fn members<'a>(line: &'a [u8], mut visit: impl FnMut(&'a [u8], &'a [u8]) -> bool) {
     let ws = |i: &mut usize| {
         while line.get(*i).is_some_and(|b| b.is_ascii_whitespace()) {
             *i += 1;
@@ -116,32 +159,37 @@ pub fn top_level<'a>(line: &'a [u8], key: &str) -> Option<&'a [u8]> {
     let mut i = 0;
     ws(&mut i);
     if line.get(i) != Some(&b'{') {
-        return None;
+        return;
     }
     i += 1;
     loop {
         ws(&mut i);
         if line.get(i) != Some(&b'"') {
-            return None;
+            return;
         }
-        let name_end = string_end(line, i)?;
+        let Some(name_end) = string_end(line, i) else {
+            return;
+        };
         let name = &line[i + 1..name_end - 1];
         i = name_end;
         ws(&mut i);
         if line.get(i) != Some(&b':') {
-            return None;
+            return;
         }
         i += 1;
         ws(&mut i);
         let start = i;
-        i = value_end(line, i)?;
-        if name == key.as_bytes() {
-            return Some(&line[start..i]);
+        let Some(end) = value_end(line, i) else {
+            return;
+        };
+        i = end;
+        if visit(name, &line[start..i]) {
+            return;
         }
         ws(&mut i);
         match line.get(i) {
             Some(b',') => i += 1,
-            _ => return None,
+            _ => return,
         }
     }
 }
@@ -210,5 +258,16 @@ mod top_level_tests {
         assert_eq!(top_level(b"[1]", "time"), None);
         assert_eq!(top_level(br#"{"time":"#, "time"), None);
         assert_eq!(top_level(br#"{"a":"unterminated}"#, "time"), None);
+    }
+
+    #[test]
+    fn the_first_preferred_member_and_string_values() {
+        let line = br#"{"id":"e","issue_id":"i-1","detection_id":"d-\"2","x":{"finding_id":"no"}}"#;
+        let v = super::top_level_first(line, &["detection_id", "finding_id", "issue_id"]).unwrap();
+        assert_eq!(super::string_value(v).unwrap(), "d-\"2");
+        let v = super::top_level_first(line, &["finding_id", "issue_id"]).unwrap();
+        assert_eq!(super::string_value(v).unwrap(), "i-1");
+        assert_eq!(super::top_level_first(line, &["finding_id"]), None);
+        assert_eq!(super::string_value(b"12"), None);
     }
 }

@@ -93,6 +93,30 @@ fn check(lines: Lines, schema: &ocsf::Schema, seen: &mut BTreeSet<(String, Strin
             );
         }
     }
+    // Every event names its Wiz item the same way in every format (a Kafka record's key).
+    let split = |t: &[u8]| -> Vec<Vec<u8>> {
+        t.split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(<[u8]>::to_vec)
+            .collect()
+    };
+    for ((n, o), e) in split(&lines.native)
+        .iter()
+        .zip(split(&lines.ocsf))
+        .zip(split(&lines.ecs))
+    {
+        let item = wiz_connector::format::item_id(n)
+            .unwrap_or_else(|| panic!("no item id in {}", String::from_utf8_lossy(n)))
+            .into_owned();
+        assert_eq!(
+            wiz_connector::format::item_id(&o).as_deref(),
+            Some(item.as_str())
+        );
+        assert_eq!(
+            wiz_connector::format::item_id(&e).as_deref(),
+            Some(item.as_str())
+        );
+    }
     let native = parse(&lines.native);
     let ocsf = parse(&lines.ocsf);
     let ecs = parse(&lines.ecs);

@@ -125,6 +125,7 @@ async fn validate_and_check_output_never_show_the_secret() {
     body.push_str("[sinks.splunk]\ntype = \"splunk_hec\"\nurl = \"https://splunk.example:8088\"\ntoken = \"${T_HEC}\"\n");
     body.push_str("[sinks.elastic]\ntype = \"elasticsearch\"\nurl = \"https://es.example:9200\"\napi_key = \"${T_ES}\"\n");
     body.push_str("[sinks.elastic_basic]\ntype = \"elasticsearch\"\nurl = \"https://es.example:9200\"\nusername = \"wiz\"\npassword = \"${T_ESPW}\"\n");
+    body.push_str("[sinks.kafka]\ntype = \"kafka\"\nbrokers = \"kafka.example:9093\"\ntls = true\nsasl_mechanism = \"SCRAM-SHA-512\"\nsasl_username = \"wiz\"\nsasl_password = \"${T_SASL}\"\n");
     body.push_str("[sinks.sentinel]\ntype = \"sentinel\"\ntenant_id = \"t-1\"\nclient_id = \"c-1\"\nclient_secret = \"${T_AZ}\"\nendpoint = \"https://dce.example\"\ndcr_id = \"dcr-1\"\nstream = \"Custom-Wiz_CL\"\n");
     let cfg = write_config(&body);
     // `wiz-connector <command> --config <cfg>` at trace level, with the secret in the environment.
@@ -139,6 +140,7 @@ async fn validate_and_check_output_never_show_the_secret() {
             .env("T_ES", "es-api-key-in-validate-0078")
             .env("T_ESPW", "es-password-in-validate-0079")
             .env("T_AZ", "entra-secret-in-validate-0080")
+            .env("T_SASL", "sasl-password-in-validate-0081")
             .env("RUST_LOG", "trace")
             .output()
     };
@@ -162,11 +164,12 @@ async fn validate_and_check_output_never_show_the_secret() {
             "es-api-key-in-validate-0078",
             "es-password-in-validate-0079",
             "entra-secret-in-validate-0080",
+            "sasl-password-in-validate-0081",
         ],
     );
     assert!(text.contains("splunk_hec"), "the HEC sink is shown: {text}");
     assert!(
-        text.contains("elasticsearch") && text.contains("sentinel"),
+        text.contains("elasticsearch") && text.contains("sentinel") && text.contains("kafka"),
         "the SIEM sinks are shown: {text}"
     );
 

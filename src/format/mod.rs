@@ -218,6 +218,40 @@ pub fn index_time(line: &[u8]) -> Option<&[u8]> {
     crate::json::top_level(line, "observed_at")
 }
 
+/// The id of the Wiz item an event is about (an issue, a finding, a detection, an audit entry),
+/// read from the event in whatever format it is: what keeps one item's events together (the
+/// `kafka` sink's record key). Native: `detection_id`, `finding_id`, `entry_id` or `issue_id`;
+/// OCSF: `finding_info.uid`, else `unmapped.entry_id` or `unmapped.issue_id`; ECS:
+/// `wiz.<feed>.id`, else `wiz.<feed>.issue_id`. Read from the line without parsing it.
+pub fn item_id(line: &[u8]) -> Option<std::borrow::Cow<'_, str>> {
+    use crate::json::{string_value, top_level, top_level_first};
+    const FEEDS: [&str; 5] = [
+        "issues",
+        "vulnerabilities",
+        "detections",
+        "audit",
+        "cloud_configuration",
+    ];
+    let raw = if line.starts_with(b"{\"metadata\":") {
+        top_level(line, "finding_info")
+            .and_then(|f| top_level(f, "uid"))
+            .or_else(|| {
+                top_level(line, "unmapped")
+                    .and_then(|u| top_level_first(u, &["entry_id", "issue_id"]))
+            })
+    } else if line.starts_with(b"{\"event\":") || line.starts_with(b"{\"@timestamp\":") {
+        top_level(line, "wiz")
+            .and_then(|w| top_level_first(w, &FEEDS))
+            .and_then(|f| top_level_first(f, &["id", "issue_id"]))
+    } else {
+        top_level_first(
+            line,
+            &["detection_id", "finding_id", "entry_id", "issue_id"],
+        )
+    };
+    string_value(raw?)
+}
+
 /// RFC 3339 text to milliseconds since the epoch (OCSF's `timestamp_t`).
 pub fn millis(t: &str) -> Option<i64> {
     crate::feeds::view::micros(t).map(|m| m.div_euclid(1000))

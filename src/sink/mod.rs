@@ -25,6 +25,7 @@ pub mod backlog;
 mod elasticsearch;
 mod file;
 mod http;
+mod kafka;
 mod nats;
 mod pack;
 mod retry;
@@ -521,6 +522,7 @@ sink_types! {
     "splunk_hec" => SplunkHec(splunk_hec::HecSink),
     "elasticsearch" => Elasticsearch(elasticsearch::ElasticSink),
     "sentinel" => Sentinel(sentinel::SentinelSink),
+    "kafka" => Kafka(kafka::KafkaSink),
 }
 
 /// The default bound of a sink's backlog (`backlog_max_bytes`).
