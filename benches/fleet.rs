@@ -2,7 +2,7 @@
 //! and takes tens of seconds). The simulator runs as a separate process (`wiz-connector simulate`)
 //! so its CPU is not counted against the connector.
 //!
-//! `cargo bench --bench fleet [-- idle|e2e|formats|hec|siem|routed|quiet|lag|reconcile]` (all by default). Under
+//! `cargo bench --bench fleet [-- idle|e2e|formats|hec|siem|kafka|routed|quiet|lag|reconcile]` (all by default). Under
 //! `cargo test` it runs nothing.
 
 use std::collections::HashMap;
@@ -455,6 +455,81 @@ async fn siems() {
     }
 }
 
+/// Issue 22's Kafka row: end to end into a real Kafka-protocol broker (tansu with its SQLite
+/// store, in its own process; `scripts/deps` installs it), 6 partitions. Skipped with a note
+/// when tansu is not on the PATH or in cargo's bin directory.
+async fn kafka() {
+    const TENANTS: usize = 100;
+    const ISSUES: usize = 1_000;
+    let tansu = std::env::var("WIZ_TANSU").ok().or_else(|| {
+        let home = std::env::var("CARGO_HOME")
+            .map(std::path::PathBuf::from)
+            .or_else(|_| std::env::var("HOME").map(|h| std::path::Path::new(&h).join(".cargo")))
+            .ok()?;
+        let installed = home.join("bin/tansu");
+        let on_path = std::process::Command::new("sh")
+            .args(["-c", "command -v tansu"])
+            .output()
+            .ok()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .filter(|s| !s.is_empty());
+        on_path.or_else(|| installed.exists().then(|| installed.display().to_string()))
+    });
+    let Some(tansu) = tansu else {
+        println!("| end to end into Kafka | skipped: tansu is not installed (scripts/deps) | | |");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let url = format!("tcp://127.0.0.1:{port}");
+    let mut broker = std::process::Command::new(&tansu)
+        .args([
+            "broker",
+            "--listener-url",
+            &url,
+            "--advertised-listener-url",
+            &url,
+        ])
+        .args(["--storage-engine", "sqlite://tansu.db"])
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_port(port, "tansu");
+    let created = std::process::Command::new(&tansu)
+        .args([
+            "topic",
+            "create",
+            "--broker",
+            &url,
+            "--partitions",
+            "6",
+            "wiz.issues",
+        ])
+        .output()
+        .unwrap();
+    assert!(created.status.success());
+    let expected = open_issues(TENANTS, ISSUES);
+    let sim = start_sim(TENANTS, ISSUES);
+    let settings = fleet_config(
+        &sim.base,
+        TENANTS,
+        "poll_interval = \"1h\"\nstartup_jitter = \"0s\"\nmax_concurrent_sweeps = 64",
+        &format!("[sinks.siem]\ntype = \"kafka\"\nbrokers = \"127.0.0.1:{port}\"\n"),
+    );
+    let (app, wall, cpu) = run_until_delivered(settings, expected).await;
+    println!(
+        "| end to end into Kafka (tansu, SQLite store) | {TENANTS} tenants, {expected} events, idempotent producer, lz4, 6 partitions | {:.1} s | {:.0} events/s, {:.2} CPU s per 10,000 events |",
+        wall,
+        expected as f64 / wall,
+        cpu / expected as f64 * 10_000.0
+    );
+    app.shutdown().await.unwrap();
+    let _ = broker.kill();
+    let _ = broker.wait();
+}
+
 /// Issue 21's row: end to end into a file sink in each output format.
 async fn formats() {
     for format in ["native", "ocsf", "ecs"] {
@@ -657,6 +732,9 @@ fn main() {
         }
         if all || args.iter().any(|a| a == "siem") {
             siems().await;
+        }
+        if all || args.iter().any(|a| a == "kafka") {
+            kafka().await;
         }
         if all || args.iter().any(|a| a == "formats") {
             formats().await;
