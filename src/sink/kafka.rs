@@ -283,6 +283,8 @@ pub struct KafkaOutput {
     topic: String,
     brokers: String,
     timeout: Duration,
+    /// SASL is on: a broker that closes the connection may have refused the credentials.
+    sasl: bool,
 }
 
 impl KafkaOutput {
@@ -331,6 +333,7 @@ impl KafkaOutput {
             topic: spec.topic.clone(),
             brokers: spec.brokers.clone(),
             timeout: spec.timeout.0,
+            sasl: spec.sasl.is_some(),
         };
         out.partitions()
             .await
@@ -370,9 +373,14 @@ impl KafkaOutput {
         .map_err(|e| format!("the metadata request failed: {e}"))?;
         match meta {
             Err(e) => Err(format!(
-                "cannot reach the Kafka brokers {}: {}",
+                "cannot reach the Kafka brokers {}: {}{}",
                 self.brokers,
-                describe(&e)
+                describe(&e),
+                if self.sasl {
+                    " (with SASL on, a broker that refuses the credentials closes the connection: check sasl_username and sasl_password, and sasl_mechanism)"
+                } else {
+                    ""
+                }
             )),
             Ok(Some((None, n))) if n > 0 => Ok(n),
             Ok(_) => Err(format!(

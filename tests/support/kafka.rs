@@ -15,6 +15,8 @@ pub struct Broker {
     dir: tempfile::TempDir,
     pub port: u16,
     pub addr: String,
+    /// SASL SCRAM-SHA-512 required, with this user and password (see [`Broker::start_with_user`]).
+    pub user: Option<(String, String)>,
 }
 
 /// The `tansu` binary: `$WIZ_TANSU`, else on the PATH, else in cargo's bin directory.
@@ -48,7 +50,34 @@ impl Broker {
             dir: tempfile::tempdir().unwrap(),
             port,
             addr: format!("127.0.0.1:{port}"),
+            user: None,
         };
+        b.resume().await;
+        b
+    }
+
+    /// A broker that requires SASL (SCRAM) from `user`, with `topics` (3 partitions each). The
+    /// user and the topics are made first, without authentication (tansu's own tools do not
+    /// authenticate), then the broker starts again on the same store with `--authentication`.
+    pub async fn start_with_user(user: &str, password: &str, topics: &[&str]) -> Broker {
+        let mut b = Broker::start().await;
+        let out = tokio::process::Command::new(binary())
+            .args(["user", "create", "--broker"])
+            .arg(format!("tcp://{}", b.addr))
+            .args([user, password])
+            .output()
+            .await
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for t in topics {
+            b.create_topic(t, 3).await;
+        }
+        b.stop().await;
+        b.user = Some((user.to_string(), password.to_string()));
         b.resume().await;
         b
     }
@@ -65,6 +94,7 @@ impl Broker {
                 &url,
             ])
             .args(["--storage-engine", "sqlite://tansu.db"])
+            .args(self.user.as_ref().map(|_| "--authentication"))
             .current_dir(self.dir.path())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
@@ -104,13 +134,20 @@ impl Broker {
 
     /// Every record of `topic`, per partition in offset order: (key, the `id` header, value).
     pub fn records(&self, topic: &str) -> BTreeMap<i32, Vec<Record>> {
-        let consumer: BaseConsumer = ClientConfig::new()
+        let mut config = ClientConfig::new();
+        config
             .set("bootstrap.servers", &self.addr)
             .set("group.id", "wiz-connector-tests")
             .set("enable.auto.commit", "false")
-            .set("socket.timeout.ms", "5000")
-            .create()
-            .unwrap();
+            .set("socket.timeout.ms", "5000");
+        if let Some((user, password)) = &self.user {
+            config
+                .set("security.protocol", "sasl_plaintext")
+                .set("sasl.mechanisms", "SCRAM-SHA-512")
+                .set("sasl.username", user)
+                .set("sasl.password", password);
+        }
+        let consumer: BaseConsumer = config.create().unwrap();
         let meta = consumer
             .fetch_metadata(Some(topic), Duration::from_secs(5))
             .unwrap();
