@@ -249,28 +249,8 @@ async fn refusals_are_named_keep_the_pages_and_a_too_large_request_is_split() {
         } else {
             format!("{good}{fixed}\n")
         };
-        let cfg = write_config(&bad);
-        let app = App::start(
-            wiz_connector::config::load(
-                &cfg.path,
-                &wiz_connector::config::EnvSource::Fixed(Default::default()),
-            )
-            .unwrap(),
-            AppOptions::default(),
-        )
-        .await
-        .unwrap();
         let open = open_ids(&sim)["t0"].len() as u64;
-        wait_until("the refused pages kept", Duration::from_secs(30), || {
-            let s = &app.sink_stats.statuses()["elastic"];
-            s.backlog_events == open && s.last_error.is_some()
-        })
-        .await;
-        let message = app.sink_stats.statuses()["elastic"]
-            .last_error
-            .clone()
-            .unwrap()
-            .message;
+        let (app, cfg, message) = start_refused(&bad, "elastic", open).await;
         assert!(message.contains(expect), "{message}");
         assert!(!message.contains(KEY) && !message.contains("d3Jvbmc6a2V5"));
         assert!(es.docs().is_empty());

@@ -210,32 +210,8 @@ async fn refusals_are_named_keep_the_pages_and_deliver_once_fixed() {
             .join("\n");
         let bad = format!("{head}{sink}\n");
         assert_ne!(bad, good);
-        let cfg = write_config(&bad);
-        let app = App::start(
-            wiz_connector::config::load(
-                &cfg.path,
-                &wiz_connector::config::EnvSource::Fixed(Default::default()),
-            )
-            .unwrap(),
-            AppOptions::default(),
-        )
-        .await
-        .unwrap();
         let open = open_ids(&sim)["t0"].len() as u64;
-        wait_until(
-            &format!("the refused pages kept ({broken})"),
-            Duration::from_secs(30),
-            || {
-                let s = &app.sink_stats.statuses()["sentinel"];
-                s.backlog_events == open && s.last_error.is_some()
-            },
-        )
-        .await;
-        let message = app.sink_stats.statuses()["sentinel"]
-            .last_error
-            .clone()
-            .unwrap()
-            .message;
+        let (app, cfg, message) = start_refused(&bad, "sentinel", open).await;
         assert!(message.contains(expect), "{broken}: {message}");
         assert!(!message.contains(CLIENT_SECRET));
         assert!(az.records().is_empty());

@@ -142,32 +142,8 @@ async fn busy_is_retried_and_a_refusal_is_named_and_loses_nothing() {
     let dir2 = tempfile::tempdir().unwrap();
     let wrong =
         config(&sim2, &hec2, dir2.path(), "").replace("index = \"wiz\"", "index = \"wiz_typo\"");
-    let cfg = write_config(&wrong);
-    let app = App::start(
-        wiz_connector::config::load(
-            &cfg.path,
-            &wiz_connector::config::EnvSource::Fixed(Default::default()),
-        )
-        .unwrap(),
-        AppOptions::default(),
-    )
-    .await
-    .unwrap();
     let open = open_ids(&sim2)["t0"].len() as u64;
-    wait_until(
-        "the refused pages in the backlog",
-        Duration::from_secs(30),
-        || {
-            let s = &app.sink_stats.statuses()["splunk"];
-            s.backlog_events == open && s.last_error.is_some()
-        },
-    )
-    .await;
-    let message = app.sink_stats.statuses()["splunk"]
-        .last_error
-        .clone()
-        .unwrap()
-        .message;
+    let (app, cfg, message) = start_refused(&wrong, "splunk", open).await;
     assert!(
         message.contains("Incorrect index (code 7)") && message.contains("check the sink's index"),
         "{message}"

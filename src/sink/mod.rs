@@ -249,6 +249,12 @@ impl SinkStats {
     /// Records a write of a page of `tenant` to sink `name`: its `events` taken (some perhaps
     /// refused for good, each then logged), or the error.
     fn record(&self, name: &str, tenant: &str, result: Result<(usize, &Written), &str>) {
+        if let Ok((_, written)) = &result {
+            // Logged before the status lock is taken: every reader of `GET /sinks` waits on it.
+            for r in &written.rejected {
+                tracing::error!(sink = %name, tenant = %tenant, event_id = %r.id, reason = %r.reason, "the sink refused an event for good; it is not sent again");
+            }
+        }
         let l = SinkLabels {
             sink: name.to_string(),
         };
@@ -258,9 +264,6 @@ impl SinkStats {
             Ok((events, written)) => {
                 let rejected = written.rejected.len();
                 let events = events.saturating_sub(rejected);
-                for r in &written.rejected {
-                    tracing::error!(sink = %name, tenant = %tenant, event_id = %r.id, reason = %r.reason, "the sink refused an event for good; it is not sent again");
-                }
                 if let Some(last) = written.rejected.last() {
                     s.rejected_events += rejected as u64;
                     s.last_rejection = Some(SinkError {

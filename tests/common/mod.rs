@@ -445,3 +445,37 @@ pub fn last_events(events: impl IntoIterator<Item = serde_json::Value>) -> LastE
     }
     last
 }
+
+/// Starts the connector on `config` (written to a file, so a test can fix it and reload), whose
+/// sink `sink` refuses every page, and waits until `events` events wait in that sink's backlog
+/// with an error. Returns the running app, its configuration file and the sink's error.
+pub async fn start_refused(
+    config: &str,
+    sink: &str,
+    events: u64,
+) -> (wiz_connector::app::App, ConfigDir, String) {
+    let cfg = write_config(config);
+    let app = wiz_connector::app::App::start(
+        load(&cfg.path, &EnvSource::Fixed(Default::default())).unwrap(),
+        wiz_connector::app::AppOptions::default(),
+    )
+    .await
+    .unwrap();
+    wait_until(
+        &format!("the refused pages kept by sink {sink}"),
+        std::time::Duration::from_secs(30),
+        || {
+            app.sink_stats
+                .statuses()
+                .get(sink)
+                .is_some_and(|s| s.backlog_events == events && s.last_error.is_some())
+        },
+    )
+    .await;
+    let message = app.sink_stats.statuses()[sink]
+        .last_error
+        .clone()
+        .unwrap()
+        .message;
+    (app, cfg, message)
+}
