@@ -9,7 +9,7 @@ use ractor::{Actor, ActorRef};
 use tokio::task::JoinHandle;
 
 use crate::admin::{self, AdminServer, AdminState};
-use crate::cluster::membership::{LoopArgs, Membership};
+use crate::cluster::membership::{HeartbeatArgs, Membership};
 use crate::cluster::ClusterView;
 use crate::config::{EnvSource, Settings};
 use crate::faults::FaultInjection;
@@ -49,8 +49,10 @@ pub struct App {
     reloader: Reloader,
     watcher: Option<tokio::task::JoinHandle<()>>,
     observer: Observer,
-    /// Cluster mode: the membership loop (left and removed at shutdown).
+    /// Cluster mode: the heartbeat (left and removed at shutdown).
     membership: Option<Membership>,
+    /// Cluster mode: the placement task (stopped first at shutdown).
+    placement: Option<JoinHandle<()>>,
     /// Cluster mode: what `/cluster` shows.
     cluster_view: Option<Arc<ClusterView>>,
     /// The webhook receiver (`[hooks]`); stops when dropped.
@@ -177,17 +179,25 @@ impl App {
             hints.clone(),
         );
         let cluster_view = cluster.as_ref().map(|c| c.view.clone());
-        let membership = match (cluster, cluster_settings) {
-            (Some(c), Some(settings)) => Some(Membership::start(LoopArgs {
-                kv: c.kv,
-                settings,
-                reloader: reloader.clone(),
-                view: c.view,
-                live: c.live,
-                observer: observer.clone(),
-                ready: ready.clone(),
-            })),
-            _ => None,
+        // Cluster mode: the heartbeat (its own thread and NATS connection) hands the members to
+        // the placement task over a watch channel, and reads back what to announce.
+        let (membership, placement) = match (cluster, cluster_settings) {
+            (Some(c), Some(settings)) => {
+                let (members, members_rx) = tokio::sync::watch::channel(None);
+                let placement = reloader.follow_placement(members_rx, ready.clone());
+                let membership = Membership::start(HeartbeatArgs {
+                    settings,
+                    lease: c.lease,
+                    view: c.view,
+                    live: c.live,
+                    observer: observer.clone(),
+                    outcome: reloader.placements(),
+                    members,
+                })
+                .map_err(anyhow::Error::msg)?;
+                (Some(membership), Some(placement))
+            }
+            _ => (None, None),
         };
         let watcher = (config_is_file && !every.is_zero()).then(|| reloader.spawn_watcher(every));
         let admin = admin::serve(
@@ -225,6 +235,7 @@ impl App {
             hooks,
             forwarded,
             membership,
+            placement,
             cluster_view,
             admin,
             reloader,
@@ -308,10 +319,13 @@ impl App {
             f.abort();
         }
         // Cluster mode: announce leaving first, so the others stop placing tenants here and take
-        // each over as soon as its release is written (after its page in flight).
+        // each over as soon as its release is written (after its page in flight). The heartbeat
+        // goes on renewing meanwhile, so the lease holds while the tenants finish.
+        if let Some(p) = &self.placement {
+            p.abort();
+        }
         if let Some(m) = &self.membership {
-            let o = self.reloader.placement().await;
-            m.leave(o.owned, o.digest).await;
+            m.leave();
         }
         let budget = self.shutdown_timeout * 2 + Duration::from_secs(1);
         let res = self

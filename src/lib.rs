@@ -33,8 +33,10 @@
 //! - [`health`]: the per-tenant health records.
 //! - [`metrics`]: typed observations that are both logged and counted (Prometheus); a leaf:
 //!   modules with metrics of their own register them into its registry.
-//! - [`cluster`]: cluster mode: membership in a JetStream KV bucket (`membership`) and placement
-//!   of tenants over the live replicas (`placement`), fed to the supervisor as reload diffs.
+//! - [`cluster`]: cluster mode: membership in a JetStream KV bucket, renewed by a heartbeat on its
+//!   own thread (`membership`), the lease that stops a cut-off replica's tenants (`lease`), and
+//!   placement of tenants over the live replicas (`placement`), fed to the supervisor as reload
+//!   diffs by the placement task of `reload`.
 //! - [`hints`]: webhook hints: the receiver Wiz automation rules call, and the per-tenant queues
 //!   of hinted issue ids the tenants look up.
 //! - [`writeback`]: write-back actions on Wiz issues (opt-in per tenant), their checks and audit.

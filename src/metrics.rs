@@ -142,6 +142,12 @@ pub struct ClusterMetrics {
     handovers: Family<DirectionLabels, Counter>,
     fencing_rejections: Counter,
     state_write: Family<BackendLabels, Histogram, fn() -> Histogram>,
+    /// How long applying one placement took (spawning and stopping tenants included).
+    placement: Histogram,
+    /// 1 while this replica's lease holds, else 0.
+    lease_held: Gauge,
+    /// Times the lease was granted again after a lapse.
+    lease_lapses: Counter,
 }
 
 fn state_histogram() -> Histogram {
@@ -165,6 +171,9 @@ impl ClusterMetrics {
             handovers: Family::default(),
             fencing_rejections: Counter::default(),
             state_write: Family::new_with_constructor(state_histogram as fn() -> Histogram),
+            placement: Histogram::new([0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]),
+            lease_held: Gauge::default(),
+            lease_lapses: Counter::default(),
         }
     }
 
@@ -195,6 +204,21 @@ impl ClusterMetrics {
             self.fencing_rejections.clone(),
         );
         registry.register(
+            "cluster_placement_seconds",
+            "How long applying one placement took on this replica (starting and stopping its tenants)",
+            self.placement.clone(),
+        );
+        registry.register(
+            "cluster_lease_held",
+            "1 while this replica's membership lease holds (its tenants poll and deliver), else 0",
+            self.lease_held.clone(),
+        );
+        registry.register(
+            "cluster_lease_lapses",
+            "Times this replica's lease ran out and was granted again (its tenants re-asserted ownership)",
+            self.lease_lapses.clone(),
+        );
+        registry.register(
             "state_write_seconds",
             "Latency of one durable state write (a page's commit or mark), by backend (redb, jetstream)",
             self.state_write.clone(),
@@ -207,6 +231,16 @@ impl ClusterMetrics {
         self.config_mismatch.set(mismatched as i64);
     }
 
+    pub fn fenced(&self) {
+        self.fencing_rejections.inc();
+    }
+
+    /// A placement was applied in `took`.
+    pub fn placed(&self, took: Duration) {
+        self.placement.observe(took.as_secs_f64());
+    }
+
+    /// A tenant was claimed (`acquired`) or released by this replica.
     pub fn handover(&self, acquired: bool) {
         let direction = if acquired { "acquired" } else { "released" };
         self.handovers
@@ -216,8 +250,12 @@ impl ClusterMetrics {
             .inc();
     }
 
-    pub fn fenced(&self) {
-        self.fencing_rejections.inc();
+    /// The lease as the heartbeat last saw it; `lapsed`: it was granted again after a lapse.
+    pub fn lease(&self, held: bool, lapsed: bool) {
+        self.lease_held.set(i64::from(held));
+        if lapsed {
+            self.lease_lapses.inc();
+        }
     }
 
     pub fn state_write(&self, backend: &str, took: Duration) {

@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime};
 use ractor::ActorRef;
 use serde::Serialize;
 
-use crate::cluster::placement;
+use crate::cluster::placement::{self, PlaceOutcome};
 use crate::config::{diff, load, ConfigDiff, EnvSource, Settings};
 use crate::hints::Hints;
 use crate::metrics::Observer;
@@ -54,6 +54,9 @@ struct Inner {
     observer: Observer,
     /// Takes every configured tenant's webhook token after each reload.
     hints: Hints,
+    /// Every placement's summary, brought up to date by reloads: the heartbeat announces it
+    /// without waiting for a reload or placement in progress.
+    outcome: tokio::sync::watch::Sender<PlaceOutcome>,
 }
 
 /// What the supervisor should run: the configuration, restricted (in cluster mode) to the
@@ -62,8 +65,6 @@ struct Inner {
 struct Desired {
     settings: Arc<Settings>,
     placed: Option<Placed>,
-    /// The last placement's summary (kept so the membership loop reads it without recomputing).
-    outcome: PlaceOutcome,
 }
 
 /// Cluster mode: this replica's share of the fleet, as placement last decided it.
@@ -123,23 +124,8 @@ fn outcome(settings: &Settings, placed: &Placed, d: &ConfigDiff) -> PlaceOutcome
         acquired: d.added.len(),
         released: d.removed.len(),
         digest: placement::fleet_digest(&settings.tenants),
+        placed_at: None,
     }
-}
-
-/// What a placement decided, for the membership loop and `/cluster`.
-#[derive(Debug, Clone, Default)]
-pub struct PlaceOutcome {
-    /// Tenants per member (every member listed).
-    pub per_member: BTreeMap<String, usize>,
-    /// Tenants this replica owns.
-    pub owned: usize,
-    /// Configured tenants.
-    pub configured: usize,
-    /// Tenants that moved here and away by this placement.
-    pub acquired: usize,
-    pub released: usize,
-    /// The digest of the configured tenant set.
-    pub digest: String,
 }
 
 /// Reloads the configuration; cheap to clone, reloads are serialized.
@@ -190,23 +176,21 @@ impl Reloader {
         });
         let settings = Arc::new(settings);
         let live = crate::config::live(settings.clone());
+        let (outcome, _) = tokio::sync::watch::channel(PlaceOutcome {
+            configured: settings.tenants.len(),
+            digest: placement::fleet_digest(&settings.tenants),
+            ..Default::default()
+        });
         Reloader {
             inner: Arc::new(Inner {
                 path: settings.config_path.clone(),
                 env,
                 live,
-                current: tokio::sync::Mutex::new(Desired {
-                    outcome: PlaceOutcome {
-                        configured: settings.tenants.len(),
-                        digest: placement::fleet_digest(&settings.tenants),
-                        ..Default::default()
-                    },
-                    settings,
-                    placed,
-                }),
+                current: tokio::sync::Mutex::new(Desired { settings, placed }),
                 supervisor,
                 observer,
                 hints,
+                outcome,
             }),
         }
     }
@@ -240,13 +224,60 @@ impl Reloader {
             &view(&current.settings, Some(&old)),
             &view(&current.settings, Some(&new)),
         );
-        let outcome = outcome(&current.settings, &new, &d);
+        let mut outcome = outcome(&current.settings, &new, &d);
         if !self.apply(d).await {
             return Err("the supervisor did not apply the new placement".into());
         }
         current.placed = Some(new);
-        current.outcome = outcome.clone();
+        outcome.placed_at = Some(SystemTime::now());
+        self.inner.outcome.send_replace(outcome.clone());
         Ok(outcome)
+    }
+
+    /// Cluster mode: runs placement whenever the heartbeat publishes a new set of members
+    /// (`None` until its first decision), on a task of its own: the heartbeat never waits for
+    /// it. Sets `ready` after the first placement applied; a placement the supervisor did not
+    /// apply is tried again after a second, unless newer members came meanwhile.
+    pub fn follow_placement(
+        &self,
+        mut members: tokio::sync::watch::Receiver<Option<BTreeSet<String>>>,
+        ready: Arc<std::sync::atomic::AtomicBool>,
+    ) -> tokio::task::JoinHandle<()> {
+        let me = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let next = members.borrow_and_update().clone();
+                if let Some(eligible) = next {
+                    let started = std::time::Instant::now();
+                    match me.place(eligible.clone()).await {
+                        Ok(o) => {
+                            tracing::info!(
+                                members = eligible.len(),
+                                owned = o.owned,
+                                acquired = o.acquired,
+                                released = o.released,
+                                took_ms = started.elapsed().as_millis() as u64,
+                                "placement changed"
+                            );
+                            let m = me.inner.observer.metrics();
+                            m.cluster.placed(started.elapsed());
+                            ready.store(true, std::sync::atomic::Ordering::Release);
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "placement could not be applied; retrying");
+                            let again = tokio::time::sleep(Duration::from_secs(1));
+                            tokio::select! {
+                                _ = again => continue,
+                                changed = members.changed() => if changed.is_err() { return },
+                            }
+                        }
+                    }
+                }
+                if members.changed().await.is_err() {
+                    return;
+                }
+            }
+        })
     }
 
     /// The running configuration, read-only: never waits for a reload in progress.
@@ -254,9 +285,14 @@ impl Reloader {
         self.inner.live.subscribe()
     }
 
-    /// The last placement's summary, brought up to date with reloads since.
-    pub async fn placement(&self) -> PlaceOutcome {
-        self.inner.current.lock().await.outcome.clone()
+    /// The last placement's summary, brought up to date with reloads since; never waits.
+    pub fn placement(&self) -> PlaceOutcome {
+        self.inner.outcome.borrow().clone()
+    }
+
+    /// Follows [`Reloader::placement`] (the heartbeat announces it).
+    pub fn placements(&self) -> tokio::sync::watch::Receiver<PlaceOutcome> {
+        self.inner.outcome.subscribe()
     }
 
     /// Loads the configuration file again and applies the difference. `trigger` names what asked
@@ -309,10 +345,15 @@ impl Reloader {
             self.inner.observer.reload(trigger, Err(&e));
             return Err(e);
         }
-        match &placed {
-            Some(p) => current.outcome = outcome(&new, p, &ConfigDiff::default()),
-            None => current.outcome.digest = placement::fleet_digest(&new.tenants),
-        }
+        let digest = placement::fleet_digest(&new.tenants);
+        self.inner.outcome.send_modify(|o| match &placed {
+            Some(p) => {
+                let placed_at = o.placed_at;
+                *o = outcome(&new, p, &ConfigDiff::default());
+                o.placed_at = placed_at;
+            }
+            None => o.digest = digest,
+        });
         // Tokens of every configured tenant (a hint reaching a replica that does not own the
         // tenant is checked here and forwarded): a rotated token applies at once.
         self.inner.hints.set_tokens(&new.tenants);

@@ -4,6 +4,8 @@
 //! running replicas.
 
 mod common;
+#[path = "support/relay.rs"]
+mod relay;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
@@ -51,6 +53,10 @@ struct Setup {
     write_back: bool,
     /// Another `startup_jitter` than 0 s.
     startup_jitter: Option<&'static str>,
+    /// More configuration after the file sink (another sink).
+    extra: Option<&'static str>,
+    /// Another `shutdown_timeout` than 10 s.
+    shutdown_timeout: Option<&'static str>,
 }
 
 const HOOK_TOKEN: &str = "cluster-hook-token-0123456789";
@@ -84,13 +90,15 @@ fn config_with(
         tenant_extra.push_str("\nwrite_back = true");
     }
     let mut body = format!(
-        "[connector]\nstate_dir = \"{}\"\npoll_interval = \"{}\"\nstartup_jitter = \"{}\"\npage_size = {PAGE}\nfull_sweep_interval = \"2s\"\nincremental_overlap = \"1s\"\nwatch_interval = \"0s\"\nshutdown_timeout = \"10s\"\n\
+        "[connector]\nstate_dir = \"{}\"\npoll_interval = \"{}\"\nstartup_jitter = \"{}\"\npage_size = {PAGE}\nfull_sweep_interval = \"2s\"\nincremental_overlap = \"1s\"\nwatch_interval = \"0s\"\nshutdown_timeout = \"{}\"\n\
          [admin]\nlisten = \"{admin}\"\n{cluster}{hooks}\
-         [sinks.out]\ntype = \"file\"\npath = \"{}\"\n",
+         [sinks.out]\ntype = \"file\"\npath = \"{}\"\n{}",
         setup.state_dir.clone().unwrap_or_else(state_dir).display(),
         setup.poll_interval.unwrap_or("1s"),
         setup.startup_jitter.unwrap_or("0s"),
-        out.display()
+        setup.shutdown_timeout.unwrap_or("10s"),
+        out.display(),
+        setup.extra.unwrap_or("")
     );
     let tenants = sim.tenants();
     for (i, t) in tenants
@@ -177,6 +185,8 @@ async fn replica_with(
         state_dir: Some(state.clone()),
         poll_interval: setup.poll_interval,
         startup_jitter: setup.startup_jitter,
+        extra: setup.extra,
+        shutdown_timeout: setup.shutdown_timeout,
         ..*setup
     };
     let cfg = write_config(&config_with(sim, nats, id, "127.0.0.1:0", &out, &setup));
@@ -759,13 +769,65 @@ async fn a_paused_owner_is_fenced_off_and_a_nats_restart_loses_nothing() {
     let dup = duplicates(&union(dir.path()));
     assert!(dup <= moved.len() * PAGE, "{dup} duplicates");
 
-    // NATS goes away: the replicas keep polling their tenants from the local cache and deliver;
-    // nothing moves. NATS comes back: state catches up, and nothing is lost.
+    // No tenant on the replica that was not paused was fenced off or restarted: the resumed
+    // replica judged liveness from fresh listings, not from its stale view.
+    assert_eq!(
+        metric(&rs[oi], "wiz_connector_cluster_fencing_rejections_total").await,
+        0.0
+    );
+    let tenants = get_json(&rs[oi], "/tenants").await.unwrap();
+    for t in tenants.as_array().unwrap() {
+        assert_eq!(t["restarts"], 0, "{t}");
+    }
+
+    // NATS goes away: no replica can renew, so every lease runs out and nothing is polled or
+    // delivered (a replica cannot tell an outage from being cut off); nothing moves. NATS comes
+    // back: the leases hold again, each tenant re-asserts its ownership, and what changed
+    // meanwhile is delivered, once.
     let live: Vec<&Replica> = rs.iter().collect();
     let settled = owners(&live, &expected).await.unwrap();
     nats.stop().await;
+    for r in &rs {
+        eventually(
+            "the lease runs out",
+            Duration::from_secs(20),
+            || async move {
+                let v = get_json(r, "/cluster").await?;
+                match v["lease"]["held"].as_bool() {
+                    Some(false) => Ok(()),
+                    _ => Err(format!("{}: {}", r.id, v["lease"])),
+                }
+            },
+        )
+        .await;
+    }
     churn(&sim);
-    no_gap(&sim, dir.path(), Duration::from_secs(30)).await;
+    eventually(
+        "tenants waiting for the lease",
+        Duration::from_secs(20),
+        || {
+            let r = &rs[0];
+            async move {
+                let v = get_json(r, "/tenants").await?;
+                let waiting = v
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|t| {
+                        t["last_error"]["message"]
+                            .as_str()
+                            .is_some_and(|m| m.contains("cluster lease ran out"))
+                    })
+                    .count();
+                if waiting > 0 {
+                    Ok(())
+                } else {
+                    Err(format!("none yet: {v}"))
+                }
+            }
+        },
+    )
+    .await;
     let live: Vec<&Replica> = rs.iter().collect();
     assert_eq!(
         owners(&live, &expected).await.unwrap(),
@@ -773,7 +835,6 @@ async fn a_paused_owner_is_fenced_off_and_a_nats_restart_loses_nothing() {
         "nothing moves while NATS is away"
     );
     nats.start().await;
-    churn(&sim);
     no_gap(&sim, dir.path(), Duration::from_secs(30)).await;
     eventually(
         "both replicas see NATS again",
@@ -785,6 +846,7 @@ async fn a_paused_owner_is_fenced_off_and_a_nats_restart_loses_nothing() {
                     let v = get_json(r, "/cluster").await?;
                     if v["nats_connected"] != true
                         || v["members"].as_array().map(Vec::len) != Some(2)
+                        || v["lease"]["held"] != true
                     {
                         return Err(format!("{}: {v}", r.id));
                     }
@@ -1297,5 +1359,494 @@ async fn a_replicas_first_polls_are_spread_over_startup_jitter() {
         latest.duration_since(*earliest) > Duration::from_millis(2500),
         "first polls within {:?}",
         latest.duration_since(*earliest)
+    );
+}
+
+/// Complete JSON lines in one replica's file sink.
+fn delivered(out: &std::path::Path) -> usize {
+    std::fs::read_to_string(out)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| serde_json::from_str::<serde_json::Value>(l).is_ok())
+        .count()
+}
+
+/// Each tenant's poll count over the running replicas.
+async fn polls(rs: &[&Replica]) -> BTreeMap<String, u64> {
+    let mut out = BTreeMap::new();
+    for r in rs {
+        for (id, _, n, _) in listed(r).await.unwrap_or_default() {
+            out.insert(id, n);
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_cut_off_from_nats_stops_before_the_others_take_over_and_nothing_is_delivered_twice(
+) {
+    let nats = nats_server().await;
+    let sim = sim(4, 20).await;
+    let dir = tempfile::tempdir().unwrap();
+    eprintln!("replica logs and sinks in {}", dir.path().display());
+    let expected = all_tenants(&sim);
+    // The replica cut off is the one placement gives more tenants; it reaches NATS through a
+    // relay, and Wiz and its sink directly.
+    let plan = placed(&sim, &nats.url, dir.path(), &["r1", "r2"]);
+    let cut_id = if plan.values().filter(|o| *o == "r1").count() * 2 >= plan.len() {
+        "r1"
+    } else {
+        "r2"
+    };
+    let other_id = if cut_id == "r1" { "r2" } else { "r1" };
+    let relay = relay::Relay::start(nats.url.trim_start_matches("nats://")).await;
+    let mut rs = vec![
+        replica(&sim, &format!("nats://{}", relay.addr), cut_id, dir.path()).await,
+        replica(&sim, &nats.url, other_id, dir.path()).await,
+    ];
+    settled(
+        &rs,
+        &expected,
+        "placement over 2 replicas",
+        Duration::from_secs(30),
+    )
+    .await;
+    no_gap(&sim, dir.path(), Duration::from_secs(30)).await;
+    // Every tenant polls twice more, so what it delivered is committed to NATS.
+    let live: Vec<&Replica> = rs.iter().collect();
+    let before = polls(&live).await;
+    eventually(
+        "two more polls of every tenant",
+        Duration::from_secs(30),
+        || {
+            let live: Vec<&Replica> = rs.iter().collect();
+            let before = &before;
+            async move {
+                let now = polls(&live).await;
+                match before
+                    .iter()
+                    .find(|(t, n)| now.get(*t).copied().unwrap_or(0) < *n + 2)
+                {
+                    None => Ok(()),
+                    Some((t, _)) => Err(format!("{t} has not polled twice more")),
+                }
+            }
+        },
+    )
+    .await;
+    let moved: Vec<String> = owners(&live, &expected)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|(_, o)| o == cut_id)
+        .map(|(t, _)| t)
+        .collect();
+    assert!(!moved.is_empty());
+
+    relay.cut();
+    eventually(
+        "the cut-off replica's lease runs out",
+        Duration::from_secs(20),
+        || {
+            let r = &rs[0];
+            async move {
+                let v = get_json(r, "/cluster").await?;
+                match v["lease"]["held"].as_bool() {
+                    Some(false) => Ok(()),
+                    _ => Err(format!("{}", v["lease"])),
+                }
+            }
+        },
+    )
+    .await;
+    // The other replica has not taken anything over yet: the lease ends first.
+    let other = listed(&rs[1]).await.unwrap();
+    assert!(
+        !other.iter().any(|(id, _, _, _)| moved.contains(id)),
+        "{other_id} took a tenant over before {cut_id}'s lease ran out: {other:?}"
+    );
+    let stopped_at = delivered(&rs[0].out);
+    // What changes from now on is for the new owner alone. The cut-off replica still reaches
+    // Wiz and its sink, but its tenants wait for the lease instead of polling.
+    churn(&sim);
+    eventually(
+        "the cut-off replica's tenants waiting for the lease",
+        Duration::from_secs(20),
+        || {
+            let r = &rs[0];
+            let moved = &moved;
+            async move {
+                let v = get_json(r, "/tenants").await?;
+                let waiting: BTreeSet<&str> = v
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|t| {
+                        t["last_error"]["message"]
+                            .as_str()
+                            .is_some_and(|m| m.contains("cluster lease ran out"))
+                    })
+                    .filter_map(|t| t["id"].as_str())
+                    .collect();
+                match moved.iter().find(|t| !waiting.contains(t.as_str())) {
+                    None => Ok(()),
+                    Some(t) => Err(format!("{t} is not waiting")),
+                }
+            }
+        },
+    )
+    .await;
+    eventually(
+        "the cut-off replica's tenants polled by the other",
+        FAILOVER + Duration::from_secs(20),
+        || {
+            let other = &rs[1];
+            let moved = &moved;
+            async move {
+                let list = listed(other).await.unwrap_or_default();
+                match moved
+                    .iter()
+                    .find(|t| !list.iter().any(|(id, _, _, started)| id == *t && *started))
+                {
+                    None => Ok(()),
+                    Some(t) => Err(format!("{t} not polled by {other_id} yet")),
+                }
+            }
+        },
+    )
+    .await;
+    no_gap(&sim, dir.path(), Duration::from_secs(30)).await;
+    assert_eq!(
+        delivered(&rs[0].out),
+        stopped_at,
+        "the cut-off replica delivered nothing after its lease ran out"
+    );
+    assert_eq!(
+        duplicates(&union(dir.path())),
+        0,
+        "no event was delivered by both replicas"
+    );
+
+    // Healed, it renews, finds its tenants taken (its re-assertion is fenced) and rejoins:
+    // placement gives them back after the other releases them.
+    relay.heal();
+    eventually(
+        "the healed replica owns tenants again",
+        Duration::from_secs(40),
+        || {
+            let live: Vec<&Replica> = rs.iter().collect();
+            let expected = &expected;
+            async move {
+                let o = owners(&live, expected).await?;
+                if o.values().any(|r| r == cut_id) {
+                    Ok(())
+                } else {
+                    Err("it owns nothing yet".into())
+                }
+            }
+        },
+    )
+    .await;
+    assert!(metric(&rs[0], "wiz_connector_cluster_lease_lapses_total").await >= 1.0);
+    churn(&sim);
+    no_gap(&sim, dir.path(), Duration::from_secs(30)).await;
+    assert_eq!(
+        duplicates(&union(dir.path())),
+        0,
+        "nothing repeated after the partition healed"
+    );
+    for r in &mut rs {
+        signal(r.child.as_ref().unwrap(), "-TERM");
+    }
+    for r in &mut rs {
+        assert_eq!(
+            exit_code(r.child.as_mut().unwrap(), Duration::from_secs(20)).await,
+            0
+        );
+    }
+}
+
+/// `n` tenants sharing one credential at an address nothing listens on, whose owner over
+/// `members` is `owner`.
+fn bulk_tenants(n: usize, owner: &str, members: &[&str]) -> String {
+    use wiz_connector::cluster::placement::owner_of;
+    let members: BTreeSet<String> = members.iter().map(|s| s.to_string()).collect();
+    let auth = "http://127.0.0.1:9/oauth/token";
+    let client = (0..)
+        .map(|i| format!("bulk-{i}"))
+        .find(|c| owner_of(&format!("{auth}|{c}"), &members) == Some(owner))
+        .unwrap();
+    let mut out = String::new();
+    for i in 0..n {
+        out.push_str(&format!(
+            "[tenants.bulk{i}]\nclient_id = \"{client}\"\nclient_secret = \"bulk-secret\"\napi_url = \"http://127.0.0.1:9/graphql\"\nauth_url = \"{auth}\"\nallow_insecure_endpoints = true\npoll_interval = \"1h\"\n"
+        ));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_of_10000_tenants_on_one_replica_does_not_stop_its_heartbeat() {
+    let nats = nats_server().await;
+    let sim = sim(2, 5).await;
+    let dir = tempfile::tempdir().unwrap();
+    eprintln!("replica logs and sinks in {}", dir.path().display());
+    let two = Setup {
+        only: Some(2),
+        ..Default::default()
+    };
+    let mut rs = replicas(&sim, &nats.url, &["r1", "r2"], dir.path(), &two).await;
+    let expected: BTreeSet<String> = (0..2).map(|i| format!("t{i}")).collect();
+    settled(
+        &rs,
+        &expected,
+        "placement over 2 replicas",
+        Duration::from_secs(30),
+    )
+    .await;
+    let acquired = "wiz_connector_cluster_handovers_total{direction=\"acquired\"}";
+    let r2_acquired = metric(&rs[1], acquired).await;
+    // r1 reloads 10,000 more tenants, all placed on it: parsing, placement, 10,000 actors and
+    // 10,000 claims on NATS, while its heartbeat must go on.
+    let bulk = bulk_tenants(10_000, "r1", &["r1", "r2"]);
+    let r1 = &rs[0];
+    let text = config_with(
+        &sim,
+        &nats.url,
+        &r1.id,
+        "127.0.0.1:0",
+        &r1.out,
+        &Setup {
+            state_dir: Some(r1.state.clone()),
+            ..two
+        },
+    ) + &bulk;
+    std::fs::write(&r1.cfg.path, text).unwrap();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let started = Instant::now();
+    let answer = reqwest::Client::new()
+        .post(format!("http://{}/reload", r1.admin))
+        .timeout(Duration::from_secs(300))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    eprintln!("the reload took {:?}", started.elapsed());
+    eventually(
+        "r1 owns and has claimed the 10,000 tenants",
+        Duration::from_secs(300),
+        || {
+            let r = &rs[0];
+            async move {
+                let v = get_json(r, "/cluster").await?;
+                if v["owned"].as_u64() < Some(10_000) {
+                    return Err(format!("owned {}", v["owned"]));
+                }
+                let claimed = metric(r, acquired).await;
+                if claimed < 10_000.0 {
+                    return Err(format!("{claimed} acquired"));
+                }
+                Ok(())
+            }
+        },
+    )
+    .await;
+    eprintln!("reloaded and claimed after {:?}", started.elapsed());
+    // r2 never took r1 for dead (it would have acquired r1's tenants), and r1's lease never
+    // lapsed.
+    assert_eq!(metric(&rs[1], acquired).await, r2_acquired);
+    assert_eq!(
+        metric(&rs[0], "wiz_connector_cluster_lease_lapses_total").await,
+        0.0
+    );
+    let members = get_json(&rs[1], "/cluster").await.unwrap()["members"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert_eq!(members, 2);
+    for r in &mut rs {
+        signal(r.child.as_ref().unwrap(), "-KILL");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigterm_with_a_slow_sink_drains_under_a_held_lease_and_repeats_nothing() {
+    use wiz_connector::sim::sentinel::{sink_snippet, SentinelOptions, SentinelSimulator};
+    let nats = nats_server().await;
+    let sim = sim(4, 20).await;
+    let az = SentinelSimulator::start("127.0.0.1:0".parse().unwrap(), SentinelOptions::default())
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    eprintln!("replica logs and sinks in {}", dir.path().display());
+    let expected = all_tenants(&sim);
+    // Every page goes to the file sink and to Sentinel, which will take 20 s per upload.
+    let extra: &'static str =
+        Box::leak(format!("{}timeout = \"60s\"\n", sink_snippet("siem", &az)).into_boxed_str());
+    let setup = Setup {
+        extra: Some(extra),
+        shutdown_timeout: Some("45s"),
+        ..Default::default()
+    };
+    let mut rs = replicas(&sim, &nats.url, &["r1", "r2"], dir.path(), &setup).await;
+    settled(
+        &rs,
+        &expected,
+        "placement over 2 replicas",
+        Duration::from_secs(30),
+    )
+    .await;
+    no_gap(&sim, dir.path(), Duration::from_secs(30)).await;
+    let live: Vec<&Replica> = rs.iter().collect();
+    let before = owners(&live, &expected).await.unwrap();
+    let leaving = if before.values().filter(|o| *o == "r1").count() * 2 >= before.len() {
+        0
+    } else {
+        1
+    };
+    // One page in flight (the sink takes one page at a time): a tenant of the leaving replica
+    // changes; its page is in the file sink at once, and at Sentinel only after 20 s.
+    let changed = before
+        .iter()
+        .filter(|(t, o)| **o == rs[leaving].id && !t.starts_with("t0"))
+        .map(|(t, _)| t.clone())
+        .next()
+        .unwrap_or_else(|| "t0".to_string());
+    az.set_delay(Duration::from_secs(20));
+    sim.churn(&sim_client(&sim, &changed), 1);
+    let only: BTreeSet<String> = expected
+        .iter()
+        .filter(|t| sim_client(&sim, t) == sim_client(&sim, &changed))
+        .cloned()
+        .collect();
+    no_gap_for(&sim, &only, dir.path(), Duration::from_secs(30)).await;
+    let stopping = Instant::now();
+    signal(rs[leaving].child.as_ref().unwrap(), "-TERM");
+    // Its tenants finish their pages (20 s at Sentinel) and are released while its membership
+    // is renewed: the other replica waits for each release instead of taking the tenant over
+    // after failover_after (2 s).
+    assert_eq!(
+        exit_code(rs[leaving].child.as_mut().unwrap(), Duration::from_secs(90)).await,
+        0
+    );
+    let took = stopping.elapsed();
+    eprintln!("the drain took {took:?}");
+    assert!(took >= Duration::from_secs(15), "a page waited at Sentinel");
+    az.set_delay(Duration::ZERO);
+    churn(&sim);
+    let stayed = if leaving == 0 { 1 } else { 0 };
+    let other = &rs[stayed];
+    let expected = &expected;
+    eventually(
+        "every tenant on the remaining replica",
+        Duration::from_secs(30),
+        || async move { owners(&[other], expected).await.map(|_| ()) },
+    )
+    .await;
+    no_gap(&sim, dir.path(), Duration::from_secs(30)).await;
+    assert_eq!(
+        duplicates(&union(dir.path())),
+        0,
+        "the handover under a slow sink repeats nothing"
+    );
+    signal(rs[stayed].child.as_ref().unwrap(), "-TERM");
+    assert_eq!(
+        exit_code(rs[stayed].child.as_mut().unwrap(), Duration::from_secs(90)).await,
+        0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_restarted_without_its_store_is_recovered_without_restarting_the_replicas() {
+    let mut nats = nats_server().await;
+    let sim = sim(4, 20).await;
+    let dir = tempfile::tempdir().unwrap();
+    eprintln!("replica logs and sinks in {}", dir.path().display());
+    let expected = all_tenants(&sim);
+    let mut rs = replicas(
+        &sim,
+        &nats.url,
+        &["r1", "r2"],
+        dir.path(),
+        &Setup::default(),
+    )
+    .await;
+    settled(
+        &rs,
+        &expected,
+        "placement over 2 replicas",
+        Duration::from_secs(30),
+    )
+    .await;
+    no_gap(&sim, dir.path(), Duration::from_secs(30)).await;
+    let live: Vec<&Replica> = rs.iter().collect();
+    let before = owners(&live, &expected).await.unwrap();
+
+    // NATS comes back empty: no members bucket, no state stream.
+    nats.stop().await;
+    nats.wipe();
+    nats.start().await;
+    churn(&sim);
+    // The replicas make the bucket and the stream again, register anew, keep their placement
+    // (nobody takes the fleet for itself), republish each tenant's state from their caches and
+    // deliver what changed.
+    eventually(
+        "both replicas registered again, with their leases",
+        Duration::from_secs(30),
+        || {
+            let live: Vec<&Replica> = rs.iter().collect();
+            async move {
+                for r in live {
+                    let v = get_json(r, "/cluster").await?;
+                    if v["members"].as_array().map(Vec::len) != Some(2)
+                        || v["lease"]["held"] != true
+                    {
+                        return Err(format!("{}: {v}", r.id));
+                    }
+                }
+                Ok(())
+            }
+        },
+    )
+    .await;
+    no_gap(&sim, dir.path(), Duration::from_secs(30)).await;
+    let live: Vec<&Replica> = rs.iter().collect();
+    assert_eq!(
+        owners(&live, &expected).await.unwrap(),
+        before,
+        "placement is unchanged"
+    );
+    // The state is in NATS again: a handover now starts from it and repeats nothing.
+    churn(&sim);
+    no_gap(&sim, dir.path(), Duration::from_secs(30)).await;
+    let dup = duplicates(&union(dir.path()));
+    let mut leaving = rs.remove(0);
+    signal(leaving.child.as_ref().unwrap(), "-TERM");
+    assert_eq!(
+        exit_code(leaving.child.as_mut().unwrap(), Duration::from_secs(30)).await,
+        0
+    );
+    churn(&sim);
+    eventually(
+        "every tenant on the remaining replica",
+        Duration::from_secs(30),
+        || {
+            let r = &rs[0];
+            let expected = &expected;
+            async move { owners(&[r], expected).await.map(|_| ()) }
+        },
+    )
+    .await;
+    no_gap(&sim, dir.path(), Duration::from_secs(30)).await;
+    assert_eq!(
+        duplicates(&union(dir.path())),
+        dup,
+        "the handover after the empty restart repeats nothing"
+    );
+    eprintln!("{dup} duplicates over the empty restart");
+    signal(rs[0].child.as_ref().unwrap(), "-TERM");
+    assert_eq!(
+        exit_code(rs[0].child.as_mut().unwrap(), Duration::from_secs(30)).await,
+        0
     );
 }

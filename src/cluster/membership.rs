@@ -1,25 +1,36 @@
-//! The membership loop of one replica: registers it in the members bucket, renews its key every
-//! heartbeat (revision-checked), tracks the other members' keys (watched, and listed every
-//! heartbeat), decides who is alive, and hands the live set to placement when it changes.
+//! The heartbeat of one replica: registers it in the members bucket, renews its key every
+//! heartbeat (revision-checked), which extends its [`Lease`], lists the other members' keys,
+//! decides who is alive, and publishes the members placement should use.
 //!
-//! While this replica cannot read the bucket (NATS unreachable) it changes nothing: it keeps the
-//! tenants it owns and takes over nothing. When it can read again, every member gets a fresh
-//! grace period, because silence seen through a broken link proves nothing.
+//! **Nothing can block it.** It runs on its own OS thread with its own single-threaded runtime
+//! and its own NATS connection: a busy main runtime (a reload of many tenants, placement spawning
+//! thousands of actors, state I/O, claim traffic on the main connection) cannot delay a renewal.
+//! It reads what it announces (this replica's owned count and configuration digest) from a watch
+//! channel the placement task writes, and hands the members to placement over another; it never
+//! waits on either.
+//!
+//! **Liveness from observed time.** A member is dead when its key's revision has not changed for
+//! `failover_after` of *observed* silence: each listing adds the time since the previous one, but
+//! at most two heartbeats. A replica that was paused, starved or cut off from NATS therefore never
+//! declares others dead from stale timestamps (it has not observed them for that long), and one
+//! that merely runs late declares them dead later, never sooner. A dead member stays dead: its
+//! stale key (nats-server 2.9 does not report expired keys) is remembered with its revision and
+//! ignored until it changes; after twice `failover_after` the member is forgotten.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream::kv;
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+use super::lease::Lease;
+use super::placement::PlaceOutcome;
 use super::{ClusterStatus, ClusterView, MemberView};
 use crate::config::ClusterSettings;
 use crate::metrics::Observer;
-use crate::reload::Reloader;
 use crate::state::jetstream::LiveSet;
 
 /// What a member publishes in its key.
@@ -33,15 +44,6 @@ pub struct MemberValue {
     /// Tenants it owns (its own count).
     #[serde(default)]
     pub owned: usize,
-}
-
-/// One member as tracked here.
-#[derive(Debug, Clone)]
-struct Seen {
-    revision: u64,
-    /// When its revision last changed, on this replica's clock.
-    changed_at: Instant,
-    value: MemberValue,
 }
 
 /// Opens the members bucket (creating it when missing).
@@ -80,262 +82,400 @@ pub async fn open_bucket(
         .map_err(|e| format!("cannot open the members bucket {bucket}: {e}"))
 }
 
-/// The running loop; [`Membership::leave`] stops it.
-pub struct Membership {
-    kv: kv::Store,
-    replica: String,
-    stop: watch::Sender<bool>,
-    task: tokio::task::JoinHandle<()>,
+/// One member as tracked here.
+#[derive(Debug, Clone)]
+struct Seen {
+    revision: u64,
+    /// Observed time since its revision last changed (see the module docs).
+    silence: Duration,
+    value: MemberValue,
 }
 
-/// Everything the loop works with.
-pub struct LoopArgs {
-    pub kv: kv::Store,
+/// One key of a listing: its revision and value, or `None` for a deleted key.
+pub type Listed = (String, u64, Option<MemberValue>);
+
+/// Who is alive, decided from listings alone (pure; the heartbeat feeds it).
+#[derive(Debug)]
+pub struct Tracker {
+    me: String,
+    /// The most silence one listing may add.
+    step_cap: Duration,
+    failover: Duration,
+    members: BTreeMap<String, Seen>,
+    /// Members declared dead and forgotten, with the revision their stale key still has.
+    forgotten: BTreeMap<String, u64>,
+    last_listing: Option<Instant>,
+}
+
+/// The outcome of one listing.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Liveness {
+    /// Alive members, leaving ones and this replica included.
+    pub alive: BTreeSet<String>,
+    /// The members placement places over: alive and not leaving (this replica always).
+    pub eligible: BTreeSet<String>,
+    /// The listing came after a gap (a pause, a stall, NATS away): logged once.
+    pub after_gap: bool,
+}
+
+impl Tracker {
+    pub fn new(me: &str, heartbeat: Duration, failover: Duration) -> Tracker {
+        Tracker {
+            me: me.to_string(),
+            step_cap: heartbeat * 2,
+            failover,
+            members: BTreeMap::new(),
+            forgotten: BTreeMap::new(),
+            last_listing: None,
+        }
+    }
+
+    /// Takes a complete listing made at `now`.
+    pub fn listing(&mut self, entries: Vec<Listed>, now: Instant) -> Liveness {
+        let elapsed = self
+            .last_listing
+            .map_or(Duration::ZERO, |t| now.saturating_duration_since(t));
+        let step = elapsed.min(self.step_cap);
+        let after_gap = elapsed > self.step_cap;
+        self.last_listing = Some(now);
+        let mut listed = BTreeSet::new();
+        for (id, revision, value) in entries {
+            listed.insert(id.clone());
+            let Some(value) = value else {
+                // Deleted: the member left after handing its tenants over.
+                self.members.remove(&id);
+                self.forgotten.remove(&id);
+                continue;
+            };
+            if self.forgotten.get(&id) == Some(&revision) {
+                continue;
+            }
+            self.forgotten.remove(&id);
+            // Any other revision is a change: a lower one means the bucket was made again (NATS
+            // restarted without its store) and the member registered anew.
+            match self.members.get_mut(&id) {
+                Some(s) if revision != s.revision => {
+                    s.revision = revision;
+                    s.silence = Duration::ZERO;
+                    s.value = value;
+                }
+                Some(s) => s.silence += step,
+                None => {
+                    self.members.insert(
+                        id,
+                        Seen {
+                            revision,
+                            silence: Duration::ZERO,
+                            value,
+                        },
+                    );
+                }
+            }
+        }
+        // Keys gone from the listing (expired) are silent too.
+        for (id, s) in self.members.iter_mut() {
+            if !listed.contains(id) {
+                s.silence += step;
+            }
+        }
+        // Dead long enough: forgotten, and its stale key ignored until it changes.
+        let forget_after = self.failover * 2;
+        let me = self.me.clone();
+        let gone: Vec<String> = self
+            .members
+            .iter()
+            .filter(|(id, s)| **id != me && s.silence >= forget_after)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in gone {
+            if let Some(s) = self.members.remove(&id) {
+                if listed.contains(&id) {
+                    self.forgotten.insert(id, s.revision);
+                }
+            }
+        }
+        self.forgotten.retain(|id, _| listed.contains(id));
+        let alive: BTreeSet<String> = self
+            .members
+            .iter()
+            .filter(|(id, s)| **id == me || s.silence < self.failover)
+            .map(|(id, _)| id.clone())
+            .chain(std::iter::once(me.clone()))
+            .collect();
+        let eligible = alive
+            .iter()
+            .filter(|id| **id == me || !self.members.get(*id).is_some_and(|s| s.value.leaving))
+            .cloned()
+            .collect();
+        Liveness {
+            alive,
+            eligible,
+            after_gap,
+        }
+    }
+
+    fn members(&self) -> &BTreeMap<String, Seen> {
+        &self.members
+    }
+}
+
+/// What the heartbeat is told by the process.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+struct Control {
+    /// Shutting down: announce it (and keep renewing while the tenants are handed over).
+    leaving: bool,
+    /// Stop, and delete this replica's key.
+    stop: bool,
+}
+
+/// The running heartbeat; [`Membership::leave`] and [`Membership::remove`] end it.
+pub struct Membership {
+    control: watch::Sender<Control>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Everything the heartbeat works with.
+pub struct HeartbeatArgs {
     pub settings: ClusterSettings,
-    pub reloader: Reloader,
+    pub lease: Arc<Lease>,
     pub view: Arc<ClusterView>,
     pub live: Arc<LiveSet>,
     pub observer: Observer,
-    /// Set once the first placement is applied (`/readyz`).
-    pub ready: Arc<AtomicBool>,
+    /// This replica's last placement (owned count, digest), written by the placement task.
+    pub outcome: watch::Receiver<PlaceOutcome>,
+    /// The members placement should place over (alive, not leaving); `None` until the first
+    /// decision.
+    pub members: watch::Sender<Option<BTreeSet<String>>>,
 }
 
 impl Membership {
-    pub fn start(args: LoopArgs) -> Membership {
-        let (stop, stopped) = watch::channel(false);
-        let kv = args.kv.clone();
-        let replica = args.settings.replica_id.clone();
-        let task = tokio::spawn(run(args, stopped));
-        Membership {
-            kv,
-            replica,
-            stop,
-            task,
-        }
+    /// Starts the heartbeat on its own thread. Fails only when the thread cannot be made.
+    pub fn start(args: HeartbeatArgs) -> Result<Membership, String> {
+        let (control, control_rx) = watch::channel(Control::default());
+        let name = format!("heartbeat-{}", args.settings.replica_id);
+        let thread = std::thread::Builder::new()
+            .name("heartbeat".into())
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot start the heartbeat's runtime; this replica never holds a lease and polls nothing");
+                        return;
+                    }
+                };
+                rt.block_on(run(args, control_rx));
+            })
+            .map_err(|e| format!("cannot start the {name} thread: {e}"))?;
+        Ok(Membership {
+            control,
+            thread: Some(thread),
+        })
     }
 
-    /// Stops the loop and marks this replica as leaving: the others stop placing tenants here
-    /// and take them over as this replica releases them.
-    pub async fn leave(&self, owned: usize, digest: String) {
-        let _ = self.stop.send(true);
-        let value = MemberValue {
-            digest,
-            leaving: true,
-            owned,
-        };
-        let body = serde_json::to_vec(&value).expect("a member value serializes");
-        if let Err(e) = tokio::time::timeout(
-            Duration::from_secs(3),
-            self.kv.put(&self.replica, body.into()),
-        )
-        .await
-        .map_err(|_| "timed out".to_string())
-        .and_then(|r| r.map_err(|e| e.to_string()))
-        {
-            tracing::warn!(error = %e, "could not announce that this replica is leaving; the others notice when its key goes stale");
-        }
+    /// Marks this replica as leaving, at once: the others stop placing tenants here and take
+    /// them over as they are released. The heartbeat goes on renewing (the lease must hold while
+    /// the tenants finish their pages) until [`Membership::remove`].
+    pub fn leave(&self) {
+        self.control.send_modify(|c| c.leaving = true);
     }
 
-    /// Removes this replica's key (after its tenants were released).
-    pub async fn remove(self) {
-        self.task.abort();
-        let _ = tokio::time::timeout(Duration::from_secs(3), self.kv.delete(&self.replica)).await;
+    /// Stops the heartbeat and removes this replica's key (after its tenants were released).
+    pub async fn remove(mut self) {
+        self.control.send_modify(|c| c.stop = true);
+        if let Some(t) = self.thread.take() {
+            let _ = tokio::task::spawn_blocking(move || t.join()).await;
+        }
     }
 }
 
-async fn run(a: LoopArgs, mut stopped: watch::Receiver<bool>) {
+/// Longest wait for one NATS request of the heartbeat.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+async fn connect(s: &ClusterSettings) -> Result<(async_nats::Client, kv::Store), String> {
+    let client = async_nats::ConnectOptions::new()
+        .name(format!("wiz-connector {} heartbeat", s.replica_id))
+        .retry_on_initial_connect()
+        .connect(s.nats_url.as_str())
+        .await
+        .map_err(|e| format!("cannot connect to NATS at {}: {e}", s.nats_url))?;
+    let js = async_nats::jetstream::new(client.clone());
+    Ok((client, open_bucket(&js, s).await?))
+}
+
+async fn run(a: HeartbeatArgs, mut control: watch::Receiver<Control>) {
     let me = a.settings.replica_id.clone();
     let heartbeat = a.settings.heartbeat.0;
-    let failover = a.settings.failover_after.0;
-    let mut members: BTreeMap<String, Seen> = BTreeMap::new();
+    let timeout = REQUEST_TIMEOUT.min(a.lease.duration());
+    let (client, mut kv) = loop {
+        match tokio::time::timeout(REQUEST_TIMEOUT, connect(&a.settings)).await {
+            Ok(Ok(connected)) => break connected,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "the heartbeat cannot open the members bucket; retrying")
+            }
+            Err(_) => tracing::warn!("the heartbeat cannot reach NATS; retrying"),
+        }
+        if control.borrow().stop {
+            return;
+        }
+        tokio::time::sleep(heartbeat).await;
+    };
+    let mut tracker = Tracker::new(&me, heartbeat, a.settings.failover_after.0);
     let mut my_revision: Option<u64> = None;
-    let mut blind = false;
-    let mut watcher: Option<kv::Watch> = None;
-    let mut placed: Option<BTreeSet<String>> = None;
-    let mut reported_mismatch: BTreeSet<String> = BTreeSet::new();
-    let mut placed_at: Option<SystemTime> = None;
     let mut renew_failing = false;
-    let mut last_listed: Option<Instant> = None;
+    let mut list_failing = false;
+    let mut decided = false;
+    let mut was_held = false;
+    let mut reported_mismatch = BTreeSet::new();
     let started = Instant::now();
     let mut tick = tokio::time::interval(heartbeat);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let mut listed = false;
         tokio::select! {
-            _ = tick.tick() => {
-                let outcome = a.reloader.placement().await;
-                let value = MemberValue { digest: outcome.digest, leaving: false, owned: outcome.owned };
-                match renew(&a.kv, &me, &value, my_revision).await {
-                    Ok(r) => {
-                        if std::mem::take(&mut renew_failing) {
-                            tracing::info!("membership renewed again");
-                        }
-                        my_revision = Some(r);
-                    }
-                    Err(e) => {
-                        if !std::mem::replace(&mut renew_failing, true) {
-                            tracing::warn!(error = %e, "could not renew this replica's membership; retrying every heartbeat");
-                        }
-                    }
-                }
-                listed = true;
-            }
-            entry = next(&mut watcher) => {
-                match entry {
-                    Some(e) => observe(&mut members, e),
-                    None => watcher = None,
-                }
-            }
-            _ = stopped.changed() => return,
-        }
-        if listed {
-            match list(&a.kv).await {
-                Ok(entries) => {
-                    // Observation was interrupted (NATS away, or this process paused or slowed
-                    // down): a member whose key seemed not to change meanwhile proves nothing.
-                    if last_listed.is_some_and(|t: Instant| {
-                        t.elapsed() > heartbeat * 2 + Duration::from_millis(500)
-                    }) {
-                        blind = true;
-                    }
-                    last_listed = Some(Instant::now());
-                    // A key missing from a listing is not taken as gone: the server may have
-                    // expired it, or the listing raced a renewal. Liveness comes from revisions
-                    // (a member whose key stops changing is dead after `failover_after`); only a
-                    // deletion seen on the watch removes a member at once.
-                    for e in entries {
-                        observe(&mut members, e);
-                    }
-                    if std::mem::take(&mut blind) {
-                        // Nothing was seen for a while: that proves nobody dead.
-                        let now = Instant::now();
-                        for s in members.values_mut() {
-                            s.changed_at = now;
-                        }
-                        tracing::info!(
-                            "members bucket readable again; every member gets a fresh grace period"
-                        );
-                    }
-                    if watcher.is_none() {
-                        watcher = a.kv.watch_all().await.ok();
-                    }
-                }
-                Err(e) => {
-                    if !blind {
-                        tracing::warn!(error = %e, "cannot read the members bucket; keeping the current tenants and taking over nothing until it is readable");
-                    }
-                    blind = true;
+            _ = tick.tick() => {}
+            changed = control.changed() => {
+                if changed.is_err() {
+                    return;
                 }
             }
         }
-        if blind {
-            publish_status(&a, &members, None, &me, placed_at, &mut reported_mismatch).await;
-            continue;
+        let c = *control.borrow_and_update();
+        if c.stop {
+            a.lease.revoke();
+            let _ = tokio::time::timeout(timeout, kv.delete(&me)).await;
+            return;
         }
-        let now = Instant::now();
-        let alive: BTreeSet<String> = members
-            .iter()
-            .filter(|(id, s)| **id == me || now.duration_since(s.changed_at) < failover)
-            .map(|(id, _)| id.clone())
-            .chain(std::iter::once(me.clone()))
-            .collect();
-        a.live.set(alive.clone());
-        let eligible: BTreeSet<String> = alive
-            .iter()
-            .filter(|id| **id == me || !members.get(*id).is_some_and(|s| s.value.leaving))
-            .cloned()
-            .collect();
-        // The first placement waits one heartbeat, so replicas started together see each other
-        // before they place (fewer moves right after a cluster starts).
-        let settled = placed.is_some() || now.duration_since(started) >= heartbeat;
-        if settled && placed.as_ref() != Some(&eligible) {
-            match a.reloader.place(eligible.clone()).await {
-                Ok(o) => {
-                    tracing::info!(
-                        members = eligible.len(),
-                        owned = o.owned,
-                        acquired = o.acquired,
-                        released = o.released,
-                        "placement changed"
-                    );
-                    for _ in 0..o.acquired {
-                        a.observer.metrics().cluster.handover(true);
-                    }
-                    for _ in 0..o.released {
-                        a.observer.metrics().cluster.handover(false);
-                    }
-                    placed = Some(eligible);
-                    placed_at = Some(SystemTime::now());
-                    a.ready.store(true, Ordering::Release);
+        let outcome = a.outcome.borrow().clone();
+        let value = MemberValue {
+            digest: outcome.digest.clone(),
+            leaving: c.leaving,
+            owned: outcome.owned,
+        };
+        let sent = Instant::now();
+        let epoch = a.lease.epoch();
+        let mut renewed = false;
+        match tokio::time::timeout(timeout, renew(&kv, &me, &value, my_revision)).await {
+            Ok(Ok(r)) => {
+                renewed = true;
+                a.lease.renewed(sent);
+                if epoch > 0 && a.lease.epoch() > epoch {
+                    tracing::warn!(epoch = a.lease.epoch(), "the lease is held again after a lapse; each tenant re-asserts its ownership before it polls or delivers");
+                    a.observer.metrics().cluster.lease(true, true);
                 }
-                Err(e) => tracing::error!(error = %e, "placement could not be applied; retrying"),
+                if std::mem::take(&mut renew_failing) {
+                    tracing::info!("membership renewed again; the lease holds");
+                }
+                my_revision = Some(r);
+            }
+            failed => {
+                let e = match failed {
+                    Ok(Err(e)) => e,
+                    _ => "timed out".to_string(),
+                };
+                if !std::mem::replace(&mut renew_failing, true) {
+                    tracing::warn!(error = %e, lease_ms = a.lease.duration().as_millis() as u64, "could not renew this replica's membership; its tenants stop polling and delivering when the lease runs out, and resume after a renewal");
+                }
+                // The bucket may be gone (NATS restarted without its store): open it again,
+                // making it when missing, once per heartbeat at most.
+                my_revision = None;
+                let js = async_nats::jetstream::new(client.clone());
+                if let Ok(Ok(again)) =
+                    tokio::time::timeout(timeout, open_bucket(&js, &a.settings)).await
+                {
+                    kv = again;
+                }
             }
         }
+        let known = tracker.members().keys().cloned().collect();
+        let listing = match tokio::time::timeout(timeout, list(&kv, known)).await {
+            Ok(r) => r,
+            Err(_) => Err("timed out listing the members".to_string()),
+        };
+        let liveness = match listing {
+            Ok(entries) => {
+                if std::mem::take(&mut list_failing) {
+                    tracing::info!("members bucket readable again");
+                }
+                Some(tracker.listing(entries, Instant::now()))
+            }
+            Err(e) => {
+                if !std::mem::replace(&mut list_failing, true) {
+                    tracing::warn!(error = %e, "cannot read the members bucket; placement is kept as it is until it is readable");
+                }
+                None
+            }
+        };
+        if let Some(l) = &liveness {
+            if l.after_gap {
+                tracing::info!(
+                    "members listed after a gap; silence is counted only while observed, so nobody is declared dead from it"
+                );
+            }
+            a.live.set(l.alive.clone());
+            // The first decision waits one heartbeat, so replicas started together see each
+            // other before they place (fewer moves right after a cluster starts). A replica that
+            // could not renew its own key changes nothing: when writes are refused everywhere
+            // (storage full, permissions) every key goes silent, and each replica would otherwise
+            // place the whole fleet on itself.
+            if renewed && (decided || started.elapsed() >= heartbeat) {
+                decided = true;
+                let eligible = Some(l.eligible.clone());
+                a.members.send_if_modified(|m| {
+                    if *m == eligible {
+                        false
+                    } else {
+                        *m = eligible;
+                        true
+                    }
+                });
+            }
+        }
+        let held = a.lease.held();
+        if was_held && !held {
+            tracing::warn!(lease_ms = a.lease.duration().as_millis() as u64, "the lease ran out (no membership renewal within it): this replica's tenants stop polling and delivering until it is renewed");
+        }
+        was_held = held;
+        a.observer.metrics().cluster.lease(held, false);
         publish_status(
             &a,
-            &members,
-            Some(&alive),
+            &tracker,
+            liveness.as_ref().map(|l| &l.alive),
             &me,
-            placed_at,
+            &outcome,
             &mut reported_mismatch,
-        )
-        .await;
+        );
     }
 }
 
-async fn next(w: &mut Option<kv::Watch>) -> Option<kv::Entry> {
-    match w {
-        Some(w) => match w.next().await {
-            Some(Ok(e)) => Some(e),
-            _ => None,
-        },
-        None => std::future::pending().await,
-    }
-}
-
-fn observe(members: &mut BTreeMap<String, Seen>, e: kv::Entry) {
-    if e.operation != kv::Operation::Put {
-        members.remove(&e.key);
-        return;
-    }
-    let value: MemberValue = serde_json::from_slice(&e.value).unwrap_or_default();
-    match members.get_mut(&e.key) {
-        Some(s) if s.revision == e.revision => {}
-        Some(s) if s.revision > e.revision => {}
-        Some(s) => {
-            s.revision = e.revision;
-            s.changed_at = Instant::now();
-            s.value = value;
-        }
-        None => {
-            members.insert(
-                e.key,
-                Seen {
-                    revision: e.revision,
-                    changed_at: Instant::now(),
-                    value,
-                },
-            );
+/// Every key's current entry, and for each `known` member without a key whether it was deleted
+/// (a listing leaves deleted keys out; expired ones are simply absent).
+async fn list(store: &kv::Store, known: Vec<String>) -> Result<Vec<Listed>, String> {
+    let mut keys = store.keys().await.map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    let mut seen = BTreeSet::new();
+    while let Some(k) = keys.next().await {
+        let k = k.map_err(|e| e.to_string())?;
+        seen.insert(k.clone());
+        if let Some(e) = store.entry(k).await.map_err(|e| e.to_string())? {
+            out.push(listed(e));
         }
     }
-}
-
-/// Every key's current entry.
-async fn list(store: &kv::Store) -> Result<Vec<kv::Entry>, String> {
-    let listing = async {
-        let mut keys = store.keys().await.map_err(|e| e.to_string())?;
-        let mut out = Vec::new();
-        while let Some(k) = keys.next().await {
-            let k = k.map_err(|e| e.to_string())?;
-            if let Some(e) = store.entry(k).await.map_err(|e| e.to_string())? {
-                out.push(e);
+    for id in known.into_iter().filter(|id| !seen.contains(id)) {
+        if let Some(e) = store.entry(id).await.map_err(|e| e.to_string())? {
+            if e.operation != kv::Operation::Put {
+                out.push(listed(e));
             }
         }
-        Ok::<_, String>(out)
-    };
-    tokio::time::timeout(Duration::from_secs(5), listing)
-        .await
-        .map_err(|_| "timed out listing the members".to_string())?
+    }
+    Ok(out)
+}
+
+fn listed(e: kv::Entry) -> Listed {
+    let value = (e.operation == kv::Operation::Put)
+        .then(|| serde_json::from_slice(&e.value).unwrap_or_default());
+    (e.key, e.revision, value)
 }
 
 /// Renews this replica's key (creating it when missing). Returns the new revision.
@@ -348,45 +488,38 @@ async fn renew(
     let body: bytes::Bytes = serde_json::to_vec(value)
         .expect("a member value serializes")
         .into();
-    let attempt = async {
-        if let Some(rev) = revision {
-            match store.update(me, body.clone(), rev).await {
-                Ok(r) => return Ok(r),
-                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {}
-                Err(e) => return Err(e.to_string()),
-            }
+    if let Some(rev) = revision {
+        match store.update(me, body.clone(), rev).await {
+            Ok(r) => return Ok(r),
+            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {}
+            Err(e) => return Err(e.to_string()),
         }
-        // First registration, or the key changed under us (expired while we were away, or a
-        // previous run of this replica): take the current revision.
-        match store.entry(me).await.map_err(|e| e.to_string())? {
-            Some(e) if e.operation == kv::Operation::Put => store
-                .update(me, body.clone(), e.revision)
-                .await
-                .map_err(|e| e.to_string()),
-            _ => store
-                .create(me, body.clone())
-                .await
-                .map_err(|e| e.to_string()),
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(5), attempt)
-        .await
-        .map_err(|_| "timed out".to_string())?
+    }
+    // First registration, or the key changed under us (expired while we were away, or a
+    // previous run of this replica): take the current revision.
+    match store.entry(me).await.map_err(|e| e.to_string())? {
+        Some(e) if e.operation == kv::Operation::Put => store
+            .update(me, body.clone(), e.revision)
+            .await
+            .map_err(|e| e.to_string()),
+        _ => store
+            .create(me, body.clone())
+            .await
+            .map_err(|e| e.to_string()),
+    }
 }
 
-async fn publish_status(
-    a: &LoopArgs,
-    members: &BTreeMap<String, Seen>,
+fn publish_status(
+    a: &HeartbeatArgs,
+    tracker: &Tracker,
     alive: Option<&BTreeSet<String>>,
     me: &str,
-    placed_at: Option<SystemTime>,
+    outcome: &PlaceOutcome,
     reported: &mut BTreeSet<String>,
 ) {
-    let outcome = a.reloader.placement().await;
-    let now = Instant::now();
     let mut views = Vec::new();
     let mut mismatch = BTreeSet::new();
-    for (id, s) in members {
+    for (id, s) in tracker.members() {
         if alive.is_some_and(|l| !l.contains(id)) {
             continue;
         }
@@ -400,10 +533,10 @@ async fn publish_status(
             leaving: s.value.leaving,
             config_digest: s.value.digest.clone(),
             config_matches: matches,
-            seconds_since_heartbeat: now.duration_since(s.changed_at).as_secs_f64(),
+            seconds_since_heartbeat: s.silence.as_secs_f64(),
         });
     }
-    if !members.contains_key(me) {
+    if !tracker.members().contains_key(me) {
         views.push(MemberView {
             id: me.to_string(),
             tenants: outcome.per_member.get(me).copied().unwrap_or(0),
@@ -426,10 +559,122 @@ async fn publish_status(
         members: views,
         // Read live by `ClusterView::status`.
         nats_connected: false,
-        config_digest: outcome.digest,
+        lease: None,
+        config_digest: outcome.digest.clone(),
         owned: outcome.owned,
         configured: outcome.configured,
-        placed_at,
+        placed_at: outcome.placed_at,
         config_mismatch: mismatch.into_iter().collect(),
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(id: &str, revision: u64) -> Listed {
+        (id.to_string(), revision, Some(MemberValue::default()))
+    }
+
+    fn ids(s: &BTreeSet<String>) -> Vec<&str> {
+        s.iter().map(String::as_str).collect()
+    }
+
+    const HB: Duration = Duration::from_millis(250);
+    const F: Duration = Duration::from_secs(2);
+
+    #[test]
+    fn a_member_whose_key_stops_changing_is_dead_after_failover_of_observed_silence() {
+        let mut t = Tracker::new("me", HB, F);
+        let t0 = Instant::now();
+        let l = t.listing(vec![put("me", 1), put("b", 1)], t0);
+        assert_eq!(ids(&l.alive), ["b", "me"]);
+        // b renews twice, then stops.
+        t.listing(vec![put("me", 2), put("b", 2)], t0 + HB);
+        let mut now = t0 + HB;
+        let mut rev = 2;
+        let mut died_at = None;
+        for _ in 0..12 {
+            now += HB;
+            rev += 1;
+            let l = t.listing(vec![put("me", rev), put("b", 2)], now);
+            if !l.alive.contains("b") && died_at.is_none() {
+                died_at = Some(now);
+            }
+        }
+        assert_eq!(
+            died_at,
+            Some(t0 + HB + F),
+            "dead after exactly 2 s of silence"
+        );
+    }
+
+    #[test]
+    fn a_pause_of_this_replica_declares_nobody_dead() {
+        let mut t = Tracker::new("me", HB, F);
+        let t0 = Instant::now();
+        t.listing(vec![put("me", 1), put("b", 1)], t0);
+        // Paused for a minute: the next listing sees b's key unchanged.
+        let l = t.listing(
+            vec![put("me", 2), put("b", 1)],
+            t0 + Duration::from_secs(60),
+        );
+        assert!(l.after_gap);
+        assert_eq!(ids(&l.alive), ["b", "me"], "b is not judged on stale data");
+        // b really is dead: after failover_after of observed silence it is.
+        let mut now = t0 + Duration::from_secs(60);
+        let mut alive = true;
+        for i in 0..8 {
+            now += HB;
+            alive = t
+                .listing(vec![put("me", 3 + i), put("b", 1)], now)
+                .alive
+                .contains("b");
+        }
+        assert!(!alive);
+    }
+
+    #[test]
+    fn a_dead_member_never_comes_back_from_its_stale_key_and_is_forgotten() {
+        let mut t = Tracker::new("me", HB, F);
+        let t0 = Instant::now();
+        let mut now = t0;
+        t.listing(vec![put("me", 1), put("dead", 7)], now);
+        for i in 0..20 {
+            now += HB;
+            t.listing(vec![put("me", 2 + i), put("dead", 7)], now);
+        }
+        assert!(
+            !t.members().contains_key("dead"),
+            "forgotten after 2 x failover"
+        );
+        // A late listing (this replica ran slow) still shows the stale key: still dead.
+        now += Duration::from_secs(30);
+        let l = t.listing(vec![put("me", 50), put("dead", 7)], now);
+        assert_eq!(ids(&l.alive), ["me"]);
+        // It comes back for real: a new revision.
+        let l = t.listing(vec![put("me", 51), put("dead", 8)], now + HB);
+        assert_eq!(ids(&l.alive), ["dead", "me"]);
+    }
+
+    #[test]
+    fn a_leaving_member_is_alive_but_not_placed_on_and_a_deleted_one_is_gone() {
+        let mut t = Tracker::new("me", HB, F);
+        let t0 = Instant::now();
+        let leaving = MemberValue {
+            leaving: true,
+            ..Default::default()
+        };
+        let l = t.listing(
+            vec![put("me", 1), ("b".into(), 3, Some(leaving)), put("c", 1)],
+            t0,
+        );
+        assert_eq!(ids(&l.alive), ["b", "c", "me"]);
+        assert_eq!(ids(&l.eligible), ["c", "me"]);
+        let l = t.listing(
+            vec![put("me", 2), ("b".into(), 4, None), put("c", 2)],
+            t0 + HB,
+        );
+        assert_eq!(ids(&l.alive), ["c", "me"]);
+    }
 }

@@ -1,17 +1,23 @@
 //! Cluster mode: several replicas share one tenant fleet over NATS JetStream.
 //!
 //! - **Membership** ([`membership`]): each replica keeps a key in a JetStream KV bucket, renewed
-//!   every `heartbeat` with a revision-checked update. A replica whose key has not changed for
-//!   `failover_after` (measured on this replica's clock, so clock skew between hosts does not
-//!   matter) is dead. The bucket is watched for prompt news and also listed every heartbeat,
-//!   because nats-server 2.9/2.10 tells watchers nothing when a key expires.
+//!   every `heartbeat` with a revision-checked update by a heartbeat on its own thread and NATS
+//!   connection. A replica whose key has not changed for `failover_after` of observed silence
+//!   (measured on the observer's clock, so clock skew between hosts does not matter) is dead.
+//!   The bucket is listed every heartbeat (nats-server 2.9/2.10 tells watchers nothing when a key
+//!   expires).
+//! - **Lease** ([`lease`]): each successful renewal extends this replica's lease, shorter than
+//!   `failover_after`; its tenants poll and deliver only while it holds, so a replica cut off from
+//!   NATS stops before anyone may take its tenants over.
 //! - **Placement** ([`placement`]): a pure function of the live members and the configured
-//!   tenants (rendezvous hashing by credential). Its result is a set of owned tenants, which the
-//!   [`crate::reload::Reloader`] turns into the same add/remove diff a reload applies: the
-//!   supervisor has one way of starting and stopping tenants.
+//!   tenants (rendezvous hashing by credential). The heartbeat hands the members over a watch
+//!   channel to the placement task of [`crate::reload::Reloader`], which turns the owned set into
+//!   the same add/remove diff a reload applies: the supervisor has one way of starting and
+//!   stopping tenants.
 //! - **State** moves with the tenant through the JetStream backend of the state store
 //!   ([`crate::state::jetstream`]), fenced by subject sequence.
 
+pub mod lease;
 pub mod membership;
 pub mod placement;
 
@@ -23,15 +29,16 @@ use serde::Serialize;
 
 use crate::config::ClusterSettings;
 use crate::state::jetstream::{LiveSet, Replicated};
+use lease::{Lease, LeaseView};
 
-/// A replica's connection to the cluster: the NATS client, the members bucket, the replicated
-/// state backend, and the views the membership loop keeps up to date.
+/// A replica's connection to the cluster: the NATS client, the replicated state backend, its
+/// lease, and the views the heartbeat keeps up to date.
 pub struct Connected {
-    /// The NATS connection (hints are forwarded over it).
+    /// The NATS connection of state and hints (the heartbeat has its own).
     pub client: async_nats::Client,
-    pub kv: async_nats::jetstream::kv::Store,
     pub replicated: Arc<Replicated>,
     pub live: Arc<LiveSet>,
+    pub lease: Arc<Lease>,
     pub view: Arc<ClusterView>,
 }
 
@@ -62,22 +69,28 @@ pub async fn connect(s: &ClusterSettings) -> Result<Connected, String> {
         tracing::warn!(nats_version = %version, replicas = s.replicas, "{warning}");
     }
     let js = async_nats::jetstream::new(client.clone());
-    let kv = membership::open_bucket(&js, s).await?;
+    // Opened (created when missing) here, so a start without JetStream fails with the reason.
+    membership::open_bucket(&js, s).await?;
     let live = Arc::new(LiveSet::default());
+    let lease = Arc::new(Lease::new(Lease::duration_for(
+        s.heartbeat.0,
+        s.failover_after.0,
+    )));
     let replicated = Replicated::open(
         client.clone(),
         &s.state_stream,
         s.replicas,
         &s.replica_id,
         live.clone(),
+        lease.clone(),
     )
     .await?;
     Ok(Connected {
         client: client.clone(),
-        view: Arc::new(ClusterView::new(&s.replica_id, client)),
-        kv,
+        view: Arc::new(ClusterView::new(&s.replica_id, client, lease.clone())),
         replicated: Arc::new(replicated),
         live,
+        lease,
     })
 }
 
@@ -125,6 +138,9 @@ pub struct ClusterStatus {
     pub members: Vec<MemberView>,
     /// Whether this replica can reach NATS now (asked at every read).
     pub nats_connected: bool,
+    /// This replica's lease (read at every read): its tenants poll and deliver only while it
+    /// holds.
+    pub lease: Option<LeaseView>,
     /// This replica's digest of its configured tenant set.
     pub config_digest: String,
     /// Tenants this replica owns.
@@ -151,16 +167,18 @@ pub struct ClusterView {
     status: RwLock<ClusterStatus>,
     /// Asked at every read: the loop's last status may be older than a reconnection.
     client: async_nats::Client,
+    lease: Arc<Lease>,
 }
 
 impl ClusterView {
-    pub fn new(replica: &str, client: async_nats::Client) -> Self {
+    pub fn new(replica: &str, client: async_nats::Client, lease: Arc<Lease>) -> Self {
         ClusterView {
             status: RwLock::new(ClusterStatus {
                 replica: replica.to_string(),
                 ..Default::default()
             }),
             client,
+            lease,
         }
     }
 
@@ -168,6 +186,7 @@ impl ClusterView {
         let mut s = self.status.read().expect("cluster view lock").clone();
         s.nats_connected =
             self.client.connection_state() == async_nats::connection::State::Connected;
+        s.lease = Some(self.lease.view());
         s
     }
 

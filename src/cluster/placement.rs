@@ -5,8 +5,28 @@
 //! whose winner joined or left (about 1/n of them).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::SystemTime;
 
 use crate::config::TenantSpec;
+
+/// What a placement decided: written by the placement task (see [`crate::reload`]), read by the
+/// heartbeat (what this replica announces) and `/cluster`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PlaceOutcome {
+    /// Tenants per member (every member listed).
+    pub per_member: BTreeMap<String, usize>,
+    /// Tenants this replica owns.
+    pub owned: usize,
+    /// Configured tenants.
+    pub configured: usize,
+    /// Tenants that moved here and away by this placement.
+    pub acquired: usize,
+    pub released: usize,
+    /// The digest of the configured tenant set.
+    pub digest: String,
+    /// When placement last changed here.
+    pub placed_at: Option<SystemTime>,
+}
 
 /// A stable 64-bit hash (FNV-1a, then a splitmix64 finaliser for avalanche): the same on every
 /// replica and every build, unlike `std`'s hasher, which is allowed to change.

@@ -96,10 +96,22 @@ pub struct Replicated {
     client: async_nats::Client,
     stream: jetstream::stream::Stream,
     stream_name: String,
+    /// The stream's configuration, to make it again when NATS lost it.
+    stream_config: jetstream::stream::Config,
+    /// When the stream was last found missing and made again (at most once a second).
+    remade_at: std::sync::Mutex<Option<std::time::Instant>>,
     replica: String,
     owned: DashMap<String, Owned>,
     live: Arc<LiveSet>,
+    /// This replica's membership lease: tenants check it before polling and delivering.
+    lease: Arc<crate::cluster::lease::Lease>,
+    /// Bounds the claims, re-assertions and releases in flight at once, so a placement that
+    /// moves many tenants queues them here instead of flooding NATS.
+    ownership: tokio::sync::Semaphore,
 }
+
+/// Claims, re-assertions and releases in flight at once (see [`Replicated::ownership`]).
+const OWNERSHIP_CONCURRENCY: usize = 64;
 
 impl Replicated {
     /// Opens (creating when missing) the state stream.
@@ -109,17 +121,19 @@ impl Replicated {
         replicas: usize,
         replica: &str,
         live: Arc<LiveSet>,
+        lease: Arc<crate::cluster::lease::Lease>,
     ) -> Result<Replicated, String> {
         let js = jetstream::new(client.clone());
+        let stream_config = jetstream::stream::Config {
+            name: stream_name.to_string(),
+            subjects: vec![format!("{stream_name}.*")],
+            storage: jetstream::stream::StorageType::File,
+            num_replicas: replicas,
+            allow_rollup: true,
+            ..Default::default()
+        };
         let stream = js
-            .get_or_create_stream(jetstream::stream::Config {
-                name: stream_name.to_string(),
-                subjects: vec![format!("{stream_name}.*")],
-                storage: jetstream::stream::StorageType::File,
-                num_replicas: replicas,
-                allow_rollup: true,
-                ..Default::default()
-            })
+            .get_or_create_stream(stream_config.clone())
             .await
             .map_err(|e| {
                 format!("cannot create or open the state stream {stream_name} (is JetStream enabled on the server, `-js`?): {e}")
@@ -129,10 +143,57 @@ impl Replicated {
             client,
             stream,
             stream_name: stream_name.to_string(),
+            stream_config,
+            remade_at: std::sync::Mutex::new(None),
             replica: replica.to_string(),
             owned: DashMap::new(),
             live,
+            lease,
+            ownership: tokio::sync::Semaphore::new(OWNERSHIP_CONCURRENCY),
         })
+    }
+
+    /// This replica's membership lease.
+    pub fn lease(&self) -> &crate::cluster::lease::Lease {
+        &self.lease
+    }
+
+    /// Waits for a turn among the ownership operations in flight.
+    async fn turn(&self) -> tokio::sync::SemaphorePermit<'_> {
+        self.ownership
+            .acquire()
+            .await
+            .expect("the ownership semaphore is never closed")
+    }
+
+    /// After a lapse of the lease: writes a fenced `hold` marker on the tenant's subject, which
+    /// succeeds only if nobody wrote there since this replica's last write. `Err(Fenced)`:
+    /// another replica took the tenant over meanwhile; stop it. Afterwards a claim by another
+    /// replica that read the subject before this marker is refused too.
+    pub async fn reassert(&self, tenant: &str) -> Result<u64, PublishFailure> {
+        let _turn = self.turn().await;
+        let Some(mut owned) = self.owned.get(tenant).map(|o| *o) else {
+            return Err(PublishFailure::Fenced);
+        };
+        match self
+            .publish(tenant, "hold", Vec::new(), owned.seq, owned.epoch, None)
+            .await
+        {
+            Ok(seq) => {
+                owned.seq = seq;
+                self.owned.insert(tenant.to_string(), owned);
+                Ok(seq)
+            }
+            Err(PublishFailure::Fenced) => {
+                if self.lost(tenant, &mut owned).await {
+                    // Nobody holds it; the next write republishes it whole.
+                    return Ok(0);
+                }
+                self.owned.remove(tenant);
+                Err(PublishFailure::Fenced)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     fn subject(&self, tenant: &str) -> String {
@@ -175,8 +236,56 @@ impl Replicated {
             Ok(Err(e)) if e.kind() == PublishErrorKind::WrongLastSequence => {
                 Err(PublishFailure::Fenced)
             }
+            Ok(Err(e)) if e.kind() == PublishErrorKind::StreamNotFound => {
+                Err(PublishFailure::Offline(self.remake_stream().await))
+            }
             Ok(Err(e)) => Err(PublishFailure::Offline(e.to_string())),
         }
+    }
+
+    /// The state stream is gone (NATS restarted without its store): makes it again, at most
+    /// once a second whatever the number of tenants writing, and says what happened. Each
+    /// tenant then republishes its state from the local cache (see [`Replicated::lost`]).
+    async fn remake_stream(&self) -> String {
+        {
+            let mut at = self.remade_at.lock().expect("remade_at lock");
+            if at.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
+                return format!("the state stream {} is missing", self.stream_name);
+            }
+            *at = Some(std::time::Instant::now());
+        }
+        match self
+            .js
+            .get_or_create_stream(self.stream_config.clone())
+            .await
+        {
+            Ok(_) => {
+                tracing::warn!(stream = %self.stream_name, "the state stream was missing (NATS lost its store?); made it again: each tenant republishes its state from this replica's cache");
+                format!(
+                    "the state stream {} was missing; made again",
+                    self.stream_name
+                )
+            }
+            Err(e) => format!(
+                "the state stream {} is missing and cannot be made again: {e}",
+                self.stream_name
+            ),
+        }
+    }
+
+    /// A fenced write found the tenant's subject empty: NATS lost this tenant's state (its
+    /// store was replaced), nobody took it over. Its next write starts the subject again from
+    /// the local cache, as a snapshot (the tenant is dirty).
+    async fn lost(&self, tenant: &str, owned: &mut Owned) -> bool {
+        if !matches!(self.last_write(tenant).await, Ok(None)) {
+            return false;
+        }
+        tracing::warn!(tenant = %tenant, "the tenant's state is gone from NATS; republishing it from this replica's cache");
+        owned.seq = 0;
+        owned.epoch = 0;
+        owned.dirty = true;
+        self.owned.insert(tenant.to_string(), *owned);
+        true
     }
 
     /// The last message on the tenant's subject, if any.
@@ -189,6 +298,15 @@ impl Replicated {
         {
             Ok(m) => Ok(Some(last_of(&m))),
             Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
+            Err(e)
+                if matches!(e.kind(), LastRawMessageErrorKind::JetStream(j)
+                    if j.error_code() == async_nats::jetstream::ErrorCode::STREAM_NOT_FOUND) =>
+            {
+                Err(format!(
+                    "cannot read the state of tenant {tenant}: {}",
+                    self.remake_stream().await
+                ))
+            }
             Err(e) => Err(format!("cannot read the state of tenant {tenant}: {e}")),
         }
     }
@@ -251,6 +369,7 @@ impl Replicated {
         local_has_state: bool,
         force: bool,
     ) -> Result<Claim, String> {
+        let _turn = self.turn().await;
         let last = self.last_write(tenant).await?;
         if let Some(l) = &last {
             let held =
@@ -282,6 +401,7 @@ impl Replicated {
         last_seq: u64,
         image: Option<&TenantImage>,
     ) -> Result<u64, PublishFailure> {
+        let _turn = self.turn().await;
         let epoch_seq = self
             .publish(tenant, "claim", Vec::new(), last_seq, 0, None)
             .await?;
@@ -363,6 +483,12 @@ impl Replicated {
                 Ok(WriteOutcome::Published { seq, compact })
             }
             Err(PublishFailure::Fenced) => {
+                if self.lost(tenant, &mut owned).await {
+                    return Ok(WriteOutcome::CacheOnly {
+                        seq: 0,
+                        resync: true,
+                    });
+                }
                 self.owned.remove(tenant);
                 Err(PublishFailure::Fenced)
             }
@@ -396,6 +522,9 @@ impl Replicated {
             return Err(PublishFailure::Fenced);
         };
         let mut result = self.publish_snapshot(tenant, &mut owned, image).await;
+        if matches!(result, Err(PublishFailure::Fenced)) && self.lost(tenant, &mut owned).await {
+            result = self.publish_snapshot(tenant, &mut owned, image).await;
+        }
         if matches!(result, Err(PublishFailure::Fenced)) {
             if let Ok(Some(last)) = self.last_write(tenant).await {
                 if last.replica == self.replica && last.epoch == owned.epoch && last.seq > owned.seq
@@ -426,6 +555,7 @@ impl Replicated {
     /// the release's sequence, or `None` when this replica did not hold the tenant, was fenced,
     /// or could not reach NATS (the next owner then waits until this replica is gone).
     pub async fn release(&self, tenant: &str) -> Option<u64> {
+        let _turn = self.turn().await;
         let (_, owned) = self.owned.remove(tenant)?;
         if owned.dirty {
             tracing::warn!(tenant = %tenant, "not released: its latest state is not in NATS; the next owner waits until this replica is gone and may repeat what it delivered since");

@@ -228,6 +228,12 @@ fn key(tenant: &str, issue: &str) -> String {
 
 /// Where a tenant's cached records stand against JetStream: the subject sequence, and whether
 /// they hold writes NATS has not seen.
+/// A tenant's own state key, not one of its feeds' (`<tenant>:<feed>`; tenant ids have no `:`):
+/// handovers are counted once per tenant.
+fn is_tenant_key(key: &str) -> bool {
+    !key.contains(':')
+}
+
 pub type SyncMark = (u64, bool);
 
 fn encode_sync((seq, dirty): SyncMark) -> [u8; 9] {
@@ -556,6 +562,9 @@ impl StateStore {
         match r.take(tenant, last_seq, image.as_ref()).await {
             Ok(seq) => {
                 self.set_sync(tenant, (seq, false)).await?;
+                if is_tenant_key(tenant) {
+                    self.metrics.handover(true);
+                }
                 Ok(ClaimResult::Claimed { moved })
             }
             // Someone wrote between the look and the claim: look again.
@@ -563,6 +572,19 @@ impl StateStore {
                 holder: "another replica".into(),
             }),
             Err(PublishFailure::Offline(m)) => Err(self.db.err(format!("NATS: {m}"))),
+        }
+    }
+
+    /// Cluster mode, after a lapse of this replica's lease: re-asserts that it still owns
+    /// `tenant` with a fenced marker (see [`Replicated::reassert`]). Fails with `fenced` set when
+    /// another replica took the tenant over meanwhile. Without cluster mode: nothing to do.
+    pub async fn reassert(&self, tenant: &str) -> Result<(), StateError> {
+        let Some(r) = &self.replicated else {
+            return Ok(());
+        };
+        match r.reassert(tenant).await {
+            Ok(seq) => self.set_sync(tenant, (seq, r.is_dirty(tenant))).await,
+            Err(e) => Err(self.failure(tenant, e)),
         }
     }
 
@@ -582,6 +604,9 @@ impl StateStore {
         match r.release(tenant).await {
             Some(seq) => {
                 let _ = self.set_sync(tenant, (seq, false)).await;
+                if is_tenant_key(tenant) {
+                    self.metrics.handover(false);
+                }
                 true
             }
             None => false,

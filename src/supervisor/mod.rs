@@ -765,11 +765,12 @@ impl Actor for ConnectorSupervisor {
             slots: Slots::new(c.max_concurrent_sweeps as usize, slot_metrics),
             ready: args.ready,
             shutting_down: false,
-            claim_patience: args
-                .settings
-                .cluster
-                .as_ref()
-                .map_or(Duration::ZERO, |c| c.failover_after.0 * 3),
+            // A live holder is waiting on its page in flight (a slow sink) or draining: at most a
+            // shutdown's whole budget (tenants, then sinks) plus a few failover periods. One that
+            // cannot reach NATS is not live for long: its lease and its membership lapse.
+            claim_patience: args.settings.cluster.as_ref().map_or(Duration::ZERO, |cl| {
+                cl.failover_after.0 * 3 + c.shutdown_timeout.0 * 2
+            }),
             moved_jitter: args
                 .settings
                 .cluster

@@ -108,6 +108,15 @@ impl TenantActorState {
         let Some(batch) = self.pending.as_ref().map(|p| p.batch.clone()) else {
             return;
         };
+        // Cluster mode: only while this replica's lease holds (a page fetched before a pause
+        // or a cut from NATS is not handed over after it without this check).
+        match self.lease_gate().await {
+            super::claim::Gate::Open => {}
+            super::claim::Gate::Closed(why) => {
+                return self.lease_wait(myself, why, || TenantMsg::Resend)
+            }
+            super::claim::Gate::Fenced(e) => return self.stop_fenced(myself, &e),
+        }
         let result = self.to_sink(batch).await;
         let Some(pending) = self.pending.as_mut() else {
             return;

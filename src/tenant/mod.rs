@@ -146,6 +146,11 @@ pub struct TenantActorState {
     poll_after_sweep: bool,
     /// Cluster mode: how many of the tenant's state keys are claimed so far.
     keys_claimed: usize,
+    /// Cluster mode: the lease epoch in which this tenant last proved it owns its state (its
+    /// claim, or a re-assertion after a lapse); see [`claim::Gate`].
+    lease_epoch: u64,
+    /// Cluster mode: claims in a row that failed (their retries back off).
+    claim_failures: u32,
     /// The running poll's remaining feeds (see [`schedule`]).
     plan: Option<schedule::PollPlan>,
     /// The feed (other than Issues) being swept (boxed: an idle tenant pays a pointer).
@@ -245,6 +250,8 @@ impl Actor for WizTenantActor {
             claiming_since: Instant::now(),
             poll_after_sweep: false,
             keys_claimed: 0,
+            lease_epoch: 0,
+            claim_failures: 0,
             plan: None,
             feed_job: None,
             feed_retry: HashMap::new(),

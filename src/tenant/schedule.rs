@@ -113,6 +113,19 @@ impl TenantActorState {
         if self.plan.is_none() {
             self.plan = Some(self.new_plan());
         }
+        // Cluster mode: nothing is polled while this replica's lease does not hold; the plan
+        // waits (the slot is given back) and goes on at the next `Poll`.
+        match self.lease_gate().await {
+            super::claim::Gate::Open => {}
+            super::claim::Gate::Closed(why) => {
+                drop(permit);
+                return self.lease_wait(myself, why, || TenantMsg::Poll);
+            }
+            super::claim::Gate::Fenced(e) => {
+                drop(permit);
+                return self.stop_fenced(myself, &e);
+            }
+        }
         let next = self.plan.as_mut().and_then(|p| p.steps.pop_front());
         match next {
             Some(FeedName::Issues) => self.start_sweep(myself, permit).await,

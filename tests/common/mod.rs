@@ -352,6 +352,22 @@ impl NatsServer {
         .await;
     }
 
+    /// Deletes the server's store (call it stopped): the next start has no streams, no buckets.
+    pub fn wipe(&self) {
+        assert!(
+            self.child.is_none(),
+            "stop the server before wiping its store"
+        );
+        for e in std::fs::read_dir(self.dir.path()).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                std::fs::remove_dir_all(&p).unwrap();
+            } else {
+                std::fs::remove_file(&p).unwrap();
+            }
+        }
+    }
+
     /// Stops the server cleanly (SIGTERM) and waits for it to exit.
     pub async fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
