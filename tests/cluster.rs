@@ -1850,3 +1850,131 @@ async fn nats_restarted_without_its_store_is_recovered_without_restarting_the_re
         0
     );
 }
+
+/// The state stream's messages and bytes (every tenant's state together).
+async fn state_stream(nats: &str) -> (u64, u64) {
+    let client = async_nats::connect(nats).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let mut stream = js.get_stream("WIZ_CONNECTOR_STATE").await.unwrap();
+    let info = stream.info().await.unwrap();
+    (info.state.messages, info.state.bytes)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_moved_ten_times_stays_compact_in_nats_and_leaves_no_cache_behind() {
+    let nats = nats_server().await;
+    let sim = sim(1, 300).await;
+    let dir = tempfile::tempdir().unwrap();
+    eprintln!("replica logs and sinks in {}", dir.path().display());
+    let one = Setup {
+        only: Some(1),
+        ..Default::default()
+    };
+    let expected: BTreeSet<String> = ["t0".to_string()].into();
+    let home = placed(&sim, &nats.url, dir.path(), &["r1", "r2"])["t0"].clone();
+    let away = if home == "r1" { "r2" } else { "r1" };
+    let mut rs = replicas(&sim, &nats.url, &[&home, away], dir.path(), &one).await;
+    settled(&rs, &expected, "t0 placed", Duration::from_secs(30)).await;
+    no_gap_for(&sim, &expected, dir.path(), Duration::from_secs(30)).await;
+    // Ten moves: the owner stops (t0 moves away), starts again (t0 comes back, released by the
+    // other on placement).
+    for round in 0..5 {
+        sim.churn(&sim_client(&sim, "t0"), 3);
+        let owner = rs.remove(0);
+        let state = owner.state.clone();
+        let mut owner = owner;
+        signal(owner.child.as_ref().unwrap(), "-TERM");
+        assert_eq!(
+            exit_code(owner.child.as_mut().unwrap(), Duration::from_secs(30)).await,
+            0
+        );
+        settled(&rs, &expected, "t0 on the other", Duration::from_secs(30)).await;
+        no_gap_for(&sim, &expected, dir.path(), Duration::from_secs(30)).await;
+        let back = replica_with(
+            &sim,
+            &nats.url,
+            &home,
+            dir.path(),
+            &Setup {
+                state_dir: Some(state),
+                ..one
+            },
+        )
+        .await;
+        rs.insert(0, back);
+        eventually("t0 back home", Duration::from_secs(30), || {
+            let live: Vec<&Replica> = rs.iter().collect();
+            let expected = &expected;
+            let home = &home;
+            async move {
+                let o = owners(&live, expected).await?;
+                if o["t0"] == *home {
+                    Ok(())
+                } else {
+                    Err(format!("{o:?}"))
+                }
+            }
+        })
+        .await;
+        // The new owner compacted what earlier owners left (deltas, claims, holds, releases)
+        // into one snapshot.
+        eventually(
+            "the subject compacted at the takeover",
+            Duration::from_secs(30),
+            || {
+                let url = &nats.url;
+                async move {
+                    let (messages, bytes) = state_stream(url).await;
+                    if messages <= 16 {
+                        Ok(())
+                    } else {
+                        Err(format!("{messages} messages, {bytes} bytes"))
+                    }
+                }
+            },
+        )
+        .await;
+        eprintln!(
+            "move {}: {:?}",
+            2 * round + 2,
+            state_stream(&nats.url).await
+        );
+    }
+    let known = sim.issues(&sim_client(&sim, "t0"), |s| s.issues.len()) as u64;
+    let (messages, bytes) = state_stream(&nats.url).await;
+    eprintln!(
+        "after 10 moves: {messages} messages, {bytes} bytes, {known} known issues, {} bytes per known issue",
+        bytes / known
+    );
+    // Deltas written since the last takeover may add up to half the snapshot plus 64 KiB before
+    // the next compaction by size; right after a takeover it is the snapshot alone.
+    assert!(
+        bytes <= 64 * known + 64 * 1024,
+        "{bytes} bytes for {known} known issues"
+    );
+    sim.churn(&sim_client(&sim, "t0"), 3);
+    no_gap_for(&sim, &expected, dir.path(), Duration::from_secs(30)).await;
+    assert_eq!(
+        duplicates(&union(dir.path())),
+        0,
+        "ten moves repeat nothing"
+    );
+    // The replica that released t0 on placement dropped its cache of it; the owner, released at
+    // shutdowns only, keeps one.
+    for r in &mut rs {
+        signal(r.child.as_ref().unwrap(), "-TERM");
+        assert_eq!(
+            exit_code(r.child.as_mut().unwrap(), Duration::from_secs(30)).await,
+            0
+        );
+    }
+    for r in &rs {
+        let (store, _) = wiz_connector::state::StateStore::open_or_recover(&r.state).unwrap();
+        assert_eq!(
+            store.cached("t0").unwrap(),
+            r.id == home,
+            "{}'s cache of t0",
+            r.id
+        );
+    }
+}

@@ -110,6 +110,11 @@ pub struct Replicated {
     ownership: tokio::sync::Semaphore,
 }
 
+/// A new owner publishes a fresh snapshot when it finds more messages than this on the tenant's
+/// subject (previous owners' deltas, claims, holds and releases): markers are not counted as
+/// deltas, so without this an idle tenant moved back and forth would grow without bound.
+const COMPACT_MESSAGES: usize = 16;
+
 /// Claims, re-assertions and releases in flight at once (see [`Replicated::ownership`]).
 const OWNERSHIP_CONCURRENCY: usize = 64;
 
@@ -151,6 +156,32 @@ impl Replicated {
             lease,
             ownership: tokio::sync::Semaphore::new(OWNERSHIP_CONCURRENCY),
         })
+    }
+
+    /// Messages on the tenant's subject now (snapshot parts, deltas and every owner's markers).
+    pub async fn messages(&self, tenant: &str) -> Result<usize, String> {
+        use futures_util::StreamExt;
+        let subject = self.subject(tenant);
+        let mut info = self
+            .stream
+            .info_with_subjects(&subject)
+            .await
+            .map_err(|e| e.to_string())?;
+        while let Some(item) = info.next().await {
+            let (s, n) = item.map_err(|e| e.to_string())?;
+            if s == subject {
+                return Ok(n);
+            }
+        }
+        Ok(0)
+    }
+
+    /// After a claim: whether the subject has grown enough to be compacted now (see
+    /// [`COMPACT_MESSAGES`]). A failed count says no: the next compaction by size still comes.
+    pub async fn crowded(&self, tenant: &str) -> bool {
+        self.messages(tenant)
+            .await
+            .is_ok_and(|n| n > COMPACT_MESSAGES)
     }
 
     /// This replica's membership lease.

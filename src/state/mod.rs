@@ -565,6 +565,10 @@ impl StateStore {
                 if is_tenant_key(tenant) {
                     self.metrics.handover(true);
                 }
+                // Previous owners' deltas and markers: compacted into one snapshot now.
+                if r.crowded(tenant).await {
+                    self.publish_image(r, tenant).await?;
+                }
                 Ok(ClaimResult::Claimed { moved })
             }
             // Someone wrote between the look and the claim: look again.
@@ -611,6 +615,23 @@ impl StateStore {
             }
             None => false,
         }
+    }
+
+    /// Cluster mode: drops the local cache of a tenant this replica released to another (its
+    /// state is in NATS; a later claim here installs it from there). Not used at shutdown: a
+    /// restarted replica usually gets its tenants back, and its cache spares reading them.
+    pub async fn forget(&self, tenant: &str) -> Result<(), StateError> {
+        let me = self.clone();
+        let t = tenant.to_string();
+        tokio::task::spawn_blocking(move || me.db.forget(&t))
+            .await
+            .map_err(|e| self.db.err(e))?
+    }
+
+    /// Whether the local cache holds anything of `tenant` (its checkpoint, known issues, in-flight
+    /// marks or sync mark).
+    pub fn cached(&self, tenant: &str) -> Result<bool, StateError> {
+        self.db.cached(tenant)
     }
 
     pub fn checkpoint(&self, tenant: &str) -> Result<Option<Checkpoint>, StateError> {
@@ -698,6 +719,53 @@ impl Db {
 
     /// Replaces everything held for `tenant` with `image` (a tenant's state read from JetStream
     /// when it moved here), in sync with subject sequence `seq`.
+    fn forget(&self, tenant: &str) -> Result<(), StateError> {
+        let w = self.db.begin_write().map_err(|e| self.err(e))?;
+        {
+            let (from, to) = (format!("{tenant}\u{1f}"), format!("{tenant}\u{20}"));
+            for table in [ISSUES, IN_FLIGHT] {
+                let mut t = w.open_table(table).map_err(|e| self.err(e))?;
+                t.retain_in(from.as_str()..to.as_str(), |_, _| false)
+                    .map_err(|e| self.err(e))?;
+            }
+            for table in [CHECKPOINTS, SYNC] {
+                let mut t = w.open_table(table).map_err(|e| self.err(e))?;
+                t.remove(tenant).map_err(|e| self.err(e))?;
+            }
+        }
+        w.commit().map_err(|e| self.err(e))
+    }
+
+    fn cached(&self, tenant: &str) -> Result<bool, StateError> {
+        let r = self.db.begin_read().map_err(|e| self.err(e))?;
+        let (from, to) = (format!("{tenant}\u{1f}"), format!("{tenant}\u{20}"));
+        for table in [ISSUES, IN_FLIGHT] {
+            let t = match r.open_table(table) {
+                Ok(t) => t,
+                Err(redb::TableError::TableDoesNotExist(_)) => continue,
+                Err(e) => return Err(self.err(e)),
+            };
+            if t.range(from.as_str()..to.as_str())
+                .map_err(|e| self.err(e))?
+                .next()
+                .is_some()
+            {
+                return Ok(true);
+            }
+        }
+        for table in [CHECKPOINTS, SYNC] {
+            let t = match r.open_table(table) {
+                Ok(t) => t,
+                Err(redb::TableError::TableDoesNotExist(_)) => continue,
+                Err(e) => return Err(self.err(e)),
+            };
+            if t.get(tenant).map_err(|e| self.err(e))?.is_some() {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     fn install(&self, tenant: &str, image: &TenantImage, seq: u64) -> Result<(), StateError> {
         let w = self.db.begin_write().map_err(|e| self.err(e))?;
         {

@@ -470,7 +470,7 @@ impl SupervisorState {
     }
 
     /// Cluster mode: writes the release of a tenant this replica gave up, in the background (the
-    /// next owner waits for it).
+    /// next owner waits for it), then drops its local cache.
     fn release(&self, tenant: &str) {
         if self.store.replicated().is_none() {
             return;
@@ -479,7 +479,13 @@ impl SupervisorState {
         let keys = self.state_keys(tenant);
         tokio::spawn(async move {
             for key in keys {
-                store.release(&key).await;
+                // Released (its state is in NATS): the local cache of it goes; kept when the
+                // release failed, as the next owner may need this replica to publish it.
+                if store.release(&key).await {
+                    if let Err(e) = store.forget(&key).await {
+                        tracing::warn!(tenant = %key, error = %e, "could not drop the local cache of a tenant handed over; it stays until the next handover");
+                    }
+                }
             }
         });
     }
