@@ -1,8 +1,12 @@
 //! Cluster-mode benchmarks (a bench binary; each scenario runs once). Replicas run as separate
 //! `wiz-connector run` processes against a local `nats-server -js` and the simulator.
 //!
-//! `cargo bench --bench cluster [-- placement|failover|state|commit]` (all by default). Needs
-//! nats-server (Debian's package). Under `cargo test` it runs nothing.
+//! `cargo bench --bench cluster [-- placement|failover|state|commit|scale]` (all but `scale` by
+//! default). Needs nats-server (Debian's package). Under `cargo test` it runs nothing.
+//!
+//! `scale` runs `WIZ_BENCH_SCALE_TENANTS` (default 100,000) idle tenants on
+//! `WIZ_BENCH_SCALE_REPLICAS` (default 10) replicas: placement, kill -9, a join and a SIGTERM,
+//! with the replicas' memory and the bytes in NATS.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::{Child, Command, Stdio};
@@ -33,10 +37,22 @@ impl Drop for Replica {
 
 /// A replica process over `tenants` simulated tenants with a file sink.
 fn replica(id: &str, sim: &Sim, nats: &str, tenants: usize, cluster: &str) -> Replica {
+    replica_with(id, sim, nats, tenants, cluster, "0s")
+}
+
+/// [`replica`] with another `startup_jitter`.
+fn replica_with(
+    id: &str,
+    sim: &Sim,
+    nats: &str,
+    tenants: usize,
+    cluster: &str,
+    jitter: &str,
+) -> Replica {
     let dir = tempfile::tempdir().unwrap();
     let admin = format!("127.0.0.1:{}", free_port());
     let mut text = format!(
-        "[connector]\nstate_dir = \"{}\"\npoll_interval = \"1h\"\nstartup_jitter = \"0s\"\nmax_concurrent_sweeps = 64\n\
+        "[connector]\nstate_dir = \"{}\"\npoll_interval = \"1h\"\nstartup_jitter = \"{jitter}\"\nmax_concurrent_sweeps = 64\n\
          [admin]\nlisten = \"{admin}\"\n[cluster]\nnats_url = \"{nats}\"\nreplica_id = \"{id}\"\n{cluster}\n\
          [sinks.archive]\ntype = \"file\"\npath = \"{}\"\n",
         dir.path().join("state").display(),
@@ -359,6 +375,187 @@ async fn commit() {
     }
 }
 
+/// Resident memory of process `pid`, in bytes.
+fn rss_of(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    s.lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .unwrap_or(0)
+        * 1024
+}
+
+/// Bytes JetStream holds in `stream`.
+async fn stream_bytes(nats: &str, stream: &str) -> u64 {
+    let Ok(client) = async_nats::connect(nats).await else {
+        return 0;
+    };
+    let js = async_nats::jetstream::new(client);
+    match js.get_stream(stream).await {
+        Ok(mut s) => s.info().await.map(|i| i.state.bytes).unwrap_or(0),
+        Err(_) => 0,
+    }
+}
+
+/// Waits until every one of `n` tenants is listed by exactly one of `rs` (and, with `polled`,
+/// polled once); the time it took, or `None` after `limit`.
+async fn settle(
+    client: &reqwest::Client,
+    rs: &[&Replica],
+    n: usize,
+    polled: bool,
+    limit: Duration,
+) -> Option<Duration> {
+    let started = Instant::now();
+    while started.elapsed() < limit {
+        if let Some((o, p)) = owners(client, rs).await {
+            if o.len() == n && (!polled || p == n) {
+                return Some(started.elapsed());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    None
+}
+
+fn secs(d: Option<Duration>) -> String {
+    d.map_or("did not settle".to_string(), |d| {
+        format!("{:.1} s", d.as_secs_f64())
+    })
+}
+
+/// Idle tenants on many replicas (see the module docs).
+async fn scale() {
+    let env = |k: &str, d: usize| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
+    let n = env("WIZ_BENCH_SCALE_TENANTS", 100_000);
+    let k = env("WIZ_BENCH_SCALE_REPLICAS", 10);
+    let Some(nats) = start_nats() else {
+        println!("| scale | skipped: nats-server is not installed | | |");
+        return;
+    };
+    let sim = start_sim(n, 0);
+    let client = http();
+    let settings = "heartbeat = \"1s\"\nfailover_after = \"5s\"";
+    let limit = Duration::from_secs(900);
+    let ids: Vec<String> = (1..=k).map(|i| format!("r{i}")).collect();
+    let started = Instant::now();
+    let mut rs: Vec<Replica> = ids
+        .iter()
+        .map(|id| replica_with(id, &sim, &nats.url, n, settings, "30s"))
+        .collect();
+    let live: Vec<&Replica> = rs.iter().collect();
+    let placed = settle(&client, &live, n, false, limit)
+        .await
+        .map(|_| started.elapsed());
+    let polled = settle(&client, &live, n, true, limit)
+        .await
+        .map(|_| started.elapsed());
+    let rss: Vec<u64> = rs.iter().map(|r| rss_of(r.child.id())).collect();
+    let rss_avg = rss.iter().sum::<u64>() / rss.len() as u64;
+    let state = stream_bytes(&nats.url, "WIZ_CONNECTOR_STATE").await;
+    let members = stream_bytes(&nats.url, "KV_wiz_connector_members").await;
+    println!(
+        "| scale: start | {k} replicas x {n} idle tenants, heartbeat 1 s, failover_after 5 s, startup_jitter 30 s | placed in {}, all polled in {} | RSS per replica {:.0} MiB avg ({:.0} to {:.0}), {:.1} KiB per configured tenant; NATS {:.0} bytes per tenant (state {state} B, members {members} B) |",
+        secs(placed),
+        secs(polled),
+        rss_avg as f64 / 1048576.0,
+        *rss.iter().min().unwrap() as f64 / 1048576.0,
+        *rss.iter().max().unwrap() as f64 / 1048576.0,
+        rss_avg as f64 / 1024.0 / n as f64,
+        (state + members) as f64 / n as f64
+    );
+    // kill -9 of the replica owning the most.
+    let live: Vec<&Replica> = rs.iter().collect();
+    let (o, _) = owners(&client, &live).await.unwrap_or_default();
+    let victim = ids
+        .iter()
+        .max_by_key(|r| o.values().filter(|x| x == r).count())
+        .unwrap()
+        .clone();
+    let moved: BTreeSet<String> = o
+        .iter()
+        .filter(|(_, r)| **r == victim)
+        .map(|(t, _)| t.clone())
+        .collect();
+    let i = rs.iter().position(|r| r.id == victim).unwrap();
+    drop(rs.remove(i));
+    let killed = Instant::now();
+    let (mut taken, mut all_polled) = (None, None);
+    while killed.elapsed() < limit && all_polled.is_none() {
+        let mut listed_now = 0;
+        let mut polled_now = 0;
+        for r in &rs {
+            for (t, p) in listed(&client, r).await {
+                if moved.contains(&t) {
+                    listed_now += 1;
+                    polled_now += usize::from(p);
+                }
+            }
+        }
+        if taken.is_none() && listed_now == moved.len() {
+            taken = Some(killed.elapsed());
+        }
+        if polled_now == moved.len() {
+            all_polled = Some(killed.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    println!(
+        "| scale: kill -9 | the replica owning the most ({} tenants) | taken over in {}, all polled elsewhere in {} | first polls of moved tenants are spread (at least 2 s, 1 s per 100, at most startup_jitter) |",
+        moved.len(),
+        secs(taken),
+        secs(all_polled)
+    );
+    // It comes back: a join.
+    let joined = Instant::now();
+    rs.push(replica_with(&victim, &sim, &nats.url, n, settings, "30s"));
+    let live: Vec<&Replica> = rs.iter().collect();
+    let mut settled_join = None;
+    while joined.elapsed() < limit {
+        if let Some((o, _)) = owners(&client, &live).await {
+            let share = o.values().filter(|r| **r == victim).count();
+            if o.len() == n && share * 2 >= moved.len() {
+                settled_join = Some(joined.elapsed());
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    println!(
+        "| scale: join | the killed replica started again | its share placed on it in {} | |",
+        secs(settled_join)
+    );
+    // SIGTERM of another.
+    let mut leaving = rs.remove(0);
+    let term = Instant::now();
+    let _ = Command::new("kill")
+        .args(["-TERM", &leaving.child.id().to_string()])
+        .status();
+    let mut exited = None;
+    while term.elapsed() < limit {
+        if let Ok(Some(_)) = leaving.child.try_wait() {
+            exited = Some(term.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let live: Vec<&Replica> = rs.iter().collect();
+    let after = settle(&client, &live, n, false, limit)
+        .await
+        .map(|_| term.elapsed());
+    println!(
+        "| scale: SIGTERM | {} leaves | exited in {}, every tenant placed on the others in {} | |",
+        leaving.id,
+        secs(exited),
+        secs(after)
+    );
+}
+
 fn main() {
     let Some(args) = bench_args() else {
         return;
@@ -379,6 +576,9 @@ fn main() {
         }
         if want("failover") {
             failover().await;
+        }
+        if args.iter().any(|a| a == "scale") {
+            scale().await;
         }
     });
 }
