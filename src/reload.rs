@@ -4,7 +4,7 @@
 //! error is returned, logged and counted. Otherwise the difference is handed to the supervisor,
 //! which touches only what changed.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -12,8 +12,8 @@ use std::time::{Duration, SystemTime};
 use ractor::ActorRef;
 use serde::Serialize;
 
-use crate::cluster::placement::{self, PlaceOutcome};
-use crate::config::{diff, load, ConfigDiff, EnvSource, Settings};
+use crate::cluster::placement::{self, Owners, PlaceOutcome};
+use crate::config::{diff, load, ConfigDiff, EnvSource, Fleet, Settings, TenantSpec};
 use crate::hints::Hints;
 use crate::metrics::Observer;
 use crate::supervisor::SupervisorMsg;
@@ -59,12 +59,17 @@ struct Inner {
     outcome: tokio::sync::watch::Sender<PlaceOutcome>,
 }
 
-/// What the supervisor should run: the configuration, restricted (in cluster mode) to the
-/// tenants placement gives this replica. A reload changes the first, placement the second; both
-/// reach the supervisor as the same add/remove diff.
+/// What the supervisor runs: the configuration, restricted (in cluster mode) to the tenants
+/// placement gives this replica. A reload changes the first, placement the second; both reach the
+/// supervisor as the same add/remove diff.
 struct Desired {
+    /// The running configuration; in cluster mode with only the tenants this replica runs (full
+    /// settings for every tenant of a fleet of 1,000,000 would be gigabytes on every replica).
     settings: Arc<Settings>,
     placed: Option<Placed>,
+    /// Cluster mode, until the first placement: every tenant the configuration read at start
+    /// defines, so that placement does not read the files again.
+    unplaced: Option<Vec<TenantSpec>>,
 }
 
 /// Cluster mode: this replica's share of the fleet, as placement last decided it.
@@ -73,59 +78,74 @@ struct Placed {
     replica: String,
     /// The members placement was computed over (live, not leaving).
     members: BTreeSet<String>,
-    /// Owner of every configured tenant.
-    assignment: BTreeMap<String, String>,
+    /// Every configured tenant, as little as placement needs of it.
+    fleet: Arc<Fleet>,
+    /// Its digest (see [`placement::fleet_digest`]), computed once per configuration.
+    digest: String,
+    /// Owner of each tenant of `fleet`.
+    owners: Owners,
 }
 
 impl Placed {
-    fn owns(&self, tenant: &str) -> bool {
-        self.assignment.get(tenant) == Some(&self.replica)
+    fn new(replica: String, fleet: Arc<Fleet>, digest: String, members: BTreeSet<String>) -> Self {
+        let owners = placement::place(&fleet, &members);
+        Placed {
+            replica,
+            members,
+            fleet,
+            digest,
+            owners,
+        }
     }
 
-    fn reassigned(&self, settings: &Settings, members: BTreeSet<String>) -> Placed {
-        Placed {
-            replica: self.replica.clone(),
-            assignment: placement::assign(&settings.tenants, &members),
+    /// The same fleet over other members.
+    fn over(&self, members: BTreeSet<String>) -> Self {
+        Placed::new(
+            self.replica.clone(),
+            self.fleet.clone(),
+            self.digest.clone(),
             members,
-        }
+        )
+    }
+
+    fn owned(&self) -> BTreeSet<&str> {
+        self.owners.owned_by(&self.fleet, &self.replica)
     }
 }
 
-/// The settings the supervisor runs: every tenant, or the owned ones in cluster mode.
-fn view(settings: &Settings, placed: Option<&Placed>) -> Settings {
+/// `shell`'s settings with `tenants` instead of its own.
+fn with_tenants(shell: &Settings, tenants: Vec<TenantSpec>) -> Settings {
     Settings {
-        config_path: settings.config_path.clone(),
-        connector: settings.connector.clone(),
-        admin: settings.admin.clone(),
-        sinks: settings.sinks.clone(),
-        routing: settings.routing.clone(),
-        tenants: settings
-            .tenants
-            .iter()
-            .filter(|t| placed.is_none_or(|p| p.owns(&t.id)))
-            .cloned()
-            .collect(),
-        telemetry: settings.telemetry.clone(),
-        cluster: settings.cluster.clone(),
-        hooks: settings.hooks.clone(),
+        config_path: shell.config_path.clone(),
+        connector: shell.connector.clone(),
+        admin: shell.admin.clone(),
+        sinks: shell.sinks.clone(),
+        routing: shell.routing.clone(),
+        tenants,
+        telemetry: shell.telemetry.clone(),
+        cluster: shell.cluster.clone(),
+        hooks: shell.hooks.clone(),
     }
 }
 
 /// Sums a placement up.
-fn outcome(settings: &Settings, placed: &Placed, d: &ConfigDiff) -> PlaceOutcome {
+fn outcome(placed: &Placed, owned: usize, d: &ConfigDiff) -> PlaceOutcome {
     PlaceOutcome {
-        per_member: crate::cluster::tenants_per_member(&placed.assignment, &placed.members),
-        owned: settings
-            .tenants
-            .iter()
-            .filter(|t| placed.owns(&t.id))
-            .count(),
-        configured: settings.tenants.len(),
+        per_member: placed.owners.per_member(),
+        owned,
+        configured: placed.fleet.len(),
+        settings_held: owned,
         acquired: d.added.len(),
         released: d.removed.len(),
-        digest: placement::fleet_digest(&settings.tenants),
+        digest: placed.digest.clone(),
         placed_at: None,
     }
+}
+
+/// What [`Reloader::adopt`] changed.
+struct Adopted {
+    summary: ReloadSummary,
+    outcome: Option<PlaceOutcome>,
 }
 
 /// Reloads the configuration; cheap to clone, reloads are serialized.
@@ -170,29 +190,126 @@ impl Reloader {
         replica: Option<String>,
         hints: Hints,
     ) -> Self {
-        let placed = replica.map(|replica| Placed {
-            replica,
-            ..Default::default()
-        });
-        let settings = Arc::new(settings);
-        let live = crate::config::live(settings.clone());
+        let (current, configured, digest, fleet) = match replica {
+            Some(replica) => {
+                let fleet = Arc::new(Fleet::of(&settings.tenants));
+                let digest = placement::fleet_digest(&fleet);
+                let placed = Placed::new(replica, fleet.clone(), digest.clone(), BTreeSet::new());
+                let mut settings = settings;
+                let all = std::mem::take(&mut settings.tenants);
+                let desired = Desired {
+                    settings: Arc::new(settings),
+                    placed: Some(placed),
+                    unplaced: Some(all),
+                };
+                (desired, fleet.len(), digest, Some(fleet))
+            }
+            None => {
+                let fleet = Fleet::of(&settings.tenants);
+                let desired = Desired {
+                    settings: Arc::new(settings),
+                    placed: None,
+                    unplaced: None,
+                };
+                (desired, fleet.len(), placement::fleet_digest(&fleet), None)
+            }
+        };
+        let live = crate::config::live(current.settings.clone(), env.clone());
+        live.publish(current.settings.clone(), fleet);
+        let held = current.settings.tenants.len() + current.unplaced.as_ref().map_or(0, Vec::len);
         let (outcome, _) = tokio::sync::watch::channel(PlaceOutcome {
-            configured: settings.tenants.len(),
-            digest: placement::fleet_digest(&settings.tenants),
+            configured,
+            settings_held: held,
+            digest,
             ..Default::default()
         });
         Reloader {
             inner: Arc::new(Inner {
-                path: settings.config_path.clone(),
+                path: current.settings.config_path.clone(),
                 env,
                 live,
-                current: tokio::sync::Mutex::new(Desired { settings, placed }),
+                current: tokio::sync::Mutex::new(current),
                 supervisor,
                 observer,
                 hints,
                 outcome,
             }),
         }
+    }
+
+    /// Loads the configuration files on a blocking thread (a large fleet takes seconds).
+    async fn load(&self) -> Result<Settings, String> {
+        let (path, env) = (self.inner.path.clone(), self.inner.env.clone());
+        tokio::task::spawn_blocking(move || load(&path, &env))
+            .await
+            .map_err(|e| format!("loading the configuration failed: {e}"))?
+            .map_err(|e| e.to_string())
+    }
+
+    /// Makes `full` (every configured tenant) the running configuration, with the tenants
+    /// placement over `members` gives this replica in cluster mode: diffs it against the running
+    /// one and hands the difference to the supervisor.
+    async fn adopt(
+        &self,
+        current: &mut Desired,
+        mut full: Settings,
+        members: Option<BTreeSet<String>>,
+    ) -> Result<Adopted, String> {
+        let tokens = crate::hints::tokens_of(&full.tenants);
+        let placed = match (&current.placed, members) {
+            (Some(p), Some(members)) => {
+                let fleet = Arc::new(Fleet::of(&full.tenants));
+                let digest = placement::fleet_digest(&fleet);
+                Some(Placed::new(p.replica.clone(), fleet, digest, members))
+            }
+            _ => None,
+        };
+        // Cluster mode: full settings only for the tenants this replica runs.
+        let unplaced = match &placed {
+            Some(p) => {
+                let all = std::mem::take(&mut full.tenants);
+                if p.members.is_empty() {
+                    // Not placed yet: keep them for the first placement.
+                    Some(all)
+                } else {
+                    let owned = p.owned();
+                    full.tenants = all
+                        .into_iter()
+                        .filter(|t| owned.contains(t.id.as_str()))
+                        .collect();
+                    None
+                }
+            }
+            None => None,
+        };
+        let d = diff(&current.settings, &full);
+        let summary = ReloadSummary {
+            added: d.added.iter().map(|t| t.id.clone()).collect(),
+            removed: d.removed.clone(),
+            restarted: d.restarted.iter().map(|t| t.id.clone()).collect(),
+            updated: d.updated.iter().map(|t| t.id.clone()).collect(),
+            sinks_changed: d.sinks.is_some(),
+            needs_restart: d.needs_restart.clone(),
+        };
+        let outcome = placed.as_ref().map(|p| {
+            let mut o = outcome(p, full.tenants.len(), &d);
+            o.settings_held += unplaced.as_ref().map_or(0, Vec::len);
+            o
+        });
+        if !self.apply(d).await {
+            return Err("the supervisor did not apply the new configuration".into());
+        }
+        // Tokens of every configured tenant (a hint reaching a replica that does not own the
+        // tenant is checked here and forwarded): a rotated token applies at once.
+        self.inner.hints.set_digests(tokens);
+        current.settings = Arc::new(full);
+        if let Some(p) = placed {
+            current.unplaced = unplaced;
+            current.placed = Some(p);
+        }
+        let fleet = current.placed.as_ref().map(|p| p.fleet.clone());
+        self.inner.live.publish(current.settings.clone(), fleet);
+        Ok(Adopted { summary, outcome })
     }
 
     /// Hands a difference to the supervisor; false when it did not apply it.
@@ -213,22 +330,87 @@ impl Reloader {
 
     /// Cluster mode: places the configured tenants over `members` (the live replicas that are
     /// not leaving) and starts or stops this replica's tenants accordingly, exactly as a reload
-    /// would. Without cluster mode it does nothing.
+    /// would. Tenants placed here that it does not run yet are read from the files (after the
+    /// first placement: a replica keeps full settings only for its own tenants); when the files
+    /// no longer load, the tenants placed elsewhere are still released, and the error returned.
+    /// Without cluster mode it does nothing.
     pub async fn place(&self, members: BTreeSet<String>) -> Result<PlaceOutcome, String> {
         let mut current = self.inner.current.lock().await;
         let Some(old) = current.placed.clone() else {
             return Ok(PlaceOutcome::default());
         };
-        let new = old.reassigned(&current.settings, members);
-        let d = diff(
-            &view(&current.settings, Some(&old)),
-            &view(&current.settings, Some(&new)),
-        );
-        let mut outcome = outcome(&current.settings, &new, &d);
-        if !self.apply(d).await {
-            return Err("the supervisor did not apply the new placement".into());
-        }
-        current.placed = Some(new);
+        let new = old.over(members.clone());
+        let owned = new.owned();
+        let running: BTreeSet<&str> = current
+            .settings
+            .tenants
+            .iter()
+            .map(|t| t.id.as_str())
+            .collect();
+        let acquires = owned.iter().any(|id| !running.contains(id));
+        drop(running);
+        let mut outcome = if acquires {
+            let full = match current.unplaced.take() {
+                Some(all) => Ok(with_tenants(&current.settings, all)),
+                None => self.load().await.map_err(|e| {
+                    format!("the tenants placed here cannot start, as the configuration files no longer load: {e}")
+                }),
+            };
+            match full {
+                Ok(full) => {
+                    let adopted = self.adopt(&mut current, full, Some(members)).await?;
+                    adopted.outcome.unwrap_or_default()
+                }
+                Err(e) => {
+                    // Release what moved away all the same: its new owner waits for it.
+                    let kept: Vec<TenantSpec> = current
+                        .settings
+                        .tenants
+                        .iter()
+                        .filter(|t| owned.contains(t.id.as_str()))
+                        .cloned()
+                        .collect();
+                    let owned = owned.len();
+                    let next = with_tenants(&current.settings, kept);
+                    let d = diff(&current.settings, &next);
+                    let mut outcome = outcome(&new, owned, &d);
+                    outcome.settings_held = next.tenants.len();
+                    if self.apply(d).await {
+                        current.settings = Arc::new(next);
+                        current.placed = Some(new);
+                        let fleet = Some(old.fleet.clone());
+                        self.inner.live.publish(current.settings.clone(), fleet);
+                        outcome.placed_at = Some(SystemTime::now());
+                        self.inner.outcome.send_replace(outcome);
+                    }
+                    return Err(e);
+                }
+            }
+        } else {
+            let kept: Vec<TenantSpec> = current
+                .settings
+                .tenants
+                .iter()
+                .filter(|t| owned.contains(t.id.as_str()))
+                .cloned()
+                .collect();
+            let owned = owned.len();
+            let next = with_tenants(&current.settings, kept);
+            let d = diff(&current.settings, &next);
+            let outcome = outcome(&new, owned, &d);
+            if !self.apply(d).await {
+                return Err("the supervisor did not apply the new placement".into());
+            }
+            current.settings = Arc::new(next);
+            if !new.members.is_empty() {
+                // Placed: what the start read is no longer needed.
+                current.unplaced = None;
+            }
+            current.placed = Some(new);
+            let fleet = Some(old.fleet.clone());
+            self.inner.live.publish(current.settings.clone(), fleet);
+            outcome
+        };
         outcome.placed_at = Some(SystemTime::now());
         self.inner.outcome.send_replace(outcome.clone());
         Ok(outcome)
@@ -245,6 +427,9 @@ impl Reloader {
     ) -> tokio::task::JoinHandle<()> {
         let me = self.clone();
         tokio::spawn(async move {
+            // After a failed placement: 1 s, doubling to 30 s (a placement that must read the
+            // files of a large fleet is not retried every second while they stay broken).
+            let mut delay = Duration::from_secs(1);
             loop {
                 let next = members.borrow_and_update().clone();
                 if let Some(eligible) = next {
@@ -262,10 +447,12 @@ impl Reloader {
                             let m = me.inner.observer.metrics();
                             m.cluster.placed(started.elapsed());
                             ready.store(true, std::sync::atomic::Ordering::Release);
+                            delay = Duration::from_secs(1);
                         }
                         Err(e) => {
-                            tracing::error!(error = %e, "placement could not be applied; retrying");
-                            let again = tokio::time::sleep(Duration::from_secs(1));
+                            tracing::error!(error = %e, retry_in_s = delay.as_secs(), "placement could not be applied; retrying");
+                            let again = tokio::time::sleep(delay);
+                            delay = (delay * 2).min(Duration::from_secs(30));
                             tokio::select! {
                                 _ = again => continue,
                                 changed = members.changed() => if changed.is_err() { return },
@@ -308,7 +495,7 @@ impl Reloader {
             self.inner.observer.reload(trigger, Err(&e));
             return Err(e);
         }
-        let new = match load(path, &self.inner.env) {
+        let new = match self.load().await {
             Ok(s) => s,
             Err(e) => {
                 let e = format!("{e}; the running configuration is kept");
@@ -324,44 +511,26 @@ impl Reloader {
             self.inner.observer.reload(trigger, Err(&e));
             return Err(e);
         }
-        let placed = current
-            .placed
-            .as_ref()
-            .map(|p| p.reassigned(&new, p.members.clone()));
-        let d = diff(
-            &view(&current.settings, current.placed.as_ref()),
-            &view(&new, placed.as_ref()),
-        );
-        let summary = ReloadSummary {
-            added: d.added.iter().map(|t| t.id.clone()).collect(),
-            removed: d.removed.clone(),
-            restarted: d.restarted.iter().map(|t| t.id.clone()).collect(),
-            updated: d.updated.iter().map(|t| t.id.clone()).collect(),
-            sinks_changed: d.sinks.is_some(),
-            needs_restart: d.needs_restart.clone(),
+        let digest = placement::fleet_digest(&Fleet::of(&new.tenants));
+        let members = current.placed.as_ref().map(|p| p.members.clone());
+        let adopted = match self.adopt(&mut current, new, members).await {
+            Ok(a) => a,
+            Err(e) => {
+                self.inner.observer.reload(trigger, Err(&e));
+                return Err(e);
+            }
         };
-        if !self.apply(d).await {
-            let e = "the supervisor did not apply the new configuration".to_string();
-            self.inner.observer.reload(trigger, Err(&e));
-            return Err(e);
-        }
-        let digest = placement::fleet_digest(&new.tenants);
-        self.inner.outcome.send_modify(|o| match &placed {
-            Some(p) => {
+        self.inner.outcome.send_modify(|o| match adopted.outcome {
+            Some(n) => {
                 let placed_at = o.placed_at;
-                *o = outcome(&new, p, &ConfigDiff::default());
+                *o = n;
+                o.acquired = 0;
+                o.released = 0;
                 o.placed_at = placed_at;
             }
             None => o.digest = digest,
         });
-        // Tokens of every configured tenant (a hint reaching a replica that does not own the
-        // tenant is checked here and forwarded): a rotated token applies at once.
-        self.inner.hints.set_tokens(&new.tenants);
-        current.settings = Arc::new(new);
-        self.inner.live.publish(current.settings.clone());
-        if placed.is_some() {
-            current.placed = placed;
-        }
+        let summary = adopted.summary;
         self.inner.observer.reload(trigger, Ok(summary.counts()));
         Ok(summary)
     }

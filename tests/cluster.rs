@@ -548,6 +548,16 @@ async fn replicas_share_the_fleet_fail_over_hand_over_and_rebalance() {
         moved.len()
     );
     eprintln!("failover after kill -9: {failover:?}, {dup} duplicates");
+    // Each survivor keeps full settings only for the tenants it runs, those it took over
+    // included (read from the files at the placement); the others are fleet entries.
+    let mut owned = 0;
+    for r in &rs {
+        let v = get_json(r, "/cluster").await.unwrap();
+        assert_eq!(v["settings_held"], v["owned"], "{}: {v}", r.id);
+        assert_eq!(v["configured"], expected.len(), "{}: {v}", r.id);
+        owned += v["owned"].as_u64().unwrap();
+    }
+    assert_eq!(owned as usize, expected.len());
 
     // SIGTERM: the replica hands its tenants over (the other polls them within 5 s of the
     // signal plus the pages in flight); nothing is repeated.
@@ -2009,4 +2019,97 @@ async fn a_tenant_moved_ten_times_stays_compact_in_nats_and_leaves_no_cache_behi
             r.id
         );
     }
+}
+
+/// A replica keeps full settings only for its own tenants, so the tenants a failover gives it
+/// are read from its files. While they do not load, those tenants wait (reported, retried with a
+/// growing delay) and the tenants it ran go on; once the files load again they start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenants_taken_over_while_the_files_do_not_load_start_once_they_do() {
+    let nats = nats_server().await;
+    let sim = sim(6, 10).await;
+    let dir = tempfile::tempdir().unwrap();
+    let six = Setup {
+        only: Some(6),
+        ..Default::default()
+    };
+    let expected: BTreeSet<String> = (0..6).map(|i| format!("t{i}")).collect();
+    let mut rs = replicas(&sim, &nats.url, &["r1", "r2"], dir.path(), &six).await;
+    settled(
+        &rs,
+        &expected,
+        "placement over 2 replicas",
+        Duration::from_secs(30),
+    )
+    .await;
+    let live: Vec<&Replica> = rs.iter().collect();
+    let before = owners(&live, &expected).await.unwrap();
+    // The survivor is the replica owning fewer tenants; the other one dies.
+    let on = |id: &str| before.values().filter(|o| *o == id).count();
+    let (vi, si) = if on("r1") >= on("r2") { (0, 1) } else { (1, 0) };
+    let survivor_id = rs[si].id.clone();
+    let kept: BTreeSet<String> = before
+        .iter()
+        .filter(|(_, o)| **o == survivor_id)
+        .map(|(t, _)| t.clone())
+        .collect();
+    let good = std::fs::read_to_string(&rs[si].cfg.path).unwrap();
+    std::fs::write(&rs[si].cfg.path, "[connector\nthis is not TOML").unwrap();
+    let mut dead = rs.remove(vi);
+    dead.child.as_mut().unwrap().start_kill().unwrap();
+    dead.child.as_mut().unwrap().wait().await.unwrap();
+    let survivor = &rs[0];
+    let log = dir.path().join(format!("{survivor_id}.log"));
+    eventually(
+        "the survivor owns every tenant but cannot read the new ones",
+        Duration::from_secs(30),
+        || {
+            let (kept, log) = (&kept, &log);
+            async move {
+                let v = get_json(survivor, "/cluster").await?;
+                let text = std::fs::read_to_string(log).unwrap_or_default();
+                if v["owned"] == 6
+                    && v["settings_held"] == kept.len()
+                    && text.contains("the configuration files no longer load")
+                {
+                    Ok(())
+                } else {
+                    Err(format!("{v}"))
+                }
+            }
+        },
+    )
+    .await;
+    // Its own tenants go on meanwhile, and nothing else runs on it.
+    let running: BTreeSet<String> = listed(survivor)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(id, _, _, _)| id)
+        .collect();
+    assert_eq!(running, kept);
+    std::fs::write(&rs[0].cfg.path, good).unwrap();
+    eventually(
+        "the taken-over tenants polled once the files load",
+        Duration::from_secs(40),
+        || {
+            let expected = &expected;
+            async move {
+                let polled: BTreeSet<String> = listed(survivor)
+                    .await
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|(_, _, _, started)| *started)
+                    .map(|(id, _, _, _)| id)
+                    .collect();
+                let v = get_json(survivor, "/cluster").await?;
+                if &polled == expected && v["settings_held"] == 6 {
+                    Ok(())
+                } else {
+                    Err(format!("polled {polled:?}; {v}"))
+                }
+            }
+        },
+    )
+    .await;
 }

@@ -563,6 +563,7 @@ fn publish_status(
         config_digest: outcome.digest.clone(),
         owned: outcome.owned,
         configured: outcome.configured,
+        settings_held: outcome.settings_held,
         placed_at: outcome.placed_at,
         config_mismatch: mismatch.into_iter().collect(),
     });

@@ -21,7 +21,6 @@ pub mod lease;
 pub mod membership;
 pub mod placement;
 
-use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
@@ -147,6 +146,8 @@ pub struct ClusterStatus {
     pub owned: usize,
     /// Configured tenants (all replicas together own each once).
     pub configured: usize,
+    /// Tenants whose full settings this replica keeps (see [`placement::PlaceOutcome`]).
+    pub settings_held: usize,
     /// When placement last changed here.
     #[serde(serialize_with = "opt_time")]
     pub placed_at: Option<SystemTime>,
@@ -193,18 +194,6 @@ impl ClusterView {
     pub(crate) fn set(&self, status: ClusterStatus) {
         *self.status.write().expect("cluster view lock") = status;
     }
-}
-
-/// Tenants per member under an assignment (members without tenants included).
-pub fn tenants_per_member<'a>(
-    assignment: &BTreeMap<String, String>,
-    members: impl IntoIterator<Item = &'a String>,
-) -> BTreeMap<String, usize> {
-    let mut out: BTreeMap<String, usize> = members.into_iter().map(|m| (m.clone(), 0)).collect();
-    for owner in assignment.values() {
-        *out.entry(owner.clone()).or_default() += 1;
-    }
-    out
 }
 
 #[cfg(test)]

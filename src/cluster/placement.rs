@@ -4,10 +4,10 @@
 //! rate limiter stays true across the cluster, and a membership change moves only the credentials
 //! whose winner joined or left (about 1/n of them).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::SystemTime;
 
-use crate::config::TenantSpec;
+use crate::config::Fleet;
 
 /// What a placement decided: written by the placement task (see [`crate::reload`]), read by the
 /// heartbeat (what this replica announces) and `/cluster`.
@@ -19,6 +19,10 @@ pub struct PlaceOutcome {
     pub owned: usize,
     /// Configured tenants.
     pub configured: usize,
+    /// Tenants whose full settings this replica keeps in memory: the ones it runs (a tenant it
+    /// does not own costs only its [`Fleet`] entry). More than `owned` only before the first
+    /// placement; fewer when tenants placed here could not be read from the files.
+    pub settings_held: usize,
     /// Tenants that moved here and away by this placement.
     pub acquired: usize,
     pub released: usize,
@@ -58,36 +62,75 @@ pub fn owner_of<'m>(credential: &str, members: &'m BTreeSet<String>) -> Option<&
         .map(|(_, m)| m.as_str())
 }
 
-/// Owner of every tenant (by id), for the given live members.
-pub fn assign<'a>(
-    tenants: impl IntoIterator<Item = &'a TenantSpec>,
-    members: &BTreeSet<String>,
-) -> BTreeMap<String, String> {
-    let mut by_credential: BTreeMap<String, Option<String>> = BTreeMap::new();
-    let mut out = BTreeMap::new();
-    for t in tenants {
-        let owner = by_credential
-            .entry(t.credential_key())
-            .or_insert_with_key(|c| owner_of(c, members).map(str::to_string))
-            .clone();
-        if let Some(o) = owner {
-            out.insert(t.id.clone(), o);
-        }
+/// Places every tenant of `fleet` over `members`: each credential's owner is computed once.
+pub fn place(fleet: &Fleet, members: &BTreeSet<String>) -> Owners {
+    let list: Vec<String> = members.iter().cloned().collect();
+    let mut by_credential: HashMap<&str, u16> = HashMap::new();
+    let owner = fleet
+        .entries()
+        .map(|e| {
+            *by_credential.entry(&e.credential).or_insert_with(|| {
+                owner_of(&e.credential, members)
+                    .and_then(|o| list.iter().position(|m| m == o))
+                    .map_or(Owners::NONE, |i| i as u16)
+            })
+        })
+        .collect();
+    Owners {
+        members: list,
+        owner,
     }
-    out
+}
+
+/// The owner of each tenant of a [`Fleet`], for one set of members: two bytes a tenant.
+#[derive(Debug, Default, Clone)]
+pub struct Owners {
+    /// The members, in order; `owner` indexes them.
+    members: Vec<String>,
+    /// Per fleet entry (same order); [`Owners::NONE`] without members.
+    owner: Vec<u16>,
+}
+
+impl Owners {
+    const NONE: u16 = u16::MAX;
+
+    /// The members placement was computed over.
+    pub fn members(&self) -> impl Iterator<Item = &str> {
+        self.members.iter().map(String::as_str)
+    }
+
+    /// The ids `member` owns, in id order.
+    pub fn owned_by<'f>(&'f self, fleet: &'f Fleet, member: &str) -> BTreeSet<&'f str> {
+        let Some(i) = self.members.iter().position(|m| m == member) else {
+            return BTreeSet::new();
+        };
+        fleet
+            .entries()
+            .zip(&self.owner)
+            .filter(|(_, o)| usize::from(**o) == i)
+            .map(|(e, _)| &*e.id)
+            .collect()
+    }
+
+    /// Tenants per member (every member listed, with 0 when it owns none).
+    pub fn per_member(&self) -> BTreeMap<String, usize> {
+        let mut counts = vec![0usize; self.members.len()];
+        for o in &self.owner {
+            if let Some(c) = counts.get_mut(usize::from(*o)) {
+                *c += 1;
+            }
+        }
+        self.members.iter().cloned().zip(counts).collect()
+    }
 }
 
 /// A digest of the configured tenant set (ids and credentials, not secrets): replicas that read
 /// different configurations publish different digests, and the difference is reported.
-pub fn fleet_digest<'a>(tenants: impl IntoIterator<Item = &'a TenantSpec>) -> String {
-    let mut items: Vec<(String, String)> = tenants
-        .into_iter()
-        .map(|t| (t.id.clone(), t.credential_key()))
-        .collect();
-    items.sort();
+pub fn fleet_digest(fleet: &Fleet) -> String {
     let mut h1: u64 = 0x9e37_79b9_7f4a_7c15;
     let mut h2: u64 = 0x2545_f491_4f6c_dd1d;
-    for (id, cred) in &items {
+    for e in fleet.entries() {
+        let (id, cred) = (&*e.id, &*e.credential);
         h1 = stable_hash(&[&h1.to_le_bytes(), id.as_bytes(), cred.as_bytes()]);
         h2 = stable_hash(&[cred.as_bytes(), id.as_bytes(), &h2.to_le_bytes()]);
     }
@@ -135,6 +178,56 @@ mod tests {
             }
         }
         assert_eq!(owner_of("x", &BTreeSet::new()), None);
+    }
+
+    #[test]
+    fn placing_a_fleet_agrees_with_owner_of_and_counts_every_member() {
+        let settings = crate::config::load_str(
+            "fleet.toml",
+            &{
+                let mut t = String::from("[sinks.out]\ntype = \"stdout\"\n");
+                for i in 0..300 {
+                    // Tenants 2k and 2k+1 share a credential.
+                    t.push_str(&format!(
+                        "[tenants.t{i:03}]\napi_url = \"https://api.us1.app.wiz.io/graphql\"\nclient_id = \"c{}\"\nclient_secret = \"s\"\n",
+                        i / 2
+                    ));
+                }
+                t
+            },
+            &crate::config::EnvSource::Fixed(Default::default()),
+        )
+        .unwrap();
+        let fleet = Fleet::of(&settings.tenants);
+        assert_eq!(fleet.len(), 300);
+        assert!(fleet.contains("t042") && !fleet.contains("t300"));
+        let three = members(&["r1", "r2", "r3"]);
+        let owners = place(&fleet, &three);
+        let per = owners.per_member();
+        assert_eq!(per.values().sum::<usize>(), 300);
+        assert_eq!(per.len(), 3);
+        let mut seen = 0;
+        for m in &three {
+            let owned = owners.owned_by(&fleet, m);
+            assert_eq!(owned.len(), per[m]);
+            seen += owned.len();
+            for t in &settings.tenants {
+                let expected = owner_of(&t.credential_key(), &three) == Some(m.as_str());
+                assert_eq!(owned.contains(t.id.as_str()), expected, "{} on {m}", t.id);
+            }
+        }
+        assert_eq!(seen, 300);
+        // A member placement does not know owns nothing; no members: nobody owns anything.
+        assert!(owners.owned_by(&fleet, "r9").is_empty());
+        let none = place(&fleet, &BTreeSet::new());
+        assert!(none.per_member().is_empty());
+        // The digest is the one a replica computes from full settings.
+        assert_eq!(
+            fleet_digest(&fleet),
+            fleet_digest(&Fleet::of(&settings.tenants))
+        );
+        assert_eq!(fleet_digest(&fleet).len(), 32);
+        assert_ne!(fleet_digest(&fleet), fleet_digest(&Fleet::default()));
     }
 
     #[test]

@@ -179,6 +179,23 @@ fn digest(token: &[u8]) -> TokenDigest {
     Sha256::digest(token).into()
 }
 
+/// The webhook tokens of some tenants, as digests (see [`tokens_of`]).
+pub struct TokenDigests(HashMap<String, TokenDigest>);
+
+/// The digests of the webhook tokens of `tenants` (those that have one): a reload takes them
+/// before it keeps only the tenants this replica runs.
+pub fn tokens_of(tenants: &[TenantSpec]) -> TokenDigests {
+    TokenDigests(
+        tenants
+            .iter()
+            .filter_map(|t| {
+                let token = t.webhook_token.as_ref()?;
+                Some((t.id.clone(), digest(token.expose_secret().as_bytes())))
+            })
+            .collect(),
+    )
+}
+
 /// Compares in time independent of where the first difference is.
 fn same(a: &TokenDigest, b: &TokenDigest) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
@@ -329,14 +346,12 @@ impl Hints {
     /// Takes the tokens of the configured tenants (at start and after every reload: a rotated
     /// token applies at once, without restarting the tenant).
     pub fn set_tokens(&self, tenants: &[TenantSpec]) {
-        let tokens = tenants
-            .iter()
-            .filter_map(|t| {
-                let token = t.webhook_token.as_ref()?;
-                Some((t.id.clone(), digest(token.expose_secret().as_bytes())))
-            })
-            .collect();
-        *self.inner.tokens.write().expect("hint tokens lock") = tokens;
+        self.set_digests(tokens_of(tenants));
+    }
+
+    /// [`Hints::set_tokens`] with digests made by [`tokens_of`].
+    pub fn set_digests(&self, tokens: TokenDigests) {
+        *self.inner.tokens.write().expect("hint tokens lock") = tokens.0;
     }
 
     /// Checks `token` for `tenant` in constant time; an unknown tenant costs the same comparison.

@@ -475,8 +475,15 @@ pub async fn act(
             );
         }
     };
-    let Some(spec) = acts.config.tenant(&tenant) else {
-        return refused(StatusCode::NOT_FOUND, format!("no tenant `{tenant}`"));
+    let spec = match acts.config.tenant_anywhere(&tenant).await {
+        Ok(Some(spec)) => spec,
+        Ok(None) => return refused(StatusCode::NOT_FOUND, format!("no tenant `{tenant}`")),
+        Err(e) => {
+            return refused(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("tenant `{tenant}` is run by another replica, and the configuration files no longer load to read it here: {e}; send the action to the replica that owns it, or fix the files"),
+            )
+        }
     };
     if !spec.write_back {
         return refused(

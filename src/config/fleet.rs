@@ -1,0 +1,55 @@
+//! The configured fleet as every cluster replica keeps it, owned or not: each tenant's id and
+//! credential key, and nothing else (about 100 bytes a tenant, where a resolved [`TenantSpec`]
+//! takes kilobytes). Placement needs no more; a replica holds full settings only for the tenants
+//! it owns, and reads the others from the files when placement gives them to it (see
+//! [`crate::reload`]).
+
+use super::settings::TenantSpec;
+
+/// Every configured tenant's id and credential, in id order.
+#[derive(Debug, Default)]
+pub struct Fleet {
+    entries: Vec<FleetEntry>,
+}
+
+/// One configured tenant, as placement sees it.
+#[derive(Debug)]
+pub struct FleetEntry {
+    pub id: Box<str>,
+    /// [`TenantSpec::credential_key`]: tenants sharing it share an owner.
+    pub credential: Box<str>,
+}
+
+impl Fleet {
+    /// The fleet of `tenants`, given in id order (as [`super::Settings::tenants`] holds them).
+    pub fn of(tenants: &[TenantSpec]) -> Fleet {
+        let entries: Vec<FleetEntry> = tenants
+            .iter()
+            .map(|t| FleetEntry {
+                id: t.id.as_str().into(),
+                credential: t.credential_key().into_boxed_str(),
+            })
+            .collect();
+        debug_assert!(entries.windows(2).all(|w| w[0].id < w[1].id));
+        Fleet { entries }
+    }
+
+    /// Configured tenants.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// True when `id` is configured.
+    pub fn contains(&self, id: &str) -> bool {
+        self.entries.binary_search_by(|e| (*e.id).cmp(id)).is_ok()
+    }
+
+    /// The tenants, in id order.
+    pub fn entries(&self) -> impl Iterator<Item = &FleetEntry> {
+        self.entries.iter()
+    }
+}
