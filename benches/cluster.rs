@@ -6,7 +6,8 @@
 //!
 //! `scale` runs `WIZ_BENCH_SCALE_TENANTS` (default 100,000) idle tenants on
 //! `WIZ_BENCH_SCALE_REPLICAS` (default 10) replicas: placement, kill -9, a join and a SIGTERM,
-//! with the replicas' memory and the bytes in NATS.
+//! with the replicas' memory and the bytes in NATS. `WIZ_BENCH_LOGS=<dir>` keeps each replica's
+//! log there.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::{Child, Command, Stdio};
@@ -67,12 +68,21 @@ fn replica_with(
     }
     let path = dir.path().join("wiz-connector.toml");
     std::fs::write(&path, text).unwrap();
+    // WIZ_BENCH_LOGS=<dir>: each replica's log (info) goes to <dir>/<id>.log.
+    let log = std::env::var("WIZ_BENCH_LOGS").ok().map(|d| {
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(std::path::Path::new(&d).join(format!("{id}.log")))
+            .unwrap()
+    });
     let child = Command::new(BIN)
-        .args(["run", "--config"])
+        .args(["run", "--log-format", "text", "--config"])
         .arg(&path)
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", if log.is_some() { "info" } else { "warn" })
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(log.map_or(Stdio::null(), Stdio::from))
         .spawn()
         .unwrap();
     Replica {
@@ -397,6 +407,52 @@ async fn stream_bytes(nats: &str, stream: &str) -> u64 {
     }
 }
 
+/// What the first `count` messages of `stream` are, by `Wiz-Op`: how many, and their average
+/// payload and header bytes (headers as name + value + 4 per line).
+async fn message_mix(nats: &str, stream: &str, count: u64) -> String {
+    let Ok(client) = async_nats::connect(nats).await else {
+        return String::new();
+    };
+    let js = async_nats::jetstream::new(client);
+    let Ok(s) = js.get_stream(stream).await else {
+        return String::new();
+    };
+    let mut by_op: BTreeMap<String, (u64, usize, usize)> = BTreeMap::new();
+    for seq in 1..=count {
+        let Ok(m) = s.get_raw_message(seq).await else {
+            continue;
+        };
+        let op = m
+            .headers
+            .get("Wiz-Op")
+            .map_or("?".to_string(), |v| v.to_string());
+        let header_bytes: usize = m
+            .headers
+            .iter()
+            .map(|(k, vs)| {
+                vs.iter()
+                    .map(|v| k.to_string().len() + v.as_str().len() + 4)
+                    .sum::<usize>()
+            })
+            .sum();
+        let e = by_op.entry(op).or_default();
+        e.0 += 1;
+        e.1 += m.payload.len();
+        e.2 += header_bytes;
+    }
+    by_op
+        .iter()
+        .map(|(op, (n, p, h))| {
+            format!(
+                "{op}: {n} (payload {} B, headers {} B)",
+                *p / (*n as usize).max(1),
+                *h / (*n as usize).max(1)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Waits until every one of `n` tenants is listed by exactly one of `rs` (and, with `polled`,
 /// polled once); the time it took, or `None` after `limit`.
 async fn settle(
@@ -459,8 +515,9 @@ async fn scale() {
     let rss_avg = rss.iter().sum::<u64>() / rss.len() as u64;
     let state = stream_bytes(&nats.url, "WIZ_CONNECTOR_STATE").await;
     let members = stream_bytes(&nats.url, "KV_wiz_connector_members").await;
+    let mix = message_mix(&nats.url, "WIZ_CONNECTOR_STATE", 200).await;
     println!(
-        "| scale: start | {k} replicas x {n} idle tenants, heartbeat 1 s, failover_after 5 s, startup_jitter 30 s | placed in {}, all polled in {} | RSS per replica {:.0} MiB avg ({:.0} to {:.0}), {:.1} KiB per configured tenant; NATS {:.0} bytes per tenant (state {state} B, members {members} B) |",
+        "| scale: start | {k} replicas x {n} idle tenants, heartbeat 1 s, failover_after 5 s, startup_jitter 30 s | placed in {}, all polled in {} | RSS per replica {:.0} MiB avg ({:.0} to {:.0}), {:.1} KiB per configured tenant; NATS {:.0} bytes per tenant (state {state} B, members {members} B; the first 200 state messages: {mix}) |",
         secs(placed),
         secs(polled),
         rss_avg as f64 / 1048576.0,
@@ -472,6 +529,10 @@ async fn scale() {
     // kill -9 of the replica owning the most.
     let live: Vec<&Replica> = rs.iter().collect();
     let (o, _) = owners(&client, &live).await.unwrap_or_default();
+    let owned_before: BTreeMap<String, usize> = ids
+        .iter()
+        .map(|r| (r.clone(), o.values().filter(|x| *x == r).count()))
+        .collect();
     let victim = ids
         .iter()
         .max_by_key(|r| o.values().filter(|x| x == r).count())
@@ -482,8 +543,8 @@ async fn scale() {
         .filter(|(_, r)| **r == victim)
         .map(|(t, _)| t.clone())
         .collect();
-    let i = rs.iter().position(|r| r.id == victim).unwrap();
-    drop(rs.remove(i));
+    let i_victim = rs.iter().position(|r| r.id == victim).unwrap();
+    drop(rs.remove(i_victim));
     let killed = Instant::now();
     let (mut taken, mut all_polled) = (None, None);
     while killed.elapsed() < limit && all_polled.is_none() {
@@ -510,6 +571,43 @@ async fn scale() {
         moved.len(),
         secs(taken),
         secs(all_polled)
+    );
+    // Memory: the survivors' growth per tenant they took over is the cost of an owned tenant;
+    // what a replica holds beyond its base and its owned tenants, per configured tenant, is the
+    // cost of a tenant it does not own. The base is a replica of one tenant.
+    let (mut grew, mut gained) = (0i64, 0i64);
+    for (r, before) in rs
+        .iter()
+        .zip(rss.iter().enumerate().filter(|(i, _)| *i != i_victim))
+    {
+        let now = rss_of(r.child.id()) as i64;
+        let owned_now = get_json(&client, &format!("http://{}/cluster", r.admin)).await["owned"]
+            .as_u64()
+            .unwrap_or(0) as i64;
+        grew += now - *before.1 as i64;
+        gained += owned_now - owned_before[&r.id] as i64;
+    }
+    let per_owned = grew as f64 / gained.max(1) as f64;
+    let base = {
+        let lone = replica_with(
+            "base",
+            &sim,
+            &nats.url,
+            1,
+            "heartbeat = \"1s\"\nfailover_after = \"5s\"\nmembers_bucket = \"wiz_bench_base\"\nstate_stream = \"WIZ_BENCH_BASE\"",
+            "0s",
+        );
+        let _ = settle(&client, &[&lone], 1, true, Duration::from_secs(60)).await;
+        rss_of(lone.child.id())
+    };
+    let avg_owned = owned_before.values().sum::<usize>() as f64 / k as f64;
+    let per_other = (rss_avg as f64 - base as f64 - per_owned * avg_owned) / (n as f64 - avg_owned);
+    println!(
+        "| scale: memory | RSS growth of the survivors per tenant taken over; the rest per tenant not owned | {:.1} KiB per owned tenant, {:.0} bytes per other tenant (base {:.0} MiB) | projected to 1,000,000 tenants on 10 replicas: {:.1} GiB per replica |",
+        per_owned / 1024.0,
+        per_other,
+        base as f64 / 1048576.0,
+        (base as f64 + per_owned * 100_000.0 + per_other * 900_000.0) / 1073741824.0
     );
     // It comes back: a join.
     let joined = Instant::now();

@@ -309,6 +309,8 @@ impl Reloader {
         }
         let fleet = current.placed.as_ref().map(|p| p.fleet.clone());
         self.inner.live.publish(current.settings.clone(), fleet);
+        // The settings of tenants this replica does not run were freed just now.
+        crate::heap::give_back();
         Ok(Adopted { summary, outcome })
     }
 

@@ -2113,3 +2113,63 @@ async fn tenants_taken_over_while_the_files_do_not_load_start_once_they_do() {
     )
     .await;
 }
+
+/// An idle tenant's state subject holds one message however often it polls: a tiny image is
+/// replaced at each write (a snapshot, then everything before it purged, the claim included)
+/// instead of collecting a delta per poll.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_tenants_keep_one_small_message_each_in_nats() {
+    let nats = nats_server().await;
+    let sim = sim(4, 0).await;
+    let dir = tempfile::tempdir().unwrap();
+    let four = Setup {
+        only: Some(4),
+        ..Default::default()
+    };
+    let expected: BTreeSet<String> = (0..4).map(|i| format!("t{i}")).collect();
+    let rs = replicas(&sim, &nats.url, &["r1", "r2"], dir.path(), &four).await;
+    settled(
+        &rs,
+        &expected,
+        "placement over 2 replicas",
+        Duration::from_secs(30),
+    )
+    .await;
+    // Every tenant polls (1 s apart) at least five times, committing each time.
+    eventually(
+        "five polls of every tenant",
+        Duration::from_secs(60),
+        || {
+            let live: Vec<&Replica> = rs.iter().collect();
+            async move {
+                let mut polls = BTreeMap::new();
+                for r in &live {
+                    for (id, _, n, _) in listed(r).await.unwrap_or_default() {
+                        polls.insert(id, n);
+                    }
+                }
+                if polls.len() == 4 && polls.values().all(|n| *n >= 5) {
+                    Ok(())
+                } else {
+                    Err(format!("{polls:?}"))
+                }
+            }
+        },
+    )
+    .await;
+    eventually("one message per tenant", Duration::from_secs(10), || {
+        let url = nats.url.clone();
+        async move {
+            let (messages, bytes) = state_stream(&url).await;
+            if messages == 4 {
+                Ok(())
+            } else {
+                Err(format!("{messages} messages, {bytes} bytes"))
+            }
+        }
+    })
+    .await;
+    let (_, bytes) = state_stream(&nats.url).await;
+    eprintln!("idle tenants: {} bytes each in NATS", bytes / 4);
+    assert!(bytes / 4 <= 400, "{bytes} bytes for 4 idle tenants");
+}

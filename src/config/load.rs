@@ -271,7 +271,10 @@ fn load_layers(
     // A large fleet's file is hundreds of thousands of small allocations: it is freed on another
     // thread, as nothing waits for it.
     if file.tenants.len() > 1000 {
-        std::thread::spawn(move || drop(file));
+        std::thread::spawn(move || {
+            drop(file);
+            crate::heap::give_back();
+        });
     }
     let settings = settings?;
     // One line for the whole fleet, not one per tenant (a 100,000-tenant configuration would

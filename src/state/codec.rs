@@ -178,6 +178,21 @@ impl TenantImage {
     }
 
     /// The whole image as snapshot records, cut into parts of about `part_bytes`.
+    /// About how many bytes [`TenantImage::encode_parts`] makes of it, without encoding it.
+    pub fn approx_encoded_len(&self) -> u64 {
+        let records: usize = self
+            .issues
+            .keys()
+            .chain(self.marks.keys())
+            .map(|id| id.len() + 24)
+            .sum();
+        let checkpoint = self
+            .checkpoint
+            .as_ref()
+            .map_or(0, |cp| serde_json::to_vec(cp).map_or(0, |j| j.len() + 3));
+        (records + checkpoint) as u64
+    }
+
     pub fn encode_parts(&self, part_bytes: usize) -> Vec<Vec<u8>> {
         let mut parts = vec![Vec::new()];
         if let Some(cp) = &self.checkpoint {

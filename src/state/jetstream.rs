@@ -35,6 +35,7 @@ const OP: &str = "Wiz-Op";
 const REPLICA: &str = "Wiz-Replica";
 const EPOCH: &str = "Wiz-Epoch";
 const PART: &str = "Wiz-Part";
+const ROLLUP: &str = "Nats-Rollup";
 
 /// Longest wait for one JetStream publish and its ack before the write counts as offline.
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
@@ -42,6 +43,10 @@ const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
 const PART_BYTES: usize = 256 * 1024;
 /// Deltas may grow to half the snapshot plus this before a new snapshot is written.
 const COMPACT_SLACK: u64 = 64 * 1024;
+/// A tenant whose whole image stays within this many bytes replaces it at every write (a
+/// snapshot, then everything before it purged) instead of adding a delta: an idle tenant's
+/// subject holds one message, not a delta per poll until the compaction slack is reached.
+const TINY_IMAGE: u64 = 2048;
 
 /// The replica ids this replica sees alive (leaving ones included): a claim waits for a live
 /// last writer to release. Kept up to date by the membership loop.
@@ -71,6 +76,10 @@ struct Owned {
     dirty: bool,
     delta_bytes: u64,
     snapshot_bytes: u64,
+    /// `snapshot_bytes` and `delta_bytes` bound the tenant's whole image: a subject this
+    /// replica found empty, snapshotted, or installed. After a claim that kept an image it
+    /// did not measure, the first write compacts (which measures it).
+    sized: bool,
 }
 
 /// The last message on a tenant's subject.
@@ -252,6 +261,11 @@ impl Replicated {
             .header(EPOCH, epoch.to_string().as_str());
         if let Some((i, k)) = part {
             m = m.header(PART, format!("{i}/{k}").as_str());
+            if k == 1 {
+                // A whole snapshot in one message replaces everything before it on the subject,
+                // atomically with its fenced write (the stream allows roll-ups): no purge after.
+                m = m.header(ROLLUP, "sub");
+            }
         }
         let subject = self.subject(tenant);
         let sent = tokio::time::timeout(PUBLISH_TIMEOUT, async {
@@ -439,6 +453,8 @@ impl Replicated {
         let mut owned = Owned {
             seq: epoch_seq,
             epoch: epoch_seq,
+            // Nothing was on the subject before the claim: the image is empty.
+            sized: last_seq == 0,
             ..Default::default()
         };
         if let Some(img) = image {
@@ -466,8 +482,9 @@ impl Replicated {
             first.get_or_insert(seq);
             owned.seq = seq;
         }
-        // Everything before the snapshot is superseded. A failed purge only leaves extra bytes.
-        if let Some(first) = first {
+        // Everything before the snapshot is superseded (a one-part snapshot rolled it up). A
+        // failed purge only leaves extra bytes.
+        if let Some(first) = first.filter(|_| k > 1) {
             if let Err(e) = self
                 .stream
                 .purge()
@@ -480,6 +497,7 @@ impl Replicated {
         }
         owned.snapshot_bytes = bytes;
         owned.delta_bytes = 0;
+        owned.sized = true;
         Ok(owned.seq)
     }
 
@@ -502,6 +520,9 @@ impl Replicated {
         }
         let payload = encode_write(w);
         let len = payload.len() as u64;
+        if owned.sized && owned.snapshot_bytes + owned.delta_bytes + len <= TINY_IMAGE {
+            return Ok(WriteOutcome::Replace { seq: owned.seq });
+        }
         match self
             .publish(tenant, "delta", payload, owned.seq, owned.epoch, None)
             .await
@@ -509,7 +530,8 @@ impl Replicated {
             Ok(seq) => {
                 owned.seq = seq;
                 owned.delta_bytes += len;
-                let compact = owned.delta_bytes > owned.snapshot_bytes / 2 + COMPACT_SLACK;
+                let compact =
+                    !owned.sized || owned.delta_bytes > owned.snapshot_bytes / 2 + COMPACT_SLACK;
                 self.owned.insert(tenant.to_string(), owned);
                 Ok(WriteOutcome::Published { seq, compact })
             }
@@ -539,7 +561,17 @@ impl Replicated {
         self.owned.get(tenant).is_some_and(|o| o.dirty)
     }
 
-    fn set_dirty(&self, tenant: &str) {
+    /// Records an image this replica installed from NATS (about `bytes` encoded) at a claim.
+    pub fn installed(&self, tenant: &str, bytes: u64) {
+        if let Some(mut o) = self.owned.get_mut(tenant) {
+            o.snapshot_bytes = bytes;
+            o.delta_bytes = 0;
+            o.sized = true;
+        }
+    }
+
+    /// The tenant's cache holds writes NATS has not seen: the next write publishes a snapshot.
+    pub fn set_dirty(&self, tenant: &str) {
         if let Some(mut o) = self.owned.get_mut(tenant) {
             o.dirty = true;
         }
@@ -632,6 +664,9 @@ pub enum WriteOutcome {
     Published { seq: u64, compact: bool },
     /// Only in the cache; `resync`: NATS answers again, publish a snapshot now.
     CacheOnly { seq: u64, resync: bool },
+    /// Nothing published: the image is tiny (see [`TINY_IMAGE`]), so the write goes to the
+    /// cache (not in sync with NATS at `seq`) and the whole image is published as a snapshot.
+    Replace { seq: u64 },
 }
 
 /// A header of a state message, or "" when it has none.

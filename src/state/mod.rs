@@ -437,6 +437,12 @@ impl StateStore {
                     self.publish_image(r, tenant).await?;
                 }
             }
+            WriteOutcome::Replace { seq } => {
+                self.write_local(tenant, write, Some((seq, true))).await?;
+                if !self.publish_image(r, tenant).await? {
+                    r.set_dirty(tenant);
+                }
+            }
         }
         self.metrics.state_write("jetstream", started.elapsed());
         Ok(())
@@ -480,18 +486,19 @@ impl StateStore {
         answer.await.map_err(|_| gone())?
     }
 
-    /// Publishes the cached image of `tenant` as a snapshot (compaction, or catching NATS up
-    /// after it was unreachable). Unreachable again: the tenant stays dirty.
-    async fn publish_image(&self, r: &Replicated, tenant: &str) -> Result<(), StateError> {
+    /// Publishes the cached image of `tenant` as a snapshot (compaction, catching NATS up after
+    /// it was unreachable, or replacing a tiny image); false when NATS was unreachable.
+    async fn publish_image(&self, r: &Replicated, tenant: &str) -> Result<bool, StateError> {
         let image = self.image_blocking(tenant).await?;
         match r.snapshot(tenant, &image).await {
             Ok(seq) => {
                 tracing::debug!(tenant = %tenant, seq, issues = image.issues.len(), "state snapshot published");
-                self.set_sync(tenant, (seq, false)).await
+                self.set_sync(tenant, (seq, false)).await?;
+                Ok(true)
             }
             Err(PublishFailure::Offline(e)) => {
                 tracing::warn!(tenant = %tenant, error = %e, "state snapshot not published (NATS unreachable); kept locally and tried again at the next write");
-                Ok(())
+                Ok(false)
             }
             Err(e) => Err(self.failure(tenant, e)),
         }
@@ -546,10 +553,12 @@ impl StateStore {
             Claim::Take { last_seq, load } => (last_seq, load),
         };
         let mut moved = false;
+        let mut installed = None;
         let image = match load {
             ClaimLoad::Keep => None,
             ClaimLoad::Publish => Some(self.image_blocking(tenant).await?),
             ClaimLoad::Install(image) => {
+                installed = Some(image.approx_encoded_len());
                 let me = self.clone();
                 let t = tenant.to_string();
                 tokio::task::spawn_blocking(move || me.db.install(&t, &image, last_seq))
@@ -561,6 +570,9 @@ impl StateStore {
         };
         match r.take(tenant, last_seq, image.as_ref()).await {
             Ok(seq) => {
+                if let Some(bytes) = installed {
+                    r.installed(tenant, bytes);
+                }
                 self.set_sync(tenant, (seq, false)).await?;
                 if is_tenant_key(tenant) {
                     self.metrics.handover(true);

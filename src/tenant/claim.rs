@@ -8,7 +8,7 @@
 //!   polled or delivered (the page waits); after a lapse the tenant first re-asserts its
 //!   ownership with a fenced write, and stops if another replica took it over meanwhile.
 
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use ractor::ActorRef;
 
@@ -44,7 +44,8 @@ impl TenantActorState {
         if self.claimed {
             return;
         }
-        let force = self.claiming_since.elapsed() >= self.args.claim_patience;
+        let since = *self.claiming_since.get_or_insert_with(Instant::now);
+        let force = since.elapsed() >= self.args.claim_patience;
         let id = self.args.spec.id.clone();
         // One claim per state key (the tenant's, then each feed's), in order; a key already
         // claimed is not claimed again when a later one has to wait.
@@ -73,9 +74,9 @@ impl TenantActorState {
                     .store
                     .replicated()
                     .map_or(0, |r| r.lease().epoch());
-                tracing::info!(tenant = %id, state_moved = moved, waited_ms = self.claiming_since.elapsed().as_millis() as u64, "tenant taken over by this replica");
-                let first = self.args.first_poll_in;
-                self.arm_timer(myself, first);
+                tracing::info!(tenant = %id, state_moved = moved, waited_ms = since.elapsed().as_millis() as u64, "tenant taken over by this replica");
+                // The first poll's spread was waited before the claim.
+                self.arm_timer(myself, Duration::ZERO);
                 if self.args.hints.pending() {
                     let _ = myself.send_message(TenantMsg::Hints);
                 }

@@ -140,8 +140,8 @@ pub struct TenantActorState {
     /// The tenant is this replica's to poll (always, without cluster mode); until then polls
     /// are ignored and claims retried.
     claimed: bool,
-    /// When the first claim was tried.
-    claiming_since: Instant,
+    /// When the first claim was tried (`None` before it).
+    claiming_since: Option<Instant>,
     /// The hint queue overflowed during a sweep: a full one follows it at once.
     poll_after_sweep: bool,
     /// Cluster mode: how many of the tenant's state keys are claimed so far.
@@ -247,7 +247,7 @@ impl Actor for WizTenantActor {
             refusals: 0,
             buf: Default::default(),
             claimed: args.store.replicated().is_none(),
-            claiming_since: Instant::now(),
+            claiming_since: None,
             poll_after_sweep: false,
             keys_claimed: 0,
             lease_epoch: 0,
@@ -277,7 +277,16 @@ impl Actor for WizTenantActor {
                 let _ = myself.send_message(TenantMsg::Hints);
             }
         } else {
-            let _ = myself.send_message(TenantMsg::Claim);
+            // Cluster mode: the claim waits for the tenant's first poll (spread over
+            // `startup_jitter` like the polls), then the poll follows at once. A tenant moved on
+            // before its turn never claimed, so placement churn at a cold start or a failover
+            // costs NATS nothing for it, and a failover's claims are spread, not sent at once.
+            let first = state.args.first_poll_in;
+            if first.is_zero() {
+                let _ = myself.send_message(TenantMsg::Claim);
+            } else {
+                myself.send_after(first, || TenantMsg::Claim);
+            }
         }
         Ok(state)
     }
