@@ -2173,3 +2173,124 @@ async fn idle_tenants_keep_one_small_message_each_in_nats() {
     eprintln!("idle tenants: {} bytes each in NATS", bytes / 4);
     assert!(bytes / 4 <= 400, "{bytes} bytes for 4 idle tenants");
 }
+
+/// Sets the state stream's message limit (refusing new writes beyond it) while membership,
+/// in its own bucket, keeps working.
+async fn limit_state_writes(nats: &str, max_messages: i64) {
+    let client = async_nats::connect(nats).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let mut stream = js.get_stream("WIZ_CONNECTOR_STATE").await.unwrap();
+    let mut config = stream.info().await.unwrap().config.clone();
+    config.max_messages = max_messages;
+    config.discard = async_nats::jetstream::stream::DiscardPolicy::New;
+    js.update_stream(config).await.unwrap();
+}
+
+/// JetStream refusing state writes while reads and membership work (a full store, say): the
+/// tenants a failover moves wait with the reason in their health, their claims back off instead
+/// of storming NATS, the survivor does not lose its membership; once writes are taken again the
+/// tenants start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_writes_refused_while_reads_work_back_off_and_recover() {
+    let nats = nats_server().await;
+    let sim = sim(6, 10).await;
+    let dir = tempfile::tempdir().unwrap();
+    let six = Setup {
+        only: Some(6),
+        ..Default::default()
+    };
+    let expected: BTreeSet<String> = (0..6).map(|i| format!("t{i}")).collect();
+    let mut rs = replicas(&sim, &nats.url, &["r1", "r2"], dir.path(), &six).await;
+    settled(
+        &rs,
+        &expected,
+        "placement over 2 replicas",
+        Duration::from_secs(30),
+    )
+    .await;
+    no_gap_for(&sim, &expected, dir.path(), Duration::from_secs(30)).await;
+    let live: Vec<&Replica> = rs.iter().collect();
+    let before = owners(&live, &expected).await.unwrap();
+    let on = |id: &str| before.values().filter(|o| *o == id).count();
+    let (vi, si) = if on("r1") >= on("r2") { (0, 1) } else { (1, 0) };
+    let survivor_id = rs[si].id.clone();
+    let moved: BTreeSet<String> = before
+        .iter()
+        .filter(|(_, o)| **o != survivor_id)
+        .map(|(t, _)| t.clone())
+        .collect();
+    assert!(!moved.is_empty());
+    // Every message the stream holds now is the limit: any new write is refused.
+    let (messages, _) = state_stream(&nats.url).await;
+    limit_state_writes(&nats.url, messages as i64).await;
+    let mut dead = rs.remove(vi);
+    dead.child.as_mut().unwrap().start_kill().unwrap();
+    dead.child.as_mut().unwrap().wait().await.unwrap();
+    let survivor = &rs[0];
+    let log = dir.path().join(format!("{survivor_id}.log"));
+    let refused_at = Instant::now();
+    eventually(
+        "the moved tenants wait with the reason",
+        Duration::from_secs(30),
+        || {
+            let moved = &moved;
+            async move {
+                let v = get_json(survivor, "/tenants").await?;
+                let waiting = v
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|t| moved.contains(t["id"].as_str().unwrap_or_default()))
+                    .filter(|t| {
+                        t["last_error"]["message"]
+                            .as_str()
+                            .is_some_and(|m| m.contains("cannot take the tenant over"))
+                    })
+                    .count();
+                if waiting == moved.len() {
+                    Ok(())
+                } else {
+                    Err(format!("{waiting} of {} waiting: {v}", moved.len()))
+                }
+            }
+        },
+    )
+    .await;
+    // Membership goes on: the survivor keeps its lease and sees itself alone.
+    let v = get_json(survivor, "/cluster").await.unwrap();
+    assert_eq!(v["lease"]["held"], true, "{v}");
+    assert_eq!(v["members"].as_array().map(Vec::len), Some(1), "{v}");
+    // Backing off (1 s doubling, jittered): a handful of tries per tenant, not one a second.
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let tries = text.matches("claim failed; retrying").count();
+    let secs = refused_at.elapsed().as_secs_f64();
+    assert!(
+        (tries as f64) <= moved.len() as f64 * (2.0 + secs.log2().max(0.0) * 2.0),
+        "{tries} claim tries for {} tenants in {secs:.1} s",
+        moved.len()
+    );
+    limit_state_writes(&nats.url, -1).await;
+    eventually(
+        "the moved tenants polled once writes are taken",
+        Duration::from_secs(60),
+        || {
+            let expected = &expected;
+            async move {
+                let polled: BTreeSet<String> = listed(survivor)
+                    .await
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|(_, _, _, started)| *started)
+                    .map(|(id, _, _, _)| id)
+                    .collect();
+                if &polled == expected {
+                    Ok(())
+                } else {
+                    Err(format!("polled {polled:?}"))
+                }
+            }
+        },
+    )
+    .await;
+    no_gap_for(&sim, &expected, dir.path(), Duration::from_secs(30)).await;
+}
