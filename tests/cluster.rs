@@ -550,14 +550,31 @@ async fn replicas_share_the_fleet_fail_over_hand_over_and_rebalance() {
     eprintln!("failover after kill -9: {failover:?}, {dup} duplicates");
     // Each survivor keeps full settings only for the tenants it runs, those it took over
     // included (read from the files at the placement); the others are fleet entries.
-    let mut owned = 0;
-    for r in &rs {
-        let v = get_json(r, "/cluster").await.unwrap();
-        assert_eq!(v["settings_held"], v["owned"], "{}: {v}", r.id);
-        assert_eq!(v["configured"], expected.len(), "{}: {v}", r.id);
-        owned += v["owned"].as_u64().unwrap();
-    }
-    assert_eq!(owned as usize, expected.len());
+    // (`/cluster` is brought up to date by the heartbeat, a tick after placement.)
+    eventually(
+        "every survivor's /cluster shows the new placement",
+        Duration::from_secs(10),
+        || {
+            let live: Vec<&Replica> = rs.iter().collect();
+            let expected = &expected;
+            async move {
+                let mut owned = 0;
+                for r in live {
+                    let v = get_json(r, "/cluster").await?;
+                    if v["settings_held"] != v["owned"] || v["configured"] != expected.len() {
+                        return Err(format!("{}: {v}", r.id));
+                    }
+                    owned += v["owned"].as_u64().unwrap_or(0);
+                }
+                if owned as usize == expected.len() {
+                    Ok(())
+                } else {
+                    Err(format!("{owned} owned of {}", expected.len()))
+                }
+            }
+        },
+    )
+    .await;
 
     // SIGTERM: the replica hands its tenants over (the other polls them within 5 s of the
     // signal plus the pages in flight); nothing is repeated.
