@@ -342,77 +342,68 @@ impl Reloader {
             return Ok(PlaceOutcome::default());
         };
         let new = old.over(members.clone());
-        let owned = new.owned();
-        let running: BTreeSet<&str> = current
-            .settings
-            .tenants
-            .iter()
-            .map(|t| t.id.as_str())
-            .collect();
-        let acquires = owned.iter().any(|id| !running.contains(id));
-        drop(running);
-        let mut outcome = if acquires {
-            let full = match current.unplaced.take() {
-                Some(all) => Ok(with_tenants(&current.settings, all)),
-                None => self.load().await.map_err(|e| {
-                    format!("the tenants placed here cannot start, as the configuration files no longer load: {e}")
-                }),
-            };
-            match full {
-                Ok(full) => {
-                    let adopted = self.adopt(&mut current, full, Some(members)).await?;
-                    adopted.outcome.unwrap_or_default()
-                }
-                Err(e) => {
-                    // Release what moved away all the same: its new owner waits for it.
-                    let kept: Vec<TenantSpec> = current
-                        .settings
-                        .tenants
-                        .iter()
-                        .filter(|t| owned.contains(t.id.as_str()))
-                        .cloned()
-                        .collect();
-                    let owned = owned.len();
-                    let next = with_tenants(&current.settings, kept);
-                    let d = diff(&current.settings, &next);
-                    let mut outcome = outcome(&new, owned, &d);
-                    outcome.settings_held = next.tenants.len();
-                    if self.apply(d).await {
-                        current.settings = Arc::new(next);
-                        current.placed = Some(new);
-                        let fleet = Some(old.fleet.clone());
-                        self.inner.live.publish(current.settings.clone(), fleet);
-                        outcome.placed_at = Some(SystemTime::now());
-                        self.inner.outcome.send_replace(outcome);
-                    }
-                    return Err(e);
-                }
-            }
-        } else {
-            let kept: Vec<TenantSpec> = current
+        let acquires = {
+            let running: BTreeSet<&str> = current
                 .settings
                 .tenants
                 .iter()
-                .filter(|t| owned.contains(t.id.as_str()))
-                .cloned()
+                .map(|t| t.id.as_str())
                 .collect();
-            let owned = owned.len();
-            let next = with_tenants(&current.settings, kept);
-            let d = diff(&current.settings, &next);
-            let outcome = outcome(&new, owned, &d);
-            if !self.apply(d).await {
-                return Err("the supervisor did not apply the new placement".into());
-            }
-            current.settings = Arc::new(next);
-            if !new.members.is_empty() {
-                // Placed: what the start read is no longer needed.
-                current.unplaced = None;
-            }
-            current.placed = Some(new);
-            let fleet = Some(old.fleet.clone());
-            self.inner.live.publish(current.settings.clone(), fleet);
-            outcome
+            new.owned().iter().any(|id| !running.contains(id))
         };
+        if !acquires {
+            return self.restrict_to(&mut current, new).await;
+        }
+        let full = match current.unplaced.take() {
+            Some(all) => with_tenants(&current.settings, all),
+            None => match self.load().await {
+                Ok(full) => full,
+                Err(e) => {
+                    // Release what moved away all the same: its new owner waits for it.
+                    let _ = self.restrict_to(&mut current, new).await;
+                    return Err(format!("the tenants placed here cannot start, as the configuration files no longer load: {e}"));
+                }
+            },
+        };
+        let adopted = self.adopt(&mut current, full, Some(members)).await?;
+        let mut outcome = adopted.outcome.unwrap_or_default();
+        outcome.placed_at = Some(SystemTime::now());
+        self.inner.outcome.send_replace(outcome.clone());
+        Ok(outcome)
+    }
+
+    /// Runs, of the tenants already running, those `new` places here (nothing is read from the
+    /// files): a placement that gives this replica no new tenant, or one whose new tenants
+    /// cannot be read.
+    async fn restrict_to(
+        &self,
+        current: &mut Desired,
+        new: Placed,
+    ) -> Result<PlaceOutcome, String> {
+        let owned = new.owned();
+        let kept: Vec<TenantSpec> = current
+            .settings
+            .tenants
+            .iter()
+            .filter(|t| owned.contains(t.id.as_str()))
+            .cloned()
+            .collect();
+        let owned = owned.len();
+        let next = with_tenants(&current.settings, kept);
+        let d = diff(&current.settings, &next);
+        let mut outcome = outcome(&new, owned, &d);
+        outcome.settings_held = next.tenants.len();
+        if !self.apply(d).await {
+            return Err("the supervisor did not apply the new placement".into());
+        }
+        current.settings = Arc::new(next);
+        if !new.members.is_empty() {
+            // Placed: what the start read is no longer needed.
+            current.unplaced = None;
+        }
+        let fleet = Some(new.fleet.clone());
+        current.placed = Some(new);
+        self.inner.live.publish(current.settings.clone(), fleet);
         outcome.placed_at = Some(SystemTime::now());
         self.inner.outcome.send_replace(outcome.clone());
         Ok(outcome)
@@ -513,7 +504,11 @@ impl Reloader {
             self.inner.observer.reload(trigger, Err(&e));
             return Err(e);
         }
-        let digest = placement::fleet_digest(&Fleet::of(&new.tenants));
+        // Without cluster mode only the digest is announced (in cluster mode `adopt` makes it).
+        let digest = current
+            .placed
+            .is_none()
+            .then(|| placement::fleet_digest(&Fleet::of(&new.tenants)));
         let members = current.placed.as_ref().map(|p| p.members.clone());
         let adopted = match self.adopt(&mut current, new, members).await {
             Ok(a) => a,
@@ -530,7 +525,7 @@ impl Reloader {
                 o.released = 0;
                 o.placed_at = placed_at;
             }
-            None => o.digest = digest,
+            None => o.digest = digest.unwrap_or_default(),
         });
         let summary = adopted.summary;
         self.inner.observer.reload(trigger, Ok(summary.counts()));
