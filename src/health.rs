@@ -105,10 +105,37 @@ pub struct TenantHealth {
     pub hints_looked_up: u64,
     /// Times the hint queue overflowed and a full sweep replaced the lookups.
     pub hint_overflows: u64,
+    /// Nodes of this tenant's pages that could not be read and were set aside as quarantine
+    /// events (see [`crate::event::unreadable`]); not shown while there are none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unreadable: Option<UnreadableHealth>,
     /// Per feed, for a tenant that collects more than Issues (empty, and not shown, for an
     /// Issues-only tenant: its health is the fields above).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub feeds: Vec<FeedHealth>,
+}
+
+/// The quarantine of a tenant's unreadable nodes.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct UnreadableHealth {
+    /// Quarantine events made since the process started (a node seen again unchanged makes
+    /// none).
+    pub quarantined: u64,
+    /// The latest one.
+    pub last: UnreadableNode,
+}
+
+/// One quarantined node, as health shows it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct UnreadableNode {
+    pub feed: &'static str,
+    /// The item's id, when one could be read.
+    pub item_id: Option<String>,
+    pub reason: String,
+    pub bytes: usize,
+    pub sha256: String,
+    #[serde(serialize_with = "rfc3339")]
+    pub at: SystemTime,
 }
 
 /// Where a feed of a tenant is.
@@ -197,6 +224,7 @@ impl TenantHealth {
             last_change_age_ms: None,
             last_hint_to_event_ms: None,
             held_by_sink: None,
+            unreadable: None,
             hints_looked_up: 0,
             hint_overflows: 0,
             feeds: Vec::new(),

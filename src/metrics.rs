@@ -535,8 +535,14 @@ pub enum Observation<'a> {
         error: &'a str,
         attempts: u32,
     },
-    NodeSkipped {
-        error: &'a str,
+    /// A node of a page could not be read: set aside as a quarantine event (`quarantined`), or
+    /// seen again unchanged after it was (nothing is delivered again).
+    NodeUnreadable {
+        feed: &'static str,
+        id: Option<&'a str>,
+        reason: &'a str,
+        bytes: usize,
+        quarantined: bool,
     },
     /// Events delivered for issues that vanished from Wiz (a full sweep missed them and a lookup
     /// by id found nothing).
@@ -601,7 +607,7 @@ impl OtelInstruments {
             Observation::SinkUnavailable { .. } => self
                 .errors
                 .add(1, &kv(&[("tenant", tenant), ("kind", "sink")])),
-            Observation::NodeSkipped { .. } => self
+            Observation::NodeUnreadable { .. } => self
                 .errors
                 .add(1, &kv(&[("tenant", tenant), ("kind", "bad_response")])),
             Observation::IssuesVanished { count } => self.vanished.add(*count, &kv(&t)),
@@ -862,8 +868,32 @@ impl Observer {
                 }
                 m.errors.get_or_create(&k("sink")).inc();
             }
-            Observation::NodeSkipped { error } => {
-                tracing::warn!(tenant, error, "skipping an issue node that cannot be read");
+            Observation::NodeUnreadable {
+                feed,
+                id,
+                reason,
+                bytes,
+                quarantined,
+            } => {
+                if quarantined {
+                    tracing::warn!(
+                        tenant,
+                        feed,
+                        item_id = id,
+                        reason,
+                        bytes,
+                        "a node of the page cannot be read: it is delivered as one quarantine event, and the rest of the page goes on"
+                    );
+                } else {
+                    tracing::debug!(
+                        tenant,
+                        feed,
+                        item_id = id,
+                        reason,
+                        bytes,
+                        "a quarantined node is still unreadable and unchanged: not delivered again"
+                    );
+                }
                 m.errors.get_or_create(&k("bad_response")).inc();
             }
             Observation::FeedFailed {

@@ -370,7 +370,18 @@ async fn an_unreadable_lookup_answer_declares_nothing_vanished() {
         ],
     );
     resync(&app, 2).await;
-    assert_eq!(read_lines(&out).len(), before, "nothing declared vanished");
+    // The node is quarantined (one event, without an id: it has none that is a string), and
+    // nothing is declared vanished.
+    let quarantine = read_lines(&out)[before..].to_vec();
+    assert_eq!(
+        quarantine.len(),
+        1,
+        "nothing declared vanished: {quarantine:?}"
+    );
+    assert_eq!(quarantine[0]["kind"], "issue.unreadable");
+    assert!(quarantine[0]["issue_id"].is_null());
+    assert_eq!(quarantine[0]["unreadable"]["head"], r#"{"id":5}"#);
+    let before = before + 1;
     assert!(app
         .observer_metrics_text()
         .contains("wiz_connector_errors_total{tenant=\"t0\",kind=\"bad_response\"} 1"));

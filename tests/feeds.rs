@@ -845,3 +845,77 @@ async fn a_newly_routed_destination_gets_the_open_findings_as_a_baseline() {
     assert_eq!(read_lines(&out).len(), before, "nothing again to `out`");
     app.shutdown().await.unwrap();
 }
+
+/// Issue 18: a node of a feed that cannot be read (here past the 1 MiB node limit) is one
+/// quarantine event of its feed's kind, the rest of its page is delivered, and later polls do
+/// not quarantine it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_feed_node_is_quarantined_once_and_the_feed_goes_on() {
+    let sim = sim(1, 10).await;
+    let client = sim.tenants()[0].client_id.clone();
+    let huge = "y".repeat(2 << 20);
+    let (det_id, vul_id) = sim.feeds(&client, |f| {
+        f.detections[0].description = huge.clone();
+        f.vulnerabilities[0].name = huge.clone();
+        (f.detections[0].id.clone(), f.vulnerabilities[0].id.clone())
+    });
+    let (det, _, vul, ..) = sizes(&sim, &client);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("events.jsonl");
+    let state = state_dir();
+    let app = App::start(
+        settings(&config(&sim, &out, &state, "")),
+        AppOptions::default(),
+    )
+    .await
+    .unwrap();
+    wait_for(
+        "the first sweep of the feeds",
+        Duration::from_secs(60),
+        || {
+            let lines = read_lines(&out);
+            let got = (
+                of_feed(&lines, "detections").len(),
+                of_feed(&lines, "vulnerabilities").len(),
+            );
+            if got == (det, vul) {
+                Ok(())
+            } else {
+                Err(format!("got {got:?}, want {:?}", (det, vul)))
+            }
+        },
+    )
+    .await;
+    polls_after(&app, 2).await;
+    let lines = read_lines(&out);
+    for (feed, kind, id_field, id, n) in [
+        (
+            "detections",
+            "detection.unreadable",
+            "detection_id",
+            &det_id,
+            det,
+        ),
+        (
+            "vulnerabilities",
+            "vulnerability.unreadable",
+            "finding_id",
+            &vul_id,
+            vul,
+        ),
+    ] {
+        let events = of_feed(&lines, feed);
+        assert_eq!(events.len(), n, "{feed}: nothing repeated by later polls");
+        let q: Vec<&&Value> = events.iter().filter(|e| e["kind"] == kind).collect();
+        assert_eq!(q.len(), 1, "{feed}");
+        assert_eq!(q[0][id_field].as_str(), Some(id.as_str()));
+        assert!(q[0]["unreadable"]["bytes"].as_u64().unwrap() > 2 << 20);
+        assert!(events
+            .iter()
+            .filter(|e| e["kind"] != kind)
+            .all(|e| e[id_field].as_str() != Some(id.as_str())));
+    }
+    let h = app.health.get("t0").unwrap();
+    assert_eq!(h.unreadable.as_ref().map(|u| u.quarantined), Some(2));
+    app.shutdown().await.unwrap();
+}

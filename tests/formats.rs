@@ -334,3 +334,60 @@ fn golden_events_per_feed_and_format() {
         }
     }
 }
+
+/// A quarantine event (a node that cannot be read, issue 18) of every feed validates in OCSF
+/// and passes the ECS checks, with the same id and item in every format, and carries no more of
+/// the node than its first bytes.
+#[test]
+fn quarantine_events_of_every_feed_validate_in_ocsf_and_ecs() {
+    use wiz_connector::event::unreadable;
+    use wiz_connector::wiz::page::NodeError;
+    let schema = ocsf::Schema::bundled();
+    let big = format!(r#"{{"id":"item-1","blob":"{}"}}"#, "x\\\"".repeat(10_000));
+    let mut seen = BTreeSet::new();
+    for feed in FeedName::ALL {
+        let mut lines = all_formats();
+        let node = NodeError::new("40013 bytes, above the limit", &big);
+        let kind = unreadable::write(
+            "acme",
+            "https://app.wiz.io",
+            feed,
+            &node,
+            OBSERVED,
+            &mut lines,
+        );
+        lines.end_event();
+        assert_eq!(kind, feed.unreadable_kind());
+        assert!(kind.as_str().ends_with(".unreadable"));
+        for text in [&lines.native, &lines.ocsf, &lines.ecs] {
+            assert!(text.len() < 2048, "{}", String::from_utf8_lossy(text));
+        }
+        assert_eq!(check(lines, &schema, &mut seen), 1);
+        // Without a readable id: OCSF's uid is the digest, and it still validates.
+        let mut lines = all_formats();
+        let anon = NodeError::new("not an object but null", "null");
+        unreadable::write(
+            "acme",
+            "https://app.wiz.io",
+            feed,
+            &anon,
+            OBSERVED,
+            &mut lines,
+        );
+        lines.end_event();
+        let o = &parse(&lines.ocsf)[0];
+        let report = schema.validate(o);
+        assert!(report.errors.is_empty(), "{:?}\n{o:#}", report.errors);
+        assert!(report.undefined.is_empty(), "{:?}\n{o:#}", report.undefined);
+        assert_eq!(
+            o["finding_info"]["uid"].as_str(),
+            Some(format!("sha256:{}", anon.node.sha256).as_str())
+        );
+        assert!(ecs_problems(&parse(&lines.ecs)[0]).is_empty());
+    }
+    // One class and activity for all: Detection Finding, 99 Other.
+    assert_eq!(
+        seen,
+        BTreeSet::from([("2004".to_string(), "99".to_string())])
+    );
+}

@@ -171,7 +171,7 @@ proptest! {
             match issue {
                 Err(e) => {
                     prop_assert!(depth + 1 > wiz_connector::wiz::page::MAX_NODE_DEPTH, "skipped at depth {depth}: {}", e.reason);
-                    prop_assert!(e.reason.contains("nests deeper than 64 levels; it is skipped") || e.reason.contains("cannot be read"), "{}", e.reason);
+                    prop_assert!(e.reason == "nests deeper than 64 levels" || e.reason.starts_with("cannot be read"), "{}", e.reason);
                 }
                 Ok(issue) => {
                     out.clear();
@@ -185,7 +185,7 @@ proptest! {
 }
 
 #[tokio::test]
-async fn a_node_nested_100000_deep_is_skipped_and_reported_and_its_tenant_goes_on() {
+async fn a_node_nested_100000_deep_is_quarantined_and_its_tenant_goes_on() {
     use std::time::Duration;
     use wiz_connector::app::{App, AppOptions};
     let sim = common::sim(1, 5).await;
@@ -218,17 +218,24 @@ async fn a_node_nested_100000_deep_is_skipped_and_reported_and_its_tenant_goes_o
         || app.health.get("t0").is_some_and(|h| h.polls >= 1),
     )
     .await;
-    // The page's two readable issues are delivered; the deep one is skipped and counted.
-    let got: Vec<String> = common::read_lines(&out)
+    // The page's two readable issues are delivered; the deep one is quarantined and counted.
+    let got: Vec<(String, String)> = common::read_lines(&out)
         .iter()
-        .map(|e| e["issue_id"].as_str().unwrap().to_string())
+        .map(|e| {
+            (
+                e["kind"].as_str().unwrap().to_string(),
+                e["issue_id"].as_str().unwrap().to_string(),
+            )
+        })
         .collect();
     assert_eq!(
         got,
         [
-            "11111111-5f1d-4e7a-9c2b-1d3e4f5a6b7c",
-            "22222222-5f1d-4e7a-9c2b-1d3e4f5a6b7c"
+            ("issue.opened", "11111111-5f1d-4e7a-9c2b-1d3e4f5a6b7c"),
+            ("issue.opened", "22222222-5f1d-4e7a-9c2b-1d3e4f5a6b7c"),
+            ("issue.unreadable", "0b6e2c3a-5f1d-4e7a-9c2b-1d3e4f5a6b7c")
         ]
+        .map(|(k, i)| (k.to_string(), i.to_string()))
     );
     let metrics = app.observer_metrics_text();
     assert!(
@@ -239,8 +246,159 @@ async fn a_node_nested_100000_deep_is_skipped_and_reported_and_its_tenant_goes_o
     assert!(app.poll_now("t0").await);
     let open = common::open_ids(&sim)["t0"].len();
     common::wait_until("the next poll", Duration::from_secs(20), || {
-        common::read_lines(&out).len() == open + 2
+        common::read_lines(&out).len() == open + 3
     })
     .await;
+    app.shutdown().await.unwrap();
+}
+
+/// Issue 18: a node that cannot be read is quarantined, not a stall. A persistent 10 MB node and
+/// a node nested 100,000 deep in a 500-issue page: one quarantine event each, every other issue
+/// delivered; the next poll delivers the tenant's changes and quarantines nothing again; a node
+/// whose bytes change is quarantined once more; a node that becomes readable is delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn persistent_unreadable_nodes_are_quarantined_once_per_version_and_the_tenant_goes_on() {
+    use std::collections::HashSet;
+    use std::time::Duration;
+    use wiz_connector::app::{App, AppOptions};
+    let sim = common::sim(1, 500).await;
+    let client = sim.tenants()[0].client_id.clone();
+    let mut open: Vec<String> = common::open_ids(&sim)["t0"].iter().cloned().collect();
+    open.sort();
+    let (big, deep, other) = (open[0].clone(), open[1].clone(), open[2].clone());
+    sim.issues(&client, |s| {
+        assert_eq!(s.issues.len(), 500);
+        assert!(s.set_hostile(&big, Some(format!("\"{}\"", "x".repeat(10 << 20)))));
+        let nested = format!("{}1{}", "[".repeat(100_000), "]".repeat(100_000));
+        assert!(s.set_hostile(&deep, Some(nested)));
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("events.jsonl");
+    let body = format!(
+        "{}[sinks.out]\ntype = \"file\"\npath = \"{}\"\n",
+        common::sim_config(
+            &sim,
+            "poll_interval = \"1h\"\nstartup_jitter = \"0s\"\npage_size = 500",
+            "rate_limit = 50"
+        ),
+        out.display()
+    );
+    let app = App::start(common::settings(&body), AppOptions::default())
+        .await
+        .unwrap();
+    let polls = |n: u64| {
+        let app = &app;
+        move || app.health.get("t0").is_some_and(|h| h.polls >= n)
+    };
+    common::wait_until("the first poll", Duration::from_secs(60), polls(1)).await;
+    let lines = common::read_lines(&out);
+    let kind = |e: &serde_json::Value| e["kind"].as_str().unwrap().to_string();
+    let id = |e: &serde_json::Value| e["issue_id"].as_str().unwrap().to_string();
+    let quarantined: Vec<&serde_json::Value> = lines
+        .iter()
+        .filter(|e| kind(e) == "issue.unreadable")
+        .collect();
+    assert_eq!(quarantined.len(), 2, "{quarantined:?}");
+    let by_id = |want: &str| {
+        quarantined
+            .iter()
+            .find(|e| id(e) == want)
+            .unwrap_or_else(|| panic!("no quarantine event for {want}"))
+    };
+    let q_big = by_id(&big);
+    assert!(q_big["unreadable"]["bytes"].as_u64().unwrap() > 10 << 20);
+    assert!(
+        q_big["unreadable"]["reason"]
+            .as_str()
+            .unwrap()
+            .ends_with("bytes, above the limit of 1048576"),
+        "{q_big}"
+    );
+    let q_deep = by_id(&deep);
+    assert_eq!(
+        q_deep["unreadable"]["reason"],
+        "nests deeper than 64 levels"
+    );
+    for q in [q_big, q_deep] {
+        let head = q["unreadable"]["head"].as_str().unwrap();
+        assert!(
+            head.starts_with(&format!("{{\"id\":\"{}\"", id(q))),
+            "{head}"
+        );
+        assert!(head.len() <= 256);
+        assert_eq!(q["unreadable"]["sha256"].as_str().unwrap().len(), 64);
+        assert!(q.get("raw_event").is_none());
+    }
+    // Every other issue of the page is delivered, once.
+    let delivered: Vec<String> = lines
+        .iter()
+        .filter(|e| kind(e) == "issue.opened")
+        .map(id)
+        .collect();
+    let want: HashSet<String> = open.iter().skip(2).cloned().collect();
+    assert_eq!(delivered.len(), want.len());
+    assert_eq!(delivered.into_iter().collect::<HashSet<_>>(), want);
+    assert_eq!(lines.len(), open.len());
+    let health = app.health.get("t0").unwrap();
+    assert_eq!(health.unreadable.as_ref().map(|u| u.quarantined), Some(2));
+    let metrics = app.observer_metrics_text();
+    assert!(
+        metrics.contains("wiz_connector_events_total{tenant=\"t0\",kind=\"issue.unreadable\"} 2"),
+        "{metrics}"
+    );
+
+    // The next poll: the tenant's change is delivered, the same two nodes are not again.
+    let severity_of = |id: &str| {
+        sim.issues(&client, |s| {
+            s.issues
+                .iter()
+                .find(|i| i.id == id)
+                .unwrap()
+                .severity
+                .clone()
+        })
+    };
+    let another = |sev: &str| if sev == "LOW" { "HIGH" } else { "LOW" };
+    let sev = severity_of(&other);
+    sim.issues(&client, |s| assert!(s.set_severity(&other, another(&sev))));
+    assert!(app.poll_now("t0").await);
+    common::wait_until("the second poll", Duration::from_secs(60), polls(2)).await;
+    let new = common::read_lines(&out)[lines.len()..].to_vec();
+    assert_eq!(new.len(), 1, "{new:?}");
+    assert_eq!(
+        (kind(&new[0]), id(&new[0])),
+        ("issue.updated".into(), other)
+    );
+
+    // The deep node's bytes change: it is quarantined again, once, as a new event.
+    let sev = severity_of(&deep);
+    sim.issues(&client, |s| assert!(s.set_severity(&deep, another(&sev))));
+    assert!(app.poll_now("t0").await);
+    common::wait_until("the third poll", Duration::from_secs(60), polls(3)).await;
+    let new = common::read_lines(&out)[lines.len() + 1..].to_vec();
+    assert_eq!(new.len(), 1, "{new:?}");
+    assert_eq!(
+        (kind(&new[0]), id(&new[0])),
+        ("issue.unreadable".into(), deep.clone())
+    );
+    assert_ne!(new[0]["id"], q_deep["id"]);
+    assert_ne!(
+        new[0]["unreadable"]["sha256"],
+        q_deep["unreadable"]["sha256"]
+    );
+
+    // The big node becomes readable: the issue is delivered at last.
+    sim.issues(&client, |s| assert!(s.set_hostile(&big, None)));
+    assert!(app.poll_now("t0").await);
+    common::wait_until("the fourth poll", Duration::from_secs(60), polls(4)).await;
+    let new = common::read_lines(&out)[lines.len() + 2..].to_vec();
+    assert_eq!(new.len(), 1, "{new:?}");
+    assert_eq!((kind(&new[0]), id(&new[0])), ("issue.opened".into(), big));
+    let health = app.health.get("t0").unwrap();
+    assert_eq!(health.unreadable.as_ref().map(|u| u.quarantined), Some(3));
+    assert_eq!(
+        health.unreadable.as_ref().unwrap().last.item_id.as_deref(),
+        Some(deep.as_str())
+    );
     app.shutdown().await.unwrap();
 }

@@ -34,6 +34,18 @@ pub enum EventKind {
     ConfigurationUpdated,
     #[serde(rename = "configuration_finding.resolved")]
     ConfigurationResolved,
+    /// A node of a feed's page that the connector cannot read, quarantined (see
+    /// [`crate::event::unreadable`]): one kind per feed, named like the feed's other kinds.
+    #[serde(rename = "issue.unreadable")]
+    IssueUnreadable,
+    #[serde(rename = "vulnerability.unreadable")]
+    VulnerabilityUnreadable,
+    #[serde(rename = "detection.unreadable")]
+    DetectionUnreadable,
+    #[serde(rename = "audit.unreadable")]
+    AuditUnreadable,
+    #[serde(rename = "configuration_finding.unreadable")]
+    ConfigurationUnreadable,
 }
 
 impl EventKind {
@@ -53,7 +65,24 @@ impl EventKind {
             EventKind::ConfigurationOpened => "configuration_finding.opened",
             EventKind::ConfigurationUpdated => "configuration_finding.updated",
             EventKind::ConfigurationResolved => "configuration_finding.resolved",
+            EventKind::IssueUnreadable => "issue.unreadable",
+            EventKind::VulnerabilityUnreadable => "vulnerability.unreadable",
+            EventKind::DetectionUnreadable => "detection.unreadable",
+            EventKind::AuditUnreadable => "audit.unreadable",
+            EventKind::ConfigurationUnreadable => "configuration_finding.unreadable",
         }
+    }
+
+    /// A quarantine event: an unreadable node, not a change of an item.
+    pub fn is_unreadable(self) -> bool {
+        matches!(
+            self,
+            EventKind::IssueUnreadable
+                | EventKind::VulnerabilityUnreadable
+                | EventKind::DetectionUnreadable
+                | EventKind::AuditUnreadable
+                | EventKind::ConfigurationUnreadable
+        )
     }
 
     /// The kind for an issue seen for the first time in `status`.

@@ -7,6 +7,7 @@
 
 pub mod id;
 pub mod kind;
+pub mod unreadable;
 
 use std::collections::HashSet;
 
@@ -274,10 +275,7 @@ impl Normalizer {
         observed_at: &str,
         out: &mut Vec<u8>,
     ) -> Result<EventMeta, NodeError> {
-        let page = Page::single(node).map_err(|e| NodeError {
-            reason: e.to_string(),
-            snippet: crate::net::snippet(node.as_bytes()),
-        })?;
+        let page = Page::single(node).map_err(|e| NodeError::new(e.to_string(), node))?;
         let issue = page
             .issues()
             .next()

@@ -57,6 +57,29 @@ impl FeedName {
         FEEDS.iter().find(|f| f.name == self)
     }
 
+    /// The member of a native event that holds the Wiz item's id (what
+    /// [`crate::format::item_id`] reads back).
+    pub fn id_field(self) -> &'static str {
+        match self {
+            FeedName::Issues => "issue_id",
+            FeedName::Vulnerabilities | FeedName::CloudConfiguration => "finding_id",
+            FeedName::Detections => "detection_id",
+            FeedName::Audit => "entry_id",
+        }
+    }
+
+    /// The kind of the quarantine event of a node of this feed that cannot be read.
+    pub fn unreadable_kind(self) -> crate::event::kind::EventKind {
+        use crate::event::kind::EventKind;
+        match self {
+            FeedName::Issues => EventKind::IssueUnreadable,
+            FeedName::Vulnerabilities => EventKind::VulnerabilityUnreadable,
+            FeedName::Detections => EventKind::DetectionUnreadable,
+            FeedName::Audit => EventKind::AuditUnreadable,
+            FeedName::CloudConfiguration => EventKind::ConfigurationUnreadable,
+        }
+    }
+
     /// Where the feed's state lives in the state store: the tenant id for Issues (as before feeds
     /// existed), `<tenant>:<feed>` for the others. Tenant ids are `[a-z0-9_-]`, so no tenant id
     /// is ever another tenant's feed key, and `:` is a plain character in a NATS subject token.

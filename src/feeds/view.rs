@@ -232,10 +232,7 @@ pub struct Item<'a> {
 }
 
 fn not_understood(node: &str, e: impl std::fmt::Display) -> NodeError {
-    NodeError {
-        reason: e.to_string(),
-        snippet: crate::net::snippet(node.as_bytes()),
-    }
+    NodeError::new(e.to_string(), node)
 }
 
 /// Decodes one node of `feed` (not Issues). A node without an `id`, or with a field of the wrong

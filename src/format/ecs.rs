@@ -273,6 +273,65 @@ pub fn vanished(c: &Ctx<'_>, issue_id: &str, last_severity: Option<&str>, out: &
     w.close();
 }
 
+/// The document of a node that cannot be read (a quarantine, see
+/// [`crate::event::unreadable`]): `event.kind` `pipeline_error` (ECS's kind for "an error during
+/// the ingestion pipeline") with `event.type` `error` and no category, `error.type` `unreadable_node` and `error.message` the reason,
+/// without `event.original` (the node is never carried whole); what is known of it under
+/// `wiz.<feed>.unreadable`, the item's id in `wiz.<feed>.id`.
+pub fn unreadable(
+    c: &Ctx<'_>,
+    feed: FeedName,
+    node: &crate::wiz::page::NodeError,
+    out: &mut Vec<u8>,
+) {
+    let mut w = JsonWriter::new(out);
+    w.key("event");
+    let mut e = JsonWriter::new(w.out);
+    e.safe("id", c.id);
+    e.safe("kind", "pipeline_error");
+    // No `event.category` fits a record that could not be read; `error` is the type for it.
+    e.raw("type", "[\"error\"]");
+    e.text("action", c.kind.as_str());
+    e.key("dataset");
+    e.out.extend_from_slice(b"\"wiz.");
+    e.out.extend_from_slice(feed.as_str().as_bytes());
+    e.out.push(b'"');
+    e.date("ingested", Some(own(c.observed_at)));
+    if let (FeedName::Issues, Some(id)) = (feed, &node.node.id) {
+        e.key("url");
+        write_issue_url(e.out, c.console_json, id);
+    }
+    e.close();
+    common(&mut w, c, None);
+    w.text(
+        "message",
+        &format!(
+            "A Wiz {} record could not be read and was set aside: {}",
+            feed.as_str(),
+            node.reason
+        ),
+    );
+    w.key("error");
+    let mut er = JsonWriter::new(w.out);
+    er.safe("type", "unreadable_node");
+    er.text("message", &node.reason);
+    er.close();
+    let mut o = open_wiz(&mut w, feed.as_str());
+    if let Some(id) = &node.node.id {
+        o.text("id", id);
+    }
+    o.key("unreadable");
+    let mut q = JsonWriter::new(o.out);
+    q.text("reason", &node.reason);
+    q.int("bytes", node.node.bytes as i64);
+    q.text("sha256", &node.node.sha256);
+    q.text("head", &node.node.head);
+    q.close();
+    o.close();
+    w.out.push(b'}');
+    w.close();
+}
+
 /// `threat`: the MITRE ATT&CK tactics and techniques of a detection rule's sub-categories.
 fn threat(w: &mut JsonWriter<'_>, rule: Option<&RuleView<'_>>) {
     let mut tactics: Vec<&str> = Vec::new();

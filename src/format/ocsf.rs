@@ -96,7 +96,12 @@ pub fn finding_activity(kind: EventKind) -> (i64, &'static str) {
         | VulnerabilityReopened
         | ConfigurationUpdated => (2, "Update"),
         Resolved | Rejected | VulnerabilityResolved | ConfigurationResolved => (3, "Close"),
-        AuditEntry => (99, "Other"),
+        AuditEntry
+        | IssueUnreadable
+        | VulnerabilityUnreadable
+        | DetectionUnreadable
+        | AuditUnreadable
+        | ConfigurationUnreadable => (99, "Other"),
     }
 }
 
@@ -382,6 +387,68 @@ pub fn vanished(c: &Ctx<'_>, issue_id: &str, last_severity: Option<&str>, out: &
         u.text("severity", s);
     }
     u.raw("vanished", "true");
+    u.close();
+    w.close();
+}
+
+/// The event of a node that cannot be read (a quarantine, see [`crate::event::unreadable`]), of
+/// any feed: a Detection Finding of activity 99 Other, severity Informational. The feed's own
+/// class is not used: Vulnerability Finding, Compliance Finding and API Activity require
+/// objects (`vulnerabilities`, `compliance`, `actor`, `api`) that only the unread node could
+/// fill, while a Detection Finding requires nothing beyond `finding_info.uid` (the item's id,
+/// else `sha256:<digest>`). `raw_data` is left out (the node is never carried whole); what is
+/// known of it is in `unmapped.unreadable`.
+pub fn unreadable(
+    c: &Ctx<'_>,
+    feed: FeedName,
+    node: &crate::wiz::page::NodeError,
+    out: &mut Vec<u8>,
+) {
+    let mut w = JsonWriter::new(out);
+    head(
+        &mut w,
+        c,
+        feed.as_str(),
+        DETECTION_FINDING,
+        (99, "Other"),
+        (1, "Informational"),
+        None,
+        false,
+    );
+    w.text(
+        "message",
+        &format!(
+            "A Wiz {} record could not be read and was set aside: {}",
+            feed.as_str(),
+            node.reason
+        ),
+    );
+    w.key("finding_info");
+    let mut f = JsonWriter::new(w.out);
+    match &node.node.id {
+        Some(id) => f.text("uid", id),
+        None => {
+            f.key("uid");
+            f.out.extend_from_slice(b"\"sha256:");
+            f.out.extend_from_slice(node.node.sha256.as_bytes());
+            f.out.push(b'"');
+        }
+    }
+    f.text("title", &format!("Unreadable Wiz {} record", feed.as_str()));
+    f.text("desc", &node.reason);
+    if let (FeedName::Issues, Some(id)) = (feed, &node.node.id) {
+        f.key("src_url");
+        write_issue_url(f.out, c.console_json, id);
+    }
+    f.close();
+    let mut u = raw_and_unmapped(&mut w, None, c.kind.as_str());
+    u.key("unreadable");
+    let mut q = JsonWriter::new(u.out);
+    q.text("reason", &node.reason);
+    q.int("bytes", node.node.bytes as i64);
+    q.text("sha256", &node.node.sha256);
+    q.text("head", &node.node.head);
+    q.close();
     u.close();
     w.close();
 }

@@ -36,6 +36,12 @@ pub struct SimIssue {
     /// `statusChangedAt` as a time.
     #[serde(skip)]
     pub status_changed: SystemTime,
+    /// A fault test's payload (issue 18): JSON text of any size or depth (a 10 MB string, a
+    /// list nested 100,000 deep) served verbatim in the node as `hostilePayload`, a member Wiz
+    /// does not send, for as long as it is set. Written by the page writer (`sim::graphql`),
+    /// since serde could not serialize a value that deep.
+    #[serde(skip)]
+    pub hostile: Option<std::sync::Arc<str>>,
 }
 
 /// `sourceRule`, one of three GraphQL types told apart by `__typename`.
@@ -544,6 +550,7 @@ pub fn generate_issue(rng: &mut StdRng, created: SystemTime) -> SimIssue {
         resolution_reason: None,
         created,
         status_changed: changed,
+        hostile: None,
     }
 }
 
@@ -593,6 +600,18 @@ impl IssueSet {
 
     fn find(&mut self, id: &str) -> Option<&mut SimIssue> {
         self.issues.iter_mut().find(|i| i.id == id)
+    }
+
+    /// Serves `payload` (JSON text) in the issue's node from now on, or stops (`None`): see
+    /// [`SimIssue::hostile`]. Nothing else of the issue changes. False if unknown.
+    pub fn set_hostile(&mut self, id: &str, payload: Option<String>) -> bool {
+        match self.find(id) {
+            Some(i) => {
+                i.hostile = payload.map(std::sync::Arc::from);
+                true
+            }
+            None => false,
+        }
     }
 
     /// Moves an issue to `status` now (statusChangedAt and updatedAt move). False if unknown.

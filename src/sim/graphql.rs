@@ -308,7 +308,21 @@ pub(super) fn answer(
     out.extend_from_slice(b"{\"data\":{\"");
     out.extend_from_slice(alias.as_bytes());
     out.extend_from_slice(b"\":{\"nodes\":");
-    serde_json::to_writer(&mut out, &page).expect("serialize issues");
+    out.push(b'[');
+    for (n, issue) in page.iter().enumerate() {
+        if n > 0 {
+            out.push(b',');
+        }
+        serde_json::to_writer(&mut out, issue).expect("serialize an issue");
+        if let Some(payload) = &issue.hostile {
+            // Into the node's object, verbatim: `...}` becomes `...,"hostilePayload":<payload>}`.
+            out.pop();
+            out.extend_from_slice(b",\"hostilePayload\":");
+            out.extend_from_slice(payload.as_bytes());
+            out.push(b'}');
+        }
+    }
+    out.push(b']');
     out.extend_from_slice(b",\"pageInfo\":");
     serde_json::to_writer(
         &mut out,

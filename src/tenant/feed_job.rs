@@ -100,6 +100,21 @@ pub(super) struct BuiltPage {
     pub settle: Vec<String>,
 }
 
+impl BuiltPage {
+    /// Adds the page's quarantine events (already in its lines) and their records. The records
+    /// are marked in flight with the page's states and settled by its commit like them.
+    fn add_quarantined(&mut self, feed: FeedName, q: super::quarantine::Quarantined) {
+        if q.events == 0 {
+            return;
+        }
+        self.events += q.events;
+        self.kinds.push((feed.unreadable_kind(), q.events as u64));
+        self.settle
+            .extend(q.remember.iter().map(|(id, _)| id.clone()));
+        self.remember.extend(q.remember);
+    }
+}
+
 impl FeedJob {
     /// The feed this job sweeps.
     pub(super) fn feed_name(&self) -> FeedName {
@@ -580,16 +595,6 @@ impl TenantActorState {
         } else {
             (Vec::new(), HashMap::new())
         };
-        for (_, item) in &decoded {
-            if let Err(e) = item {
-                self.args.observer.emit(
-                    &self.args.spec.id,
-                    Observation::NodeSkipped {
-                        error: &format!("{name}: {e}"),
-                    },
-                );
-            }
-        }
         let normalizer = self.feed_normalizer.get_or_insert_with(|| {
             Box::new(FeedNormalizer::new(
                 &self.args.spec.id,
@@ -603,8 +608,22 @@ impl TenantActorState {
             let built = job.build_baseline_page(&decoded, known, normalizer, lines);
             return self.feed_hand_over(myself, built, None, last).await;
         }
-        let built = job.build_page(&decoded, known, &marks, overlap, normalizer, lines);
+        let mut built = job.build_page(&decoded, known, &marks, overlap, normalizer, lines);
         let position = job.position(last, overlap);
+        let (key, observed_at) = (job.key.clone(), job.observed_at.clone());
+        // Each node that cannot be read is set aside as one quarantine event; the rest of the
+        // page is delivered as usual.
+        let refused: Vec<&NodeError> = decoded
+            .iter()
+            .filter_map(|(_, d)| d.as_ref().err())
+            .collect();
+        match self.quarantine(&key, name, &refused, &observed_at, &mut built.lines) {
+            Ok(q) => built.add_quarantined(name, q),
+            Err(e) => {
+                let e = WizError::BadResponse(format!("state store: {e}"));
+                return self.feed_finish(myself, Err(e)).await;
+            }
+        }
         self.feed_hand_over(myself, built, Some(position), last)
             .await
     }

@@ -17,6 +17,7 @@ use super::slot::Held;
 use super::{unix_now, TenantActorState, TenantMsg, FENCED};
 use crate::change::{change, Change, Known, VANISHED};
 use crate::event::{issue_fingerprint, now_rfc3339, EventKind};
+use crate::feeds::FeedName;
 use crate::format::Mark;
 use crate::health::{LastError, TenantState};
 use crate::metrics::Observation;
@@ -62,9 +63,10 @@ pub(super) struct ActiveSweep {
 /// What [`TenantActorState::observe`] made of some pages.
 pub(super) struct Observed {
     pub(super) outbox: Outbox,
-    /// Ids of the readable issues (when asked for).
+    /// Ids of the issues seen (when asked for): the readable ones, and the unreadable nodes
+    /// whose id could be read (quarantined, but there).
     pub(super) ids: Vec<String>,
-    /// Nodes that could not be read.
+    /// Unreadable nodes whose id could not be read either: any of the ids asked for may be one.
     pub(super) unreadable: usize,
 }
 
@@ -630,9 +632,9 @@ impl TenantActorState {
         };
         let mut outbox = observed.outbox;
         if observed.unreadable > 0 {
-            // A node that cannot be read may be one of the ids asked for: none of this batch
-            // is called vanished on that evidence, and its in-flight marks stay. The next full
-            // sweep tries again.
+            // A node whose id cannot be read may be one of the ids asked for: none of this
+            // batch is called vanished on that evidence, and its in-flight marks stay. The next
+            // full sweep tries again.
             tracing::warn!(
                 tenant = %self.args.spec.id,
                 ids = ids.len(),
@@ -700,23 +702,38 @@ impl TenantActorState {
                 out.ids.extend(ids.iter().map(|s| s.to_string()));
             }
             let mut known = known.into_iter();
+            let mut refused = Vec::new();
             for issue in page.issues() {
                 let issue = match issue {
                     Ok(i) => i,
                     Err(e) => {
-                        out.unreadable += 1;
-                        self.args.observer.emit(
-                            &self.args.spec.id,
-                            Observation::NodeSkipped {
-                                error: &e.to_string(),
-                            },
-                        );
+                        match &e.node.id {
+                            Some(id) if collect_ids => out.ids.push(id.clone()),
+                            Some(_) => {}
+                            None => out.unreadable += 1,
+                        }
+                        refused.push(e);
                         continue;
                     }
                 };
                 let old = known.next().flatten();
                 self.observe_issue(&mut out.outbox, &issue, old, observed_at);
             }
+            // Each node that cannot be read is set aside as one quarantine event; the rest of
+            // the page is delivered as usual.
+            let quarantined = self
+                .quarantine(
+                    &self.args.spec.id,
+                    FeedName::Issues,
+                    &refused,
+                    observed_at,
+                    &mut out.outbox.lines,
+                )
+                .map_err(|e| ("state", e.to_string()))?;
+            for _ in 0..quarantined.events {
+                out.outbox.count(EventKind::IssueUnreadable);
+            }
+            out.outbox.ledger.remember.extend(quarantined.remember);
         }
         Ok(out)
     }

@@ -11,6 +11,7 @@
 //! - `feed_job`: one window of a feed beyond Issues; a page's events and position are built by
 //!   the pure [`feed_job::build_feed_page`].
 //! - `hints`: webhook hints looked up by id, between pages or in a lookup-only job.
+//! - `quarantine`: a page's unreadable nodes, each one quarantine event, once per version.
 //! - `delivery`: one page in flight ([`delivery::Pending`]) and one flow to the sink and back,
 //!   for all of the above.
 //! - `claim`: cluster mode's takeover of the tenant's state keys.
@@ -22,6 +23,7 @@ mod delivery;
 mod feed_job;
 mod hints;
 pub mod issues;
+mod quarantine;
 mod schedule;
 pub mod slot;
 

@@ -79,13 +79,79 @@ pub struct Str<'p> {
     pub verbatim: bool,
 }
 
-/// A node that is valid JSON but not an Issue the connector can read (no `id`, a number where a
-/// string belongs...). The rest of the page is unaffected.
+/// A node the decoder refuses: valid JSON but not an item the connector can read (no `id`, a
+/// number where a string belongs, not an object), or past the size or depth limit. The rest of
+/// the page is unaffected, and the node becomes one quarantine event
+/// ([`crate::event::unreadable`]), so it carries what that event says of it: never the whole
+/// node.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("issue node not understood ({reason}): {snippet}")]
 pub struct NodeError {
+    /// Why it cannot be read, without its position (the same node says the same wherever it is).
     pub reason: String,
+    /// Its start for a log line: at most 200 characters, control characters blanked.
     pub snippet: String,
+    /// What its quarantine event says of it (boxed: an error stays small).
+    pub node: Box<NodeFacts>,
+}
+
+/// What is known of a node that cannot be read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeFacts {
+    /// The item's `id`, when its top level has one that is a string.
+    pub id: Option<String>,
+    /// Its size in bytes.
+    pub bytes: usize,
+    /// SHA-256 of its bytes, in hex: the same node is quarantined once until its bytes change.
+    pub sha256: String,
+    /// Its first bytes (at most [`UNREADABLE_HEAD`], cut on a character boundary), verbatim.
+    pub head: String,
+}
+
+/// Most bytes of an unreadable node that its quarantine event carries.
+pub const UNREADABLE_HEAD: usize = 256;
+
+impl NodeError {
+    /// Describes the node `raw` (its exact bytes as received) refused for `reason`.
+    pub fn new(reason: impl Into<String>, raw: &str) -> NodeError {
+        use sha2::{Digest, Sha256};
+        let mut cut = raw.len().min(UNREADABLE_HEAD);
+        while !raw.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        NodeError {
+            reason: reason.into(),
+            snippet: snippet(raw.as_bytes()),
+            node: Box::new(NodeFacts {
+                id: node_id(raw),
+                bytes: raw.len(),
+                sha256: hex::encode(Sha256::digest(raw.as_bytes())),
+                head: raw[..cut].to_string(),
+            }),
+        }
+    }
+}
+
+/// Longest `id` [`node_id`] takes from a node that cannot be read (Wiz's are UUIDs, 36 bytes):
+/// a longer one is as good as none, and the node is known by its digest instead.
+pub const MAX_UNREADABLE_ID_BYTES: usize = 512;
+
+/// The string `id` at the top level of the JSON object `raw`, read without decoding the rest
+/// (values are skipped without recursion, so a node nested 100,000 deep is read too). `None` when
+/// `raw` is not an object or has no string `id` of at most [`MAX_UNREADABLE_ID_BYTES`].
+pub fn node_id(raw: &str) -> Option<String> {
+    let mut w = Walker { text: raw, pos: 0 };
+    let mut id = None;
+    let _ = w.object(|w, key| {
+        if key == "id" && id.is_none() {
+            if let Ok(JStr(s)) = w.value::<JStr<'_>>() {
+                id = (s.len() <= MAX_UNREADABLE_ID_BYTES).then(|| s.into_owned());
+                return Ok(());
+            }
+        }
+        w.skip_any()
+    });
+    id
 }
 
 struct NodeEntry {
@@ -582,6 +648,15 @@ impl<'a> Walker<'a> {
         self.value::<IgnoredAny>().map(|_| ())
     }
 
+    /// Moves past the value at the current position: an object or a list without recursion
+    /// ([`Walker::skip_node`]), anything else with serde.
+    fn skip_any(&mut self) -> Step<()> {
+        match self.peek() {
+            Some(b'{' | b'[') => self.skip_node(),
+            _ => self.skip(),
+        }
+    }
+
     /// Moves past the object at the current position without parsing it: brackets are matched
     /// outside strings, a word at a time inside them. Its syntax is checked when the node is
     /// decoded (a feed's normalizer parses every node whole before it writes an event), so this
@@ -726,7 +801,7 @@ fn string_end(b: &[u8], mut i: usize) -> Option<usize> {
 fn walk_array<'a, N>(
     w: &mut Walker<'a>,
     mut node: impl FnMut(&mut Walker<'a>) -> Step<N>,
-    unreadable: impl Fn(String, &[u8]) -> N,
+    unreadable: impl Fn(String, &str) -> N,
 ) -> Step<Vec<(Range<usize>, N)>> {
     let mut nodes = Vec::new();
     w.expect(b'[')?;
@@ -735,39 +810,42 @@ fn walk_array<'a, N>(
         return Ok(nodes);
     }
     loop {
-        if w.peek() != Some(b'{') {
-            return Err(format!("a node is not an object (byte {})", w.pos));
-        }
         let start = w.pos;
-        let made = match node(w) {
-            Ok(made) => made,
-            Err(e) => {
-                // Its end is found without recursion (a node may nest 100,000 deep); if it has
-                // none, the bytes are not JSON and the page is refused.
-                w.pos = start;
-                w.skip_node().map_err(|_| e.clone())?;
-                let reason = format!("node {} at byte {start} cannot be read: {e}", nodes.len());
-                unreadable(reason, &w.text.as_bytes()[start..w.pos])
+        let made = match w.peek() {
+            Some(b'{') => match node(w) {
+                Ok(made) => made,
+                Err(e) => {
+                    // Its end is found without recursion (a node may nest 100,000 deep); if it
+                    // has none, the bytes are not JSON and the page is refused.
+                    w.pos = start;
+                    w.skip_node().map_err(|_| e.clone())?;
+                    let e = e.strip_prefix(&format!("at byte {start}: ")).unwrap_or(&e);
+                    unreadable(format!("cannot be read: {e}"), &w.text[start..w.pos])
+                }
+            },
+            // Valid JSON that is not an object (null, a number, a list): set aside like any
+            // node that cannot be read. Bytes that are not JSON refuse the page.
+            Some(c) => {
+                w.skip_any()?;
+                let what = match c {
+                    b'[' => "a list",
+                    b'"' => "a string",
+                    b'n' => "null",
+                    b't' | b'f' => "a boolean",
+                    _ => "a number",
+                };
+                unreadable(format!("not an object but {what}"), &w.text[start..w.pos])
             }
+            None => return Err(format!("expected a node at byte {}", w.pos)),
         };
-        let raw = &w.text.as_bytes()[start..w.pos];
+        let raw = &w.text[start..w.pos];
         let made = if raw.len() > MAX_NODE_BYTES {
             unreadable(
-                format!(
-                    "node {} at byte {start} is {} bytes, above the limit of {MAX_NODE_BYTES}; it is skipped",
-                    nodes.len(),
-                    raw.len()
-                ),
+                format!("{} bytes, above the limit of {MAX_NODE_BYTES}", raw.len()),
                 raw,
             )
-        } else if nests_deeper_than(raw, MAX_NODE_DEPTH) {
-            unreadable(
-                format!(
-                    "node {} at byte {start} nests deeper than {MAX_NODE_DEPTH} levels; it is skipped",
-                    nodes.len()
-                ),
-                raw,
-            )
+        } else if nests_deeper_than(raw.as_bytes(), MAX_NODE_DEPTH) {
+            unreadable(format!("nests deeper than {MAX_NODE_DEPTH} levels"), raw)
         } else {
             made
         };
@@ -784,12 +862,7 @@ fn walk_array<'a, N>(
 }
 
 fn walk_nodes(w: &mut Walker<'_>, spans: &Spans) -> Step<Vec<NodeEntry>> {
-    let unreadable = |reason: String, raw: &[u8]| {
-        Err(NodeError {
-            reason,
-            snippet: snippet(raw),
-        })
-    };
+    let unreadable = |reason: String, raw: &str| Err(NodeError::new(reason, raw));
     let nodes = walk_array(
         w,
         |w| {
@@ -800,10 +873,10 @@ fn walk_nodes(w: &mut Walker<'_>, spans: &Spans) -> Step<Vec<NodeEntry>> {
                     // Valid JSON of the wrong shape: skip just this node. Invalid JSON: fail the page.
                     w.pos = start;
                     w.skip()?;
-                    Err(NodeError {
-                        reason,
-                        snippet: snippet(&w.text.as_bytes()[start..w.pos]),
-                    })
+                    let reason = reason
+                        .strip_prefix(&format!("at byte {start}: "))
+                        .unwrap_or(&reason);
+                    Err(NodeError::new(reason, &w.text[start..w.pos]))
                 }
             })
         },
@@ -933,10 +1006,7 @@ impl FeedPage {
                 .unreadable
                 .iter()
                 .find(|(at, _)| *at == i)
-                .map(|(_, reason)| NodeError {
-                    reason: reason.clone(),
-                    snippet: snippet(raw.as_bytes()),
-                });
+                .map(|(_, reason)| NodeError::new(reason.clone(), raw));
             (raw, why)
         })
     }
@@ -1104,7 +1174,6 @@ mod tests {
     #[test]
     fn malformed_answers_are_errors() {
         for body in [
-            r#"{"data":{"issues":{"nodes":[null],"pageInfo":{"hasNextPage":false}}}}"#,
             r#"{"data":{"issues":{"nodes":[{"id":"a","status":"OPEN"}]}}}"#,
             r#"{"data":{"issues":{"nodes":[{"id":"a","status":"OPEN"],"pageInfo":{"hasNextPage":false}}}}"#,
             r#"{"data":{"issues":{"nodes":[],"pageInfo":{"hasNextPage":false}}}} trailing"#,
@@ -1163,8 +1232,22 @@ mod tests {
         assert_eq!(checked[0], (10, None));
         assert_eq!(checked[3], (10, None));
         let reason = |i: usize| checked[i].1.clone().unwrap_or_default();
-        assert!(reason(1).contains("above the limit of 1048576; it is skipped"));
-        assert!(reason(2).contains("nests deeper than 64 levels; it is skipped"));
+        assert_eq!(
+            reason(1),
+            format!("{} bytes, above the limit of 1048576", MAX_NODE_BYTES + 22)
+        );
+        assert_eq!(reason(2), "nests deeper than 64 levels");
+        // What the quarantine event says of each: the id, the size, the digest, the start.
+        let facts: Vec<_> = page
+            .checked_nodes()
+            .filter_map(|(_, e)| e.map(|e| e.node))
+            .collect();
+        assert_eq!(facts[0].id.as_deref(), Some("big"));
+        assert_eq!(facts[0].bytes, MAX_NODE_BYTES + 22);
+        assert_eq!(facts[0].head.len(), UNREADABLE_HEAD);
+        assert_eq!(facts[1].id.as_deref(), Some("deep"));
+        assert!(facts[1].head.starts_with(r#"{"id":"deep","n":[[["#));
+        assert_ne!(facts[0].sha256, facts[1].sha256);
         // The same in an Issues page: the node reads as unreadable, its neighbours as issues.
         let issue = |id: &str| {
             format!(
@@ -1195,12 +1278,75 @@ mod tests {
     }
 
     #[test]
+    fn a_node_that_is_not_an_object_is_set_aside_but_bytes_that_are_not_json_refuse_the_page() {
+        let p = page(r#"{"data":{"issues":{"nodes":[null,{"id":"a","status":"OPEN"},[1,[2]],"s",7,true],"pageInfo":{"hasNextPage":false}}}}"#).unwrap();
+        let reasons: Vec<String> = p
+            .issues()
+            .map(|i| match i {
+                Ok(i) => i.id().to_string(),
+                Err(e) => e.reason.clone(),
+            })
+            .collect();
+        assert_eq!(
+            reasons,
+            [
+                "not an object but null",
+                "a",
+                "not an object but a list",
+                "not an object but a string",
+                "not an object but a number",
+                "not an object but a boolean"
+            ]
+        );
+        let feed = parse_feed_page(
+            Bytes::from(r#"{"data":{"detections":{"nodes":[1,{"id":"b"}],"pageInfo":{"hasNextPage":false}}}}"#),
+            "detections",
+        )
+        .unwrap();
+        let checked: Vec<Option<String>> = feed
+            .checked_nodes()
+            .map(|(_, e)| e.map(|e| e.reason))
+            .collect();
+        assert_eq!(
+            checked,
+            [Some("not an object but a number".to_string()), None]
+        );
+        for body in [
+            r#"{"data":{"issues":{"nodes":[nul],"pageInfo":{"hasNextPage":false}}}}"#,
+            r#"{"data":{"issues":{"nodes":[{"id":"a"},],"pageInfo":{"hasNextPage":false}}}}"#,
+            r#"{"data":{"issues":{"nodes":[[1,2],"pageInfo":{"hasNextPage":false}}}}"#,
+        ] {
+            assert!(
+                matches!(page(body), Err(WizError::BadResponse(_))),
+                "{body}"
+            );
+        }
+    }
+
+    #[test]
+    fn node_ids_are_read_from_the_top_level_only_and_without_recursion() {
+        assert_eq!(
+            node_id(r#"{"a":{"id":"inner"},"id":"outer"}"#).as_deref(),
+            Some("outer")
+        );
+        assert_eq!(node_id(r#"{"id":5}"#), None);
+        let long = "i".repeat(MAX_UNREADABLE_ID_BYTES + 1);
+        assert_eq!(node_id(&format!(r#"{{"id":"{long}"}}"#)), None);
+        assert_eq!(node_id("null"), None);
+        let deep = format!(
+            r#"{{"n":{}1{},"id":"x\"y"}}"#,
+            "[".repeat(100_000),
+            "]".repeat(100_000)
+        );
+        assert_eq!(node_id(&deep).as_deref(), Some("x\"y"));
+    }
+
+    #[test]
     fn malformed_feed_pages_are_errors_not_panics() {
         for body in [
             r#"{"data":{"detections":{"nodes":[{"id":"a"],"pageInfo":{"hasNextPage":false}}}}"#,
             r#"{"data":{"detections":{"nodes":[{"id":"a}]}}}"#,
             r#"{"data":{"detections":{"nodes":[{"id":"a"}"#,
-            r#"{"data":{"detections":{"nodes":[1],"pageInfo":{"hasNextPage":false}}}}"#,
             r#"{"errors":[{"message":"Unauthorized","extensions":{"code":"UNAUTHORIZED"}}],"data":null}"#,
         ] {
             assert!(

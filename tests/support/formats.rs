@@ -19,7 +19,7 @@ pub fn id_of(format: Format, e: &Value) -> String {
 
 /// What ECS requires of our documents, and what Elastic's integration fills: problems found.
 pub fn ecs_problems(e: &Value) -> Vec<String> {
-    const TOP: [&str; 19] = [
+    const TOP: [&str; 20] = [
         "@timestamp",
         "ecs",
         "event",
@@ -38,6 +38,7 @@ pub fn ecs_problems(e: &Value) -> Vec<String> {
         "source",
         "user_agent",
         "http",
+        "error",
         "wiz",
     ];
     const KINDS: [&str; 4] = ["alert", "event", "state", "signal"];
@@ -69,24 +70,39 @@ pub fn ecs_problems(e: &Value) -> Vec<String> {
     if e["observer"]["vendor"] != "Wiz" {
         p.push("observer.vendor: not Wiz".into());
     }
-    if !e["event"]["kind"]
+    if e["event"]["kind"] == "pipeline_error" {
+        // A quarantine: ECS's kind for an error in the ingestion pipeline, type `error`, no
+        // category, the reason in `error.message`.
+        if e["event"].get("category").is_some()
+            || e["event"]["type"] != serde_json::json!(["error"])
+        {
+            p.push(format!("a pipeline_error with {}", e["event"]));
+        }
+        if !e["error"]["message"].is_string() {
+            p.push("a pipeline_error without error.message".into());
+        }
+        if e["event"].get("original").is_some() {
+            p.push("a pipeline_error carries the node".into());
+        }
+    } else if !e["event"]["kind"]
         .as_str()
         .is_some_and(|k| KINDS.contains(&k))
     {
         p.push(format!("event.kind: {}", e["event"]["kind"]));
     }
+    let quarantine = e["event"]["kind"] == "pipeline_error";
     let cats = e["event"]["category"]
         .as_array()
         .cloned()
         .unwrap_or_default();
-    if cats.is_empty()
+    if !quarantine && cats.is_empty()
         || cats
             .iter()
             .any(|c| !c.as_str().is_some_and(|c| CATEGORIES.contains(&c)))
     {
         p.push(format!("event.category: {}", e["event"]["category"]));
     }
-    if e["event"]["type"] != serde_json::json!(["info"]) {
+    if !quarantine && e["event"]["type"] != serde_json::json!(["info"]) {
         p.push(format!("event.type: {}", e["event"]["type"]));
     }
     if e["event"]["id"].as_str().is_none_or(|i| i.len() != 32) {
