@@ -919,3 +919,67 @@ async fn an_unreadable_feed_node_is_quarantined_once_and_the_feed_goes_on() {
     assert_eq!(h.unreadable.as_ref().map(|u| u.quarantined), Some(2));
     app.shutdown().await.unwrap();
 }
+
+/// Issue 18: detections are followed on `updatedAt` (as Elastic's `defend_v2` does): a detection
+/// Wiz updates after it was delivered comes again, once, as `detection.updated` with a new event
+/// id and its new state; later polls do not repeat it, nor does a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_updated_detection_is_delivered_once_more_as_detection_updated() {
+    let sim = sim(1, 10).await;
+    let client = sim.tenants()[0].client_id.clone();
+    let (det, ..) = sizes(&sim, &client);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("events.jsonl");
+    let state = state_dir();
+    let body = config(&sim, &out, &state, "");
+    let app = App::start(settings(&body), AppOptions::default())
+        .await
+        .unwrap();
+    wait_for("the detections", Duration::from_secs(60), || {
+        let n = of_feed(&read_lines(&out), "detections").len();
+        if n == det {
+            Ok(())
+        } else {
+            Err(format!("{n} of {det}"))
+        }
+    })
+    .await;
+    polls_after(&app, 1).await;
+    let first = read_lines(&out);
+    let id = sim.feeds(&client, |f| f.update_detection(0));
+    let (severity, updated_at) = sim.feeds(&client, |f| {
+        (f.detections[0].severity, f.detections[0].updated_at.clone())
+    });
+    wait_for("the update", Duration::from_secs(60), || {
+        let n = of_feed(&read_lines(&out), "detections").len();
+        if n == det + 1 {
+            Ok(())
+        } else {
+            Err(format!("{n} detection events"))
+        }
+    })
+    .await;
+    polls_after(&app, 2).await;
+    app.shutdown().await.unwrap();
+    // A restart on the same state repeats nothing either.
+    let app = App::start(settings(&body), AppOptions::default())
+        .await
+        .unwrap();
+    polls_after(&app, 2).await;
+    app.shutdown().await.unwrap();
+    let lines = read_lines(&out);
+    let detections = of_feed(&lines, "detections");
+    assert_eq!(detections.len(), det + 1, "each version once");
+    let versions: Vec<&&Value> = detections
+        .iter()
+        .filter(|e| e["detection_id"] == id.as_str())
+        .collect();
+    assert_eq!(versions.len(), 2);
+    assert_eq!(versions[0]["kind"], "detection.created");
+    assert_eq!(versions[1]["kind"], "detection.updated");
+    assert_eq!(versions[1]["updated_at"], updated_at.as_str());
+    assert_eq!(versions[1]["raw_event"]["severity"], severity);
+    assert_ne!(versions[0]["id"], versions[1]["id"]);
+    // The first version is the one delivered by the first sweep.
+    assert!(first.iter().any(|e| e["id"] == versions[0]["id"]));
+}

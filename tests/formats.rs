@@ -46,7 +46,7 @@ fn kinds(feed: FeedName) -> Vec<EventKind> {
             ConfigurationUpdated,
             ConfigurationResolved,
         ],
-        FeedName::Detections => vec![DetectionCreated],
+        FeedName::Detections => vec![DetectionCreated, DetectionUpdated],
         FeedName::Audit => vec![AuditEntry],
     }
 }

@@ -26,6 +26,9 @@ pub enum EventKind {
     VulnerabilityReopened,
     #[serde(rename = "detection.created")]
     DetectionCreated,
+    /// A detection Wiz updated (its `updatedAt` moved): the new version.
+    #[serde(rename = "detection.updated")]
+    DetectionUpdated,
     #[serde(rename = "audit.entry")]
     AuditEntry,
     #[serde(rename = "configuration_finding.opened")]
@@ -61,6 +64,7 @@ impl EventKind {
             EventKind::VulnerabilityResolved => "vulnerability.resolved",
             EventKind::VulnerabilityReopened => "vulnerability.reopened",
             EventKind::DetectionCreated => "detection.created",
+            EventKind::DetectionUpdated => "detection.updated",
             EventKind::AuditEntry => "audit.entry",
             EventKind::ConfigurationOpened => "configuration_finding.opened",
             EventKind::ConfigurationUpdated => "configuration_finding.updated",

@@ -117,8 +117,10 @@ pub enum ChangeRule {
     /// Items have a state that changes (open, resolved...): the last delivered state of each is
     /// kept, and an event is made when it changes (kinds opened, updated, resolved, reopened).
     States,
-    /// Items never change (a detection, an audit entry): each is delivered once. The ids seen in
-    /// the overlap of consecutive windows are kept to drop the repeats.
+    /// Each item, or each version of it, is delivered once: an audit entry never changes; a
+    /// detection's version is its `updatedAt`, and the window follows that. The keys
+    /// ([`crate::feeds::view::Item::once_key`]) seen in the overlap of consecutive windows are
+    /// kept to drop the repeats. No state per item is kept.
     Once,
 }
 
@@ -159,7 +161,10 @@ pub static FEEDS: [Feed; 4] = [
         name: FeedName::Detections,
         root: "detections",
         query: "query Detections($first: Int, $after: String, $filterBy: DetectionFilters, $orderBy: DetectionOrder) { detections(first: $first, after: $after, filterBy: $filterBy, orderBy: $orderBy) { nodes { id type severity createdAt updatedAt description ruleMatch { rule { id name securitySubCategories { title category { name } } } } primaryActor { id name type } primaryResource { id name type region externalId } cloudAccounts { id name externalId cloudProvider } issue { id } } pageInfo { hasNextPage endCursor } } }",
-        time_filter: "createdAt",
+        // Followed on `updatedAt`, as Elastic's `defend_v2` does: an updated detection comes
+        // again, and each version is delivered once (`ChangeRule::Once` keyed by id and
+        // `updatedAt`).
+        time_filter: "updatedAt",
         // Without a type filter, any filterBy makes Wiz return GENERATED_THREAT only.
         extra_filter: "\"type\":{\"equals\":[\"GENERATED_THREAT\",\"MATCH_ONLY\"]}",
         order: Some("{\"field\":\"CREATED_AT\",\"direction\":\"ASC\"}"),
@@ -287,8 +292,8 @@ mod tests {
         let v = &body["variables"];
         assert_eq!(v["first"], 500);
         assert_eq!(v["after"], "c1");
-        assert_eq!(v["filterBy"]["createdAt"]["after"], "2026-01-01T00:00:00Z");
-        assert_eq!(v["filterBy"]["createdAt"]["before"], "2026-01-02T00:00:00Z");
+        assert_eq!(v["filterBy"]["updatedAt"]["after"], "2026-01-01T00:00:00Z");
+        assert_eq!(v["filterBy"]["updatedAt"]["before"], "2026-01-02T00:00:00Z");
         assert_eq!(
             v["filterBy"]["type"]["equals"],
             serde_json::json!(["GENERATED_THREAT", "MATCH_ONLY"])

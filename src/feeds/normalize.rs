@@ -105,6 +105,7 @@ impl FeedNormalizer {
                 w.str("detection_id", item_id);
                 w.str("detection_type", st(&d.detection_type));
                 w.str("created_at", st(&d.created_at));
+                w.str("updated_at", st(&d.updated_at));
                 w.str("description", st(&d.description));
                 let rule = d.rule_match.as_ref().and_then(|m| m.rule.as_ref());
                 rule_obj(&mut w, rule);
@@ -254,9 +255,11 @@ pub fn states_kind(feed: FeedName, issue_kind: EventKind) -> EventKind {
     }
 }
 
-/// The kind of every event of a `Once` feed.
-pub fn once_kind(feed: FeedName) -> EventKind {
+/// The kind of an item's event in a `Once` feed: a detection's first version is
+/// `detection.created`, a later one `detection.updated`.
+pub fn once_kind(feed: FeedName, item: &Item<'_>) -> EventKind {
     match feed {
+        FeedName::Detections if item.is_update() => EventKind::DetectionUpdated,
         FeedName::Detections => EventKind::DetectionCreated,
         _ => EventKind::AuditEntry,
     }

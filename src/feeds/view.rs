@@ -101,6 +101,10 @@ pub struct DetectionView<'a> {
     pub(crate) severity: S<'a>,
     #[serde(borrow, default)]
     pub(crate) created_at: S<'a>,
+    /// Moves when Wiz updates the detection (more events matched, a new severity): windows
+    /// follow it, and each version is delivered once.
+    #[serde(borrow, default)]
+    pub(crate) updated_at: S<'a>,
     #[serde(borrow, default)]
     pub(crate) description: S<'a>,
     #[serde(borrow, default)]
@@ -317,10 +321,38 @@ impl Item<'_> {
         }
     }
 
-    /// The time a `Once` feed's windows are on (`createdAt`, `timestamp`), in microseconds.
+    /// A detection Wiz updated after it created it: `updatedAt` is later than `createdAt`.
+    /// Its version is then an update (`detection.updated`), with its own event id.
+    pub fn is_update(&self) -> bool {
+        match &self.view {
+            View::Detection(d) => match (txt(&d.updated_at), txt(&d.created_at)) {
+                (Some(u), Some(c)) => micros(u).zip(micros(c)).is_some_and(|(u, c)| u > c),
+                (Some(_), None) => true,
+                _ => false,
+            },
+            _ => false,
+        }
+    }
+
+    /// What a `Once` feed delivers once: the item's id, or for an updated detection its id and
+    /// `updatedAt` (each version once). A detection never updated keeps its bare id, as before
+    /// detections were followed on `updatedAt`.
+    pub fn once_key(&self) -> Cow<'_, str> {
+        match &self.view {
+            View::Detection(d) if self.is_update() => Cow::Owned(format!(
+                "{}@{}",
+                &*self.id.0,
+                txt(&d.updated_at).unwrap_or_default()
+            )),
+            _ => Cow::Borrowed(&self.id.0),
+        }
+    }
+
+    /// The time a `Once` feed's windows are on (a detection's `updatedAt`, else its
+    /// `createdAt`; an audit entry's `timestamp`), in microseconds.
     pub fn time_micros(&self) -> Option<i64> {
         let t = match &self.view {
-            View::Detection(d) => txt(&d.created_at),
+            View::Detection(d) => txt(&d.updated_at).or(txt(&d.created_at)),
             View::Audit(a) => txt(&a.timestamp),
             View::Vulnerability(v) => txt(&v.last_detected_at),
             View::Configuration(c) => txt(&c.updated_at).or(txt(&c.analyzed_at)),
@@ -332,7 +364,7 @@ impl Item<'_> {
     /// fixed version, resolution time. Configuration findings: status, result,
     /// severity, update time. `lastDetectedAt` and `analyzedAt` are left out: Wiz moves them on
     /// every scan, and a rescan that finds the same thing is not news. Detections and audit
-    /// entries never change: their digest is the feed's alone.
+    /// entries: the feed's alone, and a detection's `updatedAt` once Wiz updated it.
     pub fn fingerprint(&self) -> [u8; 16] {
         let score;
         let parts: Vec<Option<&str>> = match &self.view {
@@ -355,6 +387,11 @@ impl Item<'_> {
                 txt(&c.severity),
                 txt(&c.updated_at),
             ],
+            // An updated version's digest has its `updatedAt`; one never updated keeps the
+            // feed's alone (its event id is the one it had before updates were followed).
+            View::Detection(d) if self.is_update() => {
+                vec![Some("detection"), txt(&d.updated_at)]
+            }
             View::Detection(_) => vec![Some("detection")],
             View::Audit(_) => vec![Some("audit")],
         };

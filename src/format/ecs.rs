@@ -550,6 +550,7 @@ pub fn feed_item(c: &Ctx<'_>, feed: FeedName, item: &Item<'_>, raw: &str, out: &
             o.some("type", st(&d.detection_type));
             o.some("severity", st(&d.severity));
             o.date("created_at", st(&d.created_at));
+            o.date("updated_at", st(&d.updated_at));
             o.some("issue_id", d.issue.as_ref().and_then(|i| st(&i.id)));
             if let Some(a) = d.primary_actor.as_ref() {
                 asset(&mut o, "primary_actor", a);

@@ -94,7 +94,8 @@ pub fn finding_activity(kind: EventKind) -> (i64, &'static str) {
         | Reopened
         | VulnerabilityUpdated
         | VulnerabilityReopened
-        | ConfigurationUpdated => (2, "Update"),
+        | ConfigurationUpdated
+        | DetectionUpdated => (2, "Update"),
         Resolved | Rejected | VulnerabilityResolved | ConfigurationResolved => (3, "Close"),
         AuditEntry
         | IssueUnreadable
@@ -715,6 +716,7 @@ pub fn feed_item(c: &Ctx<'_>, feed: FeedName, item: &Item<'_>, raw: &str, out: &
             f.some("desc", st(&d.description));
             f.list("types", st(&d.detection_type));
             f.ms("created_time", st(&d.created_at));
+            f.ms("modified_time", st(&d.updated_at));
             if let Some(issue) = d.issue.as_ref().and_then(|i| txt(&i.id)) {
                 f.key("src_url");
                 write_issue_url(f.out, c.console_json, issue);

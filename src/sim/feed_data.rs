@@ -272,6 +272,22 @@ impl FeedSets {
 
     /// One random change in every feed: a new detection and audit entry, a vulnerability found
     /// again or fixed, a configuration finding re-analyzed.
+    /// Updates detection `i` now, as Wiz does when more events match it: its `updatedAt`
+    /// moves (the severity goes up a step while it can). Returns its id.
+    pub fn update_detection(&mut self, i: usize) -> String {
+        let t = self.tick();
+        let d = &mut self.detections[i];
+        d.severity = match d.severity {
+            "INFORMATIONAL" => "LOW",
+            "LOW" => "MEDIUM",
+            "MEDIUM" => "HIGH",
+            _ => "CRITICAL",
+        };
+        d.updated_at = ts(t);
+        d.updated = t;
+        d.id.clone()
+    }
+
     pub fn churn_step(&mut self) {
         let t = self.tick();
         self.push_detection(t);

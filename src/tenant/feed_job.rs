@@ -218,18 +218,19 @@ impl FeedJob {
                     (kind, from)
                 }
                 ChangeRule::Once => {
-                    if self.recent_ids.contains(&*item.id.0) {
+                    let key = item.once_key();
+                    if self.recent_ids.contains(&*key) {
                         continue;
                     }
                     let at = item.time_micros();
                     if at.is_none_or(|t| overlap_from.is_none_or(|from| t >= from)) {
-                        self.recent_ids.insert(item.id.0.to_string());
+                        self.recent_ids.insert(key.to_string());
                         self.recent.push(Recent {
-                            id: item.id.0.to_string(),
+                            id: key.into_owned(),
                             at: at.unwrap_or(0),
                         });
                     }
-                    (once_kind(name), None)
+                    (once_kind(name, item), None)
                 }
             };
             normalizer.write(
