@@ -76,7 +76,7 @@ fn bench(c: &mut Criterion) {
                             let fp = item.fingerprint();
                             let kind = match f.rule {
                                 ChangeRule::States => states_kind(feed, EventKind::Opened),
-                                ChangeRule::Once => once_kind(feed),
+                                ChangeRule::Once => once_kind(feed, &item),
                             };
                             n.write(
                                 feed,
