@@ -69,7 +69,7 @@ struct Desired {
     placed: Option<Placed>,
     /// Cluster mode, until the first placement: every tenant the configuration read at start
     /// defines, so that placement does not read the files again.
-    unplaced: Option<Vec<TenantSpec>>,
+    unplaced: Option<Vec<Arc<TenantSpec>>>,
 }
 
 /// Cluster mode: this replica's share of the fleet, as placement last decided it.
@@ -114,7 +114,7 @@ impl Placed {
 }
 
 /// `shell`'s settings with `tenants` instead of its own.
-fn with_tenants(shell: &Settings, tenants: Vec<TenantSpec>) -> Settings {
+fn with_tenants(shell: &Settings, tenants: Vec<Arc<TenantSpec>>) -> Settings {
     Settings {
         config_path: shell.config_path.clone(),
         connector: shell.connector.clone(),
@@ -381,7 +381,7 @@ impl Reloader {
         new: Placed,
     ) -> Result<PlaceOutcome, String> {
         let owned = new.owned();
-        let kept: Vec<TenantSpec> = current
+        let kept: Vec<Arc<TenantSpec>> = current
             .settings
             .tenants
             .iter()

@@ -366,3 +366,34 @@ async fn after_a_restart_hinted_changes_are_not_repeated_and_unhinted_ones_arriv
     assert_eq!(read_lines(&out).len(), open.len() + 2);
     h.app.shutdown().await.unwrap();
 }
+
+/// Issue 18 (start-up): a tenant whose first poll is far off (here `startup_jitter` of an hour)
+/// is not started until shortly before it; a hint for it starts it at once and is looked up,
+/// while its first poll keeps its time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hint_for_a_tenant_not_started_yet_starts_it_and_is_looked_up() {
+    let sim = sim(1, 20).await;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("events.jsonl");
+    let body = config(&sim, &out, dir.path(), "")
+        .replace("startup_jitter = \"0s\"", "startup_jitter = \"1h\"")
+        .replace("poll_interval = \"300s\"", "poll_interval = \"2h\"");
+    let h = Hooked::start(&body).await;
+    let health = h.app.health.get("t0").unwrap();
+    assert_eq!(health.state.as_str(), "starting");
+    let first = health.next_poll_at.expect("its first poll is scheduled");
+    assert!(first > std::time::SystemTime::now());
+    let open: Vec<String> = open_ids(&sim)["t0"].iter().cloned().collect();
+    assert_eq!(h.hint(&open[0]).await, 202);
+    wait_until("the hinted issue", Duration::from_secs(10), || {
+        read_lines(&out)
+            .iter()
+            .any(|l| l["issue_id"] == open[0].as_str())
+    })
+    .await;
+    let health = h.app.health.get("t0").unwrap();
+    assert_eq!(health.hints_looked_up, 1);
+    assert_eq!(health.polls, 0, "looked up by the hint, not by a poll");
+    assert_eq!(read_lines(&out).len(), 1);
+    h.app.shutdown().await.unwrap();
+}

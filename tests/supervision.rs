@@ -403,3 +403,49 @@ async fn a_tenant_crashing_more_often_than_a_sweep_lasts_still_finishes_it() {
     assert!(h.restarts >= 5, "it crashed often: {} restarts", h.restarts);
     app.shutdown().await.unwrap();
 }
+
+/// Issue 18 (start-up): tenants whose first polls are far off are ready at once without being
+/// started: their health says when they poll, nothing reaches Wiz before then, and an operator's
+/// poll starts one at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenants_whose_first_poll_is_far_off_start_shortly_before_it() {
+    let sim = sim(3, 5).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (sink, out) = file_sink(dir.path());
+    let body = format!(
+        "{}{sink}",
+        sim_config(&sim, "poll_interval = \"2h\"\nstartup_jitter = \"1h\"", "")
+    );
+    let app = App::start(settings(&body), AppOptions::default())
+        .await
+        .unwrap();
+    wait_until("ready", Duration::from_secs(10), || app.is_ready()).await;
+    let now = std::time::SystemTime::now();
+    for t in ["t0", "t1", "t2"] {
+        let h = app.health.get(t).unwrap();
+        assert_eq!(h.state, TenantState::Starting, "{t}");
+        let at = h.next_poll_at.expect("the first poll is scheduled");
+        assert!(at > now && at <= now + Duration::from_secs(3600), "{t}");
+    }
+    assert!(
+        app.poll_now("t1").await,
+        "an operator's poll starts the tenant"
+    );
+    wait_until("t1 polled", Duration::from_secs(20), || {
+        app.health.get("t1").is_some_and(|h| h.polls >= 1)
+    })
+    .await;
+    assert_eq!(read_lines(&out).len(), open_ids(&sim)["t1"].len());
+    for (i, t) in sim.tenants().iter().enumerate() {
+        let tokens = sim.counters(&t.client_id).token_requests;
+        assert_eq!(
+            tokens,
+            u64::from(i == 1),
+            "tenant t{i}: only t1 reached Wiz"
+        );
+    }
+    for t in ["t0", "t2"] {
+        assert_eq!(app.health.get(t).unwrap().polls, 0);
+    }
+    app.shutdown().await.unwrap();
+}

@@ -89,7 +89,6 @@ pub async fn check_all(settings: &Settings, only: Option<&str>) -> anyhow::Resul
         .iter()
         .filter(|t| only.is_none_or(|o| o == t.id))
         .cloned()
-        .map(Arc::new)
         .collect();
     if let Some(o) = only {
         if tenants.is_empty() {

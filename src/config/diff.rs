@@ -139,9 +139,9 @@ fn same_sinks(a: &[SinkSpec], b: &[SinkSpec]) -> bool {
 /// Compares the running settings with new ones.
 pub fn diff(old: &Settings, new: &Settings) -> ConfigDiff {
     let before: BTreeMap<&str, &TenantSpec> =
-        old.tenants.iter().map(|t| (t.id.as_str(), t)).collect();
+        old.tenants.iter().map(|t| (t.id.as_str(), &**t)).collect();
     let after: BTreeMap<&str, &TenantSpec> =
-        new.tenants.iter().map(|t| (t.id.as_str(), t)).collect();
+        new.tenants.iter().map(|t| (t.id.as_str(), &**t)).collect();
     let mut d = ConfigDiff::default();
     for (id, t) in &after {
         match before.get(id) {

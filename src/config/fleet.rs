@@ -22,7 +22,7 @@ pub struct FleetEntry {
 
 impl Fleet {
     /// The fleet of `tenants`, given in id order (as [`super::Settings::tenants`] holds them).
-    pub fn of(tenants: &[TenantSpec]) -> Fleet {
+    pub fn of(tenants: &[std::sync::Arc<TenantSpec>]) -> Fleet {
         let entries: Vec<FleetEntry> = tenants
             .iter()
             .map(|t| FleetEntry {

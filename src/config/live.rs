@@ -77,7 +77,7 @@ impl LiveConfig {
         tenants
             .binary_search_by(|t| t.id.as_str().cmp(id))
             .ok()
-            .map(|i| Arc::new(tenants[i].clone()))
+            .map(|i| tenants[i].clone())
     }
 
     /// Tenant `id`, whichever replica owns it: one this replica does not run is read from the
@@ -100,10 +100,6 @@ impl LiveConfig {
             .await
             .map_err(|e| format!("reading the configuration failed: {e}"))?
             .map_err(|e| e.to_string())?;
-        Ok(loaded
-            .tenants
-            .into_iter()
-            .find(|t| t.id == id)
-            .map(Arc::new))
+        Ok(loaded.tenants.into_iter().find(|t| t.id == id))
     }
 }

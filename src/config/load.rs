@@ -129,6 +129,14 @@ pub fn load(path: &Path, env: &EnvSource) -> Result<Settings, ConfigError> {
             "configuration file not found; pass --config FILE or set WIZ_CONNECTOR_CONFIG",
         ));
     }
+    // The usual case read the fast way; anything else (a tenants_dir, environment overrides, a
+    // file the fast way does not take) the layered way, which also words every error.
+    if let Some(loaded) = std::fs::read_to_string(path)
+        .ok()
+        .and_then(|text| load_direct(&main, &text, path, env))
+    {
+        return loaded;
+    }
     let owned = path.to_path_buf();
     let make = move || -> MainSource {
         vec![Box::new(
@@ -143,9 +151,39 @@ pub fn load(path: &Path, env: &EnvSource) -> Result<Settings, ConfigError> {
 /// Loads a configuration given as TOML text; `name` stands for the file in messages. Used by
 /// `demo`, which builds its configuration in memory.
 pub fn load_str(name: &str, text: &str, env: &EnvSource) -> Result<Settings, ConfigError> {
+    if let Some(loaded) = load_direct(name, text, Path::new(name), env) {
+        return loaded;
+    }
     let text = text.to_string();
     let make = move || -> MainSource { vec![Box::new(File::from_str(&text, FileFormat::Toml))] };
     load_layers(name.to_string(), make, Path::new(name), env)
+}
+
+/// The configuration read straight from the main file's TOML into its types, when that file is
+/// the whole configuration (no `tenants_dir`, no environment overrides) and reads without an
+/// error: what the layered way gives for such a file, without the `config` crate's tree of it
+/// (a value per key with its origin: a large fleet's start spent most of its time there).
+/// `None` otherwise, and the layered way reads it (and words its errors).
+fn load_direct(
+    main: &str,
+    text: &str,
+    path: &Path,
+    env: &EnvSource,
+) -> Option<Result<Settings, ConfigError>> {
+    if !env.overrides().collect().ok()?.is_empty() {
+        return None;
+    }
+    let de = toml::Deserializer::parse(text).ok()?;
+    let file = <ConfigFile as serde::Deserialize>::deserialize(de).ok()?;
+    if file.connector.tenants_dir.is_some() {
+        return None;
+    }
+    let origins = Origins {
+        merged: None,
+        main: main.to_string(),
+        tenant_files: HashMap::new(),
+    };
+    Some(finish(file, &origins, env, path))
 }
 
 /// The main file as a `config` source, boxed so a path and a string look alike.
@@ -267,7 +305,17 @@ fn load_layers(
             message: clean_serde_message(&message),
         })
     })?;
-    let settings = resolve(&file, &origins, env, path.to_path_buf());
+    finish(file, &origins, env, path)
+}
+
+/// Resolves a read configuration into settings.
+fn finish(
+    file: ConfigFile,
+    origins: &Origins,
+    env: &EnvSource,
+    path: &Path,
+) -> Result<Settings, ConfigError> {
+    let settings = resolve(&file, origins, env, path.to_path_buf());
     // A large fleet's file is hundreds of thousands of small allocations: it is freed on another
     // thread, as nothing waits for it.
     if file.tenants.len() > 1000 {
@@ -326,5 +374,104 @@ fn clean_serde_message(message: &str) -> String {
         format!("{message} (unknown keys are errors: check the spelling)")
     } else {
         message.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The two ways of reading a file give the same settings: the direct way is only a faster
+    /// road to what the layered way gives.
+    #[test]
+    fn the_direct_way_and_the_layered_way_agree() {
+        let example = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("conf/wiz-connector.toml"),
+        )
+        .unwrap();
+        let rich = r#"
+[connector]
+poll_interval = "90s"
+startup_jitter = "5s"
+statuses = ["OPEN", "in_progress"]
+feeds = ["issues", "detections", "vulnerabilities"]
+initial_lookback = { detections = "2d" }
+max_concurrent_sweeps = 12
+[admin]
+listen = "127.0.0.1:9999"
+[cluster]
+nats_url = "nats://127.0.0.1:4222"
+replica_id = "r1"
+heartbeat = "1s"
+failover_after = "5s"
+[hooks]
+listen = "127.0.0.1:9998"
+[sinks.archive]
+type = "file"
+path = "/tmp/x/{tenant}.jsonl"
+format = "ocsf"
+[sinks.hec]
+type = "splunk_hec"
+url = "https://splunk.example:8088"
+token = "hec-token-1234567890"
+index = "wiz"
+[routes.gold]
+tenants = ["acme*"]
+labels = { tier = "gold" }
+sinks = ["hec"]
+min_severity = "medium"
+[telemetry]
+service_name = "wiz"
+[tenants.acme]
+client_id = "id"
+client_secret = "secret-value-123"
+api_url = "https://api.us20.app.wiz.io/graphql"
+labels = { tier = "gold", customer = "acme" }
+rate_limit = 2.5
+write_back = true
+webhook_token = "0123456789abcdef0123"
+sinks = ["archive"]
+[tenants.beta]
+client_id = "id2"
+client_secret = "secret-value-456"
+api_url = "https://api.us20.app.wiz.io/graphql"
+poll_interval = "5m"
+sinks = ["archive", "hec"]
+"#;
+        for (name, text) in [("example", example.as_str()), ("rich", rich)] {
+            // A variable the example's secret names; not an override.
+            let env = EnvSource::Fixed(HashMap::from([(
+                "ACME_WIZ_SECRET".to_string(),
+                "secret-from-env-1".to_string(),
+            )]));
+            let direct = load_direct(name, text, Path::new(name), &env)
+                .unwrap_or_else(|| panic!("{name}: the direct way takes it"))
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            let owned = text.to_string();
+            let layered = load_layers(
+                name.to_string(),
+                move || -> MainSource { vec![Box::new(File::from_str(&owned, FileFormat::Toml))] },
+                Path::new(name),
+                &env,
+            )
+            .unwrap();
+            assert_eq!(
+                serde_json::to_value(&direct).unwrap(),
+                serde_json::to_value(&layered).unwrap(),
+                "{name}"
+            );
+            assert!(!direct.tenants.is_empty());
+        }
+        // What the direct way does not take, it leaves to the layered way.
+        let env = EnvSource::Fixed(HashMap::new());
+        let coerced = rich.replace("rate_limit = 2.5", "rate_limit = \"2.5\"");
+        assert!(load_direct("c", &coerced, Path::new("c"), &env).is_none());
+        let dir = rich.replace("[admin]", "tenants_dir = \"/nonexistent\"\n[admin]");
+        assert!(load_direct("d", &dir, Path::new("d"), &env).is_none());
+        let overridden = EnvSource::Fixed(HashMap::from([(
+            "WIZ_CONNECTOR__CONNECTOR__POLL_INTERVAL".to_string(),
+            "2m".to_string(),
+        )]));
+        assert!(load_direct("e", rich, Path::new("e"), &overridden).is_none());
     }
 }

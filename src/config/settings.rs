@@ -43,7 +43,7 @@ pub struct Settings {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub routing: Option<Arc<crate::sink::routing::Routing>>,
     /// In id order.
-    pub tenants: Vec<TenantSpec>,
+    pub tenants: Vec<Arc<TenantSpec>>,
     pub telemetry: TelemetrySettings,
     /// Cluster mode (`[cluster]`); `None`: one process with local state.
     pub cluster: Option<super::cluster::ClusterSettings>,
@@ -339,7 +339,7 @@ pub(super) fn resolve(
             continue;
         }
         if let Some(spec) = resolve_tenant(&mut c, id, t, conn, &statuses, &feeds, retry, env) {
-            tenants.push(spec);
+            tenants.push(Arc::new(spec));
         }
     }
 

@@ -184,7 +184,7 @@ pub struct TokenDigests(HashMap<String, TokenDigest>);
 
 /// The digests of the webhook tokens of `tenants` (those that have one): a reload takes them
 /// before it keeps only the tenants this replica runs.
-pub fn tokens_of(tenants: &[TenantSpec]) -> TokenDigests {
+pub fn tokens_of(tenants: &[Arc<TenantSpec>]) -> TokenDigests {
     TokenDigests(
         tenants
             .iter()
@@ -345,7 +345,7 @@ impl Hints {
 
     /// Takes the tokens of the configured tenants (at start and after every reload: a rotated
     /// token applies at once, without restarting the tenant).
-    pub fn set_tokens(&self, tenants: &[TenantSpec]) {
+    pub fn set_tokens(&self, tenants: &[Arc<TenantSpec>]) {
         self.set_digests(tokens_of(tenants));
     }
 

@@ -54,6 +54,11 @@ pub enum SupervisorMsg {
     Respawn(String),
     /// The running sink actor (write-back delivers its audit events through it).
     Sink(RpcReplyPort<Option<ActorRef<SinkMsg>>>),
+    /// Start the deferred tenants whose first poll comes within [`START_AHEAD`].
+    StartDue,
+    /// A hint arrived for a deferred tenant: start it now (its first poll keeps its time; the
+    /// hint is looked up at once).
+    StartNow(String),
 }
 
 /// Why a baseline cannot be sent on request.
@@ -100,6 +105,9 @@ struct Child {
     removing: bool,
     /// Reconfigured by a reload: start it with this spec once its actor has stopped.
     replacement: Option<Arc<TenantSpec>>,
+    /// Not started yet: its first poll is this far off, and its actor starts shortly before
+    /// (see [`START_AHEAD`]).
+    deferred_until: Option<Instant>,
 }
 
 impl Child {
@@ -113,6 +121,7 @@ impl Child {
             stopping: false,
             removing: false,
             replacement: None,
+            deferred_until: None,
         }
     }
 }
@@ -157,7 +166,20 @@ pub struct SupervisorState {
     /// Set once the tenants configured at start were spawned.
     started: bool,
     hints: Hints,
+    /// Deferred starts by first-poll time: (when, tenant, the child's generation then). An entry
+    /// whose child moved on (started, removed, restarted) is skipped.
+    deferred: std::collections::BinaryHeap<std::cmp::Reverse<(Instant, String, u64)>>,
+    /// A [`SupervisorMsg::StartDue`] is scheduled.
+    start_tick: bool,
 }
+
+/// A tenant whose first poll is further off than this is not started at once: its actor starts
+/// this long before its first poll. A large fleet is then ready once its configuration is
+/// loaded (100,000 actors take about 2 s to start), and its actors start spread over
+/// `startup_jitter` like their first polls.
+pub const START_AHEAD: Duration = Duration::from_secs(2);
+/// How often deferred starts are looked at.
+const START_TICK: Duration = Duration::from_millis(250);
 
 /// Tenants moved here by a failover whose first polls may start per second (see
 /// [`placement_window`]).
@@ -242,14 +264,104 @@ impl SupervisorState {
         self.spawned(myself, id, result.map(|(actor, _)| actor));
     }
 
-    /// Starts many tenants, up to [`SPAWN_CONCURRENCY`] at a time: each start runs the new
-    /// actor's `pre_start` on its own task, so starting them together keeps both cores busy (a
-    /// 100,000-tenant fleet is ready in about half the time of starting them one by one).
+    /// Starts tenants, each with the delay of its first poll: one whose first poll is more than
+    /// [`START_AHEAD`] off is deferred (see [`SupervisorState::defer`]), the others start now.
     async fn spawn_tenants(
         &mut self,
         myself: &ActorRef<SupervisorMsg>,
         tenants: Vec<(String, Duration)>,
     ) {
+        let (now, later): (Vec<_>, Vec<_>) = tenants
+            .into_iter()
+            .partition(|(_, first)| *first <= START_AHEAD);
+        if !later.is_empty() {
+            self.defer(myself, later);
+        }
+        self.start_now(myself, now).await;
+    }
+
+    /// Records tenants to start shortly before their first polls: their health shows when that
+    /// is, and a hint for one of them starts it at once.
+    fn defer(&mut self, myself: &ActorRef<SupervisorMsg>, tenants: Vec<(String, Duration)>) {
+        let (now, wall) = (Instant::now(), SystemTime::now());
+        for (id, first) in tenants {
+            let Some(child) = self.children.get_mut(&id) else {
+                continue;
+            };
+            child.deferred_until = Some(now + first);
+            self.deferred.push(std::cmp::Reverse((
+                now + first,
+                id.clone(),
+                child.generation,
+            )));
+            self.health
+                .update(&id, |h| h.next_poll_at = Some(wall + first));
+            let me = myself.clone();
+            let tenant = id.clone();
+            self.hints.queue(&id).attach(
+                myself.get_id(),
+                Box::new(move || {
+                    let _ = me.send_message(SupervisorMsg::StartNow(tenant.clone()));
+                }),
+            );
+        }
+        self.schedule_start_tick(myself);
+    }
+
+    fn schedule_start_tick(&mut self, myself: &ActorRef<SupervisorMsg>) {
+        if !self.start_tick && !self.deferred.is_empty() {
+            self.start_tick = true;
+            myself.send_after(START_TICK, || SupervisorMsg::StartDue);
+        }
+    }
+
+    /// Starts the deferred tenants whose first poll is within [`START_AHEAD`].
+    async fn start_due(&mut self, myself: &ActorRef<SupervisorMsg>) {
+        self.start_tick = false;
+        let now = Instant::now();
+        let mut due = Vec::new();
+        while let Some(std::cmp::Reverse((at, _, _))) = self.deferred.peek() {
+            if *at > now + START_AHEAD {
+                break;
+            }
+            let std::cmp::Reverse((at, id, generation)) = self.deferred.pop().expect("peeked");
+            let current = self.children.get_mut(&id).is_some_and(|c| {
+                c.generation == generation && c.actor.is_none() && c.deferred_until == Some(at)
+            });
+            if current {
+                due.push((id, at.saturating_duration_since(now)));
+            }
+        }
+        self.start_now(myself, due).await;
+        self.schedule_start_tick(myself);
+    }
+
+    /// Starts deferred tenant `id` now, its first poll kept where it was; false when it is not
+    /// deferred.
+    async fn start_deferred(&mut self, myself: &ActorRef<SupervisorMsg>, id: &str) -> bool {
+        let Some(at) = self
+            .children
+            .get(id)
+            .filter(|c| c.actor.is_none())
+            .and_then(|c| c.deferred_until)
+        else {
+            return false;
+        };
+        let first = at.saturating_duration_since(Instant::now());
+        self.start_now(myself, vec![(id.to_string(), first)]).await;
+        true
+    }
+
+    /// Starts tenants now, up to [`SPAWN_CONCURRENCY`] at a time: each start runs the new
+    /// actor's `pre_start` on its own task, so starting them together keeps both cores busy.
+    async fn start_now(
+        &mut self,
+        myself: &ActorRef<SupervisorMsg>,
+        tenants: Vec<(String, Duration)>,
+    ) {
+        if self.shutting_down {
+            return;
+        }
         for chunk in tenants.chunks(SPAWN_CONCURRENCY) {
             let prepared: Vec<(String, TenantArgs)> = chunk
                 .iter()
@@ -275,6 +387,7 @@ impl SupervisorState {
         let destinations = self.destinations(id);
         let child = self.children.get_mut(id)?;
         child.stop = Arc::default();
+        child.deferred_until = None;
         let args = TenantArgs {
             spec: child.spec.clone(),
             http: self.http.clone(),
@@ -557,6 +670,13 @@ impl SupervisorState {
                     c.stop.stop();
                     a.stop(Some("reconfigured".into()));
                 }
+                None if c.deferred_until.is_some() => {
+                    // Not started yet: it starts with the new spec at its time.
+                    c.spec = spec;
+                    let at = c.deferred_until.expect("checked");
+                    self.deferred
+                        .push(std::cmp::Reverse((at, id, c.generation)));
+                }
                 None => {
                     // Crashed, parked or backing off: a new configuration is worth a new try.
                     c.spec = spec;
@@ -744,7 +864,7 @@ impl Actor for ConnectorSupervisor {
                     })
                 });
             }
-            children.insert(spec.id.clone(), Child::new(Arc::new(spec)));
+            children.insert(spec.id.clone(), Child::new(spec));
         }
         let slot_metrics = args.observer.metrics().slots.clone();
         let mut state = SupervisorState {
@@ -784,6 +904,8 @@ impl Actor for ConnectorSupervisor {
                 .map(|_| Duration::from_secs(2)),
             started: false,
             hints: args.hints,
+            deferred: Default::default(),
+            start_tick: false,
         };
         // The sink starts here, before any tenant: a sink that cannot start (a file that cannot
         // be opened, a NATS server that cannot be reached) fails the start with its reason.
@@ -864,6 +986,7 @@ impl Actor for ConnectorSupervisor {
                 }
             }
             SupervisorMsg::PollNow(tenant, full, reply) => {
+                state.start_deferred(&myself, &tenant).await;
                 let msg = if full {
                     TenantMsg::PollFull
                 } else {
@@ -877,6 +1000,7 @@ impl Actor for ConnectorSupervisor {
                 let _ = reply.send(sent);
             }
             SupervisorMsg::Baseline(tenant, sink, reply) => {
+                state.start_deferred(&myself, &tenant).await;
                 let answer = match state.children.get(&tenant) {
                     None => Err(BaselineRefused::UnknownTenant),
                     Some(child) => {
@@ -912,6 +1036,10 @@ impl Actor for ConnectorSupervisor {
             }
             SupervisorMsg::Sink(reply) => {
                 let _ = reply.send(state.sink.clone());
+            }
+            SupervisorMsg::StartDue => state.start_due(&myself).await,
+            SupervisorMsg::StartNow(tenant) => {
+                state.start_deferred(&myself, &tenant).await;
             }
         }
         Ok(())

@@ -945,7 +945,7 @@ mod tests {
     fn spec() -> TenantSpec {
         let toml = "[connector]\nincremental_overlap = \"60s\"\n[sinks.out]\ntype = \"stdout\"\n[tenants.t]\nclient_id = \"c\"\nclient_secret = \"s\"\napi_url = \"https://api.us1.app.wiz.io/graphql\"\n";
         let s = load_str("t.toml", toml, &EnvSource::Fixed(Default::default())).unwrap();
-        s.tenants[0].clone()
+        (*s.tenants[0]).clone()
     }
 
     const NOW: u64 = 1_800_000_000;

@@ -84,12 +84,10 @@ pub fn config_error(body: &str) -> String {
 /// The spec of tenant `id` from a config `body`.
 pub fn spec(body: &str, id: &str) -> Arc<TenantSpec> {
     let s = settings(body);
-    Arc::new(
-        s.tenants
-            .into_iter()
-            .find(|t| t.id == id)
-            .unwrap_or_else(|| panic!("no tenant {id}")),
-    )
+    s.tenants
+        .into_iter()
+        .find(|t| t.id == id)
+        .unwrap_or_else(|| panic!("no tenant {id}"))
 }
 
 /// A fresh directory for a state store (kept: a test may restart a connector on it).
