@@ -2,7 +2,7 @@
 //! and takes tens of seconds). The simulator runs as a separate process (`wiz-connector simulate`)
 //! so its CPU is not counted against the connector.
 //!
-//! `cargo bench --bench fleet [-- idle|e2e|formats|hec|siem|kafka|routed|quiet|lag|reconcile]` (all by default). Under
+//! `cargo bench --bench fleet [-- idle|e2e|formats|hec|siem|kafka|routed|quiet|lag|reconcile|startup]` (all by default). Under
 //! `cargo test` it runs nothing.
 
 use std::collections::HashMap;
@@ -713,6 +713,107 @@ fn routed_config(base: &str, tenants: usize, sinks: usize, dir: &std::path::Path
     text
 }
 
+/// From `exec` of `wiz-connector run` to `/readyz` answering 200, for a configuration of
+/// `WIZ_BENCH_STARTUP_TENANTS` (100,000) tenants pointing at a closed port with the default
+/// `startup_jitter`, `WIZ_BENCH_RUNS` (5) times; `WIZ_BENCH_BUSY=N` keeps N threads spinning
+/// meanwhile (a busy machine). Then SIGTERM, and the time to exit.
+fn startup() {
+    let n = env_usize("WIZ_BENCH_STARTUP_TENANTS", 100_000);
+    let runs = env_usize("WIZ_BENCH_RUNS", 5);
+    let busy = env_usize("WIZ_BENCH_BUSY", 0);
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut text = format!(
+        "[connector]\nstate_dir = \"{}\"\n[admin]\nlisten = \"127.0.0.1:{port}\"\n[sinks.null]\ntype = \"file\"\npath = \"/dev/null\"\n",
+        dir.path().join("state").display()
+    );
+    for i in 0..n {
+        text.push_str(&format!(
+            "[tenants.t{i:06}]\nclient_id = \"client-{i:06}-abcdefghijklmnop\"\nclient_secret = \"secret-{i:06}-0123456789abcdef0123456789abcdef\"\napi_url = \"http://127.0.0.1:9/graphql\"\nauth_url = \"http://127.0.0.1:9/oauth/token\"\nallow_insecure_endpoints = true\n"
+        ));
+    }
+    let config = dir.path().join("fleet.toml");
+    std::fs::write(&config, &text).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let spinners: Vec<_> = (0..busy)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut x = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+                }
+            })
+        })
+        .collect();
+    let mut ready = Vec::new();
+    let mut exits = Vec::new();
+    for _ in 0..runs {
+        let _ = std::fs::remove_dir_all(dir.path().join("state"));
+        let start = Instant::now();
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_wiz-connector"))
+            .args(["run", "--config"])
+            .arg(&config)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        loop {
+            if readyz(port) {
+                break;
+            }
+            assert!(start.elapsed() < Duration::from_secs(120), "never ready");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        ready.push(start.elapsed().as_secs_f64());
+        let t = Instant::now();
+        // SAFETY: a plain signal to the child this loop started.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        child.wait().unwrap();
+        exits.push(t.elapsed().as_secs_f64());
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for s in spinners {
+        s.join().unwrap();
+    }
+    let list = |v: &[f64]| {
+        v.iter()
+            .map(|x| format!("{x:.2}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let max = ready.iter().cloned().fold(0.0, f64::max);
+    println!(
+        "| startup | {n} tenants, {} MB config, {busy} busy threads | ready max {max:.2} s | ready (s): {}; SIGTERM to exit (s): {} |",
+        text.len() / 1_000_000,
+        list(&ready),
+        list(&exits)
+    );
+}
+
+fn env_usize(var: &str, default: usize) -> usize {
+    std::env::var(var)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// `GET /readyz` answered 200.
+fn readyz(port: u16) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    if s.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head).is_ok() && &head[9..12] == b"200"
+}
+
 fn main() {
     let Some(args) = bench_args() else {
         return;
@@ -753,4 +854,7 @@ fn main() {
             reconcile(true).await;
         }
     });
+    if all || args.iter().any(|a| a == "startup") {
+        startup();
+    }
 }

@@ -90,13 +90,7 @@ pub fn write(
         w.key("url");
         write_issue_url(w.out, console_json, item);
     }
-    w.key("unreadable");
-    let mut u = JsonWriter::new(w.out);
-    u.escaped("reason", &node.reason);
-    u.raw("bytes", &node.node.bytes.to_string());
-    u.safe("sha256", &node.node.sha256);
-    u.escaped("head", &node.node.head);
-    u.close();
+    crate::format::unreadable_member(&mut w, node);
     w.close();
     let ctx = ocsf::Ctx {
         id: &id,

@@ -303,14 +303,7 @@ pub fn unreadable(
     }
     e.close();
     common(&mut w, c, None);
-    w.text(
-        "message",
-        &format!(
-            "A Wiz {} record could not be read and was set aside: {}",
-            feed.as_str(),
-            node.reason
-        ),
-    );
+    w.text("message", &super::unreadable_message(feed, node));
     w.key("error");
     let mut er = JsonWriter::new(w.out);
     er.safe("type", "unreadable_node");
@@ -320,13 +313,7 @@ pub fn unreadable(
     if let Some(id) = &node.node.id {
         o.text("id", id);
     }
-    o.key("unreadable");
-    let mut q = JsonWriter::new(o.out);
-    q.text("reason", &node.reason);
-    q.int("bytes", node.node.bytes as i64);
-    q.text("sha256", &node.node.sha256);
-    q.text("head", &node.node.head);
-    q.close();
+    super::unreadable_member(&mut o, node);
     o.close();
     w.out.push(b'}');
     w.close();

@@ -264,6 +264,30 @@ pub fn ecs_date(t: &str) -> Option<String> {
     Some(humantime::format_rfc3339_millis(at).to_string())
 }
 
+/// `"unreadable":{"reason":..,"bytes":..,"sha256":..,"head":..}`: what a quarantine event (see
+/// [`crate::event::unreadable`]) says of its node, the same in every format.
+pub(crate) fn unreadable_member(w: &mut JsonWriter<'_>, node: &crate::wiz::page::NodeError) {
+    w.key("unreadable");
+    let mut q = JsonWriter::new(w.out);
+    q.text("reason", &node.reason);
+    q.int("bytes", node.node.bytes as i64);
+    q.text("sha256", &node.node.sha256);
+    q.text("head", &node.node.head);
+    q.close();
+}
+
+/// A quarantine event's message, in a sentence.
+pub(crate) fn unreadable_message(
+    feed: crate::feeds::FeedName,
+    node: &crate::wiz::page::NodeError,
+) -> String {
+    format!(
+        "A Wiz {} record could not be read and was set aside: {}",
+        feed.as_str(),
+        node.reason
+    )
+}
+
 /// Helpers over [`JsonWriter`] the format writers share: members left out when there is no
 /// value (OCSF and ECS documents carry no `null`s).
 pub(crate) trait Members {

@@ -416,14 +416,7 @@ pub fn unreadable(
         None,
         false,
     );
-    w.text(
-        "message",
-        &format!(
-            "A Wiz {} record could not be read and was set aside: {}",
-            feed.as_str(),
-            node.reason
-        ),
-    );
+    w.text("message", &super::unreadable_message(feed, node));
     w.key("finding_info");
     let mut f = JsonWriter::new(w.out);
     match &node.node.id {
@@ -443,13 +436,7 @@ pub fn unreadable(
     }
     f.close();
     let mut u = raw_and_unmapped(&mut w, None, c.kind.as_str());
-    u.key("unreadable");
-    let mut q = JsonWriter::new(u.out);
-    q.text("reason", &node.reason);
-    q.int("bytes", node.node.bytes as i64);
-    q.text("sha256", &node.node.sha256);
-    q.text("head", &node.node.head);
-    q.close();
+    super::unreadable_member(&mut u, node);
     u.close();
     w.close();
 }
