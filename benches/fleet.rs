@@ -61,7 +61,13 @@ async fn idle() {
     let loaded = build.elapsed();
     let before = rss_kib();
     let started = Instant::now();
-    let app = App::start(settings, AppOptions::default()).await.unwrap();
+    // Every actor started at once, as before tenants were started shortly before their first
+    // polls: the memory of a fleet of running idle tenants (`startup` times the default start).
+    let opts = AppOptions {
+        start_ahead: Some(Duration::from_secs(48 * 3600)),
+        ..Default::default()
+    };
+    let app = App::start(settings, opts).await.unwrap();
     while !app.is_ready() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }

@@ -34,6 +34,10 @@ pub struct AppOptions {
     /// How often the configuration file and `tenants_dir` are checked for changes, overriding
     /// `connector.watch_interval`; `Some(Duration::ZERO)` turns the watcher off.
     pub watch_every: Option<Duration>,
+    /// How long before its first poll a tenant's actor starts, overriding
+    /// [`crate::supervisor::START_AHEAD`] (a benchmark that measures started actors sets it
+    /// beyond `startup_jitter`).
+    pub start_ahead: Option<Duration>,
 }
 
 /// A running connector.
@@ -162,6 +166,7 @@ impl App {
                 store_recovered,
                 ready: supervisor_ready,
                 hints: hints.clone(),
+                start_ahead: opts.start_ahead.unwrap_or(crate::supervisor::START_AHEAD),
             },
         )
         .await

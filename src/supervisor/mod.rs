@@ -85,6 +85,8 @@ pub struct SupervisorArgs {
     pub ready: Arc<AtomicBool>,
     /// Webhook hints: each tenant's queue comes from here.
     pub hints: Hints,
+    /// How long before its first poll a tenant's actor starts ([`START_AHEAD`]).
+    pub start_ahead: Duration,
 }
 
 /// One supervised tenant.
@@ -171,6 +173,8 @@ pub struct SupervisorState {
     deferred: std::collections::BinaryHeap<std::cmp::Reverse<(Instant, String, u64)>>,
     /// A [`SupervisorMsg::StartDue`] is scheduled.
     start_tick: bool,
+    /// How long before its first poll a tenant's actor starts ([`START_AHEAD`]).
+    start_ahead: Duration,
 }
 
 /// A tenant whose first poll is further off than this is not started at once: its actor starts
@@ -273,7 +277,7 @@ impl SupervisorState {
     ) {
         let (now, later): (Vec<_>, Vec<_>) = tenants
             .into_iter()
-            .partition(|(_, first)| *first <= START_AHEAD);
+            .partition(|(_, first)| *first <= self.start_ahead);
         if !later.is_empty() {
             self.defer(myself, later);
         }
@@ -321,7 +325,7 @@ impl SupervisorState {
         let now = Instant::now();
         let mut due = Vec::new();
         while let Some(std::cmp::Reverse((at, _, _))) = self.deferred.peek() {
-            if *at > now + START_AHEAD {
+            if *at > now + self.start_ahead {
                 break;
             }
             let std::cmp::Reverse((at, id, generation)) = self.deferred.pop().expect("peeked");
@@ -906,6 +910,7 @@ impl Actor for ConnectorSupervisor {
             hints: args.hints,
             deferred: Default::default(),
             start_tick: false,
+            start_ahead: args.start_ahead,
         };
         // The sink starts here, before any tenant: a sink that cannot start (a file that cannot
         // be opened, a NATS server that cannot be reached) fails the start with its reason.
