@@ -604,12 +604,6 @@ impl StateStore {
         }
     }
 
-    /// Cluster mode: whether this replica holds writes of `tenant` that NATS has not seen (they
-    /// went to the local cache while NATS was away): its release must publish them first.
-    pub fn holds_unpublished(&self, tenant: &str) -> bool {
-        self.replicated.as_ref().is_some_and(|r| r.is_dirty(tenant))
-    }
-
     /// Gives `tenant` up (cluster mode): writes the release so its next owner starts at once.
     /// Returns true when a release was written.
     pub async fn release(&self, tenant: &str) -> bool {

@@ -794,25 +794,12 @@ impl SupervisorState {
             }
         }
         while stops.join_next().await.is_some() {}
-        // Cluster mode: the tenants' pages in flight are committed by now. A tenant whose state
-        // NATS holds whole needs no release: the membership key goes right after this, and the
-        // other replicas take such a tenant over as soon as they see this replica gone (a holder
-        // that is not a live member is not waited for). Writing 10,000 releases took most of a
-        // 30 s shutdown at 100,000 tenants on 10 replicas. Only a tenant with writes NATS has
-        // not seen is published and released here, or its next owner would start from older
-        // state.
+        // Cluster mode: hand every tenant over (their pages in flight are committed by now).
         if self.store.replicated().is_some() {
             let mut releases = tokio::task::JoinSet::new();
             for id in self.children.keys() {
                 let store = self.store.clone();
-                let keys: Vec<String> = self
-                    .state_keys(id)
-                    .into_iter()
-                    .filter(|k| store.holds_unpublished(k))
-                    .collect();
-                if keys.is_empty() {
-                    continue;
-                }
+                let keys = self.state_keys(id);
                 releases.spawn(async move {
                     let mut all = true;
                     for key in keys {
@@ -833,7 +820,7 @@ impl SupervisorState {
             tracing::info!(
                 released,
                 tenants = self.children.len(),
-                "tenants handed over to the other replicas (released: those with writes NATS had not seen; the others are taken over once this replica leaves the membership)"
+                "tenants handed over to the other replicas"
             );
         }
         // Their exit events are still queued behind this message: record the outcome here.
