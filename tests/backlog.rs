@@ -395,11 +395,25 @@ async fn the_backlog_survives_kill_9_during_the_outage_and_during_the_drain() {
     // Run 3: the rest arrives; at most the page in flight at the kill comes twice.
     siem.accept_limit.store(u32::MAX, Ordering::SeqCst);
     let mut child = spawn_run(&cfg.path);
-    let sent = archived(&archive, "t1");
-    wait_until("the whole share delivered", Duration::from_secs(60), || {
-        siem.ids().iter().collect::<HashSet<_>>().len() == sent.len()
+    // Done when the archive holds t1's every event and the SIEM the same ones: both read at each
+    // check (this run may still append t1's last page to both).
+    let want = open["t1"].len();
+    wait_for("the whole share delivered", Duration::from_secs(60), || {
+        let archive: HashSet<String> = archived(&archive, "t1").into_iter().collect();
+        let got: HashSet<String> = siem.ids().into_iter().collect();
+        if archive.len() == want && got == archive {
+            Ok(())
+        } else {
+            Err(format!(
+                "(archive: {} of {want} events; SIEM: {}, {} not in the archive)",
+                archive.len(),
+                got.len(),
+                got.difference(&archive).count()
+            ))
+        }
     })
     .await;
+    let sent = archived(&archive, "t1");
     signal(&child, "-TERM");
     assert_eq!(exit_code(&mut child, Duration::from_secs(20)).await, 0);
     let got = siem.ids();
@@ -415,6 +429,17 @@ async fn the_backlog_survives_kill_9_during_the_outage_and_during_the_drain() {
         .into_iter()
         .filter(|id| seen.insert(id.clone()))
         .collect();
-    assert_eq!(firsts, sent);
+    let pos = |ids: &[String]| -> Vec<usize> {
+        ids.iter()
+            .map(|id| sent.iter().position(|s| s == id).unwrap_or(usize::MAX))
+            .collect()
+    };
+    assert_eq!(
+        firsts,
+        sent,
+        "the SIEM's first arrivals by their place in the archive: {:?}; all arrivals: {:?}",
+        pos(&firsts),
+        pos(&siem.ids())
+    );
     assert!(no_repeats(&archived(&archive, "t1")));
 }

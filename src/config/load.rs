@@ -415,6 +415,13 @@ type = "splunk_hec"
 url = "https://splunk.example:8088"
 token = "hec-token-1234567890"
 index = "wiz"
+[sinks.siem]
+type = "http"
+url = "http://127.0.0.1:9/ingest"
+gzip = false
+timeout = "2s"
+max_retries = 0
+backlog_max_bytes = 1048576
 [routes.gold]
 tenants = ["acme*"]
 labels = { tier = "gold" }
@@ -428,6 +435,7 @@ client_secret = "secret-value-123"
 api_url = "https://api.us20.app.wiz.io/graphql"
 labels = { tier = "gold", customer = "acme" }
 rate_limit = 2.5
+allow_insecure_endpoints = true
 write_back = true
 webhook_token = "0123456789abcdef0123"
 sinks = ["archive"]
@@ -436,7 +444,7 @@ client_id = "id2"
 client_secret = "secret-value-456"
 api_url = "https://api.us20.app.wiz.io/graphql"
 poll_interval = "5m"
-sinks = ["archive", "hec"]
+sinks = ["archive", "hec", "siem"]
 "#;
         for (name, text) in [("example", example.as_str()), ("rich", rich)] {
             // A variable the example's secret names; not an override.
