@@ -413,22 +413,35 @@ async fn the_backlog_survives_kill_9_during_the_outage_and_during_the_drain() {
         }
     })
     .await;
-    let sent = archived(&archive, "t1");
     signal(&child, "-TERM");
     assert_eq!(exit_code(&mut child, Duration::from_secs(20)).await, 0);
+    // Each kill -9 may repeat the page then in flight (5 events), in either destination: the
+    // archive gets it again when the tenant resends it, the SIEM when its backlog resends a
+    // record whose delivery the kill kept from being recorded. Nothing else repeats.
+    let first_of = |ids: Vec<String>| -> Vec<String> {
+        let mut seen = HashSet::new();
+        ids.into_iter()
+            .filter(|id| seen.insert(id.clone()))
+            .collect()
+    };
+    let archive_all = archived(&archive, "t1");
+    let sent = first_of(archive_all.clone());
+    assert_eq!(sent.len(), want);
+    assert!(
+        archive_all.len() - sent.len() <= 10,
+        "the archive repeats at most a page per kill: {} of {}",
+        archive_all.len(),
+        sent.len()
+    );
     let got = siem.ids();
     assert!(
-        got.len() - sent.len() <= 5,
-        "repeats stay within one page: {} of {}",
+        got.len() - sent.len() <= 10,
+        "the SIEM repeats at most a page per kill: {} of {}",
         got.len(),
         sent.len()
     );
     // In order: the first time each event arrives follows the tenant's order.
-    let mut seen = HashSet::new();
-    let firsts: Vec<String> = got
-        .into_iter()
-        .filter(|id| seen.insert(id.clone()))
-        .collect();
+    let firsts = first_of(got.clone());
     let pos = |ids: &[String]| -> Vec<usize> {
         ids.iter()
             .map(|id| sent.iter().position(|s| s == id).unwrap_or(usize::MAX))
@@ -439,7 +452,6 @@ async fn the_backlog_survives_kill_9_during_the_outage_and_during_the_drain() {
         sent,
         "the SIEM's first arrivals by their place in the archive: {:?}; all arrivals: {:?}",
         pos(&firsts),
-        pos(&siem.ids())
+        pos(&got)
     );
-    assert!(no_repeats(&archived(&archive, "t1")));
 }
