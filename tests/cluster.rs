@@ -2019,7 +2019,9 @@ async fn a_tenant_moved_ten_times_stays_compact_in_nats_and_leaves_no_cache_behi
         "ten moves repeat nothing"
     );
     // The replica that released t0 on placement dropped its cache of it; the owner, released at
-    // shutdowns only, keeps one.
+    // shutdowns only, keeps one. The other replica stops first: were the owner first, t0 would
+    // move to the other, which might take it over (and cache it) before its own stop.
+    rs.sort_by_key(|r| r.id == home);
     for r in &mut rs {
         signal(r.child.as_ref().unwrap(), "-TERM");
         assert_eq!(
