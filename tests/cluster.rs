@@ -829,28 +829,33 @@ async fn a_paused_owner_is_fenced_off_and_a_nats_restart_loses_nothing() {
         .await;
     }
     churn(&sim);
+    // On whichever replica owns tenants now (a replica resumed a moment ago may not have its
+    // share back yet).
     eventually(
         "tenants waiting for the lease",
         Duration::from_secs(20),
         || {
-            let r = &rs[0];
+            let rs = &rs;
             async move {
-                let v = get_json(r, "/tenants").await?;
-                let waiting = v
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter(|t| {
-                        t["last_error"]["message"]
-                            .as_str()
-                            .is_some_and(|m| m.contains("cluster lease ran out"))
-                    })
-                    .count();
-                if waiting > 0 {
-                    Ok(())
-                } else {
-                    Err(format!("none yet: {v}"))
+                let mut seen = Vec::new();
+                for r in rs {
+                    let v = get_json(r, "/tenants").await?;
+                    let waiting = v
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter(|t| {
+                            t["last_error"]["message"]
+                                .as_str()
+                                .is_some_and(|m| m.contains("cluster lease ran out"))
+                        })
+                        .count();
+                    if waiting > 0 {
+                        return Ok(());
+                    }
+                    seen.push(format!("{}: {v}", r.id));
                 }
+                Err(format!("none yet: {seen:?}"))
             }
         },
     )
