@@ -77,18 +77,6 @@ impl EventKind {
         }
     }
 
-    /// A quarantine event: an unreadable node, not a change of an item.
-    pub fn is_unreadable(self) -> bool {
-        matches!(
-            self,
-            EventKind::IssueUnreadable
-                | EventKind::VulnerabilityUnreadable
-                | EventKind::DetectionUnreadable
-                | EventKind::AuditUnreadable
-                | EventKind::ConfigurationUnreadable
-        )
-    }
-
     /// The kind for an issue seen for the first time in `status`.
     pub fn for_first_sight(status: &str) -> EventKind {
         match status {

@@ -30,10 +30,7 @@ const RECORD_PREFIX: &str = "!unreadable/";
 /// The state-store id of the quarantine record of `node`: by the item's id when it has one (its
 /// later versions then replace the record), else by the SHA-256 of its bytes.
 pub fn record_id(node: &NodeError) -> String {
-    match &node.node.id {
-        Some(id) => format!("{RECORD_PREFIX}{id}"),
-        None => format!("{RECORD_PREFIX}sha256:{}", node.node.sha256),
-    }
+    format!("{RECORD_PREFIX}{}", node.node.key())
 }
 
 /// The first 16 bytes of the node's SHA-256: what its record holds.

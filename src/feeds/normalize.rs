@@ -81,7 +81,7 @@ impl FeedNormalizer {
         let mut vuln_url = None;
         match &item.view {
             View::Vulnerability(v) => {
-                w.str("finding_id", item_id);
+                w.str(feed.id_field(), item_id);
                 w.str("cve", st(&v.name));
                 w.str("status", Some(status_str(item)));
                 w.str("wiz_severity", item.severity_raw().map(plain));
@@ -102,7 +102,7 @@ impl FeedNormalizer {
                 vuln_url = st(&v.portal_url);
             }
             View::Detection(d) => {
-                w.str("detection_id", item_id);
+                w.str(feed.id_field(), item_id);
                 w.str("detection_type", st(&d.detection_type));
                 w.str("created_at", st(&d.created_at));
                 w.str("updated_at", st(&d.updated_at));
@@ -143,7 +143,7 @@ impl FeedNormalizer {
                 url = issue_id;
             }
             View::Audit(a) => {
-                w.str("entry_id", item_id);
+                w.str(feed.id_field(), item_id);
                 w.str("action", st(&a.action));
                 w.str("status", st(&a.status));
                 w.str("timestamp", st(&a.timestamp));
@@ -157,7 +157,7 @@ impl FeedNormalizer {
                 w.str("user_agent", st(&a.user_agent));
             }
             View::Configuration(c) => {
-                w.str("finding_id", item_id);
+                w.str(feed.id_field(), item_id);
                 w.str("status", Some(status_str(item)));
                 w.str("result", st(&c.result));
                 w.str("wiz_severity", st(&c.severity));

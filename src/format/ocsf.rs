@@ -419,15 +419,7 @@ pub fn unreadable(
     w.text("message", &super::unreadable_message(feed, node));
     w.key("finding_info");
     let mut f = JsonWriter::new(w.out);
-    match &node.node.id {
-        Some(id) => f.text("uid", id),
-        None => {
-            f.key("uid");
-            f.out.extend_from_slice(b"\"sha256:");
-            f.out.extend_from_slice(node.node.sha256.as_bytes());
-            f.out.push(b'"');
-        }
-    }
+    f.text("uid", &node.node.key());
     f.text("title", &format!("Unreadable Wiz {} record", feed.as_str()));
     f.text("desc", &node.reason);
     if let (FeedName::Issues, Some(id)) = (feed, &node.node.id) {

@@ -168,9 +168,9 @@ pub struct SupervisorState {
     /// Set once the tenants configured at start were spawned.
     started: bool,
     hints: Hints,
-    /// Deferred starts by first-poll time: (when, tenant, the child's generation then). An entry
-    /// whose child moved on (started, removed, restarted) is skipped.
-    deferred: std::collections::BinaryHeap<std::cmp::Reverse<(Instant, String, u64)>>,
+    /// Deferred starts by first-poll time. An entry is current while its child is not running
+    /// and still deferred to that time (see [`Child::deferred_until`]); others are skipped.
+    deferred: std::collections::BinaryHeap<std::cmp::Reverse<(Instant, String)>>,
     /// A [`SupervisorMsg::StartDue`] is scheduled.
     start_tick: bool,
     /// How long before its first poll a tenant's actor starts ([`START_AHEAD`]).
@@ -293,11 +293,8 @@ impl SupervisorState {
                 continue;
             };
             child.deferred_until = Some(now + first);
-            self.deferred.push(std::cmp::Reverse((
-                now + first,
-                id.clone(),
-                child.generation,
-            )));
+            self.deferred
+                .push(std::cmp::Reverse((now + first, id.clone())));
             self.health
                 .update(&id, |h| h.next_poll_at = Some(wall + first));
             let me = myself.clone();
@@ -324,14 +321,15 @@ impl SupervisorState {
         self.start_tick = false;
         let now = Instant::now();
         let mut due = Vec::new();
-        while let Some(std::cmp::Reverse((at, _, _))) = self.deferred.peek() {
+        while let Some(std::cmp::Reverse((at, _))) = self.deferred.peek() {
             if *at > now + self.start_ahead {
                 break;
             }
-            let std::cmp::Reverse((at, id, generation)) = self.deferred.pop().expect("peeked");
-            let current = self.children.get_mut(&id).is_some_and(|c| {
-                c.generation == generation && c.actor.is_none() && c.deferred_until == Some(at)
-            });
+            let std::cmp::Reverse((at, id)) = self.deferred.pop().expect("peeked");
+            let current = self
+                .children
+                .get(&id)
+                .is_some_and(|c| c.actor.is_none() && c.deferred_until == Some(at));
             if current {
                 due.push((id, at.saturating_duration_since(now)));
             }
@@ -340,20 +338,18 @@ impl SupervisorState {
         self.schedule_start_tick(myself);
     }
 
-    /// Starts deferred tenant `id` now, its first poll kept where it was; false when it is not
-    /// deferred.
-    async fn start_deferred(&mut self, myself: &ActorRef<SupervisorMsg>, id: &str) -> bool {
+    /// Starts tenant `id` now if it is deferred, its first poll kept where it was.
+    async fn start_deferred(&mut self, myself: &ActorRef<SupervisorMsg>, id: &str) {
         let Some(at) = self
             .children
             .get(id)
             .filter(|c| c.actor.is_none())
             .and_then(|c| c.deferred_until)
         else {
-            return false;
+            return;
         };
         let first = at.saturating_duration_since(Instant::now());
         self.start_now(myself, vec![(id.to_string(), first)]).await;
-        true
     }
 
     /// Starts tenants now, up to [`SPAWN_CONCURRENCY`] at a time: each start runs the new
@@ -674,13 +670,8 @@ impl SupervisorState {
                     c.stop.stop();
                     a.stop(Some("reconfigured".into()));
                 }
-                None if c.deferred_until.is_some() => {
-                    // Not started yet: it starts with the new spec at its time.
-                    c.spec = spec;
-                    let at = c.deferred_until.expect("checked");
-                    self.deferred
-                        .push(std::cmp::Reverse((at, id, c.generation)));
-                }
+                // Not started yet: it starts with the new spec at its time.
+                None if c.deferred_until.is_some() => c.spec = spec,
                 None => {
                     // Crashed, parked or backing off: a new configuration is worth a new try.
                     c.spec = spec;

@@ -101,17 +101,18 @@ pub(super) struct BuiltPage {
 }
 
 impl BuiltPage {
-    /// Adds the page's quarantine events (already in its lines) and their records. The records
-    /// are marked in flight with the page's states and settled by its commit like them.
-    fn add_quarantined(&mut self, feed: FeedName, q: super::quarantine::Quarantined) {
-        if q.events == 0 {
+    /// Adds the page's quarantine events (already in its lines) by their records, one each.
+    /// The records are marked in flight with the page's states and settled by its commit like
+    /// them.
+    fn add_quarantined(&mut self, feed: FeedName, records: Vec<(String, Known)>) {
+        if records.is_empty() {
             return;
         }
-        self.events += q.events;
-        self.kinds.push((feed.unreadable_kind(), q.events as u64));
-        self.settle
-            .extend(q.remember.iter().map(|(id, _)| id.clone()));
-        self.remember.extend(q.remember);
+        self.events += records.len();
+        self.kinds
+            .push((feed.unreadable_kind(), records.len() as u64));
+        self.settle.extend(records.iter().map(|(id, _)| id.clone()));
+        self.remember.extend(records);
     }
 }
 

@@ -721,7 +721,7 @@ impl TenantActorState {
             }
             // Each node that cannot be read is set aside as one quarantine event; the rest of
             // the page is delivered as usual.
-            let quarantined = self
+            let records = self
                 .quarantine(
                     &self.args.spec.id,
                     FeedName::Issues,
@@ -730,10 +730,10 @@ impl TenantActorState {
                     &mut out.outbox.lines,
                 )
                 .map_err(|e| ("state", e.to_string()))?;
-            for _ in 0..quarantined.events {
+            for record in records {
                 out.outbox.count(EventKind::IssueUnreadable);
+                out.outbox.ledger.remember.push(record);
             }
-            out.outbox.ledger.remember.extend(quarantined.remember);
         }
         Ok(out)
     }

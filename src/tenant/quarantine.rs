@@ -16,18 +16,11 @@ use crate::metrics::Observation;
 use crate::state::StateError;
 use crate::wiz::page::NodeError;
 
-/// What quarantining a page's unreadable nodes added to it.
-pub(super) struct Quarantined {
-    /// Events written (ended) into the page's lines.
-    pub events: usize,
-    /// The records the page's commit keeps, so the same nodes are not quarantined again.
-    pub remember: Vec<(String, Known)>,
-}
-
 impl TenantActorState {
     /// Writes into `lines` a quarantine event for each of `nodes` (the refused nodes of one page
     /// of `feed`, whose records live under the state key `key`) that has no record with its
-    /// bytes; one read of the store.
+    /// bytes; one read of the store. Returns the records the page's commit keeps, one per event
+    /// written (ended), so the same nodes are not quarantined again.
     pub(super) fn quarantine(
         &self,
         key: &str,
@@ -35,11 +28,8 @@ impl TenantActorState {
         nodes: &[&NodeError],
         observed_at: &str,
         lines: &mut Lines,
-    ) -> Result<Quarantined, StateError> {
-        let mut out = Quarantined {
-            events: 0,
-            remember: Vec::new(),
-        };
+    ) -> Result<Vec<(String, Known)>, StateError> {
+        let mut out = Vec::new();
         if nodes.is_empty() {
             return Ok(out);
         }
@@ -69,8 +59,7 @@ impl TenantActorState {
             }
             unreadable::write(tenant, &console, feed, node, observed_at, lines);
             lines.end_event();
-            out.events += 1;
-            out.remember.push((id, unreadable::record(node)));
+            out.push((id, unreadable::record(node)));
             newest = Some(*node);
         }
         if let Some(node) = newest {
@@ -82,7 +71,7 @@ impl TenantActorState {
                 sha256: node.node.sha256.clone(),
                 at: SystemTime::now(),
             };
-            let events = out.events as u64;
+            let events = out.len() as u64;
             self.args
                 .health
                 .update(tenant, |h| match &mut h.unreadable {

@@ -108,6 +108,16 @@ pub struct NodeFacts {
     pub head: String,
 }
 
+impl NodeFacts {
+    /// What names the node: the item's id, else `sha256:<digest>`.
+    pub fn key(&self) -> std::borrow::Cow<'_, str> {
+        match &self.id {
+            Some(id) => std::borrow::Cow::Borrowed(id),
+            None => std::borrow::Cow::Owned(format!("sha256:{}", self.sha256)),
+        }
+    }
+}
+
 /// Most bytes of an unreadable node that its quarantine event carries.
 pub const UNREADABLE_HEAD: usize = 256;
 
@@ -792,15 +802,16 @@ fn string_end(b: &[u8], mut i: usize) -> Option<usize> {
     }
 }
 
-/// Walks an array of nodes: `node` reads one (it must consume the value), and each node's bytes
-/// are checked against the size and depth limits. Returns each node's span with what `node` made
-/// of it, or, for a node that breaks a limit or that `node` could not read (nested past the
-/// parser's own limit), what `unreadable` makes of the reason: one bad node is skipped and
-/// reported, never the page. Only bytes that are not JSON at all (a node whose end cannot be
-/// found) refuse the page.
+/// Walks an array of nodes: `node` reads one (it must consume the value, and gives `Err(reason)`
+/// for valid JSON it cannot read), and each node's bytes are checked against the size and depth
+/// limits. Returns each node's span with what `node` made of it or, for a node that breaks a
+/// limit, that `node` refused, that is not an object, or that the parser could not read (nested
+/// past its own limit), what `unreadable` makes of the reason and the node's bytes: called once
+/// per such node. One bad node is set aside, never the page. Only bytes that are not JSON at all
+/// (a node whose end cannot be found) refuse the page.
 fn walk_array<'a, N>(
     w: &mut Walker<'a>,
-    mut node: impl FnMut(&mut Walker<'a>) -> Step<N>,
+    mut node: impl FnMut(&mut Walker<'a>) -> Step<Result<N, String>>,
     unreadable: impl Fn(String, &str) -> N,
 ) -> Step<Vec<(Range<usize>, N)>> {
     let mut nodes = Vec::new();
@@ -819,8 +830,7 @@ fn walk_array<'a, N>(
                     // has none, the bytes are not JSON and the page is refused.
                     w.pos = start;
                     w.skip_node().map_err(|_| e.clone())?;
-                    let e = e.strip_prefix(&format!("at byte {start}: ")).unwrap_or(&e);
-                    unreadable(format!("cannot be read: {e}"), &w.text[start..w.pos])
+                    Err(format!("cannot be read: {e}"))
                 }
             },
             // Valid JSON that is not an object (null, a number, a list): set aside like any
@@ -834,20 +844,32 @@ fn walk_array<'a, N>(
                     b't' | b'f' => "a boolean",
                     _ => "a number",
                 };
-                unreadable(format!("not an object but {what}"), &w.text[start..w.pos])
+                Err(format!("not an object but {what}"))
             }
             None => return Err(format!("expected a node at byte {}", w.pos)),
         };
         let raw = &w.text[start..w.pos];
         let made = if raw.len() > MAX_NODE_BYTES {
-            unreadable(
-                format!("{} bytes, above the limit of {MAX_NODE_BYTES}", raw.len()),
-                raw,
-            )
+            Err(format!(
+                "{} bytes, above the limit of {MAX_NODE_BYTES}",
+                raw.len()
+            ))
         } else if nests_deeper_than(raw.as_bytes(), MAX_NODE_DEPTH) {
-            unreadable(format!("nests deeper than {MAX_NODE_DEPTH} levels"), raw)
+            Err(format!("nests deeper than {MAX_NODE_DEPTH} levels"))
         } else {
             made
+        };
+        let made = match made {
+            Ok(made) => made,
+            // The walker's messages say where; the same node says the same wherever it is.
+            Err(reason) => {
+                let at = format!("at byte {start}: ");
+                let reason = match reason.find(&at) {
+                    Some(i) => format!("{}{}", &reason[..i], &reason[i + at.len()..]),
+                    None => reason,
+                };
+                unreadable(reason, raw)
+            }
         };
         nodes.push((start..w.pos, made));
         match w.peek() {
@@ -862,25 +884,21 @@ fn walk_array<'a, N>(
 }
 
 fn walk_nodes(w: &mut Walker<'_>, spans: &Spans) -> Step<Vec<NodeEntry>> {
-    let unreadable = |reason: String, raw: &str| Err(NodeError::new(reason, raw));
     let nodes = walk_array(
         w,
         |w| {
             let start = w.pos;
             Ok(match w.value::<IssueView<'_>>() {
-                Ok(v) => Ok(spans.record(v)),
+                Ok(v) => Ok(Ok(spans.record(v))),
                 Err(reason) => {
                     // Valid JSON of the wrong shape: skip just this node. Invalid JSON: fail the page.
                     w.pos = start;
                     w.skip()?;
-                    let reason = reason
-                        .strip_prefix(&format!("at byte {start}: "))
-                        .unwrap_or(&reason);
-                    Err(NodeError::new(reason, &w.text[start..w.pos]))
+                    Err(reason)
                 }
             })
         },
-        unreadable,
+        |reason, raw| Err(NodeError::new(reason, raw)),
     )?;
     Ok(nodes
         .into_iter()
@@ -1032,7 +1050,7 @@ pub fn parse_feed_page(body: Bytes, root: &str) -> Result<FeedPage, WizError> {
     let found = walk(&mut w, &[root], |w| {
         walk_array(
             w,
-            |w| w.skip_node().map(|()| None),
+            |w| w.skip_node().map(|()| Ok(None)),
             |reason, _| Some(reason),
         )
     })
