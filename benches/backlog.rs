@@ -9,12 +9,9 @@ use std::time::Instant;
 
 use wiz_connector::sink::backlog::Backlog;
 
-fn env(var: &str, default: usize) -> usize {
-    std::env::var(var)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+#[path = "support/mod.rs"]
+mod support;
+use support::env_usize;
 
 /// One normalized event's line, about the size of a simulated Issue's (~1.3 KB with its raw
 /// node).
@@ -26,8 +23,8 @@ fn line(n: usize) -> String {
 }
 
 fn main() {
-    let pages = env("WIZ_BENCH_PAGES", 2000);
-    let per_page = env("WIZ_BENCH_EVENTS", 100);
+    let pages = env_usize("WIZ_BENCH_PAGES", 2000);
+    let per_page = env_usize("WIZ_BENCH_EVENTS", 100);
     let page: Vec<u8> = (0..per_page).flat_map(|n| line(n).into_bytes()).collect();
     let dir = tempfile::tempdir().expect("temp dir");
     let mut b = Backlog::open(dir.path()).expect("open");

@@ -482,14 +482,8 @@ fn secs(d: Option<Duration>) -> String {
 
 /// Idle tenants on many replicas (see the module docs).
 async fn scale() {
-    let env = |k: &str, d: usize| {
-        std::env::var(k)
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(d)
-    };
-    let n = env("WIZ_BENCH_SCALE_TENANTS", 100_000);
-    let k = env("WIZ_BENCH_SCALE_REPLICAS", 10);
+    let n = env_usize("WIZ_BENCH_SCALE_TENANTS", 100_000);
+    let k = env_usize("WIZ_BENCH_SCALE_REPLICAS", 10);
     let Some(nats) = start_nats() else {
         println!("| scale | skipped: nats-server is not installed | | |");
         return;

@@ -47,10 +47,7 @@ fn fleet_config(base: &str, tenants: usize, connector: &str, sink: &str) -> Sett
 
 async fn idle() {
     // `WIZ_BENCH_IDLE_TENANTS=100000` for the 100,000-tenant row.
-    let n: usize = std::env::var("WIZ_BENCH_IDLE_TENANTS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(10_000);
+    let n = env_usize("WIZ_BENCH_IDLE_TENANTS", 10_000);
     let build = Instant::now();
     let settings = fleet_config(
         "http://127.0.0.1:9",
@@ -757,7 +754,7 @@ fn startup() {
     for _ in 0..runs {
         let _ = std::fs::remove_dir_all(dir.path().join("state"));
         let start = Instant::now();
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_wiz-connector"))
+        let mut child = std::process::Command::new(BIN)
             .args(["run", "--config"])
             .arg(&config)
             .stdout(std::process::Stdio::null())
@@ -795,13 +792,6 @@ fn startup() {
         list(&ready),
         list(&exits)
     );
-}
-
-fn env_usize(var: &str, default: usize) -> usize {
-    std::env::var(var)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
 }
 
 /// `GET /readyz` answered 200.
