@@ -504,10 +504,8 @@ async fn replicas_share_the_fleet_fail_over_hand_over_and_rebalance() {
         .map(|(t, _)| t.clone())
         .collect();
     let vi = rs.iter().position(|r| r.id == victim).unwrap();
-    let mut dead = rs.remove(vi);
     let killed = Instant::now();
-    dead.child.as_mut().unwrap().start_kill().unwrap();
-    dead.child.as_mut().unwrap().wait().await.unwrap();
+    kill(rs.remove(vi)).await;
     churn(&sim);
     eventually(
         "the dead replica's tenants polled by the others",
@@ -623,7 +621,7 @@ async fn replicas_share_the_fleet_fail_over_hand_over_and_rebalance() {
 
     // Back to three, then a fourth joins: tenants only move to the newcomer, each is listed by
     // one replica, and nothing is repeated.
-    rs.push(replica(&sim, &nats.url, &dead.id, dir.path()).await);
+    rs.push(replica(&sim, &nats.url, victim, dir.path()).await);
     rs.push(replica(&sim, &nats.url, &leaving.id, dir.path()).await);
     eventually(
         "placement over 3 replicas again",
@@ -2045,20 +2043,26 @@ async fn a_tenant_moved_ten_times_stays_compact_in_nats_and_leaves_no_cache_behi
     }
 }
 
-/// A replica keeps full settings only for its own tenants, so the tenants a failover gives it
-/// are read from its files. While they do not load, those tenants wait (reported, retried with a
-/// growing delay) and the tenants it ran go on; once the files load again they start.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tenants_taken_over_while_the_files_do_not_load_start_once_they_do() {
-    let nats = nats_server().await;
-    let sim = sim(6, 10).await;
-    let dir = tempfile::tempdir().unwrap();
+/// Replicas r1 and r2 over six tenants, placement settled; which one is to die (the one that
+/// owns more) and which survives, with the tenants each owned.
+struct Failover {
+    rs: Vec<Replica>,
+    expected: BTreeSet<String>,
+    victim: usize,
+    survivor_id: String,
+    /// The survivor's tenants before the failover.
+    kept: BTreeSet<String>,
+    /// The victim's tenants: they move to the survivor.
+    moved: BTreeSet<String>,
+}
+
+async fn two_replicas_one_to_die(sim: &Simulator, nats: &str, dir: &std::path::Path) -> Failover {
     let six = Setup {
         only: Some(6),
         ..Default::default()
     };
     let expected: BTreeSet<String> = (0..6).map(|i| format!("t{i}")).collect();
-    let mut rs = replicas(&sim, &nats.url, &["r1", "r2"], dir.path(), &six).await;
+    let rs = replicas(sim, nats, &["r1", "r2"], dir, &six).await;
     settled(
         &rs,
         &expected,
@@ -2068,20 +2072,49 @@ async fn tenants_taken_over_while_the_files_do_not_load_start_once_they_do() {
     .await;
     let live: Vec<&Replica> = rs.iter().collect();
     let before = owners(&live, &expected).await.unwrap();
-    // The survivor is the replica owning fewer tenants; the other one dies.
     let on = |id: &str| before.values().filter(|o| *o == id).count();
-    let (vi, si) = if on("r1") >= on("r2") { (0, 1) } else { (1, 0) };
-    let survivor_id = rs[si].id.clone();
-    let kept: BTreeSet<String> = before
-        .iter()
-        .filter(|(_, o)| **o == survivor_id)
-        .map(|(t, _)| t.clone())
-        .collect();
-    let good = std::fs::read_to_string(&rs[si].cfg.path).unwrap();
-    std::fs::write(&rs[si].cfg.path, "[connector\nthis is not TOML").unwrap();
-    let mut dead = rs.remove(vi);
-    dead.child.as_mut().unwrap().start_kill().unwrap();
-    dead.child.as_mut().unwrap().wait().await.unwrap();
+    let (victim, survivor) = if on("r1") >= on("r2") { (0, 1) } else { (1, 0) };
+    let survivor_id = rs[survivor].id.clone();
+    let (kept, moved): (BTreeSet<String>, BTreeSet<String>) = before
+        .keys()
+        .cloned()
+        .partition(|t| before[t] == survivor_id);
+    Failover {
+        rs,
+        expected,
+        victim,
+        survivor_id,
+        kept,
+        moved,
+    }
+}
+
+/// Kills (-9) `r` and waits for it to be gone.
+async fn kill(mut r: Replica) {
+    r.child.as_mut().unwrap().start_kill().unwrap();
+    r.child.as_mut().unwrap().wait().await.unwrap();
+}
+
+/// A replica keeps full settings only for its own tenants, so the tenants a failover gives it
+/// are read from its files. While they do not load, those tenants wait (reported, retried with a
+/// growing delay) and the tenants it ran go on; once the files load again they start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenants_taken_over_while_the_files_do_not_load_start_once_they_do() {
+    let nats = nats_server().await;
+    let sim = sim(6, 10).await;
+    let dir = tempfile::tempdir().unwrap();
+    let Failover {
+        mut rs,
+        expected,
+        victim,
+        survivor_id,
+        kept,
+        ..
+    } = two_replicas_one_to_die(&sim, &nats.url, dir.path()).await;
+    let survivor_cfg = rs[1 - victim].cfg.path.clone();
+    let good = std::fs::read_to_string(&survivor_cfg).unwrap();
+    std::fs::write(&survivor_cfg, "[connector\nthis is not TOML").unwrap();
+    kill(rs.remove(victim)).await;
     let survivor = &rs[0];
     let log = dir.path().join(format!("{survivor_id}.log"));
     eventually(
@@ -2219,37 +2252,20 @@ async fn state_writes_refused_while_reads_work_back_off_and_recover() {
     let nats = nats_server().await;
     let sim = sim(6, 10).await;
     let dir = tempfile::tempdir().unwrap();
-    let six = Setup {
-        only: Some(6),
-        ..Default::default()
-    };
-    let expected: BTreeSet<String> = (0..6).map(|i| format!("t{i}")).collect();
-    let mut rs = replicas(&sim, &nats.url, &["r1", "r2"], dir.path(), &six).await;
-    settled(
-        &rs,
-        &expected,
-        "placement over 2 replicas",
-        Duration::from_secs(30),
-    )
-    .await;
+    let Failover {
+        mut rs,
+        expected,
+        victim,
+        survivor_id,
+        moved,
+        ..
+    } = two_replicas_one_to_die(&sim, &nats.url, dir.path()).await;
     no_gap_for(&sim, &expected, dir.path(), Duration::from_secs(30)).await;
-    let live: Vec<&Replica> = rs.iter().collect();
-    let before = owners(&live, &expected).await.unwrap();
-    let on = |id: &str| before.values().filter(|o| *o == id).count();
-    let (vi, si) = if on("r1") >= on("r2") { (0, 1) } else { (1, 0) };
-    let survivor_id = rs[si].id.clone();
-    let moved: BTreeSet<String> = before
-        .iter()
-        .filter(|(_, o)| **o != survivor_id)
-        .map(|(t, _)| t.clone())
-        .collect();
     assert!(!moved.is_empty());
     // Every message the stream holds now is the limit: any new write is refused.
     let (messages, _) = state_stream(&nats.url).await;
     limit_state_writes(&nats.url, messages as i64).await;
-    let mut dead = rs.remove(vi);
-    dead.child.as_mut().unwrap().start_kill().unwrap();
-    dead.child.as_mut().unwrap().wait().await.unwrap();
+    kill(rs.remove(victim)).await;
     let survivor = &rs[0];
     let log = dir.path().join(format!("{survivor_id}.log"));
     let refused_at = Instant::now();

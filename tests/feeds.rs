@@ -87,6 +87,24 @@ fn states(sim: &Simulator, client: &str) -> HashMap<String, (String, String)> {
     })
 }
 
+/// Waits (up to 60 s) until the file holds `want` events of each feed named.
+async fn feed_events(out: &std::path::Path, want: &[(&str, usize)], what: &str) {
+    let want_n: Vec<usize> = want.iter().map(|(_, n)| *n).collect();
+    wait_for(what, Duration::from_secs(60), || {
+        let lines = read_lines(out);
+        let got: Vec<usize> = want
+            .iter()
+            .map(|(feed, _)| of_feed(&lines, feed).len())
+            .collect();
+        if got == want_n {
+            Ok(())
+        } else {
+            Err(format!("got {got:?}, want {want_n:?}"))
+        }
+    })
+    .await;
+}
+
 async fn polls_after(app: &App, n: u64) {
     let p0 = app.health.get("t0").unwrap().polls;
     wait_for("more polls", Duration::from_secs(30), || {
@@ -118,25 +136,16 @@ async fn every_feed_sweeps_then_delivers_each_change_once_and_nothing_after_a_re
 
     let (det, aud, vul, vul_open, cfg, cfg_open) = sizes(&sim, &client);
     let open_issues = open_ids(&sim)["t0"].len();
-    wait_for(
+    feed_events(
+        &out,
+        &[
+            ("issues", open_issues),
+            ("detections", det),
+            ("audit", aud),
+            ("vulnerabilities", vul),
+            ("cloud_configuration", cfg),
+        ],
         "the first sweep of every feed",
-        Duration::from_secs(60),
-        || {
-            let lines = read_lines(&out);
-            let got = [
-                of_feed(&lines, "issues").len(),
-                of_feed(&lines, "detections").len(),
-                of_feed(&lines, "audit").len(),
-                of_feed(&lines, "vulnerabilities").len(),
-                of_feed(&lines, "cloud_configuration").len(),
-            ];
-            let want = [open_issues, det, aud, vul, cfg];
-            if got == want {
-                Ok(())
-            } else {
-                Err(format!("got {got:?}, want {want:?}"))
-            }
-        },
     )
     .await;
     polls_after(&app, 1).await;
@@ -869,21 +878,10 @@ async fn an_unreadable_feed_node_is_quarantined_once_and_the_feed_goes_on() {
     )
     .await
     .unwrap();
-    wait_for(
+    feed_events(
+        &out,
+        &[("detections", det), ("vulnerabilities", vul)],
         "the first sweep of the feeds",
-        Duration::from_secs(60),
-        || {
-            let lines = read_lines(&out);
-            let got = (
-                of_feed(&lines, "detections").len(),
-                of_feed(&lines, "vulnerabilities").len(),
-            );
-            if got == (det, vul) {
-                Ok(())
-            } else {
-                Err(format!("got {got:?}, want {:?}", (det, vul)))
-            }
-        },
     )
     .await;
     polls_after(&app, 2).await;
@@ -935,30 +933,14 @@ async fn an_updated_detection_is_delivered_once_more_as_detection_updated() {
     let app = App::start(settings(&body), AppOptions::default())
         .await
         .unwrap();
-    wait_for("the detections", Duration::from_secs(60), || {
-        let n = of_feed(&read_lines(&out), "detections").len();
-        if n == det {
-            Ok(())
-        } else {
-            Err(format!("{n} of {det}"))
-        }
-    })
-    .await;
+    feed_events(&out, &[("detections", det)], "the detections").await;
     polls_after(&app, 1).await;
     let first = read_lines(&out);
     let id = sim.feeds(&client, |f| f.update_detection(0));
     let (severity, updated_at) = sim.feeds(&client, |f| {
         (f.detections[0].severity, f.detections[0].updated_at.clone())
     });
-    wait_for("the update", Duration::from_secs(60), || {
-        let n = of_feed(&read_lines(&out), "detections").len();
-        if n == det + 1 {
-            Ok(())
-        } else {
-            Err(format!("{n} detection events"))
-        }
-    })
-    .await;
+    feed_events(&out, &[("detections", det + 1)], "the update").await;
     polls_after(&app, 2).await;
     app.shutdown().await.unwrap();
     // A restart on the same state repeats nothing either.

@@ -184,10 +184,37 @@ proptest! {
     }
 }
 
+/// The connector on every tenant of `sim`, polling hourly (first polls at once) with `connector`
+/// lines, into a file sink: the app, the file, and the directory that holds it.
+async fn start_with_file_sink(
+    sim: &wiz_connector::sim::Simulator,
+    connector: &str,
+) -> (
+    wiz_connector::app::App,
+    std::path::PathBuf,
+    tempfile::TempDir,
+) {
+    use wiz_connector::app::{App, AppOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("events.jsonl");
+    let body = format!(
+        "{}[sinks.out]\ntype = \"file\"\npath = \"{}\"\n",
+        common::sim_config(
+            sim,
+            &format!("poll_interval = \"1h\"\nstartup_jitter = \"0s\"\n{connector}"),
+            "rate_limit = 50"
+        ),
+        out.display()
+    );
+    let app = App::start(common::settings(&body), AppOptions::default())
+        .await
+        .unwrap();
+    (app, out, dir)
+}
+
 #[tokio::test]
 async fn a_node_nested_100000_deep_is_quarantined_and_its_tenant_goes_on() {
     use std::time::Duration;
-    use wiz_connector::app::{App, AppOptions};
     let sim = common::sim(1, 5).await;
     // The deep node between two readable ones: a page of three.
     let deep = node_with(&nested(100_000));
@@ -198,20 +225,7 @@ async fn a_node_nested_100000_deep_is_quarantined_and_its_tenant_goes_on() {
         fine("22222222-5f1d-4e7a-9c2b-1d3e4f5a6b7c")
     );
     sim.push_faults("sim-client-0000", [Fault::Garbage { body }]);
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("events.jsonl");
-    let body = format!(
-        "{}[sinks.out]\ntype = \"file\"\npath = \"{}\"\n",
-        common::sim_config(
-            &sim,
-            "poll_interval = \"1h\"\nstartup_jitter = \"0s\"",
-            "rate_limit = 50"
-        ),
-        out.display()
-    );
-    let app = App::start(common::settings(&body), AppOptions::default())
-        .await
-        .unwrap();
+    let (app, out, _dir) = start_with_file_sink(&sim, "").await;
     common::wait_until(
         "the poll with the deep node",
         Duration::from_secs(20),
@@ -260,7 +274,6 @@ async fn a_node_nested_100000_deep_is_quarantined_and_its_tenant_goes_on() {
 async fn persistent_unreadable_nodes_are_quarantined_once_per_version_and_the_tenant_goes_on() {
     use std::collections::HashSet;
     use std::time::Duration;
-    use wiz_connector::app::{App, AppOptions};
     let sim = common::sim(1, 500).await;
     let client = sim.tenants()[0].client_id.clone();
     let mut open: Vec<String> = common::open_ids(&sim)["t0"].iter().cloned().collect();
@@ -272,20 +285,7 @@ async fn persistent_unreadable_nodes_are_quarantined_once_per_version_and_the_te
         let nested = format!("{}1{}", "[".repeat(100_000), "]".repeat(100_000));
         assert!(s.set_hostile(&deep, Some(nested)));
     });
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("events.jsonl");
-    let body = format!(
-        "{}[sinks.out]\ntype = \"file\"\npath = \"{}\"\n",
-        common::sim_config(
-            &sim,
-            "poll_interval = \"1h\"\nstartup_jitter = \"0s\"\npage_size = 500",
-            "rate_limit = 50"
-        ),
-        out.display()
-    );
-    let app = App::start(common::settings(&body), AppOptions::default())
-        .await
-        .unwrap();
+    let (app, out, _dir) = start_with_file_sink(&sim, "page_size = 500").await;
     let polls = |n: u64| {
         let app = &app;
         move || app.health.get("t0").is_some_and(|h| h.polls >= n)
