@@ -376,13 +376,17 @@ async fn a_hint_for_a_tenant_not_started_yet_starts_it_and_is_looked_up() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("events.jsonl");
     let body = config(&sim, &out, dir.path(), "")
-        .replace("startup_jitter = \"0s\"", "startup_jitter = \"1h\"")
-        .replace("poll_interval = \"300s\"", "poll_interval = \"2h\"");
+        .replace("startup_jitter = \"0s\"", "startup_jitter = \"24h\"")
+        .replace("poll_interval = \"300s\"", "poll_interval = \"48h\"");
     let h = Hooked::start(&body).await;
+    wait_until("ready", Duration::from_secs(10), || h.app.is_ready()).await;
     let health = h.app.health.get("t0").unwrap();
     assert_eq!(health.state.as_str(), "starting");
     let first = health.next_poll_at.expect("its first poll is scheduled");
     assert!(first > std::time::SystemTime::now());
+    // Its first poll is a random moment of the next 24 h: in the rare draw that puts it within
+    // two minutes, the poll may come during the test, and only the hint's part is checked.
+    let far = first > std::time::SystemTime::now() + Duration::from_secs(120);
     let open: Vec<String> = open_ids(&sim)["t0"].iter().cloned().collect();
     assert_eq!(h.hint(&open[0]).await, 202);
     wait_until("the hinted issue", Duration::from_secs(10), || {
@@ -393,7 +397,9 @@ async fn a_hint_for_a_tenant_not_started_yet_starts_it_and_is_looked_up() {
     .await;
     let health = h.app.health.get("t0").unwrap();
     assert_eq!(health.hints_looked_up, 1);
-    assert_eq!(health.polls, 0, "looked up by the hint, not by a poll");
-    assert_eq!(read_lines(&out).len(), 1);
+    if far {
+        assert_eq!(health.polls, 0, "looked up by the hint, not by a poll");
+        assert_eq!(read_lines(&out).len(), 1);
+    }
     h.app.shutdown().await.unwrap();
 }

@@ -414,18 +414,31 @@ async fn tenants_whose_first_poll_is_far_off_start_shortly_before_it() {
     let (sink, out) = file_sink(dir.path());
     let body = format!(
         "{}{sink}",
-        sim_config(&sim, "poll_interval = \"2h\"\nstartup_jitter = \"1h\"", "")
+        sim_config(
+            &sim,
+            "poll_interval = \"48h\"\nstartup_jitter = \"24h\"",
+            ""
+        )
     );
     let app = App::start(settings(&body), AppOptions::default())
         .await
         .unwrap();
     wait_until("ready", Duration::from_secs(10), || app.is_ready()).await;
     let now = std::time::SystemTime::now();
+    // Each first poll is a random moment of the next 24 h. A tenant drawn within two minutes
+    // may poll during the test (rare): only the others are held to "nothing reached Wiz".
+    let mut far = Vec::new();
     for t in ["t0", "t1", "t2"] {
         let h = app.health.get(t).unwrap();
         assert_eq!(h.state, TenantState::Starting, "{t}");
         let at = h.next_poll_at.expect("the first poll is scheduled");
-        assert!(at > now && at <= now + Duration::from_secs(3600), "{t}");
+        assert!(
+            at > now && at <= now + Duration::from_secs(24 * 3600),
+            "{t}"
+        );
+        if at > now + Duration::from_secs(120) {
+            far.push(t);
+        }
     }
     assert!(
         app.poll_now("t1").await,
@@ -435,17 +448,22 @@ async fn tenants_whose_first_poll_is_far_off_start_shortly_before_it() {
         app.health.get("t1").is_some_and(|h| h.polls >= 1)
     })
     .await;
-    assert_eq!(read_lines(&out).len(), open_ids(&sim)["t1"].len());
+    let t1_tokens = sim.counters(&sim.tenants()[1].client_id).token_requests;
+    assert_eq!(t1_tokens, 1, "t1 reached Wiz once");
     for (i, t) in sim.tenants().iter().enumerate() {
-        let tokens = sim.counters(&t.client_id).token_requests;
+        let id = format!("t{i}");
+        if i == 1 || !far.contains(&id.as_str()) {
+            continue;
+        }
         assert_eq!(
-            tokens,
-            u64::from(i == 1),
-            "tenant t{i}: only t1 reached Wiz"
+            sim.counters(&t.client_id).token_requests,
+            0,
+            "{id} did not reach Wiz"
         );
+        assert_eq!(app.health.get(&id).unwrap().polls, 0);
     }
-    for t in ["t0", "t2"] {
-        assert_eq!(app.health.get(t).unwrap().polls, 0);
+    if far.contains(&"t0") && far.contains(&"t2") {
+        assert_eq!(read_lines(&out).len(), open_ids(&sim)["t1"].len());
     }
     app.shutdown().await.unwrap();
 }
