@@ -164,9 +164,14 @@ impl HintQueue {
         }
     }
 
-    fn wake(&self) {
-        if let Some((_, wake)) = self.waker.lock().expect("hint waker lock").as_ref() {
-            wake();
+    /// Tells the attached actor; false when none is attached.
+    fn wake(&self) -> bool {
+        match self.waker.lock().expect("hint waker lock").as_ref() {
+            Some((_, wake)) => {
+                wake();
+                true
+            }
+            None => false,
         }
     }
 }
@@ -309,7 +314,13 @@ struct Inner {
     /// Cluster mode: where hints for tenants not running here go.
     forwarder: Option<Forwarder>,
     metrics: HookMetrics,
+    /// Told the tenant's id when ids arrive for a tenant whose actor is not running (see
+    /// [`Hints::on_idle`]).
+    idle: RwLock<Option<IdleWaker>>,
 }
+
+/// See [`Hints::on_idle`].
+pub type IdleWaker = Box<dyn Fn(&str) + Send + Sync>;
 
 /// The registry the receiver and the tenants share; cheap to clone.
 #[derive(Clone)]
@@ -335,7 +346,24 @@ impl Hints {
                 limit,
                 forwarder,
                 metrics,
+                idle: RwLock::new(None),
             }),
+        }
+    }
+
+    /// `wake` is told the tenant whenever ids arrive for a tenant whose actor is not running:
+    /// the supervisor starts a tenant it deferred (one waker for the fleet, instead of one per
+    /// tenant not started yet).
+    pub fn on_idle(&self, wake: IdleWaker) {
+        *self.inner.idle.write().expect("idle waker lock") = Some(wake);
+    }
+
+    /// Wakes `tenant`'s actor, or the idle waker when none is attached.
+    fn wake(&self, q: &HintQueue, tenant: &str) {
+        if !q.wake() {
+            if let Some(idle) = self.inner.idle.read().expect("idle waker lock").as_ref() {
+                idle(tenant);
+            }
         }
     }
 
@@ -436,7 +464,7 @@ impl Hints {
         match q.push(id, Instant::now()) {
             Pushed::Queued { wake } => {
                 if wake {
-                    q.wake();
+                    self.wake(q, tenant);
                 }
                 "queued"
             }
@@ -445,7 +473,7 @@ impl Hints {
                 if wake {
                     tracing::warn!(tenant, limit = self.inner.limit, "hint queue overflowed (hooks.queue_limit); the tenant sweeps fully instead");
                     self.inner.metrics.overflowed();
-                    q.wake();
+                    self.wake(q, tenant);
                 }
                 "overflowed"
             }

@@ -56,8 +56,9 @@ pub enum SupervisorMsg {
     Sink(RpcReplyPort<Option<ActorRef<SinkMsg>>>),
     /// Start the deferred tenants whose first poll comes within [`START_AHEAD`].
     StartDue,
-    /// A hint arrived for a deferred tenant: start it now (its first poll keeps its time; the
-    /// hint is looked up at once).
+    /// A hint arrived for a tenant whose actor is not running: if it is deferred, start it now
+    /// (its first poll keeps its time; the hint is looked up at once). Otherwise (a restart
+    /// pending) nothing: its next actor looks at the queue when it starts.
     StartNow(String),
 }
 
@@ -285,7 +286,8 @@ impl SupervisorState {
     }
 
     /// Records tenants to start shortly before their first polls: their health shows when that
-    /// is, and a hint for one of them starts it at once.
+    /// is, and a hint for one of them starts it at once (its queue exists, so a hint is queued
+    /// here, and the idle waker set at start tells this supervisor).
     fn defer(&mut self, myself: &ActorRef<SupervisorMsg>, tenants: Vec<(String, Duration)>) {
         let (now, wall) = (Instant::now(), SystemTime::now());
         for (id, first) in tenants {
@@ -297,14 +299,7 @@ impl SupervisorState {
                 .push(std::cmp::Reverse((now + first, id.clone())));
             self.health
                 .update(&id, |h| h.next_poll_at = Some(wall + first));
-            let me = myself.clone();
-            let tenant = id.clone();
-            self.hints.queue(&id).attach(
-                myself.get_id(),
-                Box::new(move || {
-                    let _ = me.send_message(SupervisorMsg::StartNow(tenant.clone()));
-                }),
-            );
+            self.hints.queue(&id);
         }
         self.schedule_start_tick(myself);
     }
@@ -903,6 +898,11 @@ impl Actor for ConnectorSupervisor {
             start_tick: false,
             start_ahead: args.start_ahead,
         };
+        // A hint for a tenant not started yet (deferred) starts it.
+        let me = myself.clone();
+        state.hints.on_idle(Box::new(move |tenant| {
+            let _ = me.send_message(SupervisorMsg::StartNow(tenant.to_string()));
+        }));
         // The sink starts here, before any tenant: a sink that cannot start (a file that cannot
         // be opened, a NATS server that cannot be reached) fails the start with its reason.
         state.spawn_sink(&myself).await?;
