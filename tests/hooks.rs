@@ -127,6 +127,18 @@ async fn a_hint_delivers_the_change_long_before_the_next_poll_and_a_resync_finds
         || !updates_of(&out, &open[1]).is_empty(),
     )
     .await;
+    // The sink writes the event before the tenant learns of its ack and records the timings.
+    wait_until(
+        "the hint's page acknowledged",
+        Duration::from_secs(5),
+        || {
+            h.app
+                .health
+                .get("t0")
+                .is_some_and(|h| h.last_hint_to_event_ms.is_some())
+        },
+    )
+    .await;
     let lines = read_lines(&out);
     assert_eq!(
         lines.len(),
@@ -367,7 +379,7 @@ async fn after_a_restart_hinted_changes_are_not_repeated_and_unhinted_ones_arriv
     h.app.shutdown().await.unwrap();
 }
 
-/// Issue 18 (start-up): a tenant whose first poll is far off (here `startup_jitter` of an hour)
+/// Issue 18 (start-up): a tenant whose first poll is far off (here `startup_jitter` of a day)
 /// is not started until shortly before it; a hint for it starts it at once and is looked up,
 /// while its first poll keeps its time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
