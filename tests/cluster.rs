@@ -2183,11 +2183,71 @@ async fn tenants_taken_over_while_the_files_do_not_load_start_once_they_do() {
 /// An idle tenant's state subject holds one message however often it polls: a tiny image is
 /// replaced at each write (a snapshot, then everything before it purged, the claim included)
 /// instead of collecting a delta per poll.
+/// The last message on each of `tenants`' subjects: (its headers' names, its payload's first
+/// byte).
+async fn last_messages(
+    nats: &str,
+    tenants: &BTreeSet<String>,
+) -> BTreeMap<String, (Vec<String>, u8)> {
+    let client = async_nats::connect(nats).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let stream = js.get_stream("WIZ_CONNECTOR_STATE").await.unwrap();
+    let mut out = BTreeMap::new();
+    for t in tenants {
+        let m = stream
+            .get_last_raw_message_by_subject(&format!("WIZ_CONNECTOR_STATE.{t}"))
+            .await
+            .unwrap();
+        let mut names: Vec<String> = m.headers.iter().map(|(k, _)| k.to_string()).collect();
+        names.sort();
+        out.insert(t.clone(), (names, m.payload.first().copied().unwrap_or(0)));
+    }
+    out
+}
+
+/// Waits until every replica has seen every tenant poll `more` times after now.
+async fn more_polls(rs: &[Replica], more: u64, within: Duration) {
+    let live: Vec<&Replica> = rs.iter().collect();
+    let before = polls(&live).await;
+    eventually("more polls of every tenant", within, || {
+        let live: Vec<&Replica> = rs.iter().collect();
+        let before = &before;
+        async move {
+            let now = polls(&live).await;
+            match before
+                .iter()
+                .find(|(t, n)| now.get(*t).copied().unwrap_or(0) < *n + more)
+            {
+                None => Ok(()),
+                Some((t, _)) => Err(format!("{t} has not polled {more} more times")),
+            }
+        }
+    })
+    .await;
+}
+
+/// Idle tenants keep one message each in NATS. While a replica of an earlier version (one that
+/// reads only the first state format) is alive, state is written in that format; once it is
+/// gone, in the compact one, under 200 bytes per idle tenant. A state stream made by an earlier
+/// version gets direct gets turned on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_tenants_keep_one_small_message_each_in_nats() {
     let nats = nats_server().await;
     let sim = sim(4, 0).await;
     let dir = tempfile::tempdir().unwrap();
+    // The state stream as an earlier version made it: no direct gets.
+    {
+        let client = async_nats::connect(&nats.url).await.unwrap();
+        let js = async_nats::jetstream::new(client);
+        js.create_stream(async_nats::jetstream::stream::Config {
+            name: "WIZ_CONNECTOR_STATE".into(),
+            subjects: vec!["WIZ_CONNECTOR_STATE.*".into()],
+            allow_rollup: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    }
     let four = Setup {
         only: Some(4),
         ..Default::default()
@@ -2201,28 +2261,80 @@ async fn idle_tenants_keep_one_small_message_each_in_nats() {
         Duration::from_secs(30),
     )
     .await;
-    // Every tenant polls (1 s apart) at least five times, committing each time.
-    eventually(
-        "five polls of every tenant",
-        Duration::from_secs(60),
-        || {
-            let live: Vec<&Replica> = rs.iter().collect();
-            async move {
-                let mut polls = BTreeMap::new();
-                for r in &live {
-                    for (id, _, n, _) in listed(r).await.unwrap_or_default() {
-                        polls.insert(id, n);
-                    }
-                }
-                if polls.len() == 4 && polls.values().all(|n| *n >= 5) {
-                    Ok(())
-                } else {
-                    Err(format!("{polls:?}"))
-                }
+    {
+        let client = async_nats::connect(&nats.url).await.unwrap();
+        let js = async_nats::jetstream::new(client);
+        let mut stream = js.get_stream("WIZ_CONNECTOR_STATE").await.unwrap();
+        assert!(stream.info().await.unwrap().config.allow_direct);
+    }
+
+    // A member of an earlier version: its value has no `state_format` (it is leaving, so
+    // placement does not change), renewed while the test wants it alive.
+    let old_alive = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let renewer = {
+        let url = nats.url.clone();
+        let alive = old_alive.clone();
+        tokio::spawn(async move {
+            let client = async_nats::connect(&url).await.unwrap();
+            let js = async_nats::jetstream::new(client);
+            let kv = js.get_key_value("wiz_connector_members").await.unwrap();
+            while alive.load(std::sync::atomic::Ordering::Relaxed) {
+                kv.put("r0", r#"{"digest":"","leaving":true,"owned":0}"#.into())
+                    .await
+                    .unwrap();
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
-        },
-    )
-    .await;
+        })
+    };
+    for r in &rs {
+        eventually(
+            "the earlier version seen",
+            Duration::from_secs(20),
+            || async move {
+                let v = get_json(r, "/cluster").await?;
+                match v["state_format"].as_str() {
+                    Some("json") => Ok(()),
+                    _ => Err(format!("{}", v["state_format"])),
+                }
+            },
+        )
+        .await;
+    }
+    more_polls(&rs, 2, Duration::from_secs(60)).await;
+    for (t, (headers, first)) in last_messages(&nats.url, &expected).await {
+        assert!(
+            headers.contains(&"Wiz-Op".to_string()) && !headers.contains(&"Wiz".to_string()),
+            "{t}: {headers:?}"
+        );
+        assert_eq!(first, b'C', "{t}: a JSON checkpoint first");
+    }
+    let (_, json_bytes) = state_stream(&nats.url).await;
+
+    // The earlier version is gone: compact from each tenant's next write on.
+    old_alive.store(false, std::sync::atomic::Ordering::Relaxed);
+    renewer.await.unwrap();
+    for r in &rs {
+        eventually(
+            "the earlier version gone",
+            Duration::from_secs(20),
+            || async move {
+                let v = get_json(r, "/cluster").await?;
+                match v["state_format"].as_str() {
+                    Some("compact") => Ok(()),
+                    _ => Err(format!("{}", v["state_format"])),
+                }
+            },
+        )
+        .await;
+    }
+    more_polls(&rs, 2, Duration::from_secs(60)).await;
+    for (t, (headers, first)) in last_messages(&nats.url, &expected).await {
+        assert!(
+            headers.contains(&"Wiz".to_string()) && !headers.contains(&"Wiz-Op".to_string()),
+            "{t}: {headers:?}"
+        );
+        assert_eq!(first, b'K', "{t}: a compact checkpoint first");
+    }
     eventually("one message per tenant", Duration::from_secs(10), || {
         let url = nats.url.clone();
         async move {
@@ -2236,8 +2348,12 @@ async fn idle_tenants_keep_one_small_message_each_in_nats() {
     })
     .await;
     let (_, bytes) = state_stream(&nats.url).await;
-    eprintln!("idle tenants: {} bytes each in NATS", bytes / 4);
-    assert!(bytes / 4 <= 400, "{bytes} bytes for 4 idle tenants");
+    eprintln!(
+        "idle tenants: {} bytes each in NATS in the first format, {} in the compact one",
+        json_bytes / 4,
+        bytes / 4
+    );
+    assert!(bytes / 4 < 200, "{bytes} bytes for 4 idle tenants");
 }
 
 /// Sets the state stream's message limit (refusing new writes beyond it) while membership,

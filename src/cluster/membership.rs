@@ -44,7 +44,15 @@ pub struct MemberValue {
     /// Tenants it owns (its own count).
     #[serde(default)]
     pub owned: usize,
+    /// The newest state format it reads: 0 (absent) for versions that read only the first
+    /// format, [`READS_COMPACT`] for this one. State is written compact only when every live
+    /// member reads it, so a rolling upgrade never leaves an older replica misreading state.
+    #[serde(default)]
+    pub state_format: u8,
 }
+
+/// [`MemberValue::state_format`] of a replica that reads the compact state format.
+pub const READS_COMPACT: u8 = 1;
 
 /// Opens the members bucket (creating it when missing).
 pub async fn open_bucket(
@@ -116,6 +124,8 @@ pub struct Liveness {
     pub eligible: BTreeSet<String>,
     /// The listing came after a gap (a pause, a stall, NATS away): logged once.
     pub after_gap: bool,
+    /// Every alive member reads the compact state format (see [`MemberValue::state_format`]).
+    pub compact: bool,
 }
 
 impl Tracker {
@@ -207,10 +217,18 @@ impl Tracker {
             .filter(|id| **id == me || !self.members.get(*id).is_some_and(|s| s.value.leaving))
             .cloned()
             .collect();
+        let compact = alive.iter().all(|id| {
+            *id == me
+                || self
+                    .members
+                    .get(id)
+                    .is_some_and(|s| s.value.state_format >= READS_COMPACT)
+        });
         Liveness {
             alive,
             eligible,
             after_gap,
+            compact,
         }
     }
 
@@ -352,6 +370,7 @@ async fn run(a: HeartbeatArgs, mut control: watch::Receiver<Control>) {
             digest: outcome.digest.clone(),
             leaving: c.leaving,
             owned: outcome.owned,
+            state_format: READS_COMPACT,
         };
         let sent = Instant::now();
         let epoch = a.lease.epoch();
@@ -413,7 +432,7 @@ async fn run(a: HeartbeatArgs, mut control: watch::Receiver<Control>) {
                     "members listed after a gap; silence is counted only while observed, so nobody is declared dead from it"
                 );
             }
-            a.live.set(l.alive.clone());
+            a.live.set(l.alive.clone(), l.compact);
             // The first decision waits one heartbeat, so replicas started together see each
             // other before they place (fewer moves right after a cluster starts). A replica that
             // could not renew its own key changes nothing: when writes are refused everywhere
@@ -566,6 +585,7 @@ fn publish_status(
         settings_held: outcome.settings_held,
         placed_at: outcome.placed_at,
         config_mismatch: mismatch.into_iter().collect(),
+        state_format: a.live.format().name(),
     });
 }
 
@@ -677,5 +697,40 @@ mod tests {
             t0 + HB,
         );
         assert_eq!(ids(&l.alive), ["c", "me"]);
+    }
+
+    #[test]
+    fn state_is_written_compact_only_while_every_live_member_reads_it() {
+        let mut t = Tracker::new("me", HB, F);
+        let t0 = Instant::now();
+        let new = |id: &str, revision: u64| -> Listed {
+            let v = MemberValue {
+                state_format: READS_COMPACT,
+                ..Default::default()
+            };
+            (id.to_string(), revision, Some(v))
+        };
+        // This replica alone, even before its own key is listed.
+        assert!(t.listing(vec![], t0).compact);
+        assert!(t.listing(vec![new("me", 1), new("b", 1)], t0 + HB).compact);
+        // A member of an earlier version (no `state_format`) joins: the first format again.
+        let l = t.listing(vec![new("me", 2), new("b", 2), put("old", 1)], t0 + HB * 2);
+        assert!(!l.compact);
+        // Once it is dead (silent past failover_after), compact again; a value read back from
+        // an earlier version's JSON has no field and counts as not reading it.
+        let mut at = t0 + HB * 2;
+        let mut rev = 2;
+        loop {
+            at += HB;
+            rev += 1;
+            let l = t.listing(vec![new("me", rev), new("b", rev), put("old", 1)], at);
+            if !l.alive.contains("old") {
+                assert!(l.compact);
+                break;
+            }
+            assert!(!l.compact);
+        }
+        let old: MemberValue = serde_json::from_str(r#"{"digest":"d","owned":3}"#).unwrap();
+        assert_eq!(old.state_format, 0);
     }
 }

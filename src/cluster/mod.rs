@@ -153,6 +153,9 @@ pub struct ClusterStatus {
     pub placed_at: Option<SystemTime>,
     /// Members whose configuration differs from this one's.
     pub config_mismatch: Vec<String>,
+    /// The format this replica writes state in: `compact` once every live member reads it,
+    /// `json` (the first format) while one does not (see `state::codec::Format`).
+    pub state_format: &'static str,
 }
 
 fn opt_time<S: serde::Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> {

@@ -25,16 +25,25 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use async_nats::jetstream::{self, context::PublishErrorKind, message::PublishMessage};
+use async_nats::jetstream::{
+    self,
+    context::PublishErrorKind,
+    message::{PublishMessage, StreamMessage},
+};
 use dashmap::DashMap;
 
-use super::codec::{encode_write, TenantImage};
+use super::codec::{encode_write, Format, TenantImage};
 use super::Write;
 
+// The first format's headers: one each for the operation, the writer, its epoch and a
+// snapshot's part.
 const OP: &str = "Wiz-Op";
 const REPLICA: &str = "Wiz-Replica";
 const EPOCH: &str = "Wiz-Epoch";
 const PART: &str = "Wiz-Part";
+/// The compact format's one header: `<op> <epoch> <part> <replica>`, the part `i/k` of a
+/// snapshot and `-` otherwise (an idle tenant's message: 20 bytes instead of 58).
+const META: &str = "Wiz";
 const ROLLUP: &str = "Nats-Rollup";
 
 /// Longest wait for one JetStream publish and its ack before the write counts as offline.
@@ -53,15 +62,30 @@ const TINY_IMAGE: u64 = 2048;
 #[derive(Debug, Default)]
 pub struct LiveSet {
     ids: RwLock<BTreeSet<String>>,
+    /// Every live replica reads the compact format (see [`Format`]): state is written in it.
+    /// False until the first listing, and whenever a replica of an earlier version is alive,
+    /// which would misread it.
+    compact: std::sync::atomic::AtomicBool,
 }
 
 impl LiveSet {
-    pub fn set(&self, ids: BTreeSet<String>) {
+    pub fn set(&self, ids: BTreeSet<String>, compact: bool) {
         *self.ids.write().expect("live set lock") = ids;
+        self.compact
+            .store(compact, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub fn contains(&self, id: &str) -> bool {
         self.ids.read().expect("live set lock").contains(id)
+    }
+
+    /// The format state is written in now.
+    pub fn format(&self) -> Format {
+        if self.compact.load(std::sync::atomic::Ordering::Relaxed) {
+            Format::Compact
+        } else {
+            Format::Json
+        }
     }
 }
 
@@ -117,6 +141,9 @@ pub struct Replicated {
     /// Bounds the claims, re-assertions and releases in flight at once, so a placement that
     /// moves many tenants queues them here instead of flooding NATS.
     ownership: tokio::sync::Semaphore,
+    /// The stream answers direct gets (see [`Replicated::open`]); cleared when one fails for
+    /// a reason other than an empty subject, so a server without them costs one failure.
+    direct: std::sync::atomic::AtomicBool,
 }
 
 /// A new owner publishes a fresh snapshot when it finds more messages than this on the tenant's
@@ -144,14 +171,35 @@ impl Replicated {
             storage: jetstream::stream::StorageType::File,
             num_replicas: replicas,
             allow_rollup: true,
+            // Claims read a tenant's last message with a direct get, which any server holding
+            // the stream answers without the JetStream API's leader round trip. A stale answer
+            // is safe: the claim is fenced at the sequence it read.
+            allow_direct: true,
             ..Default::default()
         };
-        let stream = js
+        let mut stream = js
             .get_or_create_stream(stream_config.clone())
             .await
             .map_err(|e| {
                 format!("cannot create or open the state stream {stream_name} (is JetStream enabled on the server, `-js`?): {e}")
             })?;
+        // A stream made by an earlier version has no direct gets: turned on once (claims fall
+        // back to the API's get while they are off).
+        let direct = match stream.info().await {
+            Ok(info) if !info.config.allow_direct => {
+                let mut config = info.config.clone();
+                config.allow_direct = true;
+                match js.update_stream(config).await {
+                    Ok(_) => true,
+                    Err(e) => {
+                        tracing::warn!(stream = %stream_name, error = %e, "cannot turn on direct gets on the state stream; claims read through the JetStream API");
+                        false
+                    }
+                }
+            }
+            Ok(_) => true,
+            Err(_) => false,
+        };
         Ok(Replicated {
             js,
             client,
@@ -164,6 +212,7 @@ impl Replicated {
             live,
             lease,
             ownership: tokio::sync::Semaphore::new(OWNERSHIP_CONCURRENCY),
+            direct: std::sync::atomic::AtomicBool::new(direct),
         })
     }
 
@@ -216,7 +265,15 @@ impl Replicated {
             return Err(PublishFailure::Fenced);
         };
         match self
-            .publish(tenant, "hold", Vec::new(), owned.seq, owned.epoch, None)
+            .publish(
+                tenant,
+                "hold",
+                Vec::new(),
+                self.live.format(),
+                owned.seq,
+                owned.epoch,
+                None,
+            )
             .await
         {
             Ok(seq) => {
@@ -244,23 +301,40 @@ impl Replicated {
         self.client.connection_state() == async_nats::connection::State::Connected
     }
 
+    /// Publishes one state message fenced at `expected`, its headers in `format` (the format
+    /// of `payload`, which the caller encoded).
+    #[allow(clippy::too_many_arguments)]
     async fn publish(
         &self,
         tenant: &str,
         op: &str,
         payload: Vec<u8>,
+        format: Format,
         expected: u64,
         epoch: u64,
         part: Option<(usize, usize)>,
     ) -> Result<u64, PublishFailure> {
         let mut m = PublishMessage::build()
             .payload(payload.into())
-            .expected_last_subject_sequence(expected)
-            .header(OP, op)
-            .header(REPLICA, self.replica.as_str())
-            .header(EPOCH, epoch.to_string().as_str());
-        if let Some((i, k)) = part {
-            m = m.header(PART, format!("{i}/{k}").as_str());
+            .expected_last_subject_sequence(expected);
+        m = match format {
+            Format::Compact => {
+                let part = part.map_or("-".to_string(), |(i, k)| format!("{i}/{k}"));
+                let meta = format!("{op} {epoch} {part} {}", self.replica);
+                m.header(META, meta.as_str())
+            }
+            Format::Json => {
+                let mut m = m
+                    .header(OP, op)
+                    .header(REPLICA, self.replica.as_str())
+                    .header(EPOCH, epoch.to_string().as_str());
+                if let Some((i, k)) = part {
+                    m = m.header(PART, format!("{i}/{k}").as_str());
+                }
+                m
+            }
+        };
+        if let Some((_, k)) = part {
             if k == 1 {
                 // A whole snapshot in one message replaces everything before it on the subject,
                 // atomically with its fenced write (the stream allows roll-ups): no purge after.
@@ -335,13 +409,45 @@ impl Replicated {
 
     /// The last message on the tenant's subject, if any.
     pub async fn last_write(&self, tenant: &str) -> Result<Option<LastWrite>, String> {
+        Ok(self.last_message(tenant).await?.as_ref().map(last_of))
+    }
+
+    /// The last message on the tenant's subject by a direct get (one request any server holding
+    /// the stream answers; see [`Replicated::open`]), falling back to the JetStream API's get.
+    /// Only for claims: a stale answer makes the fenced claim fail, never succeed wrongly.
+    async fn last_message_direct(&self, tenant: &str) -> Result<Option<StreamMessage>, String> {
+        use async_nats::jetstream::stream::DirectGetErrorKind;
+        use std::sync::atomic::Ordering;
+        if self.direct.load(Ordering::Relaxed) {
+            match self
+                .stream
+                .direct_get_last_for_subject(self.subject(tenant))
+                .await
+            {
+                Ok(m) => return Ok(Some(m)),
+                Err(e) if e.kind() == DirectGetErrorKind::NotFound => return Ok(None),
+                Err(e) => {
+                    // The stream may be gone (NATS lost its store) or not answer direct gets:
+                    // the API's get tells which, and makes the stream again when missing.
+                    if matches!(e.kind(), DirectGetErrorKind::ErrorResponse(..)) {
+                        self.direct.store(false, Ordering::Relaxed);
+                        tracing::warn!(stream = %self.stream_name, error = %e, "direct gets refused on the state stream; claims read through the JetStream API");
+                    }
+                }
+            }
+        }
+        self.last_message(tenant).await
+    }
+
+    /// The last message on the tenant's subject, read through the stream's leader.
+    async fn last_message(&self, tenant: &str) -> Result<Option<StreamMessage>, String> {
         use async_nats::jetstream::stream::LastRawMessageErrorKind;
         match self
             .stream
             .get_last_raw_message_by_subject(&self.subject(tenant))
             .await
         {
-            Ok(m) => Ok(Some(last_of(&m))),
+            Ok(m) => Ok(Some(m)),
             Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
             Err(e)
                 if matches!(e.kind(), LastRawMessageErrorKind::JetStream(j)
@@ -356,12 +462,14 @@ impl Replicated {
         }
     }
 
-    /// Reads the tenant's image from its subject, up to (and including) `upto`.
-    pub async fn load(&self, tenant: &str, upto: u64) -> Result<TenantImage, String> {
+    /// Reads the tenant's image from its subject, up to (and including) `upto`, and how many
+    /// messages it read.
+    pub async fn load(&self, tenant: &str, upto: u64) -> Result<(TenantImage, usize), String> {
         let subject = self.subject(tenant);
         let mut image = TenantImage::default();
         let mut snapshot: Option<TenantImage> = None;
         let mut seq = 1;
+        let mut read = 0;
         while seq <= upto {
             let m = self
                 .stream
@@ -371,15 +479,16 @@ impl Replicated {
                 .send()
                 .await
                 .map_err(|e| format!("cannot read the state of tenant {tenant}: {e}"))?;
-            let header = |name: &str| header(&m, name);
+            read += 1;
+            let meta = meta(&m);
             let bad = |e: String| format!("state of tenant {tenant}, message {}: {e}", m.sequence);
-            match header(OP).as_str() {
+            match meta.op.as_str() {
                 "delta" => {
                     snapshot = None;
                     image.apply(&m.payload).map_err(bad)?;
                 }
                 "snap" => {
-                    let part = header(PART);
+                    let part = meta.part;
                     let (i, k) = part
                         .split_once('/')
                         .and_then(|(i, k)| {
@@ -400,7 +509,7 @@ impl Replicated {
             }
             seq = m.sequence + 1;
         }
-        Ok(image)
+        Ok((image, read))
     }
 
     /// Decides how to take `tenant` over. `local` is the subject sequence the local cache is in
@@ -415,7 +524,8 @@ impl Replicated {
         force: bool,
     ) -> Result<Claim, String> {
         let _turn = self.turn().await;
-        let last = self.last_write(tenant).await?;
+        let message = self.last_message_direct(tenant).await?;
+        let last = message.as_ref().map(last_of);
         if let Some(l) = &last {
             let held =
                 l.op != "release" && l.replica != self.replica && self.live.contains(&l.replica);
@@ -426,16 +536,38 @@ impl Replicated {
             }
         }
         let last_seq = last.as_ref().map_or(0, |l| l.seq);
-        let load = match (local, last_seq) {
+        // A one-part snapshot rolled everything before it up: it is the subject's only message
+        // and the whole image (an idle tenant's usual state), so nothing more is read.
+        let whole = message.as_ref().filter(|m| {
+            let meta = meta(m);
+            meta.op == "snap" && meta.part == "1/1"
+        });
+        let (load, messages) = match (local, last_seq) {
             // Nothing in NATS: this replica's local state (single-node history) is imported.
-            (_, 0) if local_has_state => ClaimLoad::Publish,
-            (_, 0) => ClaimLoad::Keep,
+            (_, 0) if local_has_state => (ClaimLoad::Publish, Some(0)),
+            (_, 0) => (ClaimLoad::Keep, Some(0)),
             // The cache is what NATS holds (this replica wrote last).
-            (Some((seq, true)), n) if seq == n => ClaimLoad::Publish,
-            (Some((seq, false)), n) if seq == n => ClaimLoad::Keep,
-            (_, n) => ClaimLoad::Install(Box::new(self.load(tenant, n).await?)),
+            (Some((seq, true)), n) if seq == n => (ClaimLoad::Publish, whole.map(|_| 1)),
+            (Some((seq, false)), n) if seq == n => (ClaimLoad::Keep, whole.map(|_| 1)),
+            (_, n) => match whole {
+                Some(m) => {
+                    let mut image = TenantImage::default();
+                    image.apply(&m.payload).map_err(|e| {
+                        format!("state of tenant {tenant}, message {}: {e}", m.sequence)
+                    })?;
+                    (ClaimLoad::Install(Box::new(image)), Some(1))
+                }
+                None => {
+                    let (image, read) = self.load(tenant, n).await?;
+                    (ClaimLoad::Install(Box::new(image)), Some(read))
+                }
+            },
         };
-        Ok(Claim::Take { last_seq, load })
+        Ok(Claim::Take {
+            last_seq,
+            load,
+            crowded: messages.map(|n| n + 1 > COMPACT_MESSAGES),
+        })
     }
 
     /// Writes the claim marker (or, for [`ClaimLoad::Publish`], a snapshot of `image`), fenced at
@@ -448,7 +580,15 @@ impl Replicated {
     ) -> Result<u64, PublishFailure> {
         let _turn = self.turn().await;
         let epoch_seq = self
-            .publish(tenant, "claim", Vec::new(), last_seq, 0, None)
+            .publish(
+                tenant,
+                "claim",
+                Vec::new(),
+                self.live.format(),
+                last_seq,
+                0,
+                None,
+            )
             .await?;
         let mut owned = Owned {
             seq: epoch_seq,
@@ -470,14 +610,23 @@ impl Replicated {
         owned: &mut Owned,
         image: &TenantImage,
     ) -> Result<u64, PublishFailure> {
-        let parts = image.encode_parts(PART_BYTES);
+        let format = self.live.format();
+        let parts = image.encode_parts(PART_BYTES, format);
         let k = parts.len();
         let mut first = None;
         let mut bytes = 0u64;
         for (i, p) in parts.into_iter().enumerate() {
             bytes += p.len() as u64;
             let seq = self
-                .publish(tenant, "snap", p, owned.seq, owned.epoch, Some((i + 1, k)))
+                .publish(
+                    tenant,
+                    "snap",
+                    p,
+                    format,
+                    owned.seq,
+                    owned.epoch,
+                    Some((i + 1, k)),
+                )
                 .await?;
             first.get_or_insert(seq);
             owned.seq = seq;
@@ -518,13 +667,22 @@ impl Replicated {
                 resync: self.connected(),
             });
         }
-        let payload = encode_write(w);
+        let format = self.live.format();
+        let payload = encode_write(w, format);
         let len = payload.len() as u64;
         if owned.sized && owned.snapshot_bytes + owned.delta_bytes + len <= TINY_IMAGE {
             return Ok(WriteOutcome::Replace { seq: owned.seq });
         }
         match self
-            .publish(tenant, "delta", payload, owned.seq, owned.epoch, None)
+            .publish(
+                tenant,
+                "delta",
+                payload,
+                format,
+                owned.seq,
+                owned.epoch,
+                None,
+            )
             .await
         {
             Ok(seq) => {
@@ -625,7 +783,15 @@ impl Replicated {
             return None;
         }
         match self
-            .publish(tenant, "release", Vec::new(), owned.seq, owned.epoch, None)
+            .publish(
+                tenant,
+                "release",
+                Vec::new(),
+                self.live.format(),
+                owned.seq,
+                owned.epoch,
+                None,
+            )
             .await
         {
             Ok(seq) => Some(seq),
@@ -643,7 +809,13 @@ pub enum Claim {
     /// Another live replica still holds the tenant (it has not released it yet).
     Wait { holder: String },
     /// Take it, fenced at the subject's `last_seq`, doing `load` with the local cache.
-    Take { last_seq: u64, load: ClaimLoad },
+    Take {
+        last_seq: u64,
+        load: ClaimLoad,
+        /// Whether the subject holds more than [`COMPACT_MESSAGES`] messages with the claim,
+        /// when the claim learnt it on the way (`None`: ask with [`Replicated::crowded`]).
+        crowded: Option<bool>,
+    },
 }
 
 /// What taking a tenant over must do with the local cache.
@@ -669,20 +841,94 @@ pub enum WriteOutcome {
     Replace { seq: u64 },
 }
 
-/// A header of a state message, or "" when it has none.
-fn header(m: &async_nats::jetstream::message::StreamMessage, name: &str) -> String {
-    m.headers
-        .get(name)
-        .map(|v| v.as_str().to_string())
-        .unwrap_or_default()
+/// What a state message's headers say, in either format ("" for what it lacks).
+#[derive(Debug, Default, PartialEq)]
+struct Meta {
+    op: String,
+    epoch: u64,
+    /// A snapshot's `i/k`.
+    part: String,
+    replica: String,
 }
 
-fn last_of(m: &async_nats::jetstream::message::StreamMessage) -> LastWrite {
-    let h = |name: &str| header(m, name);
+fn meta(m: &StreamMessage) -> Meta {
+    let header = |name: &str| {
+        m.headers
+            .get(name)
+            .map(|v| v.as_str().to_string())
+            .unwrap_or_default()
+    };
+    let compact = header(META);
+    if compact.is_empty() {
+        return Meta {
+            op: header(OP),
+            epoch: header(EPOCH).parse().unwrap_or(0),
+            part: header(PART),
+            replica: header(REPLICA),
+        };
+    }
+    parse_meta(&compact)
+}
+
+/// Reads the compact format's header (see [`META`]).
+fn parse_meta(v: &str) -> Meta {
+    let mut it = v.splitn(4, ' ');
+    let op = it.next().unwrap_or_default().to_string();
+    let epoch = it.next().and_then(|e| e.parse().ok()).unwrap_or(0);
+    let part = match it.next() {
+        Some("-") | None => String::new(),
+        Some(p) => p.to_string(),
+    };
+    let replica = it.next().unwrap_or_default().to_string();
+    Meta {
+        op,
+        epoch,
+        part,
+        replica,
+    }
+}
+
+fn last_of(m: &StreamMessage) -> LastWrite {
+    let meta = meta(m);
     LastWrite {
         seq: m.sequence,
-        op: h(OP),
-        replica: h(REPLICA),
-        epoch: h(EPOCH).parse().unwrap_or(0),
+        op: meta.op,
+        replica: meta.replica,
+        epoch: meta.epoch,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_compact_header_reads_back_every_field() {
+        assert_eq!(
+            parse_meta("snap 42 1/3 replica-a"),
+            Meta {
+                op: "snap".into(),
+                epoch: 42,
+                part: "1/3".into(),
+                replica: "replica-a".into(),
+            }
+        );
+        assert_eq!(
+            parse_meta("release 7 - r2"),
+            Meta {
+                op: "release".into(),
+                epoch: 7,
+                part: String::new(),
+                replica: "r2".into(),
+            }
+        );
+        // Damaged: what can be read is, the rest is empty (an unknown op is no state).
+        assert_eq!(
+            parse_meta("delta"),
+            Meta {
+                op: "delta".into(),
+                ..Default::default()
+            }
+        );
     }
 }

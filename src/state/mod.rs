@@ -548,9 +548,13 @@ impl StateStore {
             .claim(tenant, local, has_state, force)
             .await
             .map_err(|e| self.db.err(e))?;
-        let (last_seq, load) = match claim {
+        let (last_seq, load, crowded) = match claim {
             Claim::Wait { holder } => return Ok(ClaimResult::Wait { holder }),
-            Claim::Take { last_seq, load } => (last_seq, load),
+            Claim::Take {
+                last_seq,
+                load,
+                crowded,
+            } => (last_seq, load, crowded),
         };
         let mut moved = false;
         let mut installed = None;
@@ -578,7 +582,11 @@ impl StateStore {
                     self.metrics.handover(true);
                 }
                 // Previous owners' deltas and markers: compacted into one snapshot now.
-                if r.crowded(tenant).await {
+                let crowded = match crowded {
+                    Some(known) => known,
+                    None => r.crowded(tenant).await,
+                };
+                if crowded {
                     self.publish_image(r, tenant).await?;
                 }
                 Ok(ClaimResult::Claimed { moved })
