@@ -192,6 +192,7 @@ impl App {
                 let placement = reloader.follow_placement(members_rx, ready.clone());
                 let membership = Membership::start(HeartbeatArgs {
                     settings,
+                    incarnation: c.incarnation,
                     lease: c.lease,
                     view: c.view,
                     live: c.live,

@@ -101,6 +101,9 @@ pub struct TenantHealth {
     /// The sink that refused the tenant's page in flight (the tenant holds the page and resends
     /// it); `None` once a page got through.
     pub held_by_sink: Option<String>,
+    /// Cluster mode: the replica this tenant waits for to hand it over (its run wrote the
+    /// tenant's state last and is alive, and has not released it); `None` once taken over.
+    pub waiting_for: Option<String>,
     /// Issue ids webhook hints named that were looked up (since the process started).
     pub hints_looked_up: u64,
     /// Times the hint queue overflowed and a full sweep replaced the lookups.
@@ -224,6 +227,7 @@ impl TenantHealth {
             last_change_age_ms: None,
             last_hint_to_event_ms: None,
             held_by_sink: None,
+            waiting_for: None,
             unreadable: None,
             hints_looked_up: 0,
             hint_overflows: 0,

@@ -1793,9 +1793,10 @@ async fn a_sigterm_with_a_slow_sink_drains_under_a_held_lease_and_repeats_nothin
     no_gap_for(&sim, &only, dir.path(), Duration::from_secs(30)).await;
     let stopping = Instant::now();
     signal(rs[leaving].child.as_ref().unwrap(), "-TERM");
-    // Its tenants finish their pages (20 s at Sentinel) and are released while its membership
-    // is renewed: the other replica waits for each release instead of taking the tenant over
-    // after failover_after (2 s).
+    // Its tenants finish their pages (20 s at Sentinel) while its membership is renewed: the
+    // other replica waits for this run of it instead of taking the tenants over after
+    // failover_after (2 s). Their state is whole in NATS and names this run, so none is
+    // released by a write: the other takes them over once the membership key is gone.
     assert_eq!(
         exit_code(rs[leaving].child.as_mut().unwrap(), Duration::from_secs(90)).await,
         0
@@ -1803,6 +1804,32 @@ async fn a_sigterm_with_a_slow_sink_drains_under_a_held_lease_and_repeats_nothin
     let took = stopping.elapsed();
     eprintln!("the drain took {took:?}");
     assert!(took >= Duration::from_secs(15), "a page waited at Sentinel");
+    let owned = before.values().filter(|o| **o == rs[leaving].id).count();
+    let log = std::fs::read_to_string(dir.path().join(format!("{}.log", rs[leaving].id))).unwrap();
+    let plain: String = {
+        let mut out = String::new();
+        let mut esc = false;
+        for c in log.chars() {
+            match (esc, c) {
+                (false, '\u{1b}') => esc = true,
+                (true, 'm') => esc = false,
+                (true, _) => {}
+                (false, c) => out.push(c),
+            }
+        }
+        out
+    };
+    let handed = plain
+        .lines()
+        .rfind(|l| l.contains("tenants handed over"))
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        handed.contains("released=0")
+            && handed.contains(&format!("left_to_takeover={owned}"))
+            && handed.contains(&format!("tenants={owned}")),
+        "{handed}"
+    );
     az.set_delay(Duration::ZERO);
     churn(&sim);
     let stayed = if leaving == 0 { 1 } else { 0 };
@@ -2354,6 +2381,154 @@ async fn idle_tenants_keep_one_small_message_each_in_nats() {
         bytes / 4
     );
     assert!(bytes / 4 < 200, "{bytes} bytes for 4 idle tenants");
+}
+
+/// The members bucket and the state stream made as a replica makes them, before any replica
+/// runs.
+async fn make_bucket_and_stream(nats: &str) -> async_nats::jetstream::kv::Store {
+    use async_nats::jetstream::stream::{Config, DiscardPolicy};
+    let client = async_nats::connect(nats).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    js.create_stream(Config {
+        name: "KV_wiz_connector_members".into(),
+        subjects: vec!["$KV.wiz_connector_members.>".into()],
+        max_messages_per_subject: 1,
+        max_age: Duration::from_secs(60),
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        discard: DiscardPolicy::New,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    js.create_stream(Config {
+        name: "WIZ_CONNECTOR_STATE".into(),
+        subjects: vec!["WIZ_CONNECTOR_STATE.*".into()],
+        allow_rollup: true,
+        allow_direct: true,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    js.get_key_value("wiz_connector_members").await.unwrap()
+}
+
+/// `n` in base 36, as the compact state header writes an incarnation.
+fn base36(mut n: u64) -> String {
+    let digits = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    let mut out = Vec::new();
+    loop {
+        out.push(digits[(n % 36) as usize]);
+        n /= 36;
+        if n == 0 {
+            break;
+        }
+    }
+    out.reverse();
+    String::from_utf8(out).unwrap()
+}
+
+/// A tenant whose state a live replica's run wrote last (a claim, never released) is waited
+/// for, and health names the holder; once that replica has restarted under the same id (a new
+/// incarnation in its membership value), its previous run's hold is not waited for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holder_restarted_under_the_same_id_is_not_waited_for() {
+    let nats = nats_server().await;
+    let sim = sim(2, 3).await;
+    let dir = tempfile::tempdir().unwrap();
+    eprintln!("replica logs and sinks in {}", dir.path().display());
+    let kv = make_bucket_and_stream(&nats.url).await;
+    // Run X of r1 claimed t0 (the compact header: op, epoch, part, incarnation, replica).
+    let (run_x, run_y): (u64, u64) = (1_796_000_000_000, 1_796_000_060_000);
+    {
+        let client = async_nats::connect(&nats.url).await.unwrap();
+        let js = async_nats::jetstream::new(client);
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Wiz", format!("claim 0 - {} r1", base36(run_x)).as_str());
+        js.publish_with_headers("WIZ_CONNECTOR_STATE.t0", headers, "".into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    // r1 is alive (leaving, so placement puts both tenants on r2) and announces its run.
+    let run = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(run_x));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let renewer = {
+        let (run, stop) = (run.clone(), stop.clone());
+        tokio::spawn(async move {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let value = format!(
+                    r#"{{"digest":"","leaving":true,"owned":0,"state_format":1,"incarnation":{}}}"#,
+                    run.load(std::sync::atomic::Ordering::Relaxed)
+                );
+                kv.put("r1", value.into()).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+    // claim_patience (3 x failover_after + 2 x shutdown_timeout) is far beyond this test.
+    let setup = Setup {
+        only: Some(2),
+        shutdown_timeout: Some("60s"),
+        ..Default::default()
+    };
+    let mut r2 = replica_with(&sim, &nats.url, "r2", dir.path(), &setup).await;
+    let tenant = |v: &serde_json::Value, id: &str| -> serde_json::Value {
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .find(|t| t["id"] == id)
+            .cloned()
+            .unwrap_or_default()
+    };
+    eventually(
+        "t1 polled while t0 waits for r1",
+        Duration::from_secs(30),
+        || {
+            let r2 = &r2;
+            async move {
+                let v = get_json(r2, "/tenants").await?;
+                let (t0, t1) = (tenant(&v, "t0"), tenant(&v, "t1"));
+                if t1["last_poll_at"].is_null() {
+                    return Err(format!("t1: {t1}"));
+                }
+                if t0["waiting_for"] != "r1" {
+                    return Err(format!("t0: {t0}"));
+                }
+                Ok(())
+            }
+        },
+    )
+    .await;
+    let v = get_json(&r2, "/tenants").await.unwrap();
+    assert!(tenant(&v, "t0")["last_poll_at"].is_null(), "{v}");
+    // r1 restarts: a new run under the same id. Its previous run's claim is not waited for.
+    run.store(run_y, std::sync::atomic::Ordering::Relaxed);
+    eventually(
+        "t0 taken over once r1 restarted",
+        Duration::from_secs(30),
+        || {
+            let r2 = &r2;
+            async move {
+                let v = get_json(r2, "/tenants").await?;
+                let t0 = tenant(&v, "t0");
+                if t0["last_poll_at"].is_null() || !t0["waiting_for"].is_null() {
+                    return Err(format!("t0: {t0}"));
+                }
+                Ok(())
+            }
+        },
+    )
+    .await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    renewer.await.unwrap();
+    signal(r2.child.as_ref().unwrap(), "-TERM");
+    assert_eq!(
+        exit_code(r2.child.as_mut().unwrap(), Duration::from_secs(20)).await,
+        0
+    );
 }
 
 /// Sets the state stream's message limit (refusing new writes beyond it) while membership,

@@ -49,6 +49,19 @@ pub struct MemberValue {
     /// member reads it, so a rolling upgrade never leaves an older replica misreading state.
     #[serde(default)]
     pub state_format: u8,
+    /// This run of the replica (milliseconds since 1970 at its start; 0 for versions that
+    /// announce none), also written in its compact state messages: a claim waits for a holder
+    /// only while the run that wrote is the one alive, so a replica restarted under the same id
+    /// is not waited for to release what its previous run held.
+    #[serde(default)]
+    pub incarnation: u64,
+}
+
+/// A new incarnation for this run: milliseconds since 1970 (a restart takes longer than one).
+pub fn new_incarnation() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_millis().max(1) as u64)
 }
 
 /// [`MemberValue::state_format`] of a replica that reads the compact state format.
@@ -126,6 +139,9 @@ pub struct Liveness {
     pub after_gap: bool,
     /// Every alive member reads the compact state format (see [`MemberValue::state_format`]).
     pub compact: bool,
+    /// The incarnation each alive member announces (0 for none; this replica's own is not
+    /// needed: its claims never wait for itself).
+    pub incarnations: BTreeMap<String, u64>,
 }
 
 impl Tracker {
@@ -224,11 +240,19 @@ impl Tracker {
                     .get(id)
                     .is_some_and(|s| s.value.state_format >= READS_COMPACT)
         });
+        let incarnations = alive
+            .iter()
+            .map(|id| {
+                let inc = self.members.get(id).map_or(0, |s| s.value.incarnation);
+                (id.clone(), inc)
+            })
+            .collect();
         Liveness {
             alive,
             eligible,
             after_gap,
             compact,
+            incarnations,
         }
     }
 
@@ -255,6 +279,8 @@ pub struct Membership {
 /// Everything the heartbeat works with.
 pub struct HeartbeatArgs {
     pub settings: ClusterSettings,
+    /// This run's incarnation, announced in the membership value.
+    pub incarnation: u64,
     pub lease: Arc<Lease>,
     pub view: Arc<ClusterView>,
     pub live: Arc<LiveSet>,
@@ -371,6 +397,7 @@ async fn run(a: HeartbeatArgs, mut control: watch::Receiver<Control>) {
             leaving: c.leaving,
             owned: outcome.owned,
             state_format: READS_COMPACT,
+            incarnation: a.incarnation,
         };
         let sent = Instant::now();
         let epoch = a.lease.epoch();
@@ -432,7 +459,7 @@ async fn run(a: HeartbeatArgs, mut control: watch::Receiver<Control>) {
                     "members listed after a gap; silence is counted only while observed, so nobody is declared dead from it"
                 );
             }
-            a.live.set(l.alive.clone(), l.compact);
+            a.live.set(l.incarnations.clone(), l.compact);
             // The first decision waits one heartbeat, so replicas started together see each
             // other before they place (fewer moves right after a cluster starts). A replica that
             // could not renew its own key changes nothing: when writes are refused everywhere

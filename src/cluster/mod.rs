@@ -39,6 +39,8 @@ pub struct Connected {
     pub live: Arc<LiveSet>,
     pub lease: Arc<Lease>,
     pub view: Arc<ClusterView>,
+    /// This run of the replica (see [`membership::MemberValue::incarnation`]).
+    pub incarnation: u64,
 }
 
 /// How long connecting to NATS at start may take.
@@ -75,11 +77,13 @@ pub async fn connect(s: &ClusterSettings) -> Result<Connected, String> {
         s.heartbeat.0,
         s.failover_after.0,
     )));
+    let incarnation = membership::new_incarnation();
     let replicated = Replicated::open(
         client.clone(),
         &s.state_stream,
         s.replicas,
         &s.replica_id,
+        incarnation,
         live.clone(),
         lease.clone(),
     )
@@ -90,6 +94,7 @@ pub async fn connect(s: &ClusterSettings) -> Result<Connected, String> {
         replicated: Arc::new(replicated),
         live,
         lease,
+        incarnation,
     })
 }
 

@@ -21,7 +21,7 @@
 //! **NATS unreachable**: writes go to redb only and the tenant is marked dirty; its next write
 //! once NATS answers publishes a whole snapshot (fenced as usual) instead of a delta.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -41,8 +41,9 @@ const OP: &str = "Wiz-Op";
 const REPLICA: &str = "Wiz-Replica";
 const EPOCH: &str = "Wiz-Epoch";
 const PART: &str = "Wiz-Part";
-/// The compact format's one header: `<op> <epoch> <part> <replica>`, the part `i/k` of a
-/// snapshot and `-` otherwise (an idle tenant's message: 20 bytes instead of 58).
+/// The compact format's one header: `<op> <epoch> <part> <incarnation> <replica>`, the part
+/// `i/k` of a snapshot and `-` otherwise, the writer's incarnation in base 36 (an idle tenant's
+/// message: about 30 bytes of headers instead of 58).
 const META: &str = "Wiz";
 const ROLLUP: &str = "Nats-Rollup";
 
@@ -61,7 +62,9 @@ const TINY_IMAGE: u64 = 2048;
 /// last writer to release. Kept up to date by the membership loop.
 #[derive(Debug, Default)]
 pub struct LiveSet {
-    ids: RwLock<BTreeSet<String>>,
+    /// Each live replica's incarnation (see [`crate::cluster::membership::MemberValue`]; 0 for
+    /// a version that announces none).
+    ids: RwLock<BTreeMap<String, u64>>,
     /// Every live replica reads the compact format (see [`Format`]): state is written in it.
     /// False until the first listing, and whenever a replica of an earlier version is alive,
     /// which would misread it.
@@ -69,14 +72,25 @@ pub struct LiveSet {
 }
 
 impl LiveSet {
-    pub fn set(&self, ids: BTreeSet<String>, compact: bool) {
+    pub fn set(&self, ids: BTreeMap<String, u64>, compact: bool) {
         *self.ids.write().expect("live set lock") = ids;
         self.compact
             .store(compact, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub fn contains(&self, id: &str) -> bool {
-        self.ids.read().expect("live set lock").contains(id)
+        self.ids.read().expect("live set lock").contains_key(id)
+    }
+
+    /// Whether a message written by `incarnation` of `replica` comes from a replica that runs
+    /// now: it is alive, and (when both incarnations are known) it has not restarted since. A
+    /// restarted replica no longer runs what its previous incarnation held, so nobody waits for
+    /// it to release those tenants.
+    pub fn holds(&self, replica: &str, incarnation: u64) -> bool {
+        match self.ids.read().expect("live set lock").get(replica) {
+            None => false,
+            Some(&live) => incarnation == 0 || live == 0 || live == incarnation,
+        }
     }
 
     /// The format state is written in now.
@@ -113,6 +127,8 @@ pub struct LastWrite {
     pub op: String,
     pub replica: String,
     pub epoch: u64,
+    /// The writer's incarnation (0: unknown, a message of the first format).
+    pub incarnation: u64,
 }
 
 /// Why a replicated write did not land.
@@ -134,6 +150,10 @@ pub struct Replicated {
     /// When the stream was last found missing and made again (at most once a second).
     remade_at: std::sync::Mutex<Option<std::time::Instant>>,
     replica: String,
+    /// This run of the replica (see [`crate::cluster::membership::MemberValue::incarnation`]),
+    /// written in every compact message so a claim can tell a restarted holder from a running
+    /// one.
+    incarnation: u64,
     owned: DashMap<String, Owned>,
     live: Arc<LiveSet>,
     /// This replica's membership lease: tenants check it before polling and delivering.
@@ -161,6 +181,7 @@ impl Replicated {
         stream_name: &str,
         replicas: usize,
         replica: &str,
+        incarnation: u64,
         live: Arc<LiveSet>,
         lease: Arc<crate::cluster::lease::Lease>,
     ) -> Result<Replicated, String> {
@@ -208,6 +229,7 @@ impl Replicated {
             stream_config,
             remade_at: std::sync::Mutex::new(None),
             replica: replica.to_string(),
+            incarnation,
             owned: DashMap::new(),
             live,
             lease,
@@ -320,7 +342,11 @@ impl Replicated {
         m = match format {
             Format::Compact => {
                 let part = part.map_or("-".to_string(), |(i, k)| format!("{i}/{k}"));
-                let meta = format!("{op} {epoch} {part} {}", self.replica);
+                let meta = format!(
+                    "{op} {epoch} {part} {} {}",
+                    base36(self.incarnation),
+                    self.replica
+                );
                 m.header(META, meta.as_str())
             }
             Format::Json => {
@@ -527,8 +553,9 @@ impl Replicated {
         let message = self.last_message_direct(tenant).await?;
         let last = message.as_ref().map(last_of);
         if let Some(l) = &last {
-            let held =
-                l.op != "release" && l.replica != self.replica && self.live.contains(&l.replica);
+            let held = l.op != "release"
+                && l.replica != self.replica
+                && self.live.holds(&l.replica, l.incarnation);
             if held && !force {
                 return Ok(Claim::Wait {
                     holder: l.replica.clone(),
@@ -714,6 +741,12 @@ impl Replicated {
         }
     }
 
+    /// Whether this replica's state messages name its run (the compact format): then a claim
+    /// by another replica does not wait for this run once it is gone.
+    pub fn names_its_run(&self) -> bool {
+        self.live.format() == Format::Compact
+    }
+
     /// True when the tenant holds writes NATS has not seen.
     pub fn is_dirty(&self, tenant: &str) -> bool {
         self.owned.get(tenant).is_some_and(|o| o.dirty)
@@ -848,6 +881,8 @@ struct Meta {
     epoch: u64,
     /// A snapshot's `i/k`.
     part: String,
+    /// 0 when the message does not say (the first format).
+    incarnation: u64,
     replica: String,
 }
 
@@ -864,6 +899,7 @@ fn meta(m: &StreamMessage) -> Meta {
             op: header(OP),
             epoch: header(EPOCH).parse().unwrap_or(0),
             part: header(PART),
+            incarnation: 0,
             replica: header(REPLICA),
         };
     }
@@ -872,20 +908,40 @@ fn meta(m: &StreamMessage) -> Meta {
 
 /// Reads the compact format's header (see [`META`]).
 fn parse_meta(v: &str) -> Meta {
-    let mut it = v.splitn(4, ' ');
+    let mut it = v.splitn(5, ' ');
     let op = it.next().unwrap_or_default().to_string();
     let epoch = it.next().and_then(|e| e.parse().ok()).unwrap_or(0);
     let part = match it.next() {
         Some("-") | None => String::new(),
         Some(p) => p.to_string(),
     };
+    let incarnation = it
+        .next()
+        .and_then(|i| u64::from_str_radix(i, 36).ok())
+        .unwrap_or(0);
     let replica = it.next().unwrap_or_default().to_string();
     Meta {
         op,
         epoch,
         part,
+        incarnation,
         replica,
     }
+}
+
+/// `n` in base 36 (lower case), as the compact header writes an incarnation.
+fn base36(mut n: u64) -> String {
+    const DIGITS: &[u8; 36] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    let mut out = Vec::new();
+    loop {
+        out.push(DIGITS[(n % 36) as usize]);
+        n /= 36;
+        if n == 0 {
+            break;
+        }
+    }
+    out.reverse();
+    String::from_utf8(out).expect("ascii digits")
 }
 
 fn last_of(m: &StreamMessage) -> LastWrite {
@@ -895,6 +951,7 @@ fn last_of(m: &StreamMessage) -> LastWrite {
         op: meta.op,
         replica: meta.replica,
         epoch: meta.epoch,
+        incarnation: meta.incarnation,
     }
 }
 
@@ -904,21 +961,26 @@ mod tests {
 
     #[test]
     fn the_compact_header_reads_back_every_field() {
+        let inc = 1_796_464_528_123;
         assert_eq!(
-            parse_meta("snap 42 1/3 replica-a"),
+            parse_meta(&format!("snap 42 1/3 {} replica-a", base36(inc))),
             Meta {
                 op: "snap".into(),
                 epoch: 42,
                 part: "1/3".into(),
+                incarnation: inc,
                 replica: "replica-a".into(),
             }
         );
+        assert_eq!(base36(inc).len(), 8);
+        assert_eq!(base36(0), "0");
         assert_eq!(
-            parse_meta("release 7 - r2"),
+            parse_meta("release 7 - z r2"),
             Meta {
                 op: "release".into(),
                 epoch: 7,
                 part: String::new(),
+                incarnation: 35,
                 replica: "r2".into(),
             }
         );
@@ -930,5 +992,22 @@ mod tests {
                 ..Default::default()
             }
         );
+    }
+
+    #[test]
+    fn a_holder_is_waited_for_only_while_the_run_that_wrote_is_alive() {
+        let live = LiveSet::default();
+        live.set(
+            [("r1".to_string(), 7), ("old".to_string(), 0)].into(),
+            false,
+        );
+        assert!(live.holds("r1", 7), "the same run");
+        assert!(!live.holds("r1", 6), "restarted since it wrote");
+        assert!(
+            live.holds("r1", 0),
+            "a first-format message: unknown, waited for"
+        );
+        assert!(live.holds("old", 5), "a member announcing no incarnation");
+        assert!(!live.holds("gone", 7), "not alive");
     }
 }

@@ -612,6 +612,19 @@ impl StateStore {
         }
     }
 
+    /// Cluster mode, at shutdown: whether `tenant` is handed over with a release write. Not
+    /// when NATS holds its whole state and every live replica reads the compact format: its
+    /// messages then name this run (the incarnation), and the others take it over as soon as
+    /// this replica's membership key is gone, or this replica restarts, without waiting for a
+    /// release (one write per tenant, most of a shutdown of many thousands of tenants). A
+    /// tenant holding writes NATS has not seen is always published and released, or its next
+    /// owner would start from older state.
+    pub fn released_at_shutdown(&self, tenant: &str) -> bool {
+        self.replicated
+            .as_ref()
+            .is_some_and(|r| r.is_dirty(tenant) || !r.names_its_run())
+    }
+
     /// Gives `tenant` up (cluster mode): writes the release so its next owner starts at once.
     /// Returns true when a release was written.
     pub async fn release(&self, tenant: &str) -> bool {

@@ -780,12 +780,22 @@ impl SupervisorState {
             }
         }
         while stops.join_next().await.is_some() {}
-        // Cluster mode: hand every tenant over (their pages in flight are committed by now).
+        // Cluster mode: hand the tenants over (their pages in flight are committed by now).
+        // Most need no release write: see `StateStore::released_at_shutdown`.
         if self.store.replicated().is_some() {
             let mut releases = tokio::task::JoinSet::new();
+            let mut left = 0usize;
             for id in self.children.keys() {
                 let store = self.store.clone();
-                let keys = self.state_keys(id);
+                let keys: Vec<String> = self
+                    .state_keys(id)
+                    .into_iter()
+                    .filter(|k| store.released_at_shutdown(k))
+                    .collect();
+                if keys.is_empty() {
+                    left += 1;
+                    continue;
+                }
                 releases.spawn(async move {
                     let mut all = true;
                     for key in keys {
@@ -805,8 +815,9 @@ impl SupervisorState {
             .unwrap_or(0);
             tracing::info!(
                 released,
+                left_to_takeover = left,
                 tenants = self.children.len(),
-                "tenants handed over to the other replicas"
+                "tenants handed over to the other replicas (released, or taken over once this replica's membership key is gone)"
             );
         }
         // Their exit events are still queued behind this message: record the outcome here.

@@ -69,6 +69,7 @@ impl TenantActorState {
             Ok(ClaimResult::Claimed { moved }) => {
                 self.claimed = true;
                 self.claim_failures = 0;
+                self.args.health.update(&id, |h| h.waiting_for = None);
                 self.lease_epoch = self
                     .args
                     .store
@@ -83,6 +84,11 @@ impl TenantActorState {
             }
             Ok(ClaimResult::Wait { holder }) => {
                 tracing::debug!(tenant = %id, holder = %holder, "waiting for the tenant's previous owner to hand it over");
+                self.args.health.update(&id, |h| {
+                    if h.waiting_for.as_deref() != Some(holder.as_str()) {
+                        h.waiting_for = Some(holder);
+                    }
+                });
                 myself.send_after(CLAIM_RETRY, || TenantMsg::Claim);
             }
             Err(e) => {
