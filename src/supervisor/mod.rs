@@ -189,13 +189,19 @@ const START_TICK: Duration = Duration::from_millis(250);
 /// Tenants moved here by a failover whose first polls may start per second (see
 /// [`placement_window`]).
 const MOVED_PER_SECOND: f64 = 100.0;
+/// The longest window the first polls of moved tenants are spread over, however many moved: a
+/// failover of 10,000 tenants has them all polled within `failover_after` plus about 10 s (the
+/// claims and this window), 1,250 first polls a second (`max_concurrent_sweeps` still bounds
+/// the sweeps running at once).
+const MOVED_WINDOW_MAX: Duration = Duration::from_secs(8);
 
 /// The window the first polls of `added` tenants are spread over. At start, and in cluster mode
 /// at this replica's first placement (it owned nothing before: a start, a join, a rejoin), the
 /// whole `startup_jitter`, as for a single node. Tenants added later in cluster mode were moved
 /// here (a failover, a handover, a member that joined or left): they should poll soon, since
 /// their last poll elsewhere may be a while ago, but not all at once: `moved_min` at least,
-/// longer as more move (`MOVED_PER_SECOND`), never longer than `startup_jitter`. Without cluster
+/// longer as more move (`MOVED_PER_SECOND`), never longer than [`MOVED_WINDOW_MAX`] or
+/// `startup_jitter`. Without cluster
 /// mode (`moved_min` is `None`) a tenant added by a reload takes `startup_jitter` too.
 fn placement_window(
     startup_jitter: Duration,
@@ -206,6 +212,7 @@ fn placement_window(
     match moved_min {
         Some(min) if !first_placement => Duration::from_secs_f64(added as f64 / MOVED_PER_SECOND)
             .max(min)
+            .min(MOVED_WINDOW_MAX.max(min))
             .min(startup_jitter),
         _ => startup_jitter,
     }
@@ -1094,10 +1101,13 @@ mod tests {
     fn moved_tenants_poll_soon_but_not_all_at_once() {
         // A few moved: the shortest window.
         assert_eq!(placement_window(S(30), Some(S(2)), false, 10), S(2));
-        // A failover of 1,000 tenants: 10 s, 100 first polls a second.
-        assert_eq!(placement_window(S(30), Some(S(2)), false, 1_000), S(10));
-        // 100,000: bounded by startup_jitter.
-        assert_eq!(placement_window(S(30), Some(S(2)), false, 100_000), S(30));
+        // A failover of 500 tenants: 5 s, 100 first polls a second.
+        assert_eq!(placement_window(S(30), Some(S(2)), false, 500), S(5));
+        // 10,000 or 100,000: bounded, so they are all polled soon after the failover.
+        assert_eq!(placement_window(S(30), Some(S(2)), false, 10_000), S(8));
+        assert_eq!(placement_window(S(30), Some(S(2)), false, 100_000), S(8));
+        // And by a shorter startup_jitter.
+        assert_eq!(placement_window(S(5), Some(S(2)), false, 10_000), S(5));
         // startup_jitter = 0 means at once, moved or not.
         assert_eq!(placement_window(S(0), Some(S(2)), false, 1_000), S(0));
     }
