@@ -422,10 +422,12 @@ async fn message_mix(nats: &str, stream: &str, count: u64) -> String {
         let Ok(m) = s.get_raw_message(seq).await else {
             continue;
         };
-        let op = m
-            .headers
-            .get("Wiz-Op")
-            .map_or("?".to_string(), |v| v.to_string());
+        // The first format's `Wiz-Op`, or the first word of the compact format's `Wiz`.
+        let op = match (m.headers.get("Wiz-Op"), m.headers.get("Wiz")) {
+            (Some(v), _) => v.to_string(),
+            (None, Some(v)) => v.as_str().split(' ').next().unwrap_or("?").to_string(),
+            (None, None) => "?".to_string(),
+        };
         let header_bytes: usize = m
             .headers
             .iter()
@@ -557,7 +559,7 @@ async fn scale() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     println!(
-        "| scale: kill -9 | the replica owning the most ({} tenants) | taken over in {}, all polled elsewhere in {} | first polls of moved tenants are spread (at least 2 s, 1 s per 100, at most startup_jitter) |",
+        "| scale: kill -9 | the replica owning the most ({} tenants) | taken over in {}, all polled elsewhere in {} | first polls of moved tenants are spread (at least 2 s, 1 s per 100, at most 8 s or startup_jitter) |",
         moved.len(),
         secs(taken),
         secs(all_polled)
