@@ -138,6 +138,21 @@ async fn admin_addr(log: &std::path::Path, from: u64) -> String {
     logged_addr(log, from, "admin API listening").await
 }
 
+/// A log's text without its colour codes.
+fn plain(text: &str) -> String {
+    let mut out = String::new();
+    let mut esc = false;
+    for c in text.chars() {
+        match (esc, c) {
+            (false, '\u{1b}') => esc = true,
+            (true, 'm') => esc = false,
+            (true, _) => {}
+            (false, c) => out.push(c),
+        }
+    }
+    out
+}
+
 /// The `addr=` of the first log line after `from` bytes that contains `what`.
 async fn logged_addr(log: &std::path::Path, from: u64, what: &str) -> String {
     let start = Instant::now();
@@ -145,21 +160,7 @@ async fn logged_addr(log: &std::path::Path, from: u64, what: &str) -> String {
         let text = std::fs::read(log).unwrap_or_default();
         let text = String::from_utf8_lossy(&text[(from as usize).min(text.len())..]).into_owned();
         for line in text.lines().filter(|l| l.contains(what)) {
-            // Strip colour codes, then take the value of `addr=`.
-            let plain: String = {
-                let mut out = String::new();
-                let mut esc = false;
-                for c in line.chars() {
-                    match (esc, c) {
-                        (false, '\u{1b}') => esc = true,
-                        (true, 'm') => esc = false,
-                        (true, _) => {}
-                        (false, c) => out.push(c),
-                    }
-                }
-                out
-            };
-            if let Some(addr) = plain.split("addr=").nth(1) {
+            if let Some(addr) = plain(line).split("addr=").nth(1) {
                 return addr.split_whitespace().next().unwrap().to_string();
             }
         }
@@ -1443,27 +1444,8 @@ async fn a_replica_cut_off_from_nats_stops_before_the_others_take_over_and_nothi
     .await;
     no_gap(&sim, dir.path(), Duration::from_secs(30)).await;
     // Every tenant polls twice more, so what it delivered is committed to NATS.
+    more_polls(&rs, 2, Duration::from_secs(30)).await;
     let live: Vec<&Replica> = rs.iter().collect();
-    let before = polls(&live).await;
-    eventually(
-        "two more polls of every tenant",
-        Duration::from_secs(30),
-        || {
-            let live: Vec<&Replica> = rs.iter().collect();
-            let before = &before;
-            async move {
-                let now = polls(&live).await;
-                match before
-                    .iter()
-                    .find(|(t, n)| now.get(*t).copied().unwrap_or(0) < *n + 2)
-                {
-                    None => Ok(()),
-                    Some((t, _)) => Err(format!("{t} has not polled twice more")),
-                }
-            }
-        },
-    )
-    .await;
     let moved: Vec<String> = owners(&live, &expected)
         .await
         .unwrap()
@@ -1806,20 +1788,7 @@ async fn a_sigterm_with_a_slow_sink_drains_under_a_held_lease_and_repeats_nothin
     assert!(took >= Duration::from_secs(15), "a page waited at Sentinel");
     let owned = before.values().filter(|o| **o == rs[leaving].id).count();
     let log = std::fs::read_to_string(dir.path().join(format!("{}.log", rs[leaving].id))).unwrap();
-    let plain: String = {
-        let mut out = String::new();
-        let mut esc = false;
-        for c in log.chars() {
-            match (esc, c) {
-                (false, '\u{1b}') => esc = true,
-                (true, 'm') => esc = false,
-                (true, _) => {}
-                (false, c) => out.push(c),
-            }
-        }
-        out
-    };
-    let handed = plain
+    let handed = plain(&log)
         .lines()
         .rfind(|l| l.contains("tenants handed over"))
         .unwrap_or_default()
@@ -2210,6 +2179,78 @@ async fn tenants_taken_over_while_the_files_do_not_load_start_once_they_do() {
 /// An idle tenant's state subject holds one message however often it polls: a tiny image is
 /// replaced at each write (a snapshot, then everything before it purged, the claim included)
 /// instead of collecting a delta per poll.
+/// A member key the test renews as a replica of another version, or another run, would: its
+/// value can be changed, and it is put again every 100 ms (a heartbeat's cadence, not a wait)
+/// until stopped. The members bucket must exist.
+struct FakeMember {
+    value: std::sync::Arc<std::sync::Mutex<String>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl FakeMember {
+    async fn start(nats: &str, id: &str, value: serde_json::Value) -> FakeMember {
+        let client = async_nats::connect(nats).await.unwrap();
+        let kv = async_nats::jetstream::new(client)
+            .get_key_value("wiz_connector_members")
+            .await
+            .unwrap();
+        let value = std::sync::Arc::new(std::sync::Mutex::new(value.to_string()));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let task = {
+            let (id, value, stop) = (id.to_string(), value.clone(), stop.clone());
+            tokio::spawn(async move {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let v = value.lock().unwrap().clone();
+                    kv.put(id.as_str(), v.into()).await.unwrap();
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            })
+        };
+        FakeMember { value, stop, task }
+    }
+
+    fn set(&self, value: serde_json::Value) {
+        *self.value.lock().unwrap() = value.to_string();
+    }
+
+    async fn stop(self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.task.await.unwrap();
+    }
+}
+
+/// Waits until every replica's `/cluster` shows `state_format` = `want`.
+async fn state_format_on_every(rs: &[Replica], want: &str) {
+    for r in rs {
+        eventually("the state format", Duration::from_secs(20), || async move {
+            let v = get_json(r, "/cluster").await?;
+            match v["state_format"].as_str() {
+                Some(f) if f == want => Ok(()),
+                _ => Err(format!("{}: {}", r.id, v["state_format"])),
+            }
+        })
+        .await;
+    }
+}
+
+/// Asserts that each of `tenants`' last state messages is in the first format (its four
+/// headers, a JSON checkpoint first) or the compact one (one header, a binary checkpoint).
+async fn assert_last_messages_in(nats: &str, tenants: &BTreeSet<String>, compact: bool) {
+    let (header, other, checkpoint) = if compact {
+        ("Wiz", "Wiz-Op", b'K')
+    } else {
+        ("Wiz-Op", "Wiz", b'C')
+    };
+    for (t, (headers, first)) in last_messages(nats, tenants).await {
+        assert!(
+            headers.contains(&header.to_string()) && !headers.contains(&other.to_string()),
+            "{t}: {headers:?}"
+        );
+        assert_eq!(first, checkpoint, "{t}: the checkpoint's record first");
+    }
+}
+
 /// The last message on each of `tenants`' subjects: (its headers' names, its payload's first
 /// byte).
 async fn last_messages(
@@ -2297,71 +2338,22 @@ async fn idle_tenants_keep_one_small_message_each_in_nats() {
 
     // A member of an earlier version: its value has no `state_format` (it is leaving, so
     // placement does not change), renewed while the test wants it alive.
-    let old_alive = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
-    let renewer = {
-        let url = nats.url.clone();
-        let alive = old_alive.clone();
-        tokio::spawn(async move {
-            let client = async_nats::connect(&url).await.unwrap();
-            let js = async_nats::jetstream::new(client);
-            let kv = js.get_key_value("wiz_connector_members").await.unwrap();
-            while alive.load(std::sync::atomic::Ordering::Relaxed) {
-                kv.put("r0", r#"{"digest":"","leaving":true,"owned":0}"#.into())
-                    .await
-                    .unwrap();
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        })
-    };
-    for r in &rs {
-        eventually(
-            "the earlier version seen",
-            Duration::from_secs(20),
-            || async move {
-                let v = get_json(r, "/cluster").await?;
-                match v["state_format"].as_str() {
-                    Some("json") => Ok(()),
-                    _ => Err(format!("{}", v["state_format"])),
-                }
-            },
-        )
-        .await;
-    }
+    let old = FakeMember::start(
+        &nats.url,
+        "r0",
+        serde_json::json!({"digest": "", "leaving": true, "owned": 0}),
+    )
+    .await;
+    state_format_on_every(&rs, "json").await;
     more_polls(&rs, 2, Duration::from_secs(60)).await;
-    for (t, (headers, first)) in last_messages(&nats.url, &expected).await {
-        assert!(
-            headers.contains(&"Wiz-Op".to_string()) && !headers.contains(&"Wiz".to_string()),
-            "{t}: {headers:?}"
-        );
-        assert_eq!(first, b'C', "{t}: a JSON checkpoint first");
-    }
+    assert_last_messages_in(&nats.url, &expected, false).await;
     let (_, json_bytes) = state_stream(&nats.url).await;
 
     // The earlier version is gone: compact from each tenant's next write on.
-    old_alive.store(false, std::sync::atomic::Ordering::Relaxed);
-    renewer.await.unwrap();
-    for r in &rs {
-        eventually(
-            "the earlier version gone",
-            Duration::from_secs(20),
-            || async move {
-                let v = get_json(r, "/cluster").await?;
-                match v["state_format"].as_str() {
-                    Some("compact") => Ok(()),
-                    _ => Err(format!("{}", v["state_format"])),
-                }
-            },
-        )
-        .await;
-    }
+    old.stop().await;
+    state_format_on_every(&rs, "compact").await;
     more_polls(&rs, 2, Duration::from_secs(60)).await;
-    for (t, (headers, first)) in last_messages(&nats.url, &expected).await {
-        assert!(
-            headers.contains(&"Wiz".to_string()) && !headers.contains(&"Wiz-Op".to_string()),
-            "{t}: {headers:?}"
-        );
-        assert_eq!(first, b'K', "{t}: a compact checkpoint first");
-    }
+    assert_last_messages_in(&nats.url, &expected, true).await;
     eventually("one message per tenant", Duration::from_secs(10), || {
         let url = nats.url.clone();
         async move {
@@ -2385,7 +2377,7 @@ async fn idle_tenants_keep_one_small_message_each_in_nats() {
 
 /// The members bucket and the state stream made as a replica makes them, before any replica
 /// runs.
-async fn make_bucket_and_stream(nats: &str) -> async_nats::jetstream::kv::Store {
+async fn make_bucket_and_stream(nats: &str) {
     use async_nats::jetstream::stream::{Config, DiscardPolicy};
     let client = async_nats::connect(nats).await.unwrap();
     let js = async_nats::jetstream::new(client);
@@ -2411,22 +2403,6 @@ async fn make_bucket_and_stream(nats: &str) -> async_nats::jetstream::kv::Store 
     })
     .await
     .unwrap();
-    js.get_key_value("wiz_connector_members").await.unwrap()
-}
-
-/// `n` in base 36, as the compact state header writes an incarnation.
-fn base36(mut n: u64) -> String {
-    let digits = b"0123456789abcdefghijklmnopqrstuvwxyz";
-    let mut out = Vec::new();
-    loop {
-        out.push(digits[(n % 36) as usize]);
-        n /= 36;
-        if n == 0 {
-            break;
-        }
-    }
-    out.reverse();
-    String::from_utf8(out).unwrap()
 }
 
 /// A tenant whose state a live replica's run wrote last (a claim, never released) is waited
@@ -2438,14 +2414,15 @@ async fn a_holder_restarted_under_the_same_id_is_not_waited_for() {
     let sim = sim(2, 3).await;
     let dir = tempfile::tempdir().unwrap();
     eprintln!("replica logs and sinks in {}", dir.path().display());
-    let kv = make_bucket_and_stream(&nats.url).await;
-    // Run X of r1 claimed t0 (the compact header: op, epoch, part, incarnation, replica).
+    make_bucket_and_stream(&nats.url).await;
+    // Run X of r1 claimed t0, in the compact format.
     let (run_x, run_y): (u64, u64) = (1_796_000_000_000, 1_796_000_060_000);
     {
         let client = async_nats::connect(&nats.url).await.unwrap();
         let js = async_nats::jetstream::new(client);
         let mut headers = async_nats::HeaderMap::new();
-        headers.insert("Wiz", format!("claim 0 - {} r1", base36(run_x)).as_str());
+        let meta = wiz_connector::state::jetstream::compact_header("claim", 0, None, run_x, "r1");
+        headers.insert("Wiz", meta.as_str());
         js.publish_with_headers("WIZ_CONNECTOR_STATE.t0", headers, "".into())
             .await
             .unwrap()
@@ -2453,21 +2430,8 @@ async fn a_holder_restarted_under_the_same_id_is_not_waited_for() {
             .unwrap();
     }
     // r1 is alive (leaving, so placement puts both tenants on r2) and announces its run.
-    let run = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(run_x));
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let renewer = {
-        let (run, stop) = (run.clone(), stop.clone());
-        tokio::spawn(async move {
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let value = format!(
-                    r#"{{"digest":"","leaving":true,"owned":0,"state_format":1,"incarnation":{}}}"#,
-                    run.load(std::sync::atomic::Ordering::Relaxed)
-                );
-                kv.put("r1", value.into()).await.unwrap();
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        })
-    };
+    let r1 = |run: u64| serde_json::json!({"digest": "", "leaving": true, "owned": 0, "state_format": 1, "incarnation": run});
+    let member = FakeMember::start(&nats.url, "r1", r1(run_x)).await;
     // claim_patience (3 x failover_after + 2 x shutdown_timeout) is far beyond this test.
     let setup = Setup {
         only: Some(2),
@@ -2505,7 +2469,7 @@ async fn a_holder_restarted_under_the_same_id_is_not_waited_for() {
     let v = get_json(&r2, "/tenants").await.unwrap();
     assert!(tenant(&v, "t0")["last_poll_at"].is_null(), "{v}");
     // r1 restarts: a new run under the same id. Its previous run's claim is not waited for.
-    run.store(run_y, std::sync::atomic::Ordering::Relaxed);
+    member.set(r1(run_y));
     eventually(
         "t0 taken over once r1 restarted",
         Duration::from_secs(30),
@@ -2522,8 +2486,7 @@ async fn a_holder_restarted_under_the_same_id_is_not_waited_for() {
         },
     )
     .await;
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    renewer.await.unwrap();
+    member.stop().await;
     signal(r2.child.as_ref().unwrap(), "-TERM");
     assert_eq!(
         exit_code(r2.child.as_mut().unwrap(), Duration::from_secs(20)).await,

@@ -139,9 +139,6 @@ pub struct Liveness {
     pub after_gap: bool,
     /// Every alive member reads the compact state format (see [`MemberValue::state_format`]).
     pub compact: bool,
-    /// The incarnation each alive member announces (0 for none; this replica's own is not
-    /// needed: its claims never wait for itself).
-    pub incarnations: BTreeMap<String, u64>,
 }
 
 impl Tracker {
@@ -240,20 +237,23 @@ impl Tracker {
                     .get(id)
                     .is_some_and(|s| s.value.state_format >= READS_COMPACT)
         });
-        let incarnations = alive
-            .iter()
-            .map(|id| {
-                let inc = self.members.get(id).map_or(0, |s| s.value.incarnation);
-                (id.clone(), inc)
-            })
-            .collect();
         Liveness {
             alive,
             eligible,
             after_gap,
             compact,
-            incarnations,
         }
+    }
+
+    /// The incarnation each of `alive` announces (0 for none, or not listed yet).
+    pub fn incarnations(&self, alive: &BTreeSet<String>) -> BTreeMap<String, u64> {
+        alive
+            .iter()
+            .map(|id| {
+                let inc = self.members.get(id).map_or(0, |s| s.value.incarnation);
+                (id.clone(), inc)
+            })
+            .collect()
     }
 
     fn members(&self) -> &BTreeMap<String, Seen> {
@@ -459,7 +459,7 @@ async fn run(a: HeartbeatArgs, mut control: watch::Receiver<Control>) {
                     "members listed after a gap; silence is counted only while observed, so nobody is declared dead from it"
                 );
             }
-            a.live.set(l.incarnations.clone(), l.compact);
+            a.live.set(tracker.incarnations(&l.alive), l.compact);
             // The first decision waits one heartbeat, so replicas started together see each
             // other before they place (fewer moves right after a cluster starts). A replica that
             // could not renew its own key changes nothing: when writes are refused everywhere
@@ -746,17 +746,32 @@ mod tests {
         // Once it is dead (silent past failover_after), compact again; a value read back from
         // an earlier version's JSON has no field and counts as not reading it.
         let mut at = t0 + HB * 2;
-        let mut rev = 2;
-        loop {
+        let mut died = false;
+        for rev in 3..1000 {
             at += HB;
-            rev += 1;
             let l = t.listing(vec![new("me", rev), new("b", rev), put("old", 1)], at);
             if !l.alive.contains("old") {
                 assert!(l.compact);
+                died = true;
                 break;
             }
             assert!(!l.compact);
         }
+        assert!(died, "the silent member never died");
+        // The incarnations placement's claims compare: each alive member's, 0 when it announces
+        // none.
+        let mut with_run = new("b", 2000);
+        with_run.2.as_mut().unwrap().incarnation = 42;
+        let l = t.listing(vec![new("me", 2000), with_run, put("c", 1)], at + HB);
+        assert_eq!(
+            t.incarnations(&l.alive),
+            [
+                ("b".to_string(), 42),
+                ("c".to_string(), 0),
+                ("me".to_string(), 0)
+            ]
+            .into()
+        );
         let old: MemberValue = serde_json::from_str(r#"{"digest":"d","owned":3}"#).unwrap();
         assert_eq!(old.state_format, 0);
     }

@@ -104,7 +104,7 @@ pub fn put_record(out: &mut Vec<u8>, tag: u8, id: &str, k: &Known) {
 }
 
 /// Which form a message's checkpoint takes: the compact one only once every live replica reads
-/// it (see [`crate::state::jetstream::LiveSet::compact`]).
+/// it (see [`crate::state::jetstream::LiveSet::format`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
     /// JSON checkpoints (`C`), which every version reads.

@@ -78,10 +78,6 @@ impl LiveSet {
             .store(compact, std::sync::atomic::Ordering::Relaxed);
     }
 
-    pub fn contains(&self, id: &str) -> bool {
-        self.ids.read().expect("live set lock").contains_key(id)
-    }
-
     /// Whether a message written by `incarnation` of `replica` comes from a replica that runs
     /// now: it is alive, and (when both incarnations are known) it has not restarted since. A
     /// restarted replica no longer runs what its previous incarnation held, so nobody waits for
@@ -120,8 +116,9 @@ struct Owned {
     sized: bool,
 }
 
-/// The last message on a tenant's subject.
-#[derive(Debug, Clone, PartialEq)]
+/// What a state message's headers say, in either format ("" or 0 for what it lacks), and its
+/// sequence: read from a tenant's last message by claims, from each message by loads.
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct LastWrite {
     pub seq: u64,
     pub op: String,
@@ -129,6 +126,8 @@ pub struct LastWrite {
     pub epoch: u64,
     /// The writer's incarnation (0: unknown, a message of the first format).
     pub incarnation: u64,
+    /// A snapshot's `i/k` ("" for other operations).
+    pub part: String,
 }
 
 /// Why a replicated write did not land.
@@ -286,18 +285,7 @@ impl Replicated {
         let Some(mut owned) = self.owned.get(tenant).map(|o| *o) else {
             return Err(PublishFailure::Fenced);
         };
-        match self
-            .publish(
-                tenant,
-                "hold",
-                Vec::new(),
-                self.live.format(),
-                owned.seq,
-                owned.epoch,
-                None,
-            )
-            .await
-        {
+        match self.marker(tenant, "hold", owned.seq, owned.epoch).await {
             Ok(seq) => {
                 owned.seq = seq;
                 self.owned.insert(tenant.to_string(), owned);
@@ -323,6 +311,20 @@ impl Replicated {
         self.client.connection_state() == async_nats::connection::State::Connected
     }
 
+    /// Publishes a marker (`claim`, `hold`, `release`: no payload) fenced at `expected`, in the
+    /// format state is written in now.
+    async fn marker(
+        &self,
+        tenant: &str,
+        op: &str,
+        expected: u64,
+        epoch: u64,
+    ) -> Result<u64, PublishFailure> {
+        let format = self.live.format();
+        self.publish(tenant, op, Vec::new(), format, expected, epoch, None)
+            .await
+    }
+
     /// Publishes one state message fenced at `expected`, its headers in `format` (the format
     /// of `payload`, which the caller encoded).
     #[allow(clippy::too_many_arguments)]
@@ -341,12 +343,7 @@ impl Replicated {
             .expected_last_subject_sequence(expected);
         m = match format {
             Format::Compact => {
-                let part = part.map_or("-".to_string(), |(i, k)| format!("{i}/{k}"));
-                let meta = format!(
-                    "{op} {epoch} {part} {} {}",
-                    base36(self.incarnation),
-                    self.replica
-                );
+                let meta = compact_header(op, epoch, part, self.incarnation, &self.replica);
                 m.header(META, meta.as_str())
             }
             Format::Json => {
@@ -506,7 +503,7 @@ impl Replicated {
                 .await
                 .map_err(|e| format!("cannot read the state of tenant {tenant}: {e}"))?;
             read += 1;
-            let meta = meta(&m);
+            let meta = last_of(&m);
             let bad = |e: String| format!("state of tenant {tenant}, message {}: {e}", m.sequence);
             match meta.op.as_str() {
                 "delta" => {
@@ -565,9 +562,9 @@ impl Replicated {
         let last_seq = last.as_ref().map_or(0, |l| l.seq);
         // A one-part snapshot rolled everything before it up: it is the subject's only message
         // and the whole image (an idle tenant's usual state), so nothing more is read.
-        let whole = message.as_ref().filter(|m| {
-            let meta = meta(m);
-            meta.op == "snap" && meta.part == "1/1"
+        let whole = message.as_ref().filter(|_| {
+            last.as_ref()
+                .is_some_and(|l| l.op == "snap" && l.part == "1/1")
         });
         let (load, messages) = match (local, last_seq) {
             // Nothing in NATS: this replica's local state (single-node history) is imported.
@@ -606,17 +603,7 @@ impl Replicated {
         image: Option<&TenantImage>,
     ) -> Result<u64, PublishFailure> {
         let _turn = self.turn().await;
-        let epoch_seq = self
-            .publish(
-                tenant,
-                "claim",
-                Vec::new(),
-                self.live.format(),
-                last_seq,
-                0,
-                None,
-            )
-            .await?;
+        let epoch_seq = self.marker(tenant, "claim", last_seq, 0).await?;
         let mut owned = Owned {
             seq: epoch_seq,
             epoch: epoch_seq,
@@ -815,18 +802,7 @@ impl Replicated {
             tracing::warn!(tenant = %tenant, "not released: its latest state is not in NATS; the next owner waits until this replica is gone and may repeat what it delivered since");
             return None;
         }
-        match self
-            .publish(
-                tenant,
-                "release",
-                Vec::new(),
-                self.live.format(),
-                owned.seq,
-                owned.epoch,
-                None,
-            )
-            .await
-        {
+        match self.marker(tenant, "release", owned.seq, owned.epoch).await {
             Ok(seq) => Some(seq),
             Err(e) => {
                 tracing::warn!(tenant = %tenant, error = ?e, "could not release the tenant; the next owner waits until this replica is gone");
@@ -874,19 +850,8 @@ pub enum WriteOutcome {
     Replace { seq: u64 },
 }
 
-/// What a state message's headers say, in either format ("" for what it lacks).
-#[derive(Debug, Default, PartialEq)]
-struct Meta {
-    op: String,
-    epoch: u64,
-    /// A snapshot's `i/k`.
-    part: String,
-    /// 0 when the message does not say (the first format).
-    incarnation: u64,
-    replica: String,
-}
-
-fn meta(m: &StreamMessage) -> Meta {
+/// What a state message says of itself (see [`LastWrite`]), in either format.
+fn last_of(m: &StreamMessage) -> LastWrite {
     let header = |name: &str| {
         m.headers
             .get(name)
@@ -894,20 +859,38 @@ fn meta(m: &StreamMessage) -> Meta {
             .unwrap_or_default()
     };
     let compact = header(META);
-    if compact.is_empty() {
-        return Meta {
+    let read = if compact.is_empty() {
+        LastWrite {
             op: header(OP),
             epoch: header(EPOCH).parse().unwrap_or(0),
             part: header(PART),
-            incarnation: 0,
             replica: header(REPLICA),
-        };
+            ..Default::default()
+        }
+    } else {
+        parse_compact_header(&compact)
+    };
+    LastWrite {
+        seq: m.sequence,
+        ..read
     }
-    parse_meta(&compact)
 }
 
-/// Reads the compact format's header (see [`META`]).
-fn parse_meta(v: &str) -> Meta {
+/// The compact format's header value (see [`META`]) for a message of `op` by this run
+/// (`incarnation`) of `replica`.
+pub fn compact_header(
+    op: &str,
+    epoch: u64,
+    part: Option<(usize, usize)>,
+    incarnation: u64,
+    replica: &str,
+) -> String {
+    let part = part.map_or("-".to_string(), |(i, k)| format!("{i}/{k}"));
+    format!("{op} {epoch} {part} {} {replica}", base36(incarnation))
+}
+
+/// Reads the compact format's header (see [`META`]); the sequence is left 0.
+fn parse_compact_header(v: &str) -> LastWrite {
     let mut it = v.splitn(5, ' ');
     let op = it.next().unwrap_or_default().to_string();
     let epoch = it.next().and_then(|e| e.parse().ok()).unwrap_or(0);
@@ -920,12 +903,13 @@ fn parse_meta(v: &str) -> Meta {
         .and_then(|i| u64::from_str_radix(i, 36).ok())
         .unwrap_or(0);
     let replica = it.next().unwrap_or_default().to_string();
-    Meta {
+    LastWrite {
+        seq: 0,
         op,
-        epoch,
-        part,
-        incarnation,
         replica,
+        epoch,
+        incarnation,
+        part,
     }
 }
 
@@ -944,17 +928,6 @@ fn base36(mut n: u64) -> String {
     String::from_utf8(out).expect("ascii digits")
 }
 
-fn last_of(m: &StreamMessage) -> LastWrite {
-    let meta = meta(m);
-    LastWrite {
-        seq: m.sequence,
-        op: meta.op,
-        replica: meta.replica,
-        epoch: meta.epoch,
-        incarnation: meta.incarnation,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -963,8 +936,9 @@ mod tests {
     fn the_compact_header_reads_back_every_field() {
         let inc = 1_796_464_528_123;
         assert_eq!(
-            parse_meta(&format!("snap 42 1/3 {} replica-a", base36(inc))),
-            Meta {
+            parse_compact_header(&compact_header("snap", 42, Some((1, 3)), inc, "replica-a")),
+            LastWrite {
+                seq: 0,
                 op: "snap".into(),
                 epoch: 42,
                 part: "1/3".into(),
@@ -975,8 +949,9 @@ mod tests {
         assert_eq!(base36(inc).len(), 8);
         assert_eq!(base36(0), "0");
         assert_eq!(
-            parse_meta("release 7 - z r2"),
-            Meta {
+            parse_compact_header("release 7 - z r2"),
+            LastWrite {
+                seq: 0,
                 op: "release".into(),
                 epoch: 7,
                 part: String::new(),
@@ -986,8 +961,8 @@ mod tests {
         );
         // Damaged: what can be read is, the rest is empty (an unknown op is no state).
         assert_eq!(
-            parse_meta("delta"),
-            Meta {
+            parse_compact_header("delta"),
+            LastWrite {
                 op: "delta".into(),
                 ..Default::default()
             }

@@ -201,8 +201,8 @@ const MOVED_WINDOW_MAX: Duration = Duration::from_secs(8);
 /// here (a failover, a handover, a member that joined or left): they should poll soon, since
 /// their last poll elsewhere may be a while ago, but not all at once: `moved_min` at least,
 /// longer as more move (`MOVED_PER_SECOND`), never longer than [`MOVED_WINDOW_MAX`] or
-/// `startup_jitter`. Without cluster
-/// mode (`moved_min` is `None`) a tenant added by a reload takes `startup_jitter` too.
+/// `startup_jitter`. Without cluster mode (`moved_min` is `None`) a tenant added by a reload
+/// takes `startup_jitter` too.
 fn placement_window(
     startup_jitter: Duration,
     moved_min: Option<Duration>,
