@@ -355,6 +355,7 @@ async fn commit() {
                 members_bucket: "bench_members".into(),
                 state_stream: "BENCH_STATE".into(),
                 replicas: 1,
+                start_settle: DurationValue::secs(0),
             })
             .await
             .unwrap();

@@ -555,7 +555,7 @@ async fn e2e_in(tenants: usize, issues: usize, nats: Option<String>, cluster: bo
                 dir.path().join("events.jsonl").display()
             ),
             Some(url) if cluster => format!(
-                "[sinks.bus]\ntype = \"nats\"\nurl = \"{url}\"\n[cluster]\nnats_url = \"{url}\"\nreplica_id = \"bench\"\nheartbeat = \"200ms\"\nfailover_after = \"1s\"\n"
+                "[sinks.bus]\ntype = \"nats\"\nurl = \"{url}\"\n[cluster]\nnats_url = \"{url}\"\nreplica_id = \"bench\"\nheartbeat = \"200ms\"\nfailover_after = \"1s\"\nstart_settle = \"0s\"\n"
             ),
             Some(url) => format!("[sinks.bus]\ntype = \"nats\"\nurl = \"{url}\"\n"),
         },

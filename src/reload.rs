@@ -13,7 +13,7 @@ use ractor::ActorRef;
 use serde::Serialize;
 
 use crate::cluster::placement::{self, Owners, PlaceOutcome};
-use crate::config::{diff, load, ConfigDiff, EnvSource, Fleet, Settings, TenantSpec};
+use crate::config::{diff, load, load_only, ConfigDiff, EnvSource, Fleet, Settings, TenantSpec};
 use crate::hints::Hints;
 use crate::metrics::Observer;
 use crate::supervisor::SupervisorMsg;
@@ -67,10 +67,24 @@ struct Desired {
     /// settings for every tenant of a fleet of 1,000,000 would be gigabytes on every replica).
     settings: Arc<Settings>,
     placed: Option<Placed>,
-    /// Cluster mode, until the first placement: every tenant the configuration read at start
-    /// defines, so that placement does not read the files again.
-    unplaced: Option<Vec<Arc<TenantSpec>>>,
+    /// Where placement reads the settings of tenants it gives this replica.
+    source: Source,
 }
+
+/// Where the settings of tenants placed on a replica come from.
+enum Source {
+    /// The configuration files (size and modification time of each) as they were when last
+    /// loaded and checked whole. While they stay so, placement reads from them only the tenants
+    /// it gives this replica ([`load_only`]); once they changed, it loads and checks them whole
+    /// first, as a reload does.
+    Files(Files),
+    /// A configuration built in memory (an embedding program's, a test's): there is no file to
+    /// read tenants from, so every tenant's settings are kept.
+    Memory(Vec<Arc<TenantSpec>>),
+}
+
+/// Size and modification time of each configuration file (see [`snapshot`]).
+type Files = Vec<(PathBuf, u64, Option<SystemTime>)>;
 
 /// Cluster mode: this replica's share of the fleet, as placement last decided it.
 #[derive(Debug, Clone, Default)]
@@ -155,7 +169,7 @@ pub struct Reloader {
 }
 
 /// Identifies the state of the watched files: size and modification time of each.
-fn snapshot(config: &Path, tenants_dir: Option<&Path>) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
+fn snapshot(config: &Path, tenants_dir: Option<&Path>) -> Files {
     let stat = |p: &Path| {
         std::fs::metadata(p)
             .map(|m| (m.len(), m.modified().ok()))
@@ -190,17 +204,32 @@ impl Reloader {
         replica: Option<String>,
         hints: Hints,
     ) -> Self {
+        // The files as `settings` read them (taken now: the watcher's first look is later still).
+        let files = snapshot(
+            &settings.config_path,
+            settings.connector.tenants_dir.as_deref(),
+        );
         let (current, configured, digest, fleet) = match replica {
             Some(replica) => {
                 let fleet = Arc::new(Fleet::of(&settings.tenants));
                 let digest = placement::fleet_digest(&fleet);
                 let placed = Placed::new(replica, fleet.clone(), digest.clone(), BTreeSet::new());
+                // No tenant runs before placement, and placement reads those it gives this
+                // replica from the files: the whole fleet's settings are freed now, not held
+                // until then (gigabytes at a million tenants, and the allocator kept the pages).
                 let mut settings = settings;
                 let all = std::mem::take(&mut settings.tenants);
+                let source = if settings.config_path.is_file() {
+                    drop(all);
+                    crate::heap::give_back();
+                    Source::Files(files)
+                } else {
+                    Source::Memory(all)
+                };
                 let desired = Desired {
                     settings: Arc::new(settings),
                     placed: Some(placed),
-                    unplaced: Some(all),
+                    source,
                 };
                 (desired, fleet.len(), digest, Some(fleet))
             }
@@ -209,14 +238,14 @@ impl Reloader {
                 let desired = Desired {
                     settings: Arc::new(settings),
                     placed: None,
-                    unplaced: None,
+                    source: Source::Files(files),
                 };
                 (desired, fleet.len(), placement::fleet_digest(&fleet), None)
             }
         };
         let live = crate::config::live(current.settings.clone(), env.clone());
         live.publish(current.settings.clone(), fleet);
-        let held = current.settings.tenants.len() + current.unplaced.as_ref().map_or(0, Vec::len);
+        let held = current.settings.tenants.len();
         let (outcome, _) = tokio::sync::watch::channel(PlaceOutcome {
             configured,
             settings_held: held,
@@ -237,13 +266,42 @@ impl Reloader {
         }
     }
 
-    /// Loads the configuration files on a blocking thread (a large fleet takes seconds).
-    async fn load(&self) -> Result<Settings, String> {
+    /// Loads the configuration files on a blocking thread (a large fleet takes seconds), with
+    /// the files' snapshot taken before (a change while it reads is seen as one afterwards).
+    async fn load(&self, tenants_dir: Option<PathBuf>) -> Result<(Settings, Files), String> {
         let (path, env) = (self.inner.path.clone(), self.inner.env.clone());
-        tokio::task::spawn_blocking(move || load(&path, &env))
-            .await
-            .map_err(|e| format!("loading the configuration failed: {e}"))?
-            .map_err(|e| e.to_string())
+        tokio::task::spawn_blocking(move || {
+            let files = snapshot(&path, tenants_dir.as_deref());
+            load(&path, &env).map(|s| (s, files))
+        })
+        .await
+        .map_err(|e| format!("loading the configuration failed: {e}"))?
+        .map_err(|e| e.to_string())
+    }
+
+    /// Reads only the `wanted` tenants' settings from the files, on a blocking thread, if the
+    /// files are the `checked` ones before and after the read (`Ok(None)` otherwise: they
+    /// changed, and are to be checked whole).
+    async fn load_tenants(
+        &self,
+        wanted: BTreeSet<String>,
+        tenants_dir: Option<PathBuf>,
+        checked: Files,
+    ) -> Result<Option<Vec<Arc<TenantSpec>>>, String> {
+        let (path, env) = (self.inner.path.clone(), self.inner.env.clone());
+        tokio::task::spawn_blocking(move || {
+            let unchanged = || snapshot(&path, tenants_dir.as_deref()) == checked;
+            if !unchanged() {
+                return Ok(None);
+            }
+            let only = |id: &str| wanted.contains(id);
+            let specs = load_only(&path, &env, Some(&only))?.tenants;
+            // Every tenant placed here read, from the files checked.
+            Ok((unchanged() && specs.len() == wanted.len()).then_some(specs))
+        })
+        .await
+        .map_err(|e| format!("loading the configuration failed: {e}"))?
+        .map_err(|e: crate::config::ConfigError| e.to_string())
     }
 
     /// Makes `full` (every configured tenant) the running configuration, with the tenants
@@ -264,24 +322,12 @@ impl Reloader {
             }
             _ => None,
         };
-        // Cluster mode: full settings only for the tenants this replica runs.
-        let unplaced = match &placed {
-            Some(p) => {
-                let all = std::mem::take(&mut full.tenants);
-                if p.members.is_empty() {
-                    // Not placed yet: keep them for the first placement.
-                    Some(all)
-                } else {
-                    let owned = p.owned();
-                    full.tenants = all
-                        .into_iter()
-                        .filter(|t| owned.contains(t.id.as_str()))
-                        .collect();
-                    None
-                }
-            }
-            None => None,
-        };
+        // Cluster mode: full settings only for the tenants this replica runs (none before the
+        // first placement).
+        if let Some(p) = &placed {
+            let owned = p.owned();
+            full.tenants.retain(|t| owned.contains(t.id.as_str()));
+        }
         let d = diff(&current.settings, &full);
         let summary = ReloadSummary {
             added: d.added.iter().map(|t| t.id.clone()).collect(),
@@ -291,11 +337,7 @@ impl Reloader {
             sinks_changed: d.sinks.is_some(),
             needs_restart: d.needs_restart.clone(),
         };
-        let outcome = placed.as_ref().map(|p| {
-            let mut o = outcome(p, full.tenants.len(), &d);
-            o.settings_held += unplaced.as_ref().map_or(0, Vec::len);
-            o
-        });
+        let outcome = placed.as_ref().map(|p| outcome(p, full.tenants.len(), &d));
         if !self.apply(d).await {
             return Err("the supervisor did not apply the new configuration".into());
         }
@@ -304,7 +346,6 @@ impl Reloader {
         self.inner.hints.set_digests(tokens);
         current.settings = Arc::new(full);
         if let Some(p) = placed {
-            current.unplaced = unplaced;
             current.placed = Some(p);
         }
         let fleet = current.placed.as_ref().map(|p| p.fleet.clone());
@@ -332,62 +373,90 @@ impl Reloader {
 
     /// Cluster mode: places the configured tenants over `members` (the live replicas that are
     /// not leaving) and starts or stops this replica's tenants accordingly, exactly as a reload
-    /// would. Tenants placed here that it does not run yet are read from the files (after the
-    /// first placement: a replica keeps full settings only for its own tenants); when the files
-    /// no longer load, the tenants placed elsewhere are still released, and the error returned.
-    /// Without cluster mode it does nothing.
+    /// would. Tenants placed here that it does not run yet are read from the files: only they,
+    /// while the files are as last checked whole; otherwise the files are loaded and checked
+    /// whole first, as a reload does. When the files no longer load, the tenants placed
+    /// elsewhere are still released, and the error returned. Without cluster mode it does nothing.
     pub async fn place(&self, members: BTreeSet<String>) -> Result<PlaceOutcome, String> {
         let mut current = self.inner.current.lock().await;
         let Some(old) = current.placed.clone() else {
             return Ok(PlaceOutcome::default());
         };
         let new = old.over(members.clone());
-        let acquires = {
+        let acquiring: BTreeSet<String> = {
             let running: BTreeSet<&str> = current
                 .settings
                 .tenants
                 .iter()
                 .map(|t| t.id.as_str())
                 .collect();
-            new.owned().iter().any(|id| !running.contains(id))
+            new.owned()
+                .into_iter()
+                .filter(|id| !running.contains(id))
+                .map(str::to_string)
+                .collect()
         };
-        if !acquires {
-            return self.restrict_to(&mut current, new).await;
+        if acquiring.is_empty() {
+            return self.restrict_to(&mut current, new, Vec::new()).await;
         }
-        let full = match current.unplaced.take() {
-            Some(all) => with_tenants(&current.settings, all),
-            None => match self.load().await {
-                Ok(full) => full,
-                Err(e) => {
-                    // Release what moved away all the same: its new owner waits for it.
-                    let _ = self.restrict_to(&mut current, new).await;
-                    return Err(format!("the tenants placed here cannot start, as the configuration files no longer load: {e}"));
-                }
-            },
+        let dir = current.settings.connector.tenants_dir.clone();
+        let released = |e: String| {
+            format!("the tenants placed here cannot start, as the configuration files no longer load: {e}")
+        };
+        let checked = match &current.source {
+            Source::Files(checked) => checked.clone(),
+            Source::Memory(all) => {
+                let specs = all
+                    .iter()
+                    .filter(|t| acquiring.contains(&t.id))
+                    .cloned()
+                    .collect();
+                return self.restrict_to(&mut current, new, specs).await;
+            }
+        };
+        match self.load_tenants(acquiring, dir.clone(), checked).await {
+            Ok(Some(specs)) => return self.restrict_to(&mut current, new, specs).await,
+            Ok(None) => {} // the files changed: loaded and checked whole below
+            Err(e) => {
+                let _ = self.restrict_to(&mut current, new, Vec::new()).await;
+                return Err(released(e));
+            }
+        }
+        let (full, files) = match self.load(dir).await {
+            Ok(loaded) => loaded,
+            Err(e) => {
+                // Release what moved away all the same: its new owner waits for it.
+                let _ = self.restrict_to(&mut current, new, Vec::new()).await;
+                return Err(released(e));
+            }
         };
         let adopted = self.adopt(&mut current, full, Some(members)).await?;
+        current.source = Source::Files(files);
         let mut outcome = adopted.outcome.unwrap_or_default();
         outcome.placed_at = Some(SystemTime::now());
         self.inner.outcome.send_replace(outcome.clone());
         Ok(outcome)
     }
 
-    /// Runs, of the tenants already running, those `new` places here (nothing is read from the
-    /// files): a placement that gives this replica no new tenant, or one whose new tenants
-    /// cannot be read.
+    /// Runs, of the tenants already running, those `new` places here, and `more` (read from the
+    /// files just now; none when the placement gives this replica no new tenant, or its new
+    /// tenants cannot be read).
     async fn restrict_to(
         &self,
         current: &mut Desired,
         new: Placed,
+        more: Vec<Arc<TenantSpec>>,
     ) -> Result<PlaceOutcome, String> {
         let owned = new.owned();
-        let kept: Vec<Arc<TenantSpec>> = current
+        let mut kept: Vec<Arc<TenantSpec>> = current
             .settings
             .tenants
             .iter()
             .filter(|t| owned.contains(t.id.as_str()))
             .cloned()
+            .chain(more)
             .collect();
+        kept.sort_by(|a, b| a.id.cmp(&b.id));
         let owned = owned.len();
         let next = with_tenants(&current.settings, kept);
         let d = diff(&current.settings, &next);
@@ -397,10 +466,6 @@ impl Reloader {
             return Err("the supervisor did not apply the new placement".into());
         }
         current.settings = Arc::new(next);
-        if !new.members.is_empty() {
-            // Placed: what the start read is no longer needed.
-            current.unplaced = None;
-        }
         let fleet = Some(new.fleet.clone());
         current.placed = Some(new);
         self.inner.live.publish(current.settings.clone(), fleet);
@@ -488,7 +553,8 @@ impl Reloader {
             self.inner.observer.reload(trigger, Err(&e));
             return Err(e);
         }
-        let new = match self.load().await {
+        let dir = current.settings.connector.tenants_dir.clone();
+        let (new, files) = match self.load(dir).await {
             Ok(s) => s,
             Err(e) => {
                 let e = format!("{e}; the running configuration is kept");
@@ -527,6 +593,7 @@ impl Reloader {
             }
             None => o.digest = digest.unwrap_or_default(),
         });
+        current.source = Source::Files(files);
         let summary = adopted.summary;
         self.inner.observer.reload(trigger, Ok(summary.counts()));
         Ok(summary)

@@ -57,6 +57,11 @@ struct Setup {
     extra: Option<&'static str>,
     /// Another `shutdown_timeout` than 10 s.
     shutdown_timeout: Option<&'static str>,
+    /// Another `start_settle` than 1 s.
+    start_settle: Option<&'static str>,
+    /// Each tenant reads its secret from `<dir>/<tenant>.secret` (written with the
+    /// configuration) instead of a literal.
+    secrets_dir: Option<std::path::PathBuf>,
 }
 
 const HOOK_TOKEN: &str = "cluster-hook-token-0123456789";
@@ -73,8 +78,9 @@ fn config_with(
         String::new()
     } else {
         format!(
-            "[cluster]\nnats_url = \"{nats}\"\nreplica_id = \"{id}\"\nheartbeat = \"250ms\"\nfailover_after = \"{}s\"\n",
-            FAILOVER.as_secs()
+            "[cluster]\nnats_url = \"{nats}\"\nreplica_id = \"{id}\"\nheartbeat = \"250ms\"\nfailover_after = \"{}s\"\nstart_settle = \"{}\"\n",
+            FAILOVER.as_secs(),
+            setup.start_settle.unwrap_or("1s")
         )
     };
     let hooks = if setup.hooks {
@@ -101,15 +107,29 @@ fn config_with(
         setup.extra.unwrap_or("")
     );
     let tenants = sim.tenants();
+    let table = |id: &str, t: &wiz_connector::sim::SimTenantSpec| {
+        let toml = tenant_toml(sim, id, t, &tenant_extra);
+        match &setup.secrets_dir {
+            None => toml,
+            Some(d) => {
+                let file = d.join(format!("{id}.secret"));
+                std::fs::write(&file, &t.client_secret).unwrap();
+                toml.replace(
+                    &format!("client_secret = \"{}\"", t.client_secret),
+                    &format!("client_secret_file = \"{}\"", file.display()),
+                )
+            }
+        }
+    };
     for (i, t) in tenants
         .iter()
         .enumerate()
         .take(setup.only.unwrap_or(usize::MAX))
     {
-        body.push_str(&tenant_toml(sim, &format!("t{i}"), t, &tenant_extra));
+        body.push_str(&table(&format!("t{i}"), t));
     }
     if setup.only.is_none() {
-        body.push_str(&tenant_toml(sim, "t0-twin", &tenants[0], &tenant_extra));
+        body.push_str(&table("t0-twin", &tenants[0]));
     }
     body
 }
@@ -184,6 +204,7 @@ async fn replica_with(
     let state = setup.state_dir.clone().unwrap_or_else(state_dir);
     let setup = Setup {
         state_dir: Some(state.clone()),
+        secrets_dir: setup.secrets_dir.clone(),
         poll_interval: setup.poll_interval,
         startup_jitter: setup.startup_jitter,
         extra: setup.extra,
@@ -1964,6 +1985,7 @@ async fn a_tenant_moved_ten_times_stays_compact_in_nats_and_leaves_no_cache_behi
             dir.path(),
             &Setup {
                 state_dir: Some(state),
+                secrets_dir: None,
                 ..one
             },
         )
@@ -2061,13 +2083,19 @@ struct Failover {
     moved: BTreeSet<String>,
 }
 
-async fn two_replicas_one_to_die(sim: &Simulator, nats: &str, dir: &std::path::Path) -> Failover {
-    let six = Setup {
-        only: Some(6),
-        ..Default::default()
+async fn two_replicas_one_to_die(
+    sim: &Simulator,
+    nats: &str,
+    dir: &std::path::Path,
+    setup: Setup,
+) -> Failover {
+    let n = setup.only.unwrap_or(6);
+    let some = Setup {
+        only: Some(n),
+        ..setup
     };
-    let expected: BTreeSet<String> = (0..6).map(|i| format!("t{i}")).collect();
-    let rs = replicas(sim, nats, &["r1", "r2"], dir, &six).await;
+    let expected: BTreeSet<String> = (0..n).map(|i| format!("t{i}")).collect();
+    let rs = replicas(sim, nats, &["r1", "r2"], dir, &some).await;
     settled(
         &rs,
         &expected,
@@ -2115,7 +2143,7 @@ async fn tenants_taken_over_while_the_files_do_not_load_start_once_they_do() {
         survivor_id,
         kept,
         ..
-    } = two_replicas_one_to_die(&sim, &nats.url, dir.path()).await;
+    } = two_replicas_one_to_die(&sim, &nats.url, dir.path(), Setup::default()).await;
     let survivor_cfg = rs[1 - victim].cfg.path.clone();
     let good = std::fs::read_to_string(&survivor_cfg).unwrap();
     std::fs::write(&survivor_cfg, "[connector\nthis is not TOML").unwrap();
@@ -2174,6 +2202,153 @@ async fn tenants_taken_over_while_the_files_do_not_load_start_once_they_do() {
         },
     )
     .await;
+}
+
+/// The members of a replica's first placement, from its log.
+fn first_placement_members(dir: &std::path::Path, id: &str) -> Option<String> {
+    let log = std::fs::read_to_string(dir.join(format!("{id}.log"))).ok()?;
+    let line = plain(log.lines().find(|l| l.contains("placement changed"))?);
+    let members = line.split("members=").nth(1)?;
+    Some(members.split_whitespace().next()?.to_string())
+}
+
+/// Replicas started together (a cold start: nobody has placed yet) wait `start_settle` before
+/// they place, so each places over both at once and neither takes the whole fleet first. A
+/// replica joining a running cluster does not wait it (here 5 minutes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_started_together_place_over_each_other_and_a_joiner_does_not_wait() {
+    let nats = nats_server().await;
+    let sim = sim(6, 10).await;
+    let dir = tempfile::tempdir().unwrap();
+    let expected: BTreeSet<String> = (0..6).map(|i| format!("t{i}")).collect();
+    let together = Setup {
+        only: Some(6),
+        start_settle: Some("8s"),
+        ..Default::default()
+    };
+    let mut rs = replicas(&sim, &nats.url, &["r1"], dir.path(), &together).await;
+    // r2 comes up after r1 has renewed its key four times (more than the one heartbeat a
+    // joiner waits), and r1 has not placed yet.
+    let kv = async_nats::jetstream::new(async_nats::connect(&nats.url).await.unwrap())
+        .get_key_value("wiz_connector_members")
+        .await
+        .unwrap();
+    eventually("r1 renewed 4 times", Duration::from_secs(20), || async {
+        match kv.entry("r1").await {
+            Ok(Some(e)) if e.revision >= 5 => Ok(()),
+            other => Err(format!("{:?}", other.map(|e| e.map(|e| e.revision)))),
+        }
+    })
+    .await;
+    let v = get_json(&rs[0], "/cluster").await.unwrap();
+    assert!(v["placed_at"].is_null(), "r1 placed alone: {v}");
+    rs.push(replica_with(&sim, &nats.url, "r2", dir.path(), &together).await);
+    settled(
+        &rs,
+        &expected,
+        "placement over 2 replicas",
+        Duration::from_secs(40),
+    )
+    .await;
+    for id in ["r1", "r2"] {
+        assert_eq!(
+            first_placement_members(dir.path(), id).as_deref(),
+            Some("2"),
+            "{id} placed before it saw the other"
+        );
+    }
+    let late = Setup {
+        only: Some(6),
+        start_settle: Some("5m"),
+        ..Default::default()
+    };
+    rs.push(replica_with(&sim, &nats.url, "r3", dir.path(), &late).await);
+    eventually("r3 placed", Duration::from_secs(40), || async {
+        match first_placement_members(dir.path(), "r3") {
+            Some(m) => {
+                assert_eq!(m, "3", "r3's first placement");
+                Ok(())
+            }
+            None => Err("not yet".into()),
+        }
+    })
+    .await;
+    settled(
+        &rs,
+        &expected,
+        "placement over 3 replicas",
+        Duration::from_secs(40),
+    )
+    .await;
+}
+
+/// While the configuration files are as last checked whole, a failover reads from them only the
+/// tenants it moves: a problem in another tenant's settings (here the secret file of a tenant
+/// the survivor already runs, gone since it started) does not hold the moved tenants up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failover_reads_only_the_moved_tenants_from_the_files() {
+    let nats = nats_server().await;
+    // 16 tenants: placement by credential (the simulator's port is part of it) leaves the
+    // survivor none of them once in 32,768 runs.
+    let sim = sim(16, 10).await;
+    let dir = tempfile::tempdir().unwrap();
+    let secrets = tempfile::tempdir().unwrap();
+    let with_files = Setup {
+        only: Some(16),
+        secrets_dir: Some(secrets.path().to_path_buf()),
+        ..Default::default()
+    };
+    let Failover {
+        mut rs,
+        expected,
+        victim,
+        survivor_id,
+        kept,
+        moved,
+    } = two_replicas_one_to_die(&sim, &nats.url, dir.path(), with_files).await;
+    assert!(!kept.is_empty() && !moved.is_empty(), "{kept:?} {moved:?}");
+    let broken = kept.iter().next().unwrap().clone();
+    std::fs::remove_file(secrets.path().join(format!("{broken}.secret"))).unwrap();
+    kill(rs.remove(victim)).await;
+    let survivor = &rs[0];
+    eventually(
+        "the moved tenants polled on the survivor",
+        Duration::from_secs(40),
+        || {
+            let expected = &expected;
+            async move {
+                let polled: BTreeSet<String> = listed(survivor)
+                    .await
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|(_, _, _, started)| *started)
+                    .map(|(id, _, _, _)| id)
+                    .collect();
+                if &polled == expected {
+                    Ok(())
+                } else {
+                    Err(format!("polled {polled:?}"))
+                }
+            }
+        },
+    )
+    .await;
+    let log = std::fs::read_to_string(dir.path().join(format!("{survivor_id}.log"))).unwrap();
+    assert!(
+        !log.contains("no longer load"),
+        "the survivor read the whole files: {log}"
+    );
+    // A reload checks the files whole, and refuses them for the missing secret file.
+    let reloaded = reqwest::Client::new()
+        .post(format!("http://{}/reload", survivor.admin))
+        .send()
+        .await
+        .unwrap();
+    let body = reloaded.text().await.unwrap();
+    assert!(
+        body.contains(&broken) && body.contains("client_secret_file"),
+        "{body}"
+    );
 }
 
 /// An idle tenant's state subject holds one message however often it polls: a tiny image is
@@ -2522,7 +2697,7 @@ async fn state_writes_refused_while_reads_work_back_off_and_recover() {
         survivor_id,
         moved,
         ..
-    } = two_replicas_one_to_die(&sim, &nats.url, dir.path()).await;
+    } = two_replicas_one_to_die(&sim, &nats.url, dir.path(), Setup::default()).await;
     no_gap_for(&sim, &expected, dir.path(), Duration::from_secs(30)).await;
     assert!(!moved.is_empty());
     // Every message the stream holds now is the limit: any new write is refused.

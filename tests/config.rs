@@ -5,7 +5,9 @@ mod common;
 use std::collections::HashMap;
 
 use common::write_config;
-use wiz_connector::config::{load, Cloud, ConfigError, EnvSource, SecretSource, Settings};
+use wiz_connector::config::{
+    load, load_only, Cloud, ConfigError, EnvSource, SecretSource, Settings,
+};
 
 const SECRET: &str = "s3cr3t-Value-that-must-never-leak";
 
@@ -362,6 +364,19 @@ fn tenants_dir_adds_one_tenant_per_file_and_names_the_file_in_errors() {
     assert_eq!(err.problems.len(), 1, "{err}");
     let p = &err.problems[0];
     assert_eq!(p.origin, tdir.join("gamma.toml").display().to_string());
+    // Reading only some tenants (what placement does) neither opens nor checks the others'
+    // files: only beta is built, gamma's error is not seen; with gamma wanted, it is.
+    let beta = |id: &str| id == "beta";
+    let s = load_only(&cfg.path, &env(&[]), Some(&beta)).unwrap();
+    let ids: Vec<&str> = s.tenants.iter().map(|t| t.id.as_str()).collect();
+    assert_eq!(ids, ["beta"]);
+    assert_eq!(
+        s.tenants[0].origin,
+        tdir.join("beta.toml").display().to_string()
+    );
+    let gamma = |id: &str| id == "gamma";
+    let err = load_only(&cfg.path, &env(&[]), Some(&gamma)).unwrap_err();
+    assert_eq!(err.problems[0].tenant.as_deref(), Some("gamma"), "{err}");
     assert_eq!(
         (p.tenant.as_deref(), p.key.as_str()),
         (Some("gamma"), "page_size")

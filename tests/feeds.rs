@@ -512,7 +512,7 @@ async fn in_cluster_mode_every_feed_state_moves_with_the_tenant() {
     let replica = |id: &str| {
         let mut body = config(&sim, &out, &state_dir(), "");
         body.push_str(&format!(
-            "[cluster]\nnats_url = \"{}\"\nreplica_id = \"{id}\"\nheartbeat = \"200ms\"\nfailover_after = \"1s\"\n",
+            "[cluster]\nnats_url = \"{}\"\nreplica_id = \"{id}\"\nheartbeat = \"200ms\"\nfailover_after = \"1s\"\nstart_settle = \"0s\"\n",
             nats.url
         ));
         body

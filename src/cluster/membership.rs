@@ -55,6 +55,16 @@ pub struct MemberValue {
     /// is not waited for to release what its previous run held.
     #[serde(default)]
     pub incarnation: u64,
+    /// It has placed the fleet (made its first placement) in this run. A replica starting while
+    /// no other member has placed is part of a cold start, and waits `start_settle` for the
+    /// others before its first placement. Absent (versions that announce none): placed, as such
+    /// a member is part of a running cluster.
+    #[serde(default = "placed_when_absent")]
+    pub placed: bool,
+}
+
+fn placed_when_absent() -> bool {
+    true
 }
 
 /// A new incarnation for this run: milliseconds since 1970 (a restart takes longer than one).
@@ -139,6 +149,9 @@ pub struct Liveness {
     pub after_gap: bool,
     /// Every alive member reads the compact state format (see [`MemberValue::state_format`]).
     pub compact: bool,
+    /// Another alive member has placed the fleet (see [`MemberValue::placed`]): the cluster
+    /// runs, and this replica joins it rather than starting it.
+    pub others_placed: bool,
 }
 
 impl Tracker {
@@ -237,11 +250,15 @@ impl Tracker {
                     .get(id)
                     .is_some_and(|s| s.value.state_format >= READS_COMPACT)
         });
+        let others_placed = alive
+            .iter()
+            .any(|id| *id != me && self.members.get(id).is_some_and(|s| s.value.placed));
         Liveness {
             alive,
             eligible,
             after_gap,
             compact,
+            others_placed,
         }
     }
 
@@ -398,6 +415,7 @@ async fn run(a: HeartbeatArgs, mut control: watch::Receiver<Control>) {
             owned: outcome.owned,
             state_format: READS_COMPACT,
             incarnation: a.incarnation,
+            placed: outcome.placed_at.is_some(),
         };
         let sent = Instant::now();
         let epoch = a.lease.epoch();
@@ -460,12 +478,15 @@ async fn run(a: HeartbeatArgs, mut control: watch::Receiver<Control>) {
                 );
             }
             a.live.set(tracker.incarnations(&l.alive), l.compact);
-            // The first decision waits one heartbeat, so replicas started together see each
-            // other before they place (fewer moves right after a cluster starts). A replica that
-            // could not renew its own key changes nothing: when writes are refused everywhere
-            // (storage full, permissions) every key goes silent, and each replica would otherwise
-            // place the whole fleet on itself.
-            if renewed && (decided || started.elapsed() >= heartbeat) {
+            // The first decision waits one heartbeat, so that members already running are seen;
+            // in a cold start (no other member has placed) it waits `start_settle`, so replicas
+            // started together see each other before they place (fewer moves right after a
+            // cluster starts). A replica that could not renew its own key changes nothing: when
+            // writes are refused everywhere (storage full, permissions) every key goes silent,
+            // and each replica would otherwise place the whole fleet on itself.
+            let settled = started.elapsed() >= heartbeat
+                && (l.others_placed || started.elapsed() >= a.settings.start_settle.0);
+            if renewed && (decided || settled) {
                 decided = true;
                 let eligible = Some(l.eligible.clone());
                 a.members.send_if_modified(|m| {
@@ -774,5 +795,48 @@ mod tests {
         );
         let old: MemberValue = serde_json::from_str(r#"{"digest":"d","owned":3}"#).unwrap();
         assert_eq!(old.state_format, 0);
+    }
+
+    #[test]
+    fn a_cold_start_is_told_from_a_running_cluster_by_the_members_that_placed() {
+        let mut t = Tracker::new("me", HB, F);
+        let t0 = Instant::now();
+        let placed = |id: &str, revision: u64, placed: bool| -> Listed {
+            let v = MemberValue {
+                placed,
+                ..Default::default()
+            };
+            (id.to_string(), revision, Some(v))
+        };
+        // Replicas starting together: nobody has placed yet.
+        let l = t.listing(vec![placed("me", 1, false), placed("b", 1, false)], t0);
+        assert!(!l.others_placed);
+        // This replica's own placement does not count: it is about the others.
+        let l = t.listing(vec![placed("me", 2, true), placed("b", 2, false)], t0 + HB);
+        assert!(!l.others_placed);
+        let l = t.listing(
+            vec![placed("me", 3, true), placed("b", 3, true)],
+            t0 + HB * 2,
+        );
+        assert!(l.others_placed);
+        // A placed member that died no longer makes a running cluster.
+        let mut at = t0 + HB * 2;
+        let mut rev = 4;
+        while t
+            .listing(vec![placed("me", rev, false)], at)
+            .alive
+            .contains("b")
+        {
+            at += HB;
+            rev += 1;
+            assert!(rev < 1000, "b never died");
+        }
+        assert!(
+            !t.listing(vec![placed("me", rev + 1, false)], at + HB)
+                .others_placed
+        );
+        // A member of an earlier version announces nothing: it is part of a running cluster.
+        let old: MemberValue = serde_json::from_str(r#"{"digest":"d","owned":3}"#).unwrap();
+        assert!(old.placed);
     }
 }

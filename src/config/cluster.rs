@@ -30,6 +30,12 @@ pub struct ClusterSection {
     /// Replicas of the bucket and the stream in a NATS cluster (1 for a single server; 3 is the
     /// usual choice for a NATS cluster of 3).
     pub replicas: usize,
+    /// A cold start (no other live replica has placed yet) waits this long before its first
+    /// placement, so that replicas started together (each reading the configuration first, which
+    /// takes seconds for a large fleet) place over each other instead of the first one up taking
+    /// the whole fleet and handing most of it back. A replica joining a running cluster places
+    /// after one heartbeat. Set it to how far apart your replicas come up.
+    pub start_settle: DurationValue,
 }
 
 impl Default for ClusterSection {
@@ -42,6 +48,7 @@ impl Default for ClusterSection {
             members_bucket: "wiz_connector_members".to_string(),
             state_stream: "WIZ_CONNECTOR_STATE".to_string(),
             replicas: 1,
+            start_settle: DurationValue::secs(10),
         }
     }
 }
@@ -56,7 +63,11 @@ pub struct ClusterSettings {
     pub members_bucket: String,
     pub state_stream: String,
     pub replicas: usize,
+    pub start_settle: DurationValue,
 }
+
+/// Longest `start_settle` accepted: a cold start is not ready before it ends.
+const MAX_START_SETTLE: Duration = Duration::from_secs(300);
 
 /// Shortest heartbeat accepted: below it the renewals alone load the server.
 const MIN_HEARTBEAT: Duration = Duration::from_millis(100);
@@ -172,6 +183,15 @@ pub fn resolve_cluster(
             ),
         );
     }
+    if s.start_settle.0 > MAX_START_SETTLE {
+        report(
+            "cluster.start_settle",
+            format!(
+                "must be at most 5m (a cold start is not ready before it ends), got {}",
+                s.start_settle
+            ),
+        );
+    }
     Some(ClusterSettings {
         nats_url: nats_url?,
         replica_id,
@@ -180,5 +200,6 @@ pub fn resolve_cluster(
         members_bucket: s.members_bucket.clone(),
         state_stream: s.state_stream.clone(),
         replicas: s.replicas,
+        start_settle: s.start_settle,
     })
 }

@@ -121,6 +121,22 @@ fn list_tenant_files(dir: &Path) -> Result<Vec<(String, PathBuf)>, ConfigError> 
 
 /// Loads, layers, checks and resolves the configuration at `path`.
 pub fn load(path: &Path, env: &EnvSource) -> Result<Settings, ConfigError> {
+    load_only(path, env, None)
+}
+
+/// Which tenants a load reads: `None` all of them; otherwise those whose id the function takes.
+pub type Wanted<'a> = Option<&'a (dyn Fn(&str) -> bool + Sync)>;
+
+/// [`load`], reading only the `wanted` tenants: the others are neither resolved nor checked (a
+/// `tenants_dir` file of a tenant not wanted is not even opened), and the settings returned
+/// hold only the wanted ones. What placement uses to start the tenants it gives a replica from
+/// files already checked whole: resolving a fleet of 100,000 to start a few thousand of it
+/// took most of a failover.
+pub fn load_only(
+    path: &Path,
+    env: &EnvSource,
+    wanted: Wanted<'_>,
+) -> Result<Settings, ConfigError> {
     let main = path.display().to_string();
     if !path.is_file() {
         return Err(problem(
@@ -133,7 +149,7 @@ pub fn load(path: &Path, env: &EnvSource) -> Result<Settings, ConfigError> {
     // file the fast way does not take) the layered way, which also words every error.
     if let Some(loaded) = std::fs::read_to_string(path)
         .ok()
-        .and_then(|text| load_direct(&main, &text, path, env))
+        .and_then(|text| load_direct(&main, &text, path, env, wanted))
     {
         return loaded;
     }
@@ -145,35 +161,50 @@ pub fn load(path: &Path, env: &EnvSource) -> Result<Settings, ConfigError> {
                 .required(true),
         )]
     };
-    load_layers(main, make, path, env)
+    load_layers(main, make, path, env, wanted)
 }
 
 /// Loads a configuration given as TOML text; `name` stands for the file in messages. Used by
 /// `demo`, which builds its configuration in memory.
 pub fn load_str(name: &str, text: &str, env: &EnvSource) -> Result<Settings, ConfigError> {
-    if let Some(loaded) = load_direct(name, text, Path::new(name), env) {
+    if let Some(loaded) = load_direct(name, text, Path::new(name), env, None) {
         return loaded;
     }
     let text = text.to_string();
     let make = move || -> MainSource { vec![Box::new(File::from_str(&text, FileFormat::Toml))] };
-    load_layers(name.to_string(), make, Path::new(name), env)
+    load_layers(name.to_string(), make, Path::new(name), env, None)
 }
 
 /// The configuration read straight from the main file's TOML into its types, when that file is
 /// the whole configuration (no `tenants_dir`, no environment overrides) and reads without an
 /// error: what the layered way gives for such a file, without the `config` crate's tree of it
 /// (a value per key with its origin: a large fleet's start spent most of its time there).
-/// `None` otherwise, and the layered way reads it (and words its errors).
+/// `None` otherwise, and the layered way reads it (and words its errors). Tenants not `wanted`
+/// are dropped from the parsed document before anything is built of them.
 fn load_direct(
     main: &str,
     text: &str,
     path: &Path,
     env: &EnvSource,
+    wanted: Wanted<'_>,
 ) -> Option<Result<Settings, ConfigError>> {
     if !env.overrides().collect().ok()?.is_empty() {
         return None;
     }
-    let de = toml::Deserializer::parse(text).ok()?;
+    let mut root = toml::de::DeTable::parse(text).ok()?;
+    if let Some(wanted) = wanted {
+        if let Some(toml::de::DeValue::Table(t)) = root
+            .get_mut()
+            .get_mut("tenants")
+            .map(toml::Spanned::get_mut)
+        {
+            *t = std::mem::take(t)
+                .into_iter()
+                .filter(|(id, _)| wanted(id.get_ref()))
+                .collect();
+        }
+    }
+    let de = toml::Deserializer::from(root);
     let file = <ConfigFile as serde::Deserialize>::deserialize(de).ok()?;
     if file.connector.tenants_dir.is_some() {
         return None;
@@ -194,10 +225,16 @@ fn load_layers(
     main_file: impl Fn() -> MainSource,
     path: &Path,
     env: &EnvSource,
+    wanted: Wanted<'_>,
 ) -> Result<Settings, ConfigError> {
-    let parsed = main_file()
+    let mut parsed = main_file()
         .collect()
         .map_err(|e| from_config_error(&main, e))?;
+    if let Some(wanted) = wanted {
+        if let Some(ValueKind::Table(t)) = parsed.get_mut("tenants").map(|v| &mut v.kind) {
+            t.retain(|id, _| wanted(id));
+        }
+    }
     // Stage 1: the main file's `[connector]` and the environment, to learn where tenants_dir is.
     let connector: Map<String, Value> = parsed
         .get("connector")
@@ -215,10 +252,13 @@ fn load_layers(
         Err(e) => return Err(from_config_error(&main, e)),
     };
 
-    let files = match &tenants_dir {
+    let mut files = match &tenants_dir {
         Some(d) => list_tenant_files(d)?,
         None => Vec::new(),
     };
+    if let Some(wanted) = wanted {
+        files.retain(|(id, _)| wanted(id));
+    }
     // A tenant defined both in the main file and in tenants_dir is ambiguous: refuse it.
     let in_main = parsed.get("tenants").and_then(|v| match &v.kind {
         ValueKind::Table(t) => Some(t),
@@ -452,7 +492,7 @@ sinks = ["archive", "hec", "siem"]
                 "ACME_WIZ_SECRET".to_string(),
                 "secret-from-env-1".to_string(),
             )]));
-            let direct = load_direct(name, text, Path::new(name), &env)
+            let direct = load_direct(name, text, Path::new(name), &env, None)
                 .unwrap_or_else(|| panic!("{name}: the direct way takes it"))
                 .unwrap_or_else(|e| panic!("{name}: {e}"));
             let owned = text.to_string();
@@ -461,6 +501,7 @@ sinks = ["archive", "hec", "siem"]
                 move || -> MainSource { vec![Box::new(File::from_str(&owned, FileFormat::Toml))] },
                 Path::new(name),
                 &env,
+                None,
             )
             .unwrap();
             assert_eq!(
@@ -470,16 +511,37 @@ sinks = ["archive", "hec", "siem"]
             );
             assert!(!direct.tenants.is_empty());
         }
+        // Reading only some tenants: both ways agree, and hold only those.
+        let env = EnvSource::Fixed(HashMap::new());
+        let beta_only = |id: &str| id == "beta";
+        let direct = load_direct("rich", rich, Path::new("rich"), &env, Some(&beta_only))
+            .unwrap()
+            .unwrap();
+        let layered = load_layers(
+            "rich".into(),
+            || -> MainSource { vec![Box::new(File::from_str(rich, FileFormat::Toml))] },
+            Path::new("rich"),
+            &env,
+            Some(&beta_only),
+        )
+        .unwrap();
+        let ids = |s: &Settings| s.tenants.iter().map(|t| t.id.clone()).collect::<Vec<_>>();
+        assert_eq!(ids(&direct), ["beta"]);
+        assert_eq!(ids(&layered), ["beta"]);
+        assert_eq!(
+            serde_json::to_value(&direct.tenants).unwrap(),
+            serde_json::to_value(&layered.tenants).unwrap()
+        );
         // What the direct way does not take, it leaves to the layered way.
         let env = EnvSource::Fixed(HashMap::new());
         let coerced = rich.replace("rate_limit = 2.5", "rate_limit = \"2.5\"");
-        assert!(load_direct("c", &coerced, Path::new("c"), &env).is_none());
+        assert!(load_direct("c", &coerced, Path::new("c"), &env, None).is_none());
         let dir = rich.replace("[admin]", "tenants_dir = \"/nonexistent\"\n[admin]");
-        assert!(load_direct("d", &dir, Path::new("d"), &env).is_none());
+        assert!(load_direct("d", &dir, Path::new("d"), &env, None).is_none());
         let overridden = EnvSource::Fixed(HashMap::from([(
             "WIZ_CONNECTOR__CONNECTOR__POLL_INTERVAL".to_string(),
             "2m".to_string(),
         )]));
-        assert!(load_direct("e", rich, Path::new("e"), &overridden).is_none());
+        assert!(load_direct("e", rich, Path::new("e"), &overridden, None).is_none());
     }
 }
