@@ -182,7 +182,26 @@ pub struct StateStore {
 struct Db {
     db: Database,
     path: PathBuf,
+    /// Commits made without an fsync since the last durable one (see [`Durable`]).
+    unsynced: std::sync::atomic::AtomicBool,
 }
+
+/// Whether a commit waits for the disk. In cluster mode a write NATS acknowledged is held there,
+/// so the local cache need not fsync it: if a crash loses it, the cache comes back as it was at
+/// an earlier commit (redb keeps commits in order, atomically), with the sync mark of that
+/// commit, and the tenant's next claim installs the newer state from NATS. Everything else (a
+/// single node's writes, writes NATS has not seen) is durable when it returns. A non-durable
+/// commit is made durable within [`SYNC_EVERY`] by the writer thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Durable {
+    Yes,
+    /// NATS holds it.
+    InNats,
+}
+
+/// How long a non-durable commit stays off the disk at most (redb also frees the pages such
+/// commits release only after a durable one).
+const SYNC_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The writer thread and the way to it. Dropped with the last clone of the store: closes the
 /// channel and waits for the thread, so the database is closed when the last handle is gone (and
@@ -216,6 +235,7 @@ struct Job {
     write: Write,
     /// Cluster mode: the subject sequence this write brings the tenant's records in sync with.
     sync: Option<SyncMark>,
+    durable: Durable,
     done: tokio::sync::oneshot::Sender<Result<(), StateError>>,
 }
 
@@ -374,7 +394,11 @@ impl StateStore {
     /// Starts the writer thread of a freshly opened database. It ends when the last clone of
     /// the store is dropped.
     fn with_writer(db: Database, path: PathBuf) -> StateStore {
-        let db = Arc::new(Db { db, path });
+        let db = Arc::new(Db {
+            db,
+            path,
+            unsynced: std::sync::atomic::AtomicBool::new(false),
+        });
         let (tx, rx) = std::sync::mpsc::channel::<Job>();
         let worker = db.clone();
         let thread = std::thread::Builder::new()
@@ -416,7 +440,7 @@ impl StateStore {
     pub async fn write(&self, tenant: &str, write: Write) -> Result<(), StateError> {
         let started = Instant::now();
         let Some(r) = &self.replicated else {
-            let res = self.write_local(tenant, write, None).await;
+            let res = self.write_local(tenant, write, None, Durable::Yes).await;
             self.metrics.state_write("redb", started.elapsed());
             return res;
         };
@@ -426,21 +450,28 @@ impl StateStore {
             .map_err(|e| self.failure(tenant, e))?;
         match outcome {
             WriteOutcome::Published { seq, compact } => {
-                self.write_local(tenant, write, Some((seq, false))).await?;
+                self.write_local(tenant, write, Some((seq, false)), Durable::InNats)
+                    .await?;
                 if compact {
                     self.publish_image(r, tenant).await?;
                 }
             }
             WriteOutcome::CacheOnly { seq, resync } => {
-                self.write_local(tenant, write, Some((seq, true))).await?;
+                self.write_local(tenant, write, Some((seq, true)), Durable::Yes)
+                    .await?;
                 if resync {
                     self.publish_image(r, tenant).await?;
                 }
             }
             WriteOutcome::Replace { seq } => {
-                self.write_local(tenant, write, Some((seq, true))).await?;
+                // Not on disk yet: the image published next holds it. Made durable when that
+                // publish fails, as the cache then holds the only copy.
+                self.write_local(tenant, write, Some((seq, true)), Durable::InNats)
+                    .await?;
                 if !self.publish_image(r, tenant).await? {
                     r.set_dirty(tenant);
+                    self.write_local(tenant, Write::Commit(Commit::default()), None, Durable::Yes)
+                        .await?;
                 }
             }
         }
@@ -469,6 +500,7 @@ impl StateStore {
         tenant: &str,
         write: Write,
         sync: Option<SyncMark>,
+        durable: Durable,
     ) -> Result<(), StateError> {
         let (done, answer) = tokio::sync::oneshot::channel();
         let gone = || self.db.err("the state writer has stopped");
@@ -480,6 +512,7 @@ impl StateStore {
                 tenant: tenant.to_string(),
                 write,
                 sync,
+                durable,
                 done,
             })
             .map_err(|_| gone())?;
@@ -504,9 +537,16 @@ impl StateStore {
         }
     }
 
+    /// Records where the tenant's cache stands against NATS; durable only while it holds writes
+    /// NATS has not seen.
     async fn set_sync(&self, tenant: &str, mark: SyncMark) -> Result<(), StateError> {
         let empty = Write::Commit(Commit::default());
-        self.write_local(tenant, empty, Some(mark)).await
+        let durable = if mark.1 {
+            Durable::Yes
+        } else {
+            Durable::InNats
+        };
+        self.write_local(tenant, empty, Some(mark), durable).await
     }
 
     async fn image_blocking(&self, tenant: &str) -> Result<TenantImage, StateError> {
@@ -737,7 +777,7 @@ impl StateStore {
 
     /// [`StateStore::write`] on the caller's thread, without grouping (tools and tests).
     pub fn write_now(&self, tenant: &str, write: Write) -> Result<(), StateError> {
-        self.db.apply(&[(tenant, &write, None)])
+        self.db.apply(&[(tenant, &write, None)], Durable::Yes)
     }
 }
 
@@ -766,7 +806,9 @@ impl Db {
                 t.remove(tenant).map_err(|e| self.err(e))?;
             }
         }
-        w.commit().map_err(|e| self.err(e))
+        // NATS holds the tenant (released there); a crash that loses this keeps a stale copy
+        // whose sync mark is older than NATS, which a later claim replaces.
+        self.commit(w, Durable::InNats)
     }
 
     fn cached(&self, tenant: &str) -> Result<bool, StateError> {
@@ -830,7 +872,8 @@ impl Db {
             sync.insert(tenant, encode_sync((seq, false)).as_slice())
                 .map_err(|e| self.err(e))?;
         }
-        w.commit().map_err(|e| self.err(e))
+        // Read from NATS, which keeps it.
+        self.commit(w, Durable::InNats)
     }
 
     /// Group commit: takes every write waiting (up to [`GROUP_MAX`]) into one transaction and
@@ -838,7 +881,22 @@ impl Db {
     /// fsync instead of queueing for redb's single writer one by one. If the group fails, each
     /// write is retried alone, so one failing write fails only its own tenant.
     fn run(&self, rx: std::sync::mpsc::Receiver<Job>) {
-        while let Ok(first) = rx.recv() {
+        let mut synced = Instant::now();
+        loop {
+            let first = match rx.recv_timeout(SYNC_EVERY) {
+                Ok(j) => j,
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    // Non-durable commits made durable (an empty transaction syncs them).
+                    self.sync();
+                    synced = Instant::now();
+                    continue;
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                    // The store is closing: what is not on disk yet goes there now.
+                    self.sync();
+                    break;
+                }
+            };
             let mut jobs = vec![first];
             while jobs.len() < GROUP_MAX {
                 match rx.try_recv() {
@@ -850,7 +908,15 @@ impl Db {
                 .iter()
                 .map(|j| (j.tenant.as_str(), &j.write, j.sync))
                 .collect();
-            match self.apply(&all) {
+            let durable = if jobs.iter().any(|j| j.durable == Durable::Yes)
+                || synced.elapsed() >= SYNC_EVERY
+            {
+                synced = Instant::now();
+                Durable::Yes
+            } else {
+                Durable::InNats
+            };
+            match self.apply(&all, durable) {
                 Ok(()) => {
                     for j in jobs {
                         let _ = j.done.send(Ok(()));
@@ -862,7 +928,7 @@ impl Db {
                 }
                 Err(_) => {
                     for j in jobs {
-                        let r = self.apply(&[(j.tenant.as_str(), &j.write, j.sync)]);
+                        let r = self.apply(&[(j.tenant.as_str(), &j.write, j.sync)], j.durable);
                         let _ = j.done.send(r);
                     }
                 }
@@ -870,8 +936,48 @@ impl Db {
         }
     }
 
-    /// Applies writes in order in one transaction; durable when it returns.
-    fn apply(&self, writes: &[(&str, &Write, Option<SyncMark>)]) -> Result<(), StateError> {
+    /// Makes the commits not on disk yet durable (an empty durable transaction does).
+    fn sync(&self) {
+        if self.unsynced.load(std::sync::atomic::Ordering::Acquire) {
+            if let Ok(w) = self.db.begin_write() {
+                if let Err(e) = self.commit(w, Durable::Yes) {
+                    tracing::warn!(path = %self.path.display(), error = %e, "could not sync the state cache to disk; tried again in a second");
+                }
+            }
+        }
+    }
+
+    /// Commits `w`: on disk when it returns, or (for state NATS holds) later, within
+    /// [`SYNC_EVERY`].
+    fn commit(&self, mut w: redb::WriteTransaction, durable: Durable) -> Result<(), StateError> {
+        use std::sync::atomic::Ordering;
+        match durable {
+            Durable::Yes => {
+                // Cleared before: this transaction holds redb's one writer, so no other commit
+                // comes between, and it makes every earlier one durable too.
+                let was = self.unsynced.swap(false, Ordering::AcqRel);
+                if let Err(e) = w.commit() {
+                    self.unsynced.fetch_or(was, Ordering::AcqRel);
+                    return Err(self.err(e));
+                }
+            }
+            Durable::InNats => {
+                w.set_durability(redb::Durability::None)
+                    .map_err(|e| self.err(e))?;
+                w.commit().map_err(|e| self.err(e))?;
+                self.unsynced.store(true, Ordering::Release);
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies writes in order in one transaction; durable when it returns unless `durable`
+    /// says NATS holds them.
+    fn apply(
+        &self,
+        writes: &[(&str, &Write, Option<SyncMark>)],
+        durable: Durable,
+    ) -> Result<(), StateError> {
         let w = self.db.begin_write().map_err(|e| self.err(e))?;
         {
             let mut issues = w.open_table(ISSUES).map_err(|e| self.err(e))?;
@@ -915,13 +1021,53 @@ impl Db {
                 }
             }
         }
-        w.commit().map_err(|e| self.err(e))
+        self.commit(w, durable)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// State NATS holds (a cluster tenant's installed image) is committed without an fsync, and
+    /// reaches the disk within [`SYNC_EVERY`] by the writer thread, or when the store closes.
+    #[test]
+    fn state_nats_holds_reaches_the_disk_within_a_second_and_at_close() {
+        use std::sync::atomic::Ordering;
+        let dir = tempfile::tempdir().unwrap();
+        let known = Known {
+            fingerprint: [3; 16],
+            status: "OPEN".into(),
+            severity: None,
+            silent: false,
+        };
+        let image = TenantImage {
+            checkpoint: None,
+            issues: [("i1".to_string(), known.clone())].into(),
+            marks: Default::default(),
+        };
+        let (s, _) = StateStore::open_or_recover(dir.path()).unwrap();
+        s.db.install("t1", &image, 7).unwrap();
+        assert!(s.db.unsynced.load(Ordering::Acquire), "not on disk yet");
+        assert_eq!(s.known("t1", &["i1"]).unwrap(), vec![Some(known.clone())]);
+        let start = Instant::now();
+        while s.db.unsynced.load(Ordering::Acquire) {
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(20),
+                "never synced"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        // A single node's write is durable at once.
+        s.write_now("t2", Write::Commit(Commit::default())).unwrap();
+        assert!(!s.db.unsynced.load(Ordering::Acquire));
+        s.db.install("t3", &image, 9).unwrap();
+        assert!(s.db.unsynced.load(Ordering::Acquire));
+        drop(s);
+        let (s, _) = StateStore::open_or_recover(dir.path()).unwrap();
+        assert_eq!(s.known("t3", &["i1"]).unwrap(), vec![Some(known)]);
+        assert_eq!(s.sync_mark("t3").unwrap(), Some((9, false)));
+    }
 
     #[test]
     fn commits_survive_reopening_and_garbage_is_recovered() {
