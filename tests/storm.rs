@@ -190,3 +190,50 @@ async fn a_tenant_whose_retry_ends_continues_its_sweep_without_skipping_or_repea
     );
     app.shutdown().await.unwrap();
 }
+
+/// A tenant waiting for its credential's rate limiter holds no sweep slot either: with one slot
+/// and a budget of one request every 20 s, each tenant's second page waits 20 s, and while both
+/// wait no slot is held (before, the waiting sweep kept it, and thousands of tenants taking
+/// their first polls at once spent the fleet's slots waiting for their limiters).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenants_waiting_for_their_rate_limit_hold_no_slot() {
+    let sim = sim(2, 12).await;
+    let dir = tempfile::tempdir().unwrap();
+    let body = format!(
+        "{}[sinks.out]\ntype = \"file\"\npath = \"{}\"\n",
+        sim_config(
+            &sim,
+            "poll_interval = \"1h\"\nstartup_jitter = \"0s\"\nmax_concurrent_sweeps = 1\npage_size = 5",
+            "rate_limit = 0.05",
+        ),
+        dir.path().join("events.jsonl").display()
+    );
+    let app = App::start(settings(&body), AppOptions::default())
+        .await
+        .unwrap();
+    let requests = |i: usize| sim.counters(&sim.tenants()[i].client_id).graphql_requests;
+    wait_until(
+        "both tenants asked for their first page",
+        Duration::from_secs(15),
+        || requests(0) >= 1 && requests(1) >= 1,
+    )
+    .await;
+    assert_eq!(
+        (requests(0), requests(1)),
+        (1, 1),
+        "each second page waits for its limiter"
+    );
+    wait_until(
+        "both waiting with no slot held",
+        Duration::from_secs(10),
+        || {
+            app.observer_metrics_text()
+                .lines()
+                .any(|l| l == "wiz_connector_sweep_slots_in_use 0")
+        },
+    )
+    .await;
+    assert_eq!((requests(0), requests(1)), (1, 1));
+    // Stopping ends the limiter's wait too.
+    app.shutdown().await.unwrap();
+}

@@ -15,6 +15,7 @@ mod live;
 mod load;
 mod redact;
 pub mod routes;
+mod select;
 mod settings;
 mod source;
 mod types;

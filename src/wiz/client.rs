@@ -61,6 +61,10 @@ impl backon::Sleeper for WaitSleeper {
     }
 }
 
+/// A rate-limit wait at least this long gives the sweep slot back meanwhile (shorter ones are
+/// not worth queueing for a slot again).
+const SLOT_FREE_WAIT: Duration = Duration::from_millis(20);
+
 /// Longest `Retry-After` honoured; a longer one is cut to this.
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
 
@@ -431,10 +435,28 @@ impl TenantClient {
         }
     }
 
+    /// Waits for the credential's rate limiter. A tenant polling through [`RetryWaits`] gives
+    /// its sweep slot back while it waits: a sweep's second request waits about 1/`rate_limit`
+    /// (333 ms at 3 requests a second), and thousands of tenants polling at once (a failover)
+    /// would otherwise hold every slot idle behind their limiters.
+    async fn ready(&self) -> Result<(), WizError> {
+        while let Some(wait) = self.limiter.check() {
+            match self.waits.get() {
+                Some(w) if wait >= SLOT_FREE_WAIT => {
+                    if !w.wait(wait).await {
+                        return Err(WizError::Stopping);
+                    }
+                }
+                _ => tokio::time::sleep(wait).await,
+            }
+        }
+        Ok(())
+    }
+
     /// One POST of `body` to the GraphQL endpoint: the status (200 or 401; the others are
     /// errors) and the body.
     async fn post(&self, body: &Bytes, token: &SecretString) -> Result<(u16, Bytes), WizError> {
-        self.limiter.until_ready().await;
+        self.ready().await?;
         self.stats.requests.fetch_add(1, Ordering::Relaxed);
         let timeout = self.spec.request_timeout.0;
         let map_err = |e: reqwest::Error| {

@@ -35,10 +35,15 @@ impl CredentialLimiter {
         }
     }
 
-    /// Waits until the credential may send one more request.
-    pub async fn until_ready(&self) {
+    /// Takes the credential's next request now if it may be sent (`None`), or says how long
+    /// to wait before asking again.
+    pub fn check(&self) -> Option<Duration> {
+        use governor::clock::Clock;
         let lim = self.inner.read().expect("limiter lock").1.clone();
-        lim.until_ready().await;
+        match lim.check() {
+            Ok(()) => None,
+            Err(not_until) => Some(not_until.wait_time_from(CLOCK.now())),
+        }
     }
 
     /// The current rate in requests per second.
@@ -112,5 +117,16 @@ mod tests {
         assert_eq!(reg.len(), 2);
         drop((a, b));
         assert_eq!(reg.len(), 1);
+    }
+
+    #[test]
+    fn a_check_takes_the_next_request_or_says_how_long_to_wait() {
+        let lim = CredentialLimiter::new(2.0);
+        assert_eq!(lim.check(), None, "the first request goes at once");
+        let wait = lim.check().expect("the second waits");
+        assert!(
+            wait > Duration::ZERO && wait <= Duration::from_millis(500),
+            "{wait:?}"
+        );
     }
 }
