@@ -143,6 +143,28 @@ impl TenantSlot {
     }
 }
 
+impl TenantSlot {
+    /// Waits `delay` holding no slot (another tenant sweeps meanwhile), then takes one again if
+    /// one was held; false when the tenant is stopping.
+    async fn without_slot(self: Arc<Self>, delay: Duration) -> bool {
+        let had = self.held.lock().expect("slot lock").take().is_some();
+        if !self.stop.sleep(delay).await {
+            return false;
+        }
+        if had {
+            let taken = tokio::select! {
+                h = self.slots.take() => Some(h),
+                _ = self.stop.stopped() => None,
+            };
+            match taken {
+                Some(h) => self.hold(h),
+                None => return false,
+            }
+        }
+        true
+    }
+}
+
 impl RetryWaits for Arc<TenantSlot> {
     fn waiting(&self, error: &WizError, attempt: u32, max: u32, delay: Duration) {
         let now = SystemTime::now();
@@ -162,20 +184,8 @@ impl RetryWaits for Arc<TenantSlot> {
     fn wait(&self, delay: Duration) -> Pin<Box<dyn Future<Output = bool> + Send>> {
         let me = self.clone();
         Box::pin(async move {
-            // Waiting holds no slot: another tenant sweeps meanwhile.
-            let had = me.held.lock().expect("slot lock").take().is_some();
-            if !me.stop.sleep(delay).await {
+            if !me.clone().without_slot(delay).await {
                 return false;
-            }
-            if had {
-                let taken = tokio::select! {
-                    h = me.slots.take() => Some(h),
-                    _ = me.stop.stopped() => None,
-                };
-                match taken {
-                    Some(h) => me.hold(h),
-                    None => return false,
-                }
             }
             me.health.update(&me.tenant, |h| {
                 h.state = TenantState::Polling;
@@ -183,5 +193,9 @@ impl RetryWaits for Arc<TenantSlot> {
             });
             true
         })
+    }
+
+    fn pause(&self, delay: Duration) -> Pin<Box<dyn Future<Output = bool> + Send>> {
+        Box::pin(self.clone().without_slot(delay))
     }
 }

@@ -31,6 +31,13 @@ pub trait RetryWaits: Send + Sync + 'static {
         &self,
         delay: Duration,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>>;
+    /// Waits `delay` for the credential's rate limiter: the slot goes back meanwhile, as in
+    /// [`RetryWaits::wait`], but health is not touched (nothing failed, and the wait may come
+    /// from a feed that runs after the poll's state was settled). False when stopping.
+    fn pause(
+        &self,
+        delay: Duration,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>>;
 }
 
 /// backon's sleeper for one request: waits through [`RetryWaits`] (or sleeps) and records when
@@ -443,7 +450,7 @@ impl TenantClient {
         while let Some(wait) = self.limiter.check() {
             match self.waits.get() {
                 Some(w) if wait >= SLOT_FREE_WAIT => {
-                    if !w.wait(wait).await {
+                    if !w.pause(wait).await {
                         return Err(WizError::Stopping);
                     }
                 }
