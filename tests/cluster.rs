@@ -600,26 +600,11 @@ async fn replicas_share_the_fleet_fail_over_hand_over_and_rebalance() {
     // signal plus the pages in flight); nothing is repeated.
     let mut leaving = rs.remove(0);
     signal(leaving.child.as_ref().unwrap(), "-TERM");
-    eventually(
+    all_polled_on(
+        &rs[0],
+        &expected,
         "the leaving replica's tenants polled by the other",
         Duration::from_secs(7),
-        || {
-            let other = &rs[0];
-            let expected = &expected;
-            async move {
-                let list = listed(other).await.unwrap_or_default();
-                let polled: BTreeSet<String> = list
-                    .into_iter()
-                    .filter(|(_, _, _, started)| *started)
-                    .map(|(id, ..)| id)
-                    .collect();
-                if &polled == expected {
-                    Ok(())
-                } else {
-                    Err(format!("polled {polled:?}"))
-                }
-            }
-        },
     )
     .await;
     assert_eq!(
@@ -2122,6 +2107,30 @@ async fn two_replicas_one_to_die(
     }
 }
 
+/// The tenants `r` lists that have been polled.
+async fn polled_on(r: &Replica) -> BTreeSet<String> {
+    listed(r)
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|(_, _, _, started)| *started)
+        .map(|(id, _, _, _)| id)
+        .collect()
+}
+
+/// Waits until `r` has polled exactly the `expected` tenants.
+async fn all_polled_on(r: &Replica, expected: &BTreeSet<String>, what: &str, within: Duration) {
+    eventually(what, within, || async move {
+        let polled = polled_on(r).await;
+        if &polled == expected {
+            Ok(())
+        } else {
+            Err(format!("polled {polled:?}"))
+        }
+    })
+    .await;
+}
+
 /// Kills (-9) `r` and waits for it to be gone.
 async fn kill(mut r: Replica) {
     r.child.as_mut().unwrap().start_kill().unwrap();
@@ -2185,13 +2194,7 @@ async fn tenants_taken_over_while_the_files_do_not_load_start_once_they_do() {
         || {
             let expected = &expected;
             async move {
-                let polled: BTreeSet<String> = listed(survivor)
-                    .await
-                    .unwrap_or_default()
-                    .into_iter()
-                    .filter(|(_, _, _, started)| *started)
-                    .map(|(id, _, _, _)| id)
-                    .collect();
+                let polled = polled_on(survivor).await;
                 let v = get_json(survivor, "/cluster").await?;
                 if &polled == expected && v["settings_held"] == 6 {
                     Ok(())
@@ -2311,26 +2314,11 @@ async fn a_failover_reads_only_the_moved_tenants_from_the_files() {
     std::fs::remove_file(secrets.path().join(format!("{broken}.secret"))).unwrap();
     kill(rs.remove(victim)).await;
     let survivor = &rs[0];
-    eventually(
+    all_polled_on(
+        survivor,
+        &expected,
         "the moved tenants polled on the survivor",
         Duration::from_secs(40),
-        || {
-            let expected = &expected;
-            async move {
-                let polled: BTreeSet<String> = listed(survivor)
-                    .await
-                    .unwrap_or_default()
-                    .into_iter()
-                    .filter(|(_, _, _, started)| *started)
-                    .map(|(id, _, _, _)| id)
-                    .collect();
-                if &polled == expected {
-                    Ok(())
-                } else {
-                    Err(format!("polled {polled:?}"))
-                }
-            }
-        },
     )
     .await;
     let log = std::fs::read_to_string(dir.path().join(format!("{survivor_id}.log"))).unwrap();
@@ -2758,26 +2746,11 @@ async fn state_writes_refused_while_reads_work_back_off_and_recover() {
         moved.len()
     );
     limit_state_writes(&nats.url, -1).await;
-    eventually(
+    all_polled_on(
+        survivor,
+        &expected,
         "the moved tenants polled once writes are taken",
         Duration::from_secs(60),
-        || {
-            let expected = &expected;
-            async move {
-                let polled: BTreeSet<String> = listed(survivor)
-                    .await
-                    .unwrap_or_default()
-                    .into_iter()
-                    .filter(|(_, _, _, started)| *started)
-                    .map(|(id, _, _, _)| id)
-                    .collect();
-                if &polled == expected {
-                    Ok(())
-                } else {
-                    Err(format!("polled {polled:?}"))
-                }
-            }
-        },
     )
     .await;
     no_gap_for(&sim, &expected, dir.path(), Duration::from_secs(30)).await;
