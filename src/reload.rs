@@ -266,42 +266,49 @@ impl Reloader {
         }
     }
 
-    /// Loads the configuration files on a blocking thread (a large fleet takes seconds), with
-    /// the files' snapshot taken before (a change while it reads is seen as one afterwards).
-    async fn load(&self, tenants_dir: Option<PathBuf>) -> Result<(Settings, Files), String> {
+    /// Runs `read` over the configuration files (the main file and the environment) on a
+    /// blocking thread: a large fleet's files take seconds.
+    async fn read_files<T: Send + 'static>(
+        &self,
+        read: impl FnOnce(&Path, &EnvSource) -> Result<T, crate::config::ConfigError> + Send + 'static,
+    ) -> Result<T, String> {
         let (path, env) = (self.inner.path.clone(), self.inner.env.clone());
-        tokio::task::spawn_blocking(move || {
-            let files = snapshot(&path, tenants_dir.as_deref());
-            load(&path, &env).map(|s| (s, files))
-        })
-        .await
-        .map_err(|e| format!("loading the configuration failed: {e}"))?
-        .map_err(|e| e.to_string())
+        tokio::task::spawn_blocking(move || read(&path, &env))
+            .await
+            .map_err(|e| format!("loading the configuration failed: {e}"))?
+            .map_err(|e| e.to_string())
     }
 
-    /// Reads only the `wanted` tenants' settings from the files, on a blocking thread, if the
-    /// files are the `checked` ones before and after the read (`Ok(None)` otherwise: they
-    /// changed, and are to be checked whole).
+    /// Loads and checks the configuration files whole, with their snapshot taken before (a
+    /// change while it reads is seen as one afterwards).
+    async fn load(&self, tenants_dir: Option<PathBuf>) -> Result<(Settings, Files), String> {
+        self.read_files(move |path, env| {
+            let files = snapshot(path, tenants_dir.as_deref());
+            load(path, env).map(|s| (s, files))
+        })
+        .await
+    }
+
+    /// Reads only the `wanted` tenants' settings from the files, if the files are the `checked`
+    /// ones before and after the read (`Ok(None)` otherwise: they changed, and are to be
+    /// checked whole).
     async fn load_tenants(
         &self,
         wanted: BTreeSet<String>,
         tenants_dir: Option<PathBuf>,
         checked: Files,
     ) -> Result<Option<Vec<Arc<TenantSpec>>>, String> {
-        let (path, env) = (self.inner.path.clone(), self.inner.env.clone());
-        tokio::task::spawn_blocking(move || {
-            let unchanged = || snapshot(&path, tenants_dir.as_deref()) == checked;
+        self.read_files(move |path, env| {
+            let unchanged = || snapshot(path, tenants_dir.as_deref()) == checked;
             if !unchanged() {
                 return Ok(None);
             }
             let only = |id: &str| wanted.contains(id);
-            let specs = load_only(&path, &env, Some(&only))?.tenants;
+            let specs = load_only(path, env, Some(&only))?.tenants;
             // Every tenant placed here read, from the files checked.
             Ok((unchanged() && specs.len() == wanted.len()).then_some(specs))
         })
         .await
-        .map_err(|e| format!("loading the configuration failed: {e}"))?
-        .map_err(|e: crate::config::ConfigError| e.to_string())
     }
 
     /// Makes `full` (every configured tenant) the running configuration, with the tenants
@@ -399,10 +406,6 @@ impl Reloader {
         if acquiring.is_empty() {
             return self.restrict_to(&mut current, new, Vec::new()).await;
         }
-        let dir = current.settings.connector.tenants_dir.clone();
-        let released = |e: String| {
-            format!("the tenants placed here cannot start, as the configuration files no longer load: {e}")
-        };
         let checked = match &current.source {
             Source::Files(checked) => checked.clone(),
             Source::Memory(all) => {
@@ -414,20 +417,19 @@ impl Reloader {
                 return self.restrict_to(&mut current, new, specs).await;
             }
         };
-        match self.load_tenants(acquiring, dir.clone(), checked).await {
+        let dir = current.settings.connector.tenants_dir.clone();
+        let loaded = match self.load_tenants(acquiring, dir.clone(), checked).await {
             Ok(Some(specs)) => return self.restrict_to(&mut current, new, specs).await,
-            Ok(None) => {} // the files changed: loaded and checked whole below
-            Err(e) => {
-                let _ = self.restrict_to(&mut current, new, Vec::new()).await;
-                return Err(released(e));
-            }
-        }
-        let (full, files) = match self.load(dir).await {
+            // The files changed: loaded and checked whole.
+            Ok(None) => self.load(dir).await,
+            Err(e) => Err(e),
+        };
+        let (full, files) = match loaded {
             Ok(loaded) => loaded,
             Err(e) => {
                 // Release what moved away all the same: its new owner waits for it.
                 let _ = self.restrict_to(&mut current, new, Vec::new()).await;
-                return Err(released(e));
+                return Err(format!("the tenants placed here cannot start, as the configuration files no longer load: {e}"));
             }
         };
         let adopted = self.adopt(&mut current, full, Some(members)).await?;

@@ -1029,8 +1029,9 @@ impl Db {
 mod tests {
     use super::*;
 
-    /// State NATS holds (a cluster tenant's installed image) is committed without an fsync, and
-    /// reaches the disk within [`SYNC_EVERY`] by the writer thread, or when the store closes.
+    /// State NATS holds (a cluster tenant's installed image) is committed without an fsync; a
+    /// durable commit makes it durable too; the writer thread syncs it within [`SYNC_EVERY`],
+    /// and when the store closes.
     #[test]
     fn state_nats_holds_reaches_the_disk_within_a_second_and_at_close() {
         use std::sync::atomic::Ordering;
@@ -1046,10 +1047,29 @@ mod tests {
             issues: [("i1".to_string(), known.clone())].into(),
             marks: Default::default(),
         };
+        // Without a writer thread nothing syncs behind the test's back.
+        {
+            let db = Db {
+                db: Database::create(dir.path().join(FILE)).unwrap(),
+                path: dir.path().join(FILE),
+                unsynced: std::sync::atomic::AtomicBool::new(false),
+            };
+            db.install("t1", &image, 7).unwrap();
+            assert!(db.unsynced.load(Ordering::Acquire), "not on disk yet");
+            assert!(db.cached("t1").unwrap());
+            // A single node's write is durable at once, and takes the earlier ones with it.
+            let empty = Write::Commit(Commit::default());
+            db.apply(&[("t2", &empty, None)], Durable::Yes).unwrap();
+            assert!(!db.unsynced.load(Ordering::Acquire));
+            db.install("t3", &image, 8).unwrap();
+            assert!(db.unsynced.load(Ordering::Acquire));
+            db.sync();
+            assert!(!db.unsynced.load(Ordering::Acquire));
+        }
         let (s, _) = StateStore::open_or_recover(dir.path()).unwrap();
-        s.db.install("t1", &image, 7).unwrap();
-        assert!(s.db.unsynced.load(Ordering::Acquire), "not on disk yet");
         assert_eq!(s.known("t1", &["i1"]).unwrap(), vec![Some(known.clone())]);
+        // The writer thread syncs within a second.
+        s.db.install("t4", &image, 9).unwrap();
         let start = Instant::now();
         while s.db.unsynced.load(Ordering::Acquire) {
             assert!(
@@ -1058,15 +1078,12 @@ mod tests {
             );
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
-        // A single node's write is durable at once.
-        s.write_now("t2", Write::Commit(Commit::default())).unwrap();
-        assert!(!s.db.unsynced.load(Ordering::Acquire));
-        s.db.install("t3", &image, 9).unwrap();
-        assert!(s.db.unsynced.load(Ordering::Acquire));
+        // And when the store closes.
+        s.db.install("t5", &image, 10).unwrap();
         drop(s);
         let (s, _) = StateStore::open_or_recover(dir.path()).unwrap();
-        assert_eq!(s.known("t3", &["i1"]).unwrap(), vec![Some(known)]);
-        assert_eq!(s.sync_mark("t3").unwrap(), Some((9, false)));
+        assert_eq!(s.known("t5", &["i1"]).unwrap(), vec![Some(known)]);
+        assert_eq!(s.sync_mark("t5").unwrap(), Some((10, false)));
     }
 
     #[test]
