@@ -2253,12 +2253,22 @@ async fn replicas_started_together_place_over_each_other_and_a_joiner_does_not_w
         Duration::from_secs(40),
     )
     .await;
+    // The supervisor lists a placed tenant a moment before the replica logs the placement.
     for id in ["r1", "r2"] {
-        assert_eq!(
-            first_placement_members(dir.path(), id).as_deref(),
-            Some("2"),
-            "{id} placed before it saw the other"
-        );
+        eventually(
+            &format!("{id}'s placement logged"),
+            Duration::from_secs(20),
+            || async {
+                match first_placement_members(dir.path(), id) {
+                    Some(m) => {
+                        assert_eq!(m, "2", "{id} placed before it saw the other");
+                        Ok(())
+                    }
+                    None => Err("not yet".into()),
+                }
+            },
+        )
+        .await;
     }
     let late = Setup {
         only: Some(6),
