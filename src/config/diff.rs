@@ -138,17 +138,19 @@ fn same_sinks(a: &[SinkSpec], b: &[SinkSpec]) -> bool {
 
 /// Compares the running settings with new ones.
 pub fn diff(old: &Settings, new: &Settings) -> ConfigDiff {
-    let before: BTreeMap<&str, &TenantSpec> =
-        old.tenants.iter().map(|t| (t.id.as_str(), &**t)).collect();
-    let after: BTreeMap<&str, &TenantSpec> =
-        new.tenants.iter().map(|t| (t.id.as_str(), &**t)).collect();
+    let before: BTreeMap<&str, &Arc<TenantSpec>> =
+        old.tenants.iter().map(|t| (t.id.as_str(), t)).collect();
+    let after: BTreeMap<&str, &Arc<TenantSpec>> =
+        new.tenants.iter().map(|t| (t.id.as_str(), t)).collect();
     let mut d = ConfigDiff::default();
+    // The new settings' own specs are shared, not copied: the supervisor and the settings it
+    // runs under hold one spec per tenant between them.
     for (id, t) in &after {
         match before.get(id) {
-            None => d.added.push(Arc::new((*t).clone())),
+            None => d.added.push(Arc::clone(t)),
             Some(o) => match classify(o, t) {
-                TenantChange::Restart => d.restarted.push(Arc::new((*t).clone())),
-                TenantChange::InPlace => d.updated.push(Arc::new((*t).clone())),
+                TenantChange::Restart => d.restarted.push(Arc::clone(t)),
+                TenantChange::InPlace => d.updated.push(Arc::clone(t)),
                 TenantChange::None => {}
             },
         }

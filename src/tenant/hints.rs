@@ -72,7 +72,7 @@ impl TenantActorState {
         let sweep = self
             .client
             .sweep(IssueFilter::default(), IssueOrder::CREATED_ASC);
-        self.sweep = Some(ActiveSweep {
+        self.sweep = Some(Box::new(ActiveSweep {
             span: tracing::info_span!("hints", tenant = %self.args.spec.id),
             full: false,
             checkpoint: Checkpoint::default(),
@@ -90,7 +90,7 @@ impl TenantActorState {
             hint_step: false,
             poll_after: false,
             state_before,
-        });
+        }));
         let _ = myself.send_message(TenantMsg::NextPage);
     }
 

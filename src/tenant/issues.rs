@@ -178,7 +178,7 @@ impl TenantActorState {
         resumed: bool,
     ) {
         let spec = &self.args.spec;
-        self.sweep = Some(ActiveSweep {
+        self.sweep = Some(Box::new(ActiveSweep {
             span: tracing::info_span!("poll", tenant = %spec.id, full),
             full,
             checkpoint,
@@ -200,7 +200,7 @@ impl TenantActorState {
             hint_step: false,
             poll_after: false,
             state_before: TenantState::Polling,
-        });
+        }));
         let now = SystemTime::now();
         // A poll asked for early (by an operator) is not late.
         let lag = self

@@ -126,7 +126,9 @@ pub struct TenantActorState {
     timer: Option<JoinHandle<Result<(), ractor::MessagingErr<TenantMsg>>>>,
     /// When the armed timer is due, to measure how late the poll starts.
     due: Option<Instant>,
-    sweep: Option<issues::ActiveSweep>,
+    /// The sweep running now (boxed: it is large, and an idle tenant's state lives in its
+    /// actor's task for the tenant's whole life).
+    sweep: Option<Box<issues::ActiveSweep>>,
     /// The page given to the sink and not acknowledged yet, whichever job built it (boxed: an
     /// idle tenant pays a pointer).
     pending: Option<Box<delivery::Pending>>,
