@@ -309,6 +309,7 @@ impl Reloader {
             Ok((unchanged() && specs.len() == wanted.len()).then_some(specs))
         })
         .await
+        .map(|read| read.map(rehome))
     }
 
     /// Makes `full` (every configured tenant) the running configuration, with the tenants
@@ -632,4 +633,18 @@ impl Reloader {
             }
         })
     }
+}
+
+/// Copies specs read on a blocking thread into memory allocated here, and frees the originals
+/// and their thread's free memory. glibc gives that thread an arena of its own, where the specs
+/// sat among the parse's freed temporaries, and their few live bytes per page kept the pages
+/// (measured at 100,000 tenants on 10 replicas: 0.9 KiB per owned tenant, docs/benchmarks.md).
+fn rehome(read: Vec<Arc<TenantSpec>>) -> Vec<Arc<TenantSpec>> {
+    let copies = read
+        .iter()
+        .map(|s| Arc::new(TenantSpec::clone(s)))
+        .collect();
+    drop(read);
+    crate::heap::give_back();
+    copies
 }
