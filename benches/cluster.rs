@@ -1,8 +1,8 @@
 //! Cluster-mode benchmarks (a bench binary; each scenario runs once). Replicas run as separate
 //! `wiz-connector run` processes against a local `nats-server -js` and the simulator.
 //!
-//! `cargo bench --bench cluster [-- placement|failover|state|commit|scale]` (all but `scale` by
-//! default). Needs nats-server (Debian's package). Under `cargo test` it runs nothing.
+//! `cargo bench --bench cluster [-- placement|failover|state|commit|rollup|scale]` (all but
+//! `scale` by default). Needs nats-server (Debian's package). Under `cargo test` it runs nothing.
 //!
 //! `scale` runs `WIZ_BENCH_SCALE_TENANTS` (default 100,000) idle tenants on
 //! `WIZ_BENCH_SCALE_REPLICAS` (default 10) replicas: placement, kill -9, a join and a SIGTERM,
@@ -616,7 +616,7 @@ async fn scale() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     println!(
-        "| scale: kill -9 | the replica owning the most ({} tenants) | taken over in {}, all polled elsewhere in {} | first polls of moved tenants are spread (at least 2 s, 1 s per 100, at most 8 s or startup_jitter) |",
+        "| scale: kill -9 | the replica owning the most ({} tenants) | taken over in {}, all polled elsewhere in {} | first polls of moved tenants are spread (at least 2 s, 1 s per 100, at most 5 s or startup_jitter) |",
         moved.len(),
         secs(taken),
         secs(all_polled)
@@ -724,6 +724,91 @@ async fn scale() {
     );
 }
 
+/// What a roll-up costs NATS: `WIZ_BENCH_ROLLUP_SUBJECTS` (100,000) subjects of one 150-byte
+/// message each, then `WIZ_BENCH_ROLLUP_OPS` (20,000) fenced publishes over them, 64 in flight
+/// from one connection: replacing each subject's messages (`Nats-Rollup: sub`, as a tiny image's
+/// write does), appending (as a delta does), replacing again (now over two messages a subject),
+/// and direct gets of each subject's last message.
+async fn rollup() {
+    use async_nats::jetstream::{self, stream};
+    use futures_util::StreamExt;
+    let n = env_usize("WIZ_BENCH_ROLLUP_SUBJECTS", 100_000);
+    let ops = env_usize("WIZ_BENCH_ROLLUP_OPS", 20_000);
+    let Some(nats) = start_nats() else {
+        println!("| rollup | skipped: nats-server is not installed | | |");
+        return;
+    };
+    let js = jetstream::new(async_nats::connect(&nats.url).await.unwrap());
+    let st = js
+        .get_or_create_stream(stream::Config {
+            name: "PROBE".into(),
+            subjects: vec!["probe.>".into()],
+            allow_rollup: true,
+            allow_direct: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let payload = bytes::Bytes::from(vec![b'x'; 150]);
+    let last = std::sync::Mutex::new(vec![0u64; n]);
+    // One pass of `count` fenced publishes to subjects picked by `pick`; publishes per second.
+    let pass = |count: usize, pick: fn(usize, usize) -> usize, rollup: bool| {
+        let (js, payload, last) = (&js, payload.clone(), &last);
+        async move {
+            let started = Instant::now();
+            futures_util::stream::iter(0..count)
+                .map(|k| {
+                    let i = pick(k, n);
+                    let payload = payload.clone();
+                    async move {
+                        let mut h = async_nats::HeaderMap::new();
+                        let expected = last.lock().unwrap()[i];
+                        h.insert(
+                            "Nats-Expected-Last-Subject-Sequence",
+                            expected.to_string().as_str(),
+                        );
+                        if rollup {
+                            h.insert("Nats-Rollup", "sub");
+                        }
+                        let ack = js
+                            .publish_with_headers(format!("probe.t{i}"), h, payload)
+                            .await
+                            .unwrap()
+                            .await
+                            .unwrap();
+                        last.lock().unwrap()[i] = ack.sequence;
+                    }
+                })
+                .buffer_unordered(64)
+                .collect::<Vec<()>>()
+                .await;
+            count as f64 / started.elapsed().as_secs_f64()
+        }
+    };
+    let spread: fn(usize, usize) -> usize = |k, n| (k * 7919 + 13) % n;
+    let seeded = pass(n, |k, _| k, true).await;
+    let replaced = pass(ops, spread, true).await;
+    let appended = pass(ops, spread, false).await;
+    let replaced_two = pass(ops, spread, true).await;
+    let started = Instant::now();
+    futures_util::stream::iter(0..ops)
+        .map(|k| {
+            let st = &st;
+            async move {
+                st.direct_get_last_for_subject(format!("probe.t{}", spread(k, n)))
+                    .await
+                    .unwrap();
+            }
+        })
+        .buffer_unordered(64)
+        .collect::<Vec<()>>()
+        .await;
+    let gets = ops as f64 / started.elapsed().as_secs_f64();
+    println!(
+        "| rollup | {n} subjects of one message, then {ops} fenced publishes over them, 64 in flight | per second: first message of each subject {seeded:.0}; replacing one message (roll-up) {replaced:.0}; appending {appended:.0}; replacing two {replaced_two:.0}; direct gets {gets:.0} | |"
+    );
+}
+
 fn main() {
     let Some(args) = bench_args() else {
         return;
@@ -744,6 +829,9 @@ fn main() {
         }
         if want("failover") {
             failover().await;
+        }
+        if want("rollup") {
+            rollup().await;
         }
         if args.iter().any(|a| a == "scale") {
             scale().await;

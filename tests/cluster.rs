@@ -2765,3 +2765,166 @@ async fn state_writes_refused_while_reads_work_back_off_and_recover() {
     .await;
     no_gap_for(&sim, &expected, dir.path(), Duration::from_secs(30)).await;
 }
+
+/// How many messages the state stream holds on each subject (by tenant).
+async fn messages_per_tenant(nats: &str) -> BTreeMap<String, usize> {
+    use futures_util::TryStreamExt;
+    let client = async_nats::connect(nats).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let stream = js.get_stream("WIZ_CONNECTOR_STATE").await.unwrap();
+    let mut out = BTreeMap::new();
+    let mut info = stream
+        .info_with_subjects("WIZ_CONNECTOR_STATE.>")
+        .await
+        .unwrap();
+    while let Some((subject, count)) = info.try_next().await.unwrap() {
+        let tenant = subject.trim_start_matches("WIZ_CONNECTOR_STATE.");
+        out.insert(tenant.to_string(), count);
+    }
+    out
+}
+
+/// A tenant taken over appends its first write after the claim instead of rolling its subject
+/// up (NATS purges slowly, and a failover's first commits would queue behind the purges); its
+/// next write replaces them all, and the subject holds one message again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failovers_first_commits_append_and_the_next_write_compacts() {
+    let nats = nats_server().await;
+    let sim = sim(4, 0).await;
+    let dir = tempfile::tempdir().unwrap();
+    // Polls an hour apart: after its first poll, a tenant writes only when asked to poll.
+    let setup = Setup {
+        only: Some(4),
+        poll_interval: Some("1h"),
+        ..Default::default()
+    };
+    let expected: BTreeSet<String> = (0..4).map(|i| format!("t{i}")).collect();
+    let mut rs = replicas(&sim, &nats.url, &["r1", "r2"], dir.path(), &setup).await;
+    settled(
+        &rs,
+        &expected,
+        "placement over 2 replicas",
+        Duration::from_secs(30),
+    )
+    .await;
+    let live: Vec<&Replica> = rs.iter().collect();
+    let owner = owners(&live, &expected).await.unwrap();
+    let victim = if owner.values().filter(|o| *o == "r1").count() >= 2 {
+        0
+    } else {
+        1
+    };
+    let moved: BTreeSet<String> = owner
+        .iter()
+        .filter(|(_, o)| **o == rs[victim].id)
+        .map(|(t, _)| t.clone())
+        .collect();
+    eventually("every tenant polled", Duration::from_secs(30), || {
+        let rs = &rs;
+        let expected = &expected;
+        async move {
+            let mut polled = BTreeSet::new();
+            for r in rs {
+                polled.extend(polled_on(r).await);
+            }
+            if &polled == expected {
+                Ok(())
+            } else {
+                Err(format!("polled {polled:?}"))
+            }
+        }
+    })
+    .await;
+    // A write of each tenant now replaces its subject's messages (whether its owner claimed it
+    // on an empty subject, or after a release when the replicas came up far apart).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let http = reqwest::Client::new();
+    for (t, o) in &owner {
+        let r = rs.iter().find(|r| &r.id == o).unwrap();
+        let answer = http
+            .post(format!("http://{}/tenants/{t}/poll", r.admin))
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            answer.status().is_success(),
+            "poll {t}: {}",
+            answer.status()
+        );
+    }
+    eventually("one message per tenant", Duration::from_secs(30), || {
+        let url = nats.url.clone();
+        async move {
+            let counts = messages_per_tenant(&url).await;
+            if counts.len() == 4 && counts.values().all(|c| *c == 1) {
+                Ok(())
+            } else {
+                Err(format!("{counts:?}"))
+            }
+        }
+    })
+    .await;
+    kill(rs.remove(victim)).await;
+    let survivor = &rs[0];
+    all_polled_on(
+        survivor,
+        &expected,
+        "the moved tenants polled on the survivor",
+        Duration::from_secs(40),
+    )
+    .await;
+    // The moved tenants: the earlier owner's image, the claim, and the first write appended.
+    eventually(
+        "the moved tenants' first writes appended",
+        Duration::from_secs(10),
+        || {
+            let url = nats.url.clone();
+            let moved = &moved;
+            async move {
+                let counts = messages_per_tenant(&url).await;
+                let want: BTreeMap<String, usize> = (0..4)
+                    .map(|i| format!("t{i}"))
+                    .map(|t| {
+                        let n = if moved.contains(&t) { 3 } else { 1 };
+                        (t, n)
+                    })
+                    .collect();
+                if counts == want {
+                    Ok(())
+                } else {
+                    Err(format!("{counts:?}, want {want:?}"))
+                }
+            }
+        },
+    )
+    .await;
+    // Their next write replaces all three.
+    for t in &moved {
+        let answer = http
+            .post(format!("http://{}/tenants/{t}/poll", survivor.admin))
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            answer.status().is_success(),
+            "poll {t}: {}",
+            answer.status()
+        );
+    }
+    eventually(
+        "one message per tenant again",
+        Duration::from_secs(30),
+        || {
+            let url = nats.url.clone();
+            async move {
+                let counts = messages_per_tenant(&url).await;
+                if counts.len() == 4 && counts.values().all(|c| *c == 1) {
+                    Ok(())
+                } else {
+                    Err(format!("{counts:?}"))
+                }
+            }
+        },
+    )
+    .await;
+}

@@ -114,6 +114,13 @@ struct Owned {
     /// replica found empty, snapshotted, or installed. After a claim that kept an image it
     /// did not measure, the first write compacts (which measures it).
     sized: bool,
+    /// Set by a claim that found state on the subject: the first write is appended as a delta
+    /// even when the image is tiny, and the next one replaces them all. Replacing rolls the
+    /// subject up, purging the earlier owner's messages, which NATS 2.9 does 7 to 86 times
+    /// slower than a plain publish (docs/benchmarks.md, session 15): a failover's first commits
+    /// would queue behind those purges. Costs the moved tenant two more small messages until
+    /// its next write.
+    append_first: bool,
 }
 
 /// What a state message's headers say, in either format ("" or 0 for what it lacks), and its
@@ -609,6 +616,7 @@ impl Replicated {
             epoch: epoch_seq,
             // Nothing was on the subject before the claim: the image is empty.
             sized: last_seq == 0,
+            append_first: last_seq != 0,
             ..Default::default()
         };
         if let Some(img) = image {
@@ -661,6 +669,7 @@ impl Replicated {
         owned.snapshot_bytes = bytes;
         owned.delta_bytes = 0;
         owned.sized = true;
+        owned.append_first = false;
         Ok(owned.seq)
     }
 
@@ -684,7 +693,10 @@ impl Replicated {
         let format = self.live.format();
         let payload = encode_write(w, format);
         let len = payload.len() as u64;
-        if owned.sized && owned.snapshot_bytes + owned.delta_bytes + len <= TINY_IMAGE {
+        if owned.sized
+            && !owned.append_first
+            && owned.snapshot_bytes + owned.delta_bytes + len <= TINY_IMAGE
+        {
             return Ok(WriteOutcome::Replace { seq: owned.seq });
         }
         match self
@@ -704,6 +716,7 @@ impl Replicated {
                 owned.delta_bytes += len;
                 let compact =
                     !owned.sized || owned.delta_bytes > owned.snapshot_bytes / 2 + COMPACT_SLACK;
+                owned.append_first = false;
                 self.owned.insert(tenant.to_string(), owned);
                 Ok(WriteOutcome::Published { seq, compact })
             }
