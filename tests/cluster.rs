@@ -2837,33 +2837,10 @@ async fn a_failovers_first_commits_append_and_the_next_write_compacts() {
     .await;
     // A write of each tenant now replaces its subject's messages (whether its owner claimed it
     // on an empty subject, or after a release when the replicas came up far apart).
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let http = reqwest::Client::new();
     for (t, o) in &owner {
-        let r = rs.iter().find(|r| &r.id == o).unwrap();
-        let answer = http
-            .post(format!("http://{}/tenants/{t}/poll", r.admin))
-            .send()
-            .await
-            .unwrap();
-        assert!(
-            answer.status().is_success(),
-            "poll {t}: {}",
-            answer.status()
-        );
+        poll_now(rs.iter().find(|r| &r.id == o).unwrap(), t).await;
     }
-    eventually("one message per tenant", Duration::from_secs(30), || {
-        let url = nats.url.clone();
-        async move {
-            let counts = messages_per_tenant(&url).await;
-            if counts.len() == 4 && counts.values().all(|c| *c == 1) {
-                Ok(())
-            } else {
-                Err(format!("{counts:?}"))
-            }
-        }
-    })
-    .await;
+    one_message_each(&nats.url, 4, "one message per tenant").await;
     kill(rs.remove(victim)).await;
     let survivor = &rs[0];
     all_polled_on(
@@ -2900,31 +2877,35 @@ async fn a_failovers_first_commits_append_and_the_next_write_compacts() {
     .await;
     // Their next write replaces all three.
     for t in &moved {
-        let answer = http
-            .post(format!("http://{}/tenants/{t}/poll", survivor.admin))
-            .send()
-            .await
-            .unwrap();
-        assert!(
-            answer.status().is_success(),
-            "poll {t}: {}",
-            answer.status()
-        );
+        poll_now(survivor, t).await;
     }
-    eventually(
-        "one message per tenant again",
-        Duration::from_secs(30),
-        || {
-            let url = nats.url.clone();
-            async move {
-                let counts = messages_per_tenant(&url).await;
-                if counts.len() == 4 && counts.values().all(|c| *c == 1) {
-                    Ok(())
-                } else {
-                    Err(format!("{counts:?}"))
-                }
-            }
-        },
-    )
+    one_message_each(&nats.url, 4, "one message per tenant again").await;
+}
+
+/// Asks `r` to poll `tenant` now.
+async fn poll_now(r: &Replica, tenant: &str) {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let answer = reqwest::Client::new()
+        .post(format!("http://{}/tenants/{tenant}/poll", r.admin))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        answer.status().is_success(),
+        "poll {tenant}: {}",
+        answer.status()
+    );
+}
+
+/// Waits until the state stream holds one message on each of `tenants` subjects.
+async fn one_message_each(nats: &str, tenants: usize, what: &str) {
+    eventually(what, Duration::from_secs(30), || async move {
+        let counts = messages_per_tenant(nats).await;
+        if counts.len() == tenants && counts.values().all(|c| *c == 1) {
+            Ok(())
+        } else {
+            Err(format!("{counts:?}"))
+        }
+    })
     .await;
 }
