@@ -130,7 +130,6 @@ pub async fn supervise(settings: Settings, opts: AppOptions, announce: bool) -> 
         );
     }
     let summary = spawn_fleet_summary(app.health.clone(), every);
-    let trimmer = crate::heap::spawn_trimmer();
     let hangups = hangups.reload_with(app.reloader().clone());
     let outcome = tokio::select! {
         sig = termination.recv() => Ok(sig?),
@@ -141,7 +140,6 @@ pub async fn supervise(settings: Settings, opts: AppOptions, announce: bool) -> 
         } => Err(anyhow::anyhow!("the supervisor stopped unexpectedly")),
     };
     summary.abort();
-    trimmer.abort();
     hangups.abort();
     match outcome {
         Ok(sig) => {
