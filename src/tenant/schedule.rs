@@ -51,9 +51,9 @@ fn jitter(d: Duration) -> Duration {
 impl TenantActorState {
     pub(super) fn arm_timer(&mut self, myself: &ActorRef<TenantMsg>, after: Duration) {
         if let Some(t) = self.timer.take() {
-            self.args.alarms.cancel(t);
+            t.abort();
         }
-        self.timer = Some(self.args.alarms.set(after, myself));
+        self.timer = Some(myself.send_after(after, || TenantMsg::Poll));
         self.due = Some(Instant::now() + after);
         let at = SystemTime::now() + after;
         self.args
