@@ -1,7 +1,81 @@
-//! Giving freed memory back to the operating system. Loading the configuration of a large fleet
-//! makes hundreds of thousands of small allocations that are freed soon after (a cluster replica
-//! keeps only its own tenants' settings); glibc's allocator keeps such memory in its arenas, so
-//! the process would stay at its peak. A leaf: the loader and the reloader call it.
+//! The allocator's settings, and giving freed memory back to the operating system.
+//!
+//! Loading the configuration of a large fleet makes hundreds of thousands of small allocations
+//! that are freed soon after (a cluster replica keeps only its own tenants' settings), and glibc's
+//! allocator keeps such memory in its arenas. Two measures keep a replica near what it uses:
+//! [`tune`] at start fixes the allocator's thresholds and caps its arenas, and [`give_back`]
+//! after each load returns what is free. A leaf: `main`, the loader and the reloader call it.
+
+/// The allocator settings [`tune`] applies, chosen by [`choose`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tuning {
+    /// Allocations of this many bytes or more are mapped on their own and unmapped when freed.
+    /// Setting it fixes it: glibc otherwise raises it (and with it, to twice as much, the free
+    /// memory an arena keeps at its top) to the largest block freed so far, up to 32 MiB, so one
+    /// large transient buffer, like a fleet's configuration file, leaves every arena holding tens
+    /// of megabytes it never returns.
+    pub mmap_threshold: usize,
+    /// At most this many arenas. glibc allows eight per core and makes a new one whenever two
+    /// threads contend, so the runtime's workers and the blocking pool's readers each fill and
+    /// fragment arenas of their own; one per core keeps the workers apart and the heap compact.
+    pub arenas: usize,
+}
+
+/// What [`tune`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tuned {
+    /// The settings were applied.
+    Applied(Tuning),
+    /// The operator set glibc's own variables (`MALLOC_*` or `GLIBC_TUNABLES` with a malloc
+    /// tunable), which take precedence: nothing was changed.
+    LeftToEnvironment,
+    /// Not glibc: nothing to tune.
+    NotGlibc,
+}
+
+/// Environment variables through which an operator tunes glibc's allocator. When any is set,
+/// [`tune`] leaves the allocator alone so the operator's choice holds.
+const GLIBC_VARIABLES: [&str; 5] = [
+    "MALLOC_ARENA_MAX",
+    "MALLOC_MMAP_THRESHOLD_",
+    "MALLOC_TRIM_THRESHOLD_",
+    "MALLOC_TOP_PAD_",
+    "MALLOC_MMAP_MAX_",
+];
+
+/// The settings for a process on `cores` cores, or `None` when the environment (read through
+/// `env`) already tunes the allocator. Pure, for the tests.
+pub fn choose(env: impl Fn(&str) -> Option<String>, cores: usize) -> Option<Tuning> {
+    let operator = GLIBC_VARIABLES.iter().any(|v| env(v).is_some())
+        || env("GLIBC_TUNABLES").is_some_and(|t| t.contains("glibc.malloc."));
+    (!operator).then_some(Tuning {
+        mmap_threshold: 1 << 20,
+        arenas: cores.max(2),
+    })
+}
+
+/// Applies [`choose`]'s settings to glibc's allocator. Call it first thing in `main`, before any
+/// thread starts: arenas already made stay. Measured on one replica owning 10,000 idle tenants:
+/// resident memory 207 MB without, 167 to 170 MB with (docs/benchmarks.md).
+pub fn tune() -> Tuned {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let Some(t) = choose(|k| std::env::var(k).ok(), cores) else {
+            return Tuned::LeftToEnvironment;
+        };
+        let clamp = |n: usize| libc::c_int::try_from(n).unwrap_or(libc::c_int::MAX);
+        // SAFETY: mallopt only changes the allocator's parameters; called before other threads
+        // start, it races with no allocation.
+        unsafe {
+            libc::mallopt(libc::M_MMAP_THRESHOLD, clamp(t.mmap_threshold));
+            libc::mallopt(libc::M_ARENA_MAX, clamp(t.arenas));
+        }
+        Tuned::Applied(t)
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    Tuned::NotGlibc
+}
 
 /// Returns the free memory of every allocator arena to the operating system (glibc's
 /// `malloc_trim`); elsewhere it does nothing. Costs milliseconds on a large heap: call it after a
@@ -12,5 +86,38 @@ pub fn give_back() {
     // preconditions and touches no memory the program owns.
     unsafe {
         libc::malloc_trim(0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env<'a>(vars: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+        move |k| {
+            vars.iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.to_string())
+        }
+    }
+
+    #[test]
+    fn a_plain_environment_gets_a_fixed_threshold_and_an_arena_per_core() {
+        let t = choose(env(&[]), 8).expect("nothing set: tuned");
+        assert_eq!(t.mmap_threshold, 1 << 20);
+        assert_eq!(t.arenas, 8);
+        assert_eq!(choose(env(&[]), 1).map(|t| t.arenas), Some(2));
+    }
+
+    #[test]
+    fn the_operators_own_malloc_settings_win() {
+        assert_eq!(choose(env(&[("MALLOC_ARENA_MAX", "4")]), 2), None);
+        assert_eq!(choose(env(&[("MALLOC_TRIM_THRESHOLD_", "0")]), 2), None);
+        assert_eq!(
+            choose(env(&[("GLIBC_TUNABLES", "glibc.malloc.arena_max=1")]), 2),
+            None
+        );
+        // A tunable that is not the allocator's leaves the choice to us.
+        assert!(choose(env(&[("GLIBC_TUNABLES", "glibc.pthread.rseq=0")]), 2).is_some());
     }
 }

@@ -4,11 +4,14 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use wiz_connector::cli::{Cli, Command};
-use wiz_connector::{commands, telemetry};
+use wiz_connector::{commands, heap, telemetry};
 
 fn main() -> ExitCode {
+    // Before any thread starts: the allocator's arenas are made by the first threads.
+    let tuned = heap::tune();
     let cli = Cli::parse();
     telemetry::init(cli.log_format);
+    tracing::debug!(?tuned, "allocator");
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

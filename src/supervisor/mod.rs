@@ -158,6 +158,8 @@ pub struct SupervisorState {
     observer: Observer,
     store: StateStore,
     slots: Slots,
+    /// The tenants' poll alarms (one task for the fleet).
+    alarms: crate::tenant::alarm::Alarms,
     ready: Arc<AtomicBool>,
     shutting_down: bool,
     /// Cluster mode: how long a new owner waits for a live holder's release (see
@@ -399,6 +401,7 @@ impl SupervisorState {
             sink_stats: self.sink_stats.clone(),
             store: self.store.clone(),
             slots: self.slots.clone(),
+            alarms: self.alarms.clone(),
             stop: child.stop.clone(),
             faults: self.faults.clone(),
             observer: self.observer.clone(),
@@ -898,6 +901,7 @@ impl Actor for ConnectorSupervisor {
             observer: args.observer,
             store: args.store,
             slots: Slots::new(c.max_concurrent_sweeps as usize, slot_metrics),
+            alarms: crate::tenant::alarm::Alarms::spawn(),
             ready: args.ready,
             shutting_down: false,
             // A live holder is waiting on its page in flight (a slow sink) or draining: at most a

@@ -1,5 +1,5 @@
 //! The tenant actor: one per configured Wiz tenant. It owns its Wiz client (token cache and its
-//! handle on the credential's rate limiter) and its poll timer, and runs one poll at a time,
+//! handle on the credential's rate limiter) and its poll alarm, and runs one poll at a time,
 //! one page per message: between pages the mailbox is free, so a stop request takes effect after
 //! the page in flight is delivered.
 //!
@@ -16,7 +16,9 @@
 //!   for all of the above.
 //! - `claim`: cluster mode's takeover of the tenant's state keys.
 //! - `slot`: sweep slots and retry waits.
+//! - `alarm`: the fleet's poll alarms, one task for every tenant's next poll.
 
+pub mod alarm;
 mod baseline;
 mod claim;
 mod delivery;
@@ -33,7 +35,6 @@ use std::time::{Duration, Instant, SystemTime};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use slot::{Held, Slots, StopSignal, TenantSlot};
-use tokio::task::JoinHandle;
 use tracing::Instrument;
 
 use crate::config::TenantSpec;
@@ -93,6 +94,8 @@ pub struct TenantArgs {
     pub store: StateStore,
     /// The fleet's sweep slots (`max_concurrent_sweeps`).
     pub slots: Slots,
+    /// The fleet's poll alarms (the tenant's timer).
+    pub alarms: alarm::Alarms,
     /// Given by the supervisor before it stops this tenant on purpose: ends retry waits at once.
     pub stop: Arc<StopSignal>,
     pub faults: FaultInjection,
@@ -123,7 +126,8 @@ pub struct TenantActorState {
     /// The sweep slot this tenant holds while it sweeps (given back during retry waits).
     slot: Arc<TenantSlot>,
     normalizer: Normalizer,
-    timer: Option<JoinHandle<Result<(), ractor::MessagingErr<TenantMsg>>>>,
+    /// The armed poll alarm (see [`alarm`]).
+    timer: Option<alarm::AlarmKey>,
     /// When the armed timer is due, to measure how late the poll starts.
     due: Option<Instant>,
     /// The sweep running now (boxed: it is large, and an idle tenant's state lives in its
@@ -301,7 +305,7 @@ impl Actor for WizTenantActor {
         state: &mut TenantActorState,
     ) -> Result<(), ActorProcessingErr> {
         if let Some(t) = state.timer.take() {
-            t.abort();
+            state.args.alarms.cancel(t);
         }
         state.args.hints.detach(myself.get_id());
         Ok(())
@@ -341,7 +345,7 @@ impl Actor for WizTenantActor {
                     return Ok(());
                 }
                 if let Some(t) = state.timer.take() {
-                    t.abort();
+                    state.args.alarms.cancel(t);
                 }
                 // A new poll, or the rest of one a hints-only job interrupted.
                 if state.plan.is_none() {

@@ -51,9 +51,9 @@ fn jitter(d: Duration) -> Duration {
 impl TenantActorState {
     pub(super) fn arm_timer(&mut self, myself: &ActorRef<TenantMsg>, after: Duration) {
         if let Some(t) = self.timer.take() {
-            t.abort();
+            self.args.alarms.cancel(t);
         }
-        self.timer = Some(myself.send_after(after, || TenantMsg::Poll));
+        self.timer = Some(self.args.alarms.set(after, myself));
         self.due = Some(Instant::now() + after);
         let at = SystemTime::now() + after;
         self.args
