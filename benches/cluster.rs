@@ -651,6 +651,22 @@ async fn scale() {
         above as f64 / owned_now.max(1) as f64 / 1024.0,
         (above as f64 / rs.len() as f64 + base as f64) / 1048576.0,
     );
+    // At rest: the replicas' trimmer gives back a takeover's freed reads once takeovers have
+    // been quiet for its period (`heap::TRIM_EVERY`), within two periods of the last one;
+    // measured again once that has passed: the memory a replica keeps for its tenants rather
+    // than the failover's peak.
+    let rest = wiz_connector::heap::TRIM_EVERY * 2 + Duration::from_secs(2);
+    tokio::time::sleep(rest).await;
+    let rested: u64 = rs
+        .iter()
+        .map(|r| rss_of(r.child.id()).saturating_sub(base))
+        .sum();
+    println!(
+        "| scale: memory at rest | the same, {} s later (two trimmer periods and 2 s) | above the base {:.1} KiB per owned tenant | RSS per survivor {:.0} MiB avg |",
+        rest.as_secs(),
+        rested as f64 / owned_now.max(1) as f64 / 1024.0,
+        (rested as f64 / rs.len() as f64 + base as f64) / 1048576.0,
+    );
     // WIZ_BENCH_HEAP=1 (needs gdb): each survivor's RSS after a forced `malloc_trim`, and
     // glibc's `malloc_stats` (bytes in use per arena) printed into its log: tells live heap
     // from memory the allocator holds.

@@ -2,9 +2,21 @@
 //!
 //! Loading the configuration of a large fleet makes hundreds of thousands of small allocations
 //! that are freed soon after (a cluster replica keeps only its own tenants' settings), and glibc's
-//! allocator keeps such memory in its arenas. Two measures keep a replica near what it uses:
-//! [`tune`] at start fixes the allocator's thresholds and caps its arenas, and [`give_back`]
-//! after each load returns what is free. A leaf: `main`, the loader and the reloader call it.
+//! allocator keeps such memory in its arenas. Three measures keep a replica near what it uses:
+//! [`tune`] at start fixes the allocator's thresholds and caps its arenas, [`give_back`] after
+//! each load returns what is free, and the [`spawn_trimmer`] task does the same once placements
+//! and takeovers (whose transient reads are freed a moment after they end) have been quiet for
+//! [`TRIM_EVERY`]. A leaf: `main`, the loader, the reloader and the state store call it.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+/// How often the trimmer looks whether something [`churned`].
+pub const TRIM_EVERY: Duration = Duration::from_secs(10);
+
+/// Set by [`churned`], cleared by the trimmer when it gives the memory back. Process-wide, as
+/// the allocator is.
+static CHURN: AtomicBool = AtomicBool::new(false);
 
 /// The allocator settings [`tune`] applies, chosen by [`choose`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,6 +89,17 @@ pub fn tune() -> Tuned {
     Tuned::NotGlibc
 }
 
+/// The trimmer's decision at a look: whether to trim now, given whether something churned since
+/// the last look and whether churn is waiting for a quiet period (`pending`, updated).
+fn trim_now(churned_since: bool, pending: &mut bool) -> bool {
+    if churned_since {
+        *pending = true;
+        false
+    } else {
+        std::mem::take(pending)
+    }
+}
+
 /// Returns the free memory of every allocator arena to the operating system (glibc's
 /// `malloc_trim`); elsewhere it does nothing. Costs milliseconds on a large heap: call it after a
 /// load, not per event.
@@ -87,6 +110,33 @@ pub fn give_back() {
     unsafe {
         libc::malloc_trim(0);
     }
+}
+
+/// Something just freed, or is about to free, a lot of memory: a placement moved tenants, a
+/// takeover read a tenant's state from NATS. The trimmer gives it back at its next look. One
+/// atomic store: cheap enough for every takeover.
+pub fn churned() {
+    CHURN.store(true, Ordering::Relaxed);
+}
+
+/// Gives back what the allocator holds free (on a blocking thread) once something [`churned`]
+/// and then a whole [`TRIM_EVERY`] passed without more: after a failover's or a reload's
+/// takeovers, not during them. A trim holds each arena's lock while it walks its free memory,
+/// and the heartbeat allocates too: trimming in the middle of 10,000 takeovers delayed a
+/// replica's lease renewal in a test. Measured at 100,000 tenants on 10 replicas:
+/// docs/benchmarks.md, session 16.
+pub fn spawn_trimmer() -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async {
+        let mut tick = tokio::time::interval(TRIM_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut pending = false;
+        loop {
+            tick.tick().await;
+            if trim_now(CHURN.swap(false, Ordering::Relaxed), &mut pending) {
+                let _ = tokio::task::spawn_blocking(give_back).await;
+            }
+        }
+    })
 }
 
 #[cfg(test)]
@@ -107,6 +157,17 @@ mod tests {
         assert_eq!(t.mmap_threshold, 1 << 20);
         assert_eq!(t.arenas, 8);
         assert_eq!(choose(env(&[]), 1).map(|t| t.arenas), Some(2));
+    }
+
+    #[test]
+    fn the_trimmer_waits_for_a_quiet_period_after_churn_and_trims_once() {
+        let looks = [false, true, true, false, false, true, false, false];
+        let mut pending = false;
+        let trims: Vec<bool> = looks.iter().map(|c| trim_now(*c, &mut pending)).collect();
+        assert_eq!(
+            trims,
+            [false, false, false, true, false, false, true, false]
+        );
     }
 
     #[test]

@@ -505,6 +505,11 @@ impl Reloader {
                                 took_ms = started.elapsed().as_millis() as u64,
                                 "placement changed"
                             );
+                            if o.acquired > 0 || o.released > 0 {
+                                // Released tenants' actors and settings go; taken-over ones'
+                                // claims read and free their state: the trimmer gives it back.
+                                crate::heap::churned();
+                            }
                             let m = me.inner.observer.metrics();
                             m.cluster.placed(started.elapsed());
                             ready.store(true, std::sync::atomic::Ordering::Release);

@@ -130,6 +130,7 @@ pub async fn supervise(settings: Settings, opts: AppOptions, announce: bool) -> 
         );
     }
     let summary = spawn_fleet_summary(app.health.clone(), every);
+    let trimmer = crate::heap::spawn_trimmer();
     let hangups = hangups.reload_with(app.reloader().clone());
     let outcome = tokio::select! {
         sig = termination.recv() => Ok(sig?),
@@ -140,6 +141,7 @@ pub async fn supervise(settings: Settings, opts: AppOptions, announce: bool) -> 
         } => Err(anyhow::anyhow!("the supervisor stopped unexpectedly")),
     };
     summary.abort();
+    trimmer.abort();
     hangups.abort();
     match outcome {
         Ok(sig) => {
