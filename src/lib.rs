@@ -32,7 +32,7 @@
 //!   mode in JetStream (`jetstream`, records in `codec`) with the redb as its cache.
 //! - [`health`]: the per-tenant health records.
 //! - [`heap`]: the allocator's settings (set first thing in `main`) and giving memory freed after
-//!   a large load back to the operating system.
+//!   a large load, or after takeovers, back to the operating system.
 //! - [`metrics`]: typed observations that are both logged and counted (Prometheus); a leaf:
 //!   modules with metrics of their own register them into its registry.
 //! - [`cluster`]: cluster mode: membership in a JetStream KV bucket, renewed by a heartbeat on its
