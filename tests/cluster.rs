@@ -1640,25 +1640,12 @@ async fn a_reload_of_10000_tenants_on_one_replica_does_not_stop_its_heartbeat() 
             .matches("placement changed")
             .count()
     };
-    eventually("both tenants polled", Duration::from_secs(30), || {
-        let live: Vec<&Replica> = rs.iter().collect();
-        async move {
-            let mut started = 0;
-            for r in live {
-                started += listed(r)
-                    .await
-                    .unwrap_or_default()
-                    .iter()
-                    .filter(|t| t.3)
-                    .count();
-            }
-            if started == 2 {
-                Ok(())
-            } else {
-                Err(format!("{started} polled"))
-            }
-        }
-    })
+    all_polled_across(
+        &rs,
+        &expected,
+        "both tenants polled",
+        Duration::from_secs(30),
+    )
     .await;
     // r2 owns no tenant, so the waits above do not show it placed: its first placement is
     // logged when it is, and counted before the reload, not during it.
@@ -2153,6 +2140,27 @@ async fn polled_on(r: &Replica) -> BTreeSet<String> {
 async fn all_polled_on(r: &Replica, expected: &BTreeSet<String>, what: &str, within: Duration) {
     eventually(what, within, || async move {
         let polled = polled_on(r).await;
+        if &polled == expected {
+            Ok(())
+        } else {
+            Err(format!("polled {polled:?}"))
+        }
+    })
+    .await;
+}
+
+/// Waits until `rs` together have polled exactly the `expected` tenants.
+async fn all_polled_across(
+    rs: &[Replica],
+    expected: &BTreeSet<String>,
+    what: &str,
+    within: Duration,
+) {
+    eventually(what, within, || async move {
+        let mut polled = BTreeSet::new();
+        for r in rs {
+            polled.extend(polled_on(r).await);
+        }
         if &polled == expected {
             Ok(())
         } else {
@@ -2850,21 +2858,12 @@ async fn a_failovers_first_commits_append_and_the_next_write_compacts() {
         .filter(|(_, o)| **o == rs[victim].id)
         .map(|(t, _)| t.clone())
         .collect();
-    eventually("every tenant polled", Duration::from_secs(30), || {
-        let rs = &rs;
-        let expected = &expected;
-        async move {
-            let mut polled = BTreeSet::new();
-            for r in rs {
-                polled.extend(polled_on(r).await);
-            }
-            if &polled == expected {
-                Ok(())
-            } else {
-                Err(format!("polled {polled:?}"))
-            }
-        }
-    })
+    all_polled_across(
+        &rs,
+        &expected,
+        "every tenant polled",
+        Duration::from_secs(30),
+    )
     .await;
     // A write of each tenant now replaces its subject's messages (whether its owner claimed it
     // on an empty subject, or after a release when the replicas came up far apart).
