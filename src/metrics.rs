@@ -144,6 +144,9 @@ pub struct ClusterMetrics {
     state_write: Family<BackendLabels, Histogram, fn() -> Histogram>,
     /// How long applying one placement took (spawning and stopping tenants included).
     placement: Histogram,
+    /// How long one heartbeat round (renewing this replica's key and listing the members) took:
+    /// rounds slower than the heartbeat delay failover detection by as much.
+    heartbeat_round: Histogram,
     /// 1 while this replica's lease holds, else 0.
     lease_held: Gauge,
     /// Times the lease was granted again after a lapse.
@@ -172,6 +175,9 @@ impl ClusterMetrics {
             fencing_rejections: Counter::default(),
             state_write: Family::new_with_constructor(state_histogram as fn() -> Histogram),
             placement: Histogram::new([0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]),
+            heartbeat_round: Histogram::new([
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ]),
             lease_held: Gauge::default(),
             lease_lapses: Counter::default(),
         }
@@ -209,6 +215,11 @@ impl ClusterMetrics {
             self.placement.clone(),
         );
         registry.register(
+            "cluster_heartbeat_round_seconds",
+            "How long one heartbeat round took on this replica (renewing its membership and listing the members); rounds slower than the heartbeat delay failover detection",
+            self.heartbeat_round.clone(),
+        );
+        registry.register(
             "cluster_lease_held",
             "1 while this replica's membership lease holds (its tenants poll and deliver), else 0",
             self.lease_held.clone(),
@@ -238,6 +249,11 @@ impl ClusterMetrics {
     /// A placement was applied in `took`.
     pub fn placed(&self, took: Duration) {
         self.placement.observe(took.as_secs_f64());
+    }
+
+    /// One heartbeat round (renewal and listing) took `took`.
+    pub fn heartbeat_round(&self, took: Duration) {
+        self.heartbeat_round.observe(took.as_secs_f64());
     }
 
     /// A tenant was claimed (`acquired`) or released by this replica.

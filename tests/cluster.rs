@@ -2361,6 +2361,7 @@ async fn a_failover_reads_only_the_moved_tenants_from_the_files() {
     assert!(!kept.is_empty() && !moved.is_empty(), "{kept:?} {moved:?}");
     let broken = kept.iter().next().unwrap().clone();
     std::fs::remove_file(secrets.path().join(format!("{broken}.secret"))).unwrap();
+    let victim_id = rs[victim].id.clone();
     kill(rs.remove(victim)).await;
     let survivor = &rs[0];
     all_polled_on(
@@ -2374,6 +2375,24 @@ async fn a_failover_reads_only_the_moved_tenants_from_the_files() {
     assert!(
         !log.contains("no longer load"),
         "the survivor read the whole files: {log}"
+    );
+    // The survivor said who left and after how much observed silence (at least
+    // `failover_after`), and timed its heartbeat rounds.
+    let log = plain(&log);
+    let left = log
+        .lines()
+        .filter(|l| l.contains("members changed"))
+        .find_map(|l| l.split(&format!("left={victim_id} (silent ")).nth(1))
+        .unwrap_or_else(|| panic!("no `members changed` line naming {victim_id}: {log}"));
+    let silent: f64 = left.split(' ').next().unwrap().parse().unwrap();
+    assert!(silent >= FAILOVER.as_secs_f64(), "{left}");
+    assert!(
+        metric(
+            survivor,
+            "wiz_connector_cluster_heartbeat_round_seconds_count"
+        )
+        .await
+            >= 1.0
     );
     // A reload checks the files whole, and refuses them for the missing secret file.
     let reloaded = reqwest::Client::new()

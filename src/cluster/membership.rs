@@ -390,6 +390,7 @@ async fn run(a: HeartbeatArgs, mut control: watch::Receiver<Control>) {
     let mut decided = false;
     let mut was_held = false;
     let mut reported_mismatch = BTreeSet::new();
+    let mut slow_rounds = false;
     let started = Instant::now();
     let mut tick = tokio::time::interval(heartbeat);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -452,11 +453,28 @@ async fn run(a: HeartbeatArgs, mut control: watch::Receiver<Control>) {
                 }
             }
         }
+        let renew_took = sent.elapsed();
         let known = tracker.members().keys().cloned().collect();
         let listing = match tokio::time::timeout(timeout, list(&kv, known)).await {
             Ok(r) => r,
             Err(_) => Err("timed out listing the members".to_string()),
         };
+        let round = sent.elapsed();
+        a.observer.metrics().cluster.heartbeat_round(round);
+        if round > heartbeat && !std::mem::replace(&mut slow_rounds, true) {
+            tracing::warn!(
+                round_ms = round.as_millis() as u64,
+                renew_ms = renew_took.as_millis() as u64,
+                list_ms = (round - renew_took).as_millis() as u64,
+                heartbeat_ms = heartbeat.as_millis() as u64,
+                "a heartbeat round took longer than the heartbeat: NATS answers slowly, and a dead replica is noticed later by as much"
+            );
+        } else if round <= heartbeat && std::mem::take(&mut slow_rounds) {
+            tracing::info!(
+                round_ms = round.as_millis() as u64,
+                "heartbeat rounds are within the heartbeat again"
+            );
+        }
         let liveness = match listing {
             Ok(entries) => {
                 if std::mem::take(&mut list_failing) {
@@ -489,14 +507,18 @@ async fn run(a: HeartbeatArgs, mut control: watch::Receiver<Control>) {
             if renewed && (decided || settled) {
                 decided = true;
                 let eligible = Some(l.eligible.clone());
+                let mut before = None;
                 a.members.send_if_modified(|m| {
                     if *m == eligible {
                         false
                     } else {
-                        *m = eligible;
+                        before = Some(std::mem::replace(m, eligible));
                         true
                     }
                 });
+                if let Some(before) = before {
+                    log_members_changed(&tracker, before.unwrap_or_default(), &l.eligible, round);
+                }
             }
         }
         let held = a.lease.held();
@@ -514,6 +536,32 @@ async fn run(a: HeartbeatArgs, mut control: watch::Receiver<Control>) {
             &mut reported_mismatch,
         );
     }
+}
+
+/// One line per change of the members placement uses: who joined, who left and why (leaving,
+/// or silent for how long, as observed here), and how long the heartbeat round took.
+fn log_members_changed(
+    tracker: &Tracker,
+    before: BTreeSet<String>,
+    now: &BTreeSet<String>,
+    round: Duration,
+) {
+    let joined: Vec<&str> = now.difference(&before).map(String::as_str).collect();
+    let left: Vec<String> = before
+        .difference(now)
+        .map(|id| match tracker.members().get(id) {
+            Some(s) if s.value.leaving => format!("{id} (leaving)"),
+            Some(s) => format!("{id} (silent {:.1} s)", s.silence.as_secs_f64()),
+            None => format!("{id} (gone)"),
+        })
+        .collect();
+    tracing::info!(
+        members = now.len(),
+        joined = %joined.join(", "),
+        left = %left.join(", "),
+        round_ms = round.as_millis() as u64,
+        "members changed"
+    );
 }
 
 /// Every key's current entry, and for each `known` member without a key whether it was deleted
