@@ -596,12 +596,27 @@ async fn scale() {
     let i_victim = rs.iter().position(|r| r.id == victim).unwrap();
     drop(rs.remove(i_victim));
     let killed = Instant::now();
-    let (mut taken, mut all_polled) = (None, None);
+    let (mut noticed, mut taken, mut all_polled) = (None, None, None);
     // Counted, not listed: every tenant was polled before the kill and the interval is an
     // hour, so the moved ones are polled when the survivors list all `n` and all `n` are idle.
     // (Listing 100,000 tenants twice a second cost the replicas and this harness a quarter of
     // the box's CPU in the middle of the failover it measures.)
     while killed.elapsed() < limit && all_polled.is_none() {
+        if noticed.is_none() {
+            // One survivor's view: the replicas notice the death within a heartbeat of each
+            // other (their `members changed` log lines say exactly when).
+            let url = format!("http://{}/cluster", rs[0].admin);
+            let members = match client.get(&url).send().await {
+                Ok(resp) => resp.text().await.ok().and_then(|t| {
+                    let v: serde_json::Value = serde_json::from_str(&t).ok()?;
+                    v["members"].as_array().map(Vec::len)
+                }),
+                Err(_) => None,
+            };
+            if members == Some(rs.len()) {
+                noticed = Some(killed.elapsed());
+            }
+        }
         let (mut listed_now, mut polled_now) = (0, 0);
         for r in &rs {
             listed_now += counted(&client, r, "").await;
@@ -616,8 +631,9 @@ async fn scale() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     println!(
-        "| scale: kill -9 | the replica owning the most ({} tenants) | taken over in {}, all polled elsewhere in {} | first polls of moved tenants are spread (at least 2 s, 1 s per 100, at most 5 s or startup_jitter) |",
+        "| scale: kill -9 | the replica owning the most ({} tenants) | noticed in {}, taken over in {}, all polled elsewhere in {} | first polls of moved tenants are spread (at least 2 s, 1 s per 100, at most 5 s or startup_jitter) |",
         moved.len(),
+        secs(noticed),
         secs(taken),
         secs(all_polled)
     );

@@ -331,6 +331,12 @@ impl HealthMap {
         self.map.remove(id);
     }
 
+    /// How many tenants `keep` accepts; no record is copied (a count over a large fleet, asked
+    /// often by dashboards, costs a pass over the map and nothing else).
+    pub fn count(&self, keep: impl Fn(&TenantHealth) -> bool) -> usize {
+        self.map.iter().filter(|h| keep(h.value())).count()
+    }
+
     /// Every tenant, sorted by id.
     pub fn all(&self) -> Vec<TenantHealth> {
         let mut v: Vec<TenantHealth> = self.map.iter().map(|h| TenantHealth::clone(&h)).collect();

@@ -153,6 +153,7 @@ fn outcome(placed: &Placed, owned: usize, d: &ConfigDiff) -> PlaceOutcome {
         released: d.removed.len(),
         digest: placed.digest.clone(),
         placed_at: None,
+        timings: Default::default(),
     }
 }
 
@@ -386,7 +387,18 @@ impl Reloader {
     /// whole first, as a reload does. When the files no longer load, the tenants placed
     /// elsewhere are still released, and the error returned. Without cluster mode it does nothing.
     pub async fn place(&self, members: BTreeSet<String>) -> Result<PlaceOutcome, String> {
+        let started = std::time::Instant::now();
         let mut current = self.inner.current.lock().await;
+        let mut timings = crate::cluster::placement::PlaceTimings {
+            waited: started.elapsed(),
+            ..Default::default()
+        };
+        let with = |o: Result<PlaceOutcome, String>, t| {
+            o.map(|mut o| {
+                o.timings = t;
+                o
+            })
+        };
         let Some(old) = current.placed.clone() else {
             return Ok(PlaceOutcome::default());
         };
@@ -404,8 +416,12 @@ impl Reloader {
                 .map(str::to_string)
                 .collect()
         };
+        timings.computed = started.elapsed() - timings.waited;
         if acquiring.is_empty() {
-            return self.restrict_to(&mut current, new, Vec::new()).await;
+            return with(
+                self.restrict_to(&mut current, new, Vec::new()).await,
+                timings,
+            );
         }
         let checked = match &current.source {
             Source::Files(checked) => checked.clone(),
@@ -415,12 +431,17 @@ impl Reloader {
                     .filter(|t| acquiring.contains(&t.id))
                     .cloned()
                     .collect();
-                return self.restrict_to(&mut current, new, specs).await;
+                return with(self.restrict_to(&mut current, new, specs).await, timings);
             }
         };
         let dir = current.settings.connector.tenants_dir.clone();
-        let loaded = match self.load_tenants(acquiring, dir.clone(), checked).await {
-            Ok(Some(specs)) => return self.restrict_to(&mut current, new, specs).await,
+        let reading = std::time::Instant::now();
+        let read = self.load_tenants(acquiring, dir.clone(), checked).await;
+        timings.read = reading.elapsed();
+        let loaded = match read {
+            Ok(Some(specs)) => {
+                return with(self.restrict_to(&mut current, new, specs).await, timings);
+            }
             // The files changed: loaded and checked whole.
             Ok(None) => self.load(dir).await,
             Err(e) => Err(e),
@@ -503,6 +524,9 @@ impl Reloader {
                                 acquired = o.acquired,
                                 released = o.released,
                                 took_ms = started.elapsed().as_millis() as u64,
+                                waited_ms = o.timings.waited.as_millis() as u64,
+                                computed_ms = o.timings.computed.as_millis() as u64,
+                                read_ms = o.timings.read.as_millis() as u64,
                                 "placement changed"
                             );
                             if o.acquired > 0 || o.released > 0 {

@@ -310,6 +310,26 @@ async fn status_lists_the_fleet_worst_first_with_a_summary_line() {
     let (_, found) = get(&app, "/tenants?q=2", None).await;
     assert_eq!(found.as_array().unwrap().len(), 1);
     assert_eq!(found[0]["id"], "t2");
+    // `limit=0` counts, with the same filters, and lists nothing.
+    for (query, count) in [
+        ("", "3"),
+        ("&state=failed", "1"),
+        ("&state=failed,backoff", "1"),
+        ("&state=backoff", "0"),
+        ("&q=t0", "1"),
+        ("&state=failed&q=t0", "0"),
+    ] {
+        let r = http()
+            .get(format!(
+                "http://{}/tenants?limit=0{query}",
+                app.admin_addr()
+            ))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.headers()["x-total-count"], count, "{query}");
+        assert_eq!(r.text().await.unwrap(), "[]", "{query}");
+    }
     // The terminal view.
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_wiz-connector"))
         .args(["status", "--admin", &format!("http://{}", app.admin_addr())])

@@ -30,6 +30,18 @@ pub struct PlaceOutcome {
     pub digest: String,
     /// When placement last changed here.
     pub placed_at: Option<SystemTime>,
+    /// Where the last placement's time went, for its log line: waiting for a reload in
+    /// progress, computing the owners, and reading the tenants placed here from the files (the
+    /// rest is starting and stopping tenants).
+    pub timings: PlaceTimings,
+}
+
+/// See [`PlaceOutcome::timings`].
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct PlaceTimings {
+    pub waited: std::time::Duration,
+    pub computed: std::time::Duration,
+    pub read: std::time::Duration,
 }
 
 /// A stable 64-bit hash (FNV-1a, then a splitmix64 finaliser for avalanche): the same on every
