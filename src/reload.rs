@@ -112,14 +112,16 @@ impl Placed {
         }
     }
 
-    /// The same fleet over other members.
+    /// The same fleet over other members, computed from this placement (see
+    /// [`placement::place_from`]).
     fn over(&self, members: BTreeSet<String>) -> Self {
-        Placed::new(
-            self.replica.clone(),
-            self.fleet.clone(),
-            self.digest.clone(),
+        Placed {
+            replica: self.replica.clone(),
+            owners: placement::place_from(&self.owners, &self.fleet, &members),
             members,
-        )
+            fleet: self.fleet.clone(),
+            digest: self.digest.clone(),
+        }
     }
 
     fn owned(&self) -> BTreeSet<&str> {

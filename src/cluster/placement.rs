@@ -94,6 +94,60 @@ pub fn place(fleet: &Fleet, members: &BTreeSet<String>) -> Owners {
     }
 }
 
+/// [`place`]'s answer for `members`, computed from `prev`, the same `fleet` placed over other
+/// members. Exact, by the rendezvous property: a tenant whose owner stayed keeps it unless a
+/// joining member weighs more, so only the joiners' weights are computed for it; a tenant whose
+/// owner left is placed over every member. A failover (members only left) hashes the departed
+/// members' tenants alone, about a tenth of the fleet on ten replicas, instead of the whole
+/// fleet once per member. Falls back to [`place`] when `prev` is not of this fleet.
+pub fn place_from(prev: &Owners, fleet: &Fleet, members: &BTreeSet<String>) -> Owners {
+    if prev.owner.len() != fleet.len() || prev.members.is_empty() {
+        return place(fleet, members);
+    }
+    let list: Vec<String> = members.iter().cloned().collect();
+    let index = |m: &str| {
+        list.iter()
+            .position(|x| x == m)
+            .map_or(Owners::NONE, |i| i as u16)
+    };
+    // Each earlier member's index among the new ones (NONE when it left).
+    let kept: Vec<u16> = prev.members.iter().map(|m| index(m)).collect();
+    let joined: Vec<&String> = members
+        .iter()
+        .filter(|m| !prev.members.contains(m))
+        .collect();
+    let mut by_credential: HashMap<&str, u16> = HashMap::new();
+    let owner = fleet
+        .entries()
+        .zip(&prev.owner)
+        .map(|(e, o)| {
+            let stayed = kept
+                .get(usize::from(*o))
+                .copied()
+                .filter(|k| *k != Owners::NONE);
+            match stayed {
+                Some(k) if joined.is_empty() => k,
+                _ => *by_credential.entry(&e.credential).or_insert_with(|| {
+                    let winner = match stayed {
+                        // The earlier owner weighs most among those who stayed.
+                        Some(k) => std::iter::once(&list[usize::from(k)])
+                            .chain(joined.iter().copied())
+                            .map(|m| (stable_hash(&[m.as_bytes(), e.credential.as_bytes()]), m))
+                            .max()
+                            .map(|(_, m)| m.as_str()),
+                        None => owner_of(&e.credential, members),
+                    };
+                    winner.map_or(Owners::NONE, index)
+                }),
+            }
+        })
+        .collect();
+    Owners {
+        members: list,
+        owner,
+    }
+}
+
 /// The owner of each tenant of a [`Fleet`], for one set of members: two bytes a tenant.
 #[derive(Debug, Default, Clone)]
 pub struct Owners {
@@ -240,6 +294,39 @@ mod tests {
         );
         assert_eq!(fleet_digest(&fleet).len(), 32);
         assert_ne!(fleet_digest(&fleet), fleet_digest(&Fleet::default()));
+    }
+
+    #[test]
+    fn placing_from_an_earlier_placement_gives_the_same_owners() {
+        // 2,000 tenants, 1,500 credentials (some shared), over member sets that lose, gain and
+        // swap members, one after another as a cluster's would.
+        let entries: Vec<(String, String)> = (0..2000)
+            .map(|i| (format!("t{i:04}"), format!("https://auth|c{}", i % 1500)))
+            .collect();
+        let fleet = Fleet::from_entries(entries);
+        let steps: [&[&str]; 8] = [
+            &["r1", "r2", "r3", "r4"],
+            &["r1", "r2", "r4"],
+            &["r1", "r2", "r4", "r5"],
+            &["r2", "r4", "r5", "r6", "r7"],
+            &["r2"],
+            &["r0", "r2", "r9"],
+            &[],
+            &["r3", "r8"],
+        ];
+        let mut prev = place(&fleet, &members(steps[0]));
+        for step in &steps[1..] {
+            let m = members(step);
+            let full = place(&fleet, &m);
+            let from = place_from(&prev, &fleet, &m);
+            assert_eq!(from.members, full.members, "{step:?}");
+            assert_eq!(from.owner, full.owner, "{step:?}");
+            prev = from;
+        }
+        // Another fleet: placed whole.
+        let other = Fleet::from_entries(vec![("a".into(), "https://auth|a".into())]);
+        let m = members(&["r1", "r2"]);
+        assert_eq!(place_from(&prev, &other, &m).owner, place(&other, &m).owner);
     }
 
     #[test]

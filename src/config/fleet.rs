@@ -34,6 +34,20 @@ impl Fleet {
         Fleet { entries }
     }
 
+    /// A fleet of (id, credential) pairs, sorted here by id: for tests of placement.
+    #[cfg(test)]
+    pub(crate) fn from_entries(mut pairs: Vec<(String, String)>) -> Fleet {
+        pairs.sort();
+        let entries = pairs
+            .into_iter()
+            .map(|(id, credential)| FleetEntry {
+                id: id.into_boxed_str(),
+                credential: credential.into_boxed_str(),
+            })
+            .collect();
+        Fleet { entries }
+    }
+
     /// Configured tenants.
     pub fn len(&self) -> usize {
         self.entries.len()
