@@ -67,8 +67,13 @@ fn stable_hash(parts: &[&[u8]]) -> u64 {
 /// The member that owns `credential`: the one with the highest weight (ties broken by id, so
 /// every replica picks the same). `None` without members.
 pub fn owner_of<'m>(credential: &str, members: &'m BTreeSet<String>) -> Option<&'m str> {
-    members
-        .iter()
+    heaviest(credential, members.iter())
+}
+
+/// Of `candidates`, the one weighing most for `credential` (ties broken by id). The one rule
+/// [`owner_of`] and [`place_from`] share.
+fn heaviest<'m>(credential: &str, candidates: impl Iterator<Item = &'m String>) -> Option<&'m str> {
+    candidates
         .map(|m| (stable_hash(&[m.as_bytes(), credential.as_bytes()]), m))
         .max()
         .map(|(_, m)| m.as_str())
@@ -130,11 +135,10 @@ pub fn place_from(prev: &Owners, fleet: &Fleet, members: &BTreeSet<String>) -> O
                 _ => *by_credential.entry(&e.credential).or_insert_with(|| {
                     let winner = match stayed {
                         // The earlier owner weighs most among those who stayed.
-                        Some(k) => std::iter::once(&list[usize::from(k)])
-                            .chain(joined.iter().copied())
-                            .map(|m| (stable_hash(&[m.as_bytes(), e.credential.as_bytes()]), m))
-                            .max()
-                            .map(|(_, m)| m.as_str()),
+                        Some(k) => heaviest(
+                            &e.credential,
+                            std::iter::once(&list[usize::from(k)]).chain(joined.iter().copied()),
+                        ),
                         None => owner_of(&e.credential, members),
                     };
                     winner.map_or(Owners::NONE, index)
