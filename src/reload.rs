@@ -12,8 +12,10 @@ use std::time::{Duration, SystemTime};
 use ractor::ActorRef;
 use serde::Serialize;
 
-use crate::cluster::placement::{self, Owners, PlaceOutcome};
-use crate::config::{diff, load, load_only, ConfigDiff, EnvSource, Fleet, Settings, TenantSpec};
+use crate::cluster::placement::{self, Owners, PlaceOutcome, PlaceTimings, ReadFrom};
+use crate::config::{
+    diff, load, load_placed, ConfigDiff, EnvSource, FileIndex, Fleet, Settings, TenantSpec,
+};
 use crate::hints::Hints;
 use crate::metrics::Observer;
 use crate::supervisor::SupervisorMsg;
@@ -75,9 +77,10 @@ struct Desired {
 enum Source {
     /// The configuration files (size and modification time of each) as they were when last
     /// loaded and checked whole. While they stay so, placement reads from them only the tenants
-    /// it gives this replica ([`load_only`]); once they changed, it loads and checks them whole
-    /// first, as a reload does.
-    Files(Files),
+    /// it gives this replica ([`load_placed`]), through the main file's index once a placement
+    /// made one (the first that reads the files); once they changed, it loads and checks them
+    /// whole first, as a reload does.
+    Files(Files, Option<Arc<FileIndex>>),
     /// A configuration built in memory (an embedding program's, a test's): there is no file to
     /// read tenants from, so every tenant's settings are kept.
     Memory(Vec<Arc<TenantSpec>>),
@@ -155,7 +158,6 @@ fn outcome(placed: &Placed, owned: usize, d: &ConfigDiff) -> PlaceOutcome {
         released: d.removed.len(),
         digest: placed.digest.clone(),
         placed_at: None,
-        timings: Default::default(),
     }
 }
 
@@ -225,7 +227,7 @@ impl Reloader {
                 let source = if settings.config_path.is_file() {
                     drop(all);
                     crate::heap::give_back();
-                    Source::Files(files)
+                    Source::Files(files, None)
                 } else {
                     Source::Memory(all)
                 };
@@ -241,7 +243,7 @@ impl Reloader {
                 let desired = Desired {
                     settings: Arc::new(settings),
                     placed: None,
-                    source: Source::Files(files),
+                    source: Source::Files(files, None),
                 };
                 (desired, fleet.len(), placement::fleet_digest(&fleet), None)
             }
@@ -292,27 +294,28 @@ impl Reloader {
         .await
     }
 
-    /// Reads only the `wanted` tenants' settings from the files, if the files are the `checked`
-    /// ones before and after the read (`Ok(None)` otherwise: they changed, and are to be
-    /// checked whole).
+    /// Reads only the `wanted` tenants' settings from the files (through `index` when there is
+    /// one), if the files are the `checked` ones before and after the read (`Ok(None)`
+    /// otherwise: they changed, and are to be checked whole). Returns the index to keep.
     async fn load_tenants(
         &self,
         wanted: BTreeSet<String>,
         tenants_dir: Option<PathBuf>,
         checked: Files,
-    ) -> Result<Option<Vec<Arc<TenantSpec>>>, String> {
+        index: Option<Arc<FileIndex>>,
+    ) -> Result<Option<(Vec<Arc<TenantSpec>>, Option<Arc<FileIndex>>)>, String> {
         self.read_files(move |path, env| {
             let unchanged = || snapshot(path, tenants_dir.as_deref()) == checked;
             if !unchanged() {
                 return Ok(None);
             }
-            let only = |id: &str| wanted.contains(id);
-            let specs = load_only(path, env, Some(&only))?.tenants;
+            let (settings, index) = load_placed(path, env, &wanted, index)?;
+            let specs = settings.tenants;
             // Every tenant placed here read, from the files checked.
-            Ok((unchanged() && specs.len() == wanted.len()).then_some(specs))
+            Ok((unchanged() && specs.len() == wanted.len()).then_some((specs, index)))
         })
         .await
-        .map(|read| read.map(rehome))
+        .map(|read| read.map(|(specs, index)| (rehome(specs), index)))
     }
 
     /// Makes `full` (every configured tenant) the running configuration, with the tenants
@@ -388,21 +391,18 @@ impl Reloader {
     /// while the files are as last checked whole; otherwise the files are loaded and checked
     /// whole first, as a reload does. When the files no longer load, the tenants placed
     /// elsewhere are still released, and the error returned. Without cluster mode it does nothing.
-    pub async fn place(&self, members: BTreeSet<String>) -> Result<PlaceOutcome, String> {
+    pub async fn place(
+        &self,
+        members: BTreeSet<String>,
+    ) -> Result<(PlaceOutcome, PlaceTimings), String> {
         let started = std::time::Instant::now();
         let mut current = self.inner.current.lock().await;
-        let mut timings = crate::cluster::placement::PlaceTimings {
+        let mut t = PlaceTimings {
             waited: started.elapsed(),
             ..Default::default()
         };
-        let with = |o: Result<PlaceOutcome, String>, t| {
-            o.map(|mut o| {
-                o.timings = t;
-                o
-            })
-        };
         let Some(old) = current.placed.clone() else {
-            return Ok(PlaceOutcome::default());
+            return Ok((PlaceOutcome::default(), t));
         };
         let new = old.over(members.clone());
         let acquiring: BTreeSet<String> = {
@@ -418,36 +418,47 @@ impl Reloader {
                 .map(str::to_string)
                 .collect()
         };
-        timings.computed = started.elapsed() - timings.waited;
-        if acquiring.is_empty() {
-            return with(
-                self.restrict_to(&mut current, new, Vec::new()).await,
-                timings,
-            );
-        }
-        let checked = match &current.source {
-            Source::Files(checked) => checked.clone(),
+        t.computed = started.elapsed() - t.waited;
+        let reading = std::time::Instant::now();
+        let (checked, index) = match &current.source {
+            _ if acquiring.is_empty() => {
+                let o = self.restrict_to(&mut current, new, Vec::new()).await;
+                return o.map(|o| (o, t));
+            }
+            Source::Files(checked, index) => (checked.clone(), index.clone()),
             Source::Memory(all) => {
                 let specs = all
                     .iter()
                     .filter(|t| acquiring.contains(&t.id))
                     .cloned()
                     .collect();
-                return with(self.restrict_to(&mut current, new, specs).await, timings);
+                t.read_from = ReadFrom::Memory;
+                let o = self.restrict_to(&mut current, new, specs).await;
+                return o.map(|o| (o, t));
             }
         };
         let dir = current.settings.connector.tenants_dir.clone();
-        let reading = std::time::Instant::now();
-        let read = self.load_tenants(acquiring, dir.clone(), checked).await;
-        timings.read = reading.elapsed();
+        let read = self
+            .load_tenants(acquiring, dir.clone(), checked.clone(), index.clone())
+            .await;
         let loaded = match read {
-            Ok(Some(specs)) => {
-                return with(self.restrict_to(&mut current, new, specs).await, timings);
+            Ok(Some((specs, kept))) => {
+                t.read = reading.elapsed();
+                let same = |k: &Arc<FileIndex>| index.as_ref().is_some_and(|i| Arc::ptr_eq(i, k));
+                t.read_from = match &kept {
+                    Some(k) if same(k) => ReadFrom::Index,
+                    _ => ReadFrom::File,
+                };
+                current.source = Source::Files(checked, kept);
+                let o = self.restrict_to(&mut current, new, specs).await;
+                return o.map(|o| (o, t));
             }
             // The files changed: loaded and checked whole.
             Ok(None) => self.load(dir).await,
             Err(e) => Err(e),
         };
+        t.read = reading.elapsed();
+        t.read_from = ReadFrom::Checked;
         let (full, files) = match loaded {
             Ok(loaded) => loaded,
             Err(e) => {
@@ -457,11 +468,11 @@ impl Reloader {
             }
         };
         let adopted = self.adopt(&mut current, full, Some(members)).await?;
-        current.source = Source::Files(files);
+        current.source = Source::Files(files, None);
         let mut outcome = adopted.outcome.unwrap_or_default();
         outcome.placed_at = Some(SystemTime::now());
         self.inner.outcome.send_replace(outcome.clone());
-        Ok(outcome)
+        Ok((outcome, t))
     }
 
     /// Runs, of the tenants already running, those `new` places here, and `more` (read from the
@@ -519,16 +530,17 @@ impl Reloader {
                 if let Some(eligible) = next {
                     let started = std::time::Instant::now();
                     match me.place(eligible.clone()).await {
-                        Ok(o) => {
+                        Ok((o, t)) => {
                             tracing::info!(
                                 members = eligible.len(),
                                 owned = o.owned,
                                 acquired = o.acquired,
                                 released = o.released,
                                 took_ms = started.elapsed().as_millis() as u64,
-                                waited_ms = o.timings.waited.as_millis() as u64,
-                                computed_ms = o.timings.computed.as_millis() as u64,
-                                read_ms = o.timings.read.as_millis() as u64,
+                                waited_ms = t.waited.as_millis() as u64,
+                                computed_ms = t.computed.as_millis() as u64,
+                                read_ms = t.read.as_millis() as u64,
+                                read_from = %t.read_from.as_str(),
                                 "placement changed"
                             );
                             if o.acquired > 0 || o.released > 0 {
@@ -627,7 +639,7 @@ impl Reloader {
             }
             None => o.digest = digest.unwrap_or_default(),
         });
-        current.source = Source::Files(files);
+        current.source = Source::Files(files, None);
         let summary = adopted.summary;
         self.inner.observer.reload(trigger, Ok(summary.counts()));
         Ok(summary)

@@ -2379,6 +2379,20 @@ async fn a_failover_reads_only_the_moved_tenants_from_the_files() {
     // The survivor said who left and after how much observed silence (at least
     // `failover_after`), and timed its heartbeat rounds.
     let log = plain(&log);
+    // Its first placement read the main file whole and indexed it; the failover's read only
+    // the moved tenants' ranges through that index.
+    let placements: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("placement changed"))
+        .collect();
+    assert!(
+        placements
+            .last()
+            .is_some_and(|l| l.contains("read_from=index"))
+            && placements.iter().any(|l| l.contains("read_from=file"))
+            && !placements.iter().any(|l| l.contains("read_from=checked")),
+        "{placements:#?}"
+    );
     let left = log
         .lines()
         .filter(|l| l.contains("members changed"))

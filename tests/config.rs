@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use common::write_config;
 use wiz_connector::config::{
-    load, load_only, Cloud, ConfigError, EnvSource, SecretSource, Settings,
+    load, load_only, load_placed, Cloud, ConfigError, EnvSource, SecretSource, Settings,
 };
 
 const SECRET: &str = "s3cr3t-Value-that-must-never-leak";
@@ -401,6 +401,49 @@ fn tenants_dir_adds_one_tenant_per_file_and_names_the_file_in_errors() {
     std::fs::write(tdir.join("gamma.toml"), "client_id = \n").unwrap();
     let err = load(&cfg.path, &env(&[])).unwrap_err();
     assert!(err.to_string().contains("gamma.toml"), "{err}");
+}
+
+/// What placement does: reads its tenants from the main file, first whole (indexing it), then
+/// through the index; a file changed since is read whole again, and indexed anew.
+#[test]
+fn placement_reads_its_tenants_through_the_main_files_index() {
+    let body = ["alpha", "beta", "gamma"].map(good_tenant).concat();
+    let cfg = write_config(&format!("[connector]\npage_size = 100\n{body}"));
+    let wanted: std::collections::BTreeSet<String> = ["beta", "gamma"].map(String::from).into();
+    let described = |s: &Settings| {
+        s.tenants
+            .iter()
+            .map(|t| format!("{} {} {}", t.id, t.client_id, t.page_size))
+            .collect::<Vec<_>>()
+    };
+    let (whole, index) = load_placed(&cfg.path, &env(&[]), &wanted, None).unwrap();
+    assert_eq!(
+        described(&whole),
+        ["beta cid-beta 100", "gamma cid-gamma 100"]
+    );
+    let index = index.expect("a plain main file is indexed");
+    let (read, kept) = load_placed(&cfg.path, &env(&[]), &wanted, Some(index.clone())).unwrap();
+    assert_eq!(described(&read), described(&whole));
+    assert!(
+        std::sync::Arc::ptr_eq(&kept.unwrap(), &index),
+        "the index was used, not made again"
+    );
+    // beta's client id is longer now: the index no longer fits, and the file is read whole.
+    std::fs::write(
+        &cfg.path,
+        format!("[connector]\npage_size = 100\n{body}").replace("cid-beta", "cid-beta-2"),
+    )
+    .unwrap();
+    let (changed, fresh) = load_placed(&cfg.path, &env(&[]), &wanted, Some(index.clone())).unwrap();
+    assert_eq!(
+        described(&changed),
+        ["beta cid-beta-2 100", "gamma cid-gamma 100"]
+    );
+    assert!(!std::sync::Arc::ptr_eq(&fresh.unwrap(), &index));
+    // A tenant no longer configured is simply not there (the caller counts).
+    let more: std::collections::BTreeSet<String> = ["beta", "delta"].map(String::from).into();
+    let (some, _) = load_placed(&cfg.path, &env(&[]), &more, Some(index)).unwrap();
+    assert_eq!(described(&some), ["beta cid-beta-2 100"]);
 }
 
 #[test]

@@ -30,18 +30,47 @@ pub struct PlaceOutcome {
     pub digest: String,
     /// When placement last changed here.
     pub placed_at: Option<SystemTime>,
-    /// Where the last placement's time went, for its log line: waiting for a reload in
-    /// progress, computing the owners, and reading the tenants placed here from the files (the
-    /// rest is starting and stopping tenants).
-    pub timings: PlaceTimings,
 }
 
-/// See [`PlaceOutcome::timings`].
+/// Where one placement's time went, for its log line (the outcome is what the heartbeat and
+/// `/cluster` read; this is only the placement task's): waiting for a reload in progress,
+/// computing the owners, and reading the settings of the tenants placed here (the rest is
+/// starting and stopping tenants).
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct PlaceTimings {
     pub waited: std::time::Duration,
     pub computed: std::time::Duration,
     pub read: std::time::Duration,
+    pub read_from: ReadFrom,
+}
+
+/// Where a placement read the settings of the tenants it gave this replica.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ReadFrom {
+    /// It gave none.
+    #[default]
+    Nothing,
+    /// A configuration built in memory holds every tenant's settings.
+    Memory,
+    /// Their byte ranges in the main file, by its index.
+    Index,
+    /// The main file read whole (and indexed), as it was last checked.
+    File,
+    /// The files changed since last checked: loaded and checked whole, as a reload does.
+    Checked,
+}
+
+impl ReadFrom {
+    /// The name the placement log line gives.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReadFrom::Nothing => "nothing",
+            ReadFrom::Memory => "memory",
+            ReadFrom::Index => "index",
+            ReadFrom::File => "file",
+            ReadFrom::Checked => "checked",
+        }
+    }
 }
 
 /// A stable 64-bit hash (FNV-1a, then a splitmix64 finaliser for avalanche): the same on every

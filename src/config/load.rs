@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use config::{Config, File, FileFormat, Map, Source, Value, ValueKind};
 
 use super::error::{ConfigError, Problem};
+use super::select::FileIndex;
 use super::settings::{resolve, valid_id, Settings};
 pub use super::source::EnvSource;
 use super::source::Origins;
@@ -147,12 +148,23 @@ pub fn load_only(
     }
     // The usual case read the fast way; anything else (a tenants_dir, environment overrides, a
     // file the fast way does not take) the layered way, which also words every error.
-    if let Some(loaded) = std::fs::read_to_string(path)
-        .ok()
-        .and_then(|text| load_direct(&main, &text, path, env, wanted))
-    {
+    if let Some(loaded) = std::fs::read_to_string(path).ok().and_then(|text| {
+        // A large file cut down to the wanted tenants first: the parse is most of a load.
+        let cut = wanted.and_then(|w| super::select::only_wanted(&text, w));
+        load_direct(&main, cut.as_deref().unwrap_or(&text), path, env, wanted)
+    }) {
         return loaded;
     }
+    load_layered(main, path, env, wanted)
+}
+
+/// The main file read the layered way (see [`load_only`]).
+fn load_layered(
+    main: String,
+    path: &Path,
+    env: &EnvSource,
+    wanted: Wanted<'_>,
+) -> Result<Settings, ConfigError> {
     let owned = path.to_path_buf();
     let make = move || -> MainSource {
         vec![Box::new(
@@ -162,6 +174,55 @@ pub fn load_only(
         )]
     };
     load_layers(main, make, path, env, wanted)
+}
+
+/// [`load_only`] for the tenants placement gives a cluster replica, with the main file's
+/// [`FileIndex`]. Given the index of the file as last read, it reads only the common runs and
+/// the wanted tenants' runs (see [`FileIndex::read`]); without one, or when the file no longer
+/// matches it, it reads the file whole, and returns the index of what it read for next time
+/// (`None` when the fast way does not apply: a `tenants_dir`, environment overrides, a shape
+/// the scan does not follow). Settings hold exactly the wanted tenants found.
+pub fn load_placed(
+    path: &Path,
+    env: &EnvSource,
+    wanted: &std::collections::BTreeSet<String>,
+    index: Option<std::sync::Arc<FileIndex>>,
+) -> Result<(Settings, Option<std::sync::Arc<FileIndex>>), ConfigError> {
+    let main = path.display().to_string();
+    let only = |id: &str| wanted.contains(id);
+    if let Some(index) = index {
+        let ranges = std::fs::File::open(path)
+            .ok()
+            .and_then(|f| index.read(&f, wanted.iter().map(String::as_str)));
+        if let Some(text) = ranges {
+            if let Some(Ok(s)) = load_direct(&main, &text, path, env, Some(&only)) {
+                if s.tenants.len() == wanted.len() {
+                    return Ok((s, Some(index)));
+                }
+            }
+        }
+    }
+    if !path.is_file() {
+        return Err(problem(
+            &main,
+            "(file)",
+            "configuration file not found; pass --config FILE or set WIZ_CONNECTOR_CONFIG",
+        ));
+    }
+    if let Ok(text) = std::fs::read_to_string(path) {
+        let index = FileIndex::of(&text);
+        let cut = index.as_ref().map(|i| i.cut(&text, &only));
+        if let Some(loaded) = load_direct(
+            &main,
+            cut.as_deref().unwrap_or(&text),
+            path,
+            env,
+            Some(&only),
+        ) {
+            return loaded.map(|s| (s, index.map(std::sync::Arc::new)));
+        }
+    }
+    load_layered(main, path, env, Some(&only)).map(|s| (s, None))
 }
 
 /// Loads a configuration given as TOML text; `name` stands for the file in messages. Used by
@@ -180,7 +241,8 @@ pub fn load_str(name: &str, text: &str, env: &EnvSource) -> Result<Settings, Con
 /// error: what the layered way gives for such a file, without the `config` crate's tree of it
 /// (a value per key with its origin: a large fleet's start spent most of its time there).
 /// `None` otherwise, and the layered way reads it (and words its errors). Tenants not `wanted`
-/// are dropped from the parsed document before anything is built of them.
+/// are dropped from the parsed document before anything is built of them (callers cut a large
+/// file down to them before, as the parse is most of a load).
 fn load_direct(
     main: &str,
     text: &str,
@@ -191,9 +253,7 @@ fn load_direct(
     if !env.overrides().collect().ok()?.is_empty() {
         return None;
     }
-    // A large file cut down to the wanted tenants first: the parse is most of a load.
-    let cut = wanted.and_then(|w| super::select::only_wanted(text, w));
-    let mut root = toml::de::DeTable::parse(cut.as_deref().unwrap_or(text)).ok()?;
+    let mut root = toml::de::DeTable::parse(text).ok()?;
     if let Some(wanted) = wanted {
         if let Some(toml::de::DeValue::Table(t)) = root
             .get_mut()

@@ -28,8 +28,9 @@ pub use error::{ConfigError, Problem};
 pub use fleet::{Fleet, FleetEntry};
 pub use hooks::{HooksSection, HooksSettings, DEFAULT_HINT_QUEUE_LIMIT};
 pub use live::{live, LiveConfig, LivePublisher};
-pub use load::{load, load_only, load_str, EnvSource, Wanted, DEFAULT_CONFIG_PATH};
+pub use load::{load, load_only, load_placed, load_str, EnvSource, Wanted, DEFAULT_CONFIG_PATH};
 pub use redact::{redact, redact_opt};
+pub use select::FileIndex;
 pub use settings::{
     AdminSettings, AdminToken, Cloud, ConnectorSettings, Permission, RestartPolicy, RetryPolicy,
     SecretSource, Settings, SinkKind, SinkSpec, TelemetrySettings, TenantSpec, WriteCredential,
