@@ -51,6 +51,28 @@ fn replica_with(
     cluster: &str,
     jitter: &str,
 ) -> Replica {
+    prepare(id, sim, nats, tenants, cluster, jitter).launch()
+}
+
+/// A replica's directory and configuration file, written, not yet started: a fleet's replicas are
+/// launched together once every file is written (writing 300,000 tenants' configuration takes
+/// seconds, and replicas launched one by one as their files are written came up 7 to 20 s apart,
+/// past `start_settle`, so the first ones placed the fleet on a few members).
+struct Prepared {
+    id: String,
+    dir: tempfile::TempDir,
+    path: std::path::PathBuf,
+    admin: String,
+}
+
+fn prepare(
+    id: &str,
+    sim: &Sim,
+    nats: &str,
+    tenants: usize,
+    cluster: &str,
+    jitter: &str,
+) -> Prepared {
     let dir = tempfile::tempdir().unwrap();
     let admin = format!("127.0.0.1:{}", free_port());
     let mut text = format!(
@@ -69,35 +91,52 @@ fn replica_with(
     }
     let path = dir.path().join("wiz-connector.toml");
     std::fs::write(&path, text).unwrap();
-    // WIZ_BENCH_LOGS=<dir>: each replica's log (info) goes to <dir>/<id>.log.
-    let log = std::env::var("WIZ_BENCH_LOGS").ok().map(|d| {
-        std::fs::create_dir_all(&d).unwrap();
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(std::path::Path::new(&d).join(format!("{id}.log")))
-            .unwrap()
-    });
-    let child = Command::new(BIN)
-        .args(["run", "--log-format", "text", "--config"])
-        .arg(&path)
-        .env(
-            "RUST_LOG",
-            match (&log, std::env::var("WIZ_BENCH_RUST_LOG")) {
-                (Some(_), Ok(filter)) => filter,
-                (Some(_), Err(_)) => "info".to_string(),
-                (None, _) => "warn".to_string(),
-            },
-        )
-        .stdout(Stdio::null())
-        .stderr(log.map_or(Stdio::null(), Stdio::from))
-        .spawn()
-        .unwrap();
-    Replica {
-        id: id.into(),
-        child,
+    Prepared {
+        id: id.to_string(),
+        dir,
+        path,
         admin,
-        _dir: dir,
+    }
+}
+
+impl Prepared {
+    fn launch(self) -> Replica {
+        let Prepared {
+            id,
+            dir,
+            path,
+            admin,
+        } = self;
+        // WIZ_BENCH_LOGS=<dir>: each replica's log (info) goes to <dir>/<id>.log.
+        let log = std::env::var("WIZ_BENCH_LOGS").ok().map(|d| {
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(std::path::Path::new(&d).join(format!("{id}.log")))
+                .unwrap()
+        });
+        let child = Command::new(BIN)
+            .args(["run", "--log-format", "text", "--config"])
+            .arg(&path)
+            .env(
+                "RUST_LOG",
+                match (&log, std::env::var("WIZ_BENCH_RUST_LOG")) {
+                    (Some(_), Ok(filter)) => filter,
+                    (Some(_), Err(_)) => "info".to_string(),
+                    (None, _) => "warn".to_string(),
+                },
+            )
+            .stdout(Stdio::null())
+            .stderr(log.map_or(Stdio::null(), Stdio::from))
+            .spawn()
+            .unwrap();
+        Replica {
+            id,
+            child,
+            admin,
+            _dir: dir,
+        }
     }
 }
 
@@ -553,11 +592,12 @@ async fn scale() {
     let settings = "heartbeat = \"1s\"\nfailover_after = \"5s\"";
     let limit = Duration::from_secs(900);
     let ids: Vec<String> = (1..=k).map(|i| format!("r{i}")).collect();
-    let started = Instant::now();
-    let mut rs: Vec<Replica> = ids
+    let prepared: Vec<Prepared> = ids
         .iter()
-        .map(|id| replica_with(id, &sim, &nats.url, n, settings, "30s"))
+        .map(|id| prepare(id, &sim, &nats.url, n, settings, "30s"))
         .collect();
+    let started = Instant::now();
+    let mut rs: Vec<Replica> = prepared.into_iter().map(Prepared::launch).collect();
     let live: Vec<&Replica> = rs.iter().collect();
     let placed = settle(&client, &live, n, false, limit)
         .await
@@ -712,8 +752,9 @@ async fn scale() {
         }
     }
     // It comes back: a join.
+    let back = prepare(&victim, &sim, &nats.url, n, settings, "30s");
     let joined = Instant::now();
-    rs.push(replica_with(&victim, &sim, &nats.url, n, settings, "30s"));
+    rs.push(back.launch());
     let live: Vec<&Replica> = rs.iter().collect();
     let mut settled_join = None;
     while joined.elapsed() < limit {
