@@ -10,6 +10,9 @@
 //! whole, as before. Whatever is kept is parsed by the real parser, and the tenants not wanted
 //! are still filtered out of the parsed document, so the cut can only spare work, never change
 //! what a wanted tenant reads.
+//!
+//! The same scan makes a [`FileIndex`]: where each tenant's tables sit, so that a later
+//! placement reads only the byte ranges it needs instead of scanning the file again.
 
 /// What one line is, to the scan.
 #[derive(Debug, PartialEq, Eq)]

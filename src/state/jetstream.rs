@@ -275,8 +275,9 @@ impl Replicated {
         &self.lease
     }
 
-    /// Waits for a turn among the ownership operations in flight.
-    async fn turn(&self) -> tokio::sync::SemaphorePermit<'_> {
+    /// Waits for a turn among the ownership operations in flight. A claim takes one turn for
+    /// its look and its take together (see [`Replicated::claim`]).
+    pub(crate) async fn turn(&self) -> tokio::sync::SemaphorePermit<'_> {
         self.ownership
             .acquire()
             .await
@@ -546,6 +547,13 @@ impl Replicated {
     /// sync with and whether it holds writes NATS has not seen; `local_has_state` says whether the
     /// cache holds anything for the tenant (single-node history to import). With `force`, a live
     /// holder is not waited for (fencing still protects its state).
+    ///
+    /// The caller holds one [`Replicated::turn`] from here until [`Replicated::take`] returned:
+    /// with a turn for each, a claim's take queued behind every look that arrived after its own
+    /// (the queue is first come, first served), so while a failover's claims kept arriving
+    /// almost none completed, and they all completed at once when the arrivals stopped, their
+    /// first polls bunched after them (measured at 300,000 tenants: looks and takes waiting 2 to
+    /// 3 s each, then 1,500 takeovers in one second on a survivor).
     pub async fn claim(
         &self,
         tenant: &str,
@@ -553,7 +561,6 @@ impl Replicated {
         local_has_state: bool,
         force: bool,
     ) -> Result<Claim, String> {
-        let _turn = self.turn().await;
         let message = self.last_message_direct(tenant).await?;
         let last = message.as_ref().map(last_of);
         if let Some(l) = &last {
@@ -602,14 +609,14 @@ impl Replicated {
     }
 
     /// Writes the claim marker (or, for [`ClaimLoad::Publish`], a snapshot of `image`), fenced at
-    /// `last_seq`; afterwards this replica owns the tenant.
+    /// `last_seq`; afterwards this replica owns the tenant. Under the claim's turn (see
+    /// [`Replicated::claim`]).
     pub async fn take(
         &self,
         tenant: &str,
         last_seq: u64,
         image: Option<&TenantImage>,
     ) -> Result<u64, PublishFailure> {
-        let _turn = self.turn().await;
         let epoch_seq = self.marker(tenant, "claim", last_seq, 0).await?;
         let mut owned = Owned {
             seq: epoch_seq,

@@ -585,6 +585,8 @@ impl StateStore {
         let started = Instant::now();
         let local = self.sync_mark(tenant)?;
         let has_state = self.checkpoint(tenant)?.is_some();
+        // One turn for the look and the take (see `Replicated::claim`).
+        let turn = r.turn().await;
         let claim = r
             .claim(tenant, local, has_state, force)
             .await
@@ -617,7 +619,9 @@ impl StateStore {
             }
         };
         let loaded = started.elapsed();
-        match r.take(tenant, last_seq, image.as_ref()).await {
+        let took = r.take(tenant, last_seq, image.as_ref()).await;
+        drop(turn);
+        match took {
             Ok(seq) => {
                 let taken = started.elapsed();
                 if let Some(bytes) = installed {
