@@ -564,8 +564,13 @@ fn log_members_changed(
     );
 }
 
-/// Every key's current entry, and for each `known` member without a key whether it was deleted
-/// (a listing leaves deleted keys out; expired ones are simply absent).
+/// Every key's current entry, and for each `known` member the listing left out, its entry read
+/// directly: deleted (a listing leaves deleted keys out), absent (expired), or present after
+/// all. The listing is a consumer of each key's last message; a key renewed while it runs has
+/// its old message removed and its new one may come after the listing ended, so the key is
+/// missing from it. Two replicas whose heartbeats ran in step saw that every round: at 300,000
+/// tenants a survivor judged a live member silent for 6 s four times in 30 s, and took over
+/// 4,032 of its tenants each time.
 async fn list(store: &kv::Store, known: Vec<String>) -> Result<Vec<Listed>, String> {
     let mut keys = store.keys().await.map_err(|e| e.to_string())?;
     let mut out = Vec::new();
@@ -579,9 +584,7 @@ async fn list(store: &kv::Store, known: Vec<String>) -> Result<Vec<Listed>, Stri
     }
     for id in known.into_iter().filter(|id| !seen.contains(id)) {
         if let Some(e) = store.entry(id).await.map_err(|e| e.to_string())? {
-            if e.operation != kv::Operation::Put {
-                out.push(listed(e));
-            }
+            out.push(listed(e));
         }
     }
     Ok(out)
