@@ -39,22 +39,11 @@ impl Drop for Replica {
 
 /// A replica process over `tenants` simulated tenants with a file sink.
 fn replica(id: &str, sim: &Sim, nats: &str, tenants: usize, cluster: &str) -> Replica {
-    replica_with(id, sim, nats, tenants, cluster, "0s")
+    prepare(id, sim, nats, tenants, cluster, "0s").launch()
 }
 
-/// [`replica`] with another `startup_jitter`.
-fn replica_with(
-    id: &str,
-    sim: &Sim,
-    nats: &str,
-    tenants: usize,
-    cluster: &str,
-    jitter: &str,
-) -> Replica {
-    prepare(id, sim, nats, tenants, cluster, jitter).launch()
-}
-
-/// A replica's directory and configuration file, written, not yet started: a fleet's replicas are
+/// A replica's directory and configuration file (with `jitter` as its `startup_jitter`), written,
+/// not yet started: a fleet's replicas are
 /// launched together once every file is written (writing 300,000 tenants' configuration takes
 /// seconds, and replicas launched one by one as their files are written came up 7 to 20 s apart,
 /// past `start_settle`, so the first ones placed the fleet on a few members).
@@ -553,32 +542,12 @@ async fn message_mix(nats: &str, stream: &str, count: u64) -> String {
 }
 
 /// Waits until every one of `n` tenants is listed by exactly one of `rs` (and, with `polled`,
-/// polled once); the time it took, or `None` after `limit`.
+/// polled once); the moment of the round that saw it, or `None` after `limit`. Each round only
+/// counts what each replica lists (and how many of those are idle, i.e. polled); once the counts
+/// add up to `n`, one full listing checks that every tenant is listed by exactly one replica.
+/// Listing 300,000 tenants every round took the replicas and this harness seconds per round
+/// during the cold start it measures.
 async fn settle(
-    client: &reqwest::Client,
-    rs: &[&Replica],
-    n: usize,
-    polled: bool,
-    limit: Duration,
-) -> Option<Duration> {
-    let started = Instant::now();
-    while started.elapsed() < limit {
-        if let Some((o, p)) = owners(client, rs).await {
-            if o.len() == n && (!polled || p == n) {
-                return Some(started.elapsed());
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    None
-}
-
-/// [`settle`] for a large fleet: each round only counts what each replica lists (and how many
-/// of those are idle, i.e. polled), and once the counts add up to `n`, one full listing checks
-/// that every tenant is listed by exactly one replica; the moment of that round's counts is
-/// returned. Listing 300,000 tenants every round took
-/// the replicas and this harness seconds per round during the cold start it measures.
-async fn settle_counted(
     client: &reqwest::Client,
     rs: &[&Replica],
     n: usize,
@@ -633,10 +602,10 @@ async fn scale() {
     let started = Instant::now();
     let mut rs: Vec<Replica> = prepared.into_iter().map(Prepared::launch).collect();
     let live: Vec<&Replica> = rs.iter().collect();
-    let placed = settle_counted(&client, &live, n, false, limit)
+    let placed = settle(&client, &live, n, false, limit)
         .await
         .map(|at| at - started);
-    let polled = settle_counted(&client, &live, n, true, limit)
+    let polled = settle(&client, &live, n, true, limit)
         .await
         .map(|at| at - started);
     let rss: Vec<u64> = rs.iter().map(|r| rss_of(r.child.id())).collect();
@@ -715,13 +684,12 @@ async fn scale() {
     // they own now, bounds the cost of an owned tenant from above (their fleet entries, the
     // allocator's retained peaks and the takeover's transient load counted in).
     let base = {
-        let lone = replica_with(
+        let lone = replica(
             "base",
             &sim,
             &nats.url,
             1,
             "heartbeat = \"1s\"\nfailover_after = \"5s\"\nmembers_bucket = \"wiz_bench_base\"\nstate_stream = \"WIZ_BENCH_BASE\"",
-            "0s",
         );
         let _ = settle(&client, &[&lone], 1, true, Duration::from_secs(60)).await;
         rss_of(lone.child.id())
@@ -822,7 +790,7 @@ async fn scale() {
     let live: Vec<&Replica> = rs.iter().collect();
     let after = settle(&client, &live, n, false, limit)
         .await
-        .map(|_| term.elapsed());
+        .map(|at| at - term);
     println!(
         "| scale: SIGTERM | {} leaves | exited in {}, every tenant placed on the others in {} | |",
         leaving.id,
