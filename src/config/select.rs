@@ -154,12 +154,12 @@ pub struct FileIndex {
     tenants: Vec<Run>,
 }
 
-/// One run of a tenant's tables.
+/// One run of a tenant's tables (ordered by hash, then place in the file).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 struct Run {
     hash: u32,
-    len: u32,
     start: u64,
+    len: u32,
 }
 
 impl Run {
@@ -371,6 +371,8 @@ mod tests {
              [tenants.a.labels]\ncustomer = \"acme\"\n"
         );
         assert!(FileIndex::of("[tenants.a]\nx = [\n1]\n").is_none());
+        // The 16 bytes a tenant the docs give.
+        assert_eq!(std::mem::size_of::<Run>(), 16);
     }
 
     #[test]
