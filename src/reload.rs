@@ -419,12 +419,12 @@ impl Reloader {
                 .collect()
         };
         t.computed = started.elapsed() - t.waited;
+        if acquiring.is_empty() {
+            let o = self.restrict_to(&mut current, new, Vec::new()).await;
+            return o.map(|o| (o, t));
+        }
         let reading = std::time::Instant::now();
         let (checked, index) = match &current.source {
-            _ if acquiring.is_empty() => {
-                let o = self.restrict_to(&mut current, new, Vec::new()).await;
-                return o.map(|o| (o, t));
-            }
             Source::Files(checked, index) => (checked.clone(), index.clone()),
             Source::Memory(all) => {
                 let specs = all

@@ -2371,7 +2371,19 @@ async fn a_failover_reads_only_the_moved_tenants_from_the_files() {
         Duration::from_secs(40),
     )
     .await;
-    let log = std::fs::read_to_string(dir.path().join(format!("{survivor_id}.log"))).unwrap();
+    // The failover's placement line is written once placement returned, which can be after its
+    // tenants first polled: waited for, not assumed.
+    let log_path = dir.path().join(format!("{survivor_id}.log"));
+    wait_until(
+        "the survivor's failover placement logged",
+        Duration::from_secs(20),
+        || {
+            std::fs::read_to_string(&log_path)
+                .is_ok_and(|l| plain(&l).contains("placement changed members=1 "))
+        },
+    )
+    .await;
+    let log = std::fs::read_to_string(&log_path).unwrap();
     assert!(
         !log.contains("no longer load"),
         "the survivor read the whole files: {log}"

@@ -139,13 +139,7 @@ pub fn load_only(
     wanted: Wanted<'_>,
 ) -> Result<Settings, ConfigError> {
     let main = path.display().to_string();
-    if !path.is_file() {
-        return Err(problem(
-            &main,
-            "(file)",
-            "configuration file not found; pass --config FILE or set WIZ_CONNECTOR_CONFIG",
-        ));
-    }
+    require_file(path, &main)?;
     // The usual case read the fast way; anything else (a tenants_dir, environment overrides, a
     // file the fast way does not take) the layered way, which also words every error.
     if let Some(loaded) = std::fs::read_to_string(path).ok().and_then(|text| {
@@ -156,6 +150,18 @@ pub fn load_only(
         return loaded;
     }
     load_layered(main, path, env, wanted)
+}
+
+/// The error for a main file that is not there.
+fn require_file(path: &Path, main: &str) -> Result<(), ConfigError> {
+    if path.is_file() {
+        return Ok(());
+    }
+    Err(problem(
+        main,
+        "(file)",
+        "configuration file not found; pass --config FILE or set WIZ_CONNECTOR_CONFIG",
+    ))
 }
 
 /// The main file read the layered way (see [`load_only`]).
@@ -202,13 +208,7 @@ pub fn load_placed(
             }
         }
     }
-    if !path.is_file() {
-        return Err(problem(
-            &main,
-            "(file)",
-            "configuration file not found; pass --config FILE or set WIZ_CONNECTOR_CONFIG",
-        ));
-    }
+    require_file(path, &main)?;
     if let Ok(text) = std::fs::read_to_string(path) {
         let index = FileIndex::of(&text);
         let cut = index.as_ref().map(|i| i.cut(&text, &only));
