@@ -177,6 +177,9 @@ pub struct Replicated {
 /// deltas, so without this an idle tenant moved back and forth would grow without bound.
 const COMPACT_MESSAGES: usize = 16;
 
+/// A turn among the ownership operations in flight (see [`Replicated::turn`]).
+pub(crate) type Turn<'a> = tokio::sync::SemaphorePermit<'a>;
+
 /// Claims, re-assertions and releases in flight at once (see [`Replicated::ownership`]).
 const OWNERSHIP_CONCURRENCY: usize = 64;
 
@@ -277,7 +280,7 @@ impl Replicated {
 
     /// Waits for a turn among the ownership operations in flight. A claim takes one turn for
     /// its look and its take together (see [`Replicated::claim`]).
-    pub(crate) async fn turn(&self) -> tokio::sync::SemaphorePermit<'_> {
+    pub(crate) async fn turn(&self) -> Turn<'_> {
         self.ownership
             .acquire()
             .await
@@ -548,7 +551,8 @@ impl Replicated {
     /// cache holds anything for the tenant (single-node history to import). With `force`, a live
     /// holder is not waited for (fencing still protects its state).
     ///
-    /// The caller holds one [`Replicated::turn`] from here until [`Replicated::take`] returned:
+    /// The caller holds one [`Replicated::turn`] from here until [`Replicated::take`] returned
+    /// (both ask for it):
     /// with a turn for each, a claim's take queued behind every look that arrived after its own
     /// (the queue is first come, first served), so while a failover's claims kept arriving
     /// almost none completed, and they all completed at once when the arrivals stopped, their
@@ -556,6 +560,7 @@ impl Replicated {
     /// 3 s each, then 1,500 takeovers in one second on a survivor).
     pub async fn claim(
         &self,
+        _turn: &Turn<'_>,
         tenant: &str,
         local: Option<(u64, bool)>,
         local_has_state: bool,
@@ -613,6 +618,7 @@ impl Replicated {
     /// [`Replicated::claim`]).
     pub async fn take(
         &self,
+        _turn: &Turn<'_>,
         tenant: &str,
         last_seq: u64,
         image: Option<&TenantImage>,

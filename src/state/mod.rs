@@ -588,7 +588,7 @@ impl StateStore {
         // One turn for the look and the take (see `Replicated::claim`).
         let turn = r.turn().await;
         let claim = r
-            .claim(tenant, local, has_state, force)
+            .claim(&turn, tenant, local, has_state, force)
             .await
             .map_err(|e| self.db.err(e))?;
         let looked = started.elapsed();
@@ -619,7 +619,7 @@ impl StateStore {
             }
         };
         let loaded = started.elapsed();
-        let took = r.take(tenant, last_seq, image.as_ref()).await;
+        let took = r.take(&turn, tenant, last_seq, image.as_ref()).await;
         drop(turn);
         match took {
             Ok(seq) => {
