@@ -8,7 +8,10 @@
 //! `WIZ_BENCH_SCALE_REPLICAS` (default 10) replicas: placement, kill -9, a join and a SIGTERM,
 //! with the replicas' memory and the bytes in NATS. `WIZ_BENCH_LOGS=<dir>` keeps each replica's
 //! log there; `WIZ_BENCH_HEAP=1` (needs gdb) trims each survivor's heap after the failover and
-//! prints glibc's allocator statistics into its log.
+//! prints glibc's allocator statistics into its log. The kill -9 phase prints the cores each
+//! process used (nats-server, the simulator, the survivors, this harness), over the whole
+//! failover and per 2-second window; `WIZ_BENCH_PERF=<file>` also records the whole box's CPU
+//! profile over its first 25 s (`perf record -a`; needs Debian's linux-perf).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::{Child, Command, Stdio};
@@ -582,6 +585,65 @@ fn secs(d: Option<Duration>) -> String {
     })
 }
 
+/// CPU seconds each process had used at a moment of a failover (see [`cpu_report`]).
+struct CpuSample {
+    /// Since the kill.
+    at: Duration,
+    nats: f64,
+    sim: f64,
+    /// Each survivor's, in one order.
+    replicas: Vec<f64>,
+    /// This process: the counting requests to the survivors' admin APIs.
+    harness: f64,
+}
+
+/// Where a failover's CPU went: each process's share of the box over the whole failover, then
+/// per 2-second window (in cores: 2.0 is the whole box), so the phases (noticing, placing,
+/// claiming, first polls) can be told apart.
+fn cpu_report(samples: &[CpuSample]) -> String {
+    let (Some(first), Some(last)) = (samples.first(), samples.last()) else {
+        return String::new();
+    };
+    let use_of = |a: &CpuSample, b: &CpuSample| {
+        let wall = (b.at - a.at).as_secs_f64().max(1e-3);
+        let reps: Vec<f64> = a
+            .replicas
+            .iter()
+            .zip(&b.replicas)
+            .map(|(x, y)| (y - x) / wall)
+            .collect();
+        let sum: f64 = reps.iter().sum();
+        let max = reps.iter().cloned().fold(0.0, f64::max);
+        format!(
+            "nats {:.2}, sim {:.2}, replicas {:.2} (max one {:.2}), harness {:.2}",
+            (b.nats - a.nats) / wall,
+            (b.sim - a.sim) / wall,
+            sum,
+            max,
+            (b.harness - a.harness) / wall
+        )
+    };
+    let mut windows = Vec::new();
+    let mut start = first;
+    for s in samples {
+        if (s.at - start.at).as_secs_f64() >= 2.0 {
+            windows.push(format!(
+                "{:.0}-{:.0} s: {}",
+                start.at.as_secs_f64(),
+                s.at.as_secs_f64(),
+                use_of(start, s)
+            ));
+            start = s;
+        }
+    }
+    format!(
+        "| scale: kill -9 CPU | cores used from the kill until all polled ({:.1} s) | {} | {} |",
+        last.at.as_secs_f64(),
+        use_of(first, last),
+        windows.join("; ")
+    )
+}
+
 /// Idle tenants on many replicas (see the module docs).
 async fn scale() {
     let n = env_usize("WIZ_BENCH_SCALE_TENANTS", 100_000);
@@ -637,8 +699,36 @@ async fn scale() {
         .map(|(t, _)| t.clone())
         .collect();
     let i_victim = rs.iter().position(|r| r.id == victim).unwrap();
+    // WIZ_BENCH_PERF=<file>: the whole box's CPU profile over the failover's first 25 s
+    // (`perf record -a`, with call graphs), for `perf report -i <file> --sort comm,sym`.
+    let perf = std::env::var("WIZ_BENCH_PERF").ok().map(|out| {
+        Command::new("perf")
+            .args([
+                "record",
+                "-a",
+                "-F",
+                "199",
+                "--call-graph",
+                "dwarf,16384",
+                "-o",
+            ])
+            .arg(out)
+            .args(["--", "sleep", "25"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("perf (linux-perf) is installed")
+    });
     drop(rs.remove(i_victim));
     let killed = Instant::now();
+    let cpu = |rs: &[Replica]| CpuSample {
+        at: killed.elapsed(),
+        nats: cpu_of(nats.pid()),
+        sim: cpu_of(sim.child.id()),
+        replicas: rs.iter().map(|r| cpu_of(r.child.id())).collect(),
+        harness: cpu_of(std::process::id()),
+    };
+    let mut cpu_samples = vec![cpu(&rs)];
     let (mut noticed, mut taken, mut all_polled) = (None, None, None);
     // Counted, not listed: every tenant was polled before the kill and the interval is an
     // hour, so the moved ones are polled when the survivors list all `n` and all `n` are idle.
@@ -671,6 +761,7 @@ async fn scale() {
         if polled_now == n {
             all_polled = Some(killed.elapsed());
         }
+        cpu_samples.push(cpu(&rs));
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     println!(
@@ -680,6 +771,10 @@ async fn scale() {
         secs(taken),
         secs(all_polled)
     );
+    println!("{}", cpu_report(&cpu_samples));
+    if let Some(mut p) = perf {
+        let _ = p.wait();
+    }
     // Memory: a replica of one tenant is the base; what the survivors hold beyond it, per tenant
     // they own now, bounds the cost of an owned tenant from above (their fleet entries, the
     // allocator's retained peaks and the takeover's transient load counted in).

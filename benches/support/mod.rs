@@ -94,6 +94,13 @@ impl Drop for Nats {
     }
 }
 
+impl Nats {
+    /// The nats-server's process id (its CPU is read from `/proc`).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
 pub fn start_nats() -> Option<Nats> {
     let bin = [
         "/usr/sbin/nats-server",
