@@ -383,10 +383,23 @@ async fn list_tenants(State(st): State<AdminState>, Query(q): Query<TenantQuery>
     if q.limit == Some(0) {
         // Only the count: no record copied or sorted (a cluster's dashboards and the scale
         // bench ask this of replicas owning tens of thousands of tenants, during failovers).
-        return with_total(
-            Json(Vec::<Listed>::new()).into_response(),
-            st.health.count(keep),
-        );
+        // By state alone, from the map's kept counts; other filters look at each record.
+        let states: Option<Vec<TenantState>> = match (&wanted, &q.q) {
+            (None, None) => Some(TenantState::ALL.to_vec()),
+            (Some(w), None) => w
+                .iter()
+                .map(|w| match w {
+                    Wanted::State(s) => Some(*s),
+                    Wanted::Stale => None,
+                })
+                .collect(),
+            _ => None,
+        };
+        let total = match states {
+            Some(states) => st.health.count_in(&states),
+            None => st.health.count(keep),
+        };
+        return with_total(Json(Vec::<Listed>::new()).into_response(), total);
     }
     let mut list: Vec<_> = st.health.all().into_iter().filter(|h| keep(h)).collect();
     if worst {
