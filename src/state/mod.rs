@@ -230,9 +230,20 @@ pub enum Write {
     Mark(Vec<(String, Known)>),
 }
 
+/// What the writer thread applies for a tenant.
+#[derive(Debug)]
+enum Change {
+    /// One of the tenant's writes.
+    Write(Write),
+    /// Cluster mode: the tenant's whole image, read from NATS by a claim, replacing everything
+    /// the cache held for it. Through the writer like the writes, so a failover's installs
+    /// share its group commits instead of taking redb's one writer each in turn.
+    Install(Box<TenantImage>),
+}
+
 struct Job {
     tenant: String,
-    write: Write,
+    write: Change,
     /// Cluster mode: the subject sequence this write brings the tenant's records in sync with.
     sync: Option<SyncMark>,
     durable: Durable,
@@ -502,6 +513,18 @@ impl StateStore {
         sync: Option<SyncMark>,
         durable: Durable,
     ) -> Result<(), StateError> {
+        self.apply_local(tenant, Change::Write(write), sync, durable)
+            .await
+    }
+
+    /// Hands `write` to the writer thread and waits for its group commit.
+    async fn apply_local(
+        &self,
+        tenant: &str,
+        write: Change,
+        sync: Option<SyncMark>,
+        durable: Durable,
+    ) -> Result<(), StateError> {
         let (done, answer) = tokio::sync::oneshot::channel();
         let gone = || self.db.err("the state writer has stopped");
         self.writer
@@ -607,11 +630,14 @@ impl StateStore {
             ClaimLoad::Publish => Some(self.image_blocking(tenant).await?),
             ClaimLoad::Install(image) => {
                 installed = Some(image.approx_encoded_len());
-                let me = self.clone();
-                let t = tenant.to_string();
-                tokio::task::spawn_blocking(move || me.db.install(&t, &image, last_seq))
-                    .await
-                    .map_err(|e| self.db.err(e))??;
+                // Read from NATS, which keeps it: no fsync of its own.
+                self.apply_local(
+                    tenant,
+                    Change::Install(image),
+                    Some((last_seq, false)),
+                    Durable::InNats,
+                )
+                .await?;
                 moved = true;
                 // The image read from NATS is freed now: worth giving back after a failover.
                 crate::heap::churned();
@@ -797,7 +823,8 @@ impl StateStore {
 
     /// [`StateStore::write`] on the caller's thread, without grouping (tools and tests).
     pub fn write_now(&self, tenant: &str, write: Write) -> Result<(), StateError> {
-        self.db.apply(&[(tenant, &write, None)], Durable::Yes)
+        self.db
+            .apply(&[(tenant, &Change::Write(write), None)], Durable::Yes)
     }
 }
 
@@ -861,39 +888,11 @@ impl Db {
         Ok(false)
     }
 
+    /// A claim's install on the caller's thread (tests; the store sends it to the writer).
+    #[cfg(test)]
     fn install(&self, tenant: &str, image: &TenantImage, seq: u64) -> Result<(), StateError> {
-        let w = self.db.begin_write().map_err(|e| self.err(e))?;
-        {
-            let (from, to) = (format!("{tenant}\u{1f}"), format!("{tenant}\u{20}"));
-            let mut buf = Vec::new();
-            for (table, records) in [(ISSUES, &image.issues), (IN_FLIGHT, &image.marks)] {
-                let mut t = w.open_table(table).map_err(|e| self.err(e))?;
-                t.retain_in(from.as_str()..to.as_str(), |_, _| false)
-                    .map_err(|e| self.err(e))?;
-                for (id, k) in records {
-                    encode(k, &mut buf);
-                    t.insert(key(tenant, id).as_str(), buf.as_slice())
-                        .map_err(|e| self.err(e))?;
-                }
-            }
-            let mut checkpoints = w.open_table(CHECKPOINTS).map_err(|e| self.err(e))?;
-            match &image.checkpoint {
-                Some(cp) => {
-                    let json = serde_json::to_vec(cp).expect("a checkpoint serializes");
-                    checkpoints
-                        .insert(tenant, json.as_slice())
-                        .map_err(|e| self.err(e))?;
-                }
-                None => {
-                    checkpoints.remove(tenant).map_err(|e| self.err(e))?;
-                }
-            }
-            let mut sync = w.open_table(SYNC).map_err(|e| self.err(e))?;
-            sync.insert(tenant, encode_sync((seq, false)).as_slice())
-                .map_err(|e| self.err(e))?;
-        }
-        // Read from NATS, which keeps it.
-        self.commit(w, Durable::InNats)
+        let change = Change::Install(Box::new(image.clone()));
+        self.apply(&[(tenant, &change, Some((seq, false)))], Durable::InNats)
     }
 
     /// Group commit: takes every write waiting (up to [`GROUP_MAX`]) into one transaction and
@@ -924,7 +923,7 @@ impl Db {
                     Err(_) => break,
                 }
             }
-            let all: Vec<(&str, &Write, Option<SyncMark>)> = jobs
+            let all: Vec<(&str, &Change, Option<SyncMark>)> = jobs
                 .iter()
                 .map(|j| (j.tenant.as_str(), &j.write, j.sync))
                 .collect();
@@ -995,7 +994,7 @@ impl Db {
     /// says NATS holds them.
     fn apply(
         &self,
-        writes: &[(&str, &Write, Option<SyncMark>)],
+        writes: &[(&str, &Change, Option<SyncMark>)],
         durable: Durable,
     ) -> Result<(), StateError> {
         let w = self.db.begin_write().map_err(|e| self.err(e))?;
@@ -1011,7 +1010,32 @@ impl Db {
                         .map_err(|e| self.err(e))?;
                 }
                 match write {
-                    Write::Mark(marks) => {
+                    Change::Install(image) => {
+                        let (from, to) = (format!("{tenant}\u{1f}"), format!("{tenant}\u{20}"));
+                        for (t, records) in
+                            [(&mut issues, &image.issues), (&mut in_flight, &image.marks)]
+                        {
+                            t.retain_in(from.as_str()..to.as_str(), |_, _| false)
+                                .map_err(|e| self.err(e))?;
+                            for (id, k) in records {
+                                encode(k, &mut buf);
+                                t.insert(key(tenant, id).as_str(), buf.as_slice())
+                                    .map_err(|e| self.err(e))?;
+                            }
+                        }
+                        match &image.checkpoint {
+                            Some(cp) => {
+                                let json = serde_json::to_vec(cp).expect("a checkpoint serializes");
+                                checkpoints
+                                    .insert(*tenant, json.as_slice())
+                                    .map_err(|e| self.err(e))?;
+                            }
+                            None => {
+                                checkpoints.remove(*tenant).map_err(|e| self.err(e))?;
+                            }
+                        }
+                    }
+                    Change::Write(Write::Mark(marks)) => {
                         for (id, k) in marks {
                             encode(k, &mut buf);
                             in_flight
@@ -1019,7 +1043,7 @@ impl Db {
                                 .map_err(|e| self.err(e))?;
                         }
                     }
-                    Write::Commit(c) => {
+                    Change::Write(Write::Commit(c)) => {
                         for (id, k) in &c.remember {
                             encode(k, &mut buf);
                             issues
@@ -1048,6 +1072,63 @@ impl Db {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A claim's install and the tenant's writes share a group commit and apply in their order:
+    /// the install replaces every record, mark and checkpoint the cache held for the tenant (and
+    /// nothing of another tenant's), sets the sync mark, and a write after it adds to it.
+    #[test]
+    fn an_install_in_a_group_replaces_the_tenants_cache_and_later_writes_add_to_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (s, _) = StateStore::open_or_recover(dir.path()).unwrap();
+        let known = |status: &str| Known {
+            fingerprint: [1; 16],
+            status: status.into(),
+            severity: None,
+            silent: false,
+        };
+        let before = Write::Commit(Commit {
+            remember: vec![("a".into(), known("OPEN")), ("b".into(), known("OPEN"))],
+            checkpoint: Some(Checkpoint {
+                high_water: Some("2026-01-01T00:00:00Z".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        s.write_now("t1", before).unwrap();
+        s.write_now("t1", Write::Mark(vec![("m".into(), known("OPEN"))]))
+            .unwrap();
+        s.write_now("t10", Write::Mark(vec![("m".into(), known("OPEN"))]))
+            .unwrap();
+        let image = TenantImage {
+            checkpoint: None,
+            issues: [("c".to_string(), known("RESOLVED"))].into(),
+            marks: Default::default(),
+        };
+        let after = Change::Write(Write::Commit(Commit {
+            remember: vec![("d".into(), known("OPEN"))],
+            ..Default::default()
+        }));
+        s.db.apply(
+            &[
+                ("t1", &Change::Install(Box::new(image)), Some((42, false))),
+                ("t1", &after, None),
+            ],
+            Durable::InNats,
+        )
+        .unwrap();
+        assert_eq!(
+            s.known("t1", &["a", "b", "c", "d"]).unwrap(),
+            vec![None, None, Some(known("RESOLVED")), Some(known("OPEN"))]
+        );
+        assert!(s.in_flight("t1").unwrap().is_empty());
+        assert_eq!(s.checkpoint("t1").unwrap(), None);
+        assert_eq!(s.sync_mark("t1").unwrap(), Some((42, false)));
+        assert_eq!(
+            s.in_flight("t10").unwrap().len(),
+            1,
+            "another tenant's mark stays"
+        );
+    }
 
     /// State NATS holds (a cluster tenant's installed image) is committed without an fsync; a
     /// durable commit makes it durable too; the writer thread syncs it within [`SYNC_EVERY`],
@@ -1078,7 +1159,7 @@ mod tests {
             assert!(db.unsynced.load(Ordering::Acquire), "not on disk yet");
             assert!(db.cached("t1").unwrap());
             // A single node's write is durable at once, and takes the earlier ones with it.
-            let empty = Write::Commit(Commit::default());
+            let empty = Change::Write(Write::Commit(Commit::default()));
             db.apply(&[("t2", &empty, None)], Durable::Yes).unwrap();
             assert!(!db.unsynced.load(Ordering::Acquire));
             db.install("t3", &image, 8).unwrap();
