@@ -348,17 +348,27 @@ impl Root {
     }
 }
 
-/// The feed a query asks for (`None`: an issues query or a mutation).
-pub fn root(query_text: &str) -> Option<Root> {
-    let q = query_text.replace(char::is_whitespace, "");
+/// The feed a request asks for (`None`: an issues query or a mutation). `compact` is the
+/// request's body without whitespace ([`compact`]).
+pub fn root(compact: &str) -> Option<Root> {
     [
-        Root::Detections,
-        Root::Vulnerabilities,
-        Root::Audit,
-        Root::Configuration,
+        (Root::Detections, "detections("),
+        (Root::Vulnerabilities, "vulnerabilityFindings("),
+        (Root::Audit, "auditLogEntries("),
+        (Root::Configuration, "configurationFindings("),
     ]
     .into_iter()
-    .find(|r| q.contains(&format!("{}(", r.field())))
+    .find(|(r, call)| {
+        debug_assert_eq!(*call, format!("{}(", r.field()));
+        compact.contains(call)
+    })
+    .map(|(r, _)| r)
+}
+
+/// A request's body without whitespace, which the request's kind is told from: made once per
+/// request (it was made for each question asked of it, three times for an issues query).
+pub fn compact(body: &str) -> String {
+    body.chars().filter(|c| !c.is_whitespace()).collect()
 }
 
 /// `{after, before}` of a time filter, in microseconds.

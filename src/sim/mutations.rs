@@ -41,10 +41,10 @@ struct Patch {
     due_at: Option<String>,
 }
 
-/// True when `body` is a mutation the simulator implements.
-pub fn is_mutation(body: &str) -> bool {
-    let q = body.replace(char::is_whitespace, "");
-    q.contains("updateIssue(") || q.contains("createIssueNote(")
+/// True when the request is a mutation the simulator implements. `compact` is its body without
+/// whitespace ([`super::feed_data::compact`]).
+pub fn is_mutation(compact: &str) -> bool {
+    compact.contains("updateIssue(") || compact.contains("createIssueNote(")
 }
 
 /// Applies the mutation in `body` to `issues` as service account `author`; `can_write` is false

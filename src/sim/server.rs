@@ -538,9 +538,10 @@ async fn graphql_route(
         g.counters.invalid_queries += 1;
         return graphql::error_list_response(refusal.code, &refusal.messages);
     }
+    let compact = super::feed_data::compact(&body);
     let answer = {
         let mut g = tenant.lock().expect("sim lock");
-        if let Some(root) = super::feed_data::root(&body) {
+        if let Some(root) = super::feed_data::root(&compact) {
             let variables = serde_json::from_str::<serde_json::Value>(&body)
                 .ok()
                 .and_then(|v| v.get("variables").cloned())
@@ -565,7 +566,7 @@ async fn graphql_route(
                     Err((code, message)) => graphql::error_response(&code, &message),
                 }
             }
-        } else if super::mutations::is_mutation(&body) {
+        } else if super::mutations::is_mutation(&compact) {
             g.counters.mutations += 1;
             let can_write = if client_id == g.spec.client_id {
                 g.spec.write_issues_scope
