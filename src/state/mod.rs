@@ -243,7 +243,7 @@ enum Change {
 
 struct Job {
     tenant: String,
-    write: Change,
+    change: Change,
     /// Cluster mode: the subject sequence this write brings the tenant's records in sync with.
     sync: Option<SyncMark>,
     durable: Durable,
@@ -517,11 +517,11 @@ impl StateStore {
             .await
     }
 
-    /// Hands `write` to the writer thread and waits for its group commit.
+    /// Hands `change` to the writer thread and waits for its group commit.
     async fn apply_local(
         &self,
         tenant: &str,
-        write: Change,
+        change: Change,
         sync: Option<SyncMark>,
         durable: Durable,
     ) -> Result<(), StateError> {
@@ -533,7 +533,7 @@ impl StateStore {
             .ok_or_else(gone)?
             .send(Job {
                 tenant: tenant.to_string(),
-                write,
+                change,
                 sync,
                 durable,
                 done,
@@ -925,7 +925,7 @@ impl Db {
             }
             let all: Vec<(&str, &Change, Option<SyncMark>)> = jobs
                 .iter()
-                .map(|j| (j.tenant.as_str(), &j.write, j.sync))
+                .map(|j| (j.tenant.as_str(), &j.change, j.sync))
                 .collect();
             let durable = if jobs.iter().any(|j| j.durable == Durable::Yes)
                 || synced.elapsed() >= SYNC_EVERY
@@ -947,7 +947,7 @@ impl Db {
                 }
                 Err(_) => {
                     for j in jobs {
-                        let r = self.apply(&[(j.tenant.as_str(), &j.write, j.sync)], j.durable);
+                        let r = self.apply(&[(j.tenant.as_str(), &j.change, j.sync)], j.durable);
                         let _ = j.done.send(r);
                     }
                 }
