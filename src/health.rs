@@ -294,20 +294,18 @@ pub struct HealthMap {
     /// the status page and the scale bench ask them of replicas with tens of thousands of
     /// tenants several times a second; a pass over the map for each was, in a failover at
     /// 100,000 tenants, several percent of the replicas' CPU (docs/benchmarks.md, session 19).
-    by_state: Arc<[AtomicUsize; 6]>,
+    by_state: Arc<[AtomicUsize; TenantState::ALL.len()]>,
 }
 
-/// The index of `s` in [`TenantState::ALL`].
-fn state_index(s: TenantState) -> usize {
-    match s {
-        TenantState::Starting => 0,
-        TenantState::Polling => 1,
-        TenantState::Idle => 2,
-        TenantState::Backoff => 3,
-        TenantState::Failed => 4,
-        TenantState::Stopped => 5,
+// [`HealthMap`]'s counts are indexed by a state's discriminant: [`TenantState::ALL`] lists the
+// states in their declaration order, which this holds at compile time.
+const _: () = {
+    let mut i = 0;
+    while i < TenantState::ALL.len() {
+        assert!(TenantState::ALL[i] as usize == i);
+        i += 1;
     }
-}
+};
 
 impl Default for HealthMap {
     fn default() -> Self {
@@ -325,7 +323,7 @@ impl HealthMap {
     }
 
     fn counted(&self, s: TenantState) -> &AtomicUsize {
-        &self.by_state[state_index(s)]
+        &self.by_state[s as usize]
     }
 
     /// This process's replica id (the `owner` of its tenants).
