@@ -352,17 +352,19 @@ impl Root {
 /// request's body without whitespace ([`compact`]).
 pub fn root(compact: &str) -> Option<Root> {
     [
-        (Root::Detections, "detections("),
-        (Root::Vulnerabilities, "vulnerabilityFindings("),
-        (Root::Audit, "auditLogEntries("),
-        (Root::Configuration, "configurationFindings("),
+        Root::Detections,
+        Root::Vulnerabilities,
+        Root::Audit,
+        Root::Configuration,
     ]
     .into_iter()
-    .find(|(r, call)| {
-        debug_assert_eq!(*call, format!("{}(", r.field()));
-        compact.contains(call)
+    .find(|r| {
+        // The root field called: its name, then its arguments.
+        let field = r.field();
+        compact
+            .match_indices(field)
+            .any(|(i, _)| compact[i + field.len()..].starts_with('('))
     })
-    .map(|(r, _)| r)
 }
 
 /// A request's body without whitespace, which the request's kind is told from: made once per
