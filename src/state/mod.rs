@@ -257,6 +257,13 @@ fn key(tenant: &str, issue: &str) -> String {
     format!("{tenant}\u{1f}{issue}")
 }
 
+/// The bounds of `tenant`'s keys in a table keyed by [`key`]: from `<tenant>\u{1f}` up to, not
+/// including, `<tenant>\u{20}` (the separator's next character). Tenant ids never hold
+/// `\u{1f}` or `\u{20}`, so the range is exactly the tenant's keys.
+fn tenant_range(tenant: &str) -> (String, String) {
+    (format!("{tenant}\u{1f}"), format!("{tenant}\u{20}"))
+}
+
 /// Where a tenant's cached records stand against JetStream: the subject sequence, and whether
 /// they hold writes NATS has not seen.
 /// A tenant's own state key, not one of its feeds' (`<tenant>:<feed>`; tenant ids have no `:`):
@@ -802,8 +809,7 @@ impl StateStore {
     ) -> Result<Vec<(String, Known)>, StateError> {
         let r = self.db.db.begin_read().map_err(|e| self.db.err(e))?;
         let t = r.open_table(table).map_err(|e| self.db.err(e))?;
-        // Tenant ids never hold \u{1f} or \u{20}, so this range is exactly the tenant's keys.
-        let (from, to) = (format!("{tenant}\u{1f}"), format!("{tenant}\u{20}"));
+        let (from, to) = tenant_range(tenant);
         let mut out = Vec::new();
         for entry in t
             .range(from.as_str()..to.as_str())
@@ -842,7 +848,7 @@ impl Db {
     fn forget(&self, tenant: &str) -> Result<(), StateError> {
         let w = self.db.begin_write().map_err(|e| self.err(e))?;
         {
-            let (from, to) = (format!("{tenant}\u{1f}"), format!("{tenant}\u{20}"));
+            let (from, to) = tenant_range(tenant);
             for table in [ISSUES, IN_FLIGHT] {
                 let mut t = w.open_table(table).map_err(|e| self.err(e))?;
                 t.retain_in(from.as_str()..to.as_str(), |_, _| false)
@@ -860,7 +866,7 @@ impl Db {
 
     fn cached(&self, tenant: &str) -> Result<bool, StateError> {
         let r = self.db.begin_read().map_err(|e| self.err(e))?;
-        let (from, to) = (format!("{tenant}\u{1f}"), format!("{tenant}\u{20}"));
+        let (from, to) = tenant_range(tenant);
         for table in [ISSUES, IN_FLIGHT] {
             let t = match r.open_table(table) {
                 Ok(t) => t,
@@ -1011,7 +1017,7 @@ impl Db {
                 }
                 match write {
                     Change::Install(image) => {
-                        let (from, to) = (format!("{tenant}\u{1f}"), format!("{tenant}\u{20}"));
+                        let (from, to) = tenant_range(tenant);
                         for (t, records) in
                             [(&mut issues, &image.issues), (&mut in_flight, &image.marks)]
                         {
