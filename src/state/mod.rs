@@ -630,26 +630,15 @@ impl StateStore {
                 crowded,
             } => (last_seq, load, crowded),
         };
-        let mut moved = false;
-        let mut installed = None;
-        let image = match load {
-            ClaimLoad::Keep => None,
-            ClaimLoad::Publish => Some(self.image_blocking(tenant).await?),
-            ClaimLoad::Install(image) => {
-                installed = Some(image.approx_encoded_len());
-                // Read from NATS, which keeps it: no fsync of its own.
-                self.apply_local(
-                    tenant,
-                    Change::Install(image),
-                    Some((last_seq, false)),
-                    Durable::InNats,
-                )
-                .await?;
-                moved = true;
-                // The image read from NATS is freed now: worth giving back after a failover.
-                crate::heap::churned();
-                None
-            }
+        // A newer state read from NATS is installed after the take, in one write with the take's
+        // sync mark: the turn is not held while the cache is written, and the writer thread
+        // gets one job per takeover, not two. Should the install fail, or the process die
+        // before it, the cache's sync mark is still the old one: the next claim finds this
+        // replica's own marker last in NATS, reads the state again and installs it.
+        let (image, install) = match load {
+            ClaimLoad::Keep => (None, None),
+            ClaimLoad::Publish => (Some(self.image_blocking(tenant).await?), None),
+            ClaimLoad::Install(image) => (None, Some(image)),
         };
         let loaded = started.elapsed();
         let took = r.take(&turn, tenant, last_seq, image.as_ref()).await;
@@ -657,18 +646,35 @@ impl StateStore {
         match took {
             Ok(seq) => {
                 let taken = started.elapsed();
-                if let Some(bytes) = installed {
-                    r.installed(tenant, bytes);
+                let moved = install.is_some();
+                match install {
+                    Some(image) => {
+                        let bytes = image.approx_encoded_len();
+                        // Read from NATS, which keeps it: no fsync of its own.
+                        self.apply_local(
+                            tenant,
+                            Change::Install(image),
+                            Some((seq, false)),
+                            Durable::InNats,
+                        )
+                        .await?;
+                        r.installed(tenant, bytes);
+                        // The image read from NATS is freed now: worth giving back after a
+                        // failover.
+                        crate::heap::churned();
+                    }
+                    None => self.set_sync(tenant, (seq, false)).await?,
                 }
-                self.set_sync(tenant, (seq, false)).await?;
-                // Where a takeover's time goes (the lookup in NATS, the cache's install, the
-                // fenced claim, the cache's sync mark): for sizing a failover.
+                // Where a takeover's time goes (the lookup in NATS, a snapshot of the cache to
+                // publish, the fenced claim, the cache's install or sync mark): for sizing a
+                // failover.
                 tracing::debug!(
                     tenant = %tenant,
                     look_ms = looked.as_millis() as u64,
-                    install_ms = (loaded - looked).as_millis() as u64,
+                    snapshot_ms = (loaded - looked).as_millis() as u64,
                     claim_ms = (taken - loaded).as_millis() as u64,
-                    mark_ms = (started.elapsed() - taken).as_millis() as u64,
+                    install_ms = (started.elapsed() - taken).as_millis() as u64,
+                    moved,
                     "claim timings"
                 );
                 if is_tenant_key(tenant) {
