@@ -884,7 +884,8 @@ impl TenantActorState {
 /// that costs its few pages and catches every change the fingerprint covers (severity, notes,
 /// due dates), which incremental polls on `statusChangedAt` miss. Where Wiz takes
 /// `filterBy.updatedAt` (or it is not known yet: this poll asks), an incremental poll sees every
-/// edit and a small tenant need not sweep fully each time. A full sweep is also due when an
+/// edit and a small tenant need not sweep fully each time; a tenant of one page is not asked (a
+/// full sweep costs it what an incremental poll would). A full sweep is also due when an
 /// operator asked (`force_full`), when none was ever done, or `full_sweep_interval` after the
 /// last one.
 pub fn plan_sweep(
@@ -893,7 +894,15 @@ pub fn plan_sweep(
     force_full: bool,
     now_unix: u64,
 ) -> (bool, IssueFilter) {
-    let probe = UpdatedAtProbe::try_it(checkpoint.updated_at_filter, now_unix);
+    // A tenant whose last full sweep took one page (and that counts as small at all) sweeps
+    // fully without asking whether Wiz takes `updatedAt`: an incremental poll would cost the
+    // same one page, so the answer could save nothing, and asking where Wiz refuses costs a
+    // refused request. The question is asked once its full sweeps need more pages.
+    let one_page = checkpoint
+        .last_full_pages
+        .is_some_and(|p| p <= spec.full_sweep_max_pages.min(1));
+    let probe = UpdatedAtProbe::try_it(checkpoint.updated_at_filter, now_unix)
+        && (!one_page || UpdatedAtProbe::accepted(checkpoint.updated_at_filter));
     let small = checkpoint
         .last_full_pages
         .is_some_and(|p| p <= spec.full_sweep_max_pages)
@@ -1004,6 +1013,22 @@ mod tests {
         );
         let (full, _) = plan_sweep(&spec, &after_full(2, Some(true)), false, NOW);
         assert!(!full, "small, updatedAt taken: incremental sees every edit");
+        // One page: swept fully without asking (an incremental poll would cost the same page),
+        // unless Wiz is known to take updatedAt.
+        for probe in [None, Some(false)] {
+            let (full, f) = plan_sweep(&spec, &after_full(1, probe), false, NOW);
+            assert!(full, "one page, {probe:?}: no probe");
+            assert!(f.updated_at.is_none() && f.status_changed_at.is_none());
+            assert_eq!(f.status, spec.statuses);
+        }
+        let (full, _) = plan_sweep(&spec, &after_full(1, Some(true)), false, NOW);
+        assert!(!full, "one page, updatedAt taken: incremental");
+        let (full, f) = plan_sweep(&spec, &after_full(2, None), false, NOW);
+        assert!(!full && f.updated_at.is_some(), "two pages: the probe asks");
+        let mut every_tenant_large = spec.clone();
+        every_tenant_large.full_sweep_max_pages = 0;
+        let (full, f) = plan_sweep(&every_tenant_large, &after_full(1, None), false, NOW);
+        assert!(!full && f.updated_at.is_some(), "no tenant is small: asks");
         let mut cp = after_full(100, Some(true));
         cp.last_full_sweep = Some(NOW - spec.full_sweep_interval.0.as_secs());
         let (full, _) = plan_sweep(&spec, &cp, false, NOW);
