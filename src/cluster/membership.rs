@@ -120,6 +120,11 @@ struct Seen {
     /// Observed time since its revision last changed (see the module docs).
     silence: Duration,
     value: MemberValue,
+    /// Listings since its revision last changed, and how many of them did not hold its key at
+    /// all: logged when it is declared dead, to tell a member that stopped renewing from reads
+    /// that did not see its renewals.
+    silent_listings: u32,
+    absent_listings: u32,
 }
 
 /// One key of a listing: its revision and value, or `None` for a deleted key.
@@ -179,7 +184,14 @@ impl Tracker {
             listed.insert(id.clone());
             let Some(value) = value else {
                 // Deleted: the member left after handing its tenants over.
-                self.members.remove(&id);
+                if let Some(s) = self.members.remove(&id) {
+                    if !s.value.leaving && s.silence < self.failover {
+                        // A quick shutdown deletes the key before anyone read its `leaving`;
+                        // a member that comes back a moment later was not gone (a read that
+                        // missed its renewals): this line tells the two apart in a log.
+                        tracing::info!(member = %id, revision, last_revision = s.revision, "a member's key was deleted before this replica saw it leave; it counts as gone until its key is written again");
+                    }
+                }
                 self.forgotten.remove(&id);
                 continue;
             };
@@ -194,8 +206,13 @@ impl Tracker {
                     s.revision = revision;
                     s.silence = Duration::ZERO;
                     s.value = value;
+                    s.silent_listings = 0;
+                    s.absent_listings = 0;
                 }
-                Some(s) => s.silence += step,
+                Some(s) => {
+                    s.silence += step;
+                    s.silent_listings += 1;
+                }
                 None => {
                     self.members.insert(
                         id,
@@ -203,6 +220,8 @@ impl Tracker {
                             revision,
                             silence: Duration::ZERO,
                             value,
+                            silent_listings: 0,
+                            absent_listings: 0,
                         },
                     );
                 }
@@ -212,6 +231,8 @@ impl Tracker {
         for (id, s) in self.members.iter_mut() {
             if !listed.contains(id) {
                 s.silence += step;
+                s.silent_listings += 1;
+                s.absent_listings += 1;
             }
         }
         // Dead long enough: forgotten, and its stale key ignored until it changes.
@@ -551,7 +572,13 @@ fn log_members_changed(
         .difference(now)
         .map(|id| match tracker.members().get(id) {
             Some(s) if s.value.leaving => format!("{id} (leaving)"),
-            Some(s) => format!("{id} (silent {:.1} s)", s.silence.as_secs_f64()),
+            Some(s) => format!(
+                "{id} (silent {:.1} s: {} listings at revision {}, absent from {})",
+                s.silence.as_secs_f64(),
+                s.silent_listings,
+                s.revision,
+                s.absent_listings
+            ),
             None => format!("{id} (gone)"),
         })
         .collect();
@@ -727,6 +754,29 @@ mod tests {
             Some(t0 + HB + F),
             "dead after exactly 2 s of silence"
         );
+    }
+
+    #[test]
+    fn a_silent_member_counts_the_listings_that_held_its_key_and_those_that_did_not() {
+        let mut t = Tracker::new("me", HB, F);
+        let t0 = Instant::now();
+        t.listing(vec![put("me", 1), put("b", 7)], t0);
+        // Two listings hold b's key unchanged, then three leave it out.
+        t.listing(vec![put("me", 2), put("b", 7)], t0 + HB);
+        t.listing(vec![put("me", 3), put("b", 7)], t0 + HB * 2);
+        for n in 3..6u32 {
+            t.listing(vec![put("me", u64::from(n) + 1)], t0 + HB * n);
+        }
+        let b = &t.members()["b"];
+        assert_eq!(
+            (b.silent_listings, b.absent_listings, b.revision),
+            (5, 3, 7)
+        );
+        assert_eq!(b.silence, HB * 5);
+        // A renewal resets both.
+        t.listing(vec![put("me", 9), put("b", 8)], t0 + HB * 6);
+        let b = &t.members()["b"];
+        assert_eq!((b.silent_listings, b.absent_listings), (0, 0));
     }
 
     #[test]
