@@ -605,9 +605,10 @@ impl StateStore {
     }
 
     /// Takes `tenant` over before its first poll. Without cluster mode: always claimed. In
-    /// cluster mode: waits (answers `Wait`) while another live replica holds it; then brings the
-    /// cache in line with JetStream (installing the newer state, or publishing the cache's when
-    /// NATS lacks it: an import from single-node state) and writes the fencing claim.
+    /// cluster mode: waits (answers `Wait`) while another live replica holds it; then writes the
+    /// fencing claim (with the cache's state when NATS lacks it: an import from single-node
+    /// state) and brings the cache in line with JetStream (installing the newer state read from
+    /// it, or marking the cache as in sync).
     pub async fn claim(&self, tenant: &str, force: bool) -> Result<ClaimResult, StateError> {
         let Some(r) = &self.replicated else {
             return Ok(ClaimResult::Claimed { moved: false });
