@@ -898,15 +898,15 @@ pub fn plan_sweep(
     // fully without asking whether Wiz takes `updatedAt`: an incremental poll would cost the
     // same one page, so the answer could save nothing, and asking where Wiz refuses costs a
     // refused request. The question is asked once its full sweeps need more pages.
-    let one_page = checkpoint
+    let fits = checkpoint
         .last_full_pages
-        .is_some_and(|p| p <= spec.full_sweep_max_pages.min(1));
-    let probe = UpdatedAtProbe::try_it(checkpoint.updated_at_filter, now_unix)
-        && (!one_page || UpdatedAtProbe::accepted(checkpoint.updated_at_filter));
-    let small = checkpoint
-        .last_full_pages
-        .is_some_and(|p| p <= spec.full_sweep_max_pages)
-        && !probe;
+        .filter(|p| *p <= spec.full_sweep_max_pages);
+    let probe = if fits.is_some_and(|p| p <= 1) {
+        UpdatedAtProbe::accepted(checkpoint.updated_at_filter)
+    } else {
+        UpdatedAtProbe::try_it(checkpoint.updated_at_filter, now_unix)
+    };
+    let small = fits.is_some() && !probe;
     let due_full = force_full
         || small
         || checkpoint
