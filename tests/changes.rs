@@ -497,3 +497,38 @@ async fn an_opening_a_crash_kept_from_the_store_is_still_reported_when_it_vanish
         "the mark is settled"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poll_asked_while_one_runs_is_followed_by_another_at_once() {
+    use wiz_connector::sim::Fault;
+    let sim = sim(1, 20).await;
+    let (_dir, state, out) = scratch();
+    let app = start(&body(&sim, &state, &out, "1h")).await;
+    poll(&app, 1).await;
+    let first = read_lines(&out).len();
+    // The next poll's first page is computed at once and answered 3 s later: a poll asked
+    // meanwhile finds this one running.
+    let before = sim.counters(CLIENT).graphql_requests;
+    sim.push_faults(CLIENT, [Fault::SlowAnswer { ms: 3000 }]);
+    assert!(app.poll_now("t0").await);
+    wait_until("the slow page asked for", Duration::from_secs(20), || {
+        sim.counters(CLIENT).graphql_requests > before
+    })
+    .await;
+    let resolved = sim.issues(CLIENT, |s| {
+        let id = s.ids_with_status("OPEN")[0].clone();
+        s.set_status(&id, "RESOLVED");
+        id
+    });
+    assert!(app.poll_now("t0").await);
+    assert!(app.poll_now("t0").await, "asked twice: one follow-up");
+    // Two polls in all (the interval is an hour): the running one, then the one asked for.
+    wait_until("the poll that follows", Duration::from_secs(20), || {
+        app.health.get("t0").unwrap().polls >= 3
+    })
+    .await;
+    assert_eq!(app.health.get("t0").unwrap().polls, 3);
+    let after = events_since(&out, first);
+    assert_eq!(after, vec![("issue.resolved".to_string(), resolved)]);
+    app.shutdown().await.unwrap();
+}

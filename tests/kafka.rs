@@ -235,12 +235,17 @@ async fn a_broker_restart_loses_nothing() {
     broker.stop().await;
     sim.churn(&client, 4);
     assert!(app.poll_now("t0").await);
-    wait_until(
+    wait_for(
         "the pages kept while Kafka is away",
         Duration::from_secs(60),
         || {
             let s = &app.sink_stats.statuses()["kafka"];
-            s.backlog_events > 0 && s.last_error.is_some()
+            if s.backlog_events > 0 && s.last_error.is_some() {
+                Ok(())
+            } else {
+                let t = app.health.get("t0").unwrap();
+                Err(format!("sink: {s:?}; tenant: {t:?}"))
+            }
         },
     )
     .await;

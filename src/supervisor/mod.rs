@@ -1006,11 +1006,7 @@ impl Actor for ConnectorSupervisor {
             }
             SupervisorMsg::PollNow(tenant, full, reply) => {
                 state.start_deferred(&myself, &tenant).await;
-                let msg = if full {
-                    TenantMsg::PollFull
-                } else {
-                    TenantMsg::Poll
-                };
+                let msg = TenantMsg::Asked { full };
                 let sent = state
                     .children
                     .get(&tenant)

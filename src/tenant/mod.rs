@@ -53,10 +53,12 @@ pub const PARK_AFTER_REFUSALS: u32 = 3;
 
 /// Messages of a tenant actor.
 pub enum TenantMsg {
-    /// Start a poll now (timer, or an operator's request). Ignored while one runs.
+    /// Start a poll now (timer, hints, a reroute). Ignored while one runs.
     Poll,
-    /// Make the next poll a full sweep (an operator's resync), and start it now.
-    PollFull,
+    /// An operator asked for a poll (`full`: a full sweep, a resync). It starts now; while a
+    /// poll runs, another follows as soon as that one ends, so what changed after the running
+    /// poll read its pages is fetched at once rather than an interval later.
+    Asked { full: bool },
     /// A sweep slot became free for the poll that was waiting for it.
     Permit(Held),
     /// Fetch and deliver the next page of the running sweep.
@@ -152,6 +154,8 @@ pub struct TenantActorState {
     claiming_since: Option<Instant>,
     /// The hint queue overflowed during a sweep: a full one follows it at once.
     poll_after_sweep: bool,
+    /// An operator asked for a poll while one ran: the timer armed when it ends fires at once.
+    poll_asked: bool,
     /// Cluster mode: how many of the tenant's state keys are claimed so far.
     keys_claimed: usize,
     /// Cluster mode: the lease epoch in which this tenant last proved it owns its state (its
@@ -257,6 +261,7 @@ impl Actor for WizTenantActor {
             claimed: args.store.replicated().is_none(),
             claiming_since: None,
             poll_after_sweep: false,
+            poll_asked: false,
             keys_claimed: 0,
             lease_epoch: 0,
             claim_failures: 0,
@@ -321,8 +326,18 @@ impl Actor for WizTenantActor {
         state: &mut TenantActorState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            TenantMsg::PollFull => {
-                state.force_full = true;
+            TenantMsg::Asked { full } => {
+                state.force_full |= full;
+                if state.plan.is_some()
+                    || state.sweep.is_some()
+                    || state.waiting_for_permit
+                    || state.feed_job.is_some()
+                    || state.baseline.is_some()
+                {
+                    tracing::debug!(tenant = %state.id(), "poll asked while one runs; another follows it");
+                    state.poll_asked = true;
+                }
+                // Starts a poll when none runs (or the rest of one a hints-only job interrupted).
                 let _ = myself.send_message(TenantMsg::Poll);
             }
             TenantMsg::Claim => Box::pin(state.claim(&myself)).await,

@@ -49,7 +49,14 @@ fn jitter(d: Duration) -> Duration {
 }
 
 impl TenantActorState {
+    /// Arms the timer of the next poll. A poll an operator asked for while the last one ran
+    /// ([`TenantMsg::Asked`]) makes it fire at once.
     pub(super) fn arm_timer(&mut self, myself: &ActorRef<TenantMsg>, after: Duration) {
+        let after = if std::mem::take(&mut self.poll_asked) {
+            Duration::ZERO
+        } else {
+            after
+        };
         if let Some(t) = self.timer.take() {
             self.args.alarms.cancel(t);
         }
