@@ -2991,3 +2991,87 @@ async fn one_message_each(nats: &str, tenants: usize, what: &str) {
     })
     .await;
 }
+
+/// A cancel future that tells the test when the claim first waits on it.
+struct Cancel {
+    polled: Option<tokio::sync::oneshot::Sender<()>>,
+    go: tokio::sync::oneshot::Receiver<()>,
+}
+
+impl Future for Cancel {
+    type Output = ();
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        if let Some(tx) = self.polled.take() {
+            let _ = tx.send(());
+        }
+        std::pin::Pin::new(&mut self.go).poll(cx).map(|_| ())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_given_up_before_its_take_writes_nothing_to_nats() {
+    use wiz_connector::config::{ClusterSettings, DurationValue};
+    use wiz_connector::state::{ClaimResult, StateStore};
+    let nats = nats_server().await;
+    let relay = relay::Relay::start(nats.url.trim_start_matches("nats://")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = StateStore::open_or_recover(dir.path()).unwrap();
+    let c = wiz_connector::cluster::connect(&ClusterSettings {
+        nats_url: format!("nats://{}", relay.addr),
+        replica_id: "r1".into(),
+        heartbeat: DurationValue::secs(1),
+        failover_after: DurationValue::secs(5),
+        members_bucket: "wiz_connector_members".into(),
+        state_stream: "WIZ_CONNECTOR_STATE".into(),
+        replicas: 1,
+        start_settle: DurationValue::secs(0),
+    })
+    .await
+    .unwrap();
+    let store = store.replicate_to(c.replicated.clone());
+    // Given up before it started: nothing asked.
+    let now = store
+        .claim_unless("t-now", false, std::future::ready(()))
+        .await
+        .unwrap();
+    assert_eq!(now, ClaimResult::GaveUp);
+    // Given up while its look waits on a NATS that does not answer (a request there times out
+    // only after seconds): it returns at once.
+    relay.cut();
+    let (polled_tx, polled) = tokio::sync::oneshot::channel();
+    let (go, go_rx) = tokio::sync::oneshot::channel();
+    let s = store.clone();
+    let claim = tokio::spawn(async move {
+        let cancel = Cancel {
+            polled: Some(polled_tx),
+            go: go_rx,
+        };
+        s.claim_unless("t-cut", false, cancel).await
+    });
+    polled.await.unwrap();
+    go.send(()).unwrap();
+    let cut = tokio::time::timeout(Duration::from_secs(3), claim)
+        .await
+        .expect("the claim is given up at once")
+        .unwrap()
+        .unwrap();
+    assert_eq!(cut, ClaimResult::GaveUp);
+    relay.heal();
+    // A claim after them, on the same connection: it goes through, and its subject alone holds a
+    // message.
+    assert_eq!(
+        store.claim("t-after", false).await.unwrap(),
+        ClaimResult::Claimed { moved: false }
+    );
+    let js = async_nats::jetstream::new(async_nats::connect(&nats.url).await.unwrap());
+    let stream = js.get_stream("WIZ_CONNECTOR_STATE").await.unwrap();
+    for (t, has) in [("t-now", false), ("t-cut", false), ("t-after", true)] {
+        let got = stream
+            .get_last_raw_message_by_subject(&format!("WIZ_CONNECTOR_STATE.{t}"))
+            .await;
+        assert_eq!(got.is_ok(), has, "{t}: {got:?}");
+    }
+}

@@ -163,6 +163,8 @@ pub enum ClaimResult {
     },
     /// Another live replica still holds it; try again shortly.
     Wait { holder: String },
+    /// Given up before anything was written to NATS (see [`StateStore::claim_unless`]).
+    GaveUp,
 }
 
 /// The store; cheap to clone. Backed by the local redb alone, or (cluster mode) by JetStream
@@ -610,18 +612,39 @@ impl StateStore {
     /// state) and brings the cache in line with JetStream (installing the newer state read from
     /// it, or marking the cache as in sync).
     pub async fn claim(&self, tenant: &str, force: bool) -> Result<ClaimResult, StateError> {
+        self.claim_unless(tenant, force, std::future::pending())
+            .await
+    }
+
+    /// [`StateStore::claim`], given up ([`ClaimResult::GaveUp`]) when `cancel` resolves while
+    /// the claim waits for its turn or reads NATS: before the fenced take, so nothing was
+    /// written. A tenant that placement moved away while its claim queued behind thousands of
+    /// others (a failover, a cold start) stops at once instead of claiming first.
+    pub async fn claim_unless(
+        &self,
+        tenant: &str,
+        force: bool,
+        cancel: impl std::future::Future<Output = ()>,
+    ) -> Result<ClaimResult, StateError> {
         let Some(r) = &self.replicated else {
             return Ok(ClaimResult::Claimed { moved: false });
         };
         let started = Instant::now();
         let local = self.sync_mark(tenant)?;
         let has_state = self.checkpoint(tenant)?.is_some();
-        // One turn for the look and the take (see `Replicated::claim`).
-        let turn = r.turn().await;
-        let claim = r
-            .claim(&turn, tenant, local, has_state, force)
-            .await
-            .map_err(|e| self.db.err(e))?;
+        // One turn for the look and the take (see `Replicated::claim`). Both are reads: the
+        // claim may be given up until they are done.
+        let look = async {
+            let turn = r.turn().await;
+            let claim = r.claim(&turn, tenant, local, has_state, force).await;
+            (turn, claim)
+        };
+        let (turn, claim) = tokio::select! {
+            biased;
+            _ = cancel => return Ok(ClaimResult::GaveUp),
+            looked = look => looked,
+        };
+        let claim = claim.map_err(|e| self.db.err(e))?;
         let looked = started.elapsed();
         let (last_seq, load, crowded) = match claim {
             Claim::Wait { holder } => return Ok(ClaimResult::Wait { holder }),

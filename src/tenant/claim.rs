@@ -2,7 +2,9 @@
 //!
 //! - **Claim.** Each of the tenant's state keys (the tenant's, then each feed's) is claimed in
 //!   order; while another replica still holds one, the claim is tried again shortly, and after
-//!   `claim_patience` it is taken anyway (fencing still protects the holder's writes).
+//!   `claim_patience` it is taken anyway (fencing still protects the holder's writes). A claim
+//!   still queued for its turn or reading NATS when the supervisor stops the tenant is given up
+//!   before it writes anything.
 //! - **Lease gate.** Before each poll step and before each page goes to the sinks the tenant
 //!   checks this replica's lease ([`crate::cluster::lease`]): while it does not hold, nothing is
 //!   polled or delivered (the page waits); after a lapse the tenant first re-asserts its
@@ -41,7 +43,7 @@ impl TenantActorState {
     /// Cluster mode: tries to take the tenant over; retries shortly while another replica
     /// holds it. Once claimed, the poll timer starts.
     pub(super) async fn claim(&mut self, myself: &ActorRef<TenantMsg>) {
-        if self.claimed {
+        if self.claimed || self.args.stop.is_stopped() {
             return;
         }
         let since = *self.claiming_since.get_or_insert_with(Instant::now);
@@ -53,7 +55,13 @@ impl TenantActorState {
         let mut result = Ok(ClaimResult::Claimed { moved: false });
         let mut moved_any = false;
         while self.keys_claimed < keys.len() {
-            result = self.args.store.claim(&keys[self.keys_claimed], force).await;
+            // Given up when the supervisor stops the tenant (placement moved it away, a reload
+            // removed it) while the claim queues for its turn.
+            result = self
+                .args
+                .store
+                .claim_unless(&keys[self.keys_claimed], force, self.args.stop.stopped())
+                .await;
             match &result {
                 Ok(ClaimResult::Claimed { moved }) => {
                     moved_any |= *moved;
@@ -81,6 +89,9 @@ impl TenantActorState {
                 if self.args.hints.pending() {
                     let _ = myself.send_message(TenantMsg::Hints);
                 }
+            }
+            Ok(ClaimResult::GaveUp) => {
+                tracing::debug!(tenant = %id, "claim given up: the tenant is being stopped");
             }
             Ok(ClaimResult::Wait { holder }) => {
                 tracing::debug!(tenant = %id, holder = %holder, "waiting for the tenant's previous owner to hand it over");
