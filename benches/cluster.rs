@@ -12,6 +12,7 @@
 //! process used (nats-server, the simulator, the survivors, this harness), over the whole
 //! failover and per 2-second window; `WIZ_BENCH_PERF=<file>` also records the whole box's CPU
 //! profile over its first 25 s (`perf record -a`; needs Debian's linux-perf).
+//! `WIZ_BENCH_REPLICA_THREADS=<n>` gives each replica n runtime worker threads.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::{Child, Command, Stdio};
@@ -108,7 +109,13 @@ impl Prepared {
                 .open(std::path::Path::new(&d).join(format!("{id}.log")))
                 .unwrap()
         });
-        let child = Command::new(BIN)
+        let mut command = Command::new(BIN);
+        // WIZ_BENCH_REPLICA_THREADS=<n>: each replica's runtime gets n worker threads (tokio's
+        // TOKIO_WORKER_THREADS), as a replica limited to a share of a core by its cgroup would.
+        if let Ok(n) = std::env::var("WIZ_BENCH_REPLICA_THREADS") {
+            command.env("TOKIO_WORKER_THREADS", n);
+        }
+        let child = command
             .args(["run", "--log-format", "text", "--config"])
             .arg(&path)
             .env(

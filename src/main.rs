@@ -12,6 +12,20 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     telemetry::init(cli.log_format);
     tracing::debug!(?tuned, "allocator");
+    // tokio reads TOKIO_WORKER_THREADS itself and panics on a bad value: refused here with the
+    // reason instead.
+    if let Some(v) = std::env::var_os("TOKIO_WORKER_THREADS") {
+        if v.to_str()
+            .and_then(|s| s.parse::<usize>().ok())
+            .is_none_or(|n| n == 0)
+        {
+            eprintln!(
+                "error: TOKIO_WORKER_THREADS={}: must be a whole number of threads, at least 1 (or unset: one per core the process may use)",
+                v.to_string_lossy()
+            );
+            return ExitCode::from(2);
+        }
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

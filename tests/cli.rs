@@ -195,6 +195,33 @@ async fn an_invalid_config_exits_non_zero_and_names_file_tenant_and_key() {
 }
 
 #[tokio::test]
+async fn a_bad_worker_thread_count_is_refused_with_the_reason_and_a_good_one_runs() {
+    let cfg = common::write_config(
+        "[tenants.acme]\nclient_id = \"c\"\nclient_secret = \"s\"\napi_url = \"https://api.us20.app.wiz.io/graphql\"\n",
+    );
+    for (threads, ok) in [("0", false), ("two", false), ("1", true)] {
+        let out = Command::new(BIN)
+            .args(["validate", "--config"])
+            .arg(&cfg.path)
+            .env("TOKIO_WORKER_THREADS", threads)
+            .output()
+            .await
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.success(), ok, "{threads}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{threads}: {stderr}");
+        if !ok {
+            assert!(
+                stderr.contains(&format!(
+                    "TOKIO_WORKER_THREADS={threads}: must be a whole number of threads, at least 1"
+                )),
+                "{threads}: {stderr}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
 async fn check_reports_when_wiz_takes_the_updated_at_filter() {
     let sim = common::sim_with(wiz_connector::sim::SimulatorOptions {
         tenants: vec![wiz_connector::sim::SimTenantSpec::numbered(0, 42, 5)],

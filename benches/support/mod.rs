@@ -152,12 +152,24 @@ pub async fn get_json(client: &reqwest::Client, url: &str) -> serde_json::Value 
 }
 
 /// CPU seconds (user + system) of process `pid`, all threads.
+/// NaN when the process is gone (a replica that died mid-run): the report shows NaN for it
+/// instead of the bench stopping.
 pub fn cpu_of(pid: u32) -> f64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let after = &s[s.rfind(')').unwrap() + 2..];
+    let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return f64::NAN;
+    };
+    let Some(after) = s.rfind(')').and_then(|i| s.get(i + 2..)) else {
+        return f64::NAN;
+    };
     let f: Vec<&str> = after.split_whitespace().collect();
     // Fields 14 and 15 of stat (utime, stime) are 12 and 13 after the command name; ticks of 1/100 s.
-    (f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()) as f64 / 100.0
+    match (
+        f.get(11).and_then(|v| v.parse::<u64>().ok()),
+        f.get(12).and_then(|v| v.parse::<u64>().ok()),
+    ) {
+        (Some(u), Some(s)) => (u + s) as f64 / 100.0,
+        _ => f64::NAN,
+    }
 }
 
 /// The tokio runtime a bench binary runs its scenarios on.

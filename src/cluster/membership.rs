@@ -297,6 +297,22 @@ impl Tracker {
     fn members(&self) -> &BTreeMap<String, Seen> {
         &self.members
     }
+
+    /// How much more silence makes the first silent member dead, when that is less than
+    /// `within` (the time to the next listing): the heartbeat lists again then instead of a
+    /// whole heartbeat later. Silence is the sum of the observed gaps between listings, each a
+    /// little under a heartbeat when a round is quicker than the one before, so a member may
+    /// fall short of `failover_after` by a few milliseconds at a listing and be found dead only
+    /// one heartbeat later (seen at 300,000 tenants: four of nine survivors noticed a kill -9 a
+    /// second after the others, after 5.95 s of silence).
+    pub fn next_death_in(&self, within: Duration) -> Option<Duration> {
+        self.members
+            .iter()
+            .filter(|(id, s)| **id != self.me && s.silent_listings > 0 && s.silence < self.failover)
+            .map(|(_, s)| self.failover - s.silence)
+            .filter(|left| *left < within)
+            .min()
+    }
 }
 
 /// What the heartbeat is told by the process.
@@ -387,6 +403,10 @@ async fn connect(s: &ClusterSettings) -> Result<(async_nats::Client, kv::Store),
     Ok((client, open_bucket(&js, s).await?))
 }
 
+/// How long after a silent member's due time the early round lists (see
+/// [`Tracker::next_death_in`]).
+const EARLY_ROUND_SLACK: Duration = Duration::from_millis(5);
+
 async fn run(a: HeartbeatArgs, mut control: watch::Receiver<Control>) {
     let me = a.settings.replica_id.clone();
     let heartbeat = a.settings.heartbeat.0;
@@ -415,15 +435,26 @@ async fn run(a: HeartbeatArgs, mut control: watch::Receiver<Control>) {
     let started = Instant::now();
     let mut tick = tokio::time::interval(heartbeat);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // An early round, when a silent member is due to be found dead before the next tick (see
+    // `Tracker::next_death_in`).
+    let mut early: Option<tokio::time::Instant> = None;
     loop {
+        let early_round = async {
+            match early {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = tick.tick() => {}
+            _ = early_round => {}
             changed = control.changed() => {
                 if changed.is_err() {
                     return;
                 }
             }
         }
+        early = None;
         let c = *control.borrow_and_update();
         if c.stop {
             a.lease.revoke();
@@ -501,7 +532,14 @@ async fn run(a: HeartbeatArgs, mut control: watch::Receiver<Control>) {
                 if std::mem::take(&mut list_failing) {
                     tracing::info!("members bucket readable again");
                 }
-                Some(tracker.listing(entries, Instant::now()))
+                let l = tracker.listing(entries, Instant::now());
+                // Worth a round of its own only when it saves about a tenth of a heartbeat or
+                // more (listed a few milliseconds after the due time, so the silence has passed).
+                let next_tick = tick.period();
+                if let Some(left) = tracker.next_death_in(next_tick - next_tick / 10) {
+                    early = Some(tokio::time::Instant::now() + left + EARLY_ROUND_SLACK);
+                }
+                Some(l)
             }
             Err(e) => {
                 if !std::mem::replace(&mut list_failing, true) {
@@ -754,6 +792,41 @@ mod tests {
             Some(t0 + HB + F),
             "dead after exactly 2 s of silence"
         );
+    }
+
+    #[test]
+    fn a_member_short_of_failover_by_a_hair_is_listed_again_when_due_not_a_heartbeat_later() {
+        let mut t = Tracker::new("me", HB, F);
+        let t0 = Instant::now();
+        t.listing(vec![put("me", 1), put("b", 1)], t0);
+        assert_eq!(t.next_death_in(HB), None, "nobody is silent");
+        // b's last renewal, then listings a little quicker than the heartbeat: 8 x 245 ms is
+        // 1.96 s of silence, 40 ms short of failover_after.
+        t.listing(vec![put("me", 2), put("b", 2)], t0 + HB);
+        let step = Duration::from_millis(245);
+        let mut now = t0 + HB;
+        for rev in 3..11 {
+            now += step;
+            let l = t.listing(vec![put("me", rev), put("b", 2)], now);
+            assert!(l.alive.contains("b"));
+        }
+        assert_eq!(t.next_death_in(HB), Some(Duration::from_millis(40)));
+        assert_eq!(
+            t.next_death_in(Duration::from_millis(40)),
+            None,
+            "not sooner than the next listing anyway"
+        );
+        // Listed again when due: dead then.
+        let l = t.listing(
+            vec![put("me", 11), put("b", 2)],
+            now + Duration::from_millis(40),
+        );
+        assert!(!l.alive.contains("b"));
+        assert_eq!(t.next_death_in(HB), None, "already dead");
+        // A member that renews is never due.
+        let l = t.listing(vec![put("me", 12), put("b", 3)], now + HB);
+        assert!(l.alive.contains("b"));
+        assert_eq!(t.next_death_in(HB), None);
     }
 
     #[test]
