@@ -439,15 +439,10 @@ async fn run(a: HeartbeatArgs, mut control: watch::Receiver<Control>) {
     // `Tracker::next_death_in`).
     let mut early: Option<tokio::time::Instant> = None;
     loop {
-        let early_round = async {
-            match early {
-                Some(at) => tokio::time::sleep_until(at).await,
-                None => std::future::pending().await,
-            }
-        };
+        let early_at = early.unwrap_or_else(tokio::time::Instant::now);
         tokio::select! {
             _ = tick.tick() => {}
-            _ = early_round => {}
+            _ = tokio::time::sleep_until(early_at), if early.is_some() => {}
             changed = control.changed() => {
                 if changed.is_err() {
                     return;
@@ -535,8 +530,7 @@ async fn run(a: HeartbeatArgs, mut control: watch::Receiver<Control>) {
                 let l = tracker.listing(entries, Instant::now());
                 // Worth a round of its own only when it saves about a tenth of a heartbeat or
                 // more (listed a few milliseconds after the due time, so the silence has passed).
-                let next_tick = tick.period();
-                if let Some(left) = tracker.next_death_in(next_tick - next_tick / 10) {
+                if let Some(left) = tracker.next_death_in(heartbeat - heartbeat / 10) {
                     early = Some(tokio::time::Instant::now() + left + EARLY_ROUND_SLACK);
                 }
                 Some(l)

@@ -192,6 +192,15 @@ impl TenantActorState {
         &self.args.spec.id
     }
 
+    /// A step of a poll runs or waits for its slot (a sweep, a feed job, a baseline): a new
+    /// poll cannot start now.
+    fn step_runs(&self) -> bool {
+        self.sweep.is_some()
+            || self.waiting_for_permit
+            || self.feed_job.is_some()
+            || self.baseline.is_some()
+    }
+
     /// Writes known states, settled marks and/or a checkpoint durably (through the store's
     /// group-commit writer: commits of tenants that arrive together share one fsync).
     async fn commit(&self, c: Commit) -> Result<(), (&'static str, String)> {
@@ -328,12 +337,7 @@ impl Actor for WizTenantActor {
         match msg {
             TenantMsg::Asked { full } => {
                 state.force_full |= full;
-                if state.plan.is_some()
-                    || state.sweep.is_some()
-                    || state.waiting_for_permit
-                    || state.feed_job.is_some()
-                    || state.baseline.is_some()
-                {
+                if state.plan.is_some() || state.step_runs() {
                     tracing::debug!(tenant = %state.id(), "poll asked while one runs; another follows it");
                     state.poll_asked = true;
                 }
@@ -351,11 +355,7 @@ impl Actor for WizTenantActor {
                     a.poll_after = true;
                     return Ok(());
                 }
-                if state.sweep.is_some()
-                    || state.waiting_for_permit
-                    || state.feed_job.is_some()
-                    || state.baseline.is_some()
-                {
+                if state.step_runs() {
                     tracing::debug!(tenant = %state.id(), "poll requested while one runs; ignored");
                     return Ok(());
                 }
