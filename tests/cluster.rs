@@ -3075,3 +3075,103 @@ async fn a_claim_given_up_before_its_take_writes_nothing_to_nats() {
         assert_eq!(got.is_ok(), has, "{t}: {got:?}");
     }
 }
+
+/// The heartbeat's watch of the members bucket (a renewal counts from when it arrived, not from
+/// the next listing): each renewal comes with its revision, a deletion does not come, and after
+/// NATS lost its store and the bucket was made again renewals come again (the ordered consumer
+/// under the watch makes itself again; when it gives up, the watch is made again a heartbeat
+/// later).
+#[tokio::test]
+async fn the_members_watch_reports_each_renewal_and_recovers_after_nats_loses_its_store() {
+    use wiz_connector::cluster::membership::{open_bucket, watch_renewals};
+    use wiz_connector::config::{ClusterSettings, DurationValue};
+    let mut nats = nats_server().await;
+    let settings = ClusterSettings {
+        nats_url: nats.url.clone(),
+        replica_id: "r1".into(),
+        heartbeat: DurationValue::secs(1),
+        failover_after: DurationValue::secs(5),
+        members_bucket: "wiz_connector_members".into(),
+        state_stream: "WIZ_CONNECTOR_STATE".into(),
+        replicas: 1,
+        start_settle: DurationValue::secs(0),
+    };
+    let client = async_nats::connect(nats.url.as_str()).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let kv = open_bucket(&js, &settings).await.unwrap();
+    let (tx, mut seen) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(watch_renewals(kv.clone(), Duration::from_millis(200), tx));
+    // The watch starts on its own task and sees only what is written after it started: write
+    // until a write is seen (each try is a renewal of its own).
+    async fn first_seen(
+        kv: &async_nats::jetstream::kv::Store,
+        seen: &mut tokio::sync::mpsc::Receiver<(String, u64, Instant)>,
+        key: &str,
+    ) -> u64 {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let written = Instant::now();
+            if let Ok(rev) = kv.put(key, "{}".into()).await {
+                if let Ok(Some((k, r, at))) =
+                    tokio::time::timeout(Duration::from_millis(500), seen.recv()).await
+                {
+                    assert_eq!(k, key);
+                    assert!(r <= rev, "seen {r} after writing {rev}");
+                    assert!(at >= written, "arrived before it was written");
+                    // Renewals that came meanwhile, up to the last write.
+                    let mut last = r;
+                    while last < rev {
+                        last = seen.recv().await.unwrap().1;
+                    }
+                    assert_eq!(last, rev);
+                    return rev;
+                }
+            }
+            assert!(Instant::now() < deadline, "the watch never reported {key}");
+            // NATS may still be coming back: pace the writes.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    first_seen(&kv, &mut seen, "r1").await;
+    // Each renewal, in order, with its revision.
+    let a = kv.put("r2", "{}".into()).await.unwrap();
+    let b = kv.put("r1", "{}".into()).await.unwrap();
+    kv.delete("r2").await.unwrap();
+    let c = kv.put("r3", "{}".into()).await.unwrap();
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        let (k, r, _) = tokio::time::timeout(Duration::from_secs(10), seen.recv())
+            .await
+            .expect("a renewal reported")
+            .unwrap();
+        got.push((k, r));
+    }
+    assert_eq!(
+        got,
+        [
+            ("r2".to_string(), a),
+            ("r1".to_string(), b),
+            ("r3".to_string(), c)
+        ],
+        "the deletion of r2 is not a renewal"
+    );
+    // NATS restarted without its store; the bucket is made again (as the heartbeat does).
+    nats.stop().await;
+    nats.wipe();
+    nats.start().await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let kv = loop {
+        match open_bucket(&js, &settings).await {
+            Ok(kv) => break kv,
+            Err(e) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "cannot make the bucket again: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    let rev = first_seen(&kv, &mut seen, "r1").await;
+    assert!(rev < a, "a bucket made again starts its revisions anew");
+}

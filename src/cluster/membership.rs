@@ -11,7 +11,9 @@
 //!
 //! **Liveness from observed time.** A member is dead when its key's revision has not changed for
 //! `failover_after` of *observed* silence: each listing adds the time since the previous one, but
-//! at most two heartbeats. A replica that was paused, starved or cut off from NATS therefore never
+//! at most two heartbeats. A renewal the bucket's watch delivered before the listing that found
+//! it counts from when it arrived (so survivors notice a death together, within milliseconds,
+//! not up to a heartbeat apart). A replica that was paused, starved or cut off from NATS therefore never
 //! declares others dead from stale timestamps (it has not observed them for that long), and one
 //! that merely runs late declares them dead later, never sooner. A dead member stays dead: its
 //! stale key (nats-server 2.9 does not report expired keys) is remembered with its revision and
@@ -141,6 +143,9 @@ pub struct Tracker {
     /// Members declared dead and forgotten, with the revision their stale key still has.
     forgotten: BTreeMap<String, u64>,
     last_listing: Option<Instant>,
+    /// Renewals the members bucket's watch delivered since the last listing: the revision and
+    /// when it arrived here (see [`Tracker::renewal_seen`]).
+    watched: BTreeMap<String, (u64, Instant)>,
 }
 
 /// The outcome of one listing.
@@ -168,6 +173,24 @@ impl Tracker {
             members: BTreeMap::new(),
             forgotten: BTreeMap::new(),
             last_listing: None,
+            watched: BTreeMap::new(),
+        }
+    }
+
+    /// The members bucket's watch delivered `revision` of `id`'s key at `at`. When the next
+    /// listing finds that revision new, the member's silence starts from `at` instead of from
+    /// the listing: a survivor then counts a dead member's silence from the moment its last
+    /// renewal reached it, not from a listing up to a heartbeat later (at 300,000 tenants the
+    /// nine survivors of a kill -9 noticed it up to 1 s apart, by when each first listed the
+    /// last renewal). Still observed time on this replica's clock: `at` is never before the
+    /// renewal was written, so a member is never found dead sooner than `failover_after` after
+    /// its last renewal, and what a listing credits is capped like any step.
+    pub fn renewal_seen(&mut self, id: &str, revision: u64, at: Instant) {
+        match self.watched.get(id) {
+            Some((r, _)) if *r >= revision => {}
+            _ => {
+                self.watched.insert(id.to_string(), (revision, at));
+            }
         }
     }
 
@@ -204,7 +227,14 @@ impl Tracker {
             match self.members.get_mut(&id) {
                 Some(s) if revision != s.revision => {
                     s.revision = revision;
-                    s.silence = Duration::ZERO;
+                    // Silent since the watch delivered this revision, when it did (at most
+                    // this listing's step); otherwise since now.
+                    s.silence = match self.watched.get(&id) {
+                        Some((r, at)) if *r == revision => {
+                            now.saturating_duration_since(*at).min(step)
+                        }
+                        _ => Duration::ZERO,
+                    };
                     s.value = value;
                     s.silent_listings = 0;
                     s.absent_listings = 0;
@@ -227,6 +257,10 @@ impl Tracker {
                 }
             }
         }
+        // A watched renewal this listing did not reach yet waits for the next one.
+        let members = &self.members;
+        self.watched
+            .retain(|id, (r, _)| members.get(id).is_some_and(|s| *r > s.revision));
         // Keys gone from the listing (expired) are silent too.
         for (id, s) in self.members.iter_mut() {
             if !listed.contains(id) {
@@ -425,6 +459,10 @@ async fn run(a: HeartbeatArgs, mut control: watch::Receiver<Control>) {
         tokio::time::sleep(heartbeat).await;
     };
     let mut tracker = Tracker::new(&me, heartbeat, a.settings.failover_after.0);
+    // The members' renewals as they happen (see `Tracker::renewal_seen`); a task of this
+    // runtime, so it takes them while a round waits on NATS. It ends with the runtime.
+    let (renewal_tx, mut renewals) = tokio::sync::mpsc::channel(RENEWALS_BUFFERED);
+    tokio::spawn(watch_renewals(kv.clone(), heartbeat, renewal_tx));
     let mut my_revision: Option<u64> = None;
     let mut renew_failing = false;
     let mut list_failing = false;
@@ -527,6 +565,9 @@ async fn run(a: HeartbeatArgs, mut control: watch::Receiver<Control>) {
                 if std::mem::take(&mut list_failing) {
                     tracing::info!("members bucket readable again");
                 }
+                while let Ok((id, revision, at)) = renewals.try_recv() {
+                    tracker.renewal_seen(&id, revision, at);
+                }
                 let l = tracker.listing(entries, Instant::now());
                 // Worth a round of its own only when it saves about a tenth of a heartbeat or
                 // more (listed a few milliseconds after the due time, so the silence has passed).
@@ -588,6 +629,56 @@ async fn run(a: HeartbeatArgs, mut control: watch::Receiver<Control>) {
             &outcome,
             &mut reported_mismatch,
         );
+    }
+}
+
+/// Renewals the watch may deliver between two listings before more are dropped (dropping one
+/// only means that member's silence counts from the next listing, as without the watch).
+const RENEWALS_BUFFERED: usize = 1024;
+
+/// Sends each renewal of a member's key the members bucket's watch delivers, with the moment it
+/// arrived, to the heartbeat (see [`Tracker::renewal_seen`]). Without the watch (it cannot be
+/// made, or it broke: NATS restarted, the bucket was made again) liveness is judged from the
+/// listings alone and a death is noticed up to a heartbeat later; the watch is made again a
+/// heartbeat later. Ends when the heartbeat does.
+pub async fn watch_renewals(
+    store: kv::Store,
+    heartbeat: Duration,
+    renewals: tokio::sync::mpsc::Sender<(String, u64, Instant)>,
+) {
+    let mut failing = false;
+    loop {
+        let error = match tokio::time::timeout(REQUEST_TIMEOUT, store.watch_all()).await {
+            Ok(Ok(mut watch)) => {
+                if std::mem::take(&mut failing) {
+                    tracing::info!("watching the members bucket again");
+                }
+                loop {
+                    match watch.next().await {
+                        Some(Ok(e)) => {
+                            if e.operation != kv::Operation::Put {
+                                continue;
+                            }
+                            match renewals.try_send((e.key, e.revision, Instant::now())) {
+                                Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => return,
+                                _ => continue,
+                            }
+                        }
+                        Some(Err(e)) => break e.to_string(),
+                        None => break "the watch ended".to_string(),
+                    }
+                }
+            }
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => "timed out".to_string(),
+        };
+        if renewals.is_closed() {
+            return;
+        }
+        if !std::mem::replace(&mut failing, true) {
+            tracing::warn!(error = %error, "cannot watch the members bucket; a dead member is noticed up to a heartbeat later until it can (trying again every heartbeat)");
+        }
+        tokio::time::sleep(heartbeat).await;
     }
 }
 
@@ -821,6 +912,49 @@ mod tests {
         let l = t.listing(vec![put("me", 12), put("b", 3)], now + HB);
         assert!(l.alive.contains("b"));
         assert_eq!(t.next_death_in(HB), None);
+    }
+
+    #[test]
+    fn a_renewal_seen_by_the_watch_starts_the_silence_when_it_arrived_not_at_the_next_listing() {
+        let ms = Duration::from_millis;
+        let mut t = Tracker::new("me", HB, F);
+        let t0 = Instant::now();
+        t.listing(vec![put("me", 1), put("b", 1)], t0);
+        // b's last renewal reaches the watch 50 ms after that listing; the next one finds it.
+        t.renewal_seen("b", 2, t0 + ms(50));
+        t.listing(vec![put("me", 2), put("b", 2)], t0 + HB);
+        assert_eq!(t.members()["b"].silence, HB - ms(50));
+        let mut now = t0 + HB;
+        for rev in 3..10 {
+            now += HB;
+            let l = t.listing(vec![put("me", rev), put("b", 2)], now);
+            assert!(l.alive.contains("b"), "alive at {:?}", now - t0);
+        }
+        // 1.95 s of silence at t0 + 2 s: due 50 ms later, which is failover_after after the
+        // renewal arrived, not after the listing that found it (that would be t0 + 2.25 s).
+        assert_eq!(t.next_death_in(HB), Some(ms(50)));
+        let l = t.listing(vec![put("me", 10), put("b", 2)], t0 + ms(50) + F);
+        assert!(!l.alive.contains("b"));
+
+        // A watched revision the listing does not hold gives nothing: the silence starts at the
+        // listing. One the listing has not reached yet waits for the listing that has it.
+        let mut t = Tracker::new("me", HB, F);
+        t.listing(vec![put("me", 1), put("c", 1)], t0);
+        t.renewal_seen("c", 3, t0 + ms(100));
+        t.listing(vec![put("me", 2), put("c", 2)], t0 + HB);
+        assert_eq!(t.members()["c"].silence, Duration::ZERO);
+        t.listing(vec![put("me", 3), put("c", 3)], t0 + HB * 2);
+        assert_eq!(
+            t.members()["c"].silence,
+            HB,
+            "revision 3 from when the watch saw it, but never more than the listing's step"
+        );
+        // An older revision seen later does not replace a newer one.
+        t.renewal_seen("c", 5, t0 + HB * 2 + ms(100));
+        t.renewal_seen("c", 4, t0 + HB * 2 + ms(10));
+        t.listing(vec![put("me", 4), put("c", 5)], t0 + HB * 3);
+        assert_eq!(t.members()["c"].silence, HB - ms(100));
+        assert!(t.watched.is_empty(), "used or dropped once listed");
     }
 
     #[test]
