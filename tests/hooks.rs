@@ -183,6 +183,56 @@ async fn a_hint_delivers_the_change_long_before_the_next_poll_and_a_resync_finds
     h.app.shutdown().await.unwrap();
 }
 
+/// A poll asked for while a hint's lookup runs (and no poll does) starts once that lookup is
+/// done, and no second poll follows it: the one that ran began after the ask.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poll_asked_during_a_hint_lookup_runs_once_after_it() {
+    use wiz_connector::sim::Fault;
+    let sim = sim(1, 10).await;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("events.jsonl");
+    let h = Hooked::start(&config(&sim, &out, dir.path(), "")).await;
+    let open: Vec<String> = open_ids(&sim)["t0"].iter().cloned().collect();
+    h.first_sweep(&out, open.len()).await;
+    let client = sim.tenants()[0].client_id.clone();
+    let before = sim.counters(&client).graphql_requests;
+    // The lookup's answer comes 3 s after it is asked: the poll is asked meanwhile.
+    sim.push_faults(&client, [Fault::SlowAnswer { ms: 3000 }]);
+    escalate(&sim, &open[0]);
+    assert_eq!(h.hint(&open[0]).await, 202);
+    wait_until("the slow lookup asked for", Duration::from_secs(10), || {
+        sim.counters(&client).graphql_requests > before
+    })
+    .await;
+    let asked = std::time::SystemTime::now();
+    assert!(h.app.poll_now("t0").await);
+    // Settled: the next poll is an interval (300 s) after one that started after the ask.
+    wait_until(
+        "the asked poll, and no poll due",
+        Duration::from_secs(30),
+        || {
+            h.app.health.get("t0").is_some_and(|t| {
+                t.polls >= 2
+                    && t.next_poll_at
+                        .is_some_and(|at| at >= asked + Duration::from_secs(290))
+            })
+        },
+    )
+    .await;
+    let t = h.app.health.get("t0").unwrap();
+    assert_eq!(
+        t.polls, 2,
+        "the first sweep and the poll asked for, no other"
+    );
+    assert_eq!(t.hints_looked_up, 1);
+    assert_eq!(
+        updates_of(&out, &open[0]).len(),
+        1,
+        "the change once, by the hint"
+    );
+    h.app.shutdown().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hints_are_refused_alike_for_wrong_tokens_and_unknown_tenants() {
     let sim = sim(2, 5).await;

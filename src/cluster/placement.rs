@@ -125,6 +125,7 @@ pub fn place(fleet: &Fleet, members: &BTreeSet<String>) -> Owners {
     Owners {
         members: list,
         owner,
+        fleet: fleet.stamp(),
     }
 }
 
@@ -135,7 +136,7 @@ pub fn place(fleet: &Fleet, members: &BTreeSet<String>) -> Owners {
 /// members' tenants alone, about a tenth of the fleet on ten replicas, instead of the whole
 /// fleet once per member. Falls back to [`place`] when `prev` is not of this fleet.
 pub fn place_from(prev: &Owners, fleet: &Fleet, members: &BTreeSet<String>) -> Owners {
-    if prev.owner.len() != fleet.len() || prev.members.is_empty() {
+    if prev.fleet != fleet.stamp() || prev.members.is_empty() {
         return place(fleet, members);
     }
     let list: Vec<String> = members.iter().cloned().collect();
@@ -178,6 +179,7 @@ pub fn place_from(prev: &Owners, fleet: &Fleet, members: &BTreeSet<String>) -> O
     Owners {
         members: list,
         owner,
+        fleet: fleet.stamp(),
     }
 }
 
@@ -188,6 +190,8 @@ pub struct Owners {
     members: Vec<String>,
     /// Per fleet entry (same order); [`Owners::NONE`] without members.
     owner: Vec<u16>,
+    /// The [`Fleet::stamp`] of the fleet placed.
+    fleet: u64,
 }
 
 impl Owners {
@@ -356,10 +360,22 @@ mod tests {
             assert_eq!(from.owner, full.owner, "{step:?}");
             prev = from;
         }
-        // Another fleet: placed whole.
-        let other = Fleet::from_entries(vec![("a".into(), "https://auth|a".into())]);
+        // Another fleet: placed whole, also when it has as many tenants.
         let m = members(&["r1", "r2"]);
+        let other = Fleet::from_entries(vec![("a".into(), "https://auth|a".into())]);
         assert_eq!(place_from(&prev, &other, &m).owner, place(&other, &m).owner);
+        // (Taken as this fleet's, r3 leaving would keep every tenant of r1 and r2 where the
+        // earlier placement had the entry of the same index.)
+        let prev = place(&fleet, &members(&["r1", "r2", "r3"]));
+        let same_length = Fleet::from_entries(
+            (0..2000)
+                .map(|i| (format!("u{i:04}"), format!("https://auth|d{i}")))
+                .collect(),
+        );
+        assert_eq!(
+            place_from(&prev, &same_length, &m).owner,
+            place(&same_length, &m).owner
+        );
     }
 
     #[test]

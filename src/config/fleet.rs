@@ -7,9 +7,19 @@
 use super::settings::TenantSpec;
 
 /// Every configured tenant's id and credential, in id order.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Fleet {
     entries: Vec<FleetEntry>,
+    /// Unique to this fleet in the process: a placement computed over it records it, so that
+    /// one computed over another fleet (even of the same length) is never taken as its own
+    /// (see [`crate::cluster::placement::place_from`]).
+    stamp: u64,
+}
+
+impl Default for Fleet {
+    fn default() -> Self {
+        Fleet::new(Vec::new())
+    }
 }
 
 /// One configured tenant, as placement sees it.
@@ -31,7 +41,20 @@ impl Fleet {
             })
             .collect();
         debug_assert!(entries.windows(2).all(|w| w[0].id < w[1].id));
-        Fleet { entries }
+        Fleet::new(entries)
+    }
+
+    fn new(entries: Vec<FleetEntry>) -> Fleet {
+        static STAMPS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        Fleet {
+            entries,
+            stamp: STAMPS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        }
+    }
+
+    /// This fleet's stamp (see the field).
+    pub fn stamp(&self) -> u64 {
+        self.stamp
     }
 
     /// A fleet of (id, credential) pairs, sorted here by id: for tests of placement.
@@ -45,7 +68,7 @@ impl Fleet {
                 credential: credential.into_boxed_str(),
             })
             .collect();
-        Fleet { entries }
+        Fleet::new(entries)
     }
 
     /// Configured tenants.

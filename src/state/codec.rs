@@ -349,8 +349,8 @@ impl TenantImage {
         Ok(())
     }
 
-    /// The whole image as snapshot records, cut into parts of about `part_bytes`.
-    /// About how many bytes [`TenantImage::encode_parts`] makes of it, without encoding it.
+    /// About how many bytes [`TenantImage::encode_parts`] makes of it in the compact format
+    /// (the one written while every live member reads it), without encoding the records.
     pub fn approx_encoded_len(&self) -> u64 {
         let records: usize = self
             .issues
@@ -361,10 +361,11 @@ impl TenantImage {
         let checkpoint = self
             .checkpoint
             .as_ref()
-            .map_or(0, |cp| serde_json::to_vec(cp).map_or(0, |j| j.len() + 3));
+            .map_or(0, |cp| compact_checkpoint(cp).len() + 3);
         (records + checkpoint) as u64
     }
 
+    /// The whole image as snapshot records, cut into parts of about `part_bytes`.
     pub fn encode_parts(&self, part_bytes: usize, format: Format) -> Vec<Vec<u8>> {
         let mut parts = vec![Vec::new()];
         if let Some(cp) = &self.checkpoint {
@@ -592,7 +593,13 @@ mod tests {
         put_checkpoint(&mut json, &cp, Format::Json);
         put_checkpoint(&mut compact, &cp, Format::Compact);
         assert_eq!(checkpoint_of(&json), Some(cp.clone()));
-        assert_eq!(checkpoint_of(&compact), Some(cp));
+        assert_eq!(checkpoint_of(&compact), Some(cp.clone()));
+        // The size a takeover records for compaction is the compact one.
+        let img = TenantImage {
+            checkpoint: Some(cp),
+            ..Default::default()
+        };
+        assert_eq!(img.approx_encoded_len(), compact.len() as u64);
         assert!(
             compact.len() * 4 <= json.len(),
             "compact {} bytes, JSON {}",

@@ -337,7 +337,11 @@ impl Actor for WizTenantActor {
         match msg {
             TenantMsg::Asked { full } => {
                 state.force_full |= full;
-                if state.plan.is_some() || state.step_runs() {
+                // A hints-only job with no poll behind it: the poll the `Poll` below starts
+                // after that job begins after this ask, so none needs to follow it.
+                let hints_job_alone =
+                    state.plan.is_none() && state.sweep.as_ref().is_some_and(|a| a.hints_only);
+                if !hints_job_alone && (state.plan.is_some() || state.step_runs()) {
                     tracing::debug!(tenant = %state.id(), "poll asked while one runs; another follows it");
                     state.poll_asked = true;
                 }
