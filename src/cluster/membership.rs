@@ -21,7 +21,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use async_nats::jetstream::kv;
 use futures_util::StreamExt;
@@ -464,6 +464,11 @@ async fn run(a: HeartbeatArgs, mut control: watch::Receiver<Control>) {
     let (renewal_tx, mut renewals) = tokio::sync::mpsc::channel(RENEWALS_BUFFERED);
     tokio::spawn(watch_renewals(kv.clone(), heartbeat, renewal_tx));
     let mut my_revision: Option<u64> = None;
+    // When the server stored each member's revision last read (see `list`).
+    let mut written: BTreeMap<String, (u64, SystemTime)> = BTreeMap::new();
+    // When the last renewal that succeeded was sent: a gap of more than two heartbeats between
+    // two is logged (this thread did not run, or NATS did not answer, for that long).
+    let mut last_renewal: Option<Instant> = None;
     let mut renew_failing = false;
     let mut list_failing = false;
     let mut decided = false;
@@ -510,6 +515,18 @@ async fn run(a: HeartbeatArgs, mut control: watch::Receiver<Control>) {
             Ok(Ok(r)) => {
                 renewed = true;
                 a.lease.renewed(sent);
+                if let Some(gap) = last_renewal
+                    .replace(sent)
+                    .map(|t| sent.saturating_duration_since(t))
+                    .filter(|g| *g > heartbeat * 2)
+                {
+                    tracing::warn!(
+                        gap_ms = gap.as_millis() as u64,
+                        heartbeat_ms = heartbeat.as_millis() as u64,
+                        revision = r,
+                        "this replica's membership was renewed after a gap: its heartbeat did not run or NATS did not answer for that long, and the others may have judged it dead"
+                    );
+                }
                 if epoch > 0 && a.lease.epoch() > epoch {
                     tracing::warn!(epoch = a.lease.epoch(), "the lease is held again after a lapse; each tenant re-asserts its ownership before it polls or delivers");
                     a.observer.metrics().cluster.lease(true, true);
@@ -540,7 +557,7 @@ async fn run(a: HeartbeatArgs, mut control: watch::Receiver<Control>) {
         }
         let renew_took = sent.elapsed();
         let known = tracker.members().keys().cloned().collect();
-        let listing = match tokio::time::timeout(timeout, list(&kv, known)).await {
+        let listing = match tokio::time::timeout(timeout, list(&kv, known, &mut written)).await {
             Ok(r) => r,
             Err(_) => Err("timed out listing the members".to_string()),
         };
@@ -567,6 +584,15 @@ async fn run(a: HeartbeatArgs, mut control: watch::Receiver<Control>) {
                 }
                 while let Ok((id, revision, at)) = renewals.try_recv() {
                     tracker.renewal_seen(&id, revision, at);
+                }
+                if tracing::enabled!(tracing::Level::DEBUG) {
+                    let revisions: Vec<String> = entries
+                        .iter()
+                        .map(|(id, rev, v)| {
+                            format!("{id}:{rev}{}", if v.is_some() { "" } else { "(deleted)" })
+                        })
+                        .collect();
+                    tracing::debug!(round_ms = sent.elapsed().as_millis() as u64, revisions = %revisions.join(" "), "members listed");
                 }
                 let l = tracker.listing(entries, Instant::now());
                 // Worth a round of its own only when it saves about a tenth of a heartbeat or
@@ -611,7 +637,13 @@ async fn run(a: HeartbeatArgs, mut control: watch::Receiver<Control>) {
                     }
                 });
                 if let Some(before) = before {
-                    log_members_changed(&tracker, before.unwrap_or_default(), &l.eligible, round);
+                    log_members_changed(
+                        &tracker,
+                        &written,
+                        before.unwrap_or_default(),
+                        &l.eligible,
+                        round,
+                    );
                 }
             }
         }
@@ -686,6 +718,7 @@ pub async fn watch_renewals(
 /// or silent for how long, as observed here), and how long the heartbeat round took.
 fn log_members_changed(
     tracker: &Tracker,
+    written: &BTreeMap<String, (u64, SystemTime)>,
     before: BTreeSet<String>,
     now: &BTreeSet<String>,
     round: Duration,
@@ -696,10 +729,15 @@ fn log_members_changed(
         .map(|id| match tracker.members().get(id) {
             Some(s) if s.value.leaving => format!("{id} (leaving)"),
             Some(s) => format!(
-                "{id} (silent {:.1} s: {} listings at revision {}, absent from {})",
+                "{id} (silent {:.1} s: {} listings at revision {}{}, absent from {})",
                 s.silence.as_secs_f64(),
                 s.silent_listings,
                 s.revision,
+                match written.get(id) {
+                    Some((rev, at)) if *rev == s.revision =>
+                        format!(" written {}", humantime::format_rfc3339_millis(*at)),
+                    _ => String::new(),
+                },
                 s.absent_listings
             ),
             None => format!("{id} (gone)"),
@@ -721,20 +759,38 @@ fn log_members_changed(
 /// missing from it. Two replicas whose heartbeats ran in step saw that every round: at 300,000
 /// tenants a survivor judged a live member silent for 6 s four times in 30 s, and took over
 /// 4,032 of its tenants each time.
-async fn list(store: &kv::Store, known: Vec<String>) -> Result<Vec<Listed>, String> {
+///
+/// A key the listing delivers twice (renewed while it ran) is read once: read twice, a member
+/// whose revision did not change between the two reads would have its silence counted twice in
+/// one listing. `written` gets, per key, when the server stored the revision read (for the log
+/// line of a death only: that is the server's clock, never used to judge liveness).
+async fn list(
+    store: &kv::Store,
+    known: Vec<String>,
+    written: &mut BTreeMap<String, (u64, SystemTime)>,
+) -> Result<Vec<Listed>, String> {
+    written.clear();
     let mut keys = store.keys().await.map_err(|e| e.to_string())?;
     let mut out = Vec::new();
     let mut seen = BTreeSet::new();
+    let mut take = |e: kv::Entry, out: &mut Vec<Listed>| {
+        let at = std::time::UNIX_EPOCH
+            + Duration::from_nanos(u64::try_from(e.created.unix_timestamp_nanos()).unwrap_or(0));
+        written.insert(e.key.clone(), (e.revision, at));
+        out.push(listed(e));
+    };
     while let Some(k) = keys.next().await {
         let k = k.map_err(|e| e.to_string())?;
-        seen.insert(k.clone());
+        if !seen.insert(k.clone()) {
+            continue;
+        }
         if let Some(e) = store.entry(k).await.map_err(|e| e.to_string())? {
-            out.push(listed(e));
+            take(e, &mut out);
         }
     }
     for id in known.into_iter().filter(|id| !seen.contains(id)) {
         if let Some(e) = store.entry(id).await.map_err(|e| e.to_string())? {
-            out.push(listed(e));
+            take(e, &mut out);
         }
     }
     Ok(out)
