@@ -3013,24 +3013,14 @@ impl Future for Cancel {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_claim_given_up_before_its_take_writes_nothing_to_nats() {
-    use wiz_connector::config::{ClusterSettings, DurationValue};
     use wiz_connector::state::{ClaimResult, StateStore};
     let nats = nats_server().await;
     let relay = relay::Relay::start(nats.url.trim_start_matches("nats://")).await;
     let dir = tempfile::tempdir().unwrap();
     let (store, _) = StateStore::open_or_recover(dir.path()).unwrap();
-    let c = wiz_connector::cluster::connect(&ClusterSettings {
-        nats_url: format!("nats://{}", relay.addr),
-        replica_id: "r1".into(),
-        heartbeat: DurationValue::secs(1),
-        failover_after: DurationValue::secs(5),
-        members_bucket: "wiz_connector_members".into(),
-        state_stream: "WIZ_CONNECTOR_STATE".into(),
-        replicas: 1,
-        start_settle: DurationValue::secs(0),
-    })
-    .await
-    .unwrap();
+    let c = wiz_connector::cluster::connect(&settings_r1(format!("nats://{}", relay.addr)))
+        .await
+        .unwrap();
     let store = store.replicate_to(c.replicated.clone());
     // Given up before it started: nothing asked.
     let now = store
@@ -3084,18 +3074,8 @@ async fn a_claim_given_up_before_its_take_writes_nothing_to_nats() {
 #[tokio::test]
 async fn the_members_watch_reports_each_renewal_and_recovers_after_nats_loses_its_store() {
     use wiz_connector::cluster::membership::{open_bucket, watch_renewals};
-    use wiz_connector::config::{ClusterSettings, DurationValue};
     let mut nats = nats_server().await;
-    let settings = ClusterSettings {
-        nats_url: nats.url.clone(),
-        replica_id: "r1".into(),
-        heartbeat: DurationValue::secs(1),
-        failover_after: DurationValue::secs(5),
-        members_bucket: "wiz_connector_members".into(),
-        state_stream: "WIZ_CONNECTOR_STATE".into(),
-        replicas: 1,
-        start_settle: DurationValue::secs(0),
-    };
+    let settings = settings_r1(nats.url.clone());
     let client = async_nats::connect(nats.url.as_str()).await.unwrap();
     let js = async_nats::jetstream::new(client);
     let kv = open_bucket(&js, &settings).await.unwrap();
@@ -3174,4 +3154,20 @@ async fn the_members_watch_reports_each_renewal_and_recovers_after_nats_loses_it
     };
     let rev = first_seen(&kv, &mut seen, "r1").await;
     assert!(rev < a, "a bucket made again starts its revisions anew");
+}
+
+/// Cluster settings of a replica `r1` on `nats_url` (heartbeat 1 s, failover after 5 s), for
+/// tests that use the cluster's parts directly rather than a replica.
+fn settings_r1(nats_url: String) -> wiz_connector::config::ClusterSettings {
+    use wiz_connector::config::{ClusterSettings, DurationValue};
+    ClusterSettings {
+        nats_url,
+        replica_id: "r1".into(),
+        heartbeat: DurationValue::secs(1),
+        failover_after: DurationValue::secs(5),
+        members_bucket: "wiz_connector_members".into(),
+        state_stream: "WIZ_CONNECTOR_STATE".into(),
+        replicas: 1,
+        start_settle: DurationValue::secs(0),
+    }
 }

@@ -204,7 +204,8 @@ impl Tracker {
         self.last_listing = Some(now);
         let mut listed = BTreeSet::new();
         for (id, revision, value) in entries {
-            listed.insert(id.clone());
+            // A key listed twice (renewed while the listing ran) adds its silence once.
+            let again = !listed.insert(id.clone());
             let Some(value) = value else {
                 // Deleted: the member left after handing its tenants over.
                 if let Some(s) = self.members.remove(&id) {
@@ -239,6 +240,7 @@ impl Tracker {
                     s.silent_listings = 0;
                     s.absent_listings = 0;
                 }
+                Some(_) if again => {}
                 Some(s) => {
                     s.silence += step;
                     s.silent_listings += 1;
@@ -1011,6 +1013,121 @@ mod tests {
         t.listing(vec![put("me", 4), put("c", 5)], t0 + HB * 3);
         assert_eq!(t.members()["c"].silence, HB - ms(100));
         assert!(t.watched.is_empty(), "used or dropped once listed");
+    }
+
+    /// Random schedules of renewals, listings (gaps from 20 ms to a 3 s pause, keys sometimes
+    /// delivered twice) and watch deliveries (late by up to 600 ms, some lost): a live member is
+    /// never declared dead, and one that stopped renewing is declared dead no sooner than
+    /// `failover_after` after its last renewal and within two heartbeats after that.
+    #[test]
+    fn random_schedules_never_declare_a_renewing_member_dead() {
+        use rand::{Rng, SeedableRng};
+        let ms = |n: u64| Duration::from_millis(n);
+        for seed in 0..200u64 {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+            let t0 = Instant::now();
+            let mut t = Tracker::new("me", HB, F);
+            // b renews every 150 ms to 1.8 s (just short of failover_after) throughout; c every
+            // 150 to 300 ms, and stops after 3 to 6 s.
+            let c_stops = t0 + ms(rng.random_range(3000..6000));
+            let mut writes: Vec<(Instant, &str, u64)> = Vec::new();
+            let mut rev = 0;
+            for (id, until, longest) in [("b", t0 + ms(20_000), 1800), ("c", c_stops, 300)] {
+                let mut at = t0;
+                while at < until {
+                    writes.push((at, id, 0));
+                    at += ms(rng.random_range(150..=longest));
+                }
+            }
+            writes.sort_by_key(|w| w.0);
+            for w in writes.iter_mut() {
+                rev += 1;
+                w.2 = rev;
+            }
+            let c_last = writes.iter().rev().find(|w| w.1 == "c").unwrap();
+            let (c_last, c_last_rev) = (c_last.0, c_last.2);
+            // The listing that first held c's last revision, and how much of the time since
+            // went uncounted (pauses count two heartbeats at most).
+            let mut c_listed: Option<Instant> = None;
+            let mut uncounted = Duration::ZERO;
+            // Watch deliveries: each renewal arrives 0 to 600 ms late, one in ten never.
+            let mut deliveries: Vec<(Instant, &str, u64)> = writes
+                .iter()
+                .filter_map(|w| {
+                    let late = ms(rng.random_range(0..600));
+                    (rng.random_range(0..10) > 0).then_some((w.0 + late, w.1, w.2))
+                })
+                .collect();
+            deliveries.sort_by_key(|d| d.0);
+            let mut delivered = 0;
+            let mut now = t0 + ms(10);
+            let mut c_dead_at = None;
+            let mut my_rev = 1_000_000;
+            while now < t0 + ms(20_000) {
+                while delivered < deliveries.len() && deliveries[delivered].0 <= now {
+                    let (at, id, r) = deliveries[delivered];
+                    t.renewal_seen(id, r, at);
+                    delivered += 1;
+                }
+                let latest = |id: &str| {
+                    writes
+                        .iter()
+                        .rev()
+                        .find(|w| w.1 == id && w.0 <= now)
+                        .map(|w| w.2)
+                };
+                my_rev += 1;
+                let mut entries = vec![put("me", my_rev)];
+                for id in ["b", "c"] {
+                    if let Some(r) = latest(id) {
+                        entries.push(put(id, r));
+                        if rng.random_range(0..8) == 0 {
+                            entries.push(put(id, r));
+                        }
+                    }
+                }
+                if c_listed.is_none() && latest("c") == Some(c_last_rev) {
+                    c_listed = Some(now);
+                }
+                let l = t.listing(entries, now);
+                assert!(
+                    l.alive.contains("b"),
+                    "seed {seed}: b declared dead at {:?}",
+                    now - t0
+                );
+                if !l.alive.contains("c") && c_dead_at.is_none() {
+                    c_dead_at = Some(now);
+                    assert!(
+                        now >= c_last + F,
+                        "seed {seed}: c dead {:?} after its last renewal",
+                        now - c_last
+                    );
+                }
+                let gap = if rng.random_range(0..40) == 0 {
+                    ms(3000)
+                } else {
+                    ms(rng.random_range(20..=600))
+                };
+                let gap = match t.next_death_in(gap) {
+                    Some(left) => left + ms(5),
+                    None => gap,
+                };
+                if c_listed.is_some() && c_dead_at.is_none() {
+                    uncounted += gap.saturating_sub(HB * 2);
+                }
+                now += gap;
+            }
+            let dead_at = c_dead_at.unwrap_or_else(|| panic!("seed {seed}: c never declared dead"));
+            // failover_after of counted time after the listing that first held its last
+            // revision (the watch may only have started it earlier), listed 5 ms after due.
+            let c_listed = c_listed.unwrap();
+            assert!(
+                dead_at <= c_listed + F + uncounted + ms(5),
+                "seed {seed}: c dead {:?} after the listing that held its last revision ({:?} uncounted)",
+                dead_at - c_listed,
+                uncounted
+            );
+        }
     }
 
     #[test]
