@@ -11,11 +11,12 @@
 //!
 //! **Liveness from observed time.** A member is dead when its key's revision has not changed for
 //! `failover_after` of *observed* silence: each listing adds the time since the previous one, but
-//! at most two heartbeats. A renewal the bucket's watch delivered before the listing that found
-//! it counts from when it arrived (so survivors notice a death together, within milliseconds,
-//! not up to a heartbeat apart). A replica that was paused, starved or cut off from NATS therefore never
-//! declares others dead from stale timestamps (it has not observed them for that long), and one
-//! that merely runs late declares them dead later, never sooner. A dead member stays dead: its
+//! at most two heartbeats, and a key the listing holds twice only once. A renewal the bucket's
+//! watch delivered before the listing that found it counts from when it arrived (so survivors
+//! notice a death together, within milliseconds, not up to a heartbeat apart). A replica that
+//! was paused, starved or cut off from NATS therefore never declares others dead from stale
+//! timestamps (it has not observed them for that long), and one that merely runs late declares
+//! them dead later, never sooner. A dead member stays dead: its
 //! stale key (nats-server 2.9 does not report expired keys) is remembered with its revision and
 //! ignored until it changes; after twice `failover_after` the member is forgotten.
 
