@@ -3089,19 +3089,28 @@ async fn the_members_watch_reports_each_renewal_and_recovers_after_nats_loses_it
         key: &str,
     ) -> u64 {
         let deadline = Instant::now() + Duration::from_secs(30);
+        // When each write was sent: a write's report may come late, during a later try, so
+        // each report is checked against its own write.
+        let mut sent = BTreeMap::new();
         loop {
             let written = Instant::now();
             if let Ok(rev) = kv.put(key, "{}".into()).await {
+                sent.insert(rev, written);
                 if let Ok(Some((k, r, at))) =
                     tokio::time::timeout(Duration::from_millis(500), seen.recv()).await
                 {
                     assert_eq!(k, key);
                     assert!(r <= rev, "seen {r} after writing {rev}");
-                    assert!(at >= written, "arrived before it was written");
+                    let own = sent.get(&r).expect("a revision this loop wrote");
+                    assert!(at >= *own, "arrived before it was written");
                     // Renewals that came meanwhile, up to the last write.
                     let mut last = r;
                     while last < rev {
-                        last = seen.recv().await.unwrap().1;
+                        last = tokio::time::timeout(Duration::from_secs(10), seen.recv())
+                            .await
+                            .expect("the later writes reported")
+                            .unwrap()
+                            .1;
                     }
                     assert_eq!(last, rev);
                     return rev;

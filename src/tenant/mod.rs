@@ -377,10 +377,7 @@ impl Actor for WizTenantActor {
                 if let Some(a) = state.sweep.as_mut().filter(|a| a.hints_only) {
                     // A hints-only job started while the poll waited: the poll follows it.
                     a.poll_after = true;
-                } else if state.sweep.is_none()
-                    && state.feed_job.is_none()
-                    && state.baseline.is_none()
-                {
+                } else if !state.step_runs() {
                     Box::pin(state.start_step(&myself, permit)).await;
                 }
             }
