@@ -532,3 +532,90 @@ async fn a_poll_asked_while_one_runs_is_followed_by_another_at_once() {
     assert_eq!(after, vec![("issue.resolved".to_string(), resolved)]);
     app.shutdown().await.unwrap();
 }
+
+/// The checkpoint the store holds for t0 (the app must be stopped).
+fn stored_checkpoint(state: &std::path::Path) -> wiz_connector::state::Checkpoint {
+    let (store, _) = wiz_connector::state::StateStore::open_or_recover(state).unwrap();
+    store.checkpoint("t0").unwrap().unwrap()
+}
+
+/// Sets t0's stored high-water mark `ago` back (the app must be stopped); the checkpoint then
+/// held.
+fn set_high_water_back(state: &std::path::Path, ago: Duration) -> wiz_connector::state::Checkpoint {
+    use wiz_connector::state::{Commit, StateStore, Write};
+    let (store, _) = StateStore::open_or_recover(state).unwrap();
+    let mut cp = store.checkpoint("t0").unwrap().unwrap();
+    let at = std::time::SystemTime::now() - ago;
+    cp.high_water = Some(humantime::format_rfc3339_micros(at).to_string());
+    store
+        .write_now(
+            "t0",
+            Write::Commit(Commit {
+                checkpoint: Some(cp.clone()),
+                ..Default::default()
+            }),
+        )
+        .unwrap();
+    cp
+}
+
+/// Starts the app on `cfg`, waits for t0's first poll, stops it.
+async fn one_run(cfg: &str) {
+    let app = start(cfg).await;
+    poll(&app, 1).await;
+    app.shutdown().await.unwrap();
+}
+
+/// A poll that finds nothing new and moves only the checkpoint's time marks, by less than an
+/// hour, leaves the stored checkpoint as it was (an idle fleet writes its state about once an
+/// hour, not at every poll); a mark older than that is written, and so is the checkpoint of a
+/// poll that delivers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_poll_leaves_time_marks_under_an_hour_old_unwritten() {
+    let sim = sim(1, 5).await;
+    let (_dir, state, out) = scratch();
+    let cfg = body(&sim, &state, &out, "1h");
+    one_run(&cfg).await;
+    // The first incremental poll learns whether Wiz takes `filterBy.updatedAt` (the simulator
+    // refuses it), and writes the answer although it delivered nothing.
+    one_run(&cfg).await;
+    let delivered = read_lines(&out).len();
+    assert_eq!(delivered, 5, "the first poll's openings");
+    let probe = stored_checkpoint(&state).updated_at_filter;
+    assert!(probe.is_some_and(|p| !p.accepted), "{probe:?}");
+    let high_water = |cp: &wiz_connector::state::Checkpoint| {
+        humantime::parse_rfc3339_weak(cp.high_water.as_deref().unwrap()).unwrap()
+    };
+    let recent = |cp: &wiz_connector::state::Checkpoint| {
+        std::time::SystemTime::now()
+            .duration_since(high_water(cp))
+            .is_ok_and(|d| d < Duration::from_secs(120))
+    };
+
+    // Ten minutes back: the idle incremental poll moves the mark by ten minutes, and writes
+    // nothing.
+    let before = set_high_water_back(&state, Duration::from_secs(600));
+    one_run(&cfg).await;
+    assert_eq!(read_lines(&out).len(), delivered, "nothing new");
+    assert_eq!(
+        stored_checkpoint(&state),
+        before,
+        "an idle poll writes nothing"
+    );
+
+    // Two hours back: the mark moves by more than an hour, and is written.
+    set_high_water_back(&state, Duration::from_secs(7200));
+    one_run(&cfg).await;
+    assert_eq!(read_lines(&out).len(), delivered, "nothing new");
+    let cp = stored_checkpoint(&state);
+    assert!(recent(&cp), "written: {cp:?}");
+
+    // Ten minutes back and a new issue: the poll delivers it and writes its checkpoint.
+    set_high_water_back(&state, Duration::from_secs(600));
+    let added = sim.issues(CLIENT, |s| s.add());
+    one_run(&cfg).await;
+    let events = events_since(&out, delivered);
+    assert_eq!(events, vec![("issue.opened".to_string(), added)]);
+    let cp = stored_checkpoint(&state);
+    assert!(recent(&cp), "written: {cp:?}");
+}

@@ -121,6 +121,11 @@ struct Owned {
     /// would queue behind those purges. Costs the moved tenant two more small messages until
     /// its next write.
     append_first: bool,
+    /// The format of everything the subject holds of the image since the last snapshot, when
+    /// it is one format (`None`: unknown or mixed). A tenant whose image is not in the format
+    /// written now does not leave out idle writes (see [`Replicated::holds_current`]): its next
+    /// write moves it to that format.
+    format: Option<Format>,
 }
 
 /// What a state message's headers say, in either format ("" or 0 for what it lacks), and its
@@ -610,6 +615,13 @@ impl Replicated {
             last_seq,
             load,
             crowded: messages.map(|n| n + 1 > COMPACT_MESSAGES),
+            format: whole.map(|m| {
+                if m.headers.get(META).is_some() {
+                    Format::Compact
+                } else {
+                    Format::Json
+                }
+            }),
         })
     }
 
@@ -622,6 +634,7 @@ impl Replicated {
         tenant: &str,
         last_seq: u64,
         image: Option<&TenantImage>,
+        format: Option<Format>,
     ) -> Result<u64, PublishFailure> {
         let epoch_seq = self.marker(tenant, "claim", last_seq, 0).await?;
         let mut owned = Owned {
@@ -630,6 +643,7 @@ impl Replicated {
             // Nothing was on the subject before the claim: the image is empty.
             sized: last_seq == 0,
             append_first: last_seq != 0,
+            format,
             ..Default::default()
         };
         if let Some(img) = image {
@@ -683,6 +697,7 @@ impl Replicated {
         owned.delta_bytes = 0;
         owned.sized = true;
         owned.append_first = false;
+        owned.format = Some(format);
         Ok(owned.seq)
     }
 
@@ -730,6 +745,9 @@ impl Replicated {
                 let compact =
                     !owned.sized || owned.delta_bytes > owned.snapshot_bytes / 2 + COMPACT_SLACK;
                 owned.append_first = false;
+                if owned.format != Some(format) {
+                    owned.format = None;
+                }
                 self.owned.insert(tenant.to_string(), owned);
                 Ok(WriteOutcome::Published { seq, compact })
             }
@@ -758,6 +776,15 @@ impl Replicated {
     /// by another replica does not wait for this run once it is gone.
     pub fn names_its_run(&self) -> bool {
         self.live.format() == Format::Compact
+    }
+
+    /// See [`super::StateStore::holds_current`].
+    pub fn holds_current(&self, tenant: &str) -> bool {
+        self.connected()
+            && self
+                .owned
+                .get(tenant)
+                .is_some_and(|o| !o.dirty && o.sized && o.format == Some(self.live.format()))
     }
 
     /// True when the tenant holds writes NATS has not seen.
@@ -850,6 +877,9 @@ pub enum Claim {
         /// Whether the subject holds more than [`COMPACT_MESSAGES`] messages with the claim,
         /// when the claim learnt it on the way (`None`: ask with [`Replicated::crowded`]).
         crowded: Option<bool>,
+        /// The format of the subject's image when it is one snapshot message (`None`: it is
+        /// more, or nothing): see [`Owned::format`].
+        format: Option<Format>,
     },
 }
 

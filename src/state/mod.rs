@@ -84,6 +84,46 @@ pub struct Checkpoint {
     pub feed: Option<Box<crate::feeds::FeedCheckpoint>>,
 }
 
+/// How long a sweep that changed nothing but its checkpoint's time marks may leave them
+/// unwritten (see [`Checkpoint::moved_only_in_time`]). An idle tenant then writes its state about
+/// once this often instead of at every poll, and a tenant moved by a failover is not written at
+/// its first poll elsewhere when that poll finds nothing. What it costs after a restart or a
+/// move: an incremental sweep asks for up to this much more history (read again, not delivered
+/// again: the known states filter it), and the time of the last full sweep may read this much
+/// older than it is.
+pub const TIME_MARKS_UNWRITTEN_AT_MOST: std::time::Duration = std::time::Duration::from_secs(3600);
+
+impl Checkpoint {
+    /// Whether `self` differs from `stored` (the checkpoint the store holds) only in its time
+    /// marks (the high-water mark and the time of the last full sweep), each moved forward by
+    /// less than `within`: then writing it changes nothing a sweep would do differently within
+    /// `within`. Equal checkpoints count too.
+    pub fn moved_only_in_time(&self, stored: &Checkpoint, within: std::time::Duration) -> bool {
+        let forward = |new: Option<SystemTime>, old: Option<SystemTime>| match (new, old) {
+            (None, None) => true,
+            (Some(n), Some(o)) => n.duration_since(o).is_ok_and(|d| d < within),
+            _ => false,
+        };
+        let parse = |h: &Option<String>| match h {
+            None => Some(None),
+            Some(t) => humantime::parse_rfc3339_weak(t).ok().map(Some),
+        };
+        let (Some(new_hw), Some(old_hw)) = (parse(&self.high_water), parse(&stored.high_water))
+        else {
+            return false;
+        };
+        let at = |s: Option<u64>| s.map(|s| UNIX_EPOCH + std::time::Duration::from_secs(s));
+        let rest_equal = Checkpoint {
+            high_water: stored.high_water.clone(),
+            last_full_sweep: stored.last_full_sweep,
+            ..self.clone()
+        } == *stored;
+        rest_equal
+            && forward(new_hw, old_hw)
+            && forward(at(self.last_full_sweep), at(stored.last_full_sweep))
+    }
+}
+
 /// What the `filterBy.updatedAt` probe found, and when.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UpdatedAtProbe {
@@ -453,6 +493,18 @@ impl StateStore {
         self.replicated.as_ref()
     }
 
+    /// Whether what the store holds for `tenant` is also where it would write it now, so a
+    /// write that would change only the checkpoint's time marks may be left out (see
+    /// [`Checkpoint::moved_only_in_time`]). Always without cluster mode. In cluster mode, only
+    /// while this replica owns the tenant, NATS answers, NATS has seen every write (not dirty),
+    /// the image's size is known (else the next write compacts to measure it), and the subject
+    /// holds it in the format written now (else the next write moves it to that format).
+    pub fn holds_current(&self, tenant: &str) -> bool {
+        self.replicated
+            .as_ref()
+            .is_none_or(|r| r.holds_current(tenant))
+    }
+
     /// Writes durably; returns once the write is on disk (and, in cluster mode, in JetStream).
     /// Local writes are grouped with other tenants' writes that arrive at the same time (see
     /// `Db::run`). In cluster mode a write refused by the fence fails with `fenced` set: the
@@ -646,13 +698,14 @@ impl StateStore {
         };
         let claim = claim.map_err(|e| self.db.err(e))?;
         let looked = started.elapsed();
-        let (last_seq, load, crowded) = match claim {
+        let (last_seq, load, crowded, format) = match claim {
             Claim::Wait { holder } => return Ok(ClaimResult::Wait { holder }),
             Claim::Take {
                 last_seq,
                 load,
                 crowded,
-            } => (last_seq, load, crowded),
+                format,
+            } => (last_seq, load, crowded, format),
         };
         // A newer state read from NATS is installed after the take, in one write with the take's
         // sync mark: the turn is not held while the cache is written, and the writer thread
@@ -665,7 +718,9 @@ impl StateStore {
             ClaimLoad::Install(image) => (None, Some(image)),
         };
         let loaded = started.elapsed();
-        let took = r.take(&turn, tenant, last_seq, image.as_ref()).await;
+        let took = r
+            .take(&turn, tenant, last_seq, image.as_ref(), format)
+            .await;
         drop(turn);
         match took {
             Ok(seq) => {
@@ -1108,6 +1163,79 @@ impl Db {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_time_marks_moved_forward_by_less_than_the_bound_may_stay_unwritten() {
+        const HOUR: std::time::Duration = std::time::Duration::from_secs(3600);
+        const FULL: u64 = 1_800_000_000;
+        let stored = Checkpoint {
+            high_water: Some("2027-01-15T08:00:00.000000Z".into()),
+            last_full_sweep: Some(FULL),
+            last_full_pages: Some(1),
+            ..Default::default()
+        };
+        let marks = |hw: &str, full: Option<u64>| Checkpoint {
+            high_water: Some(hw.into()),
+            last_full_sweep: full,
+            ..stored.clone()
+        };
+        let same = |cp: &Checkpoint, base: &Checkpoint| cp.moved_only_in_time(base, HOUR);
+        assert!(same(&stored, &stored), "unchanged");
+        assert!(
+            same(&marks("2027-01-15T08:59:59Z", Some(FULL + 3599)), &stored),
+            "both marks just under an hour on"
+        );
+        let written = [
+            (
+                "the mark an hour on",
+                marks("2027-01-15T09:00:00Z", Some(FULL)),
+            ),
+            (
+                "the mark moved back",
+                marks("2027-01-15T07:59:00Z", Some(FULL)),
+            ),
+            ("the mark unreadable", marks("yesterday", Some(FULL))),
+            (
+                "a full sweep an hour on",
+                marks("2027-01-15T08:00:00Z", Some(FULL + 3600)),
+            ),
+            (
+                "a full sweep moved back",
+                marks("2027-01-15T08:00:00Z", Some(FULL - 1)),
+            ),
+            (
+                "another page count",
+                Checkpoint {
+                    last_full_pages: Some(2),
+                    ..stored.clone()
+                },
+            ),
+            (
+                "the probe's answer",
+                Checkpoint {
+                    updated_at_filter: Some(UpdatedAtProbe {
+                        accepted: false,
+                        at: FULL,
+                    }),
+                    ..stored.clone()
+                },
+            ),
+        ];
+        for (what, cp) in written {
+            assert!(!same(&cp, &stored), "{what}");
+        }
+        // A first full sweep, and a sweep's position left in the store, are written.
+        let never_full = Checkpoint {
+            last_full_sweep: None,
+            ..stored.clone()
+        };
+        assert!(!same(&stored, &never_full), "a first full sweep");
+        let with_position = Checkpoint {
+            position: Some(Box::default()),
+            ..stored.clone()
+        };
+        assert!(!same(&stored, &with_position), "a position to clear");
+    }
 
     /// A claim's install and the tenant's writes share a group commit and apply in their order:
     /// the install replaces every record, mark and checkpoint the cache held for the tenant (and

@@ -76,6 +76,7 @@ impl TenantActorState {
             span: tracing::info_span!("hints", tenant = %self.args.spec.id),
             full: false,
             checkpoint: Checkpoint::default(),
+            stored: None,
             started_at: SystemTime::now(),
             resumed: false,
             pages_at_start: 0,

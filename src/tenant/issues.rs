@@ -21,7 +21,9 @@ use crate::feeds::FeedName;
 use crate::format::Mark;
 use crate::health::{LastError, TenantState};
 use crate::metrics::Observation;
-use crate::state::{Checkpoint, Commit, SweepPosition, UpdatedAtProbe, Write};
+use crate::state::{
+    Checkpoint, Commit, SweepPosition, UpdatedAtProbe, Write, TIME_MARKS_UNWRITTEN_AT_MOST,
+};
 use crate::wiz::page::{Issue, Page};
 use crate::wiz::TimeRange;
 use crate::wiz::{IssueFilter, IssueOrder, Sweep};
@@ -33,6 +35,12 @@ pub(super) struct ActiveSweep {
     pub(super) full: bool,
     /// The checkpoint the sweep started from.
     pub(super) checkpoint: Checkpoint,
+    /// The checkpoint as the store held it when the sweep began (`None`: not known, as for a
+    /// resumed sweep). `checkpoint` may differ from it (a position taken out, a destination's
+    /// baseline recorded, a probe's answer learnt on the way): a sweep of one page that
+    /// delivered nothing and whose checkpoint moved only in its time marks since this need not
+    /// write it (see [`Checkpoint::moved_only_in_time`]).
+    pub(super) stored: Option<Checkpoint>,
     /// Wall-clock time the sweep started: what the next incremental poll asks changes after.
     pub(super) started_at: SystemTime,
     /// It continues a sweep a crash or a handover interrupted (see `Checkpoint::position`).
@@ -80,6 +88,8 @@ impl TenantActorState {
                 Checkpoint::default()
             }
         };
+        // What the store holds, to tell whether the sweep's end must write (see `stored`).
+        let mut stored = checkpoint.clone();
         // Destinations routed here since the checkpoint was written get a baseline first (a
         // fresh tenant's destinations count as served: its first sweep gives them everything).
         let due = super::baseline::due(
@@ -105,6 +115,7 @@ impl TenantActorState {
                 self.step_done(myself, Some(super::schedule::FAILED_POLL_FIRST));
                 return;
             }
+            stored = checkpoint.clone();
         }
         if !due.is_empty() && !std::mem::take(&mut self.baseline_skip) {
             return self.start_baseline(myself, permit, checkpoint, due).await;
@@ -146,7 +157,10 @@ impl TenantActorState {
             SystemTime::now(),
             false,
         )
-        .await
+        .await;
+        if let Some(a) = self.sweep.as_mut() {
+            a.stored = Some(stored);
+        }
     }
 
     /// The very first sweep fixes the high-water mark at its start, before it delivers
@@ -182,6 +196,7 @@ impl TenantActorState {
             span: tracing::info_span!("poll", tenant = %spec.id, full),
             full,
             checkpoint,
+            stored: None,
             started_at,
             resumed,
             pages_at_start: sweep.pages(),
@@ -306,6 +321,21 @@ impl TenantActorState {
         if sweep.full {
             cp.last_full_sweep = Some(unix_now());
             cp.last_full_pages = Some(sweep.sweep.pages());
+        }
+        // An idle poll: one page, nothing delivered, only the time marks moved. The store keeps
+        // the earlier marks (for at most TIME_MARKS_UNWRITTEN_AT_MOST), which a sweep reads the
+        // same way: an idle fleet writes its state about once an hour instead of at every poll,
+        // and a failover's takeovers that find nothing new write nothing after their claims.
+        if sweep.events == 0
+            && sweep.sweep.pages() <= 1
+            && sweep
+                .stored
+                .as_ref()
+                .is_some_and(|s| cp.moved_only_in_time(s, TIME_MARKS_UNWRITTEN_AT_MOST))
+            && self.args.store.holds_current(&self.args.spec.id)
+        {
+            tracing::debug!(tenant = %self.args.spec.id, "idle poll: the checkpoint's time marks are not written");
+            return Ok(());
         }
         self.commit(Commit {
             checkpoint: Some(cp),
