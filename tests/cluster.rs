@@ -2922,11 +2922,14 @@ async fn a_failovers_idle_takeovers_write_nothing_and_the_next_writes_compact() 
     .await;
     // A poll that delivers (a new issue each) writes, and its writes leave one message on each
     // subject (whether its owner claimed it on an empty subject, or after a release when the
-    // replicas came up far apart).
+    // replicas came up far apart). The kill waits for those polls to end: one killed between
+    // its delivery and its commit would be repeated by the survivor, which then writes.
+    let before = polls(&live).await;
     for (t, o) in &owner {
         sim.issues(&sim_client(&sim, t), |s| s.add());
         poll_now(rs.iter().find(|r| &r.id == o).unwrap(), t).await;
     }
+    asked_polls_done(&live, &expected, &before).await;
     no_gap_for(&sim, &expected, dir.path(), Duration::from_secs(30)).await;
     one_message_each(&nats.url, 4, "one message per tenant").await;
     kill(rs.remove(victim)).await;
@@ -2945,13 +2948,39 @@ async fn a_failovers_idle_takeovers_write_nothing_and_the_next_writes_compact() 
         .collect();
     assert_eq!(messages_per_tenant(&nats.url).await, want);
     // Something to deliver: written, and compacted again.
+    let before = polls(&[survivor]).await;
     for t in &moved {
         sim.issues(&sim_client(&sim, t), |s| s.add());
         poll_now(survivor, t).await;
     }
+    asked_polls_done(&[survivor], &moved, &before).await;
     no_gap_for(&sim, &expected, dir.path(), Duration::from_secs(30)).await;
     one_message_each(&nats.url, 4, "one message per tenant again").await;
     assert_eq!(duplicates(&union(dir.path())), 0, "nothing delivered twice");
+}
+
+/// Waits until each of `tenants` has ended a poll more on `rs` than `before` counted (an asked
+/// poll ended, its writes done).
+async fn asked_polls_done(
+    rs: &[&Replica],
+    tenants: &BTreeSet<String>,
+    before: &BTreeMap<String, u64>,
+) {
+    eventually(
+        "the asked polls ended",
+        Duration::from_secs(30),
+        || async move {
+            let now = polls(rs).await;
+            match tenants
+                .iter()
+                .find(|t| now.get(*t).copied().unwrap_or(0) <= before.get(*t).copied().unwrap_or(0))
+            {
+                None => Ok(()),
+                Some(t) => Err(format!("{t} has not ended the asked poll")),
+            }
+        },
+    )
+    .await;
 }
 
 /// Asks `r` to poll `tenant` now.
