@@ -349,7 +349,7 @@ impl Root {
 }
 
 /// The feed a request asks for (`None`: an issues query or a mutation). `compact` is the
-/// request's body without whitespace ([`compact`]).
+/// request's query without whitespace ([`compact`]).
 pub fn root(compact: &str) -> Option<Root> {
     [
         Root::Detections,
@@ -367,10 +367,10 @@ pub fn root(compact: &str) -> Option<Root> {
     })
 }
 
-/// A request's body without whitespace, which the request's kind is told from: made once per
-/// request (it was made for each question asked of it, three times for an issues query).
-pub fn compact(body: &str) -> String {
-    body.chars().filter(|c| !c.is_whitespace()).collect()
+/// A request's query without whitespace, which the request's kind is told from: made once per
+/// request, from the body read once (the validation's reading).
+pub fn compact(query: &str) -> String {
+    query.chars().filter(|c| !c.is_whitespace()).collect()
 }
 
 /// `{after, before}` of a time filter, in microseconds.

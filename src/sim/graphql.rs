@@ -16,13 +16,6 @@ const MAX_FIRST: i64 = 500;
 /// Page size when `first` is not given.
 const DEFAULT_FIRST: i64 = 100;
 
-#[derive(Deserialize)]
-struct Request {
-    query: String,
-    #[serde(default)]
-    variables: Option<Vars>,
-}
-
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
 struct Vars {
@@ -154,24 +147,28 @@ struct PageInfo<'a> {
     end_cursor: Option<&'a str>,
 }
 
-/// Answers one GraphQL request against a tenant's issues. `unknown_id_not_found` and
-/// `accept_updated_at`: see [`super::SimulatorOptions`].
+/// Answers one GraphQL request (its query without whitespace, `q`, and its `variables`) against
+/// a tenant's issues. `unknown_id_not_found` and `accept_updated_at`: see
+/// [`super::SimulatorOptions`].
 pub(super) fn answer(
-    body: &str,
+    q: &str,
+    variables: &serde_json::Value,
     issues: &IssueSet,
     mangle: Option<&Fault>,
     unknown_id_not_found: bool,
     accept_updated_at: bool,
 ) -> Response {
-    let req: Request = match serde_json::from_str(body) {
-        Ok(r) => r,
-        Err(e) => {
-            let body = serde_json::json!({"errors": [{"message": format!("invalid request body: {e}"),
-                "extensions": {"code": "BAD_REQUEST"}}]});
-            return (StatusCode::BAD_REQUEST, axum::Json(body)).into_response();
-        }
+    let vars = match variables {
+        serde_json::Value::Null => Vars::default(),
+        v => match Vars::deserialize(v) {
+            Ok(vars) => vars,
+            Err(e) => {
+                let body = serde_json::json!({"errors": [{"message": format!("invalid request body: {e}"),
+                    "extensions": {"code": "BAD_REQUEST"}}]});
+                return (StatusCode::BAD_REQUEST, axum::Json(body)).into_response();
+            }
+        },
     };
-    let q = req.query.replace(char::is_whitespace, "");
     let alias = if q.contains("issues:issuesV2(") {
         "issues"
     } else if q.contains("issuesV2(") {
@@ -182,7 +179,6 @@ pub(super) fn answer(
             "the simulator implements the issuesV2 query only",
         );
     };
-    let vars = req.variables.unwrap_or_default();
     let first = vars.first.unwrap_or(DEFAULT_FIRST);
     if first > MAX_FIRST {
         return error_response(

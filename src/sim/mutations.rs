@@ -3,7 +3,6 @@
 //! hand, notes are at most 1,400 characters, an unknown id is `NOT_FOUND`, and a service account
 //! without write access gets a GraphQL "Unauthorized" error (HTTP 200).
 
-use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
@@ -25,13 +24,6 @@ const THREAT_REASONS: [&str; 5] = [
 ];
 const STATUSES: [&str; 4] = ["OPEN", "IN_PROGRESS", "RESOLVED", "REJECTED"];
 
-#[derive(Deserialize)]
-struct Request {
-    query: String,
-    #[serde(default)]
-    variables: serde_json::Value,
-}
-
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct Patch {
@@ -41,37 +33,30 @@ struct Patch {
     due_at: Option<String>,
 }
 
-/// True when the request is a mutation the simulator implements. `compact` is its body without
+/// True when the request is a mutation the simulator implements. `compact` is its query without
 /// whitespace ([`super::feed_data::compact`]).
 pub fn is_mutation(compact: &str) -> bool {
     compact.contains("updateIssue(") || compact.contains("createIssueNote(")
 }
 
-/// Applies the mutation in `body` to `issues` as service account `author`; `can_write` is false
-/// for a read-only account.
-pub fn answer(body: &str, issues: &mut IssueSet, author: &str, can_write: bool) -> Response {
-    let req: Request = match serde_json::from_str(body) {
-        Ok(r) => r,
-        Err(e) => {
-            return (
-                StatusCode::BAD_REQUEST,
-                format!("invalid request body: {e}"),
-            )
-                .into_response()
-        }
-    };
+/// Applies the mutation of a request (its query without whitespace, `compact`, and its
+/// `variables`) to `issues` as service account `author`; `can_write` is false for a read-only
+/// account.
+pub fn answer(
+    compact: &str,
+    variables: &serde_json::Value,
+    issues: &mut IssueSet,
+    author: &str,
+    can_write: bool,
+) -> Response {
     if !can_write {
         return error_response(
             "UNAUTHORIZED",
             "Unauthorized: missing required permission write:issues",
         );
     }
-    let v = &req.variables;
-    if req
-        .query
-        .replace(char::is_whitespace, "")
-        .contains("createIssueNote(")
-    {
+    let v = variables;
+    if compact.contains("createIssueNote(") {
         let input = &v["input"];
         let (Some(id), Some(text)) = (input["issueId"].as_str(), input["text"].as_str()) else {
             return error_response(

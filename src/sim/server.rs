@@ -533,19 +533,21 @@ async fn graphql_route(
             .into_response();
     }
     // Validated like a GraphQL server: the document against the schema, then the variables.
-    if let Err(refusal) = validate_request(&body) {
-        let mut g = tenant.lock().expect("sim lock");
-        g.counters.invalid_queries += 1;
-        return graphql::error_list_response(refusal.code, &refusal.messages);
-    }
-    let compact = super::feed_data::compact(&body);
+    // The body is read once; the answers below take the request as read.
+    let req = match validate_request(&body) {
+        Ok(req) => req,
+        Err(refusal) => {
+            let mut g = tenant.lock().expect("sim lock");
+            g.counters.invalid_queries += 1;
+            return graphql::error_list_response(refusal.code, &refusal.messages);
+        }
+    };
+    // The query without whitespace: which root field it calls is read from it.
+    let compact = super::feed_data::compact(&req.query);
+    let variables = &req.variables;
     let answer = {
         let mut g = tenant.lock().expect("sim lock");
         if let Some(root) = super::feed_data::root(&compact) {
-            let variables = serde_json::from_str::<serde_json::Value>(&body)
-                .ok()
-                .and_then(|v| v.get("variables").cloned())
-                .unwrap_or_default();
             let (seed, issues, vulns) = (g.spec.seed, g.spec.issues, g.spec.vulnerabilities);
             if g.spec.denied_feeds.iter().any(|f| f == root.feed_name()) {
                 g.counters.denied_feed_queries += 1;
@@ -561,7 +563,7 @@ async fn graphql_route(
                 let sets = g.feeds.get_or_insert_with(|| {
                     super::feed_data::FeedSets::generate_with(seed, issues, vulns)
                 });
-                match super::feed_data::answer(root, &variables, sets) {
+                match super::feed_data::answer(root, variables, sets) {
                     Ok(data) => Json(serde_json::json!({ "data": data })).into_response(),
                     Err((code, message)) => graphql::error_response(&code, &message),
                 }
@@ -574,10 +576,11 @@ async fn graphql_route(
                 true
             };
             let author = client_id.clone();
-            super::mutations::answer(&body, &mut g.issues, &author, can_write)
+            super::mutations::answer(&compact, variables, &mut g.issues, &author, can_write)
         } else {
             graphql::answer(
-                &body,
+                &compact,
+                variables,
                 &g.issues,
                 mangle.as_ref(),
                 st.opts.unknown_id_not_found,
@@ -591,23 +594,30 @@ async fn graphql_route(
     answer
 }
 
+/// A GraphQL request body as read.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct GraphQlRequest {
+    query: String,
+    #[serde(default)]
+    variables: serde_json::Value,
+    #[serde(default)]
+    operation_name: Option<String>,
+}
+
 /// Parses a GraphQL request body and validates it ([`super::validate`]). A body that is not a
 /// GraphQL request at all is refused the same way, with the reason.
-fn validate_request(body: &str) -> Result<(), super::validate::Refusal> {
-    #[derive(Deserialize)]
-    #[serde(rename_all = "camelCase")]
-    struct GraphQlRequest {
-        query: String,
-        #[serde(default)]
-        variables: serde_json::Value,
-        #[serde(default)]
-        operation_name: Option<String>,
-    }
+fn validate_request(body: &str) -> Result<GraphQlRequest, super::validate::Refusal> {
     let req: GraphQlRequest = serde_json::from_str(body).map_err(|e| super::validate::Refusal {
         code: "BAD_REQUEST",
         messages: vec![format!("POST body is not a GraphQL request: {e}")],
     })?;
-    super::validate::validator().check(&req.query, &req.variables, req.operation_name.as_deref())
+    super::validate::validator().check(
+        &req.query,
+        &req.variables,
+        req.operation_name.as_deref(),
+    )?;
+    Ok(req)
 }
 
 #[derive(Serialize)]
