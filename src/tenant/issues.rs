@@ -323,9 +323,10 @@ impl TenantActorState {
             cp.last_full_pages = Some(sweep.sweep.pages());
         }
         // An idle poll: one page, nothing delivered, only the time marks moved. The store keeps
-        // the earlier marks (for at most TIME_MARKS_UNWRITTEN_AT_MOST), which a sweep reads the
-        // same way: an idle fleet writes its state about once an hour instead of at every poll,
-        // and a failover's takeovers that find nothing new write nothing after their claims.
+        // the earlier marks (for at most TIME_MARKS_UNWRITTEN_AT_MOST): a later sweep from them
+        // at most asks for that much more history, which the known states filter. An idle fleet
+        // writes its state about once an hour instead of at every poll, and a failover's
+        // takeovers that find nothing new write nothing after their claims.
         if sweep.events == 0
             && sweep.sweep.pages() <= 1
             && sweep
