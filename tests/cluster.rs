@@ -2959,6 +2959,49 @@ async fn a_failovers_idle_takeovers_write_nothing_and_the_next_writes_compact() 
     assert_eq!(duplicates(&union(dir.path())), 0, "nothing delivered twice");
 }
 
+/// Idle tenants whose state NATS lost (it came back without its store) publish it again at
+/// their next poll, although they find nothing new: after a reconnect, a tenant's next poll
+/// writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_tenants_publish_their_state_again_after_nats_loses_its_store() {
+    let mut nats = nats_server().await;
+    let sim = sim(4, 5).await;
+    let dir = tempfile::tempdir().unwrap();
+    let expected = all_tenants(&sim);
+    let rs = replicas(&sim, &nats.url, &["r1"], dir.path(), &Setup::default()).await;
+    settled(&rs, &expected, "placement", Duration::from_secs(30)).await;
+    no_gap(&sim, dir.path(), Duration::from_secs(30)).await;
+    one_message_each(&nats.url, expected.len(), "one message per tenant").await;
+    nats.stop().await;
+    nats.wipe();
+    nats.start().await;
+    // Nothing changes in Wiz: every poll from here on is idle. Only a write makes the state
+    // stream again.
+    eventually(
+        "the state stream made again",
+        Duration::from_secs(30),
+        || {
+            let url = nats.url.clone();
+            async move {
+                let client = async_nats::connect(&url).await.map_err(|e| e.to_string())?;
+                let js = async_nats::jetstream::new(client);
+                js.get_stream("WIZ_CONNECTOR_STATE")
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            }
+        },
+    )
+    .await;
+    one_message_each(
+        &nats.url,
+        expected.len(),
+        "every tenant's state in NATS again",
+    )
+    .await;
+    assert_eq!(duplicates(&union(dir.path())), 0, "nothing delivered twice");
+}
+
 /// Waits until each of `tenants` has ended a poll more on `rs` than `before` counted (an asked
 /// poll ended, its writes done).
 async fn asked_polls_done(

@@ -126,6 +126,10 @@ struct Owned {
     /// written now does not leave out idle writes (see [`Replicated::holds_current`]): its next
     /// write moves it to that format.
     format: Option<Format>,
+    /// The NATS client's connect count (see [`Replicated::connects`]) when this replica last
+    /// wrote the subject. After a reconnect the subject may be gone (NATS restarted without its
+    /// store), which only a write finds out: the tenant's next poll then writes, idle or not.
+    connects: u64,
 }
 
 /// What a state message's headers say, in either format ("" or 0 for what it lacks), and its
@@ -636,8 +640,10 @@ impl Replicated {
         image: Option<&TenantImage>,
         format: Option<Format>,
     ) -> Result<u64, PublishFailure> {
+        let connects = self.connects();
         let epoch_seq = self.marker(tenant, "claim", last_seq, 0).await?;
         let mut owned = Owned {
+            connects,
             seq: epoch_seq,
             epoch: epoch_seq,
             // Nothing was on the subject before the claim: the image is empty.
@@ -660,6 +666,7 @@ impl Replicated {
         image: &TenantImage,
     ) -> Result<u64, PublishFailure> {
         let format = self.live.format();
+        let connects = self.connects();
         let parts = image.encode_parts(PART_BYTES, format);
         let k = parts.len();
         let mut first = None;
@@ -698,6 +705,7 @@ impl Replicated {
         owned.sized = true;
         owned.append_first = false;
         owned.format = Some(format);
+        owned.connects = connects;
         Ok(owned.seq)
     }
 
@@ -719,6 +727,7 @@ impl Replicated {
             });
         }
         let format = self.live.format();
+        let connects = self.connects();
         let payload = encode_write(w, format);
         let len = payload.len() as u64;
         if owned.sized
@@ -748,6 +757,7 @@ impl Replicated {
                 if owned.format != Some(format) {
                     owned.format = None;
                 }
+                owned.connects = connects;
                 self.owned.insert(tenant.to_string(), owned);
                 Ok(WriteOutcome::Published { seq, compact })
             }
@@ -781,10 +791,20 @@ impl Replicated {
     /// See [`super::StateStore::holds_current`].
     pub fn holds_current(&self, tenant: &str) -> bool {
         self.connected()
-            && self
-                .owned
-                .get(tenant)
-                .is_some_and(|o| !o.dirty && o.sized && o.format == Some(self.live.format()))
+            && self.owned.get(tenant).is_some_and(|o| {
+                !o.dirty
+                    && o.sized
+                    && o.format == Some(self.live.format())
+                    && o.connects == self.connects()
+            })
+    }
+
+    /// How many times the client has connected to NATS (the first connect counted).
+    fn connects(&self) -> u64 {
+        self.client
+            .statistics()
+            .connects
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// True when the tenant holds writes NATS has not seen.

@@ -497,8 +497,10 @@ impl StateStore {
     /// write that would change only the checkpoint's time marks may be left out (see
     /// [`Checkpoint::moved_only_in_time`]). Always without cluster mode. In cluster mode, only
     /// while this replica owns the tenant, NATS answers, NATS has seen every write (not dirty),
-    /// the image's size is known (else the next write compacts to measure it), and the subject
-    /// holds it in the format written now (else the next write moves it to that format).
+    /// the image's size is known (else the next write compacts to measure it), the subject
+    /// holds it in the format written now (else the next write moves it to that format), and
+    /// the client has not reconnected since the last write (NATS may have come back without its
+    /// store, which the next write finds out and repairs).
     pub fn holds_current(&self, tenant: &str) -> bool {
         self.replicated
             .as_ref()
